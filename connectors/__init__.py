@@ -1,0 +1,1 @@
+"""Mailbox providers and platform adapters, behind small protocols (see `protocols`)."""

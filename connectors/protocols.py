@@ -1,0 +1,105 @@
+"""The small protocols every mailbox connector and platform adapter implements.
+
+Everything crossing these boundaries is the canonical `Contact` wrapped in a
+`SideRecord`; failures are the classes in `connectors.errors`. Calls are
+synchronous: activities run them on the worker's thread pool, and the Google
+client library (httplib2) is synchronous anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+from connectors.errors import ConnectorError
+from models.contact import Contact, SideRecord
+
+
+@dataclass
+class DeltaPage:
+    """One page of a delta round.
+
+    `next_page` set: more pages in this round, pass it back unchanged.
+    `cursor` set (last page only): the cursor to store for the next round.
+    A full listing is a delta round started with cursor None.
+    """
+
+    records: list[SideRecord]
+    next_page: str | None = None
+    cursor: str | None = None
+
+
+@dataclass
+class WriteRequest:
+    """One write in a batch. `key` is the caller's idempotency key (our action id)."""
+
+    key: str
+    contact: Contact | None = None  # None for deletes
+    external_id: str | None = None  # None for creates
+    etag: str | None = None  # optimistic concurrency, when the side supports it
+    #: Opaque marker stored on the created record so a crashed create can be found
+    #: again (People clientData, Graph extended property, CRM idempotency key).
+    marker: str | None = None
+    owner: str | None = None
+
+
+@dataclass
+class WriteResult:
+    key: str
+    record: SideRecord | None = None
+    error: ConnectorError | None = None
+    # Provider calls this result cost (for "calls per contact" figures).
+    calls: float = field(default=1.0)
+
+
+class MailboxContacts(Protocol):
+    """Contacts in one connected mailbox (Google People, Microsoft Graph, CardDAV)."""
+
+    provider: str
+
+    def list_changes(self, cursor: str | None, page_token: str | None = None) -> DeltaPage:
+        """A page of changes since `cursor` (None: full listing that yields a new cursor).
+
+        Raises CursorExpired when the cursor is no longer accepted.
+        """
+
+    def get(self, external_id: str) -> SideRecord:
+        """Current state of one contact (for re-merge after PreconditionFailed)."""
+
+    def find_by_marker(self, marker: str) -> SideRecord | None:
+        """Find a contact we created earlier by its marker (crash recovery of creates)."""
+
+    def create_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        """Create contacts; one result per request, in order. Per-item errors, not raised."""
+
+    def update_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        """Replace the synced fields of existing contacts; per-item errors."""
+
+    def delete_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        """Delete contacts; an already-missing contact counts as deleted."""
+
+    @property
+    def calls_made(self) -> int:
+        """Provider HTTP calls made by this instance (for benchmarks and spans)."""
+
+
+class PlatformContacts(Protocol):
+    """Contacts on the business platform (CRM, ATS, PM tool), scoped by organisation."""
+
+    def changes_since(self, org_id: str, cursor: str | None, limit: int = 500) -> DeltaPage:
+        """Changes (including deletions) after `cursor`, oldest first."""
+
+    def get_many(self, org_id: str, external_ids: Sequence[str]) -> list[SideRecord]:
+        """Current records; missing ids are returned as deleted tombstones."""
+
+    def search_candidates(self, org_id: str, keys: set[str]) -> list[SideRecord]:
+        """Live records sharing any blocking key (see `sync.normalize.blocking_keys`)."""
+
+    def upsert_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        """Create (external_id None) or update; idempotent by `WriteRequest.key`.
+
+        A record the platform refuses comes back with a ValidationRejected error.
+        """
+
+    def delete_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        """Delete records; idempotent."""

@@ -1,0 +1,1 @@
+"""The shared language of Concord: plain pydantic models, no I/O."""

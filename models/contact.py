@@ -1,0 +1,93 @@
+"""The canonical contact: the one shape both ends are translated into.
+
+Connectors translate provider payloads (a People `Person`, a Graph `contact`, a CRM
+row) into `Contact` and back. Merging, matching and hashing only ever see this
+shape, so a new provider is a translation, not a change to the sync core.
+
+Multi-valued fields (emails, phones) are sets: order carries no meaning on either
+side and set semantics make three-way merges conflict-free for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, field_validator
+
+Side = Literal["mailbox", "platform"]
+SIDES: tuple[Side, Side] = ("mailbox", "platform")
+
+SCALAR_FIELDS: tuple[str, ...] = ("given_name", "family_name", "company", "job_title", "notes")
+SET_FIELDS: tuple[str, ...] = ("emails", "phones")
+FIELDS: tuple[str, ...] = SCALAR_FIELDS + SET_FIELDS
+
+
+def other_side(side: Side) -> Side:
+    return "platform" if side == "mailbox" else "mailbox"
+
+
+class Contact(BaseModel):
+    """A person as both ends should agree on it.
+
+    Values are stored as given (after connector translation); normalisation for
+    matching lives in `sync.normalize` so that we never rewrite what a user typed
+    just because we compare it case-insensitively.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    given_name: str = ""
+    family_name: str = ""
+    emails: tuple[str, ...] = ()
+    phones: tuple[str, ...] = ()
+    company: str = ""
+    job_title: str = ""
+    notes: str = ""
+
+    @field_validator("emails", "phones", mode="before")
+    @classmethod
+    def _as_sorted_unique(cls, value: object) -> tuple[str, ...]:
+        # Sorted and de-duplicated so that equal sets compare and hash equal.
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = (value,)
+        return tuple(sorted({str(v).strip() for v in value if str(v).strip()}))
+
+    @field_validator(*SCALAR_FIELDS, mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> str:
+        return "" if value is None else str(value).strip()
+
+    def display_name(self) -> str:
+        return " ".join(p for p in (self.given_name, self.family_name) if p)
+
+    def is_empty(self) -> bool:
+        return not any(getattr(self, f) for f in FIELDS)
+
+    def canonical_hash(self) -> str:
+        """Stable digest of the content; used to recognise our own writes echoing back."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+class SideRecord(BaseModel):
+    """One record as one side reports it: its id there, its content, or a tombstone."""
+
+    model_config = ConfigDict(frozen=True)
+
+    side: Side
+    external_id: str
+    contact: Contact | None = None
+    deleted: bool = False
+    etag: str | None = None
+    # Provider's modification time, when it reports one (for the newest-wins policy).
+    updated_at: float | None = None
+    # Ids this record was known by before (People `previousResourceNames`).
+    previous_ids: tuple[str, ...] = ()
+    # Owner on the platform side (for scoping which platform records reach a mailbox).
+    owner: str | None = None
+    # Raw problems the connector found translating the payload (malformed input).
+    problems: tuple[str, ...] = ()
