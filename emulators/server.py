@@ -1,0 +1,85 @@
+"""Run an ASGI emulator on a background thread, on a free or given port.
+
+Emulators are real HTTP servers so that the real client libraries
+(google-api-python-client, msal, httpx) talk to them exactly as to the provider.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import uvicorn
+
+
+class PortBusy(RuntimeError):
+    pass
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    base_url: str
+    port: int
+    _server: uvicorn.Server
+    _thread: threading.Thread
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+def serve(
+    app,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    certfile: str | None = None,
+    keyfile: str | None = None,
+) -> RunningServer:
+    """Start `app` and return once it accepts connections.
+
+    port=0 picks a free port. A busy explicit port raises PortBusy with the port
+    in the message instead of a uvicorn traceback.
+    """
+    if port == 0:
+        port = free_port(host)
+    elif not port_is_free(port, host):
+        raise PortBusy(f"port {port} on {host} is already in use")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        lifespan="off",
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name=f"emulator:{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"emulator on port {port} did not start")
+        time.sleep(0.01)
+    scheme = "https" if certfile else "http"
+    return RunningServer(f"{scheme}://{host}:{port}/", port, server, thread)
