@@ -1,0 +1,62 @@
+"""What the pure planner decides, and what the executor carries out.
+
+These are pydantic models because decisions are persisted (as action rows) between
+the plan and write activities: a retried write activity re-reads them from the
+store, never from workflow history.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel
+
+from models.contact import Contact, Side
+
+Outcome = Literal["apply", "skip", "conflict", "duplicate", "quarantine", "held"]
+Op = Literal["create", "update", "delete"]
+
+
+class Write(BaseModel):
+    side: Side
+    op: Op
+    external_id: str | None = None
+    contact: Contact | None = None
+    etag: str | None = None
+
+
+class Decision(BaseModel):
+    """The fate of one item (a linked pair, or one unlinked record) in one cycle."""
+
+    outcome: Outcome
+    #: named rule or reason, e.g. "echo_of_own_write", "linked_by_similarity"
+    rule: str
+    mailbox_id: str | None = None
+    platform_id: str | None = None
+    link_id: int | None = None
+    #: create or keep a link between mailbox_id and platform_id once writes succeed
+    link: bool = False
+    #: remove the link once writes succeed
+    unlink: bool = False
+    writes: list[Write] = []
+    #: the new common base once every write succeeded
+    snapshot: Contact | None = None
+    #: conflicting field names (conflict) / problems (quarantine); never values
+    fields: list[str] = []
+    problems: list[str] = []
+    #: duplicate review: the candidate on the other side and its score
+    candidate_side: Side | None = None
+    candidate_id: str | None = None
+    score: float | None = None
+    #: review this decision answers or keeps open
+    review_id: int | None = None
+    #: previous mailbox id when the provider renamed the item (People previousResourceNames)
+    renamed_from: str | None = None
+
+    def item_keys(self) -> list[tuple[Side, str]]:
+        keys: list[tuple[Side, str]] = []
+        if self.mailbox_id:
+            keys.append(("mailbox", self.mailbox_id))
+        if self.platform_id:
+            keys.append(("platform", self.platform_id))
+        return keys

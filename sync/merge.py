@@ -1,0 +1,95 @@
+"""Field-level three-way merge of a contact against the last synced snapshot.
+
+Scalars: a field changed on one side only takes that side's value; changed
+differently on both sides it is a conflict that the policy settles (or leaves
+open under the manual policy). Sets (emails, phones): additions from either side
+are kept and removals from either side are applied, which never conflicts and
+loses no edit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models.contact import SCALAR_FIELDS, SET_FIELDS, Contact
+from sync.policy import Policy
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    #: the merged contact; fields left open by a manual policy keep the base value
+    merged: Contact
+    #: fields changed differently on both sides (before any policy)
+    conflicts: tuple[str, ...]
+    #: conflicting fields the policy did not settle (manual) and a person must decide
+    unresolved: tuple[str, ...]
+
+
+def merge_sets(base: tuple[str, ...] | None, mine: tuple[str, ...], theirs: tuple[str, ...]) -> tuple[str, ...]:
+    if base is None:
+        return tuple(sorted(set(mine) | set(theirs)))
+    b, m, t = set(base), set(mine), set(theirs)
+    removed = (b - m) | (b - t)
+    return tuple(sorted((b | m | t) - removed))
+
+
+def _settle(policy: Policy, mailbox_value: str, platform_value: str, mailbox_time: float | None, platform_time: float | None) -> str | None:
+    if policy == "platform_wins":
+        return platform_value
+    if policy == "mailbox_wins":
+        return mailbox_value
+    if policy == "newest_wins":
+        # Ties and unknown times go to the platform: it is the system of record.
+        if mailbox_time is not None and (platform_time is None or mailbox_time > platform_time):
+            return mailbox_value
+        return platform_value
+    return None  # manual
+
+
+def three_way_merge(
+    base: Contact | None,
+    mailbox: Contact,
+    platform: Contact,
+    policy: Policy,
+    *,
+    mailbox_time: float | None = None,
+    platform_time: float | None = None,
+    decided: dict[str, str] | None = None,
+) -> MergeResult:
+    """Merge both sides against `base` (None when two records are first linked).
+
+    `decided` carries a person's answers for fields of an earlier manual conflict;
+    they settle exactly those fields and nothing else.
+    """
+    decided = decided or {}
+    values: dict[str, object] = {}
+    conflicts: list[str] = []
+    unresolved: list[str] = []
+    for name in SCALAR_FIELDS:
+        m, p = getattr(mailbox, name), getattr(platform, name)
+        b = getattr(base, name) if base is not None else None
+        if m == p:
+            values[name] = m
+        elif b is not None and m == b:
+            values[name] = p
+        elif b is not None and p == b:
+            values[name] = m
+        elif b is None and not m:
+            values[name] = p  # first link: an empty field is not an opinion
+        elif b is None and not p:
+            values[name] = m
+        else:
+            conflicts.append(name)
+            if name in decided:
+                values[name] = decided[name]
+                continue
+            settled = _settle(policy, m, p, mailbox_time, platform_time)
+            if settled is None:
+                unresolved.append(name)
+                values[name] = b if b is not None else p
+            else:
+                values[name] = settled
+    for name in SET_FIELDS:
+        b = getattr(base, name) if base is not None else None
+        values[name] = merge_sets(b, getattr(mailbox, name), getattr(platform, name))
+    return MergeResult(Contact(**values), tuple(conflicts), tuple(unresolved))

@@ -1,0 +1,405 @@
+"""The pure planner: staged changes + links + reviews in, one Decision per item out.
+
+Like vdirsyncer's sync, planning is separated from doing: this module performs no
+I/O, so every rule below is tested directly and by the hypothesis state machine in
+tests/test_sync_machine.py, and the executor (activities) only carries decisions out.
+
+Order of rules for an item, first that applies wins:
+  linked items:   mass-delete guard -> deletions (edit beats delete) -> own-write
+                  echoes -> three-way merge -> policy / open conflict
+  unlinked items: tombstone of an unknown item -> malformed input -> a person's
+                  review answer -> similarity (auto link / review / create)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from models.contact import Contact, Side, SideRecord
+from models.plan import Decision, Write
+from sync.matching import CandidateIndex, Thresholds, best_match
+from sync.merge import three_way_merge
+from sync.normalize import contact_problems
+from sync.policy import SyncSettings
+
+
+@dataclass(frozen=True)
+class LinkState:
+    link_id: int
+    mailbox_id: str
+    platform_id: str
+    snapshot: Contact
+    mailbox_hash: str
+    platform_hash: str
+    mailbox_etag: str | None = None
+    platform_etag: str | None = None
+
+
+@dataclass(frozen=True)
+class Review:
+    review_id: int
+    kind: str  # "conflict" | "duplicate"
+    mailbox_id: str | None
+    platform_id: str | None
+    #: {"choice": "mailbox"|"platform"|"merged"|"link"|"create"|"ignore", "fields": {...}} once answered
+    resolution: dict | None = None
+
+
+@dataclass
+class PlanInput:
+    mailbox: Mapping[str, SideRecord]
+    platform: Mapping[str, SideRecord]
+    settings: SyncSettings
+    links_by_mailbox: Mapping[str, LinkState] = field(default_factory=dict)
+    links_by_platform: Mapping[str, LinkState] = field(default_factory=dict)
+    #: open reviews by the item they hold: ("mailbox"|"platform", external id)
+    reviews: Mapping[tuple[Side, str], Review] = field(default_factory=dict)
+    #: live platform records outside this batch that share a blocking key with a new mailbox record
+    platform_candidates: Mapping[str, SideRecord] = field(default_factory=dict)
+    #: links (any, in this connection) whose snapshot shares a key with a new record
+    neighbour_links: Mapping[int, LinkState] = field(default_factory=dict)
+    #: number of links of this connection, for the mass-delete guard
+    link_count: int = 0
+    #: a person approved the deletions the guard held
+    approve_mass_delete: bool = False
+
+
+@dataclass
+class Plan:
+    decisions: list[Decision]
+    #: set when the mass-delete guard held this cycle's deletions
+    guard_tripped: bool = False
+    held_deletes: int = 0
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self.decisions:
+            out[d.outcome] = out.get(d.outcome, 0) + 1
+        return out
+
+
+def _problems(record: SideRecord, settings: SyncSettings) -> list[str]:
+    problems = list(record.problems)
+    if record.contact is not None:
+        problems += contact_problems(record.contact, max_field_len=settings.max_field_len)
+    return problems
+
+
+def _resolve_link(
+    record: SideRecord, by_id: Mapping[str, LinkState]
+) -> tuple[LinkState | None, str | None]:
+    link = by_id.get(record.external_id)
+    if link is not None:
+        return link, None
+    for old in record.previous_ids:
+        if old in by_id:
+            return by_id[old], old
+    return None, None
+
+
+def plan(inp: PlanInput) -> Plan:
+    settings = inp.settings
+    decisions: list[Decision] = []
+
+    # --- group changes by link ------------------------------------------------
+    linked: dict[int, dict] = {}
+    new_mailbox: list[SideRecord] = []
+    new_platform: list[SideRecord] = []
+    for rec in sorted(inp.mailbox.values(), key=lambda r: r.external_id):
+        link, old_id = _resolve_link(rec, inp.links_by_mailbox)
+        if link is None:
+            new_mailbox.append(rec)
+        else:
+            g = linked.setdefault(link.link_id, {"link": link})
+            g["m"], g["renamed_from"] = rec, old_id
+    for rec in sorted(inp.platform.values(), key=lambda r: r.external_id):
+        link = inp.links_by_platform.get(rec.external_id)
+        if link is None:
+            new_platform.append(rec)
+        else:
+            linked.setdefault(link.link_id, {"link": link})["p"] = rec
+
+    # --- mass-delete guard ----------------------------------------------------
+    held: set[int] = set()
+    if settings.delete_policy == "propagate" and not inp.approve_mass_delete:
+        for side_key in ("m", "p"):
+            deleting = [
+                lid for lid, g in linked.items()
+                if g.get(side_key) is not None and g[side_key].deleted
+                and not _changed(g, "p" if side_key == "m" else "m")
+            ]
+            total = max(inp.link_count, len(linked))
+            if len(deleting) >= settings.mass_delete_min and len(deleting) > settings.mass_delete_ratio * total:
+                held.update(deleting)
+    for lid in sorted(linked):
+        g = linked[lid]
+        if lid in held:
+            link = g["link"]
+            decisions.append(Decision(
+                outcome="held", rule="mass_delete_guard", link_id=lid,
+                mailbox_id=link.mailbox_id if g.get("m") else None,
+                platform_id=link.platform_id if g.get("p") else None,
+            ))
+            continue
+        decisions.append(_plan_linked(g, inp))
+
+    # --- unlinked records: similarity ---------------------------------------
+    decisions += _plan_unlinked(new_mailbox, new_platform, inp)
+    return Plan(decisions, guard_tripped=bool(held), held_deletes=len(held))
+
+
+def _changed(group: dict, key: str) -> bool:
+    """Whether the group holds a real (non-echo) change on that side."""
+    rec: SideRecord | None = group.get(key)
+    if rec is None:
+        return False
+    link: LinkState = group["link"]
+    if rec.deleted:
+        return True
+    own_hash = link.mailbox_hash if key == "m" else link.platform_hash
+    return rec.contact is not None and rec.contact.canonical_hash() != own_hash
+
+
+def _plan_linked(g: dict, inp: PlanInput) -> Decision:
+    settings = inp.settings
+    link: LinkState = g["link"]
+    m: SideRecord | None = g.get("m")
+    p: SideRecord | None = g.get("p")
+    renamed_from = g.get("renamed_from")
+    mailbox_id = m.external_id if m else link.mailbox_id
+    base = dict(
+        link_id=link.link_id,
+        mailbox_id=m.external_id if m else None,
+        platform_id=p.external_id if p else None,
+        renamed_from=renamed_from,
+    )
+    review = inp.reviews.get(("mailbox", link.mailbox_id)) or inp.reviews.get(("platform", link.platform_id))
+    if review is not None and review.kind == "conflict":
+        base["review_id"] = review.review_id
+
+    m_changed, p_changed = _changed(g, "m"), _changed(g, "p")
+    m_deleted = m is not None and m.deleted
+    p_deleted = p is not None and p.deleted
+
+    # Deletions. An edit on the other side beats a delete: nothing is lost.
+    if m_deleted and p_deleted:
+        return Decision(outcome="apply", rule="deleted_on_both_sides", unlink=True, **base)
+    if m_deleted or p_deleted:
+        gone_side: Side = "mailbox" if m_deleted else "platform"
+        survivor = p if m_deleted else m
+        survivor_changed = p_changed if m_deleted else m_changed
+        if survivor_changed and survivor is not None and survivor.contact is not None:
+            problems = _problems(survivor, settings)
+            if problems:
+                return Decision(outcome="quarantine", rule="malformed_input", problems=problems, **base)
+            contact = survivor.contact
+            # The deleted side gets the record back; the link is re-made to the new id.
+            return Decision(
+                outcome="apply", rule="edit_beats_delete", unlink=True, link=True,
+                writes=[Write(side=gone_side, op="create", contact=contact)],
+                snapshot=contact, link_id=link.link_id, renamed_from=renamed_from,
+                review_id=base.get("review_id"),
+                mailbox_id=None if m_deleted else mailbox_id,
+                platform_id=None if p_deleted else link.platform_id,
+            )
+        if settings.delete_policy == "unlink":
+            return Decision(outcome="apply", rule="unlinked_on_delete", unlink=True, **base)
+        other: Side = "platform" if m_deleted else "mailbox"
+        target = link.platform_id if m_deleted else mailbox_id
+        etag = link.platform_etag if m_deleted else link.mailbox_etag
+        return Decision(
+            outcome="apply", rule=f"deleted_on_{gone_side}", unlink=True,
+            writes=[Write(side=other, op="delete", external_id=target, etag=etag)],
+            **base,
+        )
+
+    if not m_changed and not p_changed:
+        if renamed_from:
+            # Same content under a new id: keep the link, take the new id.
+            return Decision(outcome="apply", rule="mailbox_id_changed", link=True,
+                            snapshot=link.snapshot, **{**base, "mailbox_id": mailbox_id})
+        return Decision(outcome="skip", rule="echo_of_own_write", **base)
+
+    for rec in (m if m_changed else None, p if p_changed else None):
+        if rec is not None:
+            problems = _problems(rec, settings)
+            if problems:
+                return Decision(outcome="quarantine", rule="malformed_input", problems=problems, **base)
+
+    mailbox_now = m.contact if m_changed and m and m.contact else link.snapshot
+    platform_now = p.contact if p_changed and p and p.contact else link.snapshot
+    decided = _decided_fields(review, mailbox_now, platform_now)
+    result = three_way_merge(
+        link.snapshot, mailbox_now, platform_now, settings.policy,
+        mailbox_time=m.updated_at if m else None,
+        platform_time=p.updated_at if p else None,
+        decided=decided,
+    )
+    if result.unresolved:
+        return Decision(outcome="conflict", rule="manual_policy", fields=list(result.unresolved),
+                        **{**base, "mailbox_id": mailbox_id, "platform_id": link.platform_id})
+    merged = result.merged
+    writes: list[Write] = []
+    if merged != platform_now:
+        writes.append(Write(side="platform", op="update", external_id=link.platform_id, contact=merged,
+                            etag=(p.etag if p_changed and p else link.platform_etag)))
+    if merged != mailbox_now:
+        writes.append(Write(side="mailbox", op="update", external_id=mailbox_id, contact=merged,
+                            etag=(m.etag if m_changed and m else link.mailbox_etag)))
+    if result.conflicts:
+        rule = f"conflict_settled_{settings.policy}" if not decided else "conflict_resolved_by_person"
+    else:
+        rule = "merged" if (m_changed and p_changed) else ("mailbox_change" if m_changed else "platform_change")
+    return Decision(outcome="apply", rule=rule, link=True, writes=writes, snapshot=merged,
+                    fields=list(result.conflicts),
+                    **{**base, "mailbox_id": mailbox_id if m else None})
+
+
+def _decided_fields(review: Review | None, mailbox: Contact, platform: Contact) -> dict[str, str] | None:
+    if review is None or review.kind != "conflict" or not review.resolution:
+        return None
+    choice = review.resolution.get("choice")
+    if choice == "mailbox":
+        return {f: getattr(mailbox, f) for f in mailbox.model_fields}
+    if choice == "platform":
+        return {f: getattr(platform, f) for f in platform.model_fields}
+    if choice == "merged":
+        return {str(k): str(v) for k, v in (review.resolution.get("fields") or {}).items()}
+    return None
+
+
+def _in_scope(rec: SideRecord, settings: SyncSettings) -> bool:
+    if settings.platform_scope == "all":
+        return True
+    if settings.platform_scope == "owned":
+        return rec.owner is not None and rec.owner == settings.owner
+    return False
+
+
+def _plan_unlinked(
+    new_mailbox: list[SideRecord], new_platform: list[SideRecord], inp: PlanInput
+) -> list[Decision]:
+    settings = inp.settings
+    thresholds = Thresholds(auto=settings.auto_threshold, review=settings.review_threshold)
+    out: list[Decision] = []
+
+    # The pool mailbox records are matched against: platform records new in this
+    # batch plus live platform records found by blocking key. Keys are ("p", id).
+    pool: CandidateIndex[str] = CandidateIndex()
+    pool_records: dict[str, SideRecord] = {}
+    linked_platform = set(inp.links_by_platform)
+    for rec in list(new_platform) + list(inp.platform_candidates.values()):
+        if rec.deleted or rec.contact is None or rec.external_id in pool_records:
+            continue
+        pool.add(rec.external_id, rec.contact)
+        pool_records[rec.external_id] = rec
+    for link in inp.neighbour_links.values():
+        linked_platform.add(link.platform_id)
+    consumed: set[str] = set()
+
+    for m in new_mailbox:
+        review = inp.reviews.get(("mailbox", m.external_id))
+        rid = review.review_id if review else None
+        if m.deleted or m.contact is None:
+            out.append(Decision(outcome="skip", rule="deleted_before_linked", mailbox_id=m.external_id, review_id=rid))
+            continue
+        problems = _problems(m, settings)
+        if problems:
+            out.append(Decision(outcome="quarantine", rule="malformed_input", mailbox_id=m.external_id,
+                                problems=problems, review_id=rid))
+            continue
+        answer = (review.resolution or {}).get("choice") if review and review.kind == "duplicate" else None
+        if answer == "ignore":
+            out.append(Decision(outcome="skip", rule="ignored_by_reviewer", mailbox_id=m.external_id, review_id=rid))
+            continue
+        match = None
+        if answer == "link" and review and review.platform_id in pool_records:
+            target = pool_records[review.platform_id]
+            out.append(_link_pair(m, target, settings, rule="linked_by_reviewer", review_id=rid))
+            consumed.add(target.external_id)
+            continue
+        if answer != "create":
+            match = best_match(m.contact, pool, thresholds, exclude=consumed)
+        if match is not None and match.kind != "none" and match.key is not None:
+            target = pool_records[match.key]
+            if match.kind == "auto" and match.key not in linked_platform:
+                out.append(_link_pair(m, target, settings, rule="linked_by_similarity",
+                                      score=match.score, review_id=rid))
+                consumed.add(match.key)
+                continue
+            out.append(Decision(
+                outcome="duplicate",
+                rule="duplicate_of_linked" if match.key in linked_platform else "possible_duplicate",
+                mailbox_id=m.external_id, candidate_side="platform", candidate_id=match.key,
+                score=round(match.score, 4), review_id=rid,
+            ))
+            continue
+        out.append(Decision(
+            outcome="apply", rule="created_on_platform" if answer != "create" else "created_by_reviewer",
+            mailbox_id=m.external_id, link=True, snapshot=m.contact, review_id=rid,
+            writes=[Write(side="platform", op="create", contact=m.contact)],
+        ))
+
+    # Platform records no mailbox record claimed. Compare them with the mailbox
+    # contacts already linked here, so a CRM-side duplicate does not become a
+    # second contact in the mailbox.
+    neighbours: CandidateIndex[int] = CandidateIndex()
+    for lid, link in inp.neighbour_links.items():
+        neighbours.add(lid, link.snapshot)
+    for p in new_platform:
+        if p.external_id in consumed:
+            continue
+        review = inp.reviews.get(("platform", p.external_id))
+        rid = review.review_id if review else None
+        if p.deleted or p.contact is None:
+            out.append(Decision(outcome="skip", rule="deleted_before_linked", platform_id=p.external_id, review_id=rid))
+            continue
+        if not _in_scope(p, settings):
+            out.append(Decision(outcome="skip", rule="out_of_scope", platform_id=p.external_id, review_id=rid))
+            continue
+        problems = _problems(p, settings)
+        if problems:
+            out.append(Decision(outcome="quarantine", rule="malformed_input", platform_id=p.external_id,
+                                problems=problems, review_id=rid))
+            continue
+        answer = (review.resolution or {}).get("choice") if review and review.kind == "duplicate" else None
+        if answer == "ignore":
+            out.append(Decision(outcome="skip", rule="ignored_by_reviewer", platform_id=p.external_id, review_id=rid))
+            continue
+        if answer != "create":
+            match = best_match(p.contact, neighbours, thresholds)
+            if match.kind != "none" and match.key is not None:
+                link = inp.neighbour_links[match.key]
+                out.append(Decision(
+                    outcome="duplicate", rule="duplicate_of_linked", platform_id=p.external_id,
+                    candidate_side="mailbox", candidate_id=link.mailbox_id, score=round(match.score, 4),
+                    review_id=rid,
+                ))
+                continue
+        out.append(Decision(
+            outcome="apply", rule="created_in_mailbox" if answer != "create" else "created_by_reviewer",
+            platform_id=p.external_id, link=True, snapshot=p.contact, review_id=rid,
+            writes=[Write(side="mailbox", op="create", contact=p.contact)],
+        ))
+    return out
+
+
+def _link_pair(m: SideRecord, p: SideRecord, settings: SyncSettings, *, rule: str,
+               score: float | None = None, review_id: int | None = None) -> Decision:
+    assert m.contact is not None and p.contact is not None
+    result = three_way_merge(None, m.contact, p.contact, settings.policy,
+                             mailbox_time=m.updated_at, platform_time=p.updated_at)
+    if result.unresolved:
+        return Decision(outcome="conflict", rule="manual_policy", mailbox_id=m.external_id,
+                        platform_id=p.external_id, fields=list(result.unresolved),
+                        score=score, review_id=review_id)
+    merged = result.merged
+    writes: list[Write] = []
+    if merged != p.contact:
+        writes.append(Write(side="platform", op="update", external_id=p.external_id, contact=merged, etag=p.etag))
+    if merged != m.contact:
+        writes.append(Write(side="mailbox", op="update", external_id=m.external_id, contact=merged, etag=m.etag))
+    return Decision(outcome="apply", rule=rule, mailbox_id=m.external_id, platform_id=p.external_id,
+                    link=True, writes=writes, snapshot=merged, fields=list(result.conflicts),
+                    score=None if score is None else round(score, 4), review_id=review_id)

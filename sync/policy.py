@@ -1,0 +1,45 @@
+"""Per-organisation sync settings the pure core decides by."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Policy = Literal["platform_wins", "mailbox_wins", "newest_wins", "manual"]
+DeletePolicy = Literal["propagate", "unlink"]
+PlatformScope = Literal["owned", "all", "linked"]
+
+POLICIES: tuple[str, ...] = ("platform_wins", "mailbox_wins", "newest_wins", "manual")
+
+
+@dataclass(frozen=True)
+class SyncSettings:
+    policy: Policy = "newest_wins"
+    delete_policy: DeletePolicy = "propagate"
+    #: similarity score at or above which records are linked automatically
+    auto_threshold: float = 0.90
+    #: score at or above which (and below auto) a possible duplicate waits for review
+    review_threshold: float = 0.70
+    #: which platform records a mailbox receives: those its user owns, all, or only linked ones
+    platform_scope: PlatformScope = "owned"
+    #: the connection's user id on the platform (owner of what it creates there)
+    owner: str = ""
+    #: a cycle that would delete more than this share of a side's links is held...
+    mass_delete_ratio: float = 0.5
+    #: ...once it deletes at least this many
+    mass_delete_min: int = 10
+    max_field_len: int = 1000
+    #: named fix rules tried on a platform validation error before quarantining
+    fix_rules: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_dict(cls, data: dict | None, *, owner: str = "") -> "SyncSettings":
+        data = dict(data or {})
+        known = {f for f in cls.__dataclass_fields__}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        if "fix_rules" in kwargs:
+            kwargs["fix_rules"] = tuple(kwargs["fix_rules"])
+        kwargs.setdefault("owner", owner)
+        if kwargs.get("policy", "newest_wins") not in POLICIES:
+            raise ValueError(f"unknown conflict policy {kwargs['policy']!r}")
+        return cls(**kwargs)
