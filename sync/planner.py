@@ -200,8 +200,8 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
                 writes=[Write(side=gone_side, op="create", contact=contact)],
                 snapshot=contact, link_id=link.link_id, renamed_from=renamed_from,
                 review_id=base.get("review_id"),
-                mailbox_id=None if m_deleted else mailbox_id,
-                platform_id=None if p_deleted else link.platform_id,
+                mailbox_id=m.external_id if m else None,
+                platform_id=p.external_id if p else None,
             )
         if settings.delete_policy == "unlink":
             return Decision(outcome="apply", rule="unlinked_on_delete", unlink=True, **base)
