@@ -1,0 +1,116 @@
+"""The reference CRM behind `connectors.protocols.PlatformContacts`.
+
+This is the Python-adapter route a product team would take: a thin translation
+from the platform's own API (service.py) to SideRecords, WriteResults and the
+recovery-keyed errors. Each protocol method counts as one platform call, as a
+batch endpoint of a real platform would.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+from sqlalchemy.engine import Engine
+
+from connectors.errors import ConnectorError, CursorExpired, Fatal, NotFound, PreconditionFailed
+from connectors.protocols import DeltaPage, WriteRequest, WriteResult
+from models.contact import SideRecord
+from platforms.reference_crm.service import ReferenceCrm
+
+
+def _tombstone(external_id: str) -> SideRecord:
+    return SideRecord(side="platform", external_id=external_id, contact=None, deleted=True)
+
+
+def _expected_version(etag: str | None) -> int | None:
+    if etag is None:
+        return None
+    try:
+        return int(etag)
+    except ValueError:
+        # An etag we never issued cannot match the current version.
+        raise PreconditionFailed("etag not recognised") from None
+
+
+class ReferenceCrmContacts:
+    """PlatformContacts over a ReferenceCrm (or a database URL / engine holding one)."""
+
+    provider = "reference_crm"
+
+    def __init__(self, engine_or_url: Engine | str | ReferenceCrm) -> None:
+        self.crm = engine_or_url if isinstance(engine_or_url, ReferenceCrm) else ReferenceCrm(engine_or_url)
+        self._calls = 0
+        self._lock = threading.Lock()
+
+    @property
+    def calls_made(self) -> int:
+        return self._calls
+
+    def _count(self) -> None:
+        with self._lock:
+            self._calls += 1
+
+    def changes_since(self, org_id: str, cursor: str | None, limit: int = 500) -> DeltaPage:
+        """One page of the feed. `cursor` is always set (resume point after this page);
+        `next_page` repeats it when the page was full, meaning: call again with it now.
+        """
+        self._count()
+        try:
+            after = int(cursor) if cursor else None
+        except ValueError:
+            raise CursorExpired("cursor not recognised") from None
+        if after is not None and after < 0:
+            raise CursorExpired("cursor not recognised")
+        recs, new_cursor = self.crm.changes_since(org_id, after, limit)
+        token = str(new_cursor)
+        return DeltaPage(
+            records=[r.to_side_record() for r in recs],
+            next_page=token if len(recs) >= limit else None,
+            cursor=token,
+        )
+
+    def get_many(self, org_id: str, external_ids: Sequence[str]) -> list[SideRecord]:
+        self._count()
+        found = self.crm.get_contacts(org_id, external_ids)
+        return [found[i].to_side_record() if i in found else _tombstone(i) for i in external_ids]
+
+    def search_candidates(self, org_id: str, keys: set[str]) -> list[SideRecord]:
+        self._count()
+        return [c.to_side_record() for c in self.crm.search_candidates(org_id, keys)]
+
+    def upsert_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        self._count()
+        share = 1.0 / max(len(requests), 1)
+        results: list[WriteResult] = []
+        for req in requests:
+            try:
+                if req.contact is None:
+                    raise Fatal("upsert without a contact")
+                if req.external_id is None:
+                    rec = self.crm.create_contact(org_id, req.contact, owner_id=req.owner,
+                                                  idempotency_key=req.key, actor="sync")
+                else:
+                    rec = self.crm.update_contact(org_id, req.external_id, req.contact, owner_id=req.owner,
+                                                  expected_version=_expected_version(req.etag),
+                                                  idempotency_key=req.key, actor="sync")
+                results.append(WriteResult(key=req.key, record=rec.to_side_record(), calls=share))
+            except ConnectorError as exc:
+                results.append(WriteResult(key=req.key, error=exc, calls=share))
+        return results
+
+    def delete_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        """Deletes; an id that is gone (or never existed here) counts as deleted."""
+        self._count()
+        share = 1.0 / max(len(requests), 1)
+        results: list[WriteResult] = []
+        for req in requests:
+            try:
+                rec = self.crm.delete_contact(org_id, req.external_id or "", idempotency_key=req.key,
+                                              expected_version=_expected_version(req.etag), actor="sync")
+                results.append(WriteResult(key=req.key, record=rec.to_side_record(), calls=share))
+            except NotFound:
+                results.append(WriteResult(key=req.key, record=_tombstone(req.external_id or ""), calls=share))
+            except ConnectorError as exc:
+                results.append(WriteResult(key=req.key, error=exc, calls=share))
+        return results

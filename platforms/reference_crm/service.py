@@ -1,0 +1,628 @@
+"""The reference CRM's own API, shaped like a product's: not like our sync engine.
+
+It is what the demo, tests and benchmarks sync against, so it behaves the way real
+platforms do where that matters to sync: optimistic concurrency by version,
+idempotency keys on writes, per-organisation validation rules, accounts that
+contacts get linked to, soft deletes that show up as tombstones in a change feed,
+and edits made by CRM users that the sync engine has to notice.
+
+Every write runs in one transaction under its organisation's lock (see schema.py
+for why that keeps the change feed gap-free under concurrent writers).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from connectors.errors import Fatal, NotFound, PreconditionFailed, Transient, ValidationRejected
+from models.contact import FIELDS, Contact, SideRecord
+from platforms.reference_crm import rules as rules_mod
+from platforms.reference_crm import schema as t
+from platforms.reference_crm.rules import Rule
+
+log = logging.getLogger(__name__)
+
+# Mail providers whose domain says nothing about the employer.
+FREE_DOMAINS = frozenset(
+    {
+        "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "msn.com",
+        "yahoo.com", "yahoo.co.uk", "ymail.com", "icloud.com", "me.com", "mac.com", "aol.com",
+        "proton.me", "protonmail.com", "gmx.com", "gmx.de", "gmx.net", "web.de", "mail.com",
+        "zoho.com", "yandex.com", "fastmail.com", "hey.com", "qq.com", "163.com",
+    }
+)
+_LEGAL_SUFFIXES = {"inc", "incorporated", "ltd", "limited", "llc", "gmbh", "ag", "corp", "corporation",
+                   "co", "company", "plc", "sa", "sas", "bv", "nv", "oy", "ab", "srl", "pty", "llp"}
+_KEY_CHUNK = 500
+
+
+class IdempotencyKeyReused(Fatal):
+    """The same idempotency key came back with a different request: a caller bug."""
+
+    code = "idempotency_key_reused"
+
+
+def company_key(name: str) -> str:
+    """Fold a company name for account matching: case, punctuation and legal suffixes go."""
+    words = re.findall(r"\w+", (name or "").casefold())
+    while len(words) > 1 and words[-1] in _LEGAL_SUFFIXES:
+        words.pop()
+    return " ".join(words)
+
+
+def email_domain(email: str) -> str:
+    return email.rsplit("@", 1)[-1].strip().lower() if "@" in email else ""
+
+
+@dataclass(frozen=True)
+class CrmContact:
+    """A contact row as the CRM holds it (soft-deleted rows keep their last content)."""
+
+    id: str
+    org_id: str
+    owner_id: str | None
+    contact: Contact
+    account_id: str | None
+    deleted: bool
+    version: int
+    updated_at: float
+    change_seq: int
+
+    def to_side_record(self) -> SideRecord:
+        return SideRecord(
+            side="platform",
+            external_id=self.id,
+            contact=None if self.deleted else self.contact,
+            deleted=self.deleted,
+            etag=str(self.version),
+            updated_at=self.updated_at,
+            owner=self.owner_id,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "org_id": self.org_id, "owner_id": self.owner_id,
+            "contact": self.contact.model_dump(mode="json"), "account_id": self.account_id,
+            "deleted": self.deleted, "version": self.version, "updated_at": self.updated_at,
+            "change_seq": self.change_seq,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "CrmContact":
+        return cls(**{**d, "contact": Contact(**d["contact"])})
+
+    @classmethod
+    def from_row(cls, r: Any) -> "CrmContact":
+        return cls(
+            id=r.id, org_id=r.org_id, owner_id=r.owner_id,
+            contact=Contact(
+                given_name=r.given_name, family_name=r.family_name, emails=r.emails or (),
+                phones=r.phones or (), company=r.company, job_title=r.job_title, notes=r.notes,
+            ),
+            account_id=r.account_id, deleted=bool(r.deleted), version=int(r.version),
+            updated_at=float(r.updated_at), change_seq=int(r.change_seq),
+        )
+
+
+@dataclass(frozen=True)
+class Account:
+    id: str
+    org_id: str
+    name: str
+    domain: str | None
+
+
+def _db_errors(fn: Callable) -> Callable:
+    """Database trouble (locked, connection lost) is Transient to callers, per connectors.errors."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise Transient(f"reference CRM database unavailable ({type(exc.orig).__name__})") from exc
+
+    return wrapper
+
+
+def _fingerprint(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class ReferenceCrm:
+    """The CRM. Thread-safe: every call opens its own connection and transaction."""
+
+    def __init__(
+        self,
+        engine_or_url: Engine | str,
+        *,
+        blocking_keys: Callable[[Contact], Iterable[str]] | None = None,
+        create_schema: bool = True,
+    ) -> None:
+        self.engine = t.make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+        # Normally sync.normalize.blocking_keys, looked up at first use (it may land after us).
+        self._keys_fn = blocking_keys
+        self._warned_no_keys = False
+        if create_schema:
+            t.metadata.create_all(self.engine)
+
+    # ---------------------------------------------------------------- plumbing
+
+    @contextmanager
+    def _write(self, org_id: str) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(crm_write=True)
+            with conn.begin():
+                self._lock_org(conn, org_id)
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    def _lock_org(self, conn: Connection, org_id: str) -> None:
+        """Serialise this organisation's writers until commit (the feed's gap-freedom rests on it)."""
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        conn.execute(insert(t.orgs).values(org_id=org_id, created_at=time.time()).on_conflict_do_nothing())
+        # SQLite ignores FOR UPDATE; BEGIN IMMEDIATE already made us the only writer.
+        conn.execute(sa.select(t.orgs.c.org_id).where(t.orgs.c.org_id == org_id).with_for_update())
+
+    def _next_seq(self, conn: Connection, org_id: str, record_id: str | None, op: str, actor: str) -> int:
+        res = conn.execute(
+            t.change_log.insert().values(org_id=org_id, record_id=record_id, op=op, actor=actor, at=time.time())
+        )
+        return int(res.inserted_primary_key[0])
+
+    def _blocking_keys(self, contact: Contact) -> set[str]:
+        fn = self._keys_fn
+        if fn is None:
+            try:
+                from sync.normalize import blocking_keys as fn  # lazy: written in parallel
+            except ImportError:
+                if not self._warned_no_keys:
+                    log.warning("sync.normalize.blocking_keys unavailable; candidates index left empty")
+                    self._warned_no_keys = True
+                return set()
+            self._keys_fn = fn
+        return {k for k in fn(contact) if k}
+
+    def _write_keys(self, conn: Connection, org_id: str, record_id: str, contact: Contact | None) -> None:
+        conn.execute(t.blocking_keys.delete().where(t.blocking_keys.c.record_id == record_id))
+        keys = self._blocking_keys(contact) if contact is not None else set()
+        if keys:
+            conn.execute(
+                t.blocking_keys.insert(),
+                [{"record_id": record_id, "key": k, "org_id": org_id} for k in sorted(keys)],
+            )
+
+    def _rules(self, conn: Connection, org_id: str) -> list[Rule]:
+        rows = conn.execute(
+            sa.select(t.rules).where(t.rules.c.org_id == org_id).order_by(t.rules.c.position)
+        ).all()
+        return [Rule.from_row(r) for r in rows]
+
+    def _link_account(self, conn: Connection, org_id: str, contact: Contact) -> str | None:
+        """Email domain (non-free) first, then company name; deterministic when several match."""
+        domains = sorted({d for d in (email_domain(e) for e in contact.emails) if d and d not in FREE_DOMAINS})
+        if domains:
+            hit = conn.execute(
+                sa.select(t.accounts.c.id)
+                .where(t.accounts.c.org_id == org_id, t.accounts.c.domain.in_(domains))
+                .order_by(t.accounts.c.id)
+                .limit(1)
+            ).scalar()
+            if hit:
+                return hit
+        key = company_key(contact.company)
+        if key:
+            return conn.execute(
+                sa.select(t.accounts.c.id)
+                .where(t.accounts.c.org_id == org_id, t.accounts.c.name_key == key)
+                .order_by(t.accounts.c.id)
+                .limit(1)
+            ).scalar()
+        return None
+
+    def _load(self, conn: Connection, org_id: str, contact_id: str) -> Any:
+        return conn.execute(
+            sa.select(t.contacts).where(t.contacts.c.org_id == org_id, t.contacts.c.id == contact_id)
+        ).first()
+
+    def _idem_lookup(self, conn: Connection, org_id: str, key: str | None, fp: str) -> CrmContact | None:
+        if not key:
+            return None
+        row = conn.execute(
+            sa.select(t.idempotency).where(t.idempotency.c.org_id == org_id, t.idempotency.c.key == key)
+        ).first()
+        if row is None:
+            return None
+        if row.fingerprint != fp:
+            raise IdempotencyKeyReused("idempotency key reused with a different request")
+        return CrmContact.from_json(row.result)
+
+    def _idem_store(self, conn: Connection, org_id: str, key: str | None, fp: str, rec: CrmContact) -> None:
+        if key:
+            conn.execute(
+                t.idempotency.insert().values(
+                    org_id=org_id, key=key, fingerprint=fp, record_id=rec.id,
+                    result=rec.to_json(), created_at=time.time(),
+                )
+            )
+
+    def _save(
+        self,
+        conn: Connection,
+        org_id: str,
+        existing: Any,
+        contact: Contact,
+        owner_id: str | None,
+        actor: str,
+        enforce_rules: bool,
+    ) -> CrmContact:
+        """Validate, link, stamp a new sequence number and write one contact (create or update)."""
+        if enforce_rules:
+            err = rules_mod.first_violation(self._rules(conn, org_id), contact)
+            if err is not None:
+                raise err
+        account_id = self._link_account(conn, org_id, contact)
+        values = {f: (list(getattr(contact, f)) if f in ("emails", "phones") else getattr(contact, f)) for f in FIELDS}
+        now = time.time()
+        if existing is None:
+            seq = self._next_seq(conn, org_id, None, "create", actor)
+            record_id = f"crm_c_{seq}"
+            conn.execute(t.change_log.update().where(t.change_log.c.seq == seq).values(record_id=record_id))
+            conn.execute(
+                t.contacts.insert().values(
+                    id=record_id, org_id=org_id, owner_id=owner_id, account_id=account_id, deleted=False,
+                    version=1, updated_at=now, change_seq=seq, **values,
+                )
+            )
+        else:
+            record_id = existing.id
+            before = CrmContact.from_row(existing)
+            if before.contact == contact and before.owner_id == owner_id and before.account_id == account_id:
+                return before  # a no-op save is not a change: no version bump, no feed entry
+            seq = self._next_seq(conn, org_id, record_id, "update", actor)
+            conn.execute(
+                t.contacts.update()
+                .where(t.contacts.c.id == record_id)
+                .values(owner_id=owner_id, account_id=account_id, version=existing.version + 1,
+                        updated_at=now, change_seq=seq, **values)
+            )
+        self._write_keys(conn, org_id, record_id, contact)
+        return CrmContact.from_row(self._load(conn, org_id, record_id))
+
+    @staticmethod
+    def _check_version(existing: Any, expected_version: int | None) -> None:
+        if expected_version is not None and int(existing.version) != int(expected_version):
+            raise PreconditionFailed("record changed since it was read", detail={"current_version": existing.version})
+
+    # ---------------------------------------------------------------- contacts
+
+    @_db_errors
+    def create_contact(
+        self,
+        org_id: str,
+        contact: Contact,
+        *,
+        owner_id: str | None = None,
+        idempotency_key: str | None = None,
+        actor: str = "api",
+        enforce_rules: bool = True,
+    ) -> CrmContact:
+        fp = _fingerprint({"op": "create", "contact": contact.model_dump(mode="json"), "owner": owner_id})
+        with self._write(org_id) as conn:
+            done = self._idem_lookup(conn, org_id, idempotency_key, fp)
+            if done is not None:
+                return done
+            rec = self._save(conn, org_id, None, contact, owner_id, actor, enforce_rules)
+            self._idem_store(conn, org_id, idempotency_key, fp, rec)
+            return rec
+
+    @_db_errors
+    def update_contact(
+        self,
+        org_id: str,
+        contact_id: str,
+        contact: Contact,
+        *,
+        owner_id: str | None = None,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        actor: str = "api",
+        enforce_rules: bool = True,
+    ) -> CrmContact:
+        """Replace the contact's fields. `owner_id` None keeps the current owner."""
+        fp = _fingerprint({"op": "update", "id": contact_id, "contact": contact.model_dump(mode="json"),
+                           "owner": owner_id, "expected": expected_version})
+        with self._write(org_id) as conn:
+            done = self._idem_lookup(conn, org_id, idempotency_key, fp)
+            if done is not None:
+                return done
+            existing = self._load(conn, org_id, contact_id)
+            if existing is None or existing.deleted:
+                raise NotFound("contact not found")
+            self._check_version(existing, expected_version)
+            rec = self._save(conn, org_id, existing, contact, owner_id if owner_id is not None else existing.owner_id,
+                             actor, enforce_rules)
+            self._idem_store(conn, org_id, idempotency_key, fp, rec)
+            return rec
+
+    @_db_errors
+    def delete_contact(
+        self,
+        org_id: str,
+        contact_id: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+        actor: str = "api",
+    ) -> CrmContact:
+        """Soft delete: the row stays as a tombstone so the feed can report it.
+
+        Deleting an already-deleted contact returns the tombstone unchanged; an id
+        this organisation never had raises NotFound.
+        """
+        fp = _fingerprint({"op": "delete", "id": contact_id, "expected": expected_version})
+        with self._write(org_id) as conn:
+            done = self._idem_lookup(conn, org_id, idempotency_key, fp)
+            if done is not None:
+                return done
+            existing = self._load(conn, org_id, contact_id)
+            if existing is None:
+                raise NotFound("contact not found")
+            if not existing.deleted:
+                self._check_version(existing, expected_version)
+                seq = self._next_seq(conn, org_id, contact_id, "delete", actor)
+                conn.execute(
+                    t.contacts.update()
+                    .where(t.contacts.c.id == contact_id)
+                    .values(deleted=True, version=existing.version + 1, updated_at=time.time(), change_seq=seq)
+                )
+                self._write_keys(conn, org_id, contact_id, None)
+            rec = CrmContact.from_row(self._load(conn, org_id, contact_id))
+            self._idem_store(conn, org_id, idempotency_key, fp, rec)
+            return rec
+
+    @_db_errors
+    def get_contact(self, org_id: str, contact_id: str, *, include_deleted: bool = False) -> CrmContact | None:
+        with self._read() as conn:
+            row = self._load(conn, org_id, contact_id)
+        if row is None or (row.deleted and not include_deleted):
+            return None
+        return CrmContact.from_row(row)
+
+    @_db_errors
+    def get_contacts(self, org_id: str, contact_ids: Sequence[str]) -> dict[str, CrmContact]:
+        """Rows by id, tombstones included; ids of other organisations are simply absent."""
+        out: dict[str, CrmContact] = {}
+        ids = list(dict.fromkeys(contact_ids))
+        with self._read() as conn:
+            for i in range(0, len(ids), _KEY_CHUNK):
+                rows = conn.execute(
+                    sa.select(t.contacts).where(t.contacts.c.org_id == org_id, t.contacts.c.id.in_(ids[i:i + _KEY_CHUNK]))
+                ).all()
+                out.update((r.id, CrmContact.from_row(r)) for r in rows)
+        return out
+
+    @_db_errors
+    def list_contacts(
+        self,
+        org_id: str,
+        *,
+        owner_id: str | None = None,
+        account_id: str | None = None,
+        include_deleted: bool = False,
+        limit: int = 1000,
+        offset: int = 0,
+    ) -> list[CrmContact]:
+        q = sa.select(t.contacts).where(t.contacts.c.org_id == org_id)
+        if owner_id is not None:
+            q = q.where(t.contacts.c.owner_id == owner_id)
+        if account_id is not None:
+            q = q.where(t.contacts.c.account_id == account_id)
+        if not include_deleted:
+            q = q.where(t.contacts.c.deleted.is_(False))
+        q = q.order_by(t.contacts.c.change_seq).limit(limit).offset(offset)
+        with self._read() as conn:
+            return [CrmContact.from_row(r) for r in conn.execute(q).all()]
+
+    @_db_errors
+    def changes_since(self, org_id: str, cursor: int | None, limit: int = 500) -> tuple[list[CrmContact], int]:
+        """Contacts changed after `cursor` (a sequence number), oldest first, tombstones included.
+
+        A contact changed several times since the cursor appears once, in its latest
+        state. The returned cursor is the last record's sequence number (or the
+        given cursor when nothing changed); resuming from it neither repeats nor
+        skips a committed change.
+        """
+        after = int(cursor or 0)
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(t.contacts)
+                .where(t.contacts.c.org_id == org_id, t.contacts.c.change_seq > after)
+                .order_by(t.contacts.c.change_seq)
+                .limit(limit)
+            ).all()
+        recs = [CrmContact.from_row(r) for r in rows]
+        return recs, (recs[-1].change_seq if recs else after)
+
+    @_db_errors
+    def search_candidates(self, org_id: str, keys: Iterable[str]) -> list[CrmContact]:
+        """Live contacts of this organisation sharing at least one blocking key."""
+        keys = sorted({k for k in keys if k})
+        ids: set[str] = set()
+        with self._read() as conn:
+            for i in range(0, len(keys), _KEY_CHUNK):
+                ids.update(
+                    conn.execute(
+                        sa.select(t.blocking_keys.c.record_id).where(
+                            t.blocking_keys.c.org_id == org_id, t.blocking_keys.c.key.in_(keys[i:i + _KEY_CHUNK])
+                        )
+                    ).scalars()
+                )
+        found = self.get_contacts(org_id, sorted(ids))
+        return sorted((c for c in found.values() if not c.deleted), key=lambda c: c.change_seq)
+
+    @_db_errors
+    def reindex_blocking_keys(self, org_id: str | None = None) -> int:
+        """Rebuild the candidates index (e.g. after `sync.normalize` changed its keys)."""
+        q = sa.select(t.contacts).where(t.contacts.c.deleted.is_(False))
+        if org_id is not None:
+            q = q.where(t.contacts.c.org_id == org_id)
+        with self._read() as conn:
+            rows = conn.execute(q).all()
+        for r in rows:
+            with self._write(r.org_id) as conn:
+                self._write_keys(conn, r.org_id, r.id, CrmContact.from_row(r).contact)
+        return len(rows)
+
+    # ---------------------------------------------------------------- user edits (tests, demo)
+
+    def user_create(self, org_id: str, owner_id: str, *, user: str = "crm_user", enforce_rules: bool = True,
+                    **fields: Any) -> CrmContact:
+        """A CRM user adds a contact in the CRM's UI."""
+        return self.create_contact(org_id, Contact(**fields), owner_id=owner_id, actor=user,
+                                   enforce_rules=enforce_rules)
+
+    def user_edit(self, org_id: str, contact_id: str, *, user: str = "crm_user", enforce_rules: bool = True,
+                  **fields: Any) -> CrmContact:
+        """A CRM user changes some fields of a contact; the rest stay as they are."""
+        current = self.get_contact(org_id, contact_id)
+        if current is None:
+            raise NotFound("contact not found")
+        merged = Contact(**{**current.contact.model_dump(), **fields})
+        return self.update_contact(org_id, contact_id, merged, expected_version=current.version, actor=user,
+                                   enforce_rules=enforce_rules)
+
+    def user_delete(self, org_id: str, contact_id: str, *, user: str = "crm_user") -> CrmContact:
+        return self.delete_contact(org_id, contact_id, actor=user)
+
+    # ---------------------------------------------------------------- accounts
+
+    def _relink(self, conn: Connection, org_id: str, account_id: str) -> None:
+        """Re-evaluate links of contacts that are unlinked or linked to `account_id`.
+
+        A changed link is a change to the contact, so it gets a new version and a feed entry.
+        """
+        rows = conn.execute(
+            sa.select(t.contacts).where(
+                t.contacts.c.org_id == org_id,
+                t.contacts.c.deleted.is_(False),
+                sa.or_(t.contacts.c.account_id.is_(None), t.contacts.c.account_id == account_id),
+            )
+        ).all()
+        for r in rows:
+            new = self._link_account(conn, org_id, CrmContact.from_row(r).contact)
+            if new != r.account_id:
+                seq = self._next_seq(conn, org_id, r.id, "relink", "system")
+                conn.execute(
+                    t.contacts.update().where(t.contacts.c.id == r.id).values(
+                        account_id=new, version=r.version + 1, updated_at=time.time(), change_seq=seq
+                    )
+                )
+
+    @staticmethod
+    def _norm_domain(domain: str | None) -> str | None:
+        d = (domain or "").strip().lower().removeprefix("www.").lstrip("@")
+        return d or None
+
+    @_db_errors
+    def create_account(self, org_id: str, name: str, domain: str | None = None, *, actor: str = "api") -> Account:
+        with self._write(org_id) as conn:
+            seq = self._next_seq(conn, org_id, None, "account_create", actor)
+            acc = Account(f"crm_a_{seq}", org_id, name, self._norm_domain(domain))
+            conn.execute(t.change_log.update().where(t.change_log.c.seq == seq).values(record_id=acc.id))
+            conn.execute(t.accounts.insert().values(id=acc.id, org_id=org_id, name=name, name_key=company_key(name),
+                                                    domain=acc.domain, updated_at=time.time()))
+            self._relink(conn, org_id, acc.id)
+            return acc
+
+    @_db_errors
+    def update_account(self, org_id: str, account_id: str, *, name: str | None = None, domain: str | None = None,
+                       actor: str = "api") -> Account:
+        with self._write(org_id) as conn:
+            row = conn.execute(sa.select(t.accounts).where(t.accounts.c.org_id == org_id,
+                                                           t.accounts.c.id == account_id)).first()
+            if row is None:
+                raise NotFound("account not found")
+            new_name = row.name if name is None else name
+            new_domain = row.domain if domain is None else self._norm_domain(domain)
+            self._next_seq(conn, org_id, account_id, "account_update", actor)
+            conn.execute(t.accounts.update().where(t.accounts.c.id == account_id).values(
+                name=new_name, name_key=company_key(new_name), domain=new_domain, updated_at=time.time()))
+            self._relink(conn, org_id, account_id)
+            return Account(account_id, org_id, new_name, new_domain)
+
+    @_db_errors
+    def delete_account(self, org_id: str, account_id: str, *, actor: str = "api") -> None:
+        with self._write(org_id) as conn:
+            n = conn.execute(t.accounts.delete().where(t.accounts.c.org_id == org_id,
+                                                       t.accounts.c.id == account_id)).rowcount
+            if not n:
+                raise NotFound("account not found")
+            self._next_seq(conn, org_id, account_id, "account_delete", actor)
+            self._relink(conn, org_id, account_id)
+
+    @_db_errors
+    def get_account(self, org_id: str, account_id: str) -> Account | None:
+        with self._read() as conn:
+            r = conn.execute(sa.select(t.accounts).where(t.accounts.c.org_id == org_id,
+                                                         t.accounts.c.id == account_id)).first()
+        return Account(r.id, r.org_id, r.name, r.domain) if r else None
+
+    @_db_errors
+    def list_accounts(self, org_id: str) -> list[Account]:
+        with self._read() as conn:
+            rows = conn.execute(sa.select(t.accounts).where(t.accounts.c.org_id == org_id)
+                                .order_by(t.accounts.c.name, t.accounts.c.id)).all()
+        return [Account(r.id, r.org_id, r.name, r.domain) for r in rows]
+
+    @_db_errors
+    def accounts_by_domain(self, org_id: str, domain: str) -> list[Account]:
+        d = self._norm_domain(domain)
+        with self._read() as conn:
+            rows = conn.execute(sa.select(t.accounts).where(t.accounts.c.org_id == org_id, t.accounts.c.domain == d)
+                                .order_by(t.accounts.c.id)).all()
+        return [Account(r.id, r.org_id, r.name, r.domain) for r in rows]
+
+    # ---------------------------------------------------------------- rules
+
+    @_db_errors
+    def configure_rules(self, org_id: str, rules: Sequence[Rule]) -> None:
+        """Replace the organisation's rule set. Existing records are not re-checked (as in real CRMs)."""
+        names = [r.name for r in rules]
+        if len(set(names)) != len(names):
+            raise Fatal("rule names must be unique within an organisation")
+        for r in rules:
+            rules_mod.validate_definition(r)
+        with self._write(org_id) as conn:
+            conn.execute(t.rules.delete().where(t.rules.c.org_id == org_id))
+            if rules:
+                conn.execute(t.rules.insert(), [{"org_id": org_id, "position": i, **r.to_row()}
+                                                for i, r in enumerate(rules)])
+
+    @_db_errors
+    def get_rules(self, org_id: str) -> list[Rule]:
+        with self._read() as conn:
+            return self._rules(conn, org_id)
+
+    def check_rules(self, org_id: str, contact: Contact) -> ValidationRejected | None:
+        """What a save of `contact` would be refused for, without saving."""
+        return rules_mod.first_violation(self.get_rules(org_id), contact)
