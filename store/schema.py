@@ -1,0 +1,205 @@
+"""Concord's own tables: the durable side of the sync (the claim checks workflows point at).
+
+Times are float epoch seconds everywhere so that both backends, the workflows and the
+pure core compare them without timezone handling. JSON is plain `sa.JSON` (PostgreSQL
+`json`, not `jsonb`): `jsonb` refuses a `\\u0000` escape, and a contact note that a
+provider hands us with a NUL in it must still be stored rather than lost.
+
+Ids that grow with traffic are BIGINT on PostgreSQL; on SQLite they must stay
+`INTEGER PRIMARY KEY` to be rowid aliases, and AUTOINCREMENT keeps a deleted link's
+id from being reused by the next link (a stale action must never point at a new link).
+
+The migration in `store/migrations/versions` is written out by hand and frozen; a
+test compares it with this module, so change both together.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING)
+
+# Row ids: BIGINT where it matters, rowid alias on SQLite.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Epoch = sa.Double
+
+ITEM_STATUSES = ("pending", "applied", "skipped", "conflict", "duplicate", "quarantined", "deferred")
+CONNECTION_STATUSES = ("active", "paused", "needs_reauth", "disconnected")
+PROVIDERS = ("google", "microsoft")
+REVIEW_KINDS = ("conflict", "duplicate")
+REVIEW_STATUSES = ("open", "resolved", "applied", "superseded")
+ACTION_STATUSES = ("planned", "platform_done", "mailbox_started", "done", "rejected", "failed", "deferred")
+AUDIT_OPS = ("create", "update", "delete", "link", "unlink")
+
+organisations = sa.Table(
+    "organisations",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("settings", sa.JSON, nullable=False),
+)
+
+connections = sa.Table(
+    "connections",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("org_id", sa.String, sa.ForeignKey("organisations.id"), nullable=False),
+    sa.Column("user_id", sa.String, nullable=False),
+    sa.Column("provider", sa.String, nullable=False),
+    sa.Column("account_ref", sa.String, nullable=False),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("settings", sa.JSON, nullable=False),
+    sa.Column("created_at", Epoch, nullable=False),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.Index("ix_connections_org_id", "org_id"),
+    sa.Index("ix_connections_provider_account_ref", "provider", "account_ref"),
+)
+
+cursors = sa.Table(
+    "cursors",
+    metadata,
+    sa.Column("connection_id", sa.String, primary_key=True),
+    sa.Column("stream", sa.String, primary_key=True),
+    sa.Column("value", sa.String, nullable=True),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.Column("full_sync_count", sa.Integer, nullable=False, server_default="0"),
+)
+
+items = sa.Table(
+    "items",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("connection_id", sa.String, nullable=False),
+    sa.Column("side", sa.String, nullable=False),
+    sa.Column("external_id", sa.String, nullable=False),
+    sa.Column("record", sa.JSON, nullable=False),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("rule", sa.String, nullable=True),
+    sa.Column("error_code", sa.String, nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("batch_id", sa.String, nullable=True),
+    sa.Column("review_id", sa.BigInteger, nullable=True),
+    sa.Column("seq", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("received_at", Epoch, nullable=False),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.UniqueConstraint("connection_id", "side", "external_id", name="uq_items_connection_id_side_external_id"),
+    sa.Index("ix_items_connection_id_status", "connection_id", "status"),
+    sa.Index("ix_items_connection_id_batch_id", "connection_id", "batch_id"),
+    sqlite_autoincrement=True,
+)
+
+links = sa.Table(
+    "links",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("org_id", sa.String, nullable=False),
+    sa.Column("connection_id", sa.String, nullable=False),
+    sa.Column("mailbox_id", sa.String, nullable=False),
+    sa.Column("platform_id", sa.String, nullable=False),
+    sa.Column("snapshot", sa.JSON, nullable=False),
+    sa.Column("mailbox_hash", sa.String, nullable=False),
+    sa.Column("platform_hash", sa.String, nullable=False),
+    sa.Column("mailbox_etag", sa.String, nullable=True),
+    sa.Column("platform_etag", sa.String, nullable=True),
+    sa.Column("created_at", Epoch, nullable=False),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.UniqueConstraint("connection_id", "mailbox_id", name="uq_links_connection_id_mailbox_id"),
+    sa.UniqueConstraint("connection_id", "platform_id", name="uq_links_connection_id_platform_id"),
+    sa.Index("ix_links_org_id", "org_id"),
+    sqlite_autoincrement=True,
+)
+
+link_keys = sa.Table(
+    "link_keys",
+    metadata,
+    sa.Column(
+        "link_id",
+        BigId,
+        sa.ForeignKey("links.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Index("ix_link_keys_key", "key"),
+)
+
+reviews = sa.Table(
+    "reviews",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("connection_id", sa.String, nullable=False),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("link_id", sa.BigInteger, nullable=True),
+    sa.Column("mailbox_id", sa.String, nullable=True),
+    sa.Column("platform_id", sa.String, nullable=True),
+    sa.Column("fields", sa.JSON, nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Column("resolution", sa.JSON, nullable=True),
+    sa.Column("created_at", Epoch, nullable=False),
+    sa.Column("resolved_at", Epoch, nullable=True),
+    sa.Index("ix_reviews_connection_id_status", "connection_id", "status"),
+    sqlite_autoincrement=True,
+)
+
+actions = sa.Table(
+    "actions",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("connection_id", sa.String, nullable=False),
+    sa.Column("cycle_id", sa.String, nullable=False),
+    sa.Column("item_mailbox_id", sa.String, nullable=True),
+    sa.Column("item_platform_id", sa.String, nullable=True),
+    sa.Column("link_id", sa.BigInteger, nullable=True),
+    sa.Column("decision", sa.JSON, nullable=False),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("result", sa.JSON, nullable=True),
+    sa.Column("error_code", sa.String, nullable=True),
+    sa.Column("error_message", sa.Text, nullable=True),
+    sa.Column("idempotency_key", sa.String, nullable=False),
+    sa.Column("created_at", Epoch, nullable=False),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.UniqueConstraint("idempotency_key", name="uq_actions_idempotency_key"),
+    sa.Index("ix_actions_connection_id_status", "connection_id", "status"),
+    sa.Index("ix_actions_connection_id_cycle_id", "connection_id", "cycle_id"),
+    sqlite_autoincrement=True,
+)
+
+audit_log = sa.Table(
+    "audit_log",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("org_id", sa.String, nullable=False),
+    sa.Column("connection_id", sa.String, nullable=True),
+    sa.Column("side", sa.String, nullable=True),
+    sa.Column("op", sa.String, nullable=False),
+    sa.Column("external_id", sa.String, nullable=True),
+    sa.Column("action_id", sa.BigInteger, nullable=True),
+    sa.Column("at", Epoch, nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),
+    sa.Index("ix_audit_log_org_id_at", "org_id", "at"),
+    sa.Index("ix_audit_log_connection_id_at", "connection_id", "at"),
+    sqlite_autoincrement=True,
+)
+
+pending_oauth = sa.Table(
+    "pending_oauth",
+    metadata,
+    sa.Column("state", sa.String, primary_key=True),
+    sa.Column("provider", sa.String, nullable=False),
+    sa.Column("org_id", sa.String, nullable=False),
+    sa.Column("user_id", sa.String, nullable=False),
+    sa.Column("code_verifier", sa.String, nullable=False),
+    sa.Column("redirect_uri", sa.String, nullable=False),
+    sa.Column("created_at", Epoch, nullable=False),
+    sa.Column("expires_at", Epoch, nullable=False),
+    sa.Index("ix_pending_oauth_expires_at", "expires_at"),
+)
