@@ -1,0 +1,376 @@
+"""Contacts activities: thin glue between the store, the pure core and the connectors.
+
+Each activity loads what it needs from the store by connection id, does its step,
+persists the result and returns counts. Nothing returned carries contact content
+(DESIGN principle 1). Each is idempotent (principle 2):
+
+- fetch_*   stage changes; the cursor advances in the same transaction as the last
+            page, so a retry re-stages (coalesced by item) and never skips.
+- plan      decisions are stored as actions keyed by cycle and item, so a retry adds
+            nothing twice; items with unfinished actions are not planned again.
+- write     resumes actions from their recorded status (see activities/executor.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from temporalio import activity
+
+from activities.errors import to_application_error
+from activities.executor import Executor
+from connectors.errors import ConnectorError, CursorExpired
+from connectors.protocols import MailboxContacts, PlatformContacts
+from models.contact import Contact, SideRecord
+from models.plan import Decision
+from models.workflow import (
+    CycleRef,
+    FetchResult,
+    PlanSummary,
+    RejectionSummary,
+    Resolution,
+    StoreSummary,
+    WriteSummary,
+)
+from store import repo
+from sync.normalize import blocking_keys
+from sync.planner import LinkState, PlanInput, Review, plan
+from sync.policy import SyncSettings
+from workers.telemetry import activity_span
+
+MAILBOX_STREAM = "contacts:mailbox"
+PLATFORM_STREAM = "contacts:platform"
+OPEN_ITEM_STATUSES = ["pending", "conflict", "duplicate", "deferred"]
+UNFINISHED_ACTIONS = ["planned", "platform_done", "mailbox_started", "rejected"]
+CANDIDATE_KEY_CHUNK = 500
+
+
+@dataclass
+class ConnectionInfo:
+    """What a connector factory needs to build a mailbox client for one connection."""
+
+    connection_id: str
+    org_id: str
+    user_id: str
+    provider: str
+    account_ref: str
+    settings: dict
+
+
+MailboxFactory = Callable[[ConnectionInfo], MailboxContacts]
+
+
+def link_state(row) -> LinkState:
+    return LinkState(
+        link_id=int(row.id),
+        mailbox_id=row.mailbox_id,
+        platform_id=row.platform_id,
+        snapshot=Contact.model_validate(row.snapshot),
+        mailbox_hash=row.mailbox_hash,
+        platform_hash=row.platform_hash,
+        mailbox_etag=row.mailbox_etag,
+        platform_etag=row.platform_etag,
+    )
+
+
+def _heartbeat(*details) -> None:
+    if activity.in_activity():
+        activity.heartbeat(*details)
+
+
+class ContactActivities:
+    """Bound to one store, one platform adapter and a way to reach each mailbox."""
+
+    def __init__(self, session_factory, platform: PlatformContacts, mailbox_for: MailboxFactory) -> None:
+        self.sessions = session_factory
+        self.platform = platform
+        self.mailbox_for = mailbox_for
+
+    # -- helpers -------------------------------------------------------------
+    def _connection(self, s, connection_id: str) -> tuple[ConnectionInfo, SyncSettings]:
+        conn = repo.get_connection(s, connection_id)
+        if conn is None:
+            raise to_application_error(_fatal(f"unknown connection {connection_id}"))
+        org = repo.get_org(s, conn.org_id)
+        info = ConnectionInfo(conn.id, conn.org_id, conn.user_id, conn.provider, conn.account_ref, dict(conn.settings or {}))
+        merged = {**(org.settings or {}), **(conn.settings or {}).get("sync", {})}
+        return info, SyncSettings.from_dict(merged, owner=conn.user_id)
+
+    # -- fetch ---------------------------------------------------------------
+    @activity.defn(name="contacts.fetch_mailbox")
+    def fetch_mailbox(self, ref: CycleRef) -> FetchResult:
+        with self.sessions() as s:
+            info, _ = self._connection(s, ref.connection_id)
+            cursor = repo.get_cursor(s, ref.connection_id, MAILBOX_STREAM)
+        mailbox = self.mailbox_for(info)
+        with activity_span("contacts.fetch_mailbox", connection_id=ref.connection_id) as span:
+            try:
+                result = self._drain_mailbox(ref, mailbox, cursor)
+            except CursorExpired:
+                # The provider forgot our place: list everything again. Links make
+                # the re-listed contacts echoes, not duplicates.
+                result = self._drain_mailbox(ref, mailbox, None)
+                result.full_resync = True
+            except ConnectorError as exc:
+                raise to_application_error(exc) from None
+            result.calls = mailbox.calls_made
+            span.set_attributes({"fetched": result.fetched, "pages": result.pages,
+                                 "full_resync": result.full_resync, "calls": result.calls})
+        return result
+
+    def _drain_mailbox(self, ref: CycleRef, mailbox: MailboxContacts, cursor: str | None) -> FetchResult:
+        full = cursor is None
+        result = FetchResult(stream=MAILBOX_STREAM, full_resync=full and self._had_cursor(ref))
+        seen: set[str] = set()
+        page_token: str | None = None
+        batch_id = f"{ref.cycle_id}:m"
+        while True:
+            page = mailbox.list_changes(cursor, page_token)
+            result.pages += 1
+            result.fetched += len(page.records)
+            seen.update(r.external_id for r in page.records)
+            last = page.next_page is None
+            with self.sessions.begin() as s:
+                repo.stage_records(s, ref.connection_id, "mailbox", page.records, batch_id)
+                if last:
+                    if full:
+                        result.vanished = self._stage_vanished(s, ref.connection_id, seen, batch_id)
+                    repo.set_cursor(s, ref.connection_id, MAILBOX_STREAM, page.cursor, full_sync=full)
+            _heartbeat(result.pages)
+            if last:
+                return result
+            page_token = page.next_page
+
+    def _had_cursor(self, ref: CycleRef) -> bool:
+        with self.sessions() as s:
+            return repo.get_cursor(s, ref.connection_id, MAILBOX_STREAM) is not None
+
+    def _stage_vanished(self, s, connection_id: str, seen: set[str], batch_id: str) -> int:
+        """After a full listing, linked contacts it did not list were deleted meanwhile."""
+        gone = [mid for mid in repo.linked_mailbox_ids(s, connection_id) if mid not in seen]
+        tombstones = [SideRecord(side="mailbox", external_id=mid, deleted=True) for mid in gone]
+        if tombstones:
+            repo.stage_records(s, connection_id, "mailbox", tombstones, batch_id)
+        return len(tombstones)
+
+    @activity.defn(name="contacts.fetch_platform")
+    def fetch_platform(self, ref: CycleRef) -> FetchResult:
+        with self.sessions() as s:
+            info, settings = self._connection(s, ref.connection_id)
+            cursor = repo.get_cursor(s, ref.connection_id, PLATFORM_STREAM)
+        result = FetchResult(stream=PLATFORM_STREAM)
+        calls_before = getattr(self.platform, "calls_made", 0)
+        batch_id = f"{ref.cycle_id}:p"
+        with activity_span("contacts.fetch_platform", connection_id=ref.connection_id) as span:
+            try:
+                while True:
+                    page = self.platform.changes_since(info.org_id, cursor, limit=500)
+                    result.pages += 1
+                    with self.sessions.begin() as s:
+                        relevant = self._relevant_platform(s, ref.connection_id, page.records, settings)
+                        result.fetched += len(relevant)
+                        repo.stage_records(s, ref.connection_id, "platform", relevant, batch_id)
+                        if page.cursor is not None:
+                            repo.set_cursor(s, ref.connection_id, PLATFORM_STREAM, page.cursor)
+                    _heartbeat(result.pages)
+                    if not page.records or page.cursor is None or page.cursor == cursor:
+                        break
+                    cursor = page.cursor
+            except ConnectorError as exc:
+                raise to_application_error(exc) from None
+            result.calls = getattr(self.platform, "calls_made", 0) - calls_before
+            span.set_attributes({"fetched": result.fetched, "pages": result.pages})
+        return result
+
+    @staticmethod
+    def _relevant_platform(s, connection_id: str, records: list[SideRecord], settings: SyncSettings) -> list[SideRecord]:
+        """Platform changes this mailbox must see: its linked records and those in its scope.
+
+        Everything else in the organisation's feed belongs to other mailboxes; they are
+        still found as match candidates through the platform's search.
+        """
+        if settings.platform_scope == "all":
+            return list(records)
+        linked = {row.platform_id for row in repo.get_links_by_platform_ids(s, connection_id, [r.external_id for r in records])}
+        keep = []
+        for r in records:
+            if r.external_id in linked:
+                keep.append(r)
+            elif settings.platform_scope == "owned" and r.owner == settings.owner:
+                keep.append(r)
+        return keep
+
+    # -- plan ----------------------------------------------------------------
+    @activity.defn(name="contacts.plan")
+    def plan(self, ref: CycleRef, approve_mass_delete: bool = False) -> PlanSummary:
+        with activity_span("contacts.plan", connection_id=ref.connection_id) as span:
+            with self.sessions() as s:
+                info, settings = self._connection(s, ref.connection_id)
+                busy = repo.items_with_unfinished_actions(s, ref.connection_id, UNFINISHED_ACTIONS)
+                rows = [r for r in repo.items_by_status(s, ref.connection_id, OPEN_ITEM_STATUSES)
+                        if (r.side, r.external_id) not in busy]
+                mailbox = {r.external_id: SideRecord.model_validate(r.record) for r in rows if r.side == "mailbox"}
+                platform = {r.external_id: SideRecord.model_validate(r.record) for r in rows if r.side == "platform"}
+                mailbox_ids = set(mailbox) | {old for rec in mailbox.values() for old in rec.previous_ids}
+                by_mailbox = {row.mailbox_id: link_state(row)
+                              for row in repo.get_links_by_mailbox_ids(s, ref.connection_id, list(mailbox_ids))}
+                by_platform = {row.platform_id: link_state(row)
+                               for row in repo.get_links_by_platform_ids(s, ref.connection_id, list(platform))}
+                reviews = self._reviews(s, ref.connection_id)
+                new_platform = [r for pid, r in platform.items() if pid not in by_platform and r.contact]
+                neighbour_keys = set().union(*(blocking_keys(r.contact) for r in new_platform)) if new_platform else set()
+                neighbours = {int(row.id): link_state(row)
+                              for row in repo.links_sharing_keys(s, ref.connection_id, neighbour_keys)} if neighbour_keys else {}
+                link_count = repo.count_links(s, ref.connection_id)
+                # links of platform candidates: a candidate already linked here is a duplicate, not a match
+                new_mailbox = [r for mid, r in mailbox.items() if mid not in by_mailbox and r.contact and not r.deleted]
+            candidates = self._platform_candidates(info.org_id, new_mailbox, exclude=set(platform))
+            if candidates:
+                with self.sessions() as s:
+                    for row in repo.get_links_by_platform_ids(s, ref.connection_id, list(candidates)):
+                        by_platform.setdefault(row.platform_id, link_state(row))
+            result = plan(PlanInput(
+                mailbox=mailbox, platform=platform, settings=settings,
+                links_by_mailbox=by_mailbox, links_by_platform=by_platform, reviews=reviews,
+                platform_candidates=candidates, neighbour_links=neighbours,
+                link_count=link_count, approve_mass_delete=approve_mass_delete,
+            ))
+            summary = PlanSummary(planned=len(result.decisions), outcomes=result.counts(),
+                                  guard_tripped=result.guard_tripped, held_deletes=result.held_deletes)
+            for d in result.decisions:
+                summary.rules[d.rule] = summary.rules.get(d.rule, 0) + 1
+            with self.sessions.begin() as s:
+                self._persist_plan(s, ref, result.decisions, mailbox, platform, by_mailbox, by_platform)
+            span.set_attributes({"planned": summary.planned, **{f"outcome.{k}": v for k, v in summary.outcomes.items()}})
+        return summary
+
+    def _reviews(self, s, connection_id: str) -> dict:
+        out: dict = {}
+        for row in repo.open_reviews(s, connection_id, statuses=("open", "resolved")):
+            review = Review(int(row.id), row.kind, row.mailbox_id, row.platform_id,
+                            row.resolution if row.status == "resolved" else None)
+            if row.mailbox_id:
+                out[("mailbox", row.mailbox_id)] = review
+            if row.platform_id:
+                out[("platform", row.platform_id)] = review
+        return out
+
+    def _platform_candidates(self, org_id: str, new_mailbox: list[SideRecord], exclude: set[str]) -> dict[str, SideRecord]:
+        keys = sorted(set().union(*(blocking_keys(r.contact) for r in new_mailbox))) if new_mailbox else []
+        found: dict[str, SideRecord] = {}
+        try:
+            for i in range(0, len(keys), CANDIDATE_KEY_CHUNK):
+                for rec in self.platform.search_candidates(org_id, set(keys[i:i + CANDIDATE_KEY_CHUNK])):
+                    if rec.external_id not in exclude and not rec.deleted:
+                        found[rec.external_id] = rec
+                _heartbeat(i)
+        except ConnectorError as exc:
+            raise to_application_error(exc) from None
+        return found
+
+    def _persist_plan(self, s, ref: CycleRef, decisions: list[Decision], mailbox: dict, platform: dict,
+                      by_mailbox: dict, by_platform: dict) -> None:
+        actions = []
+        for d in decisions:
+            items = d.item_keys()
+            if d.outcome == "apply":
+                key = f"{ref.connection_id}:{ref.cycle_id}:{d.link_id}:{d.mailbox_id}:{d.platform_id}"
+                actions.append({"cycle_id": ref.cycle_id, "item_mailbox_id": d.mailbox_id,
+                                "item_platform_id": d.platform_id, "link_id": d.link_id,
+                                "decision": d.model_dump(mode="json"), "idempotency_key": key})
+                continue
+            review_id = d.review_id
+            if d.outcome in ("conflict", "duplicate"):
+                detail = self._review_detail(d, mailbox, platform, by_mailbox, by_platform)
+                if review_id is None:
+                    review_id = repo.open_review(
+                        s, connection_id=ref.connection_id, kind=d.outcome, link_id=d.link_id,
+                        mailbox_id=d.mailbox_id, platform_id=d.platform_id, fields=d.fields, detail=detail)
+                else:
+                    repo.update_review(s, review_id, fields=d.fields, detail=detail, status="open")
+            elif review_id is not None:
+                repo.set_review_status(s, review_id, "superseded")
+                review_id = None
+            status = {"skip": "skipped", "held": "deferred"}.get(d.outcome, d.outcome)
+            error_code = "malformed_input" if d.outcome == "quarantine" else None
+            message = "; ".join(d.problems) if d.problems else None
+            for side, ext in items:
+                repo.set_item_outcome_by_key(s, ref.connection_id, side, ext, status, rule=d.rule,
+                                             error_code=error_code, error_message=message, review_id=review_id)
+        if actions:
+            repo.add_actions(s, ref.connection_id, ref.cycle_id, actions)
+
+    @staticmethod
+    def _review_detail(d: Decision, mailbox: dict, platform: dict, by_mailbox: dict, by_platform: dict) -> dict:
+        """What a reviewer needs to decide; stored in the store, never in history."""
+        def contact_of(rec: SideRecord | None):
+            return rec.contact.model_dump(mode="json") if rec and rec.contact else None
+        detail: dict = {"rule": d.rule}
+        if d.outcome == "conflict":
+            link = by_mailbox.get(d.mailbox_id or "") or by_platform.get(d.platform_id or "")
+            detail.update(mailbox=contact_of(mailbox.get(d.mailbox_id or "")),
+                          platform=contact_of(platform.get(d.platform_id or "")),
+                          base=link.snapshot.model_dump(mode="json") if link else None)
+        else:
+            detail.update(candidate_side=d.candidate_side, candidate_id=d.candidate_id, score=d.score)
+        return detail
+
+    # -- write ---------------------------------------------------------------
+    @activity.defn(name="contacts.write")
+    def write(self, ref: CycleRef) -> WriteSummary:
+        with self.sessions() as s:
+            info, settings = self._connection(s, ref.connection_id)
+        executor = Executor(self.sessions, self.platform, self.mailbox_for(info), info, settings)
+        with activity_span("contacts.write", connection_id=ref.connection_id) as span:
+            try:
+                summary = executor.run(heartbeat=_heartbeat)
+            except ConnectorError as exc:
+                raise to_application_error(exc) from None
+            span.set_attributes({"applied": summary.applied, "rejected": summary.rejected,
+                                 "deferred": summary.deferred, "linked": summary.linked})
+        return summary
+
+    @activity.defn(name="contacts.handle_rejections")
+    def handle_rejections(self, ref: CycleRef) -> RejectionSummary:
+        with self.sessions() as s:
+            info, settings = self._connection(s, ref.connection_id)
+        executor = Executor(self.sessions, self.platform, self.mailbox_for(info), info, settings)
+        with activity_span("contacts.handle_rejections", connection_id=ref.connection_id) as span:
+            try:
+                summary = executor.handle_rejections(heartbeat=_heartbeat)
+            except ConnectorError as exc:
+                raise to_application_error(exc) from None
+            span.set_attributes({"fixed": summary.fixed, "quarantined": summary.quarantined})
+        return summary
+
+    # -- people's answers and maintenance --------------------------------------
+    @activity.defn(name="contacts.apply_resolutions")
+    def apply_resolutions(self, connection_id: str, resolutions: list[Resolution]) -> int:
+        """Record each answer and re-open its items so the next plan applies it."""
+        applied = 0
+        with self.sessions.begin() as s:
+            for r in resolutions:
+                if repo.resolve_review(s, r.review_id, {"choice": r.choice}, connection_id=connection_id):
+                    applied += 1
+        return applied
+
+    @activity.defn(name="contacts.retry_quarantined")
+    def retry_quarantined(self, connection_id: str) -> int:
+        with self.sessions.begin() as s:
+            return repo.restage_quarantined(s, connection_id)
+
+    @activity.defn(name="contacts.summarize")
+    def summarize(self, connection_id: str) -> StoreSummary:
+        with self.sessions() as s:
+            return StoreSummary.model_validate(repo.sync_state_summary(s, connection_id))
+
+    def all(self) -> list:
+        return [self.fetch_mailbox, self.fetch_platform, self.plan, self.write,
+                self.handle_rejections, self.apply_resolutions, self.retry_quarantined, self.summarize]
+
+
+def _fatal(message: str):
+    from connectors.errors import Fatal
+
+    return Fatal(message)

@@ -1,0 +1,338 @@
+"""Carry out planned decisions, resumably.
+
+Each action row moves planned -> platform_done -> (mailbox_started) -> done, and
+every move is committed before the next side is touched, so a worker killed at any
+point resumes where it stopped:
+
+- platform writes carry the action's idempotency key: a replay returns the first result;
+- a mailbox create is marked `mailbox_started` before it is sent and carries a
+  marker; on resume the marker is looked up before creating again (no duplicate);
+- mailbox updates are idempotent by content; deletes treat "already gone" as done.
+
+Per-item failures never stop the batch: a platform validation error marks the
+action `rejected` (handle_rejections fixes or quarantines it); a stale etag or a
+vanished target re-stages the item so the next cycle re-reads and re-merges it.
+Only errors that concern the whole connection (rate limits, outages, auth) escape,
+after everything done so far is committed.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from connectors.errors import ConnectorError, NotFound, PreconditionFailed, ValidationRejected
+from connectors.protocols import MailboxContacts, PlatformContacts, WriteRequest, WriteResult
+from models.contact import SideRecord
+from models.plan import Decision, Write
+from models.workflow import RejectionSummary, WriteSummary
+from store import repo
+from sync.fixes import apply_fix_rules
+from sync.normalize import blocking_keys
+from sync.policy import SyncSettings
+
+CHUNK = 200
+
+
+class _Work:
+    __slots__ = ("action_id", "key", "decision", "status", "result")
+
+    def __init__(self, row) -> None:
+        self.action_id = int(row.id)
+        self.key = row.idempotency_key
+        self.decision = Decision.model_validate(row.decision)
+        self.status = row.status
+        self.result = dict(row.result or {})
+
+
+def _writes(d: Decision, side: str) -> list[tuple[int, Write]]:
+    return [(i, w) for i, w in enumerate(d.writes) if w.side == side]
+
+
+class Executor:
+    def __init__(self, sessions, platform: PlatformContacts, mailbox: MailboxContacts, info, settings: SyncSettings):
+        self.sessions = sessions
+        self.platform = platform
+        self.mailbox = mailbox
+        self.info = info
+        self.settings = settings
+        self.summary = WriteSummary()
+        self._platform_calls0 = getattr(platform, "calls_made", 0)
+        self._mailbox_calls0 = mailbox.calls_made
+
+    # ------------------------------------------------------------------ run
+    def run(self, heartbeat: Callable = lambda *a: None) -> WriteSummary:
+        with self.sessions() as s:
+            rows = repo.actions_by_status(s, self.info.connection_id, ["planned", "platform_done", "mailbox_started"])
+            work = [_Work(r) for r in rows]
+        for i in range(0, len(work), CHUNK):
+            chunk = work[i:i + CHUNK]
+            self._platform_phase([w for w in chunk if w.status == "planned"])
+            self._mailbox_phase([w for w in chunk if w.status in ("platform_done", "mailbox_started")])
+            heartbeat(i + len(chunk))
+        self.summary.calls = {
+            "platform": getattr(self.platform, "calls_made", 0) - self._platform_calls0,
+            "mailbox": self.mailbox.calls_made - self._mailbox_calls0,
+        }
+        return self.summary
+
+    # -------------------------------------------------------- platform side
+    def _platform_phase(self, work: list[_Work]) -> None:
+        upserts: list[WriteRequest] = []
+        deletes: list[WriteRequest] = []
+        owner = {}
+        for w in work:
+            for idx, wr in _writes(w.decision, "platform"):
+                req = WriteRequest(key=f"{w.key}:p{idx}", contact=wr.contact, external_id=wr.external_id,
+                                   etag=wr.etag, owner=self.settings.owner or None)
+                owner[req.key] = w
+                (deletes if wr.op == "delete" else upserts).append(req)
+        results: dict[str, WriteResult] = {}
+        escape: ConnectorError | None = None
+        try:
+            if upserts:
+                results.update({r.key: r for r in self.platform.upsert_many(self.info.org_id, upserts)})
+            if deletes:
+                results.update({r.key: r for r in self.platform.delete_many(self.info.org_id, deletes)})
+        except ConnectorError as exc:  # whole-call failure: nothing of this chunk is known done
+            escape = exc
+        with self.sessions.begin() as s:
+            for w in work:
+                if escape is not None:
+                    break
+                outcome = self._collect(s, w, "platform", results)
+                if outcome == "ok":
+                    w.status = "platform_done"
+                    repo.update_action(s, w.action_id, status="platform_done", result=w.result)
+        if escape is not None:
+            raise escape
+
+    # --------------------------------------------------------- mailbox side
+    def _mailbox_phase(self, work: list[_Work]) -> None:
+        creates, updates, deletes = [], [], []
+        resumed: list[_Work] = [w for w in work if w.status == "mailbox_started"]
+        results: dict[str, WriteResult] = {}
+        # A create that was sent before a crash may exist already: find it by marker.
+        for w in resumed:
+            for idx, wr in _writes(w.decision, "mailbox"):
+                if wr.op == "create":
+                    key = f"{w.key}:m{idx}"
+                    found = self.mailbox.find_by_marker(f"concord:{key}")
+                    if found is not None:
+                        results[key] = WriteResult(key=key, record=found)
+        for w in work:
+            for idx, wr in _writes(w.decision, "mailbox"):
+                key = f"{w.key}:m{idx}"
+                if key in results:
+                    continue
+                req = WriteRequest(key=key, contact=wr.contact, external_id=wr.external_id, etag=wr.etag,
+                                   marker=f"concord:{key}")
+                {"create": creates, "update": updates, "delete": deletes}[wr.op].append(req)
+        if creates:
+            with self.sessions.begin() as s:
+                for w in work:
+                    if w.status != "mailbox_started" and any(wr.op == "create" for _, wr in _writes(w.decision, "mailbox")):
+                        w.status = "mailbox_started"
+                        repo.update_action(s, w.action_id, status="mailbox_started")
+        escape: ConnectorError | None = None
+        try:
+            if creates:
+                results.update({r.key: r for r in self.mailbox.create_many(creates)})
+            if updates:
+                results.update({r.key: r for r in self.mailbox.update_many(updates)})
+            if deletes:
+                results.update({r.key: r for r in self.mailbox.delete_many(deletes)})
+        except ConnectorError as exc:
+            escape = exc
+        with self.sessions.begin() as s:
+            for w in work:
+                needed = [f"{w.key}:m{idx}" for idx, _ in _writes(w.decision, "mailbox")]
+                if escape is not None and any(k not in results for k in needed):
+                    continue
+                if self._collect(s, w, "mailbox", results) == "ok":
+                    self._finalize(s, w)
+        if escape is not None:
+            raise escape
+
+    # ------------------------------------------------------------ results
+    def _collect(self, s, w: _Work, side: str, results: dict[str, WriteResult]) -> str:
+        """Fold one side's write results into the action; returns ok / rejected / deferred."""
+        prefix = "p" if side == "platform" else "m"
+        for idx, wr in _writes(w.decision, side):
+            res = results.get(f"{w.key}:{prefix}{idx}")
+            if res is None:
+                continue
+            err = res.error
+            if err is None:
+                rec = res.record
+                w.result[f"{side}"] = {
+                    "id": rec.external_id if rec else wr.external_id,
+                    "etag": rec.etag if rec else None,
+                    "hash": rec.contact.canonical_hash() if rec and rec.contact else None,
+                    "op": wr.op,
+                }
+                continue
+            if isinstance(err, ValidationRejected):
+                w.status = "rejected"
+                w.result["rejected_side"] = side
+                w.result["rejected_field"] = err.field
+                w.result["rejected_rule"] = err.rule
+                repo.update_action(s, w.action_id, status="rejected", result=w.result,
+                                   error_code=err.code, error_message=err.message)
+                self.summary.rejected += 1
+                return "rejected"
+            if isinstance(err, PreconditionFailed) and wr.op == "update" and side == "mailbox":
+                current = self._reread_mailbox(wr.external_id)
+                if current is not None and current.contact == wr.contact:
+                    w.result[side] = {"id": current.external_id, "etag": current.etag,
+                                      "hash": current.contact.canonical_hash(), "op": wr.op}
+                    continue  # our earlier attempt landed already
+                self._defer(s, w, side, current, err)
+                return "deferred"
+            if isinstance(err, (PreconditionFailed, NotFound)):
+                current = self._reread(side, wr.external_id) if wr.external_id else None
+                if isinstance(err, NotFound) and wr.op == "delete":
+                    continue
+                self._defer(s, w, side, current, err)
+                return "deferred"
+            raise err  # transient, rate limit, auth: the whole activity retries
+        return "ok"
+
+    def _reread_mailbox(self, external_id: str | None) -> SideRecord | None:
+        if not external_id:
+            return None
+        try:
+            return self.mailbox.get(external_id)
+        except NotFound:
+            return SideRecord(side="mailbox", external_id=external_id, deleted=True)
+
+    def _reread(self, side: str, external_id: str) -> SideRecord | None:
+        if side == "mailbox":
+            return self._reread_mailbox(external_id)
+        records = self.platform.get_many(self.info.org_id, [external_id])
+        return records[0] if records else SideRecord(side="platform", external_id=external_id, deleted=True)
+
+    def _defer(self, s, w: _Work, side: str, current: SideRecord | None, err: ConnectorError) -> None:
+        """Stale etag / vanished target: stage what the side holds now, merge again next cycle."""
+        if current is not None:
+            repo.stage_records(s, self.info.connection_id, side, [current], f"reread:{w.action_id}")
+        repo.update_action(s, w.action_id, status="deferred", result=w.result,
+                           error_code=err.code, error_message=type(err).__name__)
+        self.summary.deferred += 1
+
+    def _finalize(self, s, w: _Work) -> None:
+        d = w.decision
+        cid = self.info.connection_id
+        old = repo.get_link(s, d.link_id) if d.link_id is not None else None
+        if d.unlink and old is not None:
+            repo.delete_link(s, old.id)
+            self.summary.unlinked += 1
+            repo.audit(s, org_id=self.info.org_id, connection_id=cid, side=None, op="unlink",
+                       external_id=None, action_id=w.action_id, detail={"link_id": int(old.id), "rule": d.rule})
+        for wr in d.writes:
+            bucket = {"create": self.summary.created, "update": self.summary.updated, "delete": self.summary.deleted}[wr.op]
+            bucket[wr.side] = bucket.get(wr.side, 0) + 1
+            done = w.result.get(wr.side, {})
+            repo.audit(s, org_id=self.info.org_id, connection_id=cid, side=wr.side, op=wr.op,
+                       external_id=done.get("id") or wr.external_id, action_id=w.action_id,
+                       detail={"rule": d.rule, "fields": d.fields})
+        if d.link and d.snapshot is not None:
+            m_done, p_done = w.result.get("mailbox", {}), w.result.get("platform", {})
+            mailbox_id = m_done.get("id") or d.mailbox_id or (old.mailbox_id if old is not None else None)
+            platform_id = p_done.get("id") or d.platform_id or (old.platform_id if old is not None else None)
+            snap_hash = d.snapshot.canonical_hash()
+            keep_id = None if (d.unlink or old is None) else int(old.id)
+            link_id = repo.save_link(
+                s, link_id=keep_id, org_id=self.info.org_id, connection_id=cid,
+                mailbox_id=mailbox_id, platform_id=platform_id,
+                snapshot=d.snapshot.model_dump(mode="json"),
+                mailbox_hash=m_done.get("hash") or snap_hash,
+                platform_hash=p_done.get("hash") or snap_hash,
+                mailbox_etag=m_done.get("etag") or d.mailbox_etag,
+                platform_etag=p_done.get("etag") or d.platform_etag,
+                keys=sorted(blocking_keys(d.snapshot)),
+            )
+            if keep_id is None:
+                self.summary.linked += 1
+                repo.audit(s, org_id=self.info.org_id, connection_id=cid, side=None, op="link",
+                           external_id=None, action_id=w.action_id,
+                           detail={"link_id": int(link_id), "rule": d.rule, "score": d.score})
+        for side, ext in d.item_keys():
+            repo.set_item_outcome_by_key(s, cid, side, ext, "applied", rule=d.rule)
+        if d.renamed_from:
+            repo.set_item_outcome_by_key(s, cid, "mailbox", d.renamed_from, "applied", rule="mailbox_id_changed")
+        if d.review_id is not None:
+            repo.set_review_status(s, d.review_id, "applied")
+        repo.update_action(s, w.action_id, status="done", result=w.result)
+        w.status = "done"
+        self.summary.applied += 1
+
+    # --------------------------------------------------------- rejections
+    def handle_rejections(self, heartbeat: Callable = lambda *a: None) -> RejectionSummary:
+        """Fix a refused record by a configured rule once; otherwise quarantine its items."""
+        out = RejectionSummary()
+        with self.sessions() as s:
+            work = [_Work(r) for r in repo.actions_by_status(s, self.info.connection_id, ["rejected"])]
+        retry: list[_Work] = []
+        with self.sessions.begin() as s:
+            for w in work:
+                fixed = None if w.result.get("fixed_by") else self._fix(w)
+                if fixed is not None:
+                    w.decision, rules = fixed
+                    w.result = {"fixed_by": rules}
+                    w.status = "planned"
+                    repo.update_action(s, w.action_id, status="planned", decision=w.decision.model_dump(mode="json"),
+                                       result=w.result, error_code=None, error_message=None)
+                    retry.append(w)
+                    continue
+                self._quarantine(s, w)
+                out.quarantined += 1
+        if retry:
+            self.run(heartbeat)
+            with self.sessions() as s:
+                still = {int(r.id) for r in repo.actions_by_status(s, self.info.connection_id, ["rejected"])}
+            out.fixed = sum(1 for w in retry if w.action_id not in still)
+            with self.sessions.begin() as s:
+                for w in retry:
+                    if w.action_id in still:
+                        row = repo.get_action(s, w.action_id)
+                        w.result = dict(row.result or {})
+                        self._quarantine(s, w, error_code=row.error_code, error_message=row.error_message)
+                        out.quarantined += 1
+        return out
+
+    def _fix(self, w: _Work) -> tuple[Decision, list[str]] | None:
+        if not self.settings.fix_rules or w.result.get("rejected_side") != "platform":
+            return None
+        d = w.decision
+        field = w.result.get("rejected_field")
+        writes = list(d.writes)
+        applied: list[str] = []
+        for i, wr in enumerate(writes):
+            if wr.side == "platform" and wr.contact is not None:
+                got = apply_fix_rules(wr.contact, field, self.settings.fix_rules)
+                if got is None:
+                    return None
+                fixed_contact, applied = got
+                writes[i] = wr.model_copy(update={"contact": fixed_contact})
+                # Both ends must end equal: the mailbox gets the fixed value too.
+                if d.mailbox_id and not any(x.side == "mailbox" for x in writes):
+                    writes.append(Write(side="mailbox", op="update", external_id=d.mailbox_id,
+                                        contact=fixed_contact, etag=d.mailbox_etag))
+                d = d.model_copy(update={"writes": writes, "snapshot": fixed_contact})
+        return (d, applied) if applied else None
+
+    def _quarantine(self, s, w: _Work, error_code: str | None = None, error_message: str | None = None) -> None:
+        row = repo.get_action(s, w.action_id)
+        code = error_code or row.error_code or "validation_rejected"
+        rule = w.result.get("rejected_rule")
+        field = w.result.get("rejected_field")
+        message = error_message or row.error_message or code
+        label = f"{code}:{rule}" if rule else code
+        for side, ext in w.decision.item_keys():
+            repo.set_item_outcome_by_key(s, self.info.connection_id, side, ext, "quarantined",
+                                         rule=rule or "platform_validation", error_code=label,
+                                         error_message=f"{message}" + (f" (field: {field})" if field else ""))
+        if w.decision.review_id is not None:
+            repo.set_review_status(s, w.decision.review_id, "superseded")
+        repo.update_action(s, w.action_id, status="failed")
+
