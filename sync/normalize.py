@@ -1,0 +1,388 @@
+"""Normalisation for matching: the forms in which two spellings of one person compare equal.
+
+Nothing here rewrites stored data: `Contact` keeps what the user typed, and these
+functions produce comparison keys only (see `models.contact`). Everything is pure
+and cheap enough to run on every contact of an organisation when an index is built.
+
+Choices worth knowing:
+
+- Gmail ignores dots in the local part and `googlemail.com` is the same mailbox, so
+  both are folded. Other domains (including Google Workspace ones) treat dots as
+  significant, so they are left alone.
+- Plus tags (`ann+news@`) are stripped only for the large providers that document
+  plus addressing (`PLUS_ADDRESSING_DOMAINS`). On a company's own domain `+` may be
+  a different mailbox, or the separator may be `-`; merging two people there costs
+  more than missing a duplicate, which name + company scoring still sends to review.
+  Yahoo's disposable addresses use `-` and a chosen base name, so Yahoo is excluded.
+- Blocking keys are few (about five per contact) because the CRM stores them in an
+  index table; each is exact-equality, so candidate lookup is a handful of probes.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import weakref
+from dataclasses import dataclass
+from threading import Lock
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+from nameparser import HumanName
+
+from models.contact import SCALAR_FIELDS, Contact
+
+FREE_MAIL_DOMAINS: frozenset[str] = frozenset(
+    {
+        "gmail.com", "googlemail.com",
+        "outlook.com", "hotmail.com", "hotmail.co.uk", "hotmail.fr", "hotmail.de", "hotmail.it",
+        "live.com", "live.co.uk", "live.fr", "msn.com", "outlook.fr", "outlook.de",
+        "yahoo.com", "yahoo.co.uk", "yahoo.fr", "yahoo.de", "yahoo.es", "yahoo.it", "yahoo.co.jp",
+        "ymail.com", "rocketmail.com", "aol.com",
+        "icloud.com", "me.com", "mac.com",
+        "proton.me", "protonmail.com", "pm.me", "tutanota.com", "hey.com",
+        "fastmail.com", "fastmail.fm", "zoho.com", "mail.com", "email.com",
+        "gmx.com", "gmx.de", "gmx.net", "web.de", "t-online.de", "freenet.de",
+        "orange.fr", "free.fr", "laposte.net", "sfr.fr", "wanadoo.fr", "libero.it", "virgilio.it",
+        "btinternet.com", "sky.com", "comcast.net", "att.net", "verizon.net", "sbcglobal.net",
+        "yandex.ru", "yandex.com", "mail.ru", "qq.com", "163.com", "126.com", "naver.com",
+    }
+)
+"""Consumer mailbox domains: sharing one says nothing about sharing an employer."""
+
+PLUS_ADDRESSING_DOMAINS: frozenset[str] = frozenset(
+    {
+        "gmail.com", "googlemail.com",
+        "outlook.com", "hotmail.com", "hotmail.co.uk", "hotmail.fr", "live.com", "msn.com",
+        "icloud.com", "me.com", "mac.com",
+        "fastmail.com", "fastmail.fm", "proton.me", "protonmail.com", "pm.me",
+    }
+)
+"""Providers whose documented plus addressing delivers `a+tag@` to `a@`."""
+
+_GMAIL = frozenset({"gmail.com", "googlemail.com"})
+
+# Letters that NFKD does not decompose but people type without the diacritic.
+_FOLD = str.maketrans(
+    {"ø": "o", "ł": "l", "đ": "d", "ð": "d", "þ": "th", "æ": "ae", "œ": "oe", "ı": "i", "ħ": "h", "ŧ": "t"}
+)
+_DROPPED = frozenset("'’‘`´ʼ")  # O'Brien == OBrien: apostrophes join, they don't separate
+_COMPANY_SUFFIXES = frozenset(
+    {
+        "inc", "incorporated", "llc", "llp", "ltd", "limited", "corp", "corporation", "co", "company",
+        "gmbh", "ag", "sa", "sas", "sarl", "srl", "spa", "bv", "nv", "plc", "pty", "oy", "ab", "as", "kg",
+    }
+)
+
+
+# --- emails -------------------------------------------------------------------
+
+
+def normalize_email(value: str) -> str | None:
+    """The mailbox an address delivers to, or None if `value` is not shaped like an address.
+
+    This is a cheap shape check for matching, not validation (see `email_problem`):
+    a slightly odd address should still find its duplicate.
+    """
+    if not isinstance(value, str):
+        return None
+    v = value.strip()
+    if v[:7].casefold() == "mailto:":
+        v = v[7:]
+    if v.startswith("<") and v.endswith(">"):
+        v = v[1:-1]
+    v = unicodedata.normalize("NFC", unicodedata.normalize("NFC", v).casefold()).strip()
+    if v.count("@") != 1:
+        return None
+    local, domain = v.split("@")
+    domain = domain.rstrip(".")
+    if "xn--" in domain:
+        domain = _idna_to_unicode(domain)
+    if not local or not domain or "." not in domain:
+        return None
+    if domain.startswith((".", "-")) or ".." in domain:
+        return None
+    if any(ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in v):
+        return None
+    if domain == "googlemail.com":
+        domain = "gmail.com"
+    if domain in PLUS_ADDRESSING_DOMAINS:
+        base = local.split("+", 1)[0]
+        local = base or local
+    if domain in _GMAIL:
+        undotted = local.replace(".", "")
+        local = undotted or local
+    return f"{local}@{domain}"
+
+
+def _idna_to_unicode(domain: str) -> str:
+    labels = []
+    for label in domain.split("."):
+        if label.startswith("xn--"):
+            try:
+                label = label[4:].encode("ascii").decode("punycode").casefold()
+                label = unicodedata.normalize("NFC", label)
+            except (UnicodeError, ValueError):
+                pass
+        labels.append(label)
+    return ".".join(labels)
+
+
+def email_problem(value: str) -> str | None:
+    """Why an address is unusable, in words a user can act on; None if it is fine.
+
+    Deliverability (DNS) is deliberately not checked: this runs in the pure core.
+    """
+    if not isinstance(value, str) or not value.strip():
+        return "The email address is empty."
+    try:
+        validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        return str(exc)
+    except UnicodeError:
+        return "The email address contains broken unicode."
+    return None
+
+
+def email_domain(value: str) -> str | None:
+    normalized = normalize_email(value)
+    return normalized.rsplit("@", 1)[1] if normalized else None
+
+
+# --- phones -------------------------------------------------------------------
+
+
+def normalize_phone(value: str, default_region: str = "US") -> str | None:
+    """E.164 form, so `(415) 555-0134` and `+1 415.555.0134` compare equal.
+
+    Only `is_possible_number` (length) is required, not `is_valid_number`: number
+    plans change faster than the metadata, and a real but unlisted number must still
+    find its duplicate. Extensions are dropped (same line, same person).
+    """
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        parsed = phonenumbers.parse(value, default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    except Exception:  # the parser is not hardened against every odd input
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+# --- names --------------------------------------------------------------------
+
+
+def fold_text(value: str) -> str:
+    """Accent-free, casefolded, punctuation turned into single spaces."""
+    if not value:
+        return ""
+    s = unicodedata.normalize("NFKD", value)
+    s = unicodedata.normalize("NFKD", s.casefold())
+    out: list[str] = []
+    for ch in s:
+        if ch in _DROPPED or unicodedata.combining(ch):
+            continue
+        cat = unicodedata.category(ch)
+        if cat[0] in "PSZC":
+            out.append(" ")
+        else:
+            out.append(ch)
+    folded = "".join(out).translate(_FOLD)
+    return " ".join(folded.split())
+
+
+def name_parts(given: str, family: str) -> tuple[str, str]:
+    """Normalised (first, last).
+
+    A full name typed into the given-name field (common in mail clients: "Smith,
+    John", "Dr. Ann Lee Jr.") is split with nameparser; titles, middle names and
+    suffixes are dropped because systems disagree on whether they store them. When
+    both fields are filled they are trusted as given.
+    """
+    given = given or ""
+    family = family or ""
+    if not family.strip() and (" " in given.strip() or "," in given):
+        given, family = _split_full_name(given)
+    return fold_text(given), fold_text(family)
+
+
+def _split_full_name(full: str) -> tuple[str, str]:
+    try:
+        parsed = HumanName(full)
+        first, last = parsed.first, parsed.last
+    except Exception:  # nameparser on arbitrary unicode: never let it break a sync
+        return full, ""
+    if not first and not last:
+        return full, ""
+    return first, last
+
+
+def _skeleton(token: str) -> str:
+    """A crude phonetic code: first letter, then consonants without repeats.
+
+    Smith/Smyth/Smiht, Jon/John, Mueller/Müller collapse; it only has to be stable
+    and order-free, not linguistically right.
+    """
+    if not token:
+        return ""
+    out = [token[0]]
+    prev = token[0]
+    for ch in token[1:]:
+        if ch != prev and ch not in "aeiouyhw":
+            out.append(ch)
+        prev = ch
+    return "".join(out)
+
+
+def company_key(company: str) -> str:
+    """Company name without legal-form suffixes: "ACME, Inc." == "Acme"."""
+    tokens = fold_text(company).split()
+    while len(tokens) > 1 and tokens[-1] in _COMPANY_SUFFIXES:
+        tokens.pop()
+    return " ".join(tokens)
+
+
+# --- the normalised view of one contact ---------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedContact:
+    """Everything matching needs from a contact, computed once per contact value."""
+
+    emails: frozenset[str]
+    phones: frozenset[str]
+    first: str
+    last: str
+    domains: frozenset[str]  # employer domains (non-free) from the emails
+    company: str
+    keys: frozenset[str]
+    name_keys: frozenset[str]  # the subset of `keys` that only names produce
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.first} {self.last}".strip()
+
+    @property
+    def has_name(self) -> bool:
+        return bool(self.first or self.last)
+
+
+_cache: weakref.WeakKeyDictionary[Contact, NormalizedContact] = weakref.WeakKeyDictionary()
+_cache_lock = Lock()
+
+
+def normalized(contact: Contact) -> NormalizedContact:
+    """The normalised view, memoised for as long as the contact object lives.
+
+    Keyed weakly by value: scoring one incoming contact against thousands of
+    existing ones must not re-parse their phones every time, and a long-running
+    worker must not accumulate contacts it has finished with.
+    """
+    try:
+        hit = _cache.get(contact)
+    except TypeError:
+        hit = None
+    if hit is not None:
+        return hit
+    result = _compute(contact)
+    with _cache_lock:
+        try:
+            _cache[contact] = result
+        except TypeError:
+            pass
+    return result
+
+
+def _compute(contact: Contact) -> NormalizedContact:
+    emails = frozenset(e for e in map(normalize_email, contact.emails) if e)
+    phones = frozenset(p for p in map(normalize_phone, contact.phones) if p)
+    first, last = name_parts(contact.given_name, contact.family_name)
+    domains = frozenset(
+        d for d in (e.rsplit("@", 1)[1] for e in emails) if d not in FREE_MAIL_DOMAINS
+    )
+    keys = {f"e:{e}" for e in emails} | {f"p:{p}" for p in phones}
+    name_keys: set[str] = set()
+    if last:
+        name_keys.add(f"n:{last}|{first[:1]}")
+        keys.update(f"d:{d}|{last}" for d in domains)
+    if first and last:
+        tokens = first.split()[:1] + last.split()
+        name_keys.add("t:" + " ".join(sorted(_skeleton(t) for t in tokens)))
+    keys |= name_keys
+    return NormalizedContact(
+        emails=emails,
+        phones=phones,
+        first=first,
+        last=last,
+        domains=domains,
+        company=company_key(contact.company),
+        keys=frozenset(keys),
+        name_keys=frozenset(name_keys),
+    )
+
+
+def blocking_keys(contact: Contact) -> set[str]:
+    """Keys whose equality makes two contacts worth scoring.
+
+    e:<email>, p:<E.164>, n:<last>|<first initial>, d:<employer domain>|<last>, and
+    t:<sorted phonetic skeletons of the name tokens> so that swapped first/last
+    fields and vowel typos still meet. `sync.matching.score` only reaches the review
+    band without a shared email or phone when the names share an n: or t: key, so
+    these keys lose no pair that scoring would propose (blocks capped for size aside).
+    """
+    return set(normalized(contact).keys)
+
+
+# --- malformed input ----------------------------------------------------------
+
+_MULTILINE_FIELDS = frozenset({"notes"})
+
+
+def contact_problems(contact: Contact, *, max_field_len: int = 1000) -> list[str]:
+    """What is wrong with a contact as received, one message per problem.
+
+    Messages name the field, never its content: they end up in quarantine lists
+    and logs, where personal data must not.
+    """
+    problems: list[str] = []
+    values: list[tuple[str, str]] = [(f, getattr(contact, f)) for f in SCALAR_FIELDS]
+    values += [(f"emails[{i}]", e) for i, e in enumerate(contact.emails)]
+    values += [(f"phones[{i}]", p) for i, p in enumerate(contact.phones)]
+    broken: set[str] = set()
+    for name, value in values:
+        if len(value) > max_field_len:
+            problems.append(f"{name} is too long ({len(value)} characters; the limit is {max_field_len})")
+        problem = _text_problem(value, multiline=name in _MULTILINE_FIELDS)
+        if problem:
+            broken.add(name)
+            problems.append(f"{name} {problem}")
+    for i, email in enumerate(contact.emails):
+        name = f"emails[{i}]"
+        if name in broken:
+            continue
+        reason = email_problem(email)
+        if reason:
+            problems.append(f"{name} is not a valid email address: {reason}")
+    for i, phone in enumerate(contact.phones):
+        if f"phones[{i}]" not in broken and sum(ch.isdigit() for ch in phone) < 3:
+            problems.append(f"phones[{i}] does not contain a phone number")
+    if contact.is_empty():
+        problems.append("the contact is empty: no name, email, phone or company")
+    elif not (contact.given_name or contact.family_name or contact.emails or contact.phones or contact.company):
+        problems.append("the contact has no name, email, phone or company to identify it")
+    return problems
+
+
+def _text_problem(value: str, *, multiline: bool) -> str | None:
+    allowed = "\t\n\r" if multiline else "\t"
+    for ch in value:
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            return "contains broken unicode (a lone surrogate)"
+        if ch == "\ufffd":
+            return "contains U+FFFD replacement characters (it was decoded with errors upstream)"
+        if unicodedata.category(ch) == "Cc" and ch not in allowed:
+            return f"contains a control character (U+{code:04X})"
+    return None
