@@ -35,7 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import httpx
 from fastapi import FastAPI, Request
@@ -973,7 +973,7 @@ class GraphState:
         if not method or not url:
             return _error(400, "BadRequest", "Batch request needs method and url.")
         parts = urlsplit(url)
-        path = parts.path
+        path = unquote(parts.path)
         if parts.scheme:
             path = re.sub(r"^/v1\.0", "", path)
         if not path.startswith("/"):
