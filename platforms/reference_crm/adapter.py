@@ -4,6 +4,12 @@ This is the Python-adapter route a product team would take: a thin translation
 from the platform's own API (service.py) to SideRecords, WriteResults and the
 recovery-keyed errors. Each protocol method counts as one platform call, as a
 batch endpoint of a real platform would.
+
+Per-item outcomes (validation, stale etag, missing record, reused key) come back
+in WriteResult.error; Transient (the database itself failing) is raised, so the
+activity retries the whole batch, which the idempotency keys make harmless.
+`WriteRequest.marker` is not stored: the idempotency key already finds a create
+that crashed after committing.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import Sequence
 
 from sqlalchemy.engine import Engine
 
-from connectors.errors import ConnectorError, CursorExpired, Fatal, NotFound, PreconditionFailed
+from connectors.errors import ConnectorError, CursorExpired, Fatal, NotFound, PreconditionFailed, Transient
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from models.contact import SideRecord
 from platforms.reference_crm.service import ReferenceCrm
@@ -95,6 +101,8 @@ class ReferenceCrmContacts:
                                                   expected_version=_expected_version(req.etag),
                                                   idempotency_key=req.key, actor="sync")
                 results.append(WriteResult(key=req.key, record=rec.to_side_record(), calls=share))
+            except Transient:
+                raise  # the database, not the item: retry the batch (idempotency keys make it safe)
             except ConnectorError as exc:
                 results.append(WriteResult(key=req.key, error=exc, calls=share))
         return results
@@ -106,11 +114,15 @@ class ReferenceCrmContacts:
         results: list[WriteResult] = []
         for req in requests:
             try:
-                rec = self.crm.delete_contact(org_id, req.external_id or "", idempotency_key=req.key,
+                if not req.external_id:
+                    raise Fatal("delete without an external id")
+                rec = self.crm.delete_contact(org_id, req.external_id, idempotency_key=req.key,
                                               expected_version=_expected_version(req.etag), actor="sync")
                 results.append(WriteResult(key=req.key, record=rec.to_side_record(), calls=share))
             except NotFound:
                 results.append(WriteResult(key=req.key, record=_tombstone(req.external_id or ""), calls=share))
+            except Transient:
+                raise  # the database, not the item: retry the batch (idempotency keys make it safe)
             except ConnectorError as exc:
                 results.append(WriteResult(key=req.key, error=exc, calls=share))
         return results

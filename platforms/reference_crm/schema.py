@@ -87,7 +87,7 @@ idempotency = sa.Table(
     "crm_idempotency_keys",
     metadata,
     sa.Column("org_id", sa.String(64), primary_key=True),
-    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
     # Digest of what was asked, so a reused key with another payload is caught.
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("record_id", sa.String(64), nullable=True),
@@ -100,7 +100,7 @@ blocking_keys = sa.Table(
     "crm_blocking_keys",
     metadata,
     sa.Column("record_id", sa.String(64), primary_key=True),
-    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("key", sa.Text, primary_key=True),
     sa.Column("org_id", sa.String(64), nullable=False),
     sa.Index("ix_crm_blocking_keys_key", "org_id", "key"),
 )

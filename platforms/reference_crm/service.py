@@ -33,7 +33,8 @@ from platforms.reference_crm.rules import Rule
 
 log = logging.getLogger(__name__)
 
-# Mail providers whose domain says nothing about the employer.
+# Mail providers whose domain says nothing about the employer. The CRM keeps its own
+# list rather than importing the sync core's: it stands for a customer's product.
 FREE_DOMAINS = frozenset(
     {
         "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "live.com", "msn.com",
@@ -487,11 +488,12 @@ class ReferenceCrm:
         if org_id is not None:
             q = q.where(t.contacts.c.org_id == org_id)
         with self._read() as conn:
-            rows = conn.execute(q).all()
-        for r in rows:
-            with self._write(r.org_id) as conn:
-                self._write_keys(conn, r.org_id, r.id, CrmContact.from_row(r).contact)
-        return len(rows)
+            targets = [(r.org_id, r.id) for r in conn.execute(q).all()]
+        for org, record_id in targets:
+            with self._write(org) as conn:  # re-read under the lock: a writer may have moved on
+                row = self._load(conn, org, record_id)
+                self._write_keys(conn, org, record_id, None if row.deleted else CrmContact.from_row(row).contact)
+        return len(targets)
 
     # ---------------------------------------------------------------- user edits (tests, demo)
 
