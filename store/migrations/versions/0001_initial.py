@@ -184,19 +184,21 @@ def upgrade() -> None:
     )
     op.create_index("ix_pending_oauth_expires_at", "pending_oauth", ["expires_at"])
 
-    # Owned by store/vault.py (its own MetaData); created here so one upgrade makes
-    # the whole store.
+    # Owned by store/vault.py (its own MetaData, no naming convention): mirrored
+    # column for column, so one upgrade makes the whole store.
     op.create_table(
         "vault_tokens",
-        sa.Column("connection_id", sa.String(), nullable=False),
-        sa.Column("kind", sa.String(), nullable=False),
-        sa.Column("key_id", sa.String(), nullable=False),
+        sa.Column("connection_id", sa.String(128), nullable=False),
+        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("key_id", sa.String(32), nullable=False),
         sa.Column("nonce", sa.LargeBinary(), nullable=False),
         sa.Column("ciphertext", sa.LargeBinary(), nullable=False),
-        sa.Column("expires_at", sa.Double(), nullable=True),
-        sa.Column("updated_at", sa.Double(), nullable=False),
-        sa.PrimaryKeyConstraint("connection_id", "kind", name="pk_vault_tokens"),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.CheckConstraint("kind IN ('access', 'refresh')", name="ck_vault_tokens_kind"),
+        sa.PrimaryKeyConstraint("connection_id", "kind"),
     )
+    op.create_index("ix_vault_tokens_key_id", "vault_tokens", ["key_id"])
 
 
 def downgrade() -> None:
