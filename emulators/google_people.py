@@ -323,9 +323,12 @@ class PeopleState:
     # ---- configuration and faults -----------------------------------------------
 
     def inject_fault(self, kind: str, op: str = "any", count: int = 1, *, retry_after: float | None = None, scope: str = "request") -> None:
-        """Make the next `count` matching requests (or batch items, scope="item") fail with `kind`.
+        """Make the next `count` matching requests fail with `kind`.
 
-        expired_token only hits list calls; stale_etag only hits updates.
+        scope="request" fails whole HTTP calls. scope="item" fails single contacts:
+        one item of a batch call (answered per `batch_error_mode`) or a single
+        createContact / updateContact. expired_token only hits list calls;
+        stale_etag only hits updates.
         """
         if kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {FAULT_KINDS}")
@@ -749,6 +752,9 @@ class PeopleState:
     def create_contact(self, person: Any, person_fields_mask: str | None) -> dict:
         read = self.parse_mask(person_fields_mask, name="personFields", allowed=READABLE_FIELDS, required=False)
         fields = self.validate_person(person)
+        fault = self._item_fault("create")
+        if fault:
+            raise fault
         with self._lock:
             name = self._create(fields)
             return self._render(self._persons[name], read)
@@ -756,6 +762,9 @@ class PeopleState:
     def update_contact(self, resource_name: str, person: Any, update_mask: str | None, person_fields_mask: str | None) -> dict:
         mask = self.parse_mask(update_mask, name="updatePersonFields", allowed=UPDATABLE_FIELDS)
         read = self.parse_mask(person_fields_mask, name="personFields", allowed=READABLE_FIELDS, required=False)
+        fault = self._item_fault("update")
+        if fault:
+            raise fault
         with self._lock:
             stored, fields = self._check_update(resource_name, person, mask)
             self._apply_update(stored, fields, mask)

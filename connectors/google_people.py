@@ -1,0 +1,651 @@
+"""Google contacts (People API) as a `MailboxContacts`, through google-api-python-client.
+
+Why the shapes below:
+
+- Retries belong to Temporal, so every request runs with `num_retries=0` and every
+  failure leaves as one class of `connectors.errors`. Two transport-level repeats
+  remain, deliberately: httplib2 re-sends once when a kept-alive connection turns
+  out stale, and google-auth refreshes the access token once on a 401 (only when the
+  credentials can refresh; static-token credentials surface the 401 as AuthExpired).
+- `update_many` reads the current persons first (one `people:batchGet` per 200)
+  and merges our fields into them. updateContact replaces listed fields wholesale,
+  so writing a bare `{"givenName", "familyName"}` would wipe a middle name, email
+  types, a second organization or other apps' clientData. The read also lets us
+  refuse a stale etag locally without spending a write.
+- Batch methods answer either as a whole (one bad item fails the call; Google's
+  behaviour here is UNCONFIRMED) or per item (`PersonResponse.status`). Both are
+  handled: a whole-call failure that belongs to an item (400/404) is re-run item by
+  item, so one bad contact never blocks its 199 neighbours; per-item statuses are
+  translated here because the client library never raises for them (a 429 or 500
+  inside `status` arrives as a normal 200 body).
+- A request-level failure (429, 5xx, 401) stops the run: the chunk that hit it and
+  every later request get that error, unsent, so the caller can record what did
+  succeed and let Temporal retry the rest after `retry_after`.
+
+Not thread-safe: one instance per activity invocation (httplib2.Http is not).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable, Iterable, Sequence
+
+import google_auth_httplib2
+import httplib2
+from google.auth import exceptions as auth_exceptions
+from google.oauth2.credentials import Credentials
+from googleapiclient.discovery import build
+from googleapiclient.errors import HttpError
+
+from connectors.errors import (
+    AuthExpired,
+    ConnectorError,
+    CursorExpired,
+    Fatal,
+    NotFound,
+    PreconditionFailed,
+    RateLimited,
+    ReauthRequired,
+    Transient,
+    ValidationRejected,
+)
+from connectors.protocols import DeltaPage, WriteRequest, WriteResult
+from models.contact import Contact, SideRecord
+
+PERSON_FIELDS = "names,emailAddresses,phoneNumbers,organizations,biographies,clientData,metadata"
+WRITE_FIELDS = "names,emailAddresses,phoneNumbers,organizations,biographies,clientData"
+MARKER_KEY = "concordMarker"
+CREATE_CHUNK = 200
+UPDATE_CHUNK = 200
+DELETE_CHUNK = 500
+
+RATE_REASONS = {"ratelimitexceeded", "userratelimitexceeded", "rate_limit_exceeded", "quotaexceeded", "resource_exhausted"}
+# Output-only keys of Person field values: never send them back.
+_OUTPUT_ONLY_KEYS = {"metadata", "formattedType", "displayName", "displayNameLastFirst", "unstructuredName", "canonicalForm"}
+
+
+# ---- error translation -------------------------------------------------------------
+
+
+def _error_body(err: HttpError) -> dict:
+    try:
+        data = json.loads(err.content.decode("utf-8"))
+    except Exception:
+        return {}
+    if isinstance(data, list) and data:
+        data = data[0]
+    return data.get("error", {}) if isinstance(data, dict) and isinstance(data.get("error"), dict) else {}
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = headers.get("retry-after") if headers is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+    except Exception:
+        return None
+
+
+def _field_from_message(message: str) -> str | None:
+    match = re.search(r"(?:person|contactPerson)\.(\w+)", message)
+    return match.group(1) if match else None
+
+
+def _precondition(status: str, message: str, reasons: set[str]) -> ConnectorError | None:
+    """FAILED_PRECONDITION means two different recoveries: resync or re-merge."""
+    if status != "FAILED_PRECONDITION":
+        return None
+    if "EXPIRED_SYNC_TOKEN" in reasons or "sync token is expired" in message.lower():
+        return CursorExpired(message, detail={"status": status})
+    if "etag" in message.lower():
+        return PreconditionFailed(message, detail={"status": status})
+    return None
+
+
+def translate_http_error(err: HttpError) -> ConnectorError:
+    """One HttpError -> exactly one recovery class."""
+    status_code = int(getattr(err.resp, "status", 0) or 0)
+    body = _error_body(err)
+    message = str(body.get("message") or getattr(err, "reason", "") or f"HTTP {status_code}")
+    status = str(body.get("status") or "")
+    reasons = {str(e.get("reason")) for e in body.get("errors") or [] if isinstance(e, dict) and e.get("reason")}
+    reasons |= {str(d.get("reason")) for d in body.get("details") or [] if isinstance(d, dict) and d.get("reason")}
+    detail = {"http_status": status_code, "status": status, "reasons": sorted(reasons)}
+    lowered = {r.lower() for r in reasons}
+    if status_code == 400:
+        special = _precondition(status, message, reasons)
+        if special is not None:
+            special.detail.update(detail)
+            return special
+        return ValidationRejected(message, field=_field_from_message(message), detail=detail)
+    if status_code == 401:
+        return AuthExpired(message, detail=detail)
+    if status_code == 429 or (status_code == 403 and (lowered & RATE_REASONS or status == "RESOURCE_EXHAUSTED")):
+        return RateLimited(message, retry_after=_retry_after(err.resp), detail=detail)
+    if status_code == 403:
+        if "access_token_scope_insufficient" in lowered or "insufficientpermissions" in lowered:
+            return ReauthRequired(message, detail=detail)
+        return Fatal(message, detail=detail)
+    if status_code == 404:
+        return NotFound(message, detail=detail)
+    if status_code in (408, 409) or status_code >= 500:
+        return Transient(message, detail=detail)
+    return Fatal(message, detail=detail)
+
+
+# google.rpc.Code values carried in PersonResponse.status.
+_RPC_NAMES = {3: "INVALID_ARGUMENT", 5: "NOT_FOUND", 7: "PERMISSION_DENIED", 8: "RESOURCE_EXHAUSTED", 9: "FAILED_PRECONDITION",
+              4: "DEADLINE_EXCEEDED", 10: "ABORTED", 13: "INTERNAL", 14: "UNAVAILABLE", 16: "UNAUTHENTICATED"}
+
+
+def translate_item_status(status: dict) -> ConnectorError | None:
+    """A batch item's `status` -> error, or None when the item succeeded."""
+    code = int(status.get("code") or 0) if isinstance(status, dict) else 0
+    if code == 0:
+        return None
+    message = str(status.get("message") or _RPC_NAMES.get(code, f"rpc code {code}"))
+    name = _RPC_NAMES.get(code, str(code))
+    detail = {"rpc_code": code, "status": name}
+    special = _precondition(name, message, set())
+    if special is not None:
+        special.detail.update(detail)
+        return special
+    if code == 3 or code == 9:
+        return ValidationRejected(message, field=_field_from_message(message), detail=detail)
+    if code == 5:
+        return NotFound(message, detail=detail)
+    if code == 8:
+        return RateLimited(message, detail=detail)
+    if code in (4, 10, 13, 14):
+        return Transient(message, detail=detail)
+    if code == 16:
+        return AuthExpired(message, detail=detail)
+    return Fatal(message, detail=detail)
+
+
+def _is_item_specific(err: ConnectorError) -> bool:
+    """Errors that belong to one contact, not to the request as a whole."""
+    return isinstance(err, (ValidationRejected, PreconditionFailed, NotFound))
+
+
+# ---- Person <-> Contact ------------------------------------------------------------------
+
+
+def _parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    match = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?Z?$", value)
+    if not match:
+        return None
+    base = datetime.strptime(match.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
+    frac = match.group(2) or ""
+    return base + (int(frac) / 10 ** len(frac) if frac else 0.0)
+
+
+def _primary(values: list[dict]) -> dict | None:
+    for v in values:
+        if (v.get("metadata") or {}).get("primary"):
+            return v
+    return values[0] if values else None
+
+
+def person_to_record(person: dict) -> SideRecord:
+    meta = person.get("metadata") or {}
+    name = person.get("resourceName", "")
+    previous = tuple(meta.get("previousResourceNames") or ())
+    if meta.get("deleted"):
+        return SideRecord(side="mailbox", external_id=name, deleted=True, etag=person.get("etag"), previous_ids=previous)
+    problems: list[str] = []
+    names = person.get("names") or []
+    if len(names) > 1:
+        problems.append(f"names holds {len(names)} values (a singleton field); the first was used")
+    bios = person.get("biographies") or []
+    if len(bios) > 1:
+        problems.append(f"biographies holds {len(bios)} values (a singleton field); the first was used")
+    first = names[0] if names else {}
+    org = _primary(person.get("organizations") or []) or {}
+    contact = Contact(
+        given_name=first.get("givenName"),
+        family_name=first.get("familyName"),
+        emails=[e.get("value") for e in person.get("emailAddresses") or [] if e.get("value")],
+        phones=[p.get("value") for p in person.get("phoneNumbers") or [] if p.get("value")],
+        company=org.get("name"),
+        job_title=org.get("title"),
+        notes=(bios[0].get("value") if bios else None),
+    )
+    sources = meta.get("sources") or []
+    source = next((s for s in sources if s.get("type") == "CONTACT"), sources[0] if sources else {})
+    return SideRecord(
+        side="mailbox",
+        external_id=name,
+        contact=contact,
+        etag=person.get("etag"),
+        updated_at=_parse_time(source.get("updateTime")),
+        previous_ids=previous,
+        problems=tuple(problems),
+    )
+
+
+def person_marker(person: dict) -> str | None:
+    for item in person.get("clientData") or []:
+        if item.get("key") == MARKER_KEY:
+            return item.get("value")
+    return None
+
+
+def _clean(value: dict) -> dict:
+    return {k: v for k, v in value.items() if k not in _OUTPUT_ONLY_KEYS}
+
+
+def _merge_multi(existing: list[dict], wanted: Iterable[str], *, fold: Callable[[str], str]) -> list[dict]:
+    """Keep existing entries (with their types and labels) whose value is still wanted."""
+    wanted_list = list(wanted)
+    wanted_keys = {fold(v) for v in wanted_list}
+    out, seen = [], set()
+    for item in existing:
+        key = fold(str(item.get("value") or ""))
+        if key in wanted_keys and key not in seen:
+            out.append(_clean(item))
+            seen.add(key)
+    out.extend({"value": v} for v in wanted_list if fold(v) not in seen)
+    return out
+
+
+def contact_to_person(contact: Contact, *, existing: dict | None = None, marker: str | None = None) -> dict:
+    """Our fields written into `existing` (or a new person), leaving everything else as it was."""
+    existing = existing or {}
+    person: dict[str, Any] = {}
+    names = [_clean(n) for n in existing.get("names") or []][:1]
+    name = names[0] if names else {}
+    for key, value in (("givenName", contact.given_name), ("familyName", contact.family_name)):
+        if value:
+            name[key] = value
+        else:
+            name.pop(key, None)
+    person["names"] = [name] if any(v for k, v in name.items() if k != "metadata") else []
+    person["emailAddresses"] = _merge_multi(existing.get("emailAddresses") or [], contact.emails, fold=lambda v: v.strip().lower())
+    person["phoneNumbers"] = _merge_multi(existing.get("phoneNumbers") or [], contact.phones, fold=lambda v: v.strip())
+    orgs = [_clean(o) for o in existing.get("organizations") or []]
+    primary = _primary(existing.get("organizations") or [])
+    index = (existing.get("organizations") or []).index(primary) if primary is not None else None
+    if contact.company or contact.job_title:
+        org = orgs[index] if index is not None else {}
+        for key, value in (("name", contact.company), ("title", contact.job_title)):
+            if value:
+                org[key] = value
+            else:
+                org.pop(key, None)
+        if index is None:
+            orgs.insert(0, org)
+    elif index is not None:
+        org = orgs[index]
+        org.pop("name", None)
+        org.pop("title", None)
+        if not any(k not in ("type", "current") for k in org):
+            orgs.pop(index)
+    person["organizations"] = orgs
+    person["biographies"] = [{"value": contact.notes, "contentType": "TEXT_PLAIN"}] if contact.notes else []
+    client_data = [_clean(c) for c in existing.get("clientData") or []]
+    if marker is not None:
+        client_data = [c for c in client_data if c.get("key") != MARKER_KEY] + [{"key": MARKER_KEY, "value": marker}]
+    person["clientData"] = client_data
+    return person
+
+
+def _split(items: Sequence[WriteRequest], size: int) -> list[list[WriteRequest]]:
+    items = list(items)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+# ---- transport ----------------------------------------------------------------------------
+
+
+class _CountingHttp(httplib2.Http):
+    """httplib2 that counts requests to the People API (token refreshes are not counted)."""
+
+    def __init__(self, *, exclude_prefix: str | None, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.count = 0
+        self._exclude = exclude_prefix
+
+    def request(self, uri, method="GET", *args, **kwargs):  # type: ignore[override]
+        if not (self._exclude and str(uri).startswith(self._exclude)):
+            self.count += 1
+        return super().request(uri, method, *args, **kwargs)
+
+
+class GooglePeopleContacts:
+    """A Google mailbox's contacts. See the module docstring for the write strategy."""
+
+    provider = "google"
+
+    def __init__(self, base_url: str, credentials: Credentials, *, page_size: int = 1000, timeout: float = 30.0, batch_updates: bool = True) -> None:
+        if not 1 <= page_size <= 1000:
+            raise ValueError("page_size must be between 1 and 1000")
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.page_size = page_size
+        self.batch_updates = batch_updates
+        self._http = _CountingHttp(exclude_prefix=getattr(credentials, "token_uri", None), timeout=timeout)
+        can_refresh = bool(getattr(credentials, "refresh_token", None))
+        authed = google_auth_httplib2.AuthorizedHttp(
+            credentials,
+            http=self._http,
+            # Static tokens cannot refresh: let the 401 reach us as AuthExpired.
+            refresh_status_codes=(401,) if can_refresh else (),
+            max_refresh_attempts=1,
+        )
+        self._service = build(
+            "people",
+            "v1",
+            http=authed,
+            static_discovery=True,
+            cache_discovery=False,
+            client_options={"api_endpoint": self.base_url},
+        )
+
+    @classmethod
+    def for_emulator(
+        cls,
+        base_url: str,
+        *,
+        token: str | None = None,
+        refresh_token: str = "emulator-refresh",
+        client_id: str = "emulator-client",
+        client_secret: str = "emulator-secret",
+        **kwargs: Any,
+    ) -> "GooglePeopleContacts":
+        """Against emulators.google_people: a static bearer token, or a refresh through its /token."""
+        base = base_url if base_url.endswith("/") else base_url + "/"
+        if token is not None:
+            creds = Credentials(token=token)
+        else:
+            creds = Credentials(
+                token=None,
+                refresh_token=refresh_token,
+                client_id=client_id,
+                client_secret=client_secret,
+                token_uri=base + "token",
+            )
+        return cls(base, creds, **kwargs)
+
+    @property
+    def calls_made(self) -> int:
+        return self._http.count
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    def _execute(self, request: Any) -> dict:
+        try:
+            return request.execute(num_retries=0) or {}
+        except HttpError as err:
+            raise translate_http_error(err) from err
+        except auth_exceptions.RefreshError as err:
+            if getattr(err, "retryable", False):
+                raise Transient("token refresh failed transiently") from err
+            raise ReauthRequired("token refresh was refused") from err
+        except auth_exceptions.TransportError as err:
+            raise Transient(f"token endpoint unreachable: {type(err).__name__}") from err
+        except (socket.timeout, TimeoutError) as err:
+            raise Transient("request timed out") from err
+        except (ConnectionError, httplib2.HttpLib2Error, OSError) as err:
+            raise Transient(f"connection failed: {type(err).__name__}") from err
+
+    @property
+    def _people(self) -> Any:
+        return self._service.people()
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def _list_page(self, sync_token: str | None, google_page: str | None, *, request_sync: bool = True) -> dict:
+        params: dict[str, Any] = {
+            "resourceName": "people/me",
+            "personFields": PERSON_FIELDS,
+            "pageSize": self.page_size,
+            "requestSyncToken": request_sync,
+        }
+        if sync_token:
+            params["syncToken"] = sync_token
+        if google_page:
+            params["pageToken"] = google_page
+        return self._execute(self._people.connections().list(**params))
+
+    def list_changes(self, cursor: str | None, page_token: str | None = None) -> DeltaPage:
+        """One page; the sync token of the round travels inside our page token.
+
+        Google pins every parameter across the pages of one round; carrying the
+        round's sync token in `next_page` keeps that true even if the caller passes
+        a different cursor alongside a page token.
+        """
+        sync_token, google_page = cursor, None
+        if page_token:
+            try:
+                state = json.loads(page_token)
+                sync_token, google_page = state.get("s"), state["p"]
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise Fatal("page token was not produced by this connector") from None
+        body = self._list_page(sync_token, google_page)
+        records = [person_to_record(p) for p in body.get("connections") or []]
+        next_google = body.get("nextPageToken")
+        if next_google:
+            return DeltaPage(records=records, next_page=json.dumps({"s": sync_token, "p": next_google}))
+        return DeltaPage(records=records, cursor=body.get("nextSyncToken"))
+
+    def get(self, external_id: str) -> SideRecord:
+        person = self._execute(self._people.get(resourceName=external_id, personFields=PERSON_FIELDS))
+        return person_to_record(person)
+
+    def find_by_marker(self, marker: str) -> SideRecord | None:
+        """Scan a full listing for our clientData marker.
+
+        Cost: ceil(contacts / page_size) list calls (one per 1,000 contacts), paid only
+        on crash recovery of a create. Google shows writes in listings with a lag, so
+        None right after a crash can mean "not visible yet": callers should only
+        conclude "never created" once that lag has passed.
+        """
+        google_page = None
+        while True:
+            body = self._list_page(None, google_page, request_sync=False)
+            for person in body.get("connections") or []:
+                if person_marker(person) == marker:
+                    return person_to_record(person)
+            google_page = body.get("nextPageToken")
+            if not google_page:
+                return None
+
+    def _batch_get(self, names: list[str]) -> dict[str, dict | ConnectorError]:
+        body = self._execute(self._people.getBatchGet(resourceNames=names, personFields=PERSON_FIELDS))
+        out: dict[str, dict | ConnectorError] = {}
+        for item in body.get("responses") or []:
+            name = item.get("requestedResourceName")
+            err = translate_item_status(item.get("status") or {})
+            if err is None and not item.get("person"):
+                err = NotFound("person missing from batchGet response")
+            out[name] = err if err is not None else item["person"]
+        for name in names:
+            out.setdefault(name, NotFound("person missing from batchGet response"))
+        return out
+
+    # ---- writes ---------------------------------------------------------------------------
+
+    def _run_chunks(
+        self,
+        chunks: list[list[WriteRequest]],
+        handle: Callable[[list[WriteRequest]], list[WriteResult]],
+    ) -> list[WriteResult]:
+        """Attribute calls to items, and stop at the first request-level error."""
+        results: list[WriteResult] = []
+        for index, chunk in enumerate(chunks):
+            before = self.calls_made
+            try:
+                chunk_results = handle(chunk)
+            except ConnectorError as err:
+                # Not this chunk's items' fault: everything from here on waits for a retry.
+                share = (self.calls_made - before) / len(chunk)
+                results.extend(WriteResult(key=r.key, error=err, calls=share) for r in chunk)
+                results.extend(WriteResult(key=r.key, error=err, calls=0.0) for later in chunks[index + 1 :] for r in later)
+                return results
+            share = (self.calls_made - before) / len(chunk)
+            for r in chunk_results:
+                r.calls = share
+            results.extend(chunk_results)
+        return results
+
+    def create_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        return self._run_chunks(_split(requests, CREATE_CHUNK), self._create_chunk)
+
+    def _create_chunk(self, chunk: list[WriteRequest]) -> list[WriteResult]:
+        for r in chunk:
+            if r.contact is None:
+                raise Fatal("create requests need a contact")
+        body = {
+            "contacts": [{"contactPerson": contact_to_person(r.contact, marker=r.marker)} for r in chunk],  # type: ignore[arg-type]
+            "readMask": PERSON_FIELDS,
+        }
+        try:
+            reply = self._execute(self._people.batchCreateContacts(body=body))
+        except ConnectorError as err:
+            if _is_item_specific(err):
+                return [self._create_one(r) for r in chunk]
+            raise
+        created = reply.get("createdPeople") or []
+        if len(created) != len(chunk):
+            raise Fatal(f"batchCreateContacts answered {len(created)} results for {len(chunk)} contacts")
+        out = []
+        for r, item in zip(chunk, created):
+            err = translate_item_status(item.get("status") or {})
+            out.append(WriteResult(key=r.key, error=err) if err else WriteResult(key=r.key, record=person_to_record(item["person"])))
+        return out
+
+    def _create_one(self, r: WriteRequest) -> WriteResult:
+        try:
+            person = self._execute(
+                self._people.createContact(body=contact_to_person(r.contact, marker=r.marker), personFields=PERSON_FIELDS)  # type: ignore[arg-type]
+            )
+        except ConnectorError as err:
+            if _is_item_specific(err):
+                return WriteResult(key=r.key, error=err)
+            raise
+        return WriteResult(key=r.key, record=person_to_record(person))
+
+    def update_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        # A resource name twice in one batchUpdate map would collide: later duplicates
+        # go to later chunks, in order.
+        ordered: list[list[WriteRequest]] = []
+        for r in requests:
+            for chunk in ordered:
+                if len(chunk) < UPDATE_CHUNK and all(x.external_id != r.external_id for x in chunk):
+                    chunk.append(r)
+                    break
+            else:
+                ordered.append([r])
+        flat = [r for chunk in ordered for r in chunk]
+        results = self._run_chunks(ordered, self._update_chunk)
+        by_request = {id(r): res for r, res in zip(flat, results)}
+        return [by_request[id(r)] for r in requests]
+
+    def _update_chunk(self, chunk: list[WriteRequest]) -> list[WriteResult]:
+        for r in chunk:
+            if r.contact is None or not r.external_id:
+                raise Fatal("update requests need a contact and an external_id")
+        current = self._batch_get([r.external_id for r in chunk])  # type: ignore[misc]
+        results: dict[int, WriteResult] = {}
+        to_send: list[tuple[WriteRequest, dict]] = []
+        for r in chunk:
+            now = current[r.external_id]  # type: ignore[index]
+            if isinstance(now, ConnectorError):
+                results[id(r)] = WriteResult(key=r.key, error=now)
+                continue
+            source_etags = {s.get("etag") for s in (now.get("metadata") or {}).get("sources") or []}
+            if r.etag and r.etag != now.get("etag") and r.etag not in source_etags:
+                results[id(r)] = WriteResult(
+                    key=r.key, error=PreconditionFailed("contact changed in the mailbox since it was read", detail={"local": True})
+                )
+                continue
+            person = contact_to_person(r.contact, existing=now, marker=r.marker)  # type: ignore[arg-type]
+            person["etag"] = r.etag or now.get("etag")
+            to_send.append((r, person))
+        if to_send:
+            if self.batch_updates and len(to_send) > 1:
+                sent = self._update_batch(to_send)
+            else:
+                sent = [self._update_one(r, p) for r, p in to_send]
+            for (r, _), res in zip(to_send, sent):
+                results[id(r)] = res
+        return [results[id(r)] for r in chunk]
+
+    def _update_batch(self, items: list[tuple[WriteRequest, dict]]) -> list[WriteResult]:
+        body = {
+            "contacts": {r.external_id: p for r, p in items},
+            "updateMask": WRITE_FIELDS,
+            "readMask": PERSON_FIELDS,
+        }
+        try:
+            reply = self._execute(self._people.batchUpdateContacts(body=body))
+        except ConnectorError as err:
+            if _is_item_specific(err):
+                return [self._update_one(r, p) for r, p in items]
+            raise
+        answers = reply.get("updateResult") or {}
+        out = []
+        for r, _ in items:
+            item = answers.get(r.external_id)
+            if item is None:
+                out.append(WriteResult(key=r.key, error=Transient("batchUpdateContacts returned no result for this contact")))
+                continue
+            err = translate_item_status(item.get("status") or {})
+            out.append(WriteResult(key=r.key, error=err) if err else WriteResult(key=r.key, record=person_to_record(item["person"])))
+        return out
+
+    def _update_one(self, r: WriteRequest, person: dict) -> WriteResult:
+        try:
+            reply = self._execute(
+                self._people.updateContact(
+                    resourceName=r.external_id, updatePersonFields=WRITE_FIELDS, personFields=PERSON_FIELDS, body=person
+                )
+            )
+        except ConnectorError as err:
+            if _is_item_specific(err):
+                return WriteResult(key=r.key, error=err)
+            raise
+        return WriteResult(key=r.key, record=person_to_record(reply))
+
+    def delete_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        """Delete; gone already counts as deleted. People has no etag on delete."""
+        return self._run_chunks(_split(requests, DELETE_CHUNK), self._delete_chunk)
+
+    def _deleted(self, r: WriteRequest) -> WriteResult:
+        return WriteResult(key=r.key, record=SideRecord(side="mailbox", external_id=r.external_id or "", deleted=True))
+
+    def _delete_chunk(self, chunk: list[WriteRequest]) -> list[WriteResult]:
+        for r in chunk:
+            if not r.external_id:
+                raise Fatal("delete requests need an external_id")
+        names = list(dict.fromkeys(r.external_id for r in chunk))
+        try:
+            self._execute(self._people.batchDeleteContacts(body={"resourceNames": names}))
+        except ConnectorError as err:
+            if not _is_item_specific(err):
+                raise
+            return [self._delete_one(r) for r in chunk]
+        return [self._deleted(r) for r in chunk]
+
+    def _delete_one(self, r: WriteRequest) -> WriteResult:
+        try:
+            self._execute(self._people.deleteContact(resourceName=r.external_id))
+        except NotFound:
+            return self._deleted(r)
+        except ConnectorError as err:
+            if _is_item_specific(err):
+                return WriteResult(key=r.key, error=err)
+            raise
+        return self._deleted(r)

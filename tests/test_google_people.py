@@ -1,0 +1,407 @@
+"""The Google contacts connector against the People emulator on a real port.
+
+Everything goes through google-api-python-client and google-auth exactly as in
+production; only the endpoint differs. Tests assert the behaviour the sync relies
+on: complete rounds, no lost changes, and each failure arriving as the right
+recovery class.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from google.oauth2.credentials import Credentials
+from googleapiclient.discovery import build
+from googleapiclient.errors import HttpError
+
+from connectors.errors import (
+    AuthExpired,
+    CursorExpired,
+    NotFound,
+    PreconditionFailed,
+    RateLimited,
+    ReauthRequired,
+    Transient,
+    ValidationRejected,
+)
+from connectors.google_people import GooglePeopleContacts, translate_http_error
+from connectors.protocols import WriteRequest
+from emulators.google_people import PeopleState, create_app
+from emulators.server import free_port, serve
+from models.contact import Contact
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture
+def people(clock):
+    state = PeopleState(clock=clock)
+    server = serve(create_app(state))
+    yield state, server.base_url
+    server.stop()
+
+
+def person(i: int, **extra) -> dict:
+    body = {
+        "names": [{"givenName": f"Given{i}", "familyName": f"Family{i}"}],
+        "emailAddresses": [{"value": f"p{i}@example.com"}],
+    }
+    body.update(extra)
+    return body
+
+
+def drain(conn: GooglePeopleContacts, cursor: str | None):
+    """A whole delta round: all records and the new cursor, page by page."""
+    records, page, pages = [], None, 0
+    while True:
+        result = conn.list_changes(cursor, page)
+        pages += 1
+        records.extend(result.records)
+        if result.next_page is None:
+            return records, result.cursor, pages
+        page = result.next_page
+
+
+def raw_service(base_url: str):
+    return build(
+        "people", "v1", credentials=Credentials(token="emulator-token"), static_discovery=True,
+        cache_discovery=False, client_options={"api_endpoint": base_url},
+    )
+
+
+def test_full_listing_pages_then_incremental_sees_edits_creates_and_deletes(people):
+    state, url = people
+    names = state.seed([person(i) for i in range(25)])
+    conn = GooglePeopleContacts.for_emulator(url, page_size=10)
+
+    records, cursor, pages = drain(conn, None)
+    assert pages == 3 and cursor
+    assert sorted(r.external_id for r in records) == sorted(names)
+    first = next(r for r in records if r.external_id == names[0])
+    assert first.contact.given_name == "Given0" and first.contact.emails == ("p0@example.com",)
+    assert first.etag and first.updated_at == pytest.approx(1_700_000_000.0)
+
+    state.user_edit(names[3], {"names": [{"givenName": "Renamed"}]})
+    state.user_delete(names[4])
+    created = conn.create_many([WriteRequest(key="k1", contact=Contact(given_name="New"))])[0].record
+
+    changes, cursor2, _ = drain(conn, cursor)
+    by_id = {r.external_id: r for r in changes}
+    assert set(by_id) == {names[3], names[4], created.external_id}
+    assert by_id[names[3]].contact.given_name == "Renamed" and by_id[names[3]].contact.family_name == ""
+    assert by_id[names[4]].deleted and by_id[names[4]].contact is None
+    assert cursor2 and cursor2 != cursor
+
+    assert drain(conn, cursor2)[0] == []
+
+
+def test_change_during_pagination_moves_to_next_round(people):
+    state, url = people
+    names = state.seed([person(i) for i in range(6)])
+    conn = GooglePeopleContacts.for_emulator(url, page_size=2)
+    first = conn.list_changes(None)
+    # Edit one already returned and one not yet returned while the round is open.
+    state.user_edit(first.records[0].external_id, {"biographies": [{"value": "seen-before"}]})
+    state.user_edit(names[5], {"biographies": [{"value": "not-yet-seen"}]})
+    rest, cursor, _ = [], None, 0
+    page = first.next_page
+    while page:
+        result = conn.list_changes(None, page)
+        rest.extend(result.records)
+        page, cursor = result.next_page, result.cursor
+    round_ids = [r.external_id for r in first.records + rest]
+    assert len(round_ids) == len(set(round_ids))
+    later, _, _ = drain(conn, cursor)
+    notes = {r.external_id: r.contact.notes for r in later}
+    assert notes == {first.records[0].external_id: "seen-before", names[5]: "not-yet-seen"}
+    assert set(round_ids) | set(notes) == set(names)
+
+
+def test_page_token_with_different_params_is_refused(people):
+    state, url = people
+    state.seed([person(i) for i in range(3)])
+    svc = raw_service(url).people().connections()
+    page1 = svc.list(resourceName="people/me", personFields="names", pageSize=2).execute()
+    with pytest.raises(HttpError) as err:
+        svc.list(resourceName="people/me", personFields="names", pageSize=1, pageToken=page1["nextPageToken"]).execute()
+    assert err.value.resp.status == 400
+    with pytest.raises(HttpError) as err:
+        svc.list(resourceName="people/me").execute()
+    assert "personFields" in str(translate_http_error(err.value))
+
+
+def test_expired_sync_token_by_age_and_on_demand(people, clock):
+    state, url = people
+    state.seed([person(1)])
+    conn = GooglePeopleContacts.for_emulator(url)
+    _, cursor, _ = drain(conn, None)
+    clock.t += 6 * 86400
+    _, cursor, _ = drain(conn, cursor)  # younger than 7 days: accepted
+    clock.t += 7 * 86400 + 1
+    with pytest.raises(CursorExpired) as err:
+        conn.list_changes(cursor)
+    assert "Sync token is expired" in err.value.message
+
+    _, fresh, _ = drain(conn, None)
+    state.expire_sync_tokens()
+    with pytest.raises(CursorExpired):
+        conn.list_changes(fresh)
+    records, _, _ = drain(conn, None)
+    assert len(records) == 1
+
+
+def test_wire_shape_of_expired_token(people):
+    state, url = people
+    state.expire_sync_tokens()
+    state.inject_fault("expired_token", "list")
+    resp = httpx.get(url + "v1/people/me/connections", params={"personFields": "names", "syncToken": "x"},
+                     headers={"Authorization": "Bearer emulator-token"})
+    body = resp.json()["error"]
+    assert resp.status_code == 400 and body["status"] == "FAILED_PRECONDITION"
+    assert body["details"][0]["reason"] == "EXPIRED_SYNC_TOKEN"
+
+
+def test_write_visibility_lag(people, clock):
+    state, url = people
+    state.configure(write_visibility_lag=60)
+    conn = GooglePeopleContacts.for_emulator(url)
+    _, cursor, _ = drain(conn, None)
+    created = conn.create_many([WriteRequest(key="a", contact=Contact(given_name="Lagging"))])[0].record
+    assert conn.get(created.external_id).contact.given_name == "Lagging"  # reads are immediate
+    records, cursor2, _ = drain(conn, cursor)
+    assert records == []
+    clock.t += 61
+    records, _, _ = drain(conn, cursor2)
+    assert [r.external_id for r in records] == [created.external_id]
+
+
+@pytest.mark.parametrize(
+    "kind, error_class",
+    [
+        ("429", RateLimited),
+        ("403_rate", RateLimited),
+        ("500", Transient),
+        ("503", Transient),
+        ("401", AuthExpired),
+        ("expired_token", CursorExpired),
+    ],
+)
+def test_injected_faults_map_to_recovery_classes(people, kind, error_class):
+    state, url = people
+    state.seed([person(1)])
+    conn = GooglePeopleContacts.for_emulator(url, token="emulator-token")
+    state.inject_fault(kind, "list", retry_after=7 if kind == "429" else None)
+    with pytest.raises(error_class) as err:
+        conn.list_changes(None)
+    assert type(err.value) is error_class
+    if kind == "429":
+        assert err.value.retry_after == 7
+    assert len(conn.list_changes(None).records) == 1  # one fault, then normal service
+    assert conn.calls_made == 2
+
+
+def test_faults_through_admin_http_and_stats(people):
+    state, url = people
+    conn = GooglePeopleContacts.for_emulator(url)
+    r = httpx.post(url + "_emulator/faults", json={"kind": "500", "op": "create", "count": 2})
+    assert r.status_code == 200
+    results = conn.create_many([WriteRequest(key="a", contact=Contact(given_name="A"))])
+    assert isinstance(results[0].error, Transient)
+    assert isinstance(conn.create_many([WriteRequest(key="a", contact=Contact(given_name="A"))])[0].error, Transient)
+    assert conn.create_many([WriteRequest(key="a", contact=Contact(given_name="A"))])[0].record is not None
+    stats = httpx.get(url + "_emulator/stats").json()
+    assert stats["requests"]["people.batchCreateContacts"] == 3 and stats["faults_served"] == 2
+    assert httpx.post(url + "_emulator/faults", json={"kind": "nope"}).status_code == 400
+
+
+def test_connection_refused_is_transient():
+    conn = GooglePeopleContacts.for_emulator(f"http://127.0.0.1:{free_port()}/", token="emulator-token")
+    with pytest.raises(Transient):
+        conn.list_changes(None)
+
+
+def test_stale_etag_is_precondition_failed(people):
+    state, url = people
+    [name] = state.seed([person(1)])
+    conn = GooglePeopleContacts.for_emulator(url)
+    seen = conn.get(name)
+    state.user_edit(name, {"biographies": [{"value": "edited in Gmail"}]})
+    [res] = conn.update_many([WriteRequest(key="u", external_id=name, etag=seen.etag, contact=Contact(given_name="Mine"))])
+    assert isinstance(res.error, PreconditionFailed)
+    assert state.person(name)["names"][0]["givenName"] == "Given1"
+
+    fresh = conn.get(name)
+    state.inject_fault("stale_etag", "update")  # the race the local check cannot see
+    [res] = conn.update_many([WriteRequest(key="u", external_id=name, etag=fresh.etag, contact=Contact(given_name="Mine"))])
+    assert isinstance(res.error, PreconditionFailed) and "etag" in res.error.message
+
+    svc = raw_service(url).people()
+    with pytest.raises(HttpError) as err:
+        svc.updateContact(resourceName=name, updatePersonFields="names",
+                          body={"etag": seen.etag, "names": [{"givenName": "X"}]}).execute()
+    assert isinstance(translate_http_error(err.value), PreconditionFailed)
+
+
+@pytest.mark.parametrize("mode", ["whole_request", "per_item"])
+def test_one_stale_item_does_not_block_the_batch(people, mode):
+    state, url = people
+    state.configure(batch_error_mode=mode)
+    names = state.seed([person(1), person(2)])
+    conn = GooglePeopleContacts.for_emulator(url)
+    etags = {n: conn.get(n).etag for n in names}
+    # whole_request: the batch fails, then the per-item retry of the first item fails again.
+    state.inject_fault("stale_etag", "update", count=2 if mode == "whole_request" else 1, scope="item")
+    before = conn.calls_made
+    results = conn.update_many([
+        WriteRequest(key=n, external_id=n, etag=etags[n], contact=Contact(given_name=f"Upd{i}")) for i, n in enumerate(names)
+    ])
+    assert isinstance(results[0].error, PreconditionFailed)
+    assert results[1].error is None and results[1].record.contact.given_name == "Upd1"
+    assert state.person(names[1])["names"][0]["givenName"] == "Upd1"
+    assert state.person(names[0])["names"][0]["givenName"] == "Given1"
+    # batchGet + batchUpdate (+ two single updates after a whole-request failure)
+    assert conn.calls_made - before == (4 if mode == "whole_request" else 2)
+
+
+def test_rate_limit_inside_batch_response_is_caught(people):
+    """A per-item 429 comes back in a 200 body: the client library raises nothing."""
+    state, url = people
+    state.configure(batch_error_mode="per_item")
+    conn = GooglePeopleContacts.for_emulator(url)
+    state.inject_fault("429", "create", scope="item")
+    results = conn.create_many([WriteRequest(key=str(i), contact=Contact(given_name=f"N{i}")) for i in range(3)])
+    assert isinstance(results[0].error, RateLimited)
+    assert [r.record.contact.given_name for r in results[1:]] == ["N1", "N2"]
+    assert conn.calls_made == 1
+
+
+def test_request_level_rate_limit_stops_the_run(people):
+    state, url = people
+    conn = GooglePeopleContacts.for_emulator(url)
+    state.inject_fault("429", "create", retry_after=3)
+    results = conn.create_many([WriteRequest(key=str(i), contact=Contact(given_name=f"N{i}")) for i in range(250)])
+    assert len(results) == 250 and all(isinstance(r.error, RateLimited) and r.error.retry_after == 3 for r in results)
+    assert conn.calls_made == 1 and state.all_persons() == []
+
+
+def test_create_update_delete_round_trip_preserves_fields_we_do_not_sync(people):
+    state, url = people
+    [seeded] = state.seed([{
+        "names": [{"givenName": "Ann", "middleName": "Q", "familyName": "Lee"}],
+        "emailAddresses": [{"value": "ann@work.example", "type": "work"}, {"value": "ann@home.example", "type": "home"}],
+        "organizations": [{"name": "Acme", "title": "CTO"}, {"name": "Board Co", "title": "Advisor"}],
+        "clientData": [{"key": "otherApp", "value": "keep"}],
+        "urls": [{"value": "https://ann.example"}],
+    }])
+    conn = GooglePeopleContacts.for_emulator(url)
+    created = conn.create_many([
+        WriteRequest(key=f"c{i}", marker=f"m{i}", contact=Contact(
+            given_name=f"G{i}", family_name="F", emails=[f"g{i}@x.example"], phones=["+1 555 0100"],
+            company="Initech", job_title="Dev", notes="hello"))
+        for i in range(205)
+    ])
+    assert conn.calls_made == 2 and all(r.record for r in created)
+    rec = conn.get(created[0].record.external_id)
+    assert rec.contact == Contact(given_name="G0", family_name="F", emails=["g0@x.example"], phones=["+1 555 0100"],
+                                  company="Initech", job_title="Dev", notes="hello")
+
+    ann = conn.get(seeded)
+    [res] = conn.update_many([WriteRequest(key="u", external_id=seeded, etag=ann.etag, contact=Contact(
+        given_name="Anne", family_name="Lee", emails=["ann@work.example", "anne@new.example"],
+        company="Acme Corp", job_title="CTO"))])
+    assert res.error is None and res.record.contact.given_name == "Anne"
+    raw = state.person(seeded)
+    assert raw["names"][0]["middleName"] == "Q"
+    assert [(e["value"], e.get("type")) for e in raw["emailAddresses"]] == [("ann@work.example", "work"), ("anne@new.example", None)]
+    assert [o["name"] for o in raw["organizations"]] == ["Acme Corp", "Board Co"]
+    assert raw["clientData"] == [{"key": "otherApp", "value": "keep", "metadata": raw["clientData"][0]["metadata"]}]
+    assert raw["urls"][0]["value"] == "https://ann.example"
+
+    gone = created[1].record.external_id
+    state.user_delete(gone)
+    targets = [seeded, gone, created[2].record.external_id]
+    deleted = conn.delete_many([WriteRequest(key=t, external_id=t) for t in targets])
+    assert all(r.error is None and r.record.deleted for r in deleted)
+    assert state.person(seeded) is None and state.person(targets[2]) is None
+    with pytest.raises(NotFound):
+        conn.get(seeded)
+
+    [missing] = conn.update_many([WriteRequest(key="x", external_id=gone, contact=Contact(given_name="Z"))])
+    assert isinstance(missing.error, NotFound)
+
+
+def test_find_by_marker_scans_pages(people):
+    state, url = people
+    state.seed([person(i) for i in range(7)])
+    conn = GooglePeopleContacts.for_emulator(url, page_size=3)
+    [made] = conn.create_many([WriteRequest(key="k", marker="action-42", contact=Contact(given_name="Marked"))])
+    before = conn.calls_made
+    found = conn.find_by_marker("action-42")
+    assert found is not None and found.external_id == made.record.external_id
+    assert conn.calls_made - before == 3
+    assert conn.find_by_marker("action-43") is None
+    # An update keeps the marker; it lives in clientData, not in the Contact.
+    conn.update_many([WriteRequest(key="u", external_id=found.external_id, etag=found.etag, contact=Contact(given_name="M2"))])
+    assert conn.find_by_marker("action-42").contact.given_name == "M2"
+
+
+def test_malformed_person_data(people):
+    state, url = people
+    svc = raw_service(url).people()
+    with pytest.raises(HttpError) as err:
+        svc.createContact(body={"names": [{"givenName": "A"}, {"givenName": "B"}]}).execute()
+    translated = translate_http_error(err.value)
+    assert isinstance(translated, ValidationRejected)
+    assert translated.field == "names" and "only one value" in translated.message
+    with pytest.raises(HttpError) as err:
+        svc.createContact(body={"nickName": [{"value": "x"}]}).execute()
+    assert isinstance(translate_http_error(err.value), ValidationRejected)
+
+    [bad] = state.seed([{"names": [{"givenName": "A"}, {"givenName": "B"}]}], validate=False)
+    rec = GooglePeopleContacts.for_emulator(url).get(bad)
+    assert rec.contact.given_name == "A" and rec.problems and "names" in rec.problems[0]
+
+
+def test_previous_resource_names_after_relink(people):
+    state, url = people
+    [name] = state.seed([person(1)])
+    conn = GooglePeopleContacts.for_emulator(url)
+    _, cursor, _ = drain(conn, None)
+    new_name = state.relink(name)
+    records, _, _ = drain(conn, cursor)
+    assert [(r.external_id, r.previous_ids) for r in records] == [(new_name, (name,))]
+    full, _, _ = drain(conn, None)
+    assert [r.external_id for r in full] == [new_name]
+
+
+def test_token_refresh_and_reauth(people):
+    state, url = people
+    state.seed([person(1)])
+    assert httpx.get(url + "v1/people/me/connections", params={"personFields": "names"}).status_code == 401
+
+    creds = Credentials(token=None, refresh_token="rt-1", client_id="cid", client_secret="sec", token_uri=url + "token")
+    conn = GooglePeopleContacts(url, creds)
+    assert len(conn.list_changes(None).records) == 1
+    assert creds.token.startswith("ya29.emu.") and creds.expiry is not None
+    assert state.requests["oauth.token"] == 1
+
+    state.expire_access_tokens()  # a 401 from the API: google-auth refreshes once and retries
+    assert len(conn.list_changes(None).records) == 1
+    assert state.requests["oauth.token"] == 2
+    assert conn.calls_made == 3  # two lists plus the replay after 401; token calls not counted
+
+    state.revoke_refresh_token("rt-1")
+    state.expire_access_tokens()
+    with pytest.raises(ReauthRequired):
+        conn.list_changes(None)
