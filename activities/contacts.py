@@ -28,12 +28,13 @@ from models.workflow import (
     CycleRef,
     FetchResult,
     PlanSummary,
+    QuarantinedItem,
     RejectionSummary,
     Resolution,
     StoreSummary,
     WriteSummary,
 )
-from store import repo
+from store import cycle, repo
 from sync.normalize import blocking_keys
 from sync.planner import LinkState, PlanInput, Review, plan
 from sync.policy import SyncSettings
@@ -115,7 +116,7 @@ class ContactActivities:
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
             result.calls = mailbox.calls_made
-            span.set_attributes({"fetched": result.fetched, "pages": result.pages,
+            span.set(**{"fetched": result.fetched, "pages": result.pages,
                                  "full_resync": result.full_resync, "calls": result.calls})
         return result
 
@@ -148,7 +149,7 @@ class ContactActivities:
 
     def _stage_vanished(self, s, connection_id: str, seen: set[str], batch_id: str) -> int:
         """After a full listing, linked contacts it did not list were deleted meanwhile."""
-        gone = [mid for mid in repo.linked_mailbox_ids(s, connection_id) if mid not in seen]
+        gone = [mid for mid in cycle.linked_mailbox_ids(s, connection_id) if mid not in seen]
         tombstones = [SideRecord(side="mailbox", external_id=mid, deleted=True) for mid in gone]
         if tombstones:
             repo.stage_records(s, connection_id, "mailbox", tombstones, batch_id)
@@ -180,7 +181,7 @@ class ContactActivities:
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
             result.calls = getattr(self.platform, "calls_made", 0) - calls_before
-            span.set_attributes({"fetched": result.fetched, "pages": result.pages})
+            span.set(**{"fetched": result.fetched, "pages": result.pages})
         return result
 
     @staticmethod
@@ -192,7 +193,7 @@ class ContactActivities:
         """
         if settings.platform_scope == "all":
             return list(records)
-        linked = {row.platform_id for row in repo.get_links_by_platform_ids(s, connection_id, [r.external_id for r in records])}
+        linked = set(repo.get_links_by_platform_ids(s, connection_id, [r.external_id for r in records]))
         keep = []
         for r in records:
             if r.external_id in linked:
@@ -207,16 +208,16 @@ class ContactActivities:
         with activity_span("contacts.plan", connection_id=ref.connection_id) as span:
             with self.sessions() as s:
                 info, settings = self._connection(s, ref.connection_id)
-                busy = repo.items_with_unfinished_actions(s, ref.connection_id, UNFINISHED_ACTIONS)
+                busy = cycle.items_with_unfinished_actions(s, ref.connection_id, UNFINISHED_ACTIONS)
                 rows = [r for r in repo.items_by_status(s, ref.connection_id, OPEN_ITEM_STATUSES)
                         if (r.side, r.external_id) not in busy]
                 mailbox = {r.external_id: SideRecord.model_validate(r.record) for r in rows if r.side == "mailbox"}
                 platform = {r.external_id: SideRecord.model_validate(r.record) for r in rows if r.side == "platform"}
                 mailbox_ids = set(mailbox) | {old for rec in mailbox.values() for old in rec.previous_ids}
-                by_mailbox = {row.mailbox_id: link_state(row)
-                              for row in repo.get_links_by_mailbox_ids(s, ref.connection_id, list(mailbox_ids))}
-                by_platform = {row.platform_id: link_state(row)
-                               for row in repo.get_links_by_platform_ids(s, ref.connection_id, list(platform))}
+                by_mailbox = {mid: link_state(row)
+                              for mid, row in repo.get_links_by_mailbox_ids(s, ref.connection_id, mailbox_ids).items()}
+                by_platform = {pid: link_state(row)
+                               for pid, row in repo.get_links_by_platform_ids(s, ref.connection_id, list(platform)).items()}
                 reviews = self._reviews(s, ref.connection_id)
                 new_platform = [r for pid, r in platform.items() if pid not in by_platform and r.contact]
                 neighbour_keys = set().union(*(blocking_keys(r.contact) for r in new_platform)) if new_platform else set()
@@ -228,8 +229,8 @@ class ContactActivities:
             candidates = self._platform_candidates(info.org_id, new_mailbox, exclude=set(platform))
             if candidates:
                 with self.sessions() as s:
-                    for row in repo.get_links_by_platform_ids(s, ref.connection_id, list(candidates)):
-                        by_platform.setdefault(row.platform_id, link_state(row))
+                    for pid, row in repo.get_links_by_platform_ids(s, ref.connection_id, list(candidates)).items():
+                        by_platform.setdefault(pid, link_state(row))
             result = plan(PlanInput(
                 mailbox=mailbox, platform=platform, settings=settings,
                 links_by_mailbox=by_mailbox, links_by_platform=by_platform, reviews=reviews,
@@ -242,12 +243,12 @@ class ContactActivities:
                 summary.rules[d.rule] = summary.rules.get(d.rule, 0) + 1
             with self.sessions.begin() as s:
                 self._persist_plan(s, ref, result.decisions, mailbox, platform, by_mailbox, by_platform)
-            span.set_attributes({"planned": summary.planned, **{f"outcome.{k}": v for k, v in summary.outcomes.items()}})
+            span.set(**{"planned": summary.planned, **{f"outcome.{k}": v for k, v in summary.outcomes.items()}})
         return summary
 
     def _reviews(self, s, connection_id: str) -> dict:
         out: dict = {}
-        for row in repo.open_reviews(s, connection_id, statuses=("open", "resolved")):
+        for row in cycle.active_reviews(s, connection_id):
             review = Review(int(row.id), row.kind, row.mailbox_id, row.platform_id,
                             row.resolution if row.status == "resolved" else None)
             if row.mailbox_id:
@@ -288,7 +289,7 @@ class ContactActivities:
                         s, connection_id=ref.connection_id, kind=d.outcome, link_id=d.link_id,
                         mailbox_id=d.mailbox_id, platform_id=d.platform_id, fields=d.fields, detail=detail)
                 else:
-                    repo.update_review(s, review_id, fields=d.fields, detail=detail, status="open")
+                    cycle.update_review(s, review_id, fields=d.fields, detail=detail)
             elif review_id is not None:
                 repo.set_review_status(s, review_id, "superseded")
                 review_id = None
@@ -296,7 +297,7 @@ class ContactActivities:
             error_code = "malformed_input" if d.outcome == "quarantine" else None
             message = "; ".join(d.problems) if d.problems else None
             for side, ext in items:
-                repo.set_item_outcome_by_key(s, ref.connection_id, side, ext, status, rule=d.rule,
+                cycle.set_item_outcome_by_key(s, ref.connection_id, side, ext, status, rule=d.rule,
                                              error_code=error_code, error_message=message, review_id=review_id)
         if actions:
             repo.add_actions(s, ref.connection_id, ref.cycle_id, actions)
@@ -327,7 +328,7 @@ class ContactActivities:
                 summary = executor.run(heartbeat=_heartbeat)
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
-            span.set_attributes({"applied": summary.applied, "rejected": summary.rejected,
+            span.set(**{"applied": summary.applied, "rejected": summary.rejected,
                                  "deferred": summary.deferred, "linked": summary.linked})
         return summary
 
@@ -341,7 +342,7 @@ class ContactActivities:
                 summary = executor.handle_rejections(heartbeat=_heartbeat)
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
-            span.set_attributes({"fixed": summary.fixed, "quarantined": summary.quarantined})
+            span.set(**{"fixed": summary.fixed, "quarantined": summary.quarantined})
         return summary
 
     # -- people's answers and maintenance --------------------------------------
@@ -351,7 +352,7 @@ class ContactActivities:
         applied = 0
         with self.sessions.begin() as s:
             for r in resolutions:
-                if repo.resolve_review(s, r.review_id, {"choice": r.choice}, connection_id=connection_id):
+                if cycle.resolve_review_and_reopen(s, connection_id, r.review_id, r.choice):
                     applied += 1
         return applied
 
@@ -363,7 +364,16 @@ class ContactActivities:
     @activity.defn(name="contacts.summarize")
     def summarize(self, connection_id: str) -> StoreSummary:
         with self.sessions() as s:
-            return StoreSummary.model_validate(repo.sync_state_summary(s, connection_id))
+            raw = repo.sync_state_summary(s, connection_id)
+            reviews = repo.open_reviews(s, connection_id)
+        return StoreSummary(
+            items=raw["items"],
+            links=raw["links"],
+            open_conflicts=[int(r.id) for r in reviews if r.kind == "conflict"],
+            open_duplicates=[int(r.id) for r in reviews if r.kind == "duplicate"],
+            quarantined=[QuarantinedItem(item_id=int(q["item_id"]), side=q["side"], error_code=q["error_code"] or "")
+                         for q in raw["quarantined"]],
+        )
 
     def all(self) -> list:
         return [self.fetch_mailbox, self.fetch_platform, self.plan, self.write,

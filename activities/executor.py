@@ -25,7 +25,7 @@ from connectors.protocols import MailboxContacts, PlatformContacts, WriteRequest
 from models.contact import SideRecord
 from models.plan import Decision, Write
 from models.workflow import RejectionSummary, WriteSummary
-from store import repo
+from store import cycle, repo
 from sync.fixes import apply_fix_rules
 from sync.normalize import blocking_keys
 from sync.policy import SyncSettings
@@ -242,7 +242,7 @@ class Executor:
             snap_hash = d.snapshot.canonical_hash()
             keep_id = None if (d.unlink or old is None) else int(old.id)
             link_id = repo.save_link(
-                s, link_id=keep_id, org_id=self.info.org_id, connection_id=cid,
+                s, id=keep_id, org_id=self.info.org_id, connection_id=cid,
                 mailbox_id=mailbox_id, platform_id=platform_id,
                 snapshot=d.snapshot.model_dump(mode="json"),
                 mailbox_hash=m_done.get("hash") or snap_hash,
@@ -257,9 +257,9 @@ class Executor:
                            external_id=None, action_id=w.action_id,
                            detail={"link_id": int(link_id), "rule": d.rule, "score": d.score})
         for side, ext in d.item_keys():
-            repo.set_item_outcome_by_key(s, cid, side, ext, "applied", rule=d.rule)
+            cycle.set_item_outcome_by_key(s, cid, side, ext, "applied", rule=d.rule)
         if d.renamed_from:
-            repo.set_item_outcome_by_key(s, cid, "mailbox", d.renamed_from, "applied", rule="mailbox_id_changed")
+            cycle.set_item_outcome_by_key(s, cid, "mailbox", d.renamed_from, "applied", rule="mailbox_id_changed")
         if d.review_id is not None:
             repo.set_review_status(s, d.review_id, "applied")
         repo.update_action(s, w.action_id, status="done", result=w.result)
@@ -329,7 +329,7 @@ class Executor:
         message = error_message or row.error_message or code
         label = f"{code}:{rule}" if rule else code
         for side, ext in w.decision.item_keys():
-            repo.set_item_outcome_by_key(s, self.info.connection_id, side, ext, "quarantined",
+            cycle.set_item_outcome_by_key(s, self.info.connection_id, side, ext, "quarantined",
                                          rule=rule or "platform_validation", error_code=label,
                                          error_message=f"{message}" + (f" (field: {field})" if field else ""))
         if w.decision.review_id is not None:

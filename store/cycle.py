@@ -1,0 +1,87 @@
+"""Queries the sync cycle needs beyond plain CRUD: which items are busy, item
+outcomes addressed by (side, external id), and reviews answered by a person."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from store.repo import _trim, resolve_review
+from store.schema import actions, items, links, reviews
+
+
+def linked_mailbox_ids(s: Session, connection_id: str) -> list[str]:
+    return list(s.execute(sa.select(links.c.mailbox_id).where(links.c.connection_id == connection_id)).scalars())
+
+
+def items_with_unfinished_actions(s: Session, connection_id: str, statuses: Iterable[str]) -> set[tuple[str, str]]:
+    """Items an earlier cycle's actions still hold; they are not planned again until done."""
+    out: set[tuple[str, str]] = set()
+    for m, p in s.execute(
+        sa.select(actions.c.item_mailbox_id, actions.c.item_platform_id)
+        .where(actions.c.connection_id == connection_id, actions.c.status.in_(list(statuses)))
+    ):
+        if m:
+            out.add(("mailbox", m))
+        if p:
+            out.add(("platform", p))
+    return out
+
+
+def set_item_outcome_by_key(s: Session, connection_id: str, side: str, external_id: str, status: str, *,
+                            rule: str | None = None, error_code: str | None = None,
+                            error_message: str | None = None, review_id: int | None = None) -> bool:
+    res = s.execute(
+        sa.update(items)
+        .where(items.c.connection_id == connection_id, items.c.side == side, items.c.external_id == external_id)
+        .values(status=status, rule=rule, error_code=error_code, error_message=_trim(error_message),
+                review_id=review_id, updated_at=time.time())
+    )
+    return res.rowcount == 1
+
+
+def active_reviews(s: Session, connection_id: str) -> list:
+    """Open reviews and answered ones whose answer the planner has not applied yet."""
+    return list(s.execute(
+        sa.select(reviews)
+        .where(reviews.c.connection_id == connection_id, reviews.c.status.in_(("open", "resolved")))
+        .order_by(reviews.c.id)
+    ))
+
+
+def update_review(s: Session, review_id: int, *, fields: list[str], detail: dict) -> None:
+    s.execute(sa.update(reviews).where(reviews.c.id == review_id).values(fields=list(fields), detail=detail))
+
+
+def store_merged_fields(s: Session, review_id: int, fields: dict[str, str]) -> None:
+    """Keep a person's merged values beside the review, before the signal names it."""
+    row = s.execute(sa.select(reviews.c.detail).where(reviews.c.id == review_id)).first()
+    if row is None:
+        raise KeyError(review_id)
+    detail = dict(row.detail or {})
+    detail["merged_fields"] = {str(k): str(v) for k, v in fields.items()}
+    s.execute(sa.update(reviews).where(reviews.c.id == review_id).values(detail=detail))
+
+
+def resolve_review_and_reopen(s: Session, connection_id: str, review_id: int, choice: str) -> bool:
+    """Record the answer and put the review's items back to pending for the next plan."""
+    row = s.execute(sa.select(reviews).where(reviews.c.id == review_id,
+                                            reviews.c.connection_id == connection_id)).first()
+    if row is None:
+        return False
+    resolution: dict = {"choice": choice}
+    if choice == "merged":
+        resolution["fields"] = (row.detail or {}).get("merged_fields", {})
+    if not resolve_review(s, review_id, resolution):
+        return False
+    for side, ext in (("mailbox", row.mailbox_id), ("platform", row.platform_id)):
+        if ext:
+            s.execute(
+                sa.update(items)
+                .where(items.c.connection_id == connection_id, items.c.side == side, items.c.external_id == ext)
+                .values(status="pending", updated_at=time.time())
+            )
+    return True

@@ -1,0 +1,73 @@
+"""The small client API a product team calls: connect a mailbox, wake it, ask its state,
+answer its reviews. Workflow ids are `mailbox-sync/<connection_id>`.
+
+Answers that carry values (merged fields) are written to the store first and the
+signal carries only the review id (claim check): no content in workflow history.
+"""
+
+from __future__ import annotations
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+
+from models.workflow import MailboxSyncInput, Resolution, SyncState
+from store import cycle, repo
+from workers.temporal_client import ORG_ID, PROVIDER, STATUS, TASK_QUEUE
+from workflows.mailbox_sync import MailboxSyncWorkflow, workflow_id
+
+
+async def start_sync(client: Client, connection_id: str, org_id: str, provider: str, *,
+                     poll_interval_s: float = 300.0, task_queue: str = TASK_QUEUE) -> WorkflowHandle:
+    """Start (or wake, if already running) the workflow of one mailbox."""
+    return await client.start_workflow(
+        MailboxSyncWorkflow.run,
+        MailboxSyncInput(connection_id=connection_id, org_id=org_id, provider=provider,
+                         poll_interval_s=poll_interval_s),
+        id=workflow_id(connection_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        start_signal="wake",
+        start_signal_args=["connect"],
+        search_attributes=TypedSearchAttributes([
+            ORG_ID.value_set(org_id), PROVIDER.value_set(provider), STATUS.value_set("active"),
+        ]),
+    )
+
+
+def handle(client: Client, connection_id: str) -> WorkflowHandle:
+    return client.get_workflow_handle(workflow_id(connection_id))
+
+
+async def wake(client: Client, connection_id: str, reason: str = "") -> None:
+    await handle(client, connection_id).signal(MailboxSyncWorkflow.wake, reason)
+
+
+async def state(client: Client, connection_id: str) -> SyncState:
+    return await handle(client, connection_id).query(MailboxSyncWorkflow.state)
+
+
+async def resolve(client: Client, sessions, connection_id: str, review_id: int, choice: str,
+                  fields: dict[str, str] | None = None) -> None:
+    """Answer a review. For choice "merged", `fields` holds the values a person chose."""
+    if choice == "merged":
+        with sessions.begin() as s:
+            cycle.store_merged_fields(s, review_id, fields or {})
+    await handle(client, connection_id).signal(
+        MailboxSyncWorkflow.resolve, Resolution(review_id=review_id, choice=choice)  # type: ignore[arg-type]
+    )
+
+
+async def pause(client: Client, connection_id: str) -> None:
+    await handle(client, connection_id).signal(MailboxSyncWorkflow.pause)
+
+
+async def resume(client: Client, connection_id: str) -> None:
+    await handle(client, connection_id).signal(MailboxSyncWorkflow.resume)
+
+
+async def retry_quarantined(client: Client, connection_id: str) -> None:
+    await handle(client, connection_id).signal(MailboxSyncWorkflow.retry_quarantined)
+
+
+async def approve_mass_delete(client: Client, connection_id: str) -> None:
+    await handle(client, connection_id).signal(MailboxSyncWorkflow.approve_mass_delete)
