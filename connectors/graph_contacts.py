@@ -31,7 +31,10 @@ Choices that are not obvious from the protocol:
   CursorExpired; 429 (and 503 with Retry-After) -> RateLimited; other 5xx and
   timeouts -> Transient; 401 -> AuthExpired; 403 -> ReauthRequired (consent or
   mailbox access withdrawn); 409 (`ErrorIrresolvableConflict`) and 412 ->
-  PreconditionFailed; 400 -> ValidationRejected; 404 -> NotFound.
+  PreconditionFailed; 400 -> ValidationRejected; 404 -> NotFound. Writes never
+  raise a ConnectorError: a failure of a whole `$batch` call (401, 429, timeout)
+  becomes the error of each item in that chunk, and an already-missing contact
+  counts as deleted.
 """
 
 from __future__ import annotations

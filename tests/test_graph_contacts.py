@@ -437,3 +437,34 @@ def test_subscription_lifecycle_with_validation_handshake(graph, conn, receiver)
         conn.create_subscription(url, "s", minutes=60)
     state.validate_subscriptions = False  # handshake off: the webhook server may not exist yet
     assert conn.create_subscription("http://127.0.0.1:9/nowhere", "s", minutes=60)["id"]
+
+
+# --------------------------------------------------------------------- admin HTTP API
+
+
+def test_admin_http_api_steers_the_emulator(graph, conn):
+    state, base = graph
+    with httpx.Client(base_url=base) as admin:
+        ids = admin.post("/_emulator/seed", json={"contacts": _people(3)}).json()["ids"]
+        _, cursor = _walk(conn, None)
+        admin.post(f"/_emulator/contacts/{ids[0]}/edit", json={"surname": "edited"})
+        admin.post(f"/_emulator/contacts/{ids[1]}/delete")
+        folder = admin.post("/_emulator/folders", json={"displayName": "Old"}).json()["id"]
+        assert admin.post(f"/_emulator/contacts/{ids[2]}/move", json={"folder_id": folder}).json()["rest_id"]
+        page = conn.list_changes(cursor)
+        assert {(r.external_id, r.deleted) for r in page.records} == {(ids[0], False), (ids[1], True), (ids[2], True)}
+        assert admin.post("/_emulator/expire-delta", json={"status": 400, "code": "SyncStateNotFound"}).json()["expired"] >= 1
+        with pytest.raises(CursorExpired):
+            conn.list_changes(page.cursor)
+        admin.post("/_emulator/faults", json={"status": 500, "count": 1})
+        with pytest.raises(Transient):
+            conn.get(ids[0])
+        admin.post("/_emulator/config", json={"request_budget": [2, 60]})
+        conn.get(ids[0])
+        conn.get(ids[0])
+        with pytest.raises(RateLimited) as info:
+            conn.get(ids[0])
+        assert info.value.retry_after and info.value.retry_after > 50
+        stats = admin.get("/_emulator/stats").json()
+        assert stats["by_route"]["GET /me/contacts/{id}"] == 4 and stats["throttled"] == 1
+        assert all(i not in key for key in stats["by_route"] for i in ids)  # no ids in counters
