@@ -405,3 +405,30 @@ def test_token_refresh_and_reauth(people):
     state.expire_access_tokens()
     with pytest.raises(ReauthRequired):
         conn.list_changes(None)
+
+
+def test_slow_write_times_out_but_lands_and_marker_finds_it(people):
+    """The crash-after-write case: the client gives up, the contact exists anyway."""
+    state, url = people
+    state.configure(latency={"create": 0.5}, latency_phase="after")
+    conn = GooglePeopleContacts.for_emulator(url, timeout=0.2)
+    [res] = conn.create_many([WriteRequest(key="k", marker="crash-1", contact=Contact(given_name="Slow"))])
+    assert isinstance(res.error, Transient)
+    state.configure(latency={})
+    found = GooglePeopleContacts.for_emulator(url).find_by_marker("crash-1")
+    assert found is not None and found.contact.given_name == "Slow"
+
+
+def test_admin_http_seed_edit_delete_and_clock(people):
+    state, url = people
+    names = httpx.post(url + "_emulator/seed", json={"persons": [person(1), person(2)]}).json()["resourceNames"]
+    conn = GooglePeopleContacts.for_emulator(url)
+    _, cursor, _ = drain(conn, None)
+    assert httpx.post(url + "_emulator/user_edit", json={"resourceName": names[0], "person": {"names": [{"givenName": "Ed"}]}}).status_code == 200
+    assert httpx.post(url + "_emulator/user_delete", json={"resourceName": names[1]}).status_code == 200
+    records, cursor, _ = drain(conn, cursor)
+    assert {(r.external_id, r.deleted) for r in records} == {(names[0], False), (names[1], True)}
+    assert httpx.post(url + "_emulator/clock/advance", json={"seconds": 8 * 86400}).status_code == 200
+    with pytest.raises(CursorExpired):
+        conn.list_changes(cursor)
+    assert httpx.post(url + "_emulator/user_delete", json={"resourceName": "people/c1"}).status_code == 400
