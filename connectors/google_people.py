@@ -257,7 +257,10 @@ def _merge_multi(existing: list[dict], wanted: Iterable[str], *, fold: Callable[
         if key in wanted_keys and key not in seen:
             out.append(_clean(item))
             seen.add(key)
-    out.extend({"value": v} for v in wanted_list if fold(v) not in seen)
+    for v in wanted_list:
+        if fold(v) not in seen:
+            out.append({"value": v})
+            seen.add(fold(v))
     return out
 
 
