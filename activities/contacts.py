@@ -277,7 +277,7 @@ class ContactActivities:
             items = d.item_keys()
             if d.outcome == "apply":
                 key = f"{ref.connection_id}:{ref.cycle_id}:{d.link_id}:{d.mailbox_id}:{d.platform_id}"
-                actions.append({"cycle_id": ref.cycle_id, "item_mailbox_id": d.mailbox_id,
+                actions.append({"item_mailbox_id": d.mailbox_id,
                                 "item_platform_id": d.platform_id, "link_id": d.link_id,
                                 "decision": d.model_dump(mode="json"), "idempotency_key": key})
                 continue
@@ -293,7 +293,7 @@ class ContactActivities:
             elif review_id is not None:
                 repo.set_review_status(s, review_id, "superseded")
                 review_id = None
-            status = {"skip": "skipped", "held": "deferred"}.get(d.outcome, d.outcome)
+            status = {"skip": "skipped", "held": "deferred", "quarantine": "quarantined"}.get(d.outcome, d.outcome)
             error_code = "malformed_input" if d.outcome == "quarantine" else None
             message = "; ".join(d.problems) if d.problems else None
             for side, ext in items:

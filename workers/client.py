@@ -8,7 +8,7 @@ signal carries only the review id (claim check): no content in workflow history.
 from __future__ import annotations
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.common import TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
 from models.workflow import MailboxSyncInput, Resolution, SyncState
 from store import cycle, repo
@@ -29,7 +29,8 @@ async def start_sync(client: Client, connection_id: str, org_id: str, provider: 
         start_signal="wake",
         start_signal_args=["connect"],
         search_attributes=TypedSearchAttributes([
-            ORG_ID.value_set(org_id), PROVIDER.value_set(provider), STATUS.value_set("active"),
+            SearchAttributePair(ORG_ID, org_id), SearchAttributePair(PROVIDER, provider),
+            SearchAttributePair(STATUS, "active"),
         ]),
     )
 
