@@ -9,6 +9,7 @@ that the workflow's state queries can read while a batch is being staged.
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -25,6 +26,8 @@ MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # Arbitrary constant naming "Concord schema migration" among PostgreSQL advisory locks.
 _PG_MIGRATION_LOCK = 0x436F6E63
+# Alembic keeps its migration context in module globals: one upgrade per process at a time.
+_MIGRATE_LOCK = threading.Lock()
 
 
 def default_url() -> str:
@@ -87,8 +90,9 @@ def migrate(url: str | URL | None = None, revision: str = "head") -> None:
     """Upgrade the store to `revision`; safe to run from several processes at once.
 
     The whole upgrade runs in one transaction that first takes a lock (an advisory
-    lock on PostgreSQL, the write lock on SQLite), so a second migrator waits and
-    then finds nothing to do instead of racing on CREATE TABLE.
+    lock on PostgreSQL, the write lock on SQLite), so a second worker process waits
+    and then finds nothing to do instead of dying on CREATE TABLE; on SQLite a failed
+    upgrade also rolls back whole instead of leaving half the tables behind.
     """
     from alembic import command
 
@@ -96,7 +100,7 @@ def migrate(url: str | URL | None = None, revision: str = "head") -> None:
     cfg = alembic_config(url)
     engine = make_engine(url, poolclass=sa.pool.NullPool)
     try:
-        with engine.connect() as conn:
+        with _MIGRATE_LOCK, engine.connect() as conn:
             if conn.dialect.name == "sqlite":
                 # pysqlite leaves DDL outside transactions unless we open one ourselves.
                 conn.exec_driver_sql("BEGIN IMMEDIATE")

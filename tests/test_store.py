@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+import multiprocessing
 import time
 
 import pytest
@@ -90,20 +90,17 @@ def test_migration_matches_schema_modules(db_url):
 
 
 def test_concurrent_migrations_do_not_race(db_url):
-    errors: list[BaseException] = []
+    """Several worker processes starting on a fresh store: one migrates, the others wait.
 
-    def run():
-        try:
-            migrate(db_url)
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
+    Without the migration lock, all but one die on "table already exists".
+    """
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=migrate, args=(db_url,)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert current_revision(db_url) == "0001"
 
 

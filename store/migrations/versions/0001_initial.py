@@ -1,8 +1,9 @@
-"""Initial store: organisations, connections, cursors, items, links, reviews, actions,
-audit log, pending OAuth flows and the token vault.
+"""Initial store.
 
-Written out in full rather than built from `store.schema` so that later edits to the
-schema module can never change what this revision did to an existing database.
+Organisations, connections, cursors, items, links, reviews, actions, audit log,
+pending OAuth flows and the token vault. Written out in full rather than built
+from `store.schema` so that later edits to the schema module can never change
+what this revision did to an existing database.
 
 Revision ID: 0001
 Revises:
