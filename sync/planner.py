@@ -253,6 +253,8 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
         rule = "merged" if (m_changed and p_changed) else ("mailbox_change" if m_changed else "platform_change")
     return Decision(outcome="apply", rule=rule, link=True, writes=writes, snapshot=merged,
                     fields=list(result.conflicts),
+                    mailbox_etag=m.etag if m else link.mailbox_etag,
+                    platform_etag=p.etag if p else link.platform_etag,
                     **{**base, "mailbox_id": mailbox_id if m else None})
 
 
@@ -309,6 +311,14 @@ def _plan_unlinked(
             out.append(Decision(outcome="quarantine", rule="malformed_input", mailbox_id=m.external_id,
                                 problems=problems, review_id=rid))
             continue
+        if review and review.kind == "conflict" and review.resolution and review.platform_id in pool_records:
+            # A person settled the fields two similar records disagreed on: link them so.
+            target = pool_records[review.platform_id]
+            assert target.contact is not None
+            out.append(_link_pair(m, target, settings, rule="conflict_resolved_by_person", review_id=rid,
+                                  decided=_decided_fields(review, m.contact, target.contact)))
+            consumed.add(target.external_id)
+            continue
         answer = (review.resolution or {}).get("choice") if review and review.kind == "duplicate" else None
         if answer == "ignore":
             out.append(Decision(outcome="skip", rule="ignored_by_reviewer", mailbox_id=m.external_id, review_id=rid))
@@ -337,7 +347,7 @@ def _plan_unlinked(
             continue
         out.append(Decision(
             outcome="apply", rule="created_on_platform" if answer != "create" else "created_by_reviewer",
-            mailbox_id=m.external_id, link=True, snapshot=m.contact, review_id=rid,
+            mailbox_id=m.external_id, link=True, snapshot=m.contact, review_id=rid, mailbox_etag=m.etag,
             writes=[Write(side="platform", op="create", contact=m.contact)],
         ))
 
@@ -379,17 +389,18 @@ def _plan_unlinked(
                 continue
         out.append(Decision(
             outcome="apply", rule="created_in_mailbox" if answer != "create" else "created_by_reviewer",
-            platform_id=p.external_id, link=True, snapshot=p.contact, review_id=rid,
+            platform_id=p.external_id, link=True, snapshot=p.contact, review_id=rid, platform_etag=p.etag,
             writes=[Write(side="mailbox", op="create", contact=p.contact)],
         ))
     return out
 
 
 def _link_pair(m: SideRecord, p: SideRecord, settings: SyncSettings, *, rule: str,
-               score: float | None = None, review_id: int | None = None) -> Decision:
+               score: float | None = None, review_id: int | None = None,
+               decided: dict[str, str] | None = None) -> Decision:
     assert m.contact is not None and p.contact is not None
     result = three_way_merge(None, m.contact, p.contact, settings.policy,
-                             mailbox_time=m.updated_at, platform_time=p.updated_at)
+                             mailbox_time=m.updated_at, platform_time=p.updated_at, decided=decided)
     if result.unresolved:
         return Decision(outcome="conflict", rule="manual_policy", mailbox_id=m.external_id,
                         platform_id=p.external_id, fields=list(result.unresolved),
@@ -402,4 +413,5 @@ def _link_pair(m: SideRecord, p: SideRecord, settings: SyncSettings, *, rule: st
         writes.append(Write(side="mailbox", op="update", external_id=m.external_id, contact=merged, etag=m.etag))
     return Decision(outcome="apply", rule=rule, mailbox_id=m.external_id, platform_id=p.external_id,
                     link=True, writes=writes, snapshot=merged, fields=list(result.conflicts),
+                    mailbox_etag=m.etag, platform_etag=p.etag,
                     score=None if score is None else round(score, 4), review_id=review_id)
