@@ -161,6 +161,8 @@ class SyncMachine(RuleBasedStateMachine):
         for _ in range(6):
             n = self._sync_once()
             if n == 0:
+                # this cycle saw only our own writes coming back: each must be a skip
+                assert self.applied_last == 0, "our own writes echoing back were taken for changes"
                 break
         # at rest: one more cycle writes nothing (no ping-pong)
         self.writes_last_sync = self._sync_once()
