@@ -505,11 +505,27 @@ async def _handle_token(state: OAuthState, request: Request, issuer: str) -> Res
 # ---------------------------------------------------------------- apps
 
 
+def _no_keepalive(app: FastAPI) -> None:
+    """Close each connection after its response.
+
+    uvicorn's shutdown waits on idle keep-alive TLS connections (for the peer's
+    close_notify) long after clients have gone, which made every test teardown
+    hang; one handshake per call costs nothing at emulator volumes.
+    """
+
+    @app.middleware("http")
+    async def close_after_response(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["Connection"] = "close"
+        return response
+
+
 def google_app(state: OAuthState) -> FastAPI:
     """accounts.google.com + oauth2.googleapis.com on one origin: /o/oauth2/v2/auth, /token, /revoke."""
     assert state.provider == "google"
     app = FastAPI(title="Google OAuth emulator")
     app.state.oauth = state
+    _no_keepalive(app)
 
     @app.get("/o/oauth2/v2/auth")
     @app.get("/o/oauth2/auth")
@@ -555,6 +571,7 @@ def microsoft_app(state: OAuthState) -> FastAPI:
     assert state.provider == "microsoft"
     app = FastAPI(title="Microsoft identity platform emulator")
     app.state.oauth = state
+    _no_keepalive(app)
 
     def base(request: Request) -> str:
         return str(request.base_url).rstrip("/")

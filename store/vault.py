@@ -347,42 +347,55 @@ class TokenVault:
             ).all()
         return {k: n for k, n in rows}
 
-    def rotate(self, bind: sa.Engine | None = None, *, batch_size: int = 100) -> int:
+    def rotate(self, bind: Bind = None, *, batch_size: int = 100) -> int:
         """Re-seal every row not under the active key; returns how many were re-sealed.
 
-        Each batch is its own transaction so locks stay short and a crash loses at
-        most one batch of work (the rows simply stay readable under the old key).
-        The update is conditional on the old key id and ciphertext, so a concurrent
-        `put` (already under the active key) is never overwritten with stale tokens.
+        Each batch is committed on its own (an Engine: one short transaction per
+        batch; a Session or Connection: `commit()` after each batch) so locks stay
+        short and a crash loses at most one batch of work: those rows simply stay
+        readable under the old key. The update is conditional on the old key id and
+        nonce, so a concurrent `put` (already under the active key) is never
+        overwritten with stale tokens.
         """
-        engine = bind if isinstance(bind, sa.Engine) else self.engine
-        active = self.keyring.active_key_id
         done = 0
         while True:
-            with engine.begin() as conn:
-                rows = conn.execute(
-                    sa.select(vault_tokens)
-                    .where(vault_tokens.c.key_id != active)
-                    .order_by(vault_tokens.c.connection_id, vault_tokens.c.kind)
-                    .limit(batch_size)
-                ).mappings().all()
-                if not rows:
-                    return done
-                now = datetime.now(timezone.utc)
-                for r in rows:
-                    plain = self._open(r["connection_id"], r["kind"], r["key_id"], r["nonce"], r["ciphertext"])
-                    key_id, nonce, ct = self._seal(r["connection_id"], r["kind"], plain)
-                    result = conn.execute(
-                        sa.update(vault_tokens)
-                        .where(
-                            vault_tokens.c.connection_id == r["connection_id"],
-                            vault_tokens.c.kind == r["kind"],
-                            vault_tokens.c.key_id == r["key_id"],
-                            vault_tokens.c.nonce == r["nonce"],
-                        )
-                        .values(key_id=key_id, nonce=nonce, ciphertext=ct, updated_at=now)
-                    )
-                    done += result.rowcount
+            if bind is None or isinstance(bind, sa.Engine):
+                with (bind or self.engine).begin() as conn:
+                    n = self._rotate_batch(conn, batch_size)
+            else:
+                n = self._rotate_batch(bind, batch_size)
+                bind.commit()
+            if n is None:
+                return done
+            done += n
+
+    def _rotate_batch(self, conn, batch_size: int) -> int | None:
+        active = self.keyring.active_key_id
+        rows = conn.execute(
+            sa.select(vault_tokens)
+            .where(vault_tokens.c.key_id != active)
+            .order_by(vault_tokens.c.connection_id, vault_tokens.c.kind)
+            .limit(batch_size)
+        ).mappings().all()
+        if not rows:
+            return None
+        now = datetime.now(timezone.utc)
+        done = 0
+        for r in rows:
+            plain = self._open(r["connection_id"], r["kind"], r["key_id"], r["nonce"], r["ciphertext"])
+            key_id, nonce, ct = self._seal(r["connection_id"], r["kind"], plain)
+            result = conn.execute(
+                sa.update(vault_tokens)
+                .where(
+                    vault_tokens.c.connection_id == r["connection_id"],
+                    vault_tokens.c.kind == r["kind"],
+                    vault_tokens.c.key_id == r["key_id"],
+                    vault_tokens.c.nonce == r["nonce"],
+                )
+                .values(key_id=key_id, nonce=nonce, ciphertext=ct, updated_at=now)
+            )
+            done += result.rowcount
+        return done
 
 
 if __name__ == "__main__":  # `python -m store.vault` prints a fresh ring entry

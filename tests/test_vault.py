@@ -196,6 +196,20 @@ def test_rotation(engine, keys):
         old.get("c6")
 
 
+def test_rotation_through_a_session(engine, keys):
+    from sqlalchemy.orm import Session
+
+    TokenVault(engine, ring("k1", keys=keys)).create_table()
+    old = TokenVault(engine, ring("k1", keys=keys))
+    for i in range(5):
+        old.put(f"s{i}", f"a{i}", f"r{i}", None)
+    new = TokenVault(engine, ring("k2", "k1", keys=keys))
+    with Session(engine) as session:
+        assert new.rotate(session, batch_size=2) == 10
+    assert new.count_by_key() == {"k2": 10}
+    assert new.get("s4").refresh_token == "r4"
+
+
 def test_missing_key_id_is_a_clear_error(engine, keys):
     v1 = TokenVault(engine, ring("k1", keys=keys))
     v1.create_table()
