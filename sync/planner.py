@@ -299,6 +299,8 @@ def _plan_unlinked(
     for link in inp.neighbour_links.values():
         linked_platform.add(link.platform_id)
     consumed: set[str] = set()
+    # records this cycle is about to create on the other side, to catch twins in one batch
+    batch_new: CandidateIndex[str] = CandidateIndex()
 
     for m in new_mailbox:
         review = inp.reviews.get(("mailbox", m.external_id))
@@ -345,6 +347,15 @@ def _plan_unlinked(
                 score=round(match.score, 4), review_id=rid,
             ))
             continue
+        if answer != "create":
+            twin = best_match(m.contact, batch_new, thresholds)
+            if twin.kind != "none" and twin.key is not None:
+                # The mailbox itself holds this person twice: one record, one review.
+                out.append(Decision(outcome="duplicate", rule="duplicate_in_mailbox", mailbox_id=m.external_id,
+                                    candidate_side="mailbox", candidate_id=twin.key,
+                                    score=round(twin.score, 4), review_id=rid))
+                continue
+        batch_new.add(m.external_id, m.contact)
         out.append(Decision(
             outcome="apply", rule="created_on_platform" if answer != "create" else "created_by_reviewer",
             mailbox_id=m.external_id, link=True, snapshot=m.contact, review_id=rid, mailbox_etag=m.etag,
@@ -357,6 +368,7 @@ def _plan_unlinked(
     neighbours: CandidateIndex[int] = CandidateIndex()
     for lid, link in inp.neighbour_links.items():
         neighbours.add(lid, link.snapshot)
+    batch_new_p: CandidateIndex[str] = CandidateIndex()
     for p in new_platform:
         if p.external_id in consumed:
             continue
@@ -387,6 +399,14 @@ def _plan_unlinked(
                     review_id=rid,
                 ))
                 continue
+        if answer != "create":
+            twin = best_match(p.contact, batch_new_p, thresholds)
+            if twin.kind != "none" and twin.key is not None:
+                out.append(Decision(outcome="duplicate", rule="duplicate_on_platform", platform_id=p.external_id,
+                                    candidate_side="platform", candidate_id=twin.key,
+                                    score=round(twin.score, 4), review_id=rid))
+                continue
+        batch_new_p.add(p.external_id, p.contact)
         out.append(Decision(
             outcome="apply", rule="created_in_mailbox" if answer != "create" else "created_by_reviewer",
             platform_id=p.external_id, link=True, snapshot=p.contact, review_id=rid, platform_etag=p.etag,
