@@ -72,6 +72,7 @@ def serve(
         ssl_certfile=certfile,
         ssl_keyfile=keyfile,
         lifespan="off",
+        timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"emulator:{port}", daemon=True)
