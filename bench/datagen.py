@@ -213,6 +213,8 @@ def _typo(rng: random.Random, word: str) -> str:
 
 
 def _email_variant(rng: random.Random, address: str) -> str:
+    if address.count("@") != 1:
+        return address
     local, domain = address.split("@")
     choice = rng.random()
     if domain == "gmail.com" and choice < 0.3:
@@ -235,7 +237,10 @@ def _email_variant(rng: random.Random, address: str) -> str:
 def _reformat_phone(rng: random.Random, phone: str) -> str:
     import phonenumbers
 
-    parsed = phonenumbers.parse(phone, "US")
+    try:
+        parsed = phonenumbers.parse(phone, "US")
+    except phonenumbers.NumberParseException:
+        return phone  # not a number we can re-render: copied as it was
     return format_phone(str(parsed.country_code), str(parsed.national_number), rng)
 
 

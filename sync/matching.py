@@ -72,6 +72,8 @@ def _first_sim(x: str, y: str) -> float:
     if not x or not y:
         return 0.5 if x == y else 0.0
     tx, ty = x.split()[0], y.split()[0]
+    if tx == ty:
+        return 1.0 if x == y else max(0.9, _sim(x, y))  # middle names come and go
     if len(tx) == 1 or len(ty) == 1:  # an initial: "J" vs "John"
         return 0.85 if tx[0] == ty[0] else 0.0
     return max(_sim(x, y), _sim(tx, ty))
@@ -126,7 +128,8 @@ def score_normalized(a: NormalizedContact, b: NormalizedContact) -> MatchScore:
             s += 0.05
     elif same_phone:
         reasons.append("same_phone")
-        s = 0.90 if ns is None else 0.45 + 0.5 * ns
+        # Steep in the name: households and switchboards share numbers, not names.
+        s = 0.90 if ns is None else ns - 0.05
         if same_company:
             reasons.append("same_company")
             s += 0.05

@@ -1,0 +1,261 @@
+"""Normalisation: the forms under which two spellings of one person compare equal."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from models.contact import Contact
+from sync.normalize import (
+    FREE_MAIL_DOMAINS,
+    blocking_keys,
+    company_key,
+    contact_problems,
+    email_domain,
+    email_problem,
+    fold_text,
+    name_parts,
+    normalize_email,
+    normalize_phone,
+)
+
+# --- emails ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("John.Smith@Gmail.com", "johnsmith@gmail.com"),
+        ("  j.o.h.n.smith+crm@googlemail.com ", "johnsmith@gmail.com"),
+        ("JohnSmith+news+more@gmail.com", "johnsmith@gmail.com"),
+        ("ann+tag@outlook.com", "ann@outlook.com"),
+        ("ann+tag@icloud.com", "ann@icloud.com"),
+        ("Ann.Lee@Acme.com", "ann.lee@acme.com"),  # dots matter outside Gmail
+        ("ann+tag@acme.com", "ann+tag@acme.com"),  # a company's own domain may route "+" elsewhere
+        ("ann-tag@yahoo.com", "ann-tag@yahoo.com"),  # Yahoo uses "-" and a base name, not "+"
+        ("mailto:Ann@Example.org", "ann@example.org"),
+        ("<ann@example.org>", "ann@example.org"),
+        ("ann@example.org.", "ann@example.org"),
+        ("ann@xn--bcher-kva.de", "ann@bücher.de"),
+        ("ANN@BÜCHER.DE", "ann@bücher.de"),
+        ("+tag@gmail.com", "+tag@gmail.com"),  # nothing before the tag: keep it rather than invent ""
+    ],
+)
+def test_normalize_email_examples(raw, expected):
+    assert normalize_email(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["", "   ", "john", "john@", "@gmail.com", "john@localhost", "a@b@c.com", "john smith@x.com", "a@.com", "a@x..com", None, 42],
+)
+def test_normalize_email_rejects_non_addresses(raw):
+    assert normalize_email(raw) is None
+
+
+def test_email_domain_and_free_domains():
+    assert email_domain("A.B+x@googlemail.com") == "gmail.com"
+    assert email_domain("ann@Acme.COM") == "acme.com"
+    assert email_domain("nonsense") is None
+    for domain in ("gmail.com", "outlook.com", "hotmail.com", "yahoo.com", "icloud.com"):
+        assert domain in FREE_MAIL_DOMAINS
+    assert "acme.com" not in FREE_MAIL_DOMAINS
+
+
+def test_email_problem_messages():
+    assert email_problem("ann@example.com") is None
+    assert email_problem("ann@mailinator.com") is None  # deliverability is not checked
+    assert "period" in email_problem("a..b@example.com")
+    assert "@" in email_problem("no-at-sign.example.com")
+    assert email_problem("") == "The email address is empty."
+    assert email_problem("ann@bad_domain.com") is not None
+
+
+_local = st.text(alphabet=string.ascii_letters + string.digits + ".+-_", min_size=1, max_size=20)
+_domain = st.sampled_from(["gmail.com", "GoogleMail.com", "outlook.com", "acme.co.uk", "bücher.de", "xn--bcher-kva.de", "yahoo.com"])
+
+
+@given(local=_local, domain=_domain)
+def test_normalize_email_idempotent_on_addresses(local, domain):
+    once = normalize_email(f"{local}@{domain}")
+    if once is not None:
+        assert normalize_email(once) == once
+
+
+@given(st.text(max_size=40))
+def test_normalize_email_idempotent_on_any_text(text):
+    once = normalize_email(text)
+    if once is not None:
+        assert normalize_email(once) == once
+        assert once.count("@") == 1
+
+
+@given(local=st.text(alphabet=string.ascii_lowercase, min_size=1, max_size=12), data=st.data())
+def test_gmail_variants_collapse(local, data):
+    """Any dotting, casing or plus tag of a Gmail address is the same mailbox."""
+    dotted = "".join(ch + ("." if data.draw(st.booleans()) else "") for ch in local).rstrip(".")
+    tag = data.draw(st.sampled_from(["", "+crm", "+a.b"]))
+    domain = data.draw(st.sampled_from(["gmail.com", "GMAIL.com", "googlemail.com"]))
+    variant = data.draw(st.sampled_from([str.upper, str.lower, str.title]))(dotted) + tag + "@" + domain
+    assert normalize_email(variant) == f"{local}@gmail.com"
+
+
+# --- phones ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["(415) 555-0134", "415.555.0134", "+1 415 555 0134", "1 (415) 555-0134", "+1-415-555-0134", "4155550134", "415-555-0134 ext. 12"],
+)
+def test_normalize_phone_us_formats(raw):
+    assert normalize_phone(raw) == "+14155550134"
+
+
+def test_normalize_phone_international_and_region():
+    assert normalize_phone("+44 20 7946 0958") == "+442079460958"
+    assert normalize_phone("0044 20 7946 0958", "DE") == "+442079460958"
+    assert normalize_phone("020 7946 0958", "GB") == "+442079460958"
+    assert normalize_phone("+49 (0)30 1234567") == "+49301234567"
+    assert normalize_phone("030 1234567", "DE") == "+49301234567"
+
+
+@pytest.mark.parametrize("raw", ["", "n/a", "12", "+1 12", "call me", None])
+def test_normalize_phone_rejects(raw):
+    assert normalize_phone(raw) is None
+
+
+@given(st.text(alphabet="0123456789 +-().x", max_size=25))
+def test_normalize_phone_idempotent(raw):
+    once = normalize_phone(raw)
+    if once is not None:
+        assert once.startswith("+")
+        assert normalize_phone(once) == once
+
+
+# --- names ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "family", "expected"),
+    [
+        ("José", "García", ("jose", "garcia")),
+        ("JOSÉ", "GARCÍA", ("jose", "garcia")),
+        ("Søren", "Østergaard", ("soren", "ostergaard")),
+        ("Łukasz", "Wójcik", ("lukasz", "wojcik")),
+        ("Jürgen", "Weiß", ("jurgen", "weiss")),
+        ("Conan", "O'Brien", ("conan", "obrien")),
+        ("Jean-Luc", "Picard", ("jean luc", "picard")),
+        ("Smith, John", "", ("john", "smith")),
+        ("John Smith", "", ("john", "smith")),
+        ("Dr. John Q. Smith Jr.", "", ("john", "smith")),
+        ("Vega, María de la", "", ("maria", "de la vega")),
+        ("Madonna", "", ("madonna", "")),
+        ("", "Smith", ("", "smith")),
+        ("", "", ("", "")),
+    ],
+)
+def test_name_parts(given, family, expected):
+    assert name_parts(given, family) == expected
+
+
+def test_nicknames_are_not_equated():
+    # Documented non-goal: Bob is not Robert. Matching relies on identifiers for those.
+    assert name_parts("Bob", "Smith") != name_parts("Robert", "Smith")
+
+
+@given(st.text(max_size=30))
+def test_fold_text_idempotent(text):
+    once = fold_text(text)
+    assert fold_text(once) == once
+
+
+@given(st.text(max_size=30), st.text(max_size=30))
+def test_name_parts_idempotent(given_name, family_name):
+    first, last = name_parts(given_name, family_name)
+    assert name_parts(first, last) == (first, last) or not last
+    assert fold_text(first) == first and fold_text(last) == last
+
+
+def test_company_key_drops_legal_forms():
+    assert company_key("ACME, Inc.") == company_key("Acme") == "acme"
+    assert company_key("Müller GmbH") == "muller"
+    assert company_key("Co") == "co"  # a name made only of a suffix keeps it
+
+
+# --- blocking keys --------------------------------------------------------------
+
+
+def test_blocking_keys_shape():
+    c = Contact(given_name="John", family_name="Smith", emails=["John.Smith@acme.com", "j.smith+x@gmail.com"], phones=["(415) 555-0134"])
+    assert blocking_keys(c) == {
+        "e:john.smith@acme.com",
+        "e:jsmith@gmail.com",
+        "p:+14155550134",
+        "n:smith|j",
+        "d:acme.com|smith",
+        "t:jn smt",
+    }
+
+
+def test_blocking_keys_shared_by_variants():
+    a = Contact(given_name="John", family_name="Smith")
+    assert blocking_keys(a) & blocking_keys(Contact(given_name="Smith", family_name="John"))  # swapped
+    assert blocking_keys(a) & blocking_keys(Contact(given_name="Smith, John"))  # one field
+    assert blocking_keys(a) & blocking_keys(Contact(given_name="Jon", family_name="Smyth"))  # phonetic
+    assert not blocking_keys(a) & blocking_keys(Contact(given_name="Mary", family_name="Jones"))
+
+
+def test_blocking_keys_ignore_free_mail_domains_and_garbage():
+    keys = blocking_keys(Contact(family_name="Lee", emails=["ann@gmail.com", "not an address"], phones=["n/a"]))
+    assert keys == {"e:ann@gmail.com", "n:lee|"}
+    assert blocking_keys(Contact()) == set()
+
+
+# --- malformed input ------------------------------------------------------------
+
+
+def test_contact_problems_clean_contact():
+    c = Contact(given_name="Ann", family_name="Lee", emails=["ann@example.com"], phones=["+1 415 555 0134"], notes="line 1\nline 2")
+    assert contact_problems(c) == []
+
+
+def test_contact_problems_name_fields_not_content():
+    c = Contact(
+        given_name="An\udc80n",  # lone surrogate: broken UTF-8 decoded with surrogateescape
+        family_name="Le\x00e",
+        company="x" * 2000,
+        job_title="caf\ufffd",
+        emails=["secret-person@@example.com", "fine@example.com"],
+        phones=["n/a"],
+    )
+    problems = contact_problems(c)
+    text = " | ".join(problems)
+    assert any(p.startswith("given_name") and "lone surrogate" in p for p in problems)
+    assert any(p.startswith("family_name") and "control character" in p for p in problems)
+    assert any(p.startswith("company") and "too long" in p for p in problems)
+    assert any(p.startswith("job_title") and "U+FFFD" in p for p in problems)
+    assert any(p.startswith("emails[1]") and "not a valid email" in p for p in problems)
+    assert any(p.startswith("phones[0]") for p in problems)
+    assert not any(p.startswith("emails[0]") for p in problems)  # "fine@..." sorts first
+    for content in ("secret-person", "xxxxxxxx", "caf"):
+        assert content not in text
+
+
+def test_contact_problems_empty_and_limits():
+    assert contact_problems(Contact()) == ["the contact is empty: no name, email, phone or company"]
+    assert contact_problems(Contact(notes="only a note")) == ["the contact has no name, email, phone or company to identify it"]
+    assert contact_problems(Contact(given_name="Ann", notes="n" * 50), max_field_len=10) == [
+        "notes is too long (50 characters; the limit is 10)"
+    ]
+    assert contact_problems(Contact(given_name="Ann\nLee")) != []  # newline only allowed in notes
+
+
+@settings(max_examples=200)
+@given(st.builds(Contact, given_name=st.text(max_size=20), family_name=st.text(max_size=20), emails=st.lists(st.text(max_size=20), max_size=3), phones=st.lists(st.text(max_size=15), max_size=2), company=st.text(max_size=20), notes=st.text(max_size=20)))
+def test_contact_problems_and_keys_never_crash(contact):
+    problems = contact_problems(contact)
+    assert all(isinstance(p, str) and p for p in problems)
+    assert isinstance(blocking_keys(contact), set)
