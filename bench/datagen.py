@@ -70,6 +70,20 @@ _LAST = (
 ).split()
 LAST_NAMES = tuple(n.replace("_", " ") for n in _LAST)
 
+
+def _skewed(names: tuple[str, ...] | list[str]) -> list[float]:
+    # Real name frequencies are long-tailed (Smith is everywhere): weight by rank
+    # so that common-surname blocks grow large enough to exercise the index cap.
+    total, cum = 0.0, []
+    for rank in range(len(names)):
+        total += 1.0 / (rank + 8)
+        cum.append(total)
+    return cum
+
+
+_FIRST_CUM = _skewed(FIRST_NAMES)
+_LAST_CUM = _skewed(LAST_NAMES)
+
 _COMPANY_A = (
     "Acme Globex Initech Umbrella Stark Wayne Wonka Hooli Vandelay Soylent Cyberdyne Tyrell "
     "Aperture Massive Dynamic Oscorp Pied Piper Gringotts Monarch Blue Sun Nakatomi Virtucon "
@@ -156,7 +170,8 @@ def make_people(n: int, seed: int) -> list[Contact]:
     used_phones: set[tuple[str, str]] = set()
     people: list[Contact] = []
     for _ in range(n):
-        first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
+        first = rng.choices(FIRST_NAMES, cum_weights=_FIRST_CUM)[0]
+        last = rng.choices(LAST_NAMES, cum_weights=_LAST_CUM)[0]
         emails: list[str] = []
         company, domain = rng.choice(companies) if rng.random() < 0.75 else ("", "")
         if domain and rng.random() < 0.8:

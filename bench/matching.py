@@ -87,12 +87,13 @@ def run(report: Report = print, *, existing: int = EXISTING, incoming: int = INC
     for contact in incoming_list:
         results.append(best_match(contact, index, thresholds))
     match_time = time.perf_counter() - t0
+    capped = index.capped_lookups
     for contact in incoming_list[:1000]:
         candidates_scored += len(index.candidates(contact))
     emit("matching.match_s", match_time, "s")
     emit("matching.match_rate", incoming / match_time, "contacts/s")
     emit("matching.mean_candidates", candidates_scored / min(1000, incoming), "per contact")
-    emit("matching.capped_lookups", index.capped_lookups, "")
+    emit("matching.capped_lookups", capped, "block lookups skipped")
 
     for label, kinds in (("auto", {"auto"}), ("auto_or_review", {"auto", "review"})):
         precision, recall = _quality(results, truth, kinds)
