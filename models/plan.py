@@ -52,6 +52,9 @@ class Decision(BaseModel):
     review_id: int | None = None
     #: previous mailbox id when the provider renamed the item (People previousResourceNames)
     renamed_from: str | None = None
+    #: latest etags/versions known for each side (kept on the link when nothing is written)
+    mailbox_etag: str | None = None
+    platform_etag: str | None = None
 
     def item_keys(self) -> list[tuple[Side, str]]:
         keys: list[tuple[Side, str]] = []
