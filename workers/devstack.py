@@ -11,6 +11,7 @@ ports. Either way the user is told in one line, never with a traceback.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import os
 import shutil
@@ -288,6 +289,8 @@ class DevServer:
         A reused server belongs to someone else and is left running.
         """
         proc, self.process = self.process, None
+        if proc is not None:
+            atexit.unregister(self.stop)
         if proc is not None and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -342,7 +345,9 @@ class DevServer:
                 self.reused = True
                 self._say(
                     f"Temporal is already running at {self.target}; using it instead of starting another"
-                    + (f" (registered search attributes: {', '.join(added)})" if added else "")
+                    " (its state file is its own"
+                    + (f"; registered search attributes {', '.join(added)}" if added else "")
+                    + ")"
                 )
                 return self
             self.port, self.ui_port = free_port_pair(self.host)
@@ -391,6 +396,9 @@ class DevServer:
             # Ctrl-C meant for the demo is handled by the demo, which then stops us.
             start_new_session=True,
         )
+        # Its own session means our Ctrl-C does not reach it: if the caller never
+        # calls stop() (an exception before the `with`), stop it at interpreter exit.
+        atexit.register(self.stop)
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -424,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", default=str(DEFAULT_DB))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # `kill PID` should stop the server too: turn SIGTERM into a normal exit through `with`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         with DevServer(args.port, args.ui_port, db_path=args.db) as dev:
             print(f"Temporal frontend {dev.target}  UI {dev.ui_url}  (Ctrl-C to stop)", flush=True)
