@@ -24,6 +24,19 @@ SET_FIELDS: tuple[str, ...] = ("emails", "phones")
 FIELDS: tuple[str, ...] = SCALAR_FIELDS + SET_FIELDS
 
 
+def _unique(value: object, *, key) -> tuple[str, ...]:
+    """Sorted, one value per key (the first in sort order), so equal sets compare and hash equal."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = (value,)
+    chosen: dict[str, str] = {}
+    for v in sorted(str(x).strip() for x in value):
+        if v:
+            chosen.setdefault(key(v), v)
+    return tuple(sorted(chosen.values()))
+
+
 def other_side(side: Side) -> Side:
     return "platform" if side == "mailbox" else "mailbox"
 
@@ -46,15 +59,17 @@ class Contact(BaseModel):
     job_title: str = ""
     notes: str = ""
 
-    @field_validator("emails", "phones", mode="before")
+    @field_validator("emails", mode="before")
     @classmethod
-    def _as_sorted_unique(cls, value: object) -> tuple[str, ...]:
-        # Sorted and de-duplicated so that equal sets compare and hash equal.
-        if value is None:
-            return ()
-        if isinstance(value, str):
-            value = (value,)
-        return tuple(sorted({str(v).strip() for v in value if str(v).strip()}))
+    def _emails(cls, value: object) -> tuple[str, ...]:
+        # An address differing only in case is the same address: providers fold them.
+        return _unique(value, key=str.casefold)
+
+    @field_validator("phones", mode="before")
+    @classmethod
+    def _phones(cls, value: object) -> tuple[str, ...]:
+        # The same digits in another layout are the same number.
+        return _unique(value, key=lambda v: "".join(ch for ch in v if ch.isdigit()) or v)
 
     @field_validator(*SCALAR_FIELDS, mode="before")
     @classmethod

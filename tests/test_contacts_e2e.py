@@ -1,67 +1,207 @@
-"""End to end on the real Temporal dev server: real worker, real HTTP emulator through
-google-api-python-client, the reference CRM and the store on SQLite (PostgreSQL in
-test_contacts_e2e_postgres)."""
+"""Contacts sync end to end on the real Temporal dev server (see tests/e2e_rig.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
+import base64
+import json
 
 import pytest
-from temporalio.testing import WorkflowEnvironment
 
-from models.contact import Contact
+from platforms.reference_crm.rules import Rule
+from store import repo
+from tests.e2e_rig import rig
 from workers import client as api
-from workers.devstack import find_temporal_cli, cli_type_name
-from workers.temporal_client import SEARCH_ATTRIBUTE_KEYS
-from workers.scenario import build_scenario
-from workers.temporal_client import DATA_CONVERTER, TASK_QUEUE
-from workers.worker import build_activities, make_worker
-
-
-SEARCH_ATTRIBUTE_ARGS = [a for k in SEARCH_ATTRIBUTE_KEYS for a in ("--search-attribute", f"{k.name}={cli_type_name(k)}")]
-
-
-async def wait_cycles(client, cid, n, timeout=60):
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        try:
-            st = await api.state(client, cid)
-            if st.cycles >= n:
-                return st
-        except Exception:
-            pass
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"workflow did not reach {n} cycles")
-        await asyncio.sleep(0.2)
 
 
 @pytest.fixture
-async def env():
-    e = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=find_temporal_cli(), data_converter=DATA_CONVERTER,
-        dev_server_extra_args=["--log-level", "error", *SEARCH_ATTRIBUTE_ARGS],
-    )
-    yield e
-    await e.shutdown()
+def urls(tmp_path):
+    return f"sqlite:///{tmp_path/'store.db'}", f"sqlite:///{tmp_path/'crm.db'}"
 
 
-async def test_two_way_initial_then_incremental(env, tmp_path):
-    store_url = f"sqlite:///{tmp_path/'store.db'}"
-    crm_url = f"sqlite:///{tmp_path/'crm.db'}"
-    sc = build_scenario(store_url, crm_url, connection_id=f"c-{uuid.uuid4().hex[:6]}")
-    try:
-        acts = build_activities(store_url, crm_url)
-        tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
-        async with make_worker(env.client, acts, task_queue=tq):
-            await api.start_sync(env.client, sc.connection_id, sc.org_id, "google", poll_interval_s=3600, task_queue=tq)
-            st = await wait_cycles(env.client, sc.connection_id, 1)
-            assert st.last_error is None, st.last_error
-            c = st.last_counts
-            assert c.fetched > 0
-            assert c.linked > 0
-            # The malformed mailbox contact is quarantined, visible in the state query.
-            assert c.quarantined >= 1 and st.store.quarantined
-            print(st.model_dump_json(indent=1))
-    finally:
-        sc.close()
+def _equalish(a, b) -> bool:
+    """Both ends agree on what the sync owns (an address's case carries no meaning)."""
+    def key(c):
+        return (c.given_name, c.family_name, {e.casefold() for e in c.emails}, c.company, c.job_title)
+    return key(a) == key(b)
+
+
+async def test_initial_two_way_sync(temporal_env, urls):
+    async with rig(temporal_env, *urls) as r:
+        st = await r.start()
+        assert st.last_error is None, st.last_error
+        links = r.links()
+        crm = r.crm_contacts()
+        mailbox = r.mailbox_contacts()
+        # Each near-duplicate seeded in the CRM is linked to its mailbox original, not copied.
+        for idx, crm_id in r.sc.crm_seed.near_duplicates.items():
+            mid = r.sc.resource_names[idx]
+            if mid in links:
+                assert links[mid] == crm_id
+        assert sum(1 for i in r.sc.crm_seed.near_duplicates if r.sc.resource_names[i] in links) >= 5
+        # Linked pairs agree on both ends.
+        for mid, pid in links.items():
+            assert _equalish(mailbox[mid], crm[pid]), (mid, pid)
+        # CRM records owned by the user reached the mailbox; others did not.
+        owned = {c.id for c in r.sc.crm.list_contacts(r.sc.org_id, owner_id=r.sc.user_id)}
+        linked_p = set(links.values())
+        waiting = {i.external_id for s in ("quarantined", "duplicate", "conflict") for i in r.items(s)}
+        assert owned - linked_p <= waiting
+        # No person twice in the CRM: every mailbox contact is linked at most once, and
+        # the CRM grew by exactly the contacts created from the mailbox.
+        created = st.last_counts.created
+        assert len(crm) == len(r.sc.crm_seed.contact_ids) + sum(
+            1 for mid, pid in links.items() if pid not in r.sc.crm_seed.contact_ids)
+        assert created >= 1
+        # Malformed input and the platform's validation errors are quarantined, visible, never dropped.
+        codes = {q.error_code for q in st.store.quarantined}
+        assert "malformed_input" in codes
+        assert any(c.startswith("validation_rejected") for c in codes)
+        malformed = [i for i in r.items("quarantined") if i.external_id == r.sc.malformed_resource]
+        assert malformed and "emails" in (malformed[0].error_message or "")
+        # Every staged change ended in a named state.
+        with r.sc.sessions() as s:
+            assert repo.count_items_by_status(s, r.cid).get("pending", 0) == 0
+
+
+async def test_history_holds_no_contact_content(temporal_env, urls):
+    async with rig(temporal_env, *urls) as r:
+        await r.start()
+        await r.cycle()
+        history = await r.client.get_workflow_handle(f"mailbox-sync/{r.cid}").fetch_history()
+        doc = history.to_json_dict()
+        text = json.dumps(doc) + "\n".join(_decoded_payloads(doc))
+        assert '"contacts.plan"' in text and len(history.events) > 10  # it is the real history
+        needles = set()
+        for c in r.sc.mailbox_contacts + [c.contact for c in r.sc.crm.list_contacts(r.sc.org_id)]:
+            needles.update(c.emails)
+            needles.update(c.phones)
+            if len(c.family_name) > 3:
+                needles.add(c.family_name)
+        found = sorted(n for n in needles if n in text)
+        assert not found, f"contact content in workflow history: {found[:5]}"
+
+
+def _decoded_payloads(node) -> list[str]:
+    """Payload data is base64 inside the history JSON: decode every payload found."""
+    out: list[str] = []
+    if isinstance(node, dict):
+        if "data" in node and "metadata" in node and isinstance(node["data"], str):
+            out.append(base64.b64decode(node["data"]).decode("utf-8", "replace"))
+        for v in node.values():
+            out += _decoded_payloads(v)
+    elif isinstance(node, list):
+        for v in node:
+            out += _decoded_payloads(v)
+    return out
+
+
+async def test_incremental_edits_on_both_sides_and_a_delete(temporal_env, urls):
+    async with rig(temporal_env, *urls) as r:
+        await r.start()
+        links = r.links()
+        mids = [m for m in r.sc.resource_names if m in links]
+        m_edit, p_edit, m_del = mids[0], mids[1], mids[2]
+        r.sc.people.user_edit(m_edit, {"organizations": [{"name": "Globex", "title": "CFO"}]})
+        r.sc.crm.user_edit(r.sc.org_id, links[p_edit], job_title="Head of Ops", enforce_rules=False)
+        r.sc.people.user_delete(m_del)
+        st = await r.cycle()
+        assert st.last_error is None
+        crm = r.crm_contacts()
+        assert crm[links[m_edit]].company == "Globex" and crm[links[m_edit]].job_title == "CFO"
+        assert r.mailbox_contacts()[p_edit].job_title == "Head of Ops"
+        assert links[m_del] not in crm, "a mailbox deletion propagates under the default policy"
+        assert m_del not in r.links()
+        # The next cycle sees only our own writes coming back: nothing written.
+        st = await r.cycle()
+        assert (st.last_counts.created, st.last_counts.updated, st.last_counts.deleted) == (0, 0, 0)
+        assert st.last_counts.skipped >= 2
+
+
+async def test_expired_sync_token_resyncs_without_duplicates_or_loss(temporal_env, urls):
+    async with rig(temporal_env, *urls) as r:
+        await r.start()
+        links_before = r.links()
+        crm_before = r.crm_contacts()
+        mids = [m for m in r.sc.resource_names if m in links_before]
+        r.sc.people.user_edit(mids[0], {"biographies": [{"value": "met at the expo"}]})
+        r.sc.people.user_delete(mids[1])
+        r.sc.people.expire_sync_tokens()
+        st = await r.cycle()
+        assert st.last_counts.full_resyncs == 1
+        crm = r.crm_contacts()
+        assert crm[links_before[mids[0]]].notes == "met at the expo"
+        assert links_before[mids[1]] not in crm
+        assert len(crm) == len(crm_before) - 1, "a full resync created duplicates"
+        assert len(r.links()) == len(links_before) - 1
+
+
+async def test_manual_conflict_waits_and_a_resolution_reaches_both_ends(temporal_env, urls):
+    async with rig(temporal_env, *urls, settings={"policy": "manual"}) as r:
+        st = await r.start()
+        links = r.links()
+        open_before = set(st.store.open_conflicts)
+        mids = [m for m in r.sc.resource_names if m in links]
+        pair, other = mids[0], mids[1]
+        r.sc.people.user_edit(pair, {"organizations": [{"name": "Mailbox Corp", "title": "CEO"}]})
+        r.sc.crm.user_edit(r.sc.org_id, links[pair], company="Platform Corp", enforce_rules=False)
+        r.sc.people.user_edit(other, {"organizations": [{"name": "Elsewhere", "title": "CTO"}]})
+        st = await r.cycle()
+        new = set(st.store.open_conflicts) - open_before
+        assert len(new) == 1
+        # The conflict waits; the other item synced.
+        assert r.crm_contacts()[links[other]].company == "Elsewhere"
+        assert r.crm_contacts()[links[pair]].company == "Platform Corp"
+        review = new.pop()
+        await api.resolve(r.client, r.sc.sessions, r.cid, review, "merged", {"company": "Merged Corp"})
+        st = await r.cycle()
+        assert review not in st.store.open_conflicts
+        assert r.crm_contacts()[links[pair]].company == "Merged Corp"
+        assert r.mailbox_contacts()[pair].company == "Merged Corp"
+        # The mailbox-only field change (title) was kept alongside the decision.
+        assert r.crm_contacts()[links[pair]].job_title == "CEO"
+
+
+async def test_quarantined_item_retried_when_it_changes_and_on_signal(temporal_env, urls):
+    async with rig(temporal_env, *urls) as r:
+        st = await r.start()
+        rejected = [i for i in r.items("quarantined") if (i.error_code or "").startswith("validation_rejected")]
+        assert len(rejected) >= 2
+        first, second = rejected[0], rejected[1]
+        assert first.side == "mailbox"
+        # 1) the user fixes the contact in Gmail: it is retried and goes through.
+        r.sc.people.user_edit(first.external_id, {"phoneNumbers": [{"value": "+1 415 555 0134"}]})
+        st = await r.cycle()
+        assert first.external_id in r.links()
+        # 2) the CRM admin relaxes the rule; a retry signal sends the rest through.
+        r.sc.crm.configure_rules(r.sc.org_id, [Rule.max_length("notes_length", "notes", 2000)])
+        await api.retry_quarantined(r.client, r.cid)
+        st = await r.wait_cycles(st.cycles + 1)
+        assert second.external_id in r.links()
+        assert all(not (q.error_code or "").startswith("validation_rejected") for q in st.store.quarantined)
+
+
+async def test_rate_limits_and_outages_are_retried_by_temporal(temporal_env, urls):
+    async with rig(temporal_env, *urls) as r:
+        r.sc.people.inject_fault("429", op="list", count=1, retry_after=1)
+        r.sc.people.inject_fault("500", op="list", count=1)
+        st = await r.start()
+        assert st.last_error is None
+        assert len(r.links()) > 10
+
+
+async def test_mass_delete_guard_holds_until_approved(temporal_env, urls):
+    async with rig(temporal_env, *urls, settings={"policy": "newest_wins", "mass_delete_min": 5}) as r:
+        await r.start()
+        links = r.links()
+        crm_before = r.crm_contacts()
+        victims = [m for m in r.sc.resource_names if m in links][: int(len(links) * 0.8)]
+        for m in victims:
+            r.sc.people.user_delete(m)
+        st = await r.cycle()
+        assert st.guard_tripped and st.health == "blocked"
+        assert r.crm_contacts().keys() == crm_before.keys(), "the guard let deletions through"
+        await api.approve_mass_delete(r.client, r.cid)
+        st = await r.wait_cycles(st.cycles + 1)
+        assert st.health == "active"
+        crm = r.crm_contacts()
+        assert all(links[m] not in crm for m in victims)

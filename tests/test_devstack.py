@@ -306,3 +306,19 @@ def test_activity_span_refuses_content_and_marks_failures():
     assert span.status.status_code.name == "ERROR"
     assert not span.events, "exception text (which may quote provider data) is not recorded"
     assert "leaky" not in [s.name for s in exporter.get_finished_spans()]
+
+
+def test_sync_context_manager_from_plain_code(dev):
+    """The demo's entry point is sync; the same object works there without an event loop."""
+    said: list[str] = []
+    with DevServer(dev.port, announce=said.append) as again:
+        assert again.reused and again.target == dev.target
+    assert dev.running
+
+
+async def test_connect_to_nothing_is_transient():
+    from connectors.errors import Transient
+
+    port, _ = free_port_pair()
+    with pytest.raises(Transient):
+        await connect(f"127.0.0.1:{port}")
