@@ -203,3 +203,27 @@ pending_oauth = sa.Table(
     sa.Column("expires_at", Epoch, nullable=False),
     sa.Index("ix_pending_oauth_expires_at", "expires_at"),
 )
+
+# Push subscriptions (Graph subscriptions, Calendar channels, Gmail watches, platform
+# hooks): what the webhook server authenticates a notification against. Owned by
+# store/subscriptions.py. The per-subscription secret is kept only as a sha256.
+SUBSCRIPTION_PROVIDERS = ("microsoft", "google_gmail", "google_calendar", "platform")
+SUBSCRIPTION_STATUSES = ("active", "removed", "needs_renewal")
+
+subscriptions = sa.Table(
+    "subscriptions",
+    metadata,
+    sa.Column("id", sa.String, primary_key=True),
+    sa.Column("connection_id", sa.String, nullable=False),
+    sa.Column("provider", sa.String, nullable=False),
+    sa.Column("external_id", sa.String, nullable=False),
+    sa.Column("resource", sa.String, nullable=False),
+    sa.Column("client_state_hash", sa.String, nullable=True),
+    sa.Column("expires_at", Epoch, nullable=True),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("created_at", Epoch, nullable=False),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.UniqueConstraint("provider", "external_id", name="uq_subscriptions_provider_external_id"),
+    sa.Index("ix_subscriptions_connection_id", "connection_id"),
+    sa.Index("ix_subscriptions_status_expires_at", "status", "expires_at"),
+)
