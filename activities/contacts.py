@@ -13,6 +13,9 @@ persists the result and returns counts. Nothing returned carries contact content
 
 from __future__ import annotations
 
+import contextvars
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -78,6 +81,32 @@ def link_state(row) -> LinkState:
 def _heartbeat(*details) -> None:
     if activity.in_activity():
         activity.heartbeat(*details)
+
+
+@contextmanager
+def keep_alive(every_s: float = 2.0):
+    """Heartbeat from a side thread while a long pure step (planning 10k items) runs,
+    so a lost worker is noticed within the heartbeat timeout, not the 30-minute one."""
+    if not activity.in_activity():
+        yield
+        return
+    done = threading.Event()
+    ctx = contextvars.copy_context()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            try:
+                ctx.run(activity.heartbeat)
+            except Exception:  # the activity is finishing; nothing to keep alive
+                return
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=every_s + 1)
 
 
 class ContactActivities:
@@ -205,7 +234,7 @@ class ContactActivities:
     # -- plan ----------------------------------------------------------------
     @activity.defn(name="contacts.plan")
     def plan(self, ref: CycleRef, approve_mass_delete: bool = False) -> PlanSummary:
-        with activity_span("contacts.plan", connection_id=ref.connection_id) as span:
+        with activity_span("contacts.plan", connection_id=ref.connection_id) as span, keep_alive():
             with self.sessions() as s:
                 info, settings = self._connection(s, ref.connection_id)
                 busy = cycle.items_with_unfinished_actions(s, ref.connection_id, UNFINISHED_ACTIONS)

@@ -115,6 +115,8 @@ class MailboxSyncInput(BaseModel):
     org_id: str
     provider: str
     poll_interval_s: float = 300.0
+    #: how soon a lost worker's activity is retried elsewhere (activities heartbeat per page/chunk)
+    heartbeat_timeout_s: float = 60.0
     kinds: list[str] = Field(default_factory=lambda: ["contacts"])
     #: carried over by continue-as-new
     state: SyncState | None = None

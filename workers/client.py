@@ -17,12 +17,13 @@ from workflows.mailbox_sync import MailboxSyncWorkflow, workflow_id
 
 
 async def start_sync(client: Client, connection_id: str, org_id: str, provider: str, *,
-                     poll_interval_s: float = 300.0, task_queue: str = TASK_QUEUE) -> WorkflowHandle:
+                     poll_interval_s: float = 300.0, task_queue: str = TASK_QUEUE,
+                     heartbeat_timeout_s: float = 60.0) -> WorkflowHandle:
     """Start (or wake, if already running) the workflow of one mailbox."""
     return await client.start_workflow(
         MailboxSyncWorkflow.run,
         MailboxSyncInput(connection_id=connection_id, org_id=org_id, provider=provider,
-                         poll_interval_s=poll_interval_s),
+                         poll_interval_s=poll_interval_s, heartbeat_timeout_s=heartbeat_timeout_s),
         id=workflow_id(connection_id),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

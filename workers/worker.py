@@ -40,10 +40,10 @@ def make_worker(client, activities: ContactActivities, *, task_queue: str = TASK
     )
 
 
-async def serve(target: str, store_url: str, crm_url: str) -> None:
+async def serve(target: str, store_url: str, crm_url: str, task_queue: str = TASK_QUEUE) -> None:
     setup_tracing("concord-worker")
     client = await connect(target)
-    worker = make_worker(client, build_activities(store_url, crm_url))
+    worker = make_worker(client, build_activities(store_url, crm_url), task_queue=task_queue)
     await worker.run()
 
 
@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temporal", default=os.environ.get("CONCORD_TEMPORAL", "127.0.0.1:7233"))
     parser.add_argument("--store-url", default=os.environ.get("CONCORD_STORE_URL", "sqlite:///.concord/store.db"))
     parser.add_argument("--crm-url", default=os.environ.get("CONCORD_CRM_URL", "sqlite:///.concord/crm.db"))
+    parser.add_argument("--task-queue", default=TASK_QUEUE)
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.temporal, args.store_url, args.crm_url))
+    asyncio.run(serve(args.temporal, args.store_url, args.crm_url, args.task_queue))
 
 
 if __name__ == "__main__":

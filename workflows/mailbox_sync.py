@@ -191,7 +191,8 @@ class MailboxSyncWorkflow:
         ])
 
     async def _act(self, name: str, *args, result_type=None, timeout_s: float = 600, retry=WRITE_RETRY,
-                   heartbeat_s: float | None = 120):
+                   heartbeat: bool = True):
+        heartbeat_s = self._inp.heartbeat_timeout_s if heartbeat else None
         return await workflow.execute_activity(
             name,
             args=list(args),
@@ -219,7 +220,7 @@ class MailboxSyncWorkflow:
             st.last_fetch_at = workflow.now().timestamp()
             approve, self._approve_mass_delete = self._approve_mass_delete, False
             plan: PlanSummary = await self._act("contacts.plan", ref, approve, result_type=PlanSummary,
-                                                timeout_s=1800, heartbeat_s=None)
+                                                timeout_s=1800)
             wr: WriteSummary = await self._act("contacts.write", ref, result_type=WriteSummary, timeout_s=1800)
             rj: RejectionSummary = await self._act("contacts.handle_rejections", ref, result_type=RejectionSummary)
             summary: StoreSummary = await self._act("contacts.summarize", cid, result_type=StoreSummary)
