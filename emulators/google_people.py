@@ -292,6 +292,9 @@ class PeopleState:
         #: None accepts any refresh token; a set accepts only its members.
         self.refresh_tokens = refresh_tokens
         self.revoked_refresh_tokens: set[str] = set()
+        #: Also accept bearer tokens this callable vouches for (e.g. the OAuth
+        #: emulator's `OAuthState.validate_access_token`), as People trusts Google's issuer.
+        self.token_validator: Callable[[str], bool] | None = None
         self._access_tokens: dict[str, float] = {}
         self._persons: dict[str, _Stored] = {}
         self._seq = 0
@@ -418,7 +421,10 @@ class PeopleState:
             if token in self.static_tokens:
                 return True
             expiry = self._access_tokens.get(token)
-            return expiry is not None and expiry > self.now()
+            if expiry is not None and expiry > self.now():
+                return True
+        validator = self.token_validator
+        return bool(validator is not None and validator(token))
 
     def expire_access_tokens(self) -> None:
         """Issued access tokens stop working (static tokens are unaffected)."""

@@ -1,0 +1,163 @@
+"""Connection lifecycle activities: disconnect, and checking whether a connection can still authenticate.
+
+Disconnect stops sync and ends our access; it never deletes anything in the
+mailbox and keeps what was synced (items, links, CRM records: they are the
+customer's record of what happened). Order matters for a crash half-way:
+
+1. status -> "disconnected" first, so webhooks and wake-ups arriving meanwhile are ignored;
+2. provider-side subscriptions (Graph subscriptions, Gmail watch, Calendar
+   channels) are stopped while the tokens still work;
+3. the grant is revoked at the provider (Google's revocation endpoint; Microsoft
+   has none, see connectors/oauth_microsoft.py: only the local copy can go);
+4. the tokens are deleted from the vault.
+
+Every step is a no-op when already done, so the activity may run any number of
+times (Temporal retries, a second disconnect click): a second Google revoke
+answers 400 "already invalid", which counts as done.
+
+Returns and history carry counts and ids only.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from temporalio import activity
+
+from activities.errors import to_application_error
+from connectors.errors import ConnectorError, ReauthRequired
+from store import repo
+from store.vault import TokenVault
+from workers.credentials import CredentialFactory, ProviderConfig
+
+log = logging.getLogger(__name__)
+
+#: stop_subscriptions(connection_id, token_source_or_None) -> (stopped at provider, dropped locally)
+SubscriptionStopper = Callable[[str, object], tuple[int, int]]
+
+
+def _store_subscription_stopper() -> SubscriptionStopper | None:
+    """The store's subscriptions table, when that module exists.
+
+    TODO: store/subscriptions.py is being written alongside this module; once it
+    lands, stop each recorded Graph subscription (DELETE /subscriptions/{id}),
+    Gmail watch (users.stop) and Calendar channel (channels.stop) here and delete
+    its row. Until then a caller can inject `stop_subscriptions`.
+    """
+    try:
+        import store.subscriptions  # noqa: F401
+    except ImportError:
+        return None
+    return None  # its API is not known yet: see TODO above
+
+
+class ConnectionActivities:
+    def __init__(
+        self,
+        sessions,
+        vault: TokenVault,
+        providers: ProviderConfig | None = None,
+        *,
+        credentials: CredentialFactory | None = None,
+        stop_subscriptions: SubscriptionStopper | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.vault = vault
+        self.credentials = credentials or CredentialFactory(sessions, vault, providers)
+        self.stop_subscriptions = stop_subscriptions or _store_subscription_stopper()
+
+    def all(self) -> list:
+        return [self.disconnect, self.check_auth]
+
+    def _row(self, connection_id: str):
+        with self.sessions.begin() as s:
+            return repo.get_connection(s, connection_id)
+
+    # ------------------------------------------------------------------ disconnect
+
+    @activity.defn(name="connection.disconnect")
+    def disconnect(self, connection_id: str) -> dict:
+        try:
+            return self._disconnect(connection_id)
+        except ConnectorError as exc:
+            raise to_application_error(exc) from None
+
+    def _disconnect(self, connection_id: str) -> dict:
+        counts = {
+            "connection_found": 0,
+            "status_changed": 0,
+            "subscriptions_stopped": 0,
+            "subscriptions_dropped": 0,
+            "revoked_at_provider": 0,
+            "revocation_unsupported": 0,
+            "tokens_deleted": 0,
+        }
+        row = self._row(connection_id)
+        if row is None:
+            return counts
+        counts["connection_found"] = 1
+        with self.sessions.begin() as s:
+            if row.status != "disconnected":
+                counts["status_changed"] = int(repo.set_connection_status(s, connection_id, "disconnected"))
+
+        tokens = self.vault.get(connection_id)
+        settings = dict(row.settings or {})
+
+        if self.stop_subscriptions is not None:
+            source = None
+            if tokens is not None and not settings.get("token"):
+                source = self.credentials.token_source(connection_id, provider=row.provider, settings=settings)
+            stopped, dropped = self.stop_subscriptions(connection_id, source)
+            counts["subscriptions_stopped"], counts["subscriptions_dropped"] = stopped, dropped
+
+        if tokens is not None:
+            if row.provider == "google":
+                oauth = self.credentials.oauth_for("google", settings)
+                # Revoking either token ends the whole grant at Google; the refresh token
+                # is the one that outlives the hour.
+                token = tokens.refresh_token or tokens.access_token
+                if token:
+                    counts["revoked_at_provider"] = int(oauth.revoke(token))
+            else:
+                # Microsoft has no OAuth revocation endpoint: forgetting the tokens is
+                # all an app can do; the user ends the grant in their account.
+                counts["revocation_unsupported"] = 1
+            counts["tokens_deleted"] = int(self.vault.delete(connection_id))
+        log.info("connection disconnected", extra={"connection_id": connection_id, **counts})
+        return counts
+
+    # ------------------------------------------------------------------ check_auth
+
+    @activity.defn(name="connection.check_auth")
+    def check_auth(self, connection_id: str) -> str:
+        """"active" when a provider call can be authorised now (refreshing if the access
+        token is expired), "needs_reauth" when only the user can fix it,
+        "disconnected" for a disconnected connection (only a reconnect revives it)."""
+        try:
+            return self._check_auth(connection_id)
+        except ConnectorError as exc:
+            raise to_application_error(exc) from None
+
+    def _check_auth(self, connection_id: str) -> str:
+        row = self._row(connection_id)
+        if row is None:
+            from connectors.errors import Fatal
+
+            raise Fatal(f"unknown connection {connection_id!r}")
+        if row.status == "disconnected":
+            return "disconnected"
+        settings = dict(row.settings or {})
+        if settings.get("token"):  # static emulator token: nothing to refresh
+            return "active"
+        source = self.credentials.token_source(connection_id, provider=row.provider, settings=settings)
+        try:
+            # A connection marked needs_reauth must prove its grant is alive again,
+            # not merely hold an unexpired access token.
+            source.tokens(force=row.status == "needs_reauth")
+        except ReauthRequired:
+            return "needs_reauth"
+        if row.status == "needs_reauth":
+            with self.sessions.begin() as s:
+                repo.set_connection_status(s, connection_id, "active")
+        return "active"
