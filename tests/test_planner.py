@@ -1,0 +1,146 @@
+"""Each named rule of the planner, on concrete cases (the SyncMachine covers the properties)."""
+
+from __future__ import annotations
+
+from models.contact import Contact, SideRecord
+from sync.fixes import apply_fix_rules
+from sync.planner import LinkState, PlanInput, Review, plan
+from sync.policy import SyncSettings
+
+ADA = Contact(given_name="Ada", family_name="Lovelace", emails=("ada@analytical.example",), phones=("+14155550100",))
+ALAN = Contact(given_name="Alan", family_name="Turing", emails=("alan@bletchley.example",))
+S = SyncSettings(owner="u1")
+
+
+def rec(side, i, contact=None, deleted=False, **kw):
+    return SideRecord(side=side, external_id=i, contact=contact, deleted=deleted, **kw)
+
+
+def link(contact=ADA, lid=1, m="m1", p="p1"):
+    h = contact.canonical_hash()
+    return LinkState(lid, m, p, contact, h, h)
+
+
+def one(inp: PlanInput):
+    result = plan(inp)
+    assert len(result.decisions) == 1, result.decisions
+    return result.decisions[0]
+
+
+def linked_input(mailbox=None, platform=None, settings=S, **kw):
+    lk = link()
+    return PlanInput(mailbox=mailbox or {}, platform=platform or {}, settings=settings,
+                     links_by_mailbox={"m1": lk}, links_by_platform={"p1": lk}, link_count=1, **kw)
+
+
+def test_own_write_echo_is_skipped():
+    d = one(linked_input(mailbox={"m1": rec("mailbox", "m1", ADA)}))
+    assert (d.outcome, d.rule, d.writes) == ("skip", "echo_of_own_write", [])
+
+
+def test_mailbox_edit_updates_the_platform_only():
+    edited = ADA.model_copy(update={"job_title": "Countess"})
+    d = one(linked_input(mailbox={"m1": rec("mailbox", "m1", edited)}))
+    assert d.outcome == "apply" and d.rule == "mailbox_change"
+    assert [(w.side, w.op, w.external_id) for w in d.writes] == [("platform", "update", "p1")]
+    assert d.snapshot == edited
+
+
+def test_mailbox_delete_propagates_or_unlinks_by_policy():
+    gone = {"m1": rec("mailbox", "m1", deleted=True)}
+    d = one(linked_input(mailbox=gone))
+    assert d.rule == "deleted_on_mailbox" and d.unlink
+    assert [(w.side, w.op, w.external_id) for w in d.writes] == [("platform", "delete", "p1")]
+    d = one(linked_input(mailbox=gone, settings=SyncSettings(owner="u1", delete_policy="unlink")))
+    assert d.rule == "unlinked_on_delete" and d.unlink and d.writes == []
+
+
+def test_an_edit_beats_a_delete_on_the_other_side():
+    edited = ADA.model_copy(update={"notes": "still a customer"})
+    d = one(linked_input(mailbox={"m1": rec("mailbox", "m1", deleted=True)},
+                         platform={"p1": rec("platform", "p1", edited, owner="u1")}))
+    assert d.rule == "edit_beats_delete" and d.unlink and d.link
+    assert [(w.side, w.op) for w in d.writes] == [("mailbox", "create")]
+    assert d.mailbox_id == "m1" and d.platform_id == "p1"  # both rows get their outcome
+
+
+def test_manual_conflict_waits_and_names_the_fields():
+    m = ADA.model_copy(update={"company": "M"})
+    p = ADA.model_copy(update={"company": "P"})
+    d = one(linked_input(mailbox={"m1": rec("mailbox", "m1", m)}, platform={"p1": rec("platform", "p1", p)},
+                         settings=SyncSettings(owner="u1", policy="manual")))
+    assert (d.outcome, d.fields, d.writes) == ("conflict", ["company"], [])
+
+
+def test_a_resolved_conflict_is_applied_to_both_ends():
+    m = ADA.model_copy(update={"company": "M"})
+    p = ADA.model_copy(update={"company": "P"})
+    review = Review(7, "conflict", "m1", "p1", {"choice": "mailbox"})
+    d = one(linked_input(mailbox={"m1": rec("mailbox", "m1", m)}, platform={"p1": rec("platform", "p1", p)},
+                         settings=SyncSettings(owner="u1", policy="manual"),
+                         reviews={("mailbox", "m1"): review, ("platform", "p1"): review}))
+    assert d.outcome == "apply" and d.rule == "conflict_resolved_by_person" and d.review_id == 7
+    assert d.snapshot.company == "M"
+    assert [(w.side, w.op) for w in d.writes] == [("platform", "update")]
+
+
+def test_mass_delete_guard_holds_most_of_a_side_until_approved():
+    links = {f"m{i}": link(ADA.model_copy(update={"notes": str(i)}), i, f"m{i}", f"p{i}") for i in range(20)}
+    inp = PlanInput(mailbox={f"m{i}": rec("mailbox", f"m{i}", deleted=True) for i in range(15)}, platform={},
+                    settings=SyncSettings(owner="u1", mass_delete_min=10),
+                    links_by_mailbox=links, links_by_platform={l.platform_id: l for l in links.values()},
+                    link_count=20)
+    held = plan(inp)
+    assert held.guard_tripped and held.held_deletes == 15
+    assert {d.outcome for d in held.decisions} == {"held"}
+    inp.approve_mass_delete = True
+    assert {d.rule for d in plan(inp).decisions} == {"deleted_on_mailbox"}
+
+
+def test_new_mailbox_contact_links_to_a_near_duplicate_instead_of_creating():
+    crm = ADA.model_copy(update={"emails": ("ADA@analytical.example",), "phones": ("(415) 555-0100",)})
+    d = one(PlanInput(mailbox={"m9": rec("mailbox", "m9", ADA)}, platform={}, settings=S,
+                      platform_candidates={"p9": rec("platform", "p9", crm, owner="u2")}))
+    assert d.rule == "linked_by_similarity" and d.platform_id == "p9" and d.link
+
+
+def test_unknown_new_contact_is_created_on_the_platform():
+    d = one(PlanInput(mailbox={"m9": rec("mailbox", "m9", ALAN)}, platform={}, settings=S,
+                      platform_candidates={"p9": rec("platform", "p9", ADA, owner="u1")}))
+    assert d.rule == "created_on_platform"
+    assert [(w.side, w.op) for w in d.writes] == [("platform", "create")]
+
+
+def test_a_middle_band_match_waits_for_review():
+    jon = Contact(given_name="Jon", family_name="Smith", company="Contoso", emails=("jon@contoso.example",))
+    john = Contact(given_name="John", family_name="Smith", company="Contoso", emails=("jsmith@contoso.example",))
+    d = one(PlanInput(mailbox={"m9": rec("mailbox", "m9", jon)}, platform={}, settings=S,
+                      platform_candidates={"p9": rec("platform", "p9", john, owner="u1")}))
+    assert d.outcome == "duplicate" and d.rule == "possible_duplicate" and d.candidate_id == "p9"
+
+
+def test_platform_records_outside_the_users_scope_stay_out_of_the_mailbox():
+    d = one(PlanInput(mailbox={}, platform={"p9": rec("platform", "p9", ALAN, owner="someone-else")}, settings=S))
+    assert (d.outcome, d.rule) == ("skip", "out_of_scope")
+    d = one(PlanInput(mailbox={}, platform={"p9": rec("platform", "p9", ALAN, owner="u1")}, settings=S))
+    assert d.rule == "created_in_mailbox"
+
+
+def test_malformed_input_is_quarantined_with_a_message_naming_the_field():
+    bad = Contact(given_name="Broken", emails=("not an address",))
+    d = one(PlanInput(mailbox={"m9": rec("mailbox", "m9", bad)}, platform={}, settings=S))
+    assert d.outcome == "quarantine" and d.rule == "malformed_input"
+    assert any("emails" in p for p in d.problems)
+    assert not any("not an address" in p for p in d.problems)
+
+
+def test_a_renamed_mailbox_id_keeps_its_link():
+    d = one(linked_input(mailbox={"m2": rec("mailbox", "m2", ADA, previous_ids=("m1",))}))
+    assert d.rule == "mailbox_id_changed" and d.mailbox_id == "m2" and d.renamed_from == "m1" and d.link
+
+
+def test_fix_rules_normalise_phones_but_never_drop_the_only_address():
+    c = Contact(given_name="Ada", phones=("(415) 555-0100",), emails=("bad@@x",))
+    fixed, rules = apply_fix_rules(c, "phones", ("normalize_phones", "drop_invalid_emails"))
+    assert fixed.phones == ("+14155550100",) and rules == ["normalize_phones"]
+    assert apply_fix_rules(c, "emails", ("drop_invalid_emails",)) is None
