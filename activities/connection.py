@@ -33,23 +33,89 @@ from workers.credentials import CredentialFactory, ProviderConfig
 
 log = logging.getLogger(__name__)
 
-#: stop_subscriptions(connection_id, token_source_or_None) -> (stopped at provider, dropped locally)
-SubscriptionStopper = Callable[[str, object], tuple[int, int]]
+#: stop_subscriptions(connection_id, token_source_or_None, settings) -> (stopped at provider, dropped locally)
+SubscriptionStopper = Callable[[str, object, dict], tuple[int, int]]
 
 
-def _store_subscription_stopper() -> SubscriptionStopper | None:
-    """The store's subscriptions table, when that module exists.
+GMAIL_ENDPOINT = "https://gmail.googleapis.com/"
+CALENDAR_ENDPOINT = "https://www.googleapis.com/calendar/v3/"
+GRAPH_ENDPOINT = "https://graph.microsoft.com/"
 
-    TODO: store/subscriptions.py is being written alongside this module; once it
-    lands, stop each recorded Graph subscription (DELETE /subscriptions/{id}),
-    Gmail watch (users.stop) and Calendar channel (channels.stop) here and delete
-    its row. Until then a caller can inject `stop_subscriptions`.
+
+class StoreSubscriptionStopper:
+    """Stops what store/subscriptions.py recorded for a connection, then forgets it.
+
+    Graph: `DELETE /v1.0/subscriptions/{id}`; Gmail: `POST users/me/stop`;
+    Calendar: `POST channels/stop {id, resourceId}` (the row's `resource` is taken
+    as the channel's resourceId). A 404 or a refused token counts as stopped: the
+    provider lets an orphan expire on its own (Graph <= 3 days, Gmail 7 days), and
+    nothing can be done about it once the grant is gone. 5xx/429/timeouts raise
+    Transient so the activity retries. Platform-side subscriptions are not the
+    mailbox's and are left alone.
+
+    Endpoints come from the connection settings (`graph_endpoint`, `gmail_endpoint`,
+    `calendar_endpoint`; for Microsoft also `endpoint`) so emulators can stand in.
     """
-    try:
-        import store.subscriptions  # noqa: F401
-    except ImportError:
-        return None
-    return None  # its API is not known yet: see TODO above
+
+    MAILBOX_KINDS = ("microsoft", "google_gmail", "google_calendar")
+
+    def __init__(self, sessions, *, timeout: float = 15.0) -> None:
+        self.sessions = sessions
+        self.timeout = timeout
+
+    def __call__(self, connection_id: str, source, settings: dict | None = None) -> tuple[int, int]:
+        import httpx
+
+        from connectors.errors import Transient
+        from store import subscriptions as subs
+
+        settings = settings or {}
+        with self.sessions.begin() as s:
+            rows = [r for r in subs.list_for_connection(s, connection_id) if r.provider in self.MAILBOX_KINDS]
+        stopped = dropped = 0
+        token = None
+        if source is not None and rows:
+            try:
+                token = source.access_token()
+            except ReauthRequired:
+                token = None
+        with httpx.Client(timeout=self.timeout, trust_env=False) as http:
+            for row in rows:
+                if token is None:
+                    dropped += self._forget(row.id)
+                    continue
+                method, url, body = self._stop_call(row, settings)
+                try:
+                    resp = http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"})
+                except httpx.TransportError as e:
+                    raise Transient(f"stopping a subscription failed: {type(e).__name__}") from None
+                if resp.status_code >= 500 or resp.status_code == 429:
+                    raise Transient(f"stopping a subscription answered {resp.status_code}")
+                if resp.status_code < 300:
+                    stopped += self._forget(row.id)
+                else:  # 401/403/404: gone or unreachable with this grant; it expires by itself
+                    dropped += self._forget(row.id)
+        return stopped, dropped
+
+    @staticmethod
+    def _stop_call(row, settings: dict) -> tuple[str, str, dict | None]:
+        if row.provider == "microsoft":
+            base = (settings.get("graph_endpoint") or settings.get("endpoint") or GRAPH_ENDPOINT).rstrip("/")
+            base = base if base.endswith("/v1.0") else base + "/v1.0"
+            return "DELETE", f"{base}/subscriptions/{row.external_id}", None
+        if row.provider == "google_gmail":
+            base = (settings.get("gmail_endpoint") or GMAIL_ENDPOINT).rstrip("/")
+            return "POST", f"{base}/gmail/v1/users/me/stop", None
+        base = (settings.get("calendar_endpoint") or CALENDAR_ENDPOINT).rstrip("/")
+        return "POST", f"{base}/channels/stop", {"id": row.external_id, "resourceId": row.resource}
+
+    def _forget(self, sub_id: str) -> int:
+        import sqlalchemy as sa
+
+        from store.schema import subscriptions as table
+
+        with self.sessions.begin() as s:
+            return s.execute(sa.delete(table).where(table.c.id == sub_id)).rowcount
 
 
 class ConnectionActivities:
@@ -65,7 +131,7 @@ class ConnectionActivities:
         self.sessions = sessions
         self.vault = vault
         self.credentials = credentials or CredentialFactory(sessions, vault, providers)
-        self.stop_subscriptions = stop_subscriptions or _store_subscription_stopper()
+        self.stop_subscriptions = stop_subscriptions or StoreSubscriptionStopper(sessions)
 
     def all(self) -> list:
         return [self.disconnect, self.check_auth]
@@ -108,7 +174,7 @@ class ConnectionActivities:
             source = None
             if tokens is not None and not settings.get("token"):
                 source = self.credentials.token_source(connection_id, provider=row.provider, settings=settings)
-            stopped, dropped = self.stop_subscriptions(connection_id, source)
+            stopped, dropped = self.stop_subscriptions(connection_id, source, settings)
             counts["subscriptions_stopped"], counts["subscriptions_dropped"] = stopped, dropped
 
         if tokens is not None:

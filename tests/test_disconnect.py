@@ -51,7 +51,7 @@ def test_google_disconnect_revokes_and_keeps_synced_data(rig, crm):
     seen_by_stopper: list[bool] = []
     recorded = ["watch-1"]  # what a subscriptions table would hold for this connection
 
-    def stop_subscriptions(connection_id, source):
+    def stop_subscriptions(connection_id, source, settings):
         # Runs before the revocation: the token it is given must still be accepted.
         if not recorded:
             return (0, 0)
@@ -110,6 +110,37 @@ def test_microsoft_disconnect_forgets_tokens(rig):
     assert counts["tokens_deleted"] == 1 and rig.vault.get(cid) is None
     assert rig.connection(cid).status == "disconnected"
     assert acts.disconnect(cid)["tokens_deleted"] == 0
+
+
+def test_microsoft_disconnect_deletes_graph_subscription(rig):
+    import httpx
+
+    from store import subscriptions as subs
+
+    cid = rig.connect("microsoft").json()["connection_id"]
+    rig.graph.validate_subscriptions = False
+    token = rig.vault.get(cid).access_token
+    endpoint = rig.info(cid).settings["endpoint"].rstrip("/")
+    expiry = (datetime.now(timezone.utc) + timedelta(days=2)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    secret = subs.new_secret()
+    r = httpx.post(f"{endpoint}/v1.0/subscriptions", headers={"Authorization": f"Bearer {token}"},
+                   json={"changeType": "created,updated,deleted", "notificationUrl": "https://hooks.example.test/graph",
+                         "resource": "me/contacts", "expirationDateTime": expiry, "clientState": secret})
+    assert r.status_code == 201, r.text
+    sub_id = r.json()["id"]
+    with rig.sessions.begin() as s:
+        subs.create_subscription(s, connection_id=cid, provider="microsoft", external_id=sub_id,
+                                 resource="me/contacts", expires_at=None, secret=secret)
+        subs.create_subscription(s, connection_id=cid, provider="microsoft", external_id="already-gone",
+                                 resource="me/contacts", expires_at=None)
+
+    acts = ConnectionActivities(rig.sessions, rig.vault, rig.providers)
+    counts = acts.disconnect(cid)
+    assert counts["subscriptions_stopped"] == 1 and counts["subscriptions_dropped"] == 1
+    assert sub_id not in rig.graph.subscriptions
+    with rig.sessions.begin() as s:
+        assert subs.list_for_connection(s, cid) == []
+    assert acts.disconnect(cid)["subscriptions_stopped"] == 0
 
 
 def test_disconnect_unknown_connection_is_a_no_op(rig):
