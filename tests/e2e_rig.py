@@ -30,7 +30,7 @@ class Rig:
         self.task_queue = task_queue
 
     async def start(self, poll_interval_s: float = 3600) -> SyncState:
-        await api.start_sync(self.client, self.cid, self.sc.org_id, "google",
+        await api.start_sync(self.client, self.cid, self.sc.org_id, self.sc.mailbox.provider,
                              poll_interval_s=poll_interval_s, task_queue=self.task_queue)
         return await self.wait_cycles(1)
 
@@ -72,14 +72,7 @@ class Rig:
         return {c.id: c.contact for c in self.sc.crm.list_contacts(self.sc.org_id)}
 
     def mailbox_contacts(self) -> dict[str, Contact]:
-        from connectors.google_people import person_to_record
-
-        out = {}
-        for p in self.sc.people.all_persons():
-            rec = person_to_record(p)
-            if not rec.deleted and rec.contact is not None:
-                out[rec.external_id] = rec.contact
-        return out
+        return self.sc.mailbox.contacts()
 
     def items(self, status: str) -> list:
         with self.sc.sessions() as s:

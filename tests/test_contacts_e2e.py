@@ -18,6 +18,10 @@ def urls(tmp_path):
     return f"sqlite:///{tmp_path/'store.db'}", f"sqlite:///{tmp_path/'crm.db'}"
 
 
+#: The whole contacts suite runs for both mailbox providers.
+pytestmark = pytest.mark.parametrize("provider", ["google", "microsoft"])
+
+
 def _equalish(a, b) -> bool:
     """Both ends agree on what the sync owns (an address's case carries no meaning)."""
     def key(c):
@@ -25,8 +29,8 @@ def _equalish(a, b) -> bool:
     return key(a) == key(b)
 
 
-async def test_initial_two_way_sync(temporal_env, urls):
-    async with rig(temporal_env, *urls) as r:
+async def test_initial_two_way_sync(temporal_env, urls, provider):
+    async with rig(temporal_env, *urls, provider=provider) as r:
         st = await r.start()
         assert st.last_error is None, st.last_error
         links = r.links()
@@ -63,8 +67,8 @@ async def test_initial_two_way_sync(temporal_env, urls):
             assert repo.count_items_by_status(s, r.cid).get("pending", 0) == 0
 
 
-async def test_history_holds_no_contact_content(temporal_env, urls):
-    async with rig(temporal_env, *urls) as r:
+async def test_history_holds_no_contact_content(temporal_env, urls, provider):
+    async with rig(temporal_env, *urls, provider=provider) as r:
         await r.start()
         await r.cycle()
         history = await r.client.get_workflow_handle(f"mailbox-sync/{r.cid}").fetch_history()
@@ -95,15 +99,15 @@ def _decoded_payloads(node) -> list[str]:
     return out
 
 
-async def test_incremental_edits_on_both_sides_and_a_delete(temporal_env, urls):
-    async with rig(temporal_env, *urls) as r:
+async def test_incremental_edits_on_both_sides_and_a_delete(temporal_env, urls, provider):
+    async with rig(temporal_env, *urls, provider=provider) as r:
         await r.start()
         links = r.links()
         mids = [m for m in r.sc.resource_names if m in links]
         m_edit, p_edit, m_del = mids[0], mids[1], mids[2]
-        r.sc.people.user_edit(m_edit, {"organizations": [{"name": "Globex", "title": "CFO"}]})
+        r.sc.mailbox.edit(m_edit, company="Globex", job_title="CFO")
         r.sc.crm.user_edit(r.sc.org_id, links[p_edit], job_title="Head of Ops", enforce_rules=False)
-        r.sc.people.user_delete(m_del)
+        r.sc.mailbox.delete(m_del)
         st = await r.cycle()
         assert st.last_error is None
         crm = r.crm_contacts()
@@ -117,15 +121,15 @@ async def test_incremental_edits_on_both_sides_and_a_delete(temporal_env, urls):
         assert st.last_counts.skipped >= 2
 
 
-async def test_expired_sync_token_resyncs_without_duplicates_or_loss(temporal_env, urls):
-    async with rig(temporal_env, *urls) as r:
+async def test_expired_sync_token_resyncs_without_duplicates_or_loss(temporal_env, urls, provider):
+    async with rig(temporal_env, *urls, provider=provider) as r:
         await r.start()
         links_before = r.links()
         crm_before = r.crm_contacts()
         mids = [m for m in r.sc.resource_names if m in links_before]
-        r.sc.people.user_edit(mids[0], {"biographies": [{"value": "met at the expo"}]})
-        r.sc.people.user_delete(mids[1])
-        r.sc.people.expire_sync_tokens()
+        r.sc.mailbox.edit(mids[0], notes="met at the expo")
+        r.sc.mailbox.delete(mids[1])
+        r.sc.mailbox.expire_cursor()
         st = await r.cycle()
         assert st.last_counts.full_resyncs == 1
         crm = r.crm_contacts()
@@ -135,16 +139,16 @@ async def test_expired_sync_token_resyncs_without_duplicates_or_loss(temporal_en
         assert len(r.links()) == len(links_before) - 1
 
 
-async def test_manual_conflict_waits_and_a_resolution_reaches_both_ends(temporal_env, urls):
-    async with rig(temporal_env, *urls, settings={"policy": "manual"}) as r:
+async def test_manual_conflict_waits_and_a_resolution_reaches_both_ends(temporal_env, urls, provider):
+    async with rig(temporal_env, *urls, provider=provider, settings={"policy": "manual"}) as r:
         st = await r.start()
         links = r.links()
         open_before = set(st.store.open_conflicts)
         mids = [m for m in r.sc.resource_names if m in links]
         pair, other = mids[0], mids[1]
-        r.sc.people.user_edit(pair, {"organizations": [{"name": "Mailbox Corp", "title": "CEO"}]})
+        r.sc.mailbox.edit(pair, company="Mailbox Corp", job_title="CEO")
         r.sc.crm.user_edit(r.sc.org_id, links[pair], company="Platform Corp", enforce_rules=False)
-        r.sc.people.user_edit(other, {"organizations": [{"name": "Elsewhere", "title": "CTO"}]})
+        r.sc.mailbox.edit(other, company="Elsewhere", job_title="CTO")
         st = await r.cycle()
         new = set(st.store.open_conflicts) - open_before
         assert len(new) == 1
@@ -161,15 +165,15 @@ async def test_manual_conflict_waits_and_a_resolution_reaches_both_ends(temporal
         assert r.crm_contacts()[links[pair]].job_title == "CEO"
 
 
-async def test_quarantined_item_retried_when_it_changes_and_on_signal(temporal_env, urls):
-    async with rig(temporal_env, *urls) as r:
+async def test_quarantined_item_retried_when_it_changes_and_on_signal(temporal_env, urls, provider):
+    async with rig(temporal_env, *urls, provider=provider) as r:
         st = await r.start()
         rejected = [i for i in r.items("quarantined") if (i.error_code or "").startswith("validation_rejected")]
         assert len(rejected) >= 2
         first, second = rejected[0], rejected[1]
         assert first.side == "mailbox"
         # 1) the user fixes the contact in Gmail: it is retried and goes through.
-        r.sc.people.user_edit(first.external_id, {"phoneNumbers": [{"value": "+1 415 555 0134"}]})
+        r.sc.mailbox.edit(first.external_id, phones=("+1 415 555 0134",))
         st = await r.cycle()
         assert first.external_id in r.links()
         # 2) the CRM admin relaxes the rule; a retry signal sends the rest through.
@@ -180,23 +184,23 @@ async def test_quarantined_item_retried_when_it_changes_and_on_signal(temporal_e
         assert all(not (q.error_code or "").startswith("validation_rejected") for q in st.store.quarantined)
 
 
-async def test_rate_limits_and_outages_are_retried_by_temporal(temporal_env, urls):
-    async with rig(temporal_env, *urls) as r:
-        r.sc.people.inject_fault("429", op="list", count=1, retry_after=1)
-        r.sc.people.inject_fault("500", op="list", count=1)
+async def test_rate_limits_and_outages_are_retried_by_temporal(temporal_env, urls, provider):
+    async with rig(temporal_env, *urls, provider=provider) as r:
+        r.sc.mailbox.fail_listing(429, retry_after=1)
+        r.sc.mailbox.fail_listing(500)
         st = await r.start()
         assert st.last_error is None
         assert len(r.links()) > 10
 
 
-async def test_mass_delete_guard_holds_until_approved(temporal_env, urls):
-    async with rig(temporal_env, *urls, settings={"policy": "newest_wins", "mass_delete_min": 5}) as r:
+async def test_mass_delete_guard_holds_until_approved(temporal_env, urls, provider):
+    async with rig(temporal_env, *urls, provider=provider, settings={"policy": "newest_wins", "mass_delete_min": 5}) as r:
         await r.start()
         links = r.links()
         crm_before = r.crm_contacts()
         victims = [m for m in r.sc.resource_names if m in links][: int(len(links) * 0.8)]
         for m in victims:
-            r.sc.people.user_delete(m)
+            r.sc.mailbox.delete(m)
         st = await r.cycle()
         assert st.guard_tripped and st.health == "blocked"
         assert r.crm_contacts().keys() == crm_before.keys(), "the guard let deletions through"
