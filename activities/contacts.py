@@ -23,7 +23,7 @@ from temporalio import activity
 
 from activities.errors import to_application_error
 from activities.executor import Executor
-from connectors.errors import ConnectorError, CursorExpired
+from connectors.errors import ConnectorError, CursorExpired, Fatal
 from connectors.protocols import MailboxContacts, PlatformContacts
 from models.contact import Contact, SideRecord
 from models.plan import Decision
@@ -121,7 +121,7 @@ class ContactActivities:
     def _connection(self, s, connection_id: str) -> tuple[ConnectionInfo, SyncSettings]:
         conn = repo.get_connection(s, connection_id)
         if conn is None:
-            raise to_application_error(_fatal(f"unknown connection {connection_id}"))
+            raise to_application_error(Fatal(f"unknown connection {connection_id}"))
         org = repo.get_org(s, conn.org_id)
         info = ConnectionInfo(conn.id, conn.org_id, conn.user_id, conn.provider, conn.account_ref, dict(conn.settings or {}))
         merged = {**(org.settings or {}), **(conn.settings or {}).get("sync", {})}
@@ -151,7 +151,7 @@ class ContactActivities:
 
     def _drain_mailbox(self, ref: CycleRef, mailbox: MailboxContacts, cursor: str | None) -> FetchResult:
         full = cursor is None
-        result = FetchResult(stream=MAILBOX_STREAM, full_resync=full and self._had_cursor(ref))
+        result = FetchResult(stream=MAILBOX_STREAM)
         seen: set[str] = set()
         page_token: str | None = None
         batch_id = f"{ref.cycle_id}:m"
@@ -171,10 +171,6 @@ class ContactActivities:
             if last:
                 return result
             page_token = page.next_page
-
-    def _had_cursor(self, ref: CycleRef) -> bool:
-        with self.sessions() as s:
-            return repo.get_cursor(s, ref.connection_id, MAILBOX_STREAM) is not None
 
     def _stage_vanished(self, s, connection_id: str, seen: set[str], batch_id: str) -> int:
         """After a full listing, linked contacts it did not list were deleted meanwhile."""
@@ -408,8 +404,3 @@ class ContactActivities:
         return [self.fetch_mailbox, self.fetch_platform, self.plan, self.write,
                 self.handle_rejections, self.apply_resolutions, self.retry_quarantined, self.summarize]
 
-
-def _fatal(message: str):
-    from connectors.errors import Fatal
-
-    return Fatal(message)
