@@ -344,3 +344,22 @@ def test_settings_may_not_carry_secrets(rig):
         rig.providers.with_settings({"refresh_token": "x"})
     moved = rig.providers.with_settings({"oauth": {"token_uri": "https://127.0.0.1:1/token"}})
     assert moved.google_token_uri == "https://127.0.0.1:1/token" and moved.google_client_id == CLIENT_ID
+
+
+def test_concurrent_refreshes_use_one_rotation(rig):
+    """Microsoft kills the whole grant when a replaced refresh token is presented again:
+    eight threads finding the token expired at once must refresh exactly once."""
+    from concurrent.futures import ThreadPoolExecutor
+    from datetime import datetime, timedelta, timezone
+
+    from workers.credentials import CredentialFactory
+
+    cid = rig.connect("microsoft").json()["connection_id"]
+    t = rig.vault.get(cid)
+    rig.vault.put(cid, t.access_token, None, datetime.now(timezone.utc) - timedelta(seconds=1))
+    sources = [CredentialFactory(rig.sessions, rig.vault, rig.providers).token_source(cid) for _ in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        got = set(pool.map(lambda src: src.access_token(), sources))
+    assert len(got) == 1 and rig.microsoft.counters["token_refresh"] == 1
+    assert rig.microsoft.counters["refresh_token_reuse"] == 0
+    assert rig.microsoft.validate_access_token(got.pop()) is not None

@@ -10,7 +10,6 @@ import pytest
 import sqlalchemy as sa
 
 from activities.connection import ConnectionActivities
-from models.contact import Contact, SideRecord
 from platforms.reference_crm.service import ReferenceCrm
 from store import repo
 from store.vault import vault_tokens
@@ -76,7 +75,7 @@ def test_google_disconnect_revokes_and_keeps_synced_data(rig, crm):
         assert repo.count_items_by_status(s, cid) == {"pending": 2}
     assert crm.get_contact(ORG, crm_id) is not None
     assert rig.people.all_persons() == persons_before  # nothing in the mailbox touched
-    assert not any(isinstance(v, SideRecord) for v in counts.values())  # counts only
+    assert all(isinstance(v, int) for v in counts.values())  # counts only: safe for workflow history
 
     # A second run (Temporal retry, second click) changes nothing and calls no one.
     revokes = rig.google.counters["revoke"]
@@ -172,4 +171,3 @@ def test_check_auth_refreshes_and_detects_reauth(rig):
         repo.create_connection(s, id="conn-static", org_id=ORG, user_id="u", provider="google",
                                account_ref="acct-static", settings={"endpoint": "http://x/", "token": "emulator-token"})
     assert acts.check_auth("conn-static") == "active"
-    _ = Contact  # imported for readers: the synced snapshot type
