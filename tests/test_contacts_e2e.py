@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
@@ -186,11 +187,16 @@ async def test_quarantined_item_retried_when_it_changes_and_on_signal(temporal_e
 
 async def test_rate_limits_and_outages_are_retried_by_temporal(temporal_env, urls, provider):
     async with rig(temporal_env, *urls, provider=provider) as r:
-        r.sc.mailbox.fail_listing(429, retry_after=1)
+        r.sc.mailbox.fail_listing(429, retry_after=4)
         r.sc.mailbox.fail_listing(500)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         st = await r.start()
+        elapsed = loop.time() - started
         assert st.last_error is None
         assert len(r.links()) > 10
+        # The provider's Retry-After (4 s), not the 1 s initial backoff, spaced the first retry.
+        assert elapsed >= 5.5, elapsed  # 4 s Retry-After + 2 s backoff after the 5xx
 
 
 async def test_mass_delete_guard_holds_until_approved(temporal_env, urls, provider):
