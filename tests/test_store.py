@@ -28,7 +28,9 @@ EXPECTED_TABLES = {
     "audit_log",
     "pending_oauth",
     "vault_tokens",
+    "subscriptions",
 }
+HEAD = "0002"
 
 
 @pytest.fixture
@@ -61,7 +63,7 @@ def _rec(external_id: str, given: str = "Ada", side: str = "mailbox", **kw) -> S
 def test_migrate_creates_everything_and_is_rerunnable(db_url):
     migrate(db_url)
     migrate(db_url)
-    assert current_revision(db_url) == "0001"
+    assert current_revision(db_url) == HEAD
     engine = make_engine(db_url)
     try:
         insp = sa.inspect(engine)
@@ -101,14 +103,14 @@ def test_concurrent_migrations_do_not_race(db_url):
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    assert current_revision(db_url) == "0001"
+    assert current_revision(db_url) == HEAD
 
 
 def test_migrate_from_another_cwd(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 'nested' / 'store.db'}"
     migrate(url)
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == HEAD
 
 
 def test_sqlite_engine_settings(sqlite_url):
