@@ -286,18 +286,15 @@ def store_lookup(sessions) -> Lookup:
 
 
 def temporal_signal(client, *, task_queue: str | None = None, poll_interval_s: float = 300.0) -> Signal:
-    """The production signal: signal-with-start of `wake` (workers.client.start_sync).
-
-    start_sync sends its own fixed reason; the webhook reason is dropped until
-    start_sync takes one.
-    """
+    """The production signal: signal-with-start of `wake` (workers.client.start_sync)."""
     from workers.client import start_sync
     from workers.temporal_client import TASK_QUEUE
 
     tq = task_queue or TASK_QUEUE
 
     async def signal(connection_id: str, org_id: str, provider: str, reason: str) -> None:
-        await start_sync(client, connection_id, org_id, provider, poll_interval_s=poll_interval_s, task_queue=tq)
+        await start_sync(client, connection_id, org_id, provider, poll_interval_s=poll_interval_s, task_queue=tq,
+                         reason=reason)
 
     return signal
 

@@ -108,6 +108,9 @@ class SyncState(BaseModel):
     guard_tripped: bool = False
     last_error: str | None = None
     continued_as_new: int = 0
+    #: what the last subscription upkeep did (counts), and why it failed if it did
+    subscriptions: dict[str, int] = Field(default_factory=dict)
+    subscription_error: str | None = None
 
 
 class MailboxSyncInput(BaseModel):

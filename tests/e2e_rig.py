@@ -83,7 +83,7 @@ class Rig:
 async def rig(env, store_url: str, crm_url: str, **scenario_kwargs):
     sc = build_scenario(store_url, crm_url, connection_id=f"c-{uuid.uuid4().hex[:8]}", **scenario_kwargs)
     tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
-    acts = build_activities(store_url, crm_url, **({} if "mailbox_for" not in scenario_kwargs else {}))
+    acts = build_activities(store_url, crm_url)
     try:
         async with make_worker(env.client, acts, task_queue=tq):
             yield Rig(env, sc, tq)

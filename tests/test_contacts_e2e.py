@@ -11,6 +11,7 @@ import pytest
 from platforms.reference_crm.rules import Rule
 from store import repo
 from tests.e2e_rig import rig
+from models.workflow import SyncState
 from workers import client as api
 
 
@@ -215,3 +216,18 @@ async def test_mass_delete_guard_holds_until_approved(temporal_env, urls, provid
         assert st.health == "active"
         crm = r.crm_contacts()
         assert all(links[m] not in crm for m in victims)
+
+
+async def test_disconnect_stops_and_keeps_what_was_synced(temporal_env, urls, provider):
+    async with rig(temporal_env, *urls, provider=provider) as r:
+        await r.start()
+        links, crm, mailbox = r.links(), r.crm_contacts(), r.mailbox_contacts()
+        handle = r.client.get_workflow_handle(f"mailbox-sync/{r.cid}", result_type=SyncState)
+        await api.disconnect(r.client, r.cid)
+        final = await handle.result()
+        assert final.health == "disconnected"
+        with r.sc.sessions() as s:
+            assert repo.get_connection(s, r.cid).status == "disconnected"
+        assert r.links() == links, "what was synced stays linked"
+        assert r.crm_contacts() == crm, "the platform keeps everything"
+        assert r.mailbox_contacts() == mailbox, "nothing in the mailbox is deleted"

@@ -18,7 +18,7 @@ from workflows.mailbox_sync import MailboxSyncWorkflow, workflow_id
 
 async def start_sync(client: Client, connection_id: str, org_id: str, provider: str, *,
                      poll_interval_s: float = 300.0, task_queue: str = TASK_QUEUE,
-                     heartbeat_timeout_s: float = 60.0) -> WorkflowHandle:
+                     heartbeat_timeout_s: float = 60.0, reason: str = "connect") -> WorkflowHandle:
     """Start (or wake, if already running) the workflow of one mailbox."""
     return await client.start_workflow(
         MailboxSyncWorkflow.run,
@@ -28,7 +28,7 @@ async def start_sync(client: Client, connection_id: str, org_id: str, provider: 
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         start_signal="wake",
-        start_signal_args=["connect"],
+        start_signal_args=[reason],
         search_attributes=TypedSearchAttributes([
             SearchAttributePair(ORG_ID, org_id), SearchAttributePair(PROVIDER, provider),
             SearchAttributePair(STATUS, "active"),
@@ -69,6 +69,11 @@ async def resume(client: Client, connection_id: str) -> None:
 
 async def retry_quarantined(client: Client, connection_id: str) -> None:
     await handle(client, connection_id).signal(MailboxSyncWorkflow.retry_quarantined)
+
+
+async def disconnect(client: Client, connection_id: str) -> None:
+    """Stop syncing this mailbox, revoke its tokens, keep what was synced."""
+    await handle(client, connection_id).signal(MailboxSyncWorkflow.disconnect)
 
 
 async def approve_mass_delete(client: Client, connection_id: str) -> None:

@@ -1,4 +1,4 @@
-"""The sync worker: hosts MailboxSyncWorkflow and the contacts activities.
+"""The sync worker: hosts MailboxSyncWorkflow and its activities.
 
 Activities are synchronous (the Google client is), so they run on a thread pool;
 the pool size bounds concurrent provider calls per worker process. Scale out by
@@ -10,26 +10,64 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import logging
 import os
+from dataclasses import dataclass
 
 from temporalio.worker import Worker
 
+from activities.connection import ConnectionActivities
 from activities.contacts import ContactActivities, MailboxFactory
+from activities.subscriptions import SubscriptionActivities
 from platforms.reference_crm.adapter import ReferenceCrmContacts
 from store.db import make_engine, migrate, session_factory
-from workers.mailboxes import build_mailbox
+from store.vault import KeyRing, TokenVault, generate_key
+from workers.credentials import ProviderConfig
+from workers.mailboxes import MailboxBuilder
 from workers.telemetry import setup_tracing
 from workers.temporal_client import TASK_QUEUE, connect
 from workflows.mailbox_sync import MailboxSyncWorkflow
 
+log = logging.getLogger(__name__)
 
-def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory = build_mailbox) -> ContactActivities:
+
+@dataclass
+class Activities:
+    contacts: ContactActivities
+    connection: ConnectionActivities
+    subscriptions: SubscriptionActivities
+
+    def all(self) -> list:
+        return self.contacts.all() + self.connection.all() + self.subscriptions.all()
+
+
+def _keyring() -> KeyRing:
+    if os.environ.get("CONCORD_VAULT_KEYS"):
+        return KeyRing.from_env()
+    # Without a configured key nothing can be stored for long: say so, and work on.
+    log.warning("CONCORD_VAULT_KEYS is not set: using a key that dies with this process "
+                "(connections made now must reconnect after a restart)")
+    return KeyRing.parse(f"ephemeral:{generate_key()}")
+
+
+def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory | None = None, *,
+                     keyring: KeyRing | None = None, webhook_base_url: str | None = None) -> Activities:
     migrate(store_url)
-    sessions = session_factory(make_engine(store_url))
-    return ContactActivities(sessions, ReferenceCrmContacts(crm_url), mailbox_for)
+    engine = make_engine(store_url)
+    sessions = session_factory(engine)
+    vault = TokenVault(engine, keyring or _keyring())
+    providers = ProviderConfig.from_env()
+    builder = MailboxBuilder(sessions, vault, providers)
+    mailboxes = mailbox_for or builder
+    return Activities(
+        contacts=ContactActivities(sessions, ReferenceCrmContacts(crm_url), mailboxes),
+        connection=ConnectionActivities(sessions, vault, providers, credentials=builder.credentials),
+        subscriptions=SubscriptionActivities(
+            sessions, mailboxes, webhook_base_url=webhook_base_url or os.environ.get("CONCORD_PUBLIC_URL")),
+    )
 
 
-def make_worker(client, activities: ContactActivities, *, task_queue: str = TASK_QUEUE, max_threads: int = 16) -> Worker:
+def make_worker(client, activities: Activities, *, task_queue: str = TASK_QUEUE, max_threads: int = 16) -> Worker:
     return Worker(
         client,
         task_queue=task_queue,

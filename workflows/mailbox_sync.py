@@ -141,6 +141,11 @@ class MailboxSyncWorkflow:
                 self._reconnected = False
                 if self._stop:
                     break
+                auth = await self._act("connection.check_auth", self._inp.connection_id, result_type=str)
+                if auth == "disconnected":
+                    break
+                if auth != "active":
+                    continue  # the new grant does not work either: keep waiting
                 self._set_health("active")
             if self._paused:
                 self._set_health("paused")
@@ -166,7 +171,12 @@ class MailboxSyncWorkflow:
                 self._state.continued_as_new += 1
                 workflow.continue_as_new(self._carry())
 
+        # Stop syncing, revoke and forget the tokens, stop subscriptions. What was
+        # synced stays on the platform; nothing in the mailbox is deleted.
+        done = await self._act("connection.disconnect", self._inp.connection_id, result_type=dict)
+        self._state.last_error = None
         self._set_health("disconnected")
+        _ = done
         return self._state
 
     def _carry(self) -> MailboxSyncInput:
@@ -202,6 +212,21 @@ class MailboxSyncWorkflow:
             retry_policy=retry,
         )
 
+    async def _maintain_subscriptions(self) -> None:
+        """Push is a hint: a failing subscription is shown, never allowed to stop syncing."""
+        st = self._state
+        assert st is not None
+        try:
+            counts = await self._act("subscriptions.maintain", self._inp.connection_id, result_type=dict,
+                                     retry=RetryPolicy(maximum_attempts=3, non_retryable_error_types=[REAUTH_REQUIRED]))
+            st.subscriptions = {k: int(v) for k, v in counts.items() if v}
+            st.subscription_error = None
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == REAUTH_REQUIRED:
+                raise
+            st.subscription_error = getattr(cause, "type", None) or type(cause).__name__
+
     async def _cycle(self) -> None:
         st = self._state
         assert st is not None
@@ -215,6 +240,7 @@ class MailboxSyncWorkflow:
             if self._retry_quarantined:
                 self._retry_quarantined = False
                 await self._act("contacts.retry_quarantined", cid, result_type=int)
+            await self._maintain_subscriptions()
             fm: FetchResult = await self._act("contacts.fetch_mailbox", ref, result_type=FetchResult, retry=FETCH_RETRY)
             fp: FetchResult = await self._act("contacts.fetch_platform", ref, result_type=FetchResult, retry=FETCH_RETRY)
             st.last_fetch_at = workflow.now().timestamp()
