@@ -7,6 +7,8 @@
     concord resolve CONN REVIEW CHOICE  answer a review (mailbox|platform|link|create|ignore)
     concord pause|resume|retry|approve-deletes CONN
     concord dev-server                  run the Temporal dev server (UI on :8233)
+    concord api [--port 8080]           run the HTTP app: webhooks, and OAuth connect when configured
+    concord disconnect CONN             stop syncing a mailbox, revoke its tokens, keep what was synced
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("worker")
     sub.add_parser("dev-server")
+    a = sub.add_parser("api")
+    a.add_argument("--host", default="127.0.0.1")
+    a.add_argument("--port", type=int, default=8080)
     s = sub.add_parser("start")
     s.add_argument("connection_id")
     s.add_argument("org_id")
     s.add_argument("provider", choices=["google", "microsoft"])
     s.add_argument("--poll", type=float, default=300.0)
-    for name in ("wake", "state", "pause", "resume", "retry", "approve-deletes"):
+    for name in ("wake", "state", "pause", "resume", "retry", "approve-deletes", "disconnect"):
         sub.add_parser(name).add_argument("connection_id")
     r = sub.add_parser("resolve")
     r.add_argument("connection_id")
@@ -60,6 +65,8 @@ async def _run(args) -> int:
         await api.retry_quarantined(client, cid)
     elif args.cmd == "approve-deletes":
         await api.approve_mass_delete(client, cid)
+    elif args.cmd == "disconnect":
+        await api.disconnect(client, cid)
     return 0
 
 
@@ -69,6 +76,11 @@ def main(argv: list[str] | None = None) -> None:
         from workers.worker import main as worker_main
 
         worker_main(["--temporal", args.temporal])
+        return
+    if args.cmd == "api":
+        import uvicorn
+
+        uvicorn.run("api.app:production_app", factory=True, host=args.host, port=args.port)
         return
     if args.cmd == "dev-server":
         from workers.devstack import main as dev_main
