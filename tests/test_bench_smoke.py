@@ -1,0 +1,49 @@
+"""`python -m bench --quick sync` runs end to end and prints its figures.
+
+Checks that the benchmark still works against the current system (dev server,
+worker process, emulator, CRM), not how fast it is: timings are the benchmark's
+output, never an assertion.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+NUMBER = r"-?[\d,]+(?:\.\d+)?"
+
+
+def _figure(output: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)}\s+({NUMBER})\b", output, re.MULTILINE)
+    assert match, f"no figure {name!r} with a number in the output:\n{output[-4000:]}"
+    return float(match.group(1).replace(",", ""))
+
+
+def test_quick_sync_bench_prints_its_table():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "sync"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=150,
+    )
+    output = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{output[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "=== sync:" in output and "=== summary: python -m bench --quick sync ===" in output
+
+    summary = output.split("=== summary:", 1)[1]
+    for name in ("initial.cycle_s", "initial.contacts_per_s", "initial.people_requests", "initial.crm_calls",
+                 "initial.worker_peak_rss", "baseline.comparison_ratio", "incremental.cycle_s",
+                 "latency.p50_s", "latency.p95_s", "latency.max_s"):
+        assert _figure(summary, name) >= 0
+
+    # What the figures say about behaviour (not speed): every seeded contact took
+    # part, the edits on both sides landed, and blocking scored fewer pairs.
+    assert _figure(summary, "initial.fetched") == 600
+    assert _figure(summary, "initial.linked") > 0
+    assert _figure(summary, "incremental.updated") == 20
+    assert _figure(summary, "incremental.edits_landed") == 20
+    assert _figure(summary, "latency.runs") == 5
+    assert _figure(summary, "baseline.comparison_ratio") > 1
