@@ -221,6 +221,7 @@ async def test_mass_delete_guard_holds_until_approved(temporal_env, urls, provid
 async def test_disconnect_stops_and_keeps_what_was_synced(temporal_env, urls, provider):
     async with rig(temporal_env, *urls, provider=provider) as r:
         await r.start()
+        await r.cycle()  # read our own writes back, so the cursors are at rest
         links, crm, mailbox = r.links(), r.crm_contacts(), r.mailbox_contacts()
         handle = r.client.get_workflow_handle(f"mailbox-sync/{r.cid}", result_type=SyncState)
         await api.disconnect(r.client, r.cid)
@@ -231,3 +232,14 @@ async def test_disconnect_stops_and_keeps_what_was_synced(temporal_env, urls, pr
         assert r.links() == links, "what was synced stays linked"
         assert r.crm_contacts() == crm, "the platform keeps everything"
         assert r.mailbox_contacts() == mailbox, "nothing in the mailbox is deleted"
+        # Reconnecting resumes from the stored cursors: no full resync, no duplicate.
+        with r.sc.sessions.begin() as s:
+            repo.set_connection_status(s, r.cid, "active")
+        mid = next(iter(links))
+        r.sc.mailbox.edit(mid, job_title="Back again")
+        await r.start()
+        st = await r.state()
+        assert st.last_error is None and st.last_counts.full_resyncs == 0
+        assert st.last_counts.fetched <= 3, "a reconnect must not re-read the whole mailbox"
+        assert r.links() == links and len(r.crm_contacts()) == len(crm)
+        assert r.crm_contacts()[links[mid]].job_title == "Back again"
