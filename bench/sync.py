@@ -312,17 +312,20 @@ class CycleFigures:
     crm_calls: int
     worker_cpu_s: float
     activities: dict[str, float]
+    results: dict[str, dict] = field(default_factory=dict)
 
 
-async def activity_durations(handle, after_event_id: int) -> tuple[dict[str, float], int]:
-    """Seconds from schedule to completion per activity type, for events after `after_event_id`.
+async def activity_durations(handle, after_event_id: int) -> tuple[dict[str, float], dict[str, dict], int]:
+    """Per activity type after `after_event_id`: seconds from schedule to completion, and
+    the last result (counts only: results never carry contact content).
 
     Read from the workflow's own history, so the split is what Temporal saw
     (queueing and retries included), not what the worker believes.
     """
     history = await handle.fetch_history()
     scheduled: dict[int, tuple[str, float]] = {}
-    out: dict[str, float] = {}
+    durations: dict[str, float] = {}
+    results: dict[str, dict] = {}
     last = after_event_id
     for ev in history.events:
         last = max(last, ev.event_id)
@@ -333,11 +336,16 @@ async def activity_durations(handle, after_event_id: int) -> tuple[dict[str, flo
         for attr in ("activity_task_completed_event_attributes", "activity_task_failed_event_attributes",
                      "activity_task_timed_out_event_attributes"):
             if ev.HasField(attr) and ev.event_id > after_event_id:
-                sched_id = getattr(ev, attr).scheduled_event_id
-                if sched_id in scheduled:
-                    name, t_sched = scheduled[sched_id]
-                    out[name] = out.get(name, 0.0) + at - t_sched
-    return out, last
+                attrs = getattr(ev, attr)
+                if attrs.scheduled_event_id in scheduled:
+                    name, t_sched = scheduled[attrs.scheduled_event_id]
+                    durations[name] = durations.get(name, 0.0) + at - t_sched
+                    if attr.startswith("activity_task_completed") and attrs.result.payloads:
+                        with contextlib.suppress(ValueError, UnicodeDecodeError):
+                            value = json.loads(attrs.result.payloads[0].data)
+                            if isinstance(value, dict):
+                                results[name] = value
+    return durations, results, last
 
 
 async def run_cycle(client, world: World, worker: WorkerProcess, target_cycles: int, trigger, *,
@@ -376,7 +384,7 @@ async def run_cycle(client, world: World, worker: WorkerProcess, target_cycles: 
     seconds = time.perf_counter() - t0
     worker_after = worker.fresh_stats()
     people_after = Counter(world.people.stats()["requests"])
-    acts, history_mark[0] = await activity_durations(handle, history_mark[0])
+    acts, results, history_mark[0] = await activity_durations(handle, history_mark[0])
     return CycleFigures(
         seconds=seconds,
         state=st,
@@ -384,6 +392,7 @@ async def run_cycle(client, world: World, worker: WorkerProcess, target_cycles: 
         crm_calls=int(worker_after.get("crm_calls", 0) - worker_before.get("crm_calls", 0)),
         worker_cpu_s=float(worker_after.get("cpu_s", 0.0) - worker_before.get("cpu_s", 0.0)),
         activities=acts,
+        results=results,
     )
 
 
@@ -402,6 +411,14 @@ def report_cycle(report: Report, prefix: str, fig: CycleFigures, contacts: int |
     report(f"{prefix}.worker_cpu_s", fig.worker_cpu_s, "s", "worker process user+sys")
     for name, secs in sorted(fig.activities.items(), key=lambda kv: -kv[1]):
         report(f"{prefix}.activity.{name.removeprefix('contacts.')}", secs, "s", "scheduled -> completed")
+    plan = fig.results.get("contacts.plan") or {}
+    if plan.get("rules"):
+        rules = sorted(plan["rules"].items(), key=lambda kv: -kv[1])
+        report(f"{prefix}.planned", plan.get("planned", 0), "decisions", " ".join(f"{k}={v}" for k, v in rules))
+    write = fig.results.get("contacts.write") or {}
+    if write.get("calls"):
+        report(f"{prefix}.write_calls", sum(write["calls"].values()), "calls",
+               "as the write activity counts them: " + " ".join(f"{k}={v}" for k, v in sorted(write["calls"].items())))
     report(f"{prefix}.fetched", c.fetched, "records")
     report(f"{prefix}.linked", c.linked, "")
     report(f"{prefix}.created", c.created, "")
