@@ -38,6 +38,8 @@ def _webhooks(table: Table, quick: bool, pg: bool) -> None:
     module = importlib.import_module("bench.webhooks")
     accepted = inspect.signature(module.run).parameters
     kwargs = {k: v for k, v in (("quick", quick), ("pg", pg)) if k in accepted}
+    if quick and "quick" not in accepted and "count" in accepted:
+        kwargs["count"] = max(200, getattr(module, "COUNT", 5_000) // 10)
     module.run(table, **kwargs)
 
 
