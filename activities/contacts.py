@@ -345,29 +345,24 @@ class ContactActivities:
     # -- write ---------------------------------------------------------------
     @activity.defn(name="contacts.write")
     def write(self, ref: CycleRef) -> WriteSummary:
-        with self.sessions() as s:
-            info, settings = self._connection(s, ref.connection_id)
-        executor = Executor(self.sessions, self.platform, self.mailbox_for(info), info, settings)
-        with activity_span("contacts.write", connection_id=ref.connection_id) as span:
-            try:
-                summary = executor.run(heartbeat=_heartbeat)
-            except ConnectorError as exc:
-                raise to_application_error(exc) from None
-            span.set(**{"applied": summary.applied, "rejected": summary.rejected,
-                                 "deferred": summary.deferred, "linked": summary.linked})
-        return summary
+        return self._with_executor(ref, "contacts.write", lambda ex: ex.run(heartbeat=_heartbeat))
 
     @activity.defn(name="contacts.handle_rejections")
     def handle_rejections(self, ref: CycleRef) -> RejectionSummary:
+        return self._with_executor(ref, "contacts.handle_rejections",
+                                   lambda ex: ex.handle_rejections(heartbeat=_heartbeat))
+
+    def _with_executor(self, ref: CycleRef, name: str, step):
         with self.sessions() as s:
             info, settings = self._connection(s, ref.connection_id)
         executor = Executor(self.sessions, self.platform, self.mailbox_for(info), info, settings)
-        with activity_span("contacts.handle_rejections", connection_id=ref.connection_id) as span:
+        with activity_span(name, connection_id=ref.connection_id) as span:
             try:
-                summary = executor.handle_rejections(heartbeat=_heartbeat)
+                summary = step(executor)
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
-            span.set(**{"fixed": summary.fixed, "quarantined": summary.quarantined})
+            counts = summary.model_dump()
+            span.set(**{k: v for k, v in counts.items() if isinstance(v, int)})
         return summary
 
     # -- people's answers and maintenance --------------------------------------

@@ -19,6 +19,8 @@ class PortBusy(RuntimeError):
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a listener could bind there now (SO_REUSEADDR, as servers set it, so a
+    port still in TIME_WAIT from our last run does not count as taken)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

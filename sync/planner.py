@@ -347,20 +347,7 @@ def _plan_unlinked(
                 score=round(match.score, 4), review_id=rid,
             ))
             continue
-        if answer != "create":
-            twin = best_match(m.contact, batch_new, thresholds)
-            if twin.kind != "none" and twin.key is not None:
-                # The mailbox itself holds this person twice: one record, one review.
-                out.append(Decision(outcome="duplicate", rule="duplicate_in_mailbox", mailbox_id=m.external_id,
-                                    candidate_side="mailbox", candidate_id=twin.key,
-                                    score=round(twin.score, 4), review_id=rid))
-                continue
-        batch_new.add(m.external_id, m.contact)
-        out.append(Decision(
-            outcome="apply", rule="created_on_platform" if answer != "create" else "created_by_reviewer",
-            mailbox_id=m.external_id, link=True, snapshot=m.contact, review_id=rid, mailbox_etag=m.etag,
-            writes=[Write(side="platform", op="create", contact=m.contact)],
-        ))
+        out.append(_create_unless_twin(m, batch_new, thresholds, answer, rid))
 
     # Platform records no mailbox record claimed. Compare them with the mailbox
     # contacts already linked here, so a CRM-side duplicate does not become a
@@ -399,20 +386,32 @@ def _plan_unlinked(
                     review_id=rid,
                 ))
                 continue
-        if answer != "create":
-            twin = best_match(p.contact, batch_new_p, thresholds)
-            if twin.kind != "none" and twin.key is not None:
-                out.append(Decision(outcome="duplicate", rule="duplicate_on_platform", platform_id=p.external_id,
-                                    candidate_side="platform", candidate_id=twin.key,
-                                    score=round(twin.score, 4), review_id=rid))
-                continue
-        batch_new_p.add(p.external_id, p.contact)
-        out.append(Decision(
-            outcome="apply", rule="created_in_mailbox" if answer != "create" else "created_by_reviewer",
-            platform_id=p.external_id, link=True, snapshot=p.contact, review_id=rid, platform_etag=p.etag,
-            writes=[Write(side="mailbox", op="create", contact=p.contact)],
-        ))
+        out.append(_create_unless_twin(p, batch_new_p, thresholds, answer, rid))
     return out
+
+
+def _create_unless_twin(rec: SideRecord, batch_new: CandidateIndex[str], thresholds: Thresholds,
+                        answer: str | None, review_id: int | None) -> Decision:
+    """Create `rec` on the other side, unless this batch already creates the same person
+    from its own side (the side holds them twice): then one record, one review."""
+    assert rec.contact is not None
+    side = rec.side
+    ids = {"mailbox_id": rec.external_id} if side == "mailbox" else {"platform_id": rec.external_id}
+    if answer != "create":
+        twin = best_match(rec.contact, batch_new, thresholds)
+        if twin.kind != "none" and twin.key is not None:
+            return Decision(outcome="duplicate", rule=f"duplicate_{'in_mailbox' if side == 'mailbox' else 'on_platform'}",
+                            candidate_side=side, candidate_id=twin.key, score=round(twin.score, 4),
+                            review_id=review_id, **ids)
+    batch_new.add(rec.external_id, rec.contact)
+    target = "platform" if side == "mailbox" else "mailbox"
+    return Decision(
+        outcome="apply", rule=f"created_{'on_platform' if target == 'platform' else 'in_mailbox'}"
+        if answer != "create" else "created_by_reviewer",
+        link=True, snapshot=rec.contact, review_id=review_id,
+        writes=[Write(side=target, op="create", contact=rec.contact)],
+        **ids, **({"mailbox_etag": rec.etag} if side == "mailbox" else {"platform_etag": rec.etag}),
+    )
 
 
 def _link_pair(m: SideRecord, p: SideRecord, settings: SyncSettings, *, rule: str,

@@ -16,7 +16,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
 from connectors.errors import Fatal
+from emulators.server import free_port, port_is_free
 from workers.temporal_client import SEARCH_ATTRIBUTE_KEYS
 
 log = logging.getLogger("concord.devstack")
@@ -72,37 +72,16 @@ def cli_type_name(key: SearchAttributeKey) -> str:
     return "".join(w.capitalize() for w in words)
 
 
-def _port_free(host: str, port: int) -> bool:
-    """Whether a listener could bind there now.
-
-    SO_REUSEADDR as the Go server sets it, so a port still in TIME_WAIT from
-    our last run does not count as taken.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def _os_free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def free_port_pair(host: str = DEFAULT_HOST, attempts: int = 50) -> tuple[int, int]:
     """A free (frontend, UI) pair, keeping the UI at frontend + 1000 when it can."""
     for _ in range(attempts):
-        port = _os_free_port(host)
-        if port + UI_OFFSET <= 65535 and _port_free(host, port + UI_OFFSET):
+        port = free_port(host)
+        if port + UI_OFFSET <= 65535 and port_is_free(port + UI_OFFSET, host):
             return port, port + UI_OFFSET
-    port = _os_free_port(host)
-    ui = _os_free_port(host)
+    port = free_port(host)
+    ui = free_port(host)
     while ui == port:
-        ui = _os_free_port(host)
+        ui = free_port(host)
     return port, ui
 
 
@@ -339,7 +318,7 @@ class DevServer:
         if self.running:
             return self
         self.port, self.ui_port = self.requested_port, self.requested_ui_port
-        if not _port_free(self.host, self.port):
+        if not port_is_free(self.port, self.host):
             if self.reuse_existing and await probe_temporal(self.target, self.namespace):
                 added = await ensure_search_attributes(self.target, self.namespace)
                 self.reused = True
@@ -355,9 +334,9 @@ class DevServer:
                 f"port {self.requested_port} on {self.host} is in use by something that is not "
                 f"Temporal; starting the dev server on port {self.port} (UI {self.ui_port}) instead"
             )
-        elif not _port_free(self.host, self.ui_port):
+        elif not port_is_free(self.ui_port, self.host):
             old = self.ui_port
-            self.ui_port = _os_free_port(self.host)
+            self.ui_port = free_port(self.host)
             self._say(f"UI port {old} is in use; the Temporal UI will listen on {self.ui_port}")
 
         for attempt in range(3):
@@ -367,7 +346,7 @@ class DevServer:
                 break
             except _EarlyExit:
                 # Lost a race for a port between our check and the server's bind.
-                if attempt == 2 or _port_free(self.host, self.port) and _port_free(self.host, self.ui_port):
+                if attempt == 2 or port_is_free(self.port, self.host) and port_is_free(self.ui_port, self.host):
                     raise Fatal(
                         f"the Temporal dev server exited during start-up; see {self.log_path}:\n"
                         + _tail(self.log_path)
