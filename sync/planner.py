@@ -291,7 +291,9 @@ def _plan_unlinked(
     pool: CandidateIndex[str] = CandidateIndex()
     pool_records: dict[str, SideRecord] = {}
     linked_platform = set(inp.links_by_platform)
-    for rec in list(new_platform) + list(inp.platform_candidates.values()):
+    # Linked platform records in this batch (often our own writes echoing back) are in
+    # the pool too: a new mailbox record like one of them is a duplicate, not a new person.
+    for rec in list(inp.platform.values()) + list(inp.platform_candidates.values()):
         if rec.deleted or rec.contact is None or rec.external_id in pool_records:
             continue
         pool.add(rec.external_id, rec.contact)

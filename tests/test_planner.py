@@ -144,3 +144,18 @@ def test_fix_rules_normalise_phones_but_never_drop_the_only_address():
     fixed, rules = apply_fix_rules(c, "phones", ("normalize_phones", "drop_invalid_emails"))
     assert fixed.phones == ("+14155550100",) and rules == ["normalize_phones"]
     assert apply_fix_rules(c, "emails", ("drop_invalid_emails",)) is None
+
+
+def test_a_twin_held_for_review_stays_held_when_its_match_echoes_back():
+    """Cycle 1 created ADA on the platform (p1) and held her twin m2. In cycle 2 the
+    platform reports p1 (our own write coming back) in the same batch as the re-offered
+    twin: the twin must still be a duplicate of the linked record, not a new record."""
+    twin = ADA.model_copy(update={"emails": ("ADA@analytical.example",)})
+    lk = link()
+    d = {x.mailbox_id or x.platform_id: x for x in plan(PlanInput(
+        mailbox={"m2": rec("mailbox", "m2", twin)},
+        platform={"p1": rec("platform", "p1", ADA, owner="u1")},
+        settings=S, links_by_mailbox={"m1": lk}, links_by_platform={"p1": lk}, link_count=1,
+    )).decisions}
+    assert d["m2"].outcome == "duplicate" and d["m2"].rule == "duplicate_of_linked"
+    assert d["p1"].rule == "echo_of_own_write"
