@@ -200,40 +200,6 @@ class WorkerProcess:
 # ----------------------------------------------------------------------------- the seeded world
 
 
-def method_override(app: Any) -> Any:
-    """Google's front end honours `X-HTTP-Method-Override: GET` on a POST; the emulator did not.
-
-    google-api-python-client turns any GET whose URI passes 2,048 characters into
-    such a POST with the query string as a form body: a `people:batchGet` of more
-    than ~45 resource names does. Without this the first large write batch
-    fails with 405 (a Fatal). This belongs in emulators/google_people.py; until it
-    is there the benchmark puts it in front of the emulator's app.
-    """
-
-    async def wrapped(scope: dict, receive: Any, send: Any) -> None:
-        if scope.get("type") == "http" and scope.get("method") == "POST":
-            headers = dict(scope.get("headers") or [])
-            if headers.get(b"x-http-method-override", b"").upper() == b"GET":
-                body, more = b"", True
-                while more:
-                    message = await receive()
-                    body += message.get("body", b"")
-                    more = message.get("more_body", False)
-                query = scope.get("query_string", b"")
-                dropped = (b"content-type", b"content-length", b"x-http-method-override")
-                scope = {**scope, "method": "GET", "query_string": b"&".join(q for q in (query, body) if q),
-                         "headers": [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in dropped]}
-
-                async def no_body() -> dict:
-                    return {"type": "http.request", "body": b"", "more_body": False}
-
-                await app(scope, no_body, send)
-                return
-        await app(scope, receive, send)
-
-    return wrapped
-
-
 @dataclass
 class World:
     workdir: Path
@@ -283,7 +249,7 @@ def seed_world(workdir: Path, store_url: str, crm_url: str, sizes: Sizes, say: C
     t0 = time.perf_counter()
     state = PeopleState(static_tokens=(EMULATOR_TOKEN,))
     names = state.seed([contact_to_person(c) for c in mailbox])
-    server = serve(method_override(create_app(state)))
+    server = serve(create_app(state))
     timings["mailbox_seed"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -871,11 +871,45 @@ def _raise(err: Exception) -> dict:
     raise err
 
 
+class MethodOverride:
+    """Google's front end honours `X-HTTP-Method-Override: GET` on a POST.
+
+    google-api-python-client turns any GET whose URI passes 2,048 characters into
+    such a POST with the query string as a form body: a `people:batchGet` of more
+    than ~45 resource names does.
+    """
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope.get("type") == "http" and scope.get("method") == "POST":
+            headers = dict(scope.get("headers") or [])
+            if headers.get(b"x-http-method-override", b"").upper() == b"GET":
+                body, more = b"", True
+                while more:
+                    message = await receive()
+                    body += message.get("body", b"")
+                    more = message.get("more_body", False)
+                query = scope.get("query_string", b"")
+                dropped = (b"content-type", b"content-length", b"x-http-method-override")
+                scope = {**scope, "method": "GET", "query_string": b"&".join(q for q in (query, body) if q),
+                         "headers": [(k, v) for k, v in scope.get("headers") or [] if k.lower() not in dropped]}
+
+                async def no_body() -> dict:
+                    return {"type": "http.request", "body": b"", "more_body": False}
+
+                await self.app(scope, no_body, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(state: PeopleState | None = None) -> FastAPI:
     """The People API, its minimal OAuth token endpoint and the /_emulator admin API."""
     state = state or PeopleState()
     app = FastAPI(title="Google People API emulator", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.people = state
+    app.add_middleware(MethodOverride)
 
     async def json_body(request: Request) -> Any:
         raw = await request.body()

@@ -432,3 +432,16 @@ def test_admin_http_seed_edit_delete_and_clock(people):
     with pytest.raises(CursorExpired):
         conn.list_changes(cursor)
     assert httpx.post(url + "_emulator/user_delete", json={"resourceName": "people/c1"}).status_code == 400
+
+
+def test_updating_many_contacts_survives_the_clients_long_url_override(people):
+    """Over ~45 names, the client sends people:batchGet as a POST with
+    X-HTTP-Method-Override: GET; the real front end (and the emulator) accept it."""
+    state, base = people
+    names = state.seed([{"names": [{"givenName": f"P{i}", "familyName": "Long"}]} for i in range(120)])
+    conn = GooglePeopleContacts.for_emulator(base, token="emulator-token")
+    reqs = [WriteRequest(key=f"k{i}", external_id=n, contact=Contact(given_name=f"P{i}", family_name="Longer"))
+            for i, n in enumerate(names)]
+    results = conn.update_many(reqs)
+    assert all(r.error is None for r in results), [r.error for r in results if r.error][:3]
+    assert all(state.person(n)["names"][0]["familyName"] == "Longer" for n in names)
