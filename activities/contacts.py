@@ -298,6 +298,7 @@ class ContactActivities:
     def _persist_plan(self, s, ref: CycleRef, decisions: list[Decision], mailbox: dict, platform: dict,
                       by_mailbox: dict, by_platform: dict) -> None:
         actions = []
+        outcomes: list[dict] = []
         for d in decisions:
             items = d.item_keys()
             if d.outcome == "apply":
@@ -321,9 +322,10 @@ class ContactActivities:
             status = {"skip": "skipped", "held": "deferred", "quarantine": "quarantined"}.get(d.outcome, d.outcome)
             error_code = "malformed_input" if d.outcome == "quarantine" else None
             message = "; ".join(d.problems) if d.problems else None
-            for side, ext in items:
-                cycle.set_item_outcome_by_key(s, ref.connection_id, side, ext, status, rule=d.rule,
-                                             error_code=error_code, error_message=message, review_id=review_id)
+            outcomes += [{"side": side, "external_id": ext, "status": status, "rule": d.rule,
+                          "error_code": error_code, "error_message": message, "review_id": review_id}
+                         for side, ext in items]
+        cycle.set_item_outcomes_by_key(s, ref.connection_id, outcomes)
         if actions:
             repo.add_actions(s, ref.connection_id, ref.cycle_id, actions)
 

@@ -44,6 +44,43 @@ class _Work:
         self.result = dict(row.result or {})
 
 
+class _Effects:
+    """A chunk's store bookkeeping, written in a few bulk statements at the end of its
+    transaction instead of one statement per item (the write phase's main cost)."""
+
+    def __init__(self) -> None:
+        self.actions: list[dict] = []
+        self.outcomes: list[dict] = []
+        self.audits: list[dict] = []
+        self.unlink: list[int] = []
+        self.links: list[dict] = []
+        self.link_audits: list[dict] = []
+        self.reviews: list[tuple[int, str]] = []
+        self.restage: dict[str, list[SideRecord]] = {"mailbox": [], "platform": []}
+
+    def action(self, action_id: int, **fields) -> None:
+        self.actions.append({"id": action_id, **fields})
+
+    def flush(self, s, connection_id: str, batch_id: str) -> list[int]:
+        for side, records in self.restage.items():
+            if records:
+                repo.stage_records(s, connection_id, side, records, batch_id)
+        cycle.delete_links(s, self.unlink)
+        link_ids = repo.save_links(s, self.links) if self.links else []
+        for entry, link_id in zip(self.link_audits, link_ids):
+            if entry is not None:
+                entry["detail"] = {**entry["detail"], "link_id": int(link_id)}
+                self.audits.append(entry)
+        if self.audits:
+            repo.audit_many(s, self.audits)
+        cycle.set_item_outcomes_by_key(s, connection_id, self.outcomes)
+        for review_id, status in self.reviews:
+            repo.set_review_status(s, review_id, status)
+        cycle.update_actions(s, self.actions)
+        self.__init__()  # the chunk is written: start the next one empty
+        return link_ids
+
+
 def _writes(d: Decision, side: str) -> list[tuple[int, Write]]:
     return [(i, w) for i, w in enumerate(d.writes) if w.side == side]
 
@@ -56,6 +93,7 @@ class Executor:
         self.info = info
         self.settings = settings
         self.summary = WriteSummary()
+        self.fx = _Effects()
         self._platform_calls0 = getattr(platform, "calls_made", 0)
         self._mailbox_calls0 = mailbox.calls_made
 
@@ -99,10 +137,11 @@ class Executor:
             for w in work:
                 if escape is not None:
                     break
-                outcome = self._collect(s, w, "platform", results)
+                outcome = self._collect(w, "platform", results)
                 if outcome == "ok":
                     w.status = "platform_done"
-                    repo.update_action(s, w.action_id, status="platform_done", result=w.result)
+                    self.fx.action(w.action_id, status="platform_done", result=w.result)
+            self.fx.flush(s, self.info.connection_id, "reread")
         if escape is not None:
             raise escape
 
@@ -132,7 +171,8 @@ class Executor:
                 for w in work:
                     if w.status != "mailbox_started" and any(wr.op == "create" for _, wr in _writes(w.decision, "mailbox")):
                         w.status = "mailbox_started"
-                        repo.update_action(s, w.action_id, status="mailbox_started")
+                        self.fx.action(w.action_id, status="mailbox_started")
+                self.fx.flush(s, self.info.connection_id, "reread")
         escape: ConnectorError | None = None
         try:
             if creates:
@@ -144,17 +184,19 @@ class Executor:
         except ConnectorError as exc:
             escape = exc
         with self.sessions.begin() as s:
+            olds = cycle.get_links(s, [w.decision.link_id for w in work])
             for w in work:
                 needed = [f"{w.key}:m{idx}" for idx, _ in _writes(w.decision, "mailbox")]
                 if escape is not None and any(k not in results for k in needed):
                     continue
-                if self._collect(s, w, "mailbox", results) == "ok":
-                    self._finalize(s, w)
+                if self._collect(w, "mailbox", results) == "ok":
+                    self._finalize(w, olds.get(w.decision.link_id))
+            self.fx.flush(s, self.info.connection_id, "reread")
         if escape is not None:
             raise escape
 
     # ------------------------------------------------------------ results
-    def _collect(self, s, w: _Work, side: str, results: dict[str, WriteResult]) -> str:
+    def _collect(self, w: _Work, side: str, results: dict[str, WriteResult]) -> str:
         """Fold one side's write results into the action; returns ok / rejected / deferred."""
         prefix = "p" if side == "platform" else "m"
         for idx, wr in _writes(w.decision, side):
@@ -176,8 +218,8 @@ class Executor:
                 w.result["rejected_side"] = side
                 w.result["rejected_field"] = err.field
                 w.result["rejected_rule"] = err.rule
-                repo.update_action(s, w.action_id, status="rejected", result=w.result,
-                                   error_code=err.code, error_message=err.message)
+                self.fx.action(w.action_id, status="rejected", result=w.result,
+                               error_code=err.code, error_message=err.message)
                 self.summary.rejected += 1
                 return "rejected"
             if isinstance(err, PreconditionFailed) and wr.op == "update" and side == "mailbox":
@@ -186,13 +228,13 @@ class Executor:
                     w.result[side] = {"id": current.external_id, "etag": current.etag,
                                       "hash": current.contact.canonical_hash(), "op": wr.op}
                     continue  # our earlier attempt landed already
-                self._defer(s, w, side, current, err)
+                self._defer(w, side, current, err)
                 return "deferred"
             if isinstance(err, (PreconditionFailed, NotFound)):
                 current = self._reread(side, wr.external_id) if wr.external_id else None
                 if isinstance(err, NotFound) and wr.op == "delete":
                     continue
-                self._defer(s, w, side, current, err)
+                self._defer(w, side, current, err)
                 return "deferred"
             raise err  # transient, rate limit, auth: the whole activity retries
         return "ok"
@@ -211,39 +253,37 @@ class Executor:
         records = self.platform.get_many(self.info.org_id, [external_id])
         return records[0] if records else SideRecord(side="platform", external_id=external_id, deleted=True)
 
-    def _defer(self, s, w: _Work, side: str, current: SideRecord | None, err: ConnectorError) -> None:
+    def _defer(self, w: _Work, side: str, current: SideRecord | None, err: ConnectorError) -> None:
         """Stale etag / vanished target: stage what the side holds now, merge again next cycle."""
         if current is not None:
-            repo.stage_records(s, self.info.connection_id, side, [current], f"reread:{w.action_id}")
-        repo.update_action(s, w.action_id, status="deferred", result=w.result,
-                           error_code=err.code, error_message=type(err).__name__)
+            self.fx.restage[side].append(current)
+        self.fx.action(w.action_id, status="deferred", result=w.result,
+                       error_code=err.code, error_message=type(err).__name__)
         self.summary.deferred += 1
 
-    def _finalize(self, s, w: _Work) -> None:
+    def _finalize(self, w: _Work, old) -> None:
+        """Record what a completed action did; written by `_Effects.flush` with its chunk."""
         d = w.decision
-        cid = self.info.connection_id
-        old = repo.get_link(s, d.link_id) if d.link_id is not None else None
+        fx = self.fx
+        audit = {"org_id": self.info.org_id, "connection_id": self.info.connection_id, "action_id": w.action_id}
         if d.unlink and old is not None:
-            repo.delete_link(s, old.id)
+            fx.unlink.append(int(old.id))
             self.summary.unlinked += 1
-            repo.audit(s, org_id=self.info.org_id, connection_id=cid, side=None, op="unlink",
-                       external_id=None, action_id=w.action_id, detail={"link_id": int(old.id), "rule": d.rule})
+            fx.audits.append({**audit, "op": "unlink", "detail": {"link_id": int(old.id), "rule": d.rule}})
         for wr in d.writes:
             bucket = {"create": self.summary.created, "update": self.summary.updated, "delete": self.summary.deleted}[wr.op]
             bucket[wr.side] = bucket.get(wr.side, 0) + 1
             done = w.result.get(wr.side, {})
-            repo.audit(s, org_id=self.info.org_id, connection_id=cid, side=wr.side, op=wr.op,
-                       external_id=done.get("id") or wr.external_id, action_id=w.action_id,
-                       detail={"rule": d.rule, "fields": d.fields})
+            fx.audits.append({**audit, "side": wr.side, "op": wr.op, "external_id": done.get("id") or wr.external_id,
+                              "detail": {"rule": d.rule, "fields": d.fields}})
         if d.link and d.snapshot is not None:
             m_done, p_done = w.result.get("mailbox", {}), w.result.get("platform", {})
-            mailbox_id = m_done.get("id") or d.mailbox_id or (old.mailbox_id if old is not None else None)
-            platform_id = p_done.get("id") or d.platform_id or (old.platform_id if old is not None else None)
             snap_hash = d.snapshot.canonical_hash()
             keep_id = None if (d.unlink or old is None) else int(old.id)
-            link_id = repo.save_link(
-                s, id=keep_id, org_id=self.info.org_id, connection_id=cid,
-                mailbox_id=mailbox_id, platform_id=platform_id,
+            spec = dict(
+                org_id=self.info.org_id, connection_id=self.info.connection_id,
+                mailbox_id=m_done.get("id") or d.mailbox_id or (old.mailbox_id if old is not None else None),
+                platform_id=p_done.get("id") or d.platform_id or (old.platform_id if old is not None else None),
                 snapshot=d.snapshot.model_dump(mode="json"),
                 mailbox_hash=m_done.get("hash") or snap_hash,
                 platform_hash=p_done.get("hash") or snap_hash,
@@ -251,18 +291,22 @@ class Executor:
                 platform_etag=p_done.get("etag") or d.platform_etag,
                 keys=sorted(blocking_keys(d.snapshot)),
             )
+            if keep_id is not None:
+                spec["id"] = keep_id
+            fx.links.append(spec)
             if keep_id is None:
                 self.summary.linked += 1
-                repo.audit(s, org_id=self.info.org_id, connection_id=cid, side=None, op="link",
-                           external_id=None, action_id=w.action_id,
-                           detail={"link_id": int(link_id), "rule": d.rule, "score": d.score})
+                fx.link_audits.append({**audit, "op": "link", "detail": {"rule": d.rule, "score": d.score}})
+            else:
+                fx.link_audits.append(None)
         for side, ext in d.item_keys():
-            cycle.set_item_outcome_by_key(s, cid, side, ext, "applied", rule=d.rule)
+            fx.outcomes.append({"side": side, "external_id": ext, "status": "applied", "rule": d.rule})
         if d.renamed_from:
-            cycle.set_item_outcome_by_key(s, cid, "mailbox", d.renamed_from, "applied", rule="mailbox_id_changed")
+            fx.outcomes.append({"side": "mailbox", "external_id": d.renamed_from, "status": "applied",
+                                "rule": "mailbox_id_changed"})
         if d.review_id is not None:
-            repo.set_review_status(s, d.review_id, "applied")
-        repo.update_action(s, w.action_id, status="done", result=w.result)
+            fx.reviews.append((d.review_id, "applied"))
+        fx.action(w.action_id, status="done", result=w.result)
         w.status = "done"
         self.summary.applied += 1
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from store.repo import _trim, resolve_review
-from store.schema import actions, items, links, reviews
+from store.schema import actions, items, link_keys, links, reviews
 
 
 def linked_mailbox_ids(s: Session, connection_id: str) -> list[str]:
@@ -85,3 +85,66 @@ def resolve_review_and_reopen(s: Session, connection_id: str, review_id: int, ch
                 .values(status="pending", updated_at=time.time())
             )
     return True
+
+
+def set_item_outcomes_by_key(s: Session, connection_id: str, outcomes: Iterable[dict]) -> None:
+    """Bulk `set_item_outcome_by_key`: one executemany for a whole chunk of items.
+
+    Each dict: side, external_id, status, and optionally rule, error_code, error_message, review_id.
+    """
+    now = time.time()
+    rows = [{"b_cid": connection_id, "b_side": o["side"], "b_ext": o["external_id"], "b_status": o["status"],
+             "b_rule": o.get("rule"), "b_code": o.get("error_code"), "b_msg": _trim(o.get("error_message")),
+             "b_review": o.get("review_id"), "b_now": now} for o in outcomes]
+    if not rows:
+        return
+    stmt = (
+        sa.update(items)
+        .where(items.c.connection_id == sa.bindparam("b_cid"), items.c.side == sa.bindparam("b_side"),
+               items.c.external_id == sa.bindparam("b_ext"))
+        .values(status=sa.bindparam("b_status"), rule=sa.bindparam("b_rule"), error_code=sa.bindparam("b_code"),
+                error_message=sa.bindparam("b_msg"), review_id=sa.bindparam("b_review"),
+                updated_at=sa.bindparam("b_now"))
+    )
+    s.connection().execute(stmt, rows)
+
+
+_ACTION_BULK_FIELDS = ("status", "result", "error_code", "error_message", "decision")
+
+
+def update_actions(s: Session, updates: Iterable[dict]) -> None:
+    """Bulk action moves: dicts with `id` and any of status/result/error_code/error_message/decision.
+
+    Updates that set the same fields share one executemany.
+    """
+    groups: dict[tuple[str, ...], list[dict]] = {}
+    now = time.time()
+    for u in updates:
+        fields = tuple(sorted(k for k in u if k != "id"))
+        unknown = set(fields) - set(_ACTION_BULK_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown action fields: {sorted(unknown)}")
+        row = {"b_id": u["id"], "b_now": now}
+        for k in fields:
+            row[f"b_{k}"] = _trim(u[k]) if k == "error_message" else u[k]
+        groups.setdefault(fields, []).append(row)
+    for fields, rows in groups.items():
+        stmt = (sa.update(actions).where(actions.c.id == sa.bindparam("b_id"))
+                .values(**{k: sa.bindparam(f"b_{k}") for k in fields}, updated_at=sa.bindparam("b_now")))
+        s.connection().execute(stmt, rows)
+
+
+def delete_links(s: Session, link_ids: Iterable[int]) -> int:
+    ids = list(link_ids)
+    if not ids:
+        return 0
+    # Keys explicitly as well as ON DELETE CASCADE (a SQLite connection may lack foreign_keys=ON).
+    s.execute(sa.delete(link_keys).where(link_keys.c.link_id.in_(ids)))
+    return s.execute(sa.delete(links).where(links.c.id.in_(ids))).rowcount
+
+
+def get_links(s: Session, link_ids: Iterable[int]) -> dict[int, object]:
+    ids = sorted({int(i) for i in link_ids if i is not None})
+    if not ids:
+        return {}
+    return {int(r.id): r for r in s.execute(sa.select(links).where(links.c.id.in_(ids)))}
