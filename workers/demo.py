@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,8 @@ from emulators.server import PortBusy
 from models.workflow import SyncState
 from workers import client as api
 from workers.devstack import DevServer
-from workers.scenario import build_scenario
+from bench.datagen import make_people
+from workers.scenario import build_scenario, connect_mailbox, make_mailbox
 from workers.telemetry import setup_tracing
 from workers.temporal_client import connect
 from workers.worker import build_activities, make_worker
@@ -31,6 +31,7 @@ from workflows.mailbox_sync import workflow_id
 
 STATE_DIR = Path(".concord")
 CONNECTION = "demo-google-1"
+MS_CONNECTION = "demo-microsoft-1"
 
 
 def say(msg: str = "") -> None:
@@ -91,13 +92,14 @@ async def run(port: int, fresh: bool) -> None:
     try:
         say(f"-- Temporal dev server at {dev.target}, UI at {dev.ui_url}")
         client = await connect(dev.target)
-        # A previous demo run's workflow would point at an emulator that is gone.
-        old = client.get_workflow_handle(workflow_id(CONNECTION))
-        try:
-            if (await old.describe()).status == WorkflowExecutionStatus.RUNNING:
-                await old.terminate("a new demo run starts")
-        except Exception:
-            pass
+        # A previous demo run's workflows would point at emulators that are gone.
+        for cid in (CONNECTION, MS_CONNECTION):
+            old = client.get_workflow_handle(workflow_id(cid))
+            try:
+                if (await old.describe()).status == WorkflowExecutionStatus.RUNNING:
+                    await old.terminate("a new demo run starts")
+            except Exception:
+                pass
 
         sc = build_scenario(store_url, crm_url, connection_id=CONNECTION, n_mailbox=30, n_crm=40,
                             settings={"policy": "manual", "fix_rules": ["normalize_phones"]})
@@ -115,16 +117,17 @@ async def run(port: int, fresh: bool) -> None:
             # Changes on both sides: a Gmail edit, a CRM edit, a conflicting edit of one
             # pair on both sides, a deletion in Gmail.
             names = sc.resource_names
-            sc.people.user_edit(names[10], {"organizations": [{"name": "Globex", "title": "CFO"}]})
-            sc.people.user_edit(names[11], {"organizations": [{"name": "Initech", "title": "Lead"}]})
-            sc.people.user_delete(names[12])
             from store import repo
             with sc.sessions() as s:
-                linked = repo.get_links_by_mailbox_ids(s, CONNECTION, [names[11], names[13]])
-            if names[11] in linked:
-                sc.crm.user_edit(sc.org_id, linked[names[11]].platform_id, company="Initrode")
-            if names[13] in linked:
-                sc.crm.user_edit(sc.org_id, linked[names[13]].platform_id, job_title="VP Sales")
+                linked = repo.get_links_by_mailbox_ids(s, CONNECTION, names)
+            pairs = [n for n in names if n in linked]
+            sc.mailbox.edit(pairs[0], company="Globex", job_title="CFO")           # edited in Gmail
+            sc.mailbox.edit(pairs[1], company="Initech")                           # edited on both sides:
+            sc.crm.user_edit(sc.org_id, linked[pairs[1]].platform_id, company="Initrode",
+                             enforce_rules=False)                                  # a conflict (manual policy)
+            sc.crm.user_edit(sc.org_id, linked[pairs[2]].platform_id, job_title="VP Sales",
+                             enforce_rules=False)                                  # edited in the CRM
+            sc.mailbox.delete(pairs[3])                                            # deleted in Gmail
             await api.wake(client, CONNECTION, "demo-edits")
             st = await wait_for(client, CONNECTION, 2)
             print_cycle("incremental cycle after edits on both sides", st)
@@ -136,8 +139,26 @@ async def run(port: int, fresh: bool) -> None:
                 st = await wait_for(client, CONNECTION, 3)
                 print_cycle("after the manual resolution", st)
 
+            # A colleague connects a Microsoft 365 mailbox in the same organisation: the
+            # person both know stays one CRM record.
+            ms = make_mailbox("microsoft")
+            shared = sc.mailbox_contacts[names.index(pairs[4])]
+            ms_ids = ms.seed([shared.model_copy(update={"emails": tuple(e.upper() for e in shared.emails)}),
+                              *make_people(5, seed=99)])
+            connect_mailbox(sc.sessions, org_id=sc.org_id, connection_id=MS_CONNECTION, user_id="user_2", mailbox=ms)
+            await api.start_sync(client, MS_CONNECTION, sc.org_id, "microsoft", poll_interval_s=600)
+            st = await wait_for(client, MS_CONNECTION, 1)
+            print_cycle("Microsoft 365 mailbox of user_2, same organisation", st)
+            with sc.sessions() as s:
+                ms_link = repo.get_links_by_mailbox_ids(s, MS_CONNECTION, [ms_ids[0]])
+            if ms_link and ms_link[ms_ids[0]].platform_id == linked[pairs[4]].platform_id:
+                say("   the person both mailboxes know is one CRM record "
+                    f"({linked[pairs[4]].platform_id}), linked from Gmail and from Outlook")
+            ms.server.stop()
+
         say("\nLook at it in the Temporal UI:")
         say(f"   {dev.ui_url}/namespaces/default/workflows/{quote(workflow_id(CONNECTION), safe='')}")
+        say(f"   {dev.ui_url}/namespaces/default/workflows/{quote(workflow_id(MS_CONNECTION), safe='')}")
         say(f"   filter: ConcordOrgId = '{sc.org_id}'   (search attributes: ConcordOrgId, ConcordProvider, ConcordStatus)")
         say(f"Spans (OpenTelemetry console exporter): {STATE_DIR / 'spans.jsonl'}")
         say("The workflow keeps running on the server; its worker stopped with this demo. "
@@ -158,7 +179,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"demo: {exc}; set CONCORD_TEMPORAL_PORT or pass --port")
     except KeyboardInterrupt:
         sys.exit(130)
-    _ = shutil
 
 
 if __name__ == "__main__":
