@@ -134,6 +134,11 @@ def connect(connector, tls) -> tuple:
 # ==================================================================== Google
 
 
+def _forged(state: str) -> str:
+    """A state one character off the real one (never equal to it)."""
+    return ("y" if state[0] == "x" else "x") + state[1:]
+
+
 def test_google_consent_url_and_code_exchange(google, google_emu, tls):
     state, base = google_emu
     url, pending = google.start({"org_id": "o1"}, login_hint=USER)
@@ -330,7 +335,7 @@ def test_microsoft_forged_and_reused_state(microsoft, ms_emu, tls):
     url, pending = microsoft.start()
     params = consent(url, tls)
     with pytest.raises(FlowRejected) as err:
-        microsoft.finish({**params, "state": "x" + pending.state[1:]})
+        microsoft.finish({**params, "state": _forged(pending.state)})
     assert err.value.reason == "unknown_state"
     microsoft.finish(params)
     with pytest.raises(FlowRejected) as err:
