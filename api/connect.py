@@ -24,6 +24,8 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+
 import html
 import inspect
 import logging
@@ -203,6 +205,14 @@ def _finish(deps: ConnectDeps, oauth: Any, provider: str, params: dict) -> Conne
     org_id, user_id = hint.get("org_id"), hint.get("user_id")
     if not org_id or not user_id:
         raise Fatal("the pending flow carries no org/user")
+    try:
+        return _store_connection(deps, provider, org_id, user_id, account)
+    except sa.exc.IntegrityError:
+        # Another callback for the same account won the race: this one is a reconnect.
+        return _store_connection(deps, provider, org_id, user_id, account)
+
+
+def _store_connection(deps, provider: str, org_id: str, user_id: str, account) -> "Connected":
     with deps.sessions.begin() as s:
         existing = repo.find_connection(s, org_id, provider, account.account_id)
         if existing is not None:

@@ -61,6 +61,7 @@ connections = sa.Table(
     sa.Column("updated_at", Epoch, nullable=False),
     sa.Index("ix_connections_org_id", "org_id"),
     sa.Index("ix_connections_provider_account_ref", "provider", "account_ref"),
+    sa.Index("uq_connections_org_id_provider_account_ref", "org_id", "provider", "account_ref", unique=True),
 )
 
 cursors = sa.Table(

@@ -30,7 +30,7 @@ EXPECTED_TABLES = {
     "vault_tokens",
     "subscriptions",
 }
-HEAD = "0002"
+HEAD = "0003"
 
 
 @pytest.fixture
@@ -372,3 +372,18 @@ def test_json_round_trips_unicode(store):
         row = repo.get_items(s, "c1", "mailbox", ["people/ü1"])["people/ü1"]
         assert repo.item_record(row) == rec
         assert repo.get_org(s, "org-ü").settings["fix_rules"][0] == {"name": "ß→ss", "value": "日本"}
+
+
+
+def test_one_connection_per_org_provider_account(db_url):
+    """Two first connects of the same mailbox racing: the second insert is refused."""
+    import sqlalchemy as sa
+
+    migrate(db_url)
+    sessions = session_factory(make_engine(db_url))
+    with sessions.begin() as s:
+        repo.create_org(s, "o1", "Org")
+        repo.create_connection(s, id="c1", org_id="o1", user_id="u", provider="google", account_ref="sub-1")
+    with pytest.raises(sa.exc.IntegrityError):
+        with sessions.begin() as s:
+            repo.create_connection(s, id="c2", org_id="o1", user_id="u", provider="google", account_ref="sub-1")
