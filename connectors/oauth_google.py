@@ -230,7 +230,22 @@ GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 GOOGLE_REVOKE_URI = "https://oauth2.googleapis.com/revoke"
 
 
-class GoogleOAuth:
+class VaultRefresh:
+    """`refresh_connection` for a provider client with `vault` and `refresh(rt, connection_id=)`."""
+
+    vault: "TokenVault | None"
+
+    def refresh_connection(self, connection_id: str) -> TokenSet:
+        """Refresh from and back into the vault."""
+        if self.vault is None:
+            raise Fatal("refresh_connection needs a vault")
+        current = self.vault.get(connection_id)
+        if current is None or not current.refresh_token:
+            raise ReauthRequired("no refresh token stored for this connection")
+        return self.refresh(current.refresh_token, connection_id=connection_id)  # type: ignore[attr-defined]
+
+
+class GoogleOAuth(VaultRefresh):
     """The Google side of connecting a mailbox.
 
     `vault`, when given, receives rotated tokens inside `refresh(..., connection_id=)`
@@ -409,15 +424,6 @@ class GoogleOAuth:
         if self.vault is not None and connection_id is not None:
             self.vault.put_tokens(connection_id, tokens)
         return tokens
-
-    def refresh_connection(self, connection_id: str) -> TokenSet:
-        """Refresh from and back into the vault."""
-        if self.vault is None:
-            raise Fatal("refresh_connection needs a vault")
-        current = self.vault.get(connection_id)
-        if current is None or not current.refresh_token:
-            raise ReauthRequired("no refresh token stored for this connection")
-        return self.refresh(current.refresh_token, connection_id=connection_id)
 
     def revoke(self, token: str) -> bool:
         """Revoke a refresh (or access) token: Google ends the whole grant.

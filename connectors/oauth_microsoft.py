@@ -31,6 +31,7 @@ from connectors.oauth_google import (
     InMemoryPendingFlows,
     PendingFlow,
     PendingFlows,
+    VaultRefresh,
     _check_pending,
     _expires_at,
     scopes_for,
@@ -65,7 +66,7 @@ class _NoCache(msal.TokenCache):
         return None
 
 
-class MicrosoftOAuth:
+class MicrosoftOAuth(VaultRefresh):
     provider = "microsoft"
 
     def __init__(
@@ -218,14 +219,6 @@ class MicrosoftOAuth:
         if self.vault is not None and connection_id is not None:
             self.vault.put_tokens(connection_id, tokens)
         return tokens
-
-    def refresh_connection(self, connection_id: str) -> TokenSet:
-        if self.vault is None:
-            raise Fatal("refresh_connection needs a vault")
-        current = self.vault.get(connection_id)
-        if current is None or not current.refresh_token:
-            raise ReauthRequired("no refresh token stored for this connection")
-        return self.refresh(current.refresh_token, connection_id=connection_id)
 
     def revoke(self, token: str | None = None, *, connection_id: str | None = None) -> bool:
         """Forget the tokens (no revocation endpoint exists at Microsoft); True if something was removed."""
