@@ -252,6 +252,16 @@ class ContactActivities:
                 # links of platform candidates: a candidate already linked here is a duplicate, not a match
                 new_mailbox = [r for mid, r in mailbox.items() if mid not in by_mailbox and r.contact and not r.deleted]
             candidates = self._platform_candidates(info.org_id, new_mailbox, exclude=set(platform))
+            held = {r.candidate_id for (side, ext), r in reviews.items()
+                    if side == "mailbox" and ext in mailbox and r.kind == "duplicate" and r.candidate_id
+                    and r.candidate_id not in candidates and r.candidate_id not in platform}
+            if held:
+                try:
+                    for rec in self.platform.get_many(info.org_id, sorted(held)):
+                        if not rec.deleted:
+                            candidates[rec.external_id] = rec
+                except ConnectorError as exc:
+                    raise to_application_error(exc) from None
             if candidates:
                 with self.sessions() as s:
                     for pid, row in repo.get_links_by_platform_ids(s, ref.connection_id, list(candidates)).items():
@@ -275,7 +285,8 @@ class ContactActivities:
         out: dict = {}
         for row in cycle.active_reviews(s, connection_id):
             review = Review(int(row.id), row.kind, row.mailbox_id, row.platform_id,
-                            row.resolution if row.status == "resolved" else None)
+                            row.resolution if row.status == "resolved" else None,
+                            candidate_id=(row.detail or {}).get("candidate_id"))
             if row.mailbox_id:
                 out[("mailbox", row.mailbox_id)] = review
             if row.platform_id:

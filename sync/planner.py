@@ -18,7 +18,7 @@ from typing import Mapping
 
 from models.contact import Contact, Side, SideRecord
 from models.plan import Decision, Write
-from sync.matching import CandidateIndex, Thresholds, best_match
+from sync.matching import CandidateIndex, Match, Thresholds, best_match, score
 from sync.merge import three_way_merge
 from sync.normalize import contact_problems
 from sync.policy import SyncSettings
@@ -44,6 +44,8 @@ class Review:
     platform_id: str | None
     #: {"choice": "mailbox"|"platform"|"merged"|"link"|"create"|"ignore", "fields": {...}} once answered
     resolution: dict | None = None
+    #: the record a duplicate review proposes to link to
+    candidate_id: str | None = None
 
 
 @dataclass
@@ -328,13 +330,21 @@ def _plan_unlinked(
             out.append(Decision(outcome="skip", rule="ignored_by_reviewer", mailbox_id=m.external_id, review_id=rid))
             continue
         match = None
-        if answer == "link" and review and review.platform_id in pool_records:
-            target = pool_records[review.platform_id]
+        held = review.candidate_id if review and review.kind == "duplicate" else None
+        if answer == "link" and held in pool_records and held not in linked_platform:
+            target = pool_records[held]
             out.append(_link_pair(m, target, settings, rule="linked_by_reviewer", review_id=rid))
             consumed.add(target.external_id)
             continue
         if answer != "create":
             match = best_match(m.contact, pool, thresholds, exclude=consumed)
+            if held in pool_records and held not in consumed and match.key != held:
+                # The index is an approximation (capped blocks): re-score the candidate a
+                # review already names rather than let a held duplicate become a record.
+                direct = score(m.contact, pool_records[held].contact)
+                if direct.score >= thresholds.review and direct.score > match.score:
+                    kind = "auto" if direct.score >= thresholds.auto else "review"
+                    match = Match(kind, held, direct.score, direct.reasons)
         if match is not None and match.kind != "none" and match.key is not None:
             target = pool_records[match.key]
             if match.kind == "auto" and match.key not in linked_platform:

@@ -243,3 +243,29 @@ async def test_disconnect_stops_and_keeps_what_was_synced(temporal_env, urls, pr
         assert st.last_counts.fetched <= 3, "a reconnect must not re-read the whole mailbox"
         assert r.links() == links and len(r.crm_contacts()) == len(crm)
         assert r.crm_contacts()[links[mid]].job_title == "Back again"
+
+
+async def test_a_possible_duplicate_waits_and_a_reviewer_links_it(temporal_env, urls, provider):
+    from models.contact import Contact
+
+    async with rig(temporal_env, *urls, provider=provider) as r:
+        jon = Contact(given_name="Jon", family_name="Smithers", company="Contoso Ltd",
+                      emails=("jon.smithers@contoso.example",))
+        john = Contact(given_name="John", family_name="Smithers", company="Contoso Ltd",
+                       emails=("jsmithers@contoso.example",))
+        (mid,) = r.sc.mailbox.seed([jon])
+        crm_id = r.sc.crm.create_contact(r.sc.org_id, john, owner_id="user_2").id
+        st = await r.start()
+        with r.sc.sessions() as s:
+            held = [row for row in repo.open_reviews(s, r.cid, kind="duplicate") if row.mailbox_id == mid]
+        assert len(held) == 1 and held[0].detail["candidate_id"] == crm_id
+        assert mid not in r.links(), "a possible duplicate is not created while it waits"
+        st = await r.cycle()
+        assert mid not in r.links() and held[0].id in st.store.open_duplicates, "it keeps waiting"
+        await api.resolve(r.client, r.sc.sessions, r.cid, held[0].id, "link")
+        st = await r.cycle()
+        assert r.links().get(mid) == crm_id
+        assert held[0].id not in st.store.open_duplicates
+        both = {"jon.smithers@contoso.example", "jsmithers@contoso.example"}
+        assert {e.casefold() for e in r.crm_contacts()[crm_id].emails} == both
+        assert {e.casefold() for e in r.mailbox_contacts()[mid].emails} == both

@@ -159,3 +159,31 @@ def test_a_twin_held_for_review_stays_held_when_its_match_echoes_back():
     )).decisions}
     assert d["m2"].outcome == "duplicate" and d["m2"].rule == "duplicate_of_linked"
     assert d["p1"].rule == "echo_of_own_write"
+
+
+def _held(candidate_id: str, choice: str | None):
+    jon = Contact(given_name="Jon", family_name="Smith", company="Contoso", emails=("jon@contoso.example",))
+    john = Contact(given_name="John", family_name="Smith", company="Contoso", emails=("jsmith@contoso.example",))
+    review = Review(5, "duplicate", "m9", None, {"choice": choice} if choice else None, candidate_id=candidate_id)
+    return plan(PlanInput(mailbox={"m9": rec("mailbox", "m9", jon)}, platform={}, settings=S,
+                          reviews={("mailbox", "m9"): review},
+                          platform_candidates={"p9": rec("platform", "p9", john, owner="u1")})).decisions
+
+
+def test_a_reviewer_links_a_possible_duplicate_to_its_candidate():
+    (d,) = _held("p9", "link")
+    assert (d.outcome, d.rule, d.platform_id, d.review_id) == ("apply", "linked_by_reviewer", "p9", 5)
+
+
+def test_a_reviewer_can_keep_them_apart_or_ignore_the_contact():
+    (d,) = _held("p9", "create")
+    assert d.rule == "created_by_reviewer" and [(w.side, w.op) for w in d.writes] == [("platform", "create")]
+    (d,) = _held("p9", "ignore")
+    assert (d.outcome, d.rule) == ("skip", "ignored_by_reviewer")
+
+
+def test_an_unanswered_review_keeps_its_candidate_even_if_the_index_misses_it():
+    """The candidate named by an open review is re-scored directly: the blocking index is
+    an approximation and must not turn a held duplicate into a second record."""
+    (d,) = _held("p9", None)
+    assert d.outcome == "duplicate" and d.candidate_id == "p9" and d.review_id == 5
