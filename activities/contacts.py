@@ -282,11 +282,21 @@ class ContactActivities:
         return summary
 
     def _reviews(self, s, connection_id: str) -> dict:
+        rows = cycle.active_reviews(s, connection_id)
+        # A mailbox twin's candidate is another mailbox contact; the planner compares
+        # with platform records, so name the platform record that twin is linked to.
+        twins = [(row.detail or {}).get("candidate_id") for row in rows
+                 if (row.detail or {}).get("candidate_side") == "mailbox" and row.mailbox_id]
+        twin_links = repo.get_links_by_mailbox_ids(s, connection_id, [t for t in twins if t]) if twins else {}
         out: dict = {}
-        for row in cycle.active_reviews(s, connection_id):
+        for row in rows:
+            detail = row.detail or {}
+            candidate = detail.get("candidate_id")
+            if detail.get("candidate_side") == "mailbox" and row.mailbox_id:
+                link = twin_links.get(candidate)
+                candidate = link.platform_id if link is not None else None
             review = Review(int(row.id), row.kind, row.mailbox_id, row.platform_id,
-                            row.resolution if row.status == "resolved" else None,
-                            candidate_id=(row.detail or {}).get("candidate_id"))
+                            row.resolution if row.status == "resolved" else None, candidate_id=candidate)
             if row.mailbox_id:
                 out[("mailbox", row.mailbox_id)] = review
             if row.platform_id:
