@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable
 
-from bench.datagen import make_near_duplicate, make_people
+from emulators.people_data import make_near_duplicate, make_people
 from models.contact import Contact
 from sync.matching import CandidateIndex, Match, Thresholds, best_match, match_all_pairs
 

@@ -226,10 +226,10 @@ def seed_world(workdir: Path, store_url: str, crm_url: str, sizes: Sizes, say: C
     """The benchmark's mailbox, CRM and store rows (workers/scenario.py's recipe, at scale).
 
     CRM records are all owned by the connection's user so that every one of them
-    belongs in the mailbox; near-duplicates are bench.datagen's (formatting
+    belongs in the mailbox; near-duplicates are emulators.people_data's (formatting
     variants, typos, a lost address) of randomly chosen mailbox contacts.
     """
-    from bench.datagen import make_near_duplicate, make_people
+    from emulators.people_data import make_near_duplicate, make_people
     from connectors.google_people import contact_to_person
     from emulators.google_people import PeopleState, create_app
     from emulators.server import serve

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.datagen import make_near_duplicate, make_people
+from emulators.people_data import make_near_duplicate, make_people
 from models.contact import Contact
 from sync.matching import (
     CandidateIndex,

@@ -22,7 +22,7 @@ from emulators.server import PortBusy
 from models.workflow import SyncState
 from workers import client as api
 from workers.devstack import DevServer
-from bench.datagen import make_people
+from emulators.people_data import make_people
 from workers.scenario import build_scenario, connect_mailbox, make_mailbox
 from workers.telemetry import setup_tracing
 from workers.temporal_client import connect

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from bench.datagen import make_people
+from emulators.people_data import make_people
 from connectors.google_people import contact_to_person, person_to_record
 from emulators.server import RunningServer, serve
 from models.contact import Contact

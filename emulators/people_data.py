@@ -1,4 +1,4 @@
-"""Synthetic but realistic contacts for benchmarks: names with accents and particles,
+"""Synthetic but realistic contacts for the demo, the tests and the benchmarks: names with accents and particles,
 work and personal addresses, phones in many national formats, companies with
 domains. Deterministic for a seed so figures are comparable between runs.
 
