@@ -66,6 +66,7 @@ class MailboxSyncWorkflow:
         self._retry_quarantined = False
         self._approve_mass_delete = False
         self._resolutions: list[Resolution] = []
+        self._sa_status: str | None = None
 
     # ----------------------------------------------------------------- signals
     @workflow.signal
@@ -190,9 +191,11 @@ class MailboxSyncWorkflow:
         })
 
     def _set_health(self, health: str) -> None:
+        """Health in the state query and in the ConcordStatus search attribute (the UI filter)."""
         assert self._state is not None
-        if self._state.health == health and workflow.info().search_attributes:
+        if self._sa_status == health:
             return
+        self._sa_status = health
         self._state.health = health  # type: ignore[assignment]
         workflow.upsert_search_attributes([
             SA_ORG.value_set(self._inp.org_id),
