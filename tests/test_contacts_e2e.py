@@ -62,8 +62,9 @@ async def test_initial_two_way_sync(temporal_env, urls, provider):
         codes = {q.error_code for q in st.store.quarantined}
         assert "malformed_input" in codes
         assert any(c.startswith("validation_rejected") for c in codes)
-        malformed = [i for i in r.items("quarantined") if i.external_id == r.sc.malformed_resource]
-        assert malformed and "emails" in (malformed[0].error_message or "")
+        malformed = [q for q in api.quarantined(r.sc.sessions, r.cid) if q["external_id"] == r.sc.malformed_resource]
+        assert malformed and "emails" in malformed[0]["error_message"]
+        assert any("rule 'reachable'" in (q["error_message"] or "") for q in api.quarantined(r.sc.sessions, r.cid))
         # Every staged change ended in a named state.
         with r.sc.sessions() as s:
             assert repo.count_items_by_status(s, r.cid).get("pending", 0) == 0
@@ -263,16 +264,16 @@ async def test_a_possible_duplicate_waits_and_a_reviewer_links_it(temporal_env, 
         (mid,) = r.sc.mailbox.seed([jon])
         crm_id = r.sc.crm.create_contact(r.sc.org_id, john, owner_id="user_2").id
         st = await r.start()
-        with r.sc.sessions() as s:
-            held = [row for row in repo.open_reviews(s, r.cid, kind="duplicate") if row.mailbox_id == mid]
-        assert len(held) == 1 and held[0].detail["candidate_id"] == crm_id
+        held = [rv for rv in api.open_reviews(r.sc.sessions, r.cid)
+                if rv["kind"] == "duplicate" and rv["mailbox_id"] == mid]
+        assert len(held) == 1 and held[0]["detail"]["candidate_id"] == crm_id
         assert mid not in r.links(), "a possible duplicate is not created while it waits"
         st = await r.cycle()
-        assert mid not in r.links() and held[0].id in st.store.open_duplicates, "it keeps waiting"
-        await api.resolve(r.client, r.sc.sessions, r.cid, held[0].id, "link")
+        assert mid not in r.links() and held[0]["review_id"] in st.store.open_duplicates, "it keeps waiting"
+        await api.resolve(r.client, r.sc.sessions, r.cid, held[0]["review_id"], "link")
         st = await r.cycle()
         assert r.links().get(mid) == crm_id
-        assert held[0].id not in st.store.open_duplicates
+        assert held[0]["review_id"] not in st.store.open_duplicates
         both = {"jon.smithers@contoso.example", "jsmithers@contoso.example"}
         assert {e.casefold() for e in r.crm_contacts()[crm_id].emails} == both
         assert {e.casefold() for e in r.mailbox_contacts()[mid].emails} == both

@@ -187,3 +187,15 @@ def test_an_unanswered_review_keeps_its_candidate_even_if_the_index_misses_it():
     an approximation and must not turn a held duplicate into a second record."""
     (d,) = _held("p9", None)
     assert d.outcome == "duplicate" and d.candidate_id == "p9" and d.review_id == 5
+
+
+
+def test_oversized_fields_and_broken_unicode_are_quarantined_with_clear_errors():
+    long_notes = Contact(given_name="Ada", emails=("ada@analytical.example",), notes="x" * 5000)
+    broken = Contact(given_name="Ad\ud800a", emails=("ada@analytical.example",))
+    result = plan(PlanInput(mailbox={"m1": rec("mailbox", "m1", long_notes), "m2": rec("mailbox", "m2", broken)},
+                            platform={}, settings=S))
+    by_id = {d.mailbox_id: d for d in result.decisions}
+    assert by_id["m1"].outcome == "quarantine" and any("notes" in p for p in by_id["m1"].problems)
+    assert by_id["m2"].outcome == "quarantine" and any("given_name" in p for p in by_id["m2"].problems)
+    assert not any("x" * 20 in p for p in by_id["m1"].problems), "a message never quotes the content"

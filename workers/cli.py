@@ -9,6 +9,7 @@
     concord dev-server                  run the Temporal dev server (UI on :8233)
     concord api [--port 8080]           run the HTTP app: webhooks, and OAuth connect when configured
     concord disconnect CONN             stop syncing a mailbox, revoke its tokens, keep what was synced
+    concord quarantine|reviews CONN     what waits for a person, with messages and values (from the store)
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--poll", type=float, default=300.0)
     for name in ("wake", "state", "pause", "resume", "retry", "approve-deletes", "disconnect"):
         sub.add_parser(name).add_argument("connection_id")
+    for name in ("quarantine", "reviews"):
+        q = sub.add_parser(name)
+        q.add_argument("connection_id")
+        q.add_argument("--store-url", default=os.environ.get("CONCORD_STORE_URL", "sqlite:///.concord/store.db"))
     r = sub.add_parser("resolve")
     r.add_argument("connection_id")
     r.add_argument("review_id", type=int)
@@ -76,6 +81,15 @@ def main(argv: list[str] | None = None) -> None:
         from workers.worker import main as worker_main
 
         worker_main(["--temporal", args.temporal])
+        return
+    if args.cmd in ("quarantine", "reviews"):
+        import json
+
+        from store.db import make_engine, session_factory
+
+        sessions = session_factory(make_engine(args.store_url))
+        rows = (api.quarantined if args.cmd == "quarantine" else api.open_reviews)(sessions, args.connection_id)
+        print(json.dumps(rows, indent=2, default=str))
         return
     if args.cmd == "api":
         import uvicorn

@@ -78,3 +78,21 @@ async def disconnect(client: Client, connection_id: str) -> None:
 
 async def approve_mass_delete(client: Client, connection_id: str) -> None:
     await handle(client, connection_id).signal(MailboxSyncWorkflow.approve_mass_delete)
+
+
+# --- what a person needs to act: read from the store, never from workflow history ---
+
+def quarantined(sessions, connection_id: str) -> list[dict]:
+    """Quarantined items with the platform's or the validator's message, for a review screen."""
+    with sessions() as s:
+        return [{"item_id": int(r.id), "side": r.side, "external_id": r.external_id, "error_code": r.error_code,
+                 "error_message": r.error_message, "attempts": r.attempts, "since": r.updated_at}
+                for r in repo.items_by_status(s, connection_id, ["quarantined"])]
+
+
+def open_reviews(sessions, connection_id: str) -> list[dict]:
+    """Conflicts and possible duplicates waiting for a person, with what they decide between."""
+    with sessions() as s:
+        return [{"review_id": int(r.id), "kind": r.kind, "mailbox_id": r.mailbox_id, "platform_id": r.platform_id,
+                 "fields": list(r.fields or []), "detail": dict(r.detail or {}), "since": r.created_at}
+                for r in repo.open_reviews(s, connection_id)]
