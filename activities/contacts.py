@@ -65,6 +65,21 @@ class ConnectionInfo:
 MailboxFactory = Callable[[ConnectionInfo], MailboxContacts]
 
 
+@dataclass
+class _Batch:
+    """One cycle's open items and their context, as loaded for planning."""
+
+    info: ConnectionInfo
+    settings: SyncSettings
+    mailbox: dict[str, SideRecord]
+    platform: dict[str, SideRecord]
+    by_mailbox: dict[str, LinkState]
+    by_platform: dict[str, LinkState]
+    reviews: dict
+    neighbours: dict[int, LinkState]
+    link_count: int
+
+
 def link_state(row) -> LinkState:
     return LinkState(
         link_id=int(row.id),
@@ -231,55 +246,66 @@ class ContactActivities:
     @activity.defn(name="contacts.plan")
     def plan(self, ref: CycleRef, approve_mass_delete: bool = False) -> PlanSummary:
         with activity_span("contacts.plan", connection_id=ref.connection_id) as span, keep_alive():
-            with self.sessions() as s:
-                info, settings = self._connection(s, ref.connection_id)
-                busy = cycle.items_with_unfinished_actions(s, ref.connection_id, UNFINISHED_ACTIONS)
-                rows = [r for r in repo.items_by_status(s, ref.connection_id, OPEN_ITEM_STATUSES)
-                        if (r.side, r.external_id) not in busy]
-                mailbox = {r.external_id: SideRecord.model_validate(r.record) for r in rows if r.side == "mailbox"}
-                platform = {r.external_id: SideRecord.model_validate(r.record) for r in rows if r.side == "platform"}
-                mailbox_ids = set(mailbox) | {old for rec in mailbox.values() for old in rec.previous_ids}
-                by_mailbox = {mid: link_state(row)
-                              for mid, row in repo.get_links_by_mailbox_ids(s, ref.connection_id, mailbox_ids).items()}
-                by_platform = {pid: link_state(row)
-                               for pid, row in repo.get_links_by_platform_ids(s, ref.connection_id, list(platform)).items()}
-                reviews = self._reviews(s, ref.connection_id)
-                new_platform = [r for pid, r in platform.items() if pid not in by_platform and r.contact]
-                neighbour_keys = set().union(*(blocking_keys(r.contact) for r in new_platform)) if new_platform else set()
-                neighbours = {int(row.id): link_state(row)
-                              for row in repo.links_sharing_keys(s, ref.connection_id, neighbour_keys)} if neighbour_keys else {}
-                link_count = repo.count_links(s, ref.connection_id)
-                # links of platform candidates: a candidate already linked here is a duplicate, not a match
-                new_mailbox = [r for mid, r in mailbox.items() if mid not in by_mailbox and r.contact and not r.deleted]
-            candidates = self._platform_candidates(info.org_id, new_mailbox, exclude=set(platform))
-            held = {r.candidate_id for (side, ext), r in reviews.items()
-                    if side == "mailbox" and ext in mailbox and r.kind == "duplicate" and r.candidate_id
-                    and r.candidate_id not in candidates and r.candidate_id not in platform}
-            if held:
-                try:
-                    for rec in self.platform.get_many(info.org_id, sorted(held)):
-                        if not rec.deleted:
-                            candidates[rec.external_id] = rec
-                except ConnectorError as exc:
-                    raise to_application_error(exc) from None
-            if candidates:
-                with self.sessions() as s:
-                    for pid, row in repo.get_links_by_platform_ids(s, ref.connection_id, list(candidates)).items():
-                        by_platform.setdefault(pid, link_state(row))
+            b = self._load_batch(ref)
+            candidates = self._candidates(b)
             result = plan(PlanInput(
-                mailbox=mailbox, platform=platform, settings=settings,
-                links_by_mailbox=by_mailbox, links_by_platform=by_platform, reviews=reviews,
-                platform_candidates=candidates, neighbour_links=neighbours,
-                link_count=link_count, approve_mass_delete=approve_mass_delete,
+                mailbox=b.mailbox, platform=b.platform, settings=b.settings,
+                links_by_mailbox=b.by_mailbox, links_by_platform=b.by_platform, reviews=b.reviews,
+                platform_candidates=candidates, neighbour_links=b.neighbours,
+                link_count=b.link_count, approve_mass_delete=approve_mass_delete,
             ))
             summary = PlanSummary(planned=len(result.decisions), outcomes=result.counts(),
                                   guard_tripped=result.guard_tripped, held_deletes=result.held_deletes)
             for d in result.decisions:
                 summary.rules[d.rule] = summary.rules.get(d.rule, 0) + 1
             with self.sessions.begin() as s:
-                self._persist_plan(s, ref, result.decisions, mailbox, platform, by_mailbox, by_platform)
+                self._persist_plan(s, ref, result.decisions, b.mailbox, b.platform, b.by_mailbox, b.by_platform)
             span.set(**{"planned": summary.planned, **{f"outcome.{k}": v for k, v in summary.outcomes.items()}})
         return summary
+
+    def _load_batch(self, ref: CycleRef) -> "_Batch":
+        """Open items (minus those an unfinished action still holds) and what the store knows about them."""
+        with self.sessions() as s:
+            info, settings = self._connection(s, ref.connection_id)
+            busy = cycle.items_with_unfinished_actions(s, ref.connection_id, UNFINISHED_ACTIONS)
+            rows = [r for r in repo.items_by_status(s, ref.connection_id, OPEN_ITEM_STATUSES)
+                    if (r.side, r.external_id) not in busy]
+            mailbox = {r.external_id: SideRecord.model_validate(r.record) for r in rows if r.side == "mailbox"}
+            platform = {r.external_id: SideRecord.model_validate(r.record) for r in rows if r.side == "platform"}
+            mailbox_ids = set(mailbox) | {old for rec in mailbox.values() for old in rec.previous_ids}
+            by_mailbox = {mid: link_state(row)
+                          for mid, row in repo.get_links_by_mailbox_ids(s, ref.connection_id, mailbox_ids).items()}
+            by_platform = {pid: link_state(row)
+                           for pid, row in repo.get_links_by_platform_ids(s, ref.connection_id, list(platform)).items()}
+            # Links whose snapshot is like a new platform record: a CRM-side duplicate must not
+            # become a second contact in the mailbox.
+            new_platform = [r for pid, r in platform.items() if pid not in by_platform and r.contact]
+            keys = set().union(*(blocking_keys(r.contact) for r in new_platform)) if new_platform else set()
+            neighbours = ({int(row.id): link_state(row) for row in repo.links_sharing_keys(s, ref.connection_id, keys)}
+                          if keys else {})
+            return _Batch(info, settings, mailbox, platform, by_mailbox, by_platform,
+                          self._reviews(s, ref.connection_id), neighbours, repo.count_links(s, ref.connection_id))
+
+    def _candidates(self, b: "_Batch") -> dict[str, SideRecord]:
+        """Platform records a new mailbox contact may be: found by blocking key, plus any a
+        review already names; those already linked here are marked, as duplicates not matches."""
+        new_mailbox = [r for mid, r in b.mailbox.items() if mid not in b.by_mailbox and r.contact and not r.deleted]
+        candidates = self._platform_candidates(b.info.org_id, new_mailbox, exclude=set(b.platform))
+        held = {r.candidate_id for (side, ext), r in b.reviews.items()
+                if side == "mailbox" and ext in b.mailbox and r.kind == "duplicate" and r.candidate_id
+                and r.candidate_id not in candidates and r.candidate_id not in b.platform}
+        if held:
+            try:
+                for rec in self.platform.get_many(b.info.org_id, sorted(held)):
+                    if not rec.deleted:
+                        candidates[rec.external_id] = rec
+            except ConnectorError as exc:
+                raise to_application_error(exc) from None
+        if candidates:
+            with self.sessions() as s:
+                for pid, row in repo.get_links_by_platform_ids(s, b.info.connection_id, list(candidates)).items():
+                    b.by_platform.setdefault(pid, link_state(row))
+        return candidates
 
     def _reviews(self, s, connection_id: str) -> dict:
         rows = cycle.active_reviews(s, connection_id)
