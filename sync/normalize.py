@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import unicodedata
 import weakref
+from functools import lru_cache
 from dataclasses import dataclass
 from threading import Lock
 
@@ -134,6 +135,12 @@ def email_problem(value: str) -> str | None:
     """
     if not isinstance(value, str) or not value.strip():
         return "The email address is empty."
+    return _email_problem(value)
+
+
+@lru_cache(maxsize=65536)
+def _email_problem(value: str) -> str | None:
+    # Pure in its string, and the same addresses come back every cycle (echoes, re-plans).
     try:
         validate_email(value.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
