@@ -31,16 +31,14 @@ async def _run(report: Report, runs: int) -> None:
     from emulators.server import serve
     from store import subscriptions as subs
     from workers import client as api
-    from workers.devstack import cli_type_name, find_temporal_cli
+    from workers.devstack import find_temporal_cli, search_attribute_args
     from workers.scenario import build_scenario
-    from workers.temporal_client import DATA_CONVERTER, SEARCH_ATTRIBUTE_KEYS, TASK_QUEUE
+    from workers.temporal_client import DATA_CONVERTER, TASK_QUEUE
     from workers.worker import build_activities, make_worker
 
     tmp = Path(tempfile.mkdtemp(prefix="concord-bench-push-"))
     store_url, crm_url = f"sqlite:///{tmp/'store.db'}", f"sqlite:///{tmp/'crm.db'}"
-    args = ["--log-level", "error"]
-    for key in SEARCH_ATTRIBUTE_KEYS:
-        args += ["--search-attribute", f"{key.name}={cli_type_name(key)}"]
+    args = ["--log-level", "error", *search_attribute_args()]
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=find_temporal_cli(),
                                                 data_converter=DATA_CONVERTER, dev_server_extra_args=args)
     sc = build_scenario(store_url, crm_url, provider="microsoft", connection_id=f"m-{uuid.uuid4().hex[:6]}",
@@ -57,13 +55,7 @@ async def _run(report: Report, runs: int) -> None:
                                task_queue=tq):
             await api.start_sync(env.client, sc.connection_id, sc.org_id, "microsoft", poll_interval_s=poll,
                                  task_queue=tq)
-            while True:
-                try:
-                    if (await api.state(env.client, sc.connection_id)).cycles >= 1:
-                        break
-                except Exception:
-                    pass
-                await asyncio.sleep(0.1)
+            await api.wait_for_cycles(env.client, sc.connection_id, 1, timeout=120)
             await api.wake(env.client, sc.connection_id, "settle")  # absorb the first cycle's echoes
             await asyncio.sleep(2)
             with sc.sessions() as s:

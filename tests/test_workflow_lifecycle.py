@@ -15,13 +15,12 @@ from activities.contacts import ConnectionInfo
 from connectors.google_people import GooglePeopleContacts
 from tests.e2e_rig import Rig
 from workers import client as api
-from workers.devstack import cli_type_name, find_temporal_cli
-from workers.mailboxes import build_mailbox
+from workers.devstack import find_temporal_cli, search_attribute_args
 from workers.scenario import build_scenario
 from workers.temporal_client import DATA_CONVERTER, SEARCH_ATTRIBUTE_KEYS, TASK_QUEUE
 from workers.worker import build_activities, make_worker
 
-SA_ARGS = [a for k in SEARCH_ATTRIBUTE_KEYS for a in ("--search-attribute", f"{k.name}={cli_type_name(k)}")]
+SA_ARGS = search_attribute_args()
 
 
 def _test_server() -> str:

@@ -7,7 +7,10 @@ signal carries only the review id (claim check): no content in workflow history.
 
 from __future__ import annotations
 
+import asyncio
+
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
 from models.workflow import MailboxSyncInput, Resolution, SyncState
@@ -38,6 +41,26 @@ async def start_sync(client: Client, connection_id: str, org_id: str, provider: 
 
 def handle(client: Client, connection_id: str) -> WorkflowHandle:
     return client.get_workflow_handle(workflow_id(connection_id))
+
+
+async def wait_for_cycles(client: Client, connection_id: str, cycles: int, *, timeout: float = 90,
+                          interval: float = 0.1) -> SyncState:
+    """The state once the workflow has finished `cycles` cycles (it may not have started yet).
+
+    Raises TimeoutError after `timeout` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            st = await state(client, connection_id)
+            if st.cycles >= cycles:
+                return st
+        except RPCError:
+            pass  # not started yet, or no worker has answered the query yet
+        if loop.time() > deadline:
+            raise TimeoutError(f"workflow {workflow_id(connection_id)} did not reach cycle {cycles} in {timeout:.0f}s")
+        await asyncio.sleep(interval)
 
 
 async def wake(client: Client, connection_id: str, reason: str = "") -> None:

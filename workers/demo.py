@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import os
 import sys
-import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -60,17 +59,10 @@ def print_cycle(title: str, st: SyncState) -> None:
 
 
 async def wait_for(client, cid: str, cycles: int, timeout: float = 120) -> SyncState:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            st = await api.state(client, cid)
-            if st.cycles >= cycles:
-                return st
-        except Exception:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"the workflow did not finish cycle {cycles} in {timeout:.0f}s; see the Temporal UI")
-        await asyncio.sleep(0.3)
+    try:
+        return await api.wait_for_cycles(client, cid, cycles, timeout=timeout, interval=0.3)
+    except TimeoutError as exc:
+        raise SystemExit(f"{exc}; see the Temporal UI") from None
 
 
 async def run(port: int, fresh: bool) -> None:

@@ -66,6 +66,12 @@ def find_temporal_cli() -> str:
     )
 
 
+def search_attribute_args() -> list[str]:
+    """`temporal server start-dev` flags registering Concord's search attributes."""
+    return [a for key in SEARCH_ATTRIBUTE_KEYS
+            for a in ("--search-attribute", f"{key.name}={cli_type_name(key)}")]
+
+
 def cli_type_name(key: SearchAttributeKey) -> str:
     """`--search-attribute` spells types as Keyword, KeywordList, Datetime..."""
     words = key.indexed_value_type.name.split("_")
@@ -255,9 +261,7 @@ class DevServer:
         ]
         if self.db_path is not None:
             cmd += ["--db-filename", str(self.db_path)]
-        for key in SEARCH_ATTRIBUTE_KEYS:
-            cmd += ["--search-attribute", f"{key.name}={cli_type_name(key)}"]
-        return cmd + self.extra_args
+        return cmd + search_attribute_args() + self.extra_args
 
     def start(self) -> DevServer:
         return _run_sync(self.astart)

@@ -10,7 +10,6 @@ and the demo (workers/scenario.py) and skips the vault entirely.
 from __future__ import annotations
 
 import functools
-import os
 import threading
 from typing import Any
 
@@ -113,32 +112,3 @@ def _static_mailbox(info: ConnectionInfo) -> MailboxContacts | None:
 
         return GraphContacts(endpoint or GRAPH_ENDPOINT, lambda: token)
     raise Fatal(f"unknown provider {info.provider!r}")
-
-
-_default: MailboxBuilder | None = None
-_default_lock = threading.Lock()
-
-
-def _default_builder() -> MailboxBuilder:
-    """The vault path from the environment: CONCORD_STORE_URL, CONCORD_VAULT_KEYS, CONCORD_GOOGLE_*/MS_*."""
-    global _default
-    with _default_lock:
-        if _default is None:
-            from store.db import default_url, make_engine, session_factory
-            from store.vault import KeyRing, TokenVault
-
-            engine = make_engine(default_url())
-            _default = MailboxBuilder(session_factory(engine), TokenVault(engine, KeyRing.from_env()),
-                                      ProviderConfig.from_env())
-        return _default
-
-
-def build_mailbox(info: ConnectionInfo) -> MailboxContacts:
-    """Static emulator token if the settings carry one, else the vault (configured from the environment)."""
-    static = _static_mailbox(info)
-    if static is not None:
-        return static
-    if not os.environ.get("CONCORD_VAULT_KEYS"):
-        raise Fatal(f"{info.provider} connection has no credentials: connect it through OAuth "
-                    "(and configure CONCORD_VAULT_KEYS)")
-    return _default_builder()(info)

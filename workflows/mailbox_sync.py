@@ -35,20 +35,22 @@ with workflow.unsafe.imports_passed_through():
 
 REAUTH_REQUIRED = "ReauthRequired"
 
-FETCH_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=2),
-    maximum_attempts=8,
-    non_retryable_error_types=[REAUTH_REQUIRED, "Fatal", "CursorExpired"],
-)
-WRITE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=2),
-    maximum_attempts=8,
-    non_retryable_error_types=[REAUTH_REQUIRED, "Fatal"],
-)
+def _retry(*also_final: str) -> RetryPolicy:
+    """Backoff for transient trouble; errors only a person or a resync can fix stop at once.
+
+    A rate limit's own delay (Retry-After) overrides the interval via next_retry_delay.
+    """
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=1),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(minutes=2),
+        maximum_attempts=8,
+        non_retryable_error_types=[REAUTH_REQUIRED, "Fatal", *also_final],
+    )
+
+
+FETCH_RETRY = _retry("CursorExpired")
+WRITE_RETRY = _retry()
 
 
 def workflow_id(connection_id: str) -> str:
@@ -174,10 +176,9 @@ class MailboxSyncWorkflow:
 
         # Stop syncing, revoke and forget the tokens, stop subscriptions. What was
         # synced stays on the platform; nothing in the mailbox is deleted.
-        done = await self._act("connection.disconnect", self._inp.connection_id, result_type=dict)
+        await self._act("connection.disconnect", self._inp.connection_id, result_type=dict)
         self._state.last_error = None
         self._set_health("disconnected")
-        _ = done
         return self._state
 
     def _carry(self) -> MailboxSyncInput:
