@@ -19,15 +19,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
+from pydantic import BaseModel
 from temporalio import activity
 
 from activities.errors import to_application_error
+from activities.pacing import Pacer
 from activities.executor import Executor
 from connectors.errors import ConnectorError, CursorExpired, Fatal
 from connectors.protocols import MailboxContacts, PlatformContacts
 from models.contact import Contact, SideRecord
 from models.plan import Decision
 from models.workflow import (
+    STATE_ID_LIMIT,
     CycleRef,
     FetchResult,
     PlanSummary,
@@ -78,6 +81,37 @@ class _Batch:
     reviews: dict
     neighbours: dict[int, LinkState]
     link_count: int
+
+
+class _Resume(BaseModel):
+    """Where a delta round stands, heartbeated after each staged page.
+
+    `cursor` is the round's starting cursor (None: a full listing); it is stored only
+    after the last page, so a heartbeat taken under the same stored cursor still
+    describes the round in progress.
+    """
+
+    cursor: str | None = None
+    page: str | None = None
+    pages: int = 0
+    fetched: int = 0
+    resync: bool = False
+
+    def details(self) -> tuple:
+        return (self.model_dump(),)
+
+    @classmethod
+    def from_heartbeat(cls, stored_cursor: str | None) -> "_Resume":
+        details = activity.info().heartbeat_details if activity.in_activity() else ()
+        if details:
+            try:
+                at = cls.model_validate(details[0])
+            except (ValueError, TypeError):
+                at = None
+            # the same round (its cursor is still the stored one), or a full resync under way
+            if at is not None and at.page and (at.cursor == stored_cursor or (at.resync and at.cursor is None)):
+                return at
+        return cls(cursor=stored_cursor)
 
 
 def link_state(row) -> LinkState:
@@ -150,45 +184,54 @@ class ContactActivities:
             cursor = repo.get_cursor(s, ref.connection_id, MAILBOX_STREAM)
         mailbox = self.mailbox_for(info)
         with activity_span("contacts.fetch_mailbox", connection_id=ref.connection_id) as span:
+            resume = _Resume.from_heartbeat(cursor)
             try:
-                result = self._drain_mailbox(ref, mailbox, cursor)
-            except CursorExpired:
-                # The provider forgot our place: list everything again. Links make
-                # the re-listed contacts echoes, not duplicates.
-                result = self._drain_mailbox(ref, mailbox, None)
-                result.full_resync = True
+                try:
+                    result = self._drain_mailbox(ref, mailbox, resume)
+                except CursorExpired:
+                    # The provider forgot our place: list everything again. Links make
+                    # the re-listed contacts echoes, not duplicates.
+                    result = self._drain_mailbox(ref, mailbox, _Resume(cursor=None, resync=True))
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
             result.calls = mailbox.calls_made
             span.set(**{"fetched": result.fetched, "pages": result.pages,
-                                 "full_resync": result.full_resync, "calls": result.calls})
+                        "full_resync": result.full_resync, "calls": result.calls})
         return result
 
-    def _drain_mailbox(self, ref: CycleRef, mailbox: MailboxContacts, cursor: str | None) -> FetchResult:
-        full = cursor is None
-        result = FetchResult(stream=MAILBOX_STREAM)
-        seen: set[str] = set()
-        page_token: str | None = None
+    def _drain_mailbox(self, ref: CycleRef, mailbox: MailboxContacts, at: "_Resume") -> FetchResult:
+        """Page through one delta round, staging each page as it comes.
+
+        Progress is heartbeated after each staged page, so a retried attempt (a lost
+        worker, a timeout) resumes from the next page instead of page one, and rate
+        limits are waited out here rather than spent as attempts.
+        """
         batch_id = f"{ref.cycle_id}:m"
+        full = at.cursor is None
+        result = FetchResult(stream=MAILBOX_STREAM, pages=at.pages, fetched=at.fetched, full_resync=at.resync)
+        pacer = Pacer(at.details)
         while True:
-            page = mailbox.list_changes(cursor, page_token)
+            page = pacer.call(mailbox.list_changes, at.cursor, at.page)
             result.pages += 1
             result.fetched += len(page.records)
-            seen.update(r.external_id for r in page.records)
             last = page.next_page is None
             with self.sessions.begin() as s:
                 repo.stage_records(s, ref.connection_id, "mailbox", page.records, batch_id)
                 if last:
                     if full:
-                        result.vanished = self._stage_vanished(s, ref.connection_id, seen, batch_id)
+                        result.vanished = self._stage_vanished(s, ref.connection_id, batch_id)
                     repo.set_cursor(s, ref.connection_id, MAILBOX_STREAM, page.cursor, full_sync=full)
-            _heartbeat(result.pages)
             if last:
                 return result
-            page_token = page.next_page
+            at = at.model_copy(update={"page": page.next_page, "pages": result.pages, "fetched": result.fetched})
+            _heartbeat(*at.details())
 
-    def _stage_vanished(self, s, connection_id: str, seen: set[str], batch_id: str) -> int:
-        """After a full listing, linked contacts it did not list were deleted meanwhile."""
+    def _stage_vanished(self, s, connection_id: str, batch_id: str) -> int:
+        """After a full listing, linked contacts it did not list were deleted meanwhile.
+
+        What it listed is what this listing staged (its batch), whichever attempt read it.
+        """
+        seen = cycle.external_ids_in_batch(s, connection_id, "mailbox", batch_id)
         gone = [mid for mid in cycle.linked_mailbox_ids(s, connection_id) if mid not in seen]
         tombstones = [SideRecord(side="mailbox", external_id=mid, deleted=True) for mid in gone]
         if tombstones:
@@ -203,10 +246,11 @@ class ContactActivities:
         result = FetchResult(stream=PLATFORM_STREAM)
         calls_before = getattr(self.platform, "calls_made", 0)
         batch_id = f"{ref.cycle_id}:p"
+        pacer = Pacer(lambda: (result.pages,))
         with activity_span("contacts.fetch_platform", connection_id=ref.connection_id) as span:
             try:
                 while True:
-                    page = self.platform.changes_since(info.org_id, cursor, limit=500)
+                    page = pacer.call(self.platform.changes_since, info.org_id, cursor, limit=500)
                     result.pages += 1
                     with self.sessions.begin() as s:
                         relevant = self._relevant_platform(s, ref.connection_id, page.records, settings)
@@ -259,7 +303,8 @@ class ContactActivities:
             for d in result.decisions:
                 summary.rules[d.rule] = summary.rules.get(d.rule, 0) + 1
             with self.sessions.begin() as s:
-                self._persist_plan(s, ref, result.decisions, b.mailbox, b.platform, b.by_mailbox, b.by_platform)
+                self._persist_plan(s, ref, result.decisions, b.mailbox, {**candidates, **b.platform},
+                                   b.by_mailbox, b.by_platform)
             span.set(**{"planned": summary.planned, **{f"outcome.{k}": v for k, v in summary.outcomes.items()}})
         return summary
 
@@ -378,15 +423,21 @@ class ContactActivities:
 
     @staticmethod
     def _review_detail(d: Decision, mailbox: dict, platform: dict, by_mailbox: dict, by_platform: dict) -> dict:
-        """What a reviewer needs to decide; stored in the store, never in history."""
+        """What a reviewer needs to decide; stored in the store, never in history.
+
+        A conflict shows both sides' values as they stand: the side that did not change
+        this cycle holds what the link last synced. A conflict on a first link (two
+        similar records that disagree) has no common base, and says so.
+        """
         def contact_of(rec: SideRecord | None):
             return rec.contact.model_dump(mode="json") if rec and rec.contact else None
         detail: dict = {"rule": d.rule}
         if d.outcome == "conflict":
             link = by_mailbox.get(d.mailbox_id or "") or by_platform.get(d.platform_id or "")
-            detail.update(mailbox=contact_of(mailbox.get(d.mailbox_id or "")),
-                          platform=contact_of(platform.get(d.platform_id or "")),
-                          base=link.snapshot.model_dump(mode="json") if link else None)
+            base = link.snapshot.model_dump(mode="json") if link else None
+            detail.update(mailbox=contact_of(mailbox.get(d.mailbox_id or "")) or base,
+                          platform=contact_of(platform.get(d.platform_id or "")) or base,
+                          base=base, first_link=link is None)
         else:
             detail.update(candidate_side=d.candidate_side, candidate_id=d.candidate_id, score=d.score)
         return detail
@@ -425,6 +476,12 @@ class ContactActivities:
                     applied += 1
         return applied
 
+    @activity.defn(name="contacts.check_answer")
+    def check_answer(self, connection_id: str, resolution: Resolution) -> str:
+        """Why the store would refuse this answer ("" when it takes it), for the update."""
+        with self.sessions() as s:
+            return cycle.answer_problem(s, connection_id, resolution.review_id, resolution.choice) or ""
+
     @activity.defn(name="contacts.retry_quarantined")
     def retry_quarantined(self, connection_id: str) -> int:
         with self.sessions.begin() as s:
@@ -432,19 +489,25 @@ class ContactActivities:
 
     @activity.defn(name="contacts.summarize")
     def summarize(self, connection_id: str) -> StoreSummary:
+        """Counts, and the first STATE_ID_LIMIT ids of each list: this crosses history."""
         with self.sessions() as s:
-            raw = repo.sync_state_summary(s, connection_id)
-            reviews = repo.open_reviews(s, connection_id)
+            raw = repo.sync_state_summary(s, connection_id, quarantined_limit=STATE_ID_LIMIT)
+            first = {kind: repo.open_review_ids(s, connection_id, kind, limit=STATE_ID_LIMIT)
+                     for kind in ("conflict", "duplicate")}
         return StoreSummary(
             items=raw["items"],
             links=raw["links"],
-            open_conflicts=[int(r.id) for r in reviews if r.kind == "conflict"],
-            open_duplicates=[int(r.id) for r in reviews if r.kind == "duplicate"],
+            open_conflicts=first["conflict"],
+            open_duplicates=first["duplicate"],
+            open_conflict_count=raw["open_reviews"].get("conflict", 0),
+            open_duplicate_count=raw["open_reviews"].get("duplicate", 0),
             quarantined=[QuarantinedItem(item_id=int(q["item_id"]), side=q["side"], error_code=q["error_code"] or "")
                          for q in raw["quarantined"]],
+            quarantined_count=raw["quarantined_total"],
+            quarantined_by_code=raw["quarantined_by_code"],
         )
 
     def all(self) -> list:
-        return [self.fetch_mailbox, self.fetch_platform, self.plan, self.write,
-                self.handle_rejections, self.apply_resolutions, self.retry_quarantined, self.summarize]
+        return [self.fetch_mailbox, self.fetch_platform, self.plan, self.write, self.handle_rejections,
+                self.apply_resolutions, self.check_answer, self.retry_quarantined, self.summarize]
 

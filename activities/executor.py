@@ -20,7 +20,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from connectors.errors import ConnectorError, NotFound, PreconditionFailed, ValidationRejected
+from activities.pacing import Pacer
+from connectors.errors import ConnectorError, NotFound, PreconditionFailed, RateLimited, ValidationRejected
 from connectors.protocols import MailboxContacts, PlatformContacts, WriteRequest, WriteResult
 from models.contact import SideRecord
 from models.plan import Decision, Write
@@ -54,6 +55,7 @@ class _Effects:
         self.audits: list[dict] = []
         self.unlink: list[int] = []
         self.links: list[dict] = []
+        self.link_owners: list[tuple[int, list]] = []  # (action id, item keys) per link spec
         self.link_audits: list[dict] = []
         self.reviews: list[tuple[int, str]] = []
         self.restage: dict[str, list[SideRecord]] = {"mailbox": [], "platform": []}
@@ -61,14 +63,16 @@ class _Effects:
     def action(self, action_id: int, **fields) -> None:
         self.actions.append({"id": action_id, **fields})
 
-    def flush(self, s, connection_id: str, batch_id: str) -> list[int]:
+    def flush(self, s, connection_id: str, batch_id: str) -> list[int | None]:
         for side, records in self.restage.items():
             if records:
                 repo.stage_records(s, connection_id, side, records, batch_id)
         cycle.delete_links(s, self.unlink)
-        link_ids = repo.save_links(s, self.links) if self.links else []
-        for entry, link_id in zip(self.link_audits, link_ids):
-            if entry is not None:
+        link_ids = repo.save_links(s, self.links, skip_conflicts=True) if self.links else []
+        for entry, link_id, (action_id, keys) in zip(self.link_audits, link_ids, self.link_owners):
+            if link_id is None:
+                self._link_conflict(action_id, keys)
+            elif entry is not None:
                 entry["detail"] = {**entry["detail"], "link_id": int(link_id)}
                 self.audits.append(entry)
         if self.audits:
@@ -79,6 +83,19 @@ class _Effects:
         cycle.update_actions(s, self.actions)
         self.__init__()  # the chunk is written: start the next one empty
         return link_ids
+
+    def _link_conflict(self, action_id: int, keys: list) -> None:
+        """The writes landed but a record is linked to another one here already: not a
+        stale etag (nothing to re-read) and not a reason to fail the batch. The action
+        fails visibly and its items wait in quarantine for a person."""
+        self.actions = [a for a in self.actions if a["id"] != action_id]
+        self.outcomes = [o for o in self.outcomes if (o["side"], o["external_id"]) not in set(keys)]
+        self.action(action_id, status="failed", error_code="link_conflict",
+                    error_message="a record is already linked to another record on this connection")
+        self.outcomes += [{"side": side, "external_id": ext, "status": "quarantined", "rule": "link_conflict",
+                           "error_code": "link_conflict",
+                           "error_message": "already linked to another record on this connection"}
+                          for side, ext in keys]
 
 
 def _writes(d: Decision, side: str) -> list[tuple[int, Write]]:
@@ -94,11 +111,16 @@ class Executor:
         self.settings = settings
         self.summary = WriteSummary()
         self.fx = _Effects()
+        self.done_items = 0
+        self.heartbeat: Callable = lambda *a: None
+        self.pacer = Pacer(lambda: (self.done_items,))
         self._platform_calls0 = getattr(platform, "calls_made", 0)
         self._mailbox_calls0 = mailbox.calls_made
 
     # ------------------------------------------------------------------ run
     def run(self, heartbeat: Callable = lambda *a: None) -> WriteSummary:
+        """Carry out every unfinished action of the connection, whichever cycle planned it."""
+        self.heartbeat = heartbeat
         with self.sessions() as s:
             rows = repo.actions_by_status(s, self.info.connection_id, ["planned", "platform_done", "mailbox_started"])
             work = [_Work(r) for r in rows]
@@ -106,7 +128,8 @@ class Executor:
             chunk = work[i:i + CHUNK]
             self._platform_phase([w for w in chunk if w.status == "planned"])
             self._mailbox_phase([w for w in chunk if w.status in ("platform_done", "mailbox_started")])
-            heartbeat(i + len(chunk))
+            self.done_items = i + len(chunk)
+            heartbeat(self.done_items)
         self.summary.calls = {
             "platform": getattr(self.platform, "calls_made", 0) - self._platform_calls0,
             "mailbox": self.mailbox.calls_made - self._mailbox_calls0,
@@ -117,20 +140,19 @@ class Executor:
     def _platform_phase(self, work: list[_Work]) -> None:
         upserts: list[WriteRequest] = []
         deletes: list[WriteRequest] = []
-        owner = {}
         for w in work:
             for idx, wr in _writes(w.decision, "platform"):
                 req = WriteRequest(key=f"{w.key}:p{idx}", contact=wr.contact, external_id=wr.external_id,
                                    etag=wr.etag, owner=self.settings.owner or None)
-                owner[req.key] = w
                 (deletes if wr.op == "delete" else upserts).append(req)
         results: dict[str, WriteResult] = {}
         escape: ConnectorError | None = None
         try:
+            # Idempotent by key: a call refused by a rate limit is simply sent again.
             if upserts:
-                results.update({r.key: r for r in self.platform.upsert_many(self.info.org_id, upserts)})
+                results.update({r.key: r for r in self.pacer.call(self.platform.upsert_many, self.info.org_id, upserts)})
             if deletes:
-                results.update({r.key: r for r in self.platform.delete_many(self.info.org_id, deletes)})
+                results.update({r.key: r for r in self.pacer.call(self.platform.delete_many, self.info.org_id, deletes)})
         except ConnectorError as exc:  # whole-call failure: nothing of this chunk is known done
             escape = exc
         with self.sessions.begin() as s:
@@ -141,23 +163,16 @@ class Executor:
                 if outcome == "ok":
                     w.status = "platform_done"
                     self.fx.action(w.action_id, status="platform_done", result=w.result)
+                elif isinstance(outcome, ConnectorError):
+                    escape = escape or outcome
             self.fx.flush(s, self.info.connection_id, "reread")
         if escape is not None:
             raise escape
 
     # --------------------------------------------------------- mailbox side
     def _mailbox_phase(self, work: list[_Work]) -> None:
+        results = self._recover_creates([w for w in work if w.status == "mailbox_started"])
         creates, updates, deletes = [], [], []
-        resumed: list[_Work] = [w for w in work if w.status == "mailbox_started"]
-        results: dict[str, WriteResult] = {}
-        # A create that was sent before a crash may exist already: find it by marker.
-        for w in resumed:
-            for idx, wr in _writes(w.decision, "mailbox"):
-                if wr.op == "create":
-                    key = f"{w.key}:m{idx}"
-                    found = self.mailbox.find_by_marker(f"concord:{key}")
-                    if found is not None:
-                        results[key] = WriteResult(key=key, record=found)
         for w in work:
             for idx, wr in _writes(w.decision, "mailbox"):
                 key = f"{w.key}:m{idx}"
@@ -174,30 +189,87 @@ class Executor:
                         self.fx.action(w.action_id, status="mailbox_started")
                 self.fx.flush(s, self.info.connection_id, "reread")
         escape: ConnectorError | None = None
-        try:
-            if creates:
-                results.update({r.key: r for r in self.mailbox.create_many(creates)})
-            if updates:
-                results.update({r.key: r for r in self.mailbox.update_many(updates)})
-            if deletes:
-                results.update({r.key: r for r in self.mailbox.delete_many(deletes)})
-        except ConnectorError as exc:
-            escape = exc
+        for call, requests in ((self.mailbox.create_many, creates), (self.mailbox.update_many, updates),
+                               (self.mailbox.delete_many, deletes)):
+            if requests and escape is None:
+                escape = self._send_paced(call, requests, results)
         with self.sessions.begin() as s:
             olds = cycle.get_links(s, [w.decision.link_id for w in work])
             for w in work:
                 needed = [f"{w.key}:m{idx}" for idx, _ in _writes(w.decision, "mailbox")]
-                if escape is not None and any(k not in results for k in needed):
-                    continue
-                if self._collect(w, "mailbox", results) == "ok":
+                if any(k not in results for k in needed):
+                    continue  # not sent: the escaping error stopped the run before it
+                outcome = self._collect(w, "mailbox", results)
+                if outcome == "ok":
                     self._finalize(w, olds.get(w.decision.link_id))
+                elif isinstance(outcome, ConnectorError):
+                    escape = escape or outcome
             self.fx.flush(s, self.info.connection_id, "reread")
         if escape is not None:
             raise escape
 
+    def _recover_creates(self, resumed: list[_Work]) -> dict[str, WriteResult]:
+        """Creates sent before a crash may exist already: find them by marker before sending again.
+
+        One lookup for the whole chunk (a People listing is the whole mailbox), and what
+        it finds is stored on the action at once, so a later attempt never looks again.
+        """
+        results: dict[str, WriteResult] = {}
+        wanted: dict[str, _Work] = {}
+        for w in resumed:
+            found = w.result.get("found") or {}
+            for idx, wr in _writes(w.decision, "mailbox"):
+                key = f"{w.key}:m{idx}"
+                if wr.op != "create":
+                    continue
+                if key in found:
+                    results[key] = WriteResult(key=key, record=SideRecord.model_validate(found[key]))
+                else:
+                    wanted[f"concord:{key}"] = w
+        if not wanted:
+            return results
+        hits = self.pacer.call(self.mailbox.find_by_markers, sorted(wanted),
+                               heartbeat=lambda: self.heartbeat(self.done_items))
+        if hits:
+            with self.sessions.begin() as s:
+                for marker, record in hits.items():
+                    w = wanted[marker]
+                    key = marker.removeprefix("concord:")
+                    w.result.setdefault("found", {})[key] = record.model_dump(mode="json")
+                    results[key] = WriteResult(key=key, record=record)
+                for w in {id(w): w for w in wanted.values()}.values():
+                    if w.result.get("found"):
+                        self.fx.action(w.action_id, result=w.result)
+                self.fx.flush(s, self.info.connection_id, "reread")
+        return results
+
+    def _send_paced(self, call: Callable, requests: list[WriteRequest],
+                    results: dict[str, WriteResult]) -> ConnectorError | None:
+        """Send, then send again what the provider refused with a rate limit (not
+        processed, so safe even for creates) once its delay has passed. Results go into
+        `results`; the error that stops the run (budget spent, outage) is returned."""
+        todo = requests
+        while todo:
+            try:
+                got = {r.key: r for r in call(todo)}
+            except ConnectorError as exc:
+                return exc
+            results.update(got)
+            limited = [r for r in todo if isinstance(got[r.key].error, RateLimited)]
+            if not limited:
+                return None
+            slowest = max((got[r.key].error for r in limited), key=lambda e: e.retry_after or 0.0)
+            try:
+                self.pacer.wait(slowest)
+            except RateLimited as exc:
+                return exc
+            todo = limited
+        return None
+
     # ------------------------------------------------------------ results
-    def _collect(self, w: _Work, side: str, results: dict[str, WriteResult]) -> str:
-        """Fold one side's write results into the action; returns ok / rejected / deferred."""
+    def _collect(self, w: _Work, side: str, results: dict[str, WriteResult]) -> str | ConnectorError:
+        """Fold one side's write results into the action: "ok", "rejected", "deferred", or
+        the error (transient, rate limit, auth) that leaves it for the activity's retry."""
         prefix = "p" if side == "platform" else "m"
         for idx, wr in _writes(w.decision, side):
             res = results.get(f"{w.key}:{prefix}{idx}")
@@ -236,7 +308,7 @@ class Executor:
                     continue
                 self._defer(w, side, current, err)
                 return "deferred"
-            raise err  # transient, rate limit, auth: the whole activity retries
+            return err  # transient, rate limit, auth: the whole activity retries
         return "ok"
 
     def _reread_mailbox(self, external_id: str | None) -> SideRecord | None:
@@ -294,6 +366,7 @@ class Executor:
             if keep_id is not None:
                 spec["id"] = keep_id
             fx.links.append(spec)
+            fx.link_owners.append((w.action_id, d.item_keys()))
             if keep_id is None:
                 self.summary.linked += 1
                 fx.link_audits.append({**audit, "op": "link", "detail": {"rule": d.rule, "score": d.score}})

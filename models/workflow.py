@@ -10,7 +10,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-Health = Literal["active", "paused", "needs_reauth", "blocked", "disconnected"]
+#: active: syncing; paused: by a person; needs_reauth: waits for the user to reconnect;
+#: blocked: the mass-delete guard holds deletions for approval; failing: cycles fail and
+#: are retried with backoff (last_error says why; some need an operator); stopped: the
+#: run was cancelled; disconnected: tokens revoked, nothing syncs.
+Health = Literal["active", "paused", "needs_reauth", "blocked", "failing", "stopped", "disconnected"]
+
+#: Lists that grow with the store (open reviews, quarantined items) are cut to this many
+#: ids wherever they cross history (activity results, the state query, continue-as-new);
+#: their full length travels as a count and the rest is read from the store.
+STATE_ID_LIMIT = 20
 
 
 class CycleRef(BaseModel):
@@ -60,11 +69,19 @@ class QuarantinedItem(BaseModel):
 
 
 class StoreSummary(BaseModel):
+    """What the store holds for a connection: counts, and the first ids of each list
+    (at most STATE_ID_LIMIT; `concord reviews` / `concord quarantine` list them all)."""
+
     items: dict[str, int] = Field(default_factory=dict)
     open_conflicts: list[int] = Field(default_factory=list)
     open_duplicates: list[int] = Field(default_factory=list)
     quarantined: list[QuarantinedItem] = Field(default_factory=list)
     links: int = 0
+    open_conflict_count: int = 0
+    open_duplicate_count: int = 0
+    quarantined_count: int = 0
+    #: codes of all quarantined items, counted (not cut like the id list)
+    quarantined_by_code: dict[str, int] = Field(default_factory=dict)
 
 
 class CycleCounts(BaseModel):
@@ -84,12 +101,28 @@ class CycleCounts(BaseModel):
     full_resyncs: int = 0
 
 
+Choice = Literal["mailbox", "platform", "merged", "link", "create", "ignore"]
+#: which answers fit which kind of review
+CHOICES_BY_REVIEW_KIND: dict[str, tuple[str, ...]] = {
+    "conflict": ("mailbox", "platform", "merged"),
+    "duplicate": ("link", "create", "ignore"),
+}
+
+
 class Resolution(BaseModel):
     """A person's answer to a review. Merged field values are stored first (claim check);
     the signal carries only the review id and the choice."""
 
     review_id: int
-    choice: Literal["mailbox", "platform", "merged", "link", "create", "ignore"]
+    choice: Choice
+
+
+class AnswerOutcome(BaseModel):
+    """The reply to the `answer_review` update: whether the answer was taken."""
+
+    accepted: bool
+    #: why not, as a short code: unknown_review, other_connection, not_open, choice_does_not_fit
+    reason: str | None = None
 
 
 class SyncState(BaseModel):
@@ -111,6 +144,13 @@ class SyncState(BaseModel):
     #: what the last subscription upkeep did (counts), and why it failed if it did
     subscriptions: dict[str, int] = Field(default_factory=dict)
     subscription_error: str | None = None
+    #: cycles failed in a row, when that began, and when the next attempt runs
+    consecutive_failures: int = 0
+    failing_since: float | None = None
+    next_retry_at: float | None = None
+    #: answers to reviews the store refused (unknown, another connection's, already
+    #: answered, or a choice that does not fit the review)
+    ignored_answers: int = 0
 
 
 class MailboxSyncInput(BaseModel):

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from models.workflow import CHOICES_BY_REVIEW_KIND
 from store.repo import _trim, resolve_review
 from store.schema import actions, items, link_keys, links, reviews
 
@@ -17,17 +18,33 @@ def linked_mailbox_ids(s: Session, connection_id: str) -> list[str]:
     return list(s.execute(sa.select(links.c.mailbox_id).where(links.c.connection_id == connection_id)).scalars())
 
 
+def external_ids_in_batch(s: Session, connection_id: str, side: str, batch_id: str) -> set[str]:
+    return set(s.execute(
+        sa.select(items.c.external_id)
+        .where(items.c.connection_id == connection_id, items.c.side == side, items.c.batch_id == batch_id)
+    ).scalars())
+
+
 def items_with_unfinished_actions(s: Session, connection_id: str, statuses: Iterable[str]) -> set[tuple[str, str]]:
-    """Items an earlier cycle's actions still hold; they are not planned again until done."""
+    """Items an earlier cycle's actions still hold; they are not planned again until done.
+
+    That includes the records those actions already created on the other side: until
+    the action finishes and links them, such a record looks like a new one, and
+    planning it would create its twin (an action is resumed, never re-planned).
+    """
     out: set[tuple[str, str]] = set()
-    for m, p in s.execute(
-        sa.select(actions.c.item_mailbox_id, actions.c.item_platform_id)
+    for m, p, result in s.execute(
+        sa.select(actions.c.item_mailbox_id, actions.c.item_platform_id, actions.c.result)
         .where(actions.c.connection_id == connection_id, actions.c.status.in_(list(statuses)))
     ):
         if m:
             out.add(("mailbox", m))
         if p:
             out.add(("platform", p))
+        for side in ("mailbox", "platform"):
+            made = (result or {}).get(side) or {}
+            if made.get("id"):
+                out.add((side, made["id"]))
     return out
 
 
@@ -66,12 +83,29 @@ def store_merged_fields(s: Session, review_id: int, fields: dict[str, str]) -> N
     s.execute(sa.update(reviews).where(reviews.c.id == review_id).values(detail=detail))
 
 
-def resolve_review_and_reopen(s: Session, connection_id: str, review_id: int, choice: str) -> bool:
-    """Record the answer and put the review's items back to pending for the next plan."""
-    row = s.execute(sa.select(reviews).where(reviews.c.id == review_id,
-                                            reviews.c.connection_id == connection_id)).first()
+def answer_problem(s: Session, connection_id: str, review_id: int, choice: str) -> str | None:
+    """Why this answer cannot be taken, as a short code; None when it can."""
+    row = s.execute(sa.select(reviews.c.connection_id, reviews.c.kind, reviews.c.status)
+                    .where(reviews.c.id == review_id)).first()
     if row is None:
+        return "unknown_review"
+    if row.connection_id != connection_id:
+        return "other_connection"
+    if row.status != "open":
+        return "not_open"
+    if choice not in CHOICES_BY_REVIEW_KIND.get(row.kind, ()):
+        return "choice_does_not_fit"
+    return None
+
+
+def resolve_review_and_reopen(s: Session, connection_id: str, review_id: int, choice: str) -> bool:
+    """Record the answer and put the review's items back to pending for the next plan.
+
+    An answer the store refuses (see `answer_problem`) changes nothing and returns False.
+    """
+    if answer_problem(s, connection_id, review_id, choice) is not None:
         return False
+    row = s.execute(sa.select(reviews).where(reviews.c.id == review_id)).first()
     resolution: dict = {"choice": choice}
     if choice == "merged":
         resolution["fields"] = (row.detail or {}).get("merged_fields", {})

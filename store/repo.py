@@ -10,9 +10,10 @@ per chunk, so a 10,000-contact first sync costs a handful of round trips, not 10
 Lists used in IN (...) are chunked to stay under SQLite's and PostgreSQL's
 bound-parameter limits.
 
-Misuse (an unknown status, a record for the wrong side) raises `Fatal`; a unique
-constraint lost to a concurrent writer raises `PreconditionFailed` (re-read and
-retry). After either, the caller's transaction must be rolled back.
+Misuse (an unknown status, a record for the wrong side) raises `Fatal`. A link that
+would join a record already linked to another one raises `LinkConflict`, or, with
+`save_links(..., skip_conflicts=True)`, is reported per spec so one bad link never
+fails a batch. After a raise, the caller's transaction must be rolled back.
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ def _contact_json(snapshot: Contact | dict) -> dict:
     if isinstance(snapshot, Contact):
         return snapshot.model_dump(mode="json")
     return Contact.model_validate(snapshot).model_dump(mode="json")
+
+
+class LinkConflict(Exception):
+    """A link would join a mailbox or platform record already linked to another one on
+    this connection. Not a stale etag: re-reading the provider will not fix it. Raised
+    by the database's unique constraint only when a concurrent writer won a race, so
+    a retry (which reads the winner first) settles it."""
 
 
 def item_record(row: Row) -> SideRecord:
@@ -463,24 +471,25 @@ _LINK_FIELDS = (
 )
 
 
-def save_links(s: Session, specs: Sequence[dict]) -> list[int]:
+def save_links(s: Session, specs: Sequence[dict], *, skip_conflicts: bool = False) -> list[int | None]:
     """Insert (no "id") or update (with "id") links; returns their ids in input order.
 
     Each spec holds the link columns (`snapshot` as a Contact or its dict) and
     optionally "keys": the snapshot's blocking keys, which replace the stored ones.
-    A link whose mailbox or platform id is already linked on that connection raises
-    `PreconditionFailed`: someone else linked it first, re-read and re-plan.
+    A new link for a pair that is already linked updates that link (a repeated
+    write). A link whose mailbox or platform id is linked to another record raises
+    `LinkConflict`; with `skip_conflicts`, it is left out and its id is None.
     """
     now = time.time()
+    specs = _settle_link_conflicts(s, specs, skip_conflicts)
     new_rows: list[dict] = []
     new_pos: list[int] = []
     ids: list[int | None] = [None] * len(specs)
     key_sets: dict[int, list[str]] = {}
     try:
         for pos, spec in enumerate(specs):
-            unknown = set(spec) - set(_LINK_FIELDS) - {"id", "keys"}
-            if unknown:
-                raise Fatal(f"unknown link fields: {sorted(unknown)}")
+            if spec is None:
+                continue
             values = {k: spec[k] for k in _LINK_FIELDS if k in spec}
             if "snapshot" in values:
                 values["snapshot"] = _contact_json(values["snapshot"])
@@ -505,16 +514,69 @@ def save_links(s: Session, specs: Sequence[dict]) -> list[int]:
                     ids[pos] = link_id
     except sa.exc.IntegrityError as exc:
         if _is_unique_violation(exc):
-            raise PreconditionFailed(
-                "mailbox or platform record is already linked on this connection",
-                detail={"table": "links"},
-            ) from exc
+            raise LinkConflict("a concurrent writer linked one of these records first") from None
         raise
     for pos, spec in enumerate(specs):
-        if spec.get("keys") is not None:
+        if spec is not None and spec.get("keys") is not None:
             key_sets[ids[pos]] = sorted(set(spec["keys"]))
     _replace_link_keys(s, key_sets)
-    return [int(i) for i in ids]
+    return [None if i is None else int(i) for i in ids]
+
+
+def _settle_link_conflicts(s: Session, specs: Sequence[dict], skip: bool) -> list[dict | None]:
+    """Read the links these specs touch and decide each spec before writing any.
+
+    The unique constraints stay the last word (a concurrent writer raises
+    LinkConflict from the insert); this read turns the common cases into answers:
+    a pair linked already is that link again, a record linked elsewhere is a conflict.
+    """
+    for spec in specs:
+        unknown = set(spec) - set(_LINK_FIELDS) - {"id", "keys"}
+        if unknown:
+            raise Fatal(f"unknown link fields: {sorted(unknown)}")
+    by_conn: dict[str, list[int]] = {}
+    for pos, spec in enumerate(specs):
+        if spec.get("connection_id") is not None:
+            by_conn.setdefault(spec["connection_id"], []).append(pos)
+    taken_m: dict[tuple[str, str], int] = {}
+    taken_p: dict[tuple[str, str], int] = {}
+    for cid, positions in by_conn.items():
+        for row in get_links_by_mailbox_ids(s, cid, [specs[p]["mailbox_id"] for p in positions
+                                                     if specs[p].get("mailbox_id")]).values():
+            taken_m[(cid, row.mailbox_id)] = int(row.id)
+        for row in get_links_by_platform_ids(s, cid, [specs[p]["platform_id"] for p in positions
+                                                      if specs[p].get("platform_id")]).values():
+            taken_p[(cid, row.platform_id)] = int(row.id)
+    out: list[dict | None] = []
+    for spec in specs:
+        cid = spec.get("connection_id")
+        own = spec.get("id")
+        m_holder = taken_m.get((cid, spec.get("mailbox_id")))
+        p_holder = taken_p.get((cid, spec.get("platform_id")))
+        if own is None and m_holder is not None and m_holder == p_holder:
+            spec = {**spec, "id": m_holder}  # the same pair, written again
+            own = m_holder
+        holders = {h for h in (m_holder, p_holder) if h is not None}
+        if holders - ({own} if own is not None else set()):
+            if not skip:
+                raise LinkConflict("a record in this link is linked to another record on this connection")
+            out.append(None)
+            continue
+        if own is not None:
+            # the link's previous ids may be freed (an id change); its new ones are taken now
+            for k, v in list(taken_m.items()):
+                if v == own:
+                    del taken_m[k]
+            for k, v in list(taken_p.items()):
+                if v == own:
+                    del taken_p[k]
+        marker = own if own is not None else -1 - len(out)  # claims for new links in this batch
+        if spec.get("mailbox_id") and cid is not None:
+            taken_m[(cid, spec["mailbox_id"])] = marker
+        if spec.get("platform_id") and cid is not None:
+            taken_p[(cid, spec["platform_id"])] = marker
+        out.append(spec)
+    return out
 
 
 def _replace_link_keys(s: Session, key_sets: dict[int, list[str]]) -> None:
@@ -534,13 +596,15 @@ def save_link(
     keys: Iterable[str] | None = None,
     **fields: Any,
 ) -> int:
-    """One link; see `save_links`."""
+    """One link; see `save_links` (raises LinkConflict)."""
     spec = dict(fields)
     if id is not None:
         spec["id"] = id
     if keys is not None:
         spec["keys"] = list(keys)
-    return save_links(s, [spec])[0]
+    link_id = save_links(s, [spec])[0]
+    assert link_id is not None
+    return link_id
 
 
 def delete_link(s: Session, link_id: int) -> bool:
@@ -642,6 +706,18 @@ def open_reviews(s: Session, connection_id: str, kind: str | None = None) -> lis
     if kind is not None:
         q = q.where(reviews.c.kind == _check(kind, REVIEW_KINDS, "review kind"))
     return list(s.execute(q))
+
+
+def open_review_ids(s: Session, connection_id: str, kind: str, limit: int | None = None) -> list[int]:
+    q = (
+        sa.select(reviews.c.id)
+        .where(reviews.c.connection_id == connection_id, reviews.c.status == "open",
+               reviews.c.kind == _check(kind, REVIEW_KINDS, "review kind"))
+        .order_by(reviews.c.id)
+    )
+    if limit is not None:
+        q = q.limit(limit)
+    return [int(i) for i in s.execute(q).scalars()]
 
 
 def reviews_for_items(
@@ -907,9 +983,17 @@ def sync_state_summary(s: Session, connection_id: str, quarantined_limit: int = 
             .limit(quarantined_limit)
         )
     ]
+    by_code: dict[str, int] = {}
+    for code, n in s.execute(
+        sa.select(items.c.error_code, sa.func.count())
+        .where(items.c.connection_id == connection_id, items.c.status == "quarantined")
+        .group_by(items.c.error_code)
+    ):
+        by_code[code or ""] = by_code.get(code or "", 0) + n
     return {
         "items": item_counts,
         "open_reviews": review_counts,
+        "quarantined_by_code": by_code,
         "links": count_links(s, connection_id),
         "actions": action_counts,
         "quarantined_total": item_counts["quarantined"],

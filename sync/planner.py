@@ -7,8 +7,9 @@ tests/test_sync_machine.py, and the executor (activities) only carries decisions
 Order of rules for an item, first that applies wins:
   linked items:   mass-delete guard -> deletions (edit beats delete) -> own-write
                   echoes -> three-way merge -> policy / open conflict
-  unlinked items: tombstone of an unknown item -> malformed input -> a person's
-                  review answer -> similarity (auto link / review / create)
+  unlinked items: malformed input -> tombstone of an unknown item -> a person's
+                  review answer -> held while a review names it -> similarity
+                  (auto link / review / create)
 """
 
 from __future__ import annotations
@@ -147,7 +148,13 @@ def plan(inp: PlanInput) -> Plan:
         decisions.append(_plan_linked(g, inp))
 
     # --- unlinked records: similarity ---------------------------------------
-    decisions += _plan_unlinked(new_mailbox, new_platform, inp)
+    # A link this plan removes (both sides deleted, unlinked on delete) no longer holds
+    # its records: a new record like its snapshot is not a duplicate of it.
+    # Platform records it deletes are no match candidates.
+    unlinking = {d.link_id for d in decisions if d.unlink and not d.link and d.link_id is not None}
+    deleting = {w.external_id for d in decisions for w in d.writes
+                if w.op == "delete" and w.side == "platform" and w.external_id}
+    decisions += _plan_unlinked(new_mailbox, new_platform, inp, unlinking, deleting)
     return Plan(decisions, guard_tripped=bool(held), held_deletes=len(held))
 
 
@@ -159,6 +166,8 @@ def _changed(group: dict, key: str) -> bool:
     link: LinkState = group["link"]
     if rec.deleted:
         return True
+    if rec.contact is None:
+        return bool(rec.problems)  # a change the connector could not read: quarantined, not skipped
     own_hash = link.mailbox_hash if key == "m" else link.platform_hash
     return rec.contact is not None and rec.contact.canonical_hash() != own_hash
 
@@ -282,7 +291,8 @@ def _in_scope(rec: SideRecord, settings: SyncSettings) -> bool:
 
 
 def _plan_unlinked(
-    new_mailbox: list[SideRecord], new_platform: list[SideRecord], inp: PlanInput
+    new_mailbox: list[SideRecord], new_platform: list[SideRecord], inp: PlanInput, unlinking: set[int],
+    deleting: set[str],
 ) -> list[Decision]:
     settings = inp.settings
     thresholds = Thresholds(auto=settings.auto_threshold, review=settings.review_threshold)
@@ -296,23 +306,31 @@ def _plan_unlinked(
     # Linked platform records in this batch (often our own writes echoing back) are in
     # the pool too: a new mailbox record like one of them is a duplicate, not a new person.
     for rec in list(inp.platform.values()) + list(inp.platform_candidates.values()):
-        if rec.deleted or rec.contact is None or rec.external_id in pool_records:
+        if rec.deleted or rec.contact is None or rec.external_id in pool_records or rec.external_id in deleting:
             continue
         pool.add(rec.external_id, rec.contact)
         pool_records[rec.external_id] = rec
-    for link in inp.neighbour_links.values():
+    neighbour_links = {lid: link for lid, link in inp.neighbour_links.items() if lid not in unlinking}
+    linked_platform -= {link.platform_id for link in inp.links_by_platform.values() if link.link_id in unlinking}
+    for link in neighbour_links.values():
         linked_platform.add(link.platform_id)
     consumed: set[str] = set()
+    # Platform records an unanswered duplicate review names: created in the mailbox now,
+    # they would be the very twin the review asks a person about. They wait with it.
+    named_by_review: set[str] = {
+        r.candidate_id for (side, _), r in inp.reviews.items()
+        if side == "mailbox" and r.kind == "duplicate" and r.resolution is None and r.candidate_id
+    }
     # records this cycle is about to create on the other side, to catch twins in one batch
     batch_new: CandidateIndex[str] = CandidateIndex()
 
     for m in new_mailbox:
         review = inp.reviews.get(("mailbox", m.external_id))
         rid = review.review_id if review else None
-        if m.deleted or m.contact is None:
+        problems = _problems(m, settings)
+        if m.deleted or (m.contact is None and not problems):
             out.append(Decision(outcome="skip", rule="deleted_before_linked", mailbox_id=m.external_id, review_id=rid))
             continue
-        problems = _problems(m, settings)
         if problems:
             out.append(Decision(outcome="quarantine", rule="malformed_input", mailbox_id=m.external_id,
                                 problems=problems, review_id=rid))
@@ -358,6 +376,7 @@ def _plan_unlinked(
                 mailbox_id=m.external_id, candidate_side="platform", candidate_id=match.key,
                 score=round(match.score, 4), review_id=rid,
             ))
+            named_by_review.add(match.key)
             continue
         out.append(_create_unless_twin(m, batch_new, thresholds, answer, rid))
 
@@ -365,7 +384,7 @@ def _plan_unlinked(
     # contacts already linked here, so a CRM-side duplicate does not become a
     # second contact in the mailbox.
     neighbours: CandidateIndex[int] = CandidateIndex()
-    for lid, link in inp.neighbour_links.items():
+    for lid, link in neighbour_links.items():
         neighbours.add(lid, link.snapshot)
     batch_new_p: CandidateIndex[str] = CandidateIndex()
     for p in new_platform:
@@ -373,16 +392,20 @@ def _plan_unlinked(
             continue
         review = inp.reviews.get(("platform", p.external_id))
         rid = review.review_id if review else None
-        if p.deleted or p.contact is None:
+        problems = _problems(p, settings)
+        if p.deleted or (p.contact is None and not problems):
             out.append(Decision(outcome="skip", rule="deleted_before_linked", platform_id=p.external_id, review_id=rid))
             continue
         if not _in_scope(p, settings):
             out.append(Decision(outcome="skip", rule="out_of_scope", platform_id=p.external_id, review_id=rid))
             continue
-        problems = _problems(p, settings)
         if problems:
             out.append(Decision(outcome="quarantine", rule="malformed_input", platform_id=p.external_id,
                                 problems=problems, review_id=rid))
+            continue
+        if p.external_id in named_by_review:
+            out.append(Decision(outcome="held", rule="held_by_open_review", platform_id=p.external_id,
+                                review_id=rid))
             continue
         answer = (review.resolution or {}).get("choice") if review and review.kind == "duplicate" else None
         if answer == "ignore":
@@ -391,7 +414,7 @@ def _plan_unlinked(
         if answer != "create":
             match = best_match(p.contact, neighbours, thresholds)
             if match.kind != "none" and match.key is not None:
-                link = inp.neighbour_links[match.key]
+                link = neighbour_links[match.key]
                 out.append(Decision(
                     outcome="duplicate", rule="duplicate_of_linked", platform_id=p.external_id,
                     candidate_side="mailbox", candidate_id=link.mailbox_id, score=round(match.score, 4),

@@ -245,11 +245,14 @@ def test_links_unique_and_keys(store):
         link_id = repo.save_link(s, **_link("m1", "p1", keys=("email:ada@example.org", "name:ada")))
         repo.save_link(s, **_link("m2", "p2", keys=("email:bob@example.org",)))
     with store() as s:
-        with pytest.raises(PreconditionFailed):
+        with pytest.raises(repo.LinkConflict):
             repo.save_link(s, **_link("m1", "p-other"))
         s.rollback()
-        with pytest.raises(PreconditionFailed):
+        with pytest.raises(repo.LinkConflict):
             repo.save_link(s, **_link("m-other", "p1"))
+        s.rollback()
+        # The same pair written again is that link again, not a conflict.
+        assert repo.save_link(s, **_link("m1", "p1")) == link_id
         s.rollback()
     with store.begin() as s:
         assert repo.count_links(s, "c1") == 2
@@ -270,6 +273,32 @@ def test_links_unique_and_keys(store):
         repo.create_connection(s, id="c2", org_id="org1", user_id="u2", provider="microsoft", account_ref="a2")
         other = _link("m2", "p2") | {"connection_id": "c2"}
         assert repo.save_link(s, **other) > 0
+
+
+def test_save_links_skips_conflicts_per_spec(store):
+    """One link that would join an already-linked record never fails its batch."""
+    with store.begin() as s:
+        first = repo.save_link(s, **_link("m1", "p1"))
+    with store.begin() as s:
+        ids = repo.save_links(s, [_link("m2", "p2"), _link("m3", "p1"), _link("m1", "p1"),
+                                  _link("m4", "p4"), _link("m5", "p4")], skip_conflicts=True)
+        assert ids[1] is None and ids[4] is None, "p1 and p4 are linked already"
+        assert ids[2] == first
+        assert None not in (ids[0], ids[3])
+        assert repo.count_links(s, "c1") == 3
+
+
+def test_a_concurrent_winner_is_a_link_conflict_not_a_stale_etag(store):
+    """The database constraint still decides when two writers race past the read."""
+    import sqlalchemy as sa
+
+    with store() as s:
+        s.execute(sa.text("CREATE UNIQUE INDEX IF NOT EXISTS t_dummy ON links (org_id)"))
+        repo.save_link(s, **_link("m1", "p1"))
+        with pytest.raises(repo.LinkConflict) as err:
+            repo.save_link(s, **_link("m2", "p2"))
+        assert not isinstance(err.value, PreconditionFailed)
+        s.rollback()
 
 
 def test_save_links_bulk_returns_ids_in_order(store):

@@ -12,21 +12,14 @@ from collections.abc import Sequence
 
 from opentelemetry import trace
 from temporalio.client import Client, Interceptor
-from temporalio.common import SearchAttributeKey
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from connectors.errors import Transient
+from workflows.attributes import ORG_ID, PROVIDER, SEARCH_ATTRIBUTE_KEYS, STATUS  # noqa: F401 (re-exported)
 
 #: The task queue the sync worker polls and every starter targets.
 TASK_QUEUE = "concord-sync"
-
-#: Search attributes the Temporal UI filters on. Values are ids and enum words only:
-#: search attributes are stored unencrypted, so never an email address or a name.
-ORG_ID = SearchAttributeKey.for_keyword("ConcordOrgId")
-PROVIDER = SearchAttributeKey.for_keyword("ConcordProvider")
-STATUS = SearchAttributeKey.for_keyword("ConcordStatus")
-SEARCH_ATTRIBUTE_KEYS: tuple[SearchAttributeKey, ...] = (ORG_ID, PROVIDER, STATUS)
 
 #: Name of the tracer the interceptor uses; spans from Temporal calls carry it.
 TRACER_NAME = "concord.temporal"

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from temporalio.worker import Worker
 
+from activities.boundary import ScrubFailures
 from activities.connection import ConnectionActivities
 from activities.contacts import ContactActivities, MailboxFactory
 from activities.subscriptions import SubscriptionActivities
@@ -75,6 +76,7 @@ def make_worker(client, activities: Activities, *, task_queue: str = TASK_QUEUE,
         activities=activities.all(),
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=max_threads),
         max_concurrent_activities=max_threads,
+        interceptors=[ScrubFailures()],
     )
 
 

@@ -7,6 +7,10 @@ never contact content or credentials (DESIGN principle 1).
 Loop: wait for a wake-up signal or the poll timer -> cycle (resolutions, retries,
 fetch both sides, plan, write, handle validation errors, summarise) -> continue-as-new
 when Temporal suggests it, carrying state and anything signalled but not yet used.
+
+Runs live for months, so a deploy meets histories written by older code. Changes to
+the commands this code issues sit behind `workflow.patched`; `tests/golden/` keeps
+histories recorded by earlier releases and `tests/test_replay_golden.py` replays them.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from models.workflow import (
+        STATE_ID_LIMIT,
+        AnswerOutcome,
         CycleCounts,
         CycleRef,
         FetchResult,
@@ -31,14 +37,30 @@ with workflow.unsafe.imports_passed_through():
         SyncState,
         WriteSummary,
     )
-    from workers.temporal_client import ORG_ID as SA_ORG, PROVIDER as SA_PROVIDER, STATUS as SA_STATUS
+    from workflows.attributes import ORG_ID as SA_ORG, PROVIDER as SA_PROVIDER, STATUS as SA_STATUS
 
 REAUTH_REQUIRED = "ReauthRequired"
+
+#: Stop-4 runs consumed one-shot signals before their activity ran, kept health
+#: "active" through failing cycles and retried them only at the poll timer. Runs
+#: started by this code (and every run after continue-as-new) take the newer path;
+#: older runs replay on the old one until they continue as new.
+PATCH_HOLDS_UNDER_FAILURE = "holds-under-failure-v1"
+
+#: answers applied per activity call, so a burst of thousands stays small in history
+RESOLUTIONS_PER_CALL = 200
+#: a failing cycle is retried after 30 s, 60 s, ... up to this (or the poll interval)
+FAILURE_BACKOFF_FIRST_S = 30.0
+FAILURE_BACKOFF_MAX_S = 900.0
+
 
 def _retry(*also_final: str) -> RetryPolicy:
     """Backoff for transient trouble; errors only a person or a resync can fix stop at once.
 
     A rate limit's own delay (Retry-After) overrides the interval via next_retry_delay.
+    Activities wait out rate limits themselves (they are not failures), so these
+    attempts are spent on real errors; once spent, the cycle fails, health says
+    "failing", and the workflow retries the cycle with its own capped backoff.
     """
     return RetryPolicy(
         initial_interval=timedelta(seconds=1),
@@ -57,10 +79,18 @@ def workflow_id(connection_id: str) -> str:
     return f"mailbox-sync/{connection_id}"
 
 
+def _error_code(err: BaseException) -> str:
+    """Class and type of a failure, never its message (messages may quote content)."""
+    cause = err.cause if isinstance(err, ActivityError) else err
+    return f"{type(cause).__name__}: {getattr(cause, 'type', None) or ''}".strip().rstrip(":")
+
+
 @workflow.defn
 class MailboxSyncWorkflow:
-    def __init__(self) -> None:
-        self._state: SyncState | None = None
+    @workflow.init
+    def __init__(self, inp: MailboxSyncInput) -> None:
+        self._inp = inp
+        self._state: SyncState = inp.state or SyncState(connection_id=inp.connection_id)
         self._wake = False
         self._paused = False
         self._stop = False
@@ -69,18 +99,35 @@ class MailboxSyncWorkflow:
         self._approve_mass_delete = False
         self._resolutions: list[Resolution] = []
         self._sa_status: str | None = None
+        self._v2 = False
 
     # ----------------------------------------------------------------- signals
     @workflow.signal
     def wake(self, reason: str = "") -> None:
         """Something changed (webhook, CRM event, user). Bursts coalesce into one cycle."""
         self._wake = True
-        if self._state is not None:
-            self._state.wakeups_pending += 1
+        self._state.wakeups_pending += 1
 
     @workflow.signal
     def resolve(self, resolution: Resolution) -> None:
-        """A person's answer to a review; values, if any, were stored before signalling."""
+        """A person's answer to a review; values, if any, were stored before signalling.
+
+        Clients validate against the store before signalling; an answer the store
+        still refuses is counted in `ignored_answers`, never applied.
+        """
+        self._queue(resolution)
+
+    @workflow.update
+    async def answer_review(self, resolution: Resolution) -> AnswerOutcome:
+        """`resolve` for callers that want to know whether the answer was taken."""
+        reason = await self._act("contacts.check_answer", self._inp.connection_id, resolution,
+                                 result_type=str, timeout_s=30)
+        if reason:
+            return AnswerOutcome(accepted=False, reason=reason)
+        self._queue(resolution)
+        return AnswerOutcome(accepted=True)
+
+    def _queue(self, resolution: Resolution) -> None:
         if all(r.review_id != resolution.review_id for r in self._resolutions):
             self._resolutions.append(resolution)
         self._wake = True
@@ -117,7 +164,6 @@ class MailboxSyncWorkflow:
     # ----------------------------------------------------------------- queries
     @workflow.query
     def state(self) -> SyncState:
-        assert self._state is not None
         st = self._state.model_copy(deep=True)
         now = workflow.now().timestamp()
         st.cursor_age_s = None if st.last_fetch_at is None else round(now - st.last_fetch_at, 3)
@@ -129,17 +175,33 @@ class MailboxSyncWorkflow:
     # --------------------------------------------------------------------- run
     @workflow.run
     async def run(self, inp: MailboxSyncInput) -> SyncState:
-        self._inp = inp
-        self._state = inp.state or SyncState(connection_id=inp.connection_id)
+        self._v2 = workflow.patched(PATCH_HOLDS_UNDER_FAILURE)
+        if not self._v2:
+            return await self._run_loop(inp)
+        try:
+            return await self._run_loop(inp)
+        except BaseException as err:
+            # The UI filters on ConcordStatus: a run that ends without syncing must not
+            # keep saying "active" (terminate is the one end code cannot see).
+            if is_cancelled_exception(err):
+                self._set_health("stopped")
+            elif isinstance(err, FailureError):
+                self._state.last_error = _error_code(err)
+                self._set_health("failing")
+            raise
+
+    async def _run_loop(self, inp: MailboxSyncInput) -> SyncState:
+        st = self._state
         self._wake = inp.wake or self._wake
         self._paused = inp.paused or self._paused
         self._retry_quarantined = inp.retry_quarantined or self._retry_quarantined
         self._approve_mass_delete = inp.approve_mass_delete or self._approve_mass_delete
-        self._resolutions = list(inp.resolutions) + self._resolutions
-        self._set_health(self._state.health if self._state.health != "paused" else "active")
+        carried = [r for r in inp.resolutions if all(r.review_id != x.review_id for x in self._resolutions)]
+        self._resolutions = carried + self._resolutions
+        self._set_health(st.health if st.health not in ("paused", "stopped") else "active")
 
         while not self._stop:
-            if self._state.health == "needs_reauth":
+            if st.health == "needs_reauth":
                 await workflow.wait_condition(lambda: self._reconnected or self._stop)
                 self._reconnected = False
                 if self._stop:
@@ -153,33 +215,45 @@ class MailboxSyncWorkflow:
             if self._paused:
                 self._set_health("paused")
                 await workflow.wait_condition(lambda: not self._paused or self._stop)
-                self._set_health("active")
+                self._set_health("failing" if st.consecutive_failures and self._v2 else "active")
                 continue
             if not self._wake:
-                self._state.next_poll_at = workflow.now().timestamp() + inp.poll_interval_s
+                wait_s = self._next_wait_s()
+                st.next_poll_at = workflow.now().timestamp() + wait_s
                 try:
                     await workflow.wait_condition(
                         lambda: self._wake or self._stop or self._paused,
-                        timeout=timedelta(seconds=inp.poll_interval_s),
+                        timeout=timedelta(seconds=wait_s),
                     )
                 except asyncio.TimeoutError:
-                    self._wake = True  # the poll timer: safety net for dropped notifications
+                    self._wake = True  # the poll timer (safety net) or the retry of a failed cycle
                 if self._stop or self._paused:
                     continue
             self._wake = False
-            self._state.wakeups_pending = 0
+            st.wakeups_pending = 0
             await self._cycle()
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                self._state.continued_as_new += 1
+                st.continued_as_new += 1
                 workflow.continue_as_new(self._carry())
 
         # Stop syncing, revoke and forget the tokens, stop subscriptions. What was
         # synced stays on the platform; nothing in the mailbox is deleted.
         await self._act("connection.disconnect", self._inp.connection_id, result_type=dict)
-        self._state.last_error = None
+        st.last_error = None
         self._set_health("disconnected")
-        return self._state
+        return st
+
+    def _next_wait_s(self) -> float:
+        """The poll interval; after failed cycles, a shorter capped backoff."""
+        poll = self._inp.poll_interval_s
+        n = self._state.consecutive_failures
+        if not (self._v2 and n):
+            self._state.next_retry_at = None
+            return poll
+        wait = min(poll, FAILURE_BACKOFF_MAX_S, FAILURE_BACKOFF_FIRST_S * 2 ** min(n - 1, 16))
+        self._state.next_retry_at = workflow.now().timestamp() + wait
+        return wait
 
     def _carry(self) -> MailboxSyncInput:
         return self._inp.model_copy(update={
@@ -193,7 +267,6 @@ class MailboxSyncWorkflow:
 
     def _set_health(self, health: str) -> None:
         """Health in the state query and in the ConcordStatus search attribute (the UI filter)."""
-        assert self._state is not None
         if self._sa_status == health:
             return
         self._sa_status = health
@@ -219,7 +292,6 @@ class MailboxSyncWorkflow:
     async def _maintain_subscriptions(self) -> None:
         """Push is a hint: a failing subscription is shown, never allowed to stop syncing."""
         st = self._state
-        assert st is not None
         try:
             counts = await self._act("subscriptions.maintain", self._inp.connection_id, result_type=dict,
                                      retry=RetryPolicy(maximum_attempts=3, non_retryable_error_types=[REAUTH_REQUIRED]))
@@ -231,26 +303,47 @@ class MailboxSyncWorkflow:
                 raise
             st.subscription_error = getattr(cause, "type", None) or type(cause).__name__
 
+    async def _apply_one_shots(self) -> None:
+        """Answers, retry and approval requests: each is dropped only once the activity
+        that carries it has succeeded, so a failing cycle keeps them for the next one."""
+        st = self._state
+        cid = self._inp.connection_id
+        while self._resolutions:
+            taken = self._resolutions[:RESOLUTIONS_PER_CALL]
+            applied = await self._act("contacts.apply_resolutions", cid, taken, result_type=int)
+            done = {r.review_id for r in taken}
+            self._resolutions = [r for r in self._resolutions if r.review_id not in done]
+            st.ignored_answers += len(taken) - applied
+        if self._retry_quarantined:
+            await self._act("contacts.retry_quarantined", cid, result_type=int)
+            self._retry_quarantined = False
+
     async def _cycle(self) -> None:
         st = self._state
-        assert st is not None
         cid = self._inp.connection_id
         ref = CycleRef(connection_id=cid, cycle_id=f"{workflow.info().run_id[:8]}-{st.cycles + 1}")
         counts = CycleCounts()
         try:
-            if self._resolutions:
-                taken, self._resolutions = self._resolutions, []
-                await self._act("contacts.apply_resolutions", cid, taken, result_type=int)
-            if self._retry_quarantined:
-                self._retry_quarantined = False
-                await self._act("contacts.retry_quarantined", cid, result_type=int)
+            if self._v2:
+                await self._apply_one_shots()
+            else:
+                if self._resolutions:
+                    taken, self._resolutions = self._resolutions, []
+                    await self._act("contacts.apply_resolutions", cid, taken, result_type=int)
+                if self._retry_quarantined:
+                    self._retry_quarantined = False
+                    await self._act("contacts.retry_quarantined", cid, result_type=int)
             await self._maintain_subscriptions()
             fm: FetchResult = await self._act("contacts.fetch_mailbox", ref, result_type=FetchResult, retry=FETCH_RETRY)
             fp: FetchResult = await self._act("contacts.fetch_platform", ref, result_type=FetchResult, retry=FETCH_RETRY)
             st.last_fetch_at = workflow.now().timestamp()
-            approve, self._approve_mass_delete = self._approve_mass_delete, False
+            approve = self._approve_mass_delete
+            if not self._v2:
+                self._approve_mass_delete = False
             plan: PlanSummary = await self._act("contacts.plan", ref, approve, result_type=PlanSummary,
                                                 timeout_s=1800)
+            if self._v2 and approve:
+                self._approve_mass_delete = False  # the plan that used it is stored
             wr: WriteSummary = await self._act("contacts.write", ref, result_type=WriteSummary, timeout_s=1800)
             rj: RejectionSummary = await self._act("contacts.handle_rejections", ref, result_type=RejectionSummary)
             summary: StoreSummary = await self._act("contacts.summarize", cid, result_type=StoreSummary)
@@ -260,7 +353,13 @@ class MailboxSyncWorkflow:
                 self._set_health("needs_reauth")
                 st.last_error = "needs re-authorisation"
             else:
-                st.last_error = f"{type(cause).__name__}: {getattr(cause, 'type', None) or ''}".strip()
+                st.last_error = _error_code(err)
+                if self._v2:
+                    st.consecutive_failures += 1
+                    if st.failing_since is None:
+                        st.failing_since = workflow.now().timestamp()
+                    if st.health in ("active", "blocked"):
+                        self._set_health("failing")
             st.cycles += 1
             return
         counts.fetched = fm.fetched + fp.fetched
@@ -278,12 +377,29 @@ class MailboxSyncWorkflow:
         st.last_counts = counts
         for name in CycleCounts.model_fields:
             setattr(st.totals, name, getattr(st.totals, name) + getattr(counts, name))
+        if self._v2:
+            summary = _bounded(summary)
         st.store = summary
         st.guard_tripped = plan.guard_tripped
         st.cycles += 1
         st.last_cycle_at = workflow.now().timestamp()
         st.last_error = None
+        st.consecutive_failures = 0
+        st.failing_since = None
+        st.next_retry_at = None
         if plan.guard_tripped:
             self._set_health("blocked")
-        elif st.health == "blocked":
+        elif st.health in ("blocked", "failing"):
             self._set_health("active")
+
+
+def _bounded(summary: StoreSummary) -> StoreSummary:
+    """Older activities returned every id; keep state (and continue-as-new input) small."""
+    return summary.model_copy(update={
+        "open_conflicts": summary.open_conflicts[:STATE_ID_LIMIT],
+        "open_duplicates": summary.open_duplicates[:STATE_ID_LIMIT],
+        "quarantined": summary.quarantined[:STATE_ID_LIMIT],
+        "open_conflict_count": max(summary.open_conflict_count, len(summary.open_conflicts)),
+        "open_duplicate_count": max(summary.open_duplicate_count, len(summary.open_duplicates)),
+        "quarantined_count": max(summary.quarantined_count, len(summary.quarantined)),
+    })
