@@ -199,3 +199,64 @@ def test_oversized_fields_and_broken_unicode_are_quarantined_with_clear_errors()
     assert by_id["m1"].outcome == "quarantine" and any("notes" in p for p in by_id["m1"].problems)
     assert by_id["m2"].outcome == "quarantine" and any("given_name" in p for p in by_id["m2"].problems)
     assert not any("x" * 20 in p for p in by_id["m1"].problems), "a message never quotes the content"
+
+
+JON = Contact(given_name="Jon", family_name="Smith", company="Contoso", emails=("jon@contoso.example",))
+JOHN = Contact(given_name="John", family_name="Smith", company="Contoso", emails=("jsmith@contoso.example",))
+
+
+def test_a_platform_record_a_review_names_waits_with_it_in_the_same_batch():
+    """The mailbox contact is held as a possible duplicate of p9; creating p9 in the
+    mailbox in that same cycle would make the twin the review asks about."""
+    decisions = plan(PlanInput(mailbox={"m9": rec("mailbox", "m9", JON)},
+                               platform={"p9": rec("platform", "p9", JOHN, owner="u1")}, settings=S)).decisions
+    by = {d.mailbox_id or d.platform_id: d for d in decisions}
+    assert by["m9"].outcome == "duplicate" and by["m9"].candidate_id == "p9"
+    assert (by["p9"].outcome, by["p9"].rule, by["p9"].writes) == ("held", "held_by_open_review", [])
+
+
+def test_a_platform_record_an_earlier_review_names_waits_until_it_is_answered():
+    review = Review(5, "duplicate", "m9", None, None, candidate_id="p9")
+    unanswered = plan(PlanInput(mailbox={}, platform={"p9": rec("platform", "p9", JOHN, owner="u1")}, settings=S,
+                                reviews={("mailbox", "m9"): review})).decisions
+    assert [(d.outcome, d.rule) for d in unanswered] == [("held", "held_by_open_review")]
+    answered = Review(5, "duplicate", "m9", None, {"choice": "create"}, candidate_id="p9")
+    (d,) = plan(PlanInput(mailbox={}, platform={"p9": rec("platform", "p9", JOHN, owner="u1")}, settings=S,
+                          reviews={("mailbox", "m9"): answered})).decisions
+    assert d.rule == "created_in_mailbox"
+
+
+def test_a_record_the_connector_could_not_read_is_quarantined_not_skipped():
+    unreadable = rec("mailbox", "m9", None, problems=("emailAddresses[0]: not a string",))
+    d = one(PlanInput(mailbox={"m9": unreadable}, platform={}, settings=S))
+    assert (d.outcome, d.rule) == ("quarantine", "malformed_input")
+    # ... also when it is linked: an unreadable change is never taken for an echo.
+    d = one(linked_input(mailbox={"m1": rec("mailbox", "m1", None, problems=("names: not a list",))}))
+    assert (d.outcome, d.rule) == ("quarantine", "malformed_input")
+
+
+def test_a_link_removed_in_this_plan_is_no_duplicate_candidate():
+    """Both sides of the Ada pair were deleted; a new Ada on the platform is a new person
+    for the mailbox now, not a duplicate of the pair that is going away."""
+    lk = link()
+    decisions = plan(PlanInput(
+        mailbox={"m1": rec("mailbox", "m1", deleted=True)},
+        platform={"p1": rec("platform", "p1", deleted=True), "p2": rec("platform", "p2", ADA, owner="u1")},
+        settings=S, links_by_mailbox={"m1": lk}, links_by_platform={"p1": lk}, neighbour_links={1: lk},
+        link_count=1)).decisions
+    by = {d.platform_id: d for d in decisions}
+    assert by["p1"].rule == "deleted_on_both_sides"
+    assert by["p2"].rule == "created_in_mailbox"
+
+
+def test_a_record_deleted_in_this_plan_is_no_match_for_a_new_one():
+    """The mailbox deleted m1 (propagates to p1) and holds a new Ada: she must not be
+    linked to p1, the record this same plan deletes."""
+    lk = link()
+    decisions = plan(PlanInput(
+        mailbox={"m1": rec("mailbox", "m1", deleted=True), "m4": rec("mailbox", "m4", ADA)}, platform={},
+        settings=S, links_by_mailbox={"m1": lk}, links_by_platform={"p1": lk}, neighbour_links={1: lk},
+        platform_candidates={"p1": rec("platform", "p1", ADA, owner="u1")}, link_count=1)).decisions
+    by = {d.mailbox_id: d for d in decisions}
+    assert by["m1"].rule == "deleted_on_mailbox"
+    assert by["m4"].rule == "created_on_platform"
