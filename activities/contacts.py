@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio import activity
 
 from activities.errors import to_application_error
@@ -112,6 +112,18 @@ class _Resume(BaseModel):
             if at is not None and at.page and (at.cursor == stored_cursor or (at.resync and at.cursor is None)):
                 return at
         return cls(cursor=stored_cursor)
+
+
+def _staged(row) -> SideRecord:
+    """A staged item as the planner sees it. One that no longer reads as a record (a
+    store written by another version, a hand edit) is quarantined by the planner as
+    malformed, naming the fields, instead of failing the whole batch's plan."""
+    try:
+        return SideRecord.model_validate(row.record)
+    except ValidationError as exc:
+        where = sorted({".".join(str(p) for p in e["loc"]) or "record" for e in exc.errors()})
+        return SideRecord(side=row.side, external_id=row.external_id,
+                          problems=tuple(f"staged record unreadable at {w}" for w in where[:5]))
 
 
 def link_state(row) -> LinkState:
@@ -315,8 +327,8 @@ class ContactActivities:
             busy = cycle.items_with_unfinished_actions(s, ref.connection_id, UNFINISHED_ACTIONS)
             rows = [r for r in repo.items_by_status(s, ref.connection_id, OPEN_ITEM_STATUSES)
                     if (r.side, r.external_id) not in busy]
-            mailbox = {r.external_id: SideRecord.model_validate(r.record) for r in rows if r.side == "mailbox"}
-            platform = {r.external_id: SideRecord.model_validate(r.record) for r in rows if r.side == "platform"}
+            mailbox = {r.external_id: _staged(r) for r in rows if r.side == "mailbox"}
+            platform = {r.external_id: _staged(r) for r in rows if r.side == "platform"}
             mailbox_ids = set(mailbox) | {old for rec in mailbox.values() for old in rec.previous_ids}
             by_mailbox = {mid: link_state(row)
                           for mid, row in repo.get_links_by_mailbox_ids(s, ref.connection_id, mailbox_ids).items()}
