@@ -160,6 +160,10 @@ class MailboxSyncInput(BaseModel):
     poll_interval_s: float = 300.0
     #: how soon a lost worker's activity is retried elsewhere (activities heartbeat per page/chunk)
     heartbeat_timeout_s: float = 60.0
+    #: attempts an activity gets within one cycle; after them the cycle fails and the
+    #: workflow retries the whole cycle with its own capped backoff (rate limits are
+    #: waited out inside the activity and spend none)
+    activity_attempts: int = 8
     kinds: list[str] = Field(default_factory=lambda: ["contacts"])
     #: carried over by continue-as-new
     state: SyncState | None = None

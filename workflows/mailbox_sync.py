@@ -54,7 +54,7 @@ FAILURE_BACKOFF_FIRST_S = 30.0
 FAILURE_BACKOFF_MAX_S = 900.0
 
 
-def _retry(*also_final: str) -> RetryPolicy:
+def _retry(*also_final: str, attempts: int = 8) -> RetryPolicy:
     """Backoff for transient trouble; errors only a person or a resync can fix stop at once.
 
     A rate limit's own delay (Retry-After) overrides the interval via next_retry_delay.
@@ -66,13 +66,9 @@ def _retry(*also_final: str) -> RetryPolicy:
         initial_interval=timedelta(seconds=1),
         backoff_coefficient=2.0,
         maximum_interval=timedelta(minutes=2),
-        maximum_attempts=8,
+        maximum_attempts=attempts,
         non_retryable_error_types=[REAUTH_REQUIRED, "Fatal", *also_final],
     )
-
-
-FETCH_RETRY = _retry("CursorExpired")
-WRITE_RETRY = _retry()
 
 
 def workflow_id(connection_id: str) -> str:
@@ -277,9 +273,10 @@ class MailboxSyncWorkflow:
             SA_STATUS.value_set(health),
         ])
 
-    async def _act(self, name: str, *args, result_type=None, timeout_s: float = 600, retry=WRITE_RETRY,
+    async def _act(self, name: str, *args, result_type=None, timeout_s: float = 600, retry: RetryPolicy | None = None,
                    heartbeat: bool = True):
         heartbeat_s = self._inp.heartbeat_timeout_s if heartbeat else None
+        retry = retry or _retry(attempts=self._inp.activity_attempts)
         return await workflow.execute_activity(
             name,
             args=list(args),
@@ -334,8 +331,9 @@ class MailboxSyncWorkflow:
                     self._retry_quarantined = False
                     await self._act("contacts.retry_quarantined", cid, result_type=int)
             await self._maintain_subscriptions()
-            fm: FetchResult = await self._act("contacts.fetch_mailbox", ref, result_type=FetchResult, retry=FETCH_RETRY)
-            fp: FetchResult = await self._act("contacts.fetch_platform", ref, result_type=FetchResult, retry=FETCH_RETRY)
+            fetch_retry = _retry("CursorExpired", attempts=self._inp.activity_attempts)
+            fm: FetchResult = await self._act("contacts.fetch_mailbox", ref, result_type=FetchResult, retry=fetch_retry)
+            fp: FetchResult = await self._act("contacts.fetch_platform", ref, result_type=FetchResult, retry=fetch_retry)
             st.last_fetch_at = workflow.now().timestamp()
             approve = self._approve_mass_delete
             if not self._v2:
