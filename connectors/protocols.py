@@ -9,7 +9,7 @@ client library (httplib2) is synchronous anyway.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from connectors.errors import ConnectorError
 from models.contact import Contact, SideRecord
@@ -66,8 +66,17 @@ class MailboxContacts(Protocol):
     def get(self, external_id: str) -> SideRecord:
         """Current state of one contact (for re-merge after PreconditionFailed)."""
 
+    def find_by_markers(self, markers: Sequence[str], heartbeat: Callable[[], None] = lambda: None) -> dict[str, SideRecord]:
+        """Contacts we created earlier, by their marker (crash recovery of creates).
+
+        Markers not found are absent from the answer. Cost is bounded per call, not
+        per marker (one listing at most), so resuming many interrupted creates stays
+        cheap. `heartbeat` is called on the caller's thread after each provider call,
+        so a long scan keeps its Temporal activity alive.
+        """
+
     def find_by_marker(self, marker: str) -> SideRecord | None:
-        """Find a contact we created earlier by its marker (crash recovery of creates)."""
+        """`find_by_markers([marker]).get(marker)`; kept while callers move to the batch form."""
 
     def create_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         """Create contacts; one result per request, in order. Per-item errors, not raised."""
