@@ -296,15 +296,6 @@ def contact_to_item(contact: Contact, current: dict[str, Any] | None = None, mar
     return body
 
 
-def _malformed(r: WriteRequest, op: str) -> Fatal | None:
-    """A request missing what its operation needs is the caller's bug, reported for it alone."""
-    if op != "delete" and r.contact is None:
-        return Fatal(f"{op} request without a contact")
-    if op != "create" and not r.external_id:
-        return Fatal(f"{op} request without an external id")
-    return None
-
-
 class GraphContacts:
     """Contacts of one Microsoft 365 mailbox (`provider = "microsoft"`)."""
 
@@ -549,7 +540,7 @@ class GraphContacts:
         results: list[WriteResult | None] = [None] * len(requests)
         todo: list[int] = []
         for i, r in enumerate(requests):
-            bad = _malformed(r, op)
+            bad = r.malformed(op)
             if bad is not None:
                 results[i] = WriteResult(key=r.key, error=bad, calls=0.0)
             else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
-from connectors.errors import ConnectorError
+from connectors.errors import ConnectorError, Fatal
 from models.contact import Contact, SideRecord
 
 
@@ -41,6 +41,17 @@ class WriteRequest:
     #: again (People clientData, Graph extended property, CRM idempotency key).
     marker: str | None = None
     owner: str | None = None
+
+    def malformed(self, op: str) -> Fatal | None:
+        """What this request lacks for `op` (create / update / delete): a caller bug.
+
+        Connectors report it as this item's error and carry on with the others.
+        """
+        if op != "delete" and self.contact is None:
+            return Fatal(f"{op} request without a contact")
+        if op != "create" and not self.external_id:
+            return Fatal(f"{op} request without an external id")
+        return None
 
 
 @dataclass
