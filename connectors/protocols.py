@@ -107,7 +107,11 @@ class PlatformContacts(Protocol):
     """Contacts on the business platform (CRM, ATS, PM tool), scoped by organisation."""
 
     def changes_since(self, org_id: str, cursor: str | None, limit: int = 500) -> DeltaPage:
-        """Changes (including deletions) after `cursor`, oldest first."""
+        """Changes (including deletions) after `cursor`, oldest first.
+
+        Raises CursorExpired for a cursor the platform does not accept (expired, or
+        never issued by it), so the caller resyncs rather than skipping changes.
+        """
 
     def get_many(self, org_id: str, external_ids: Sequence[str]) -> list[SideRecord]:
         """Current records; missing ids are returned as deleted tombstones."""
