@@ -20,7 +20,14 @@ Why the shapes below:
   inside `status` arrives as a normal 200 body).
 - A request-level failure (429, 5xx, 401) stops the run: the chunk that hit it and
   every later request get that error, unsent, so the caller can record what did
-  succeed and let Temporal retry the rest after `retry_after`.
+  succeed and let Temporal retry the rest after `retry_after`. A request missing
+  what its operation needs (no contact, no resource name) is a Fatal for that item
+  alone.
+- A person we cannot translate (a wrong type, an unexpected shape) becomes a
+  record without a contact and with value-free `problems` (`connectors.translation`),
+  so it is quarantined instead of failing its page.
+- Markers of our creates live in `clientData`, which connections.list cannot filter
+  on: `find_by_markers` scans one listing for all the markers it is given.
 
 Not thread-safe: one instance per activity invocation (httplib2.Http is not).
 """
@@ -54,6 +61,7 @@ from connectors.errors import (
     ValidationRejected,
 )
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
+from connectors.translation import untranslatable
 from models.contact import Contact, SideRecord
 
 PERSON_FIELDS = "names,emailAddresses,phoneNumbers,organizations,biographies,clientData,metadata"
@@ -199,9 +207,17 @@ def _primary(values: list[dict]) -> dict | None:
     return values[0] if values else None
 
 
-def person_to_record(person: dict) -> SideRecord:
+def person_to_record(person: Any) -> SideRecord:
+    """People `Person` -> SideRecord; never raises for bad data."""
+    try:
+        return _person_to_record(person)
+    except Exception as exc:  # one malformed person must not fail its page
+        return untranslatable("mailbox", person.get("resourceName") if isinstance(person, dict) else None, exc)
+
+
+def _person_to_record(person: dict) -> SideRecord:
     meta = person.get("metadata") or {}
-    name = person.get("resourceName", "")
+    name = person["resourceName"]
     previous = tuple(meta.get("previousResourceNames") or ())
     if meta.get("deleted"):
         return SideRecord(side="mailbox", external_id=name, deleted=True, etag=person.get("etag"), previous_ids=previous)
@@ -236,9 +252,9 @@ def person_to_record(person: dict) -> SideRecord:
     )
 
 
-def person_marker(person: dict) -> str | None:
-    for item in person.get("clientData") or []:
-        if item.get("key") == MARKER_KEY:
+def person_marker(person: Any) -> str | None:
+    for item in (person.get("clientData") if isinstance(person, dict) else None) or []:
+        if isinstance(item, dict) and item.get("key") == MARKER_KEY:
             return item.get("value")
     return None
 
@@ -448,22 +464,31 @@ class GooglePeopleContacts:
         return person_to_record(person)
 
     def find_by_marker(self, marker: str) -> SideRecord | None:
-        """Scan a full listing for our clientData marker.
+        return self.find_by_markers([marker]).get(marker)
 
-        Cost: ceil(contacts / page_size) list calls (one per 1,000 contacts), paid only
-        on crash recovery of a create. Google shows writes in listings with a lag, so
-        None right after a crash can mean "not visible yet": callers should only
-        conclude "never created" once that lag has passed.
+    def find_by_markers(self, markers: Sequence[str], heartbeat: Callable[[], None] = lambda: None) -> dict[str, SideRecord]:
+        """Scan one full listing for all the clientData markers wanted.
+
+        Cost: at most ceil(contacts / page_size) list calls (one per 1,000 contacts)
+        however many markers are sought; the scan stops once all are found.
+        `heartbeat` runs after each page. Google shows writes in listings with a lag,
+        so a marker missing right after a crash can mean "not visible yet": callers
+        should only conclude "never created" once that lag has passed.
         """
+        wanted = set(markers)
+        found: dict[str, SideRecord] = {}
         google_page = None
-        while True:
+        while len(found) < len(wanted):
             body = self._list_page(None, google_page, request_sync=False)
             for person in body.get("connections") or []:
-                if person_marker(person) == marker:
-                    return person_to_record(person)
+                marker = person_marker(person)
+                if marker in wanted:
+                    found[marker] = person_to_record(person)  # type: ignore[index]
+            heartbeat()
             google_page = body.get("nextPageToken")
             if not google_page:
-                return None
+                break
+        return found
 
     def _batch_get(self, names: list[str]) -> dict[str, dict | ConnectorError]:
         body = self._execute(self._people.getBatchGet(resourceNames=names, personFields=PERSON_FIELDS))
@@ -503,13 +528,22 @@ class GooglePeopleContacts:
             results.extend(chunk_results)
         return results
 
+    @staticmethod
+    def _malformed_apart(
+        requests: Sequence[WriteRequest], op: str, run: Callable[[list[WriteRequest]], list[WriteResult]]
+    ) -> list[WriteResult]:
+        """Malformed requests fail alone; `run` gets the others and answers them in order."""
+        bad = {id(r): WriteResult(key=r.key, error=err, calls=0.0) for r in requests if (err := r.malformed(op))}
+        good = [r for r in requests if id(r) not in bad]
+        done = iter(run(good) if good else [])
+        return [bad[id(r)] if id(r) in bad else next(done) for r in requests]
+
     def create_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
-        return self._run_chunks(_split(requests, CREATE_CHUNK), self._create_chunk)
+        return self._malformed_apart(
+            requests, "create", lambda good: self._run_chunks(_split(good, CREATE_CHUNK), self._create_chunk)
+        )
 
     def _create_chunk(self, chunk: list[WriteRequest]) -> list[WriteResult]:
-        for r in chunk:
-            if r.contact is None:
-                raise Fatal("create requests need a contact")
         body = {
             "contacts": [{"contactPerson": contact_to_person(r.contact, marker=r.marker)} for r in chunk],  # type: ignore[arg-type]
             "readMask": PERSON_FIELDS,
@@ -541,6 +575,9 @@ class GooglePeopleContacts:
         return WriteResult(key=r.key, record=person_to_record(person))
 
     def update_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        return self._malformed_apart(requests, "update", self._update_in_chunks)
+
+    def _update_in_chunks(self, requests: list[WriteRequest]) -> list[WriteResult]:
         # A resource name twice in one batchUpdate map would collide: later duplicates
         # go to later chunks, in order.
         ordered: list[list[WriteRequest]] = []
@@ -557,9 +594,6 @@ class GooglePeopleContacts:
         return [by_request[id(r)] for r in requests]
 
     def _update_chunk(self, chunk: list[WriteRequest]) -> list[WriteResult]:
-        for r in chunk:
-            if r.contact is None or not r.external_id:
-                raise Fatal("update requests need a contact and an external_id")
         current = self._batch_get([r.external_id for r in chunk])  # type: ignore[misc]
         results: dict[int, WriteResult] = {}
         to_send: list[tuple[WriteRequest, dict]] = []
@@ -624,15 +658,14 @@ class GooglePeopleContacts:
 
     def delete_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         """Delete; gone already counts as deleted. People has no etag on delete."""
-        return self._run_chunks(_split(requests, DELETE_CHUNK), self._delete_chunk)
+        return self._malformed_apart(
+            requests, "delete", lambda good: self._run_chunks(_split(good, DELETE_CHUNK), self._delete_chunk)
+        )
 
     def _deleted(self, r: WriteRequest) -> WriteResult:
         return WriteResult(key=r.key, record=SideRecord(side="mailbox", external_id=r.external_id or "", deleted=True))
 
     def _delete_chunk(self, chunk: list[WriteRequest]) -> list[WriteResult]:
-        for r in chunk:
-            if not r.external_id:
-                raise Fatal("delete requests need an external_id")
         names = list(dict.fromkeys(r.external_id for r in chunk))
         try:
             self._execute(self._people.batchDeleteContacts(body={"resourceNames": names}))

@@ -13,39 +13,49 @@ Choices that are not obvious from the protocol:
   Duplicates across pages reach the caller in order, so staging "last one wins" by
   id stays correct; `read_round` de-duplicates a whole round when that is wanted.
 - Phones: Graph has `businessPhones[]`, `mobilePhone` and `homePhones[]`, the
-  canonical contact one set. Reading merges all three. Writing puts each phone back
-  in the slot this instance last saw it in (mobile / home / business) and every
-  phone it has never seen into `businessPhones`: a number the user filed as mobile
-  stays mobile when we rewrite the contact, and a new number from the platform has
-  no better home than "business" (it usually is a work number). The memory is per
-  connector instance; a fresh worker writing a known-mobile number it never read
-  files it under business (content and hash are unchanged, only the slot moves).
-  Email display names are remembered the same way (new addresses get the address
-  as their name, as Outlook does).
+  canonical contact one set. Reading merges all three. `update_many` reads the
+  targets first (GETs in JSON `$batch`, 20 per call, under the same in-flight
+  budget) and puts each phone back in the slot it holds now (mobile / home /
+  business, compared by digits); a new number goes to `businessPhones` (from the
+  platform it usually is a work number). Each existing address keeps its display
+  name; a new one gets the address as its name, as Outlook does. Nothing is kept
+  between calls: every Temporal activity builds a fresh connector, so memory of an
+  earlier read would be empty exactly when the write happens. The read costs one
+  call per 20 updates (an update costs 2/20 of a call instead of 1/20) and lets a
+  stale etag be refused without spending a write.
+- A contact we cannot translate (a wrong type, an unexpected shape) becomes a
+  record without a contact and with value-free `problems` (`connectors.translation`),
+  so it is quarantined instead of failing its page.
 - Our marker is the single-value extended property `MARKER_PROPERTY_ID`, found
-  again with the `$filter` Graph documents for extended properties.
+  again with the `$filter` Graph documents for extended properties (up to 20
+  markers, in one `$batch`) or by one listing that expands it (more markers; see
+  `find_by_markers` for the measured costs).
 - Writes go through JSON `$batch` in chunks of 20, several chunks in parallel, but
   never more than `max_concurrency` HTTP requests in flight (Graph allows four per
-  mailbox; the fifth gets 429). A `$batch` is one call for `calls_made`.
+  mailbox; the fifth gets 429). A `$batch` is one call for `calls_made`. Bodies are
+  JSON with non-ASCII escaped, so a lone surrogate travels as `\\ud800` instead of
+  failing to encode in the client.
 - Errors, per item for writes: 410 / `syncStateNotFound` / `resyncRequired` ->
   CursorExpired; 429 (and 503 with Retry-After) -> RateLimited; other 5xx and
   timeouts -> Transient; 401 -> AuthExpired; 403 -> ReauthRequired (consent or
   mailbox access withdrawn); 409 (`ErrorIrresolvableConflict`) and 412 ->
   PreconditionFailed; 400 -> ValidationRejected; 404 -> NotFound. Writes never
   raise a ConnectorError: a failure of a whole `$batch` call (401, 429, timeout)
-  becomes the error of each item in that chunk, and an already-missing contact
+  becomes the error of each item in that chunk, a request missing what its
+  operation needs is a Fatal for that item alone, and an already-missing contact
   counts as deleted.
 """
 
 from __future__ import annotations
 
 import email.utils
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable, Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -62,12 +72,14 @@ from connectors.errors import (
     ValidationRejected,
 )
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
+from connectors.translation import untranslatable
 from models.contact import Contact, SideRecord
 
 #: Same id the emulator documents; a string property in our own GUID namespace.
 MARKER_PROPERTY_ID = "String {5b8f3c1e-7a2d-4e69-9c4b-2f1d6a8e0c37} Name concordMarker"
 IMMUTABLE = 'IdType="ImmutableId"'
 BATCH_MAX = 20
+LISTING_PAGE_SIZE = 1000
 SELECT_FIELDS = (
     "givenName,surname,emailAddresses,businessPhones,mobilePhone,homePhones,"
     "companyName,jobTitle,personalNotes,changeKey,lastModifiedDateTime,parentFolderId"
@@ -185,6 +197,105 @@ def _dedupe(items: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(kept.values())
 
 
+def _same_etag(a: str, b: str | None) -> bool:
+    def bare(v: str) -> str:
+        v = v.strip()
+        return (v[2:] if v.startswith("W/") else v).strip('"')
+
+    return b is not None and bare(a) == bare(b)
+
+
+def _phone_key(value: str) -> str:
+    """The same digits in another layout are the same number (as `Contact` folds them)."""
+    return "".join(ch for ch in value if ch.isdigit()) or value.strip()
+
+
+def item_to_record(item: Any) -> SideRecord:
+    """Graph contact (or `@removed` entry) -> SideRecord; never raises for bad data."""
+    try:
+        return _item_to_record(item)
+    except Exception as exc:  # one malformed contact must not fail its page
+        return untranslatable("mailbox", item.get("id") if isinstance(item, dict) else None, exc)
+
+
+def _item_to_record(item: dict[str, Any]) -> SideRecord:
+    iid = item["id"]
+    if "@removed" in item:
+        return SideRecord(side="mailbox", external_id=iid, deleted=True)
+    problems: list[str] = []
+    emails = []
+    for e in item.get("emailAddresses") or []:
+        if isinstance(e, dict) and isinstance(e.get("address"), str) and e["address"].strip():
+            emails.append(e["address"])
+        else:
+            problems.append("emailAddresses entry without an address")
+    phones: list[str] = []
+    for key in ("businessPhones", "homePhones"):
+        for p in item.get(key) or []:
+            if isinstance(p, str):
+                phones.append(p)
+            else:
+                problems.append(f"{key} entry is not a string")
+    if isinstance(item.get("mobilePhone"), str):
+        phones.append(item["mobilePhone"])
+    contact = Contact(
+        given_name=item.get("givenName") or "",
+        family_name=item.get("surname") or "",
+        emails=emails,
+        phones=phones,
+        company=item.get("companyName") or "",
+        job_title=item.get("jobTitle") or "",
+        notes=item.get("personalNotes") or "",
+    )
+    return SideRecord(
+        side="mailbox",
+        external_id=iid,
+        contact=contact,
+        etag=_etag_of(item),
+        updated_at=_parse_time(item.get("lastModifiedDateTime")),
+        problems=tuple(problems),
+    )
+
+
+def contact_to_item(contact: Contact, current: dict[str, Any] | None = None, marker: str | None = None) -> dict[str, Any]:
+    """Canonical contact -> Graph body (all synced fields, so a PATCH replaces them).
+
+    `current` is the contact as Graph holds it now: its phones keep their slots and
+    its addresses their display names (see the module docstring).
+    """
+    current = current or {}
+    slots: dict[str, str] = {}
+    for slot, values in (("business", current.get("businessPhones")), ("home", current.get("homePhones")),
+                         ("mobile", [current.get("mobilePhone")])):
+        for p in values or []:
+            if isinstance(p, str) and p.strip():
+                slots[_phone_key(p)] = slot
+    names = {
+        e["address"].strip().casefold(): e["name"]
+        for e in current.get("emailAddresses") or []
+        if isinstance(e, dict) and isinstance(e.get("address"), str) and isinstance(e.get("name"), str) and e["name"]
+    }
+    mobile = [p for p in contact.phones if slots.get(_phone_key(p)) == "mobile"]
+    home = [p for p in contact.phones if slots.get(_phone_key(p)) == "home"]
+    business = [p for p in contact.phones if slots.get(_phone_key(p)) not in ("mobile", "home")]
+    # Graph holds one mobile number; any extra known-mobile one goes to business.
+    business += mobile[1:]
+    body: dict[str, Any] = {
+        "givenName": contact.given_name or None,
+        "surname": contact.family_name or None,
+        "emailAddresses": [{"address": e, "name": names.get(e.casefold(), e)} for e in contact.emails],
+        "businessPhones": business,
+        "mobilePhone": mobile[0] if mobile else None,
+        "homePhones": home,
+        "companyName": contact.company or None,
+        "jobTitle": contact.job_title or None,
+        "personalNotes": contact.notes or None,
+    }
+    if marker:
+        body["singleValueExtendedProperties"] = [{"id": MARKER_PROPERTY_ID, "value": marker}]
+    return body
+
+
 class GraphContacts:
     """Contacts of one Microsoft 365 mailbox (`provider = "microsoft"`)."""
 
@@ -219,9 +330,6 @@ class GraphContacts:
         self.page_size = page_size
         self._calls = 0
         self._lock = threading.Lock()
-        # Where each phone / what name each email had when last read, per contact id.
-        self._phone_slots: dict[str, dict[str, str]] = {}
-        self._email_names: dict[str, dict[str, str]] = {}
 
     # ------------------------------------------------------------------ plumbing
 
@@ -252,12 +360,17 @@ class GraphContacts:
         url: str,
         *,
         params: dict[str, str] | None = None,
-        json: Any = None,
+        body: Any = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """One HTTP call under the mailbox's in-flight budget; errors become ConnectorErrors."""
         token = self._token_provider()
         hdrs = {"Authorization": f"Bearer {token}", "Prefer": IMMUTABLE, "Accept": "application/json"}
+        content = None
+        if body is not None:
+            # ASCII-escaped: httpx's own encoder raises on a lone surrogate in a value.
+            content = json.dumps(body, ensure_ascii=True).encode("ascii")
+            hdrs["Content-Type"] = "application/json"
         hdrs.update(headers or {})
         if not url.startswith(("http://", "https://")):
             url = self.base + url
@@ -265,7 +378,7 @@ class GraphContacts:
             with self._lock:
                 self._calls += 1
             try:
-                resp = self._client.request(method, url, params=params, json=json, headers=hdrs)
+                resp = self._client.request(method, url, params=params, content=content, headers=hdrs)
             except httpx.TimeoutException as exc:
                 raise Transient(f"graph timeout ({type(exc).__name__})") from exc
             except httpx.TransportError as exc:
@@ -283,95 +396,6 @@ class GraphContacts:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="graph-batch")
             return self._pool
-
-    # ------------------------------------------------------------------ mapping
-
-    def _remember(self, item: dict[str, Any]) -> None:
-        iid = str(item.get("id") or "")
-        if not iid or "@removed" in item:
-            return
-        slots: dict[str, str] = {}
-        for p in item.get("businessPhones") or []:
-            if isinstance(p, str) and p.strip():
-                slots[p.strip()] = "business"
-        for p in item.get("homePhones") or []:
-            if isinstance(p, str) and p.strip():
-                slots[p.strip()] = "home"
-        mobile = item.get("mobilePhone")
-        if isinstance(mobile, str) and mobile.strip():
-            slots[mobile.strip()] = "mobile"
-        names = {}
-        for e in item.get("emailAddresses") or []:
-            if isinstance(e, dict) and e.get("address") and e.get("name"):
-                names[str(e["address"]).strip().lower()] = str(e["name"])
-        with self._lock:
-            self._phone_slots[iid] = slots
-            self._email_names[iid] = names
-
-    def to_record(self, item: dict[str, Any]) -> SideRecord:
-        """Graph contact (or `@removed` entry) -> SideRecord."""
-        iid = str(item.get("id"))
-        if "@removed" in item:
-            return SideRecord(side="mailbox", external_id=iid, deleted=True)
-        problems: list[str] = []
-        emails = []
-        for e in item.get("emailAddresses") or []:
-            if isinstance(e, dict) and isinstance(e.get("address"), str) and e["address"].strip():
-                emails.append(e["address"])
-            else:
-                problems.append("emailAddresses entry without an address")
-        phones: list[str] = []
-        for key in ("businessPhones", "homePhones"):
-            for p in item.get(key) or []:
-                if isinstance(p, str):
-                    phones.append(p)
-                else:
-                    problems.append(f"{key} entry is not a string")
-        if isinstance(item.get("mobilePhone"), str):
-            phones.append(item["mobilePhone"])
-        self._remember(item)
-        contact = Contact(
-            given_name=item.get("givenName") or "",
-            family_name=item.get("surname") or "",
-            emails=emails,
-            phones=phones,
-            company=item.get("companyName") or "",
-            job_title=item.get("jobTitle") or "",
-            notes=item.get("personalNotes") or "",
-        )
-        return SideRecord(
-            side="mailbox",
-            external_id=iid,
-            contact=contact,
-            etag=_etag_of(item),
-            updated_at=_parse_time(item.get("lastModifiedDateTime")),
-            problems=tuple(problems),
-        )
-
-    def to_graph(self, contact: Contact, external_id: str | None = None, marker: str | None = None) -> dict[str, Any]:
-        """Canonical contact -> Graph body (all synced fields, so PATCH replaces them)."""
-        with self._lock:
-            slots = dict(self._phone_slots.get(external_id or "", {}))
-            names = dict(self._email_names.get(external_id or "", {}))
-        mobile = [p for p in contact.phones if slots.get(p) == "mobile"]
-        home = [p for p in contact.phones if slots.get(p) == "home"]
-        business = [p for p in contact.phones if slots.get(p) not in ("mobile", "home")]
-        # Graph holds one mobile number; any extra known-mobile one goes to business.
-        business += mobile[1:]
-        body: dict[str, Any] = {
-            "givenName": contact.given_name or None,
-            "surname": contact.family_name or None,
-            "emailAddresses": [{"address": e, "name": names.get(e.lower(), e)} for e in contact.emails],
-            "businessPhones": business,
-            "mobilePhone": mobile[0] if mobile else None,
-            "homePhones": home,
-            "companyName": contact.company or None,
-            "jobTitle": contact.job_title or None,
-            "personalNotes": contact.notes or None,
-        }
-        if marker:
-            body["singleValueExtendedProperties"] = [{"id": MARKER_PROPERTY_ID, "value": marker}]
-        return body
 
     # ------------------------------------------------------------------ reads
 
@@ -392,7 +416,7 @@ class GraphContacts:
         next_link, delta_link = body.get("@odata.nextLink"), body.get("@odata.deltaLink")
         if not next_link and not delta_link:
             raise Transient("graph delta page without nextLink or deltaLink")
-        records = [self.to_record(item) for item in _dedupe(value)]
+        records = [item_to_record(item) for item in _dedupe(value)]
         return DeltaPage(records=records, next_page=next_link, cursor=None if next_link else delta_link)
 
     def read_round(self, cursor: str | None) -> tuple[list[SideRecord], str]:
@@ -418,125 +442,190 @@ class GraphContacts:
                 continue
             if not body.get("@odata.deltaLink"):
                 raise Transient("graph delta page without nextLink or deltaLink")
-            return [self.to_record(i) for i in _dedupe(raw)], body["@odata.deltaLink"]
+            return [item_to_record(i) for i in _dedupe(raw)], body["@odata.deltaLink"]
 
     def get(self, external_id: str) -> SideRecord:
         resp = self._request("GET", f"/me/contacts/{quote(external_id, safe='')}", params={"$select": SELECT_FIELDS})
-        return self.to_record(resp.json())
+        return item_to_record(resp.json())
 
     def find_by_marker(self, marker: str) -> SideRecord | None:
-        value = marker.replace("'", "''")
-        flt = (
-            f"singleValueExtendedProperties/Any(ep: ep/id eq '{MARKER_PROPERTY_ID}' "
-            f"and ep/value eq '{value}')"
-        )
-        resp = self._request("GET", self._collection_path(), params={"$filter": flt, "$top": "1"})
-        items = resp.json().get("value") or []
-        return self.to_record(items[0]) if items else None
+        return self.find_by_markers([marker]).get(marker)
+
+    def find_by_markers(self, markers: Sequence[str], heartbeat: Callable[[], None] = lambda: None) -> dict[str, SideRecord]:
+        """Contacts we created, by marker; `heartbeat` runs once per call made.
+
+        Up to 20 markers: one extended-property `$filter` each, all in one `$batch`
+        call. More: one listing of the folder that expands the marker property,
+        1,000 contacts a page. Graph's throttling counts every request inside a
+        `$batch`, so N filters cost N requests while a listing costs one per 1,000
+        contacts: measured on the emulator with 5,400 contacts, 20 markers took 1
+        call (20 requests), 200 markers 10 calls (200 requests) by filter against 6
+        calls (6 requests) by listing.
+        """
+        wanted = list(dict.fromkeys(markers))
+        if not wanted:
+            return {}
+        if len(wanted) > BATCH_MAX:
+            return self._find_in_listing(set(wanted), heartbeat)
+        subs = []
+        for marker in wanted:
+            value = marker.replace("'", "''")
+            flt = f"singleValueExtendedProperties/Any(ep: ep/id eq '{MARKER_PROPERTY_ID}' and ep/value eq '{value}')"
+            query = urlencode({"$filter": flt, "$select": SELECT_FIELDS, "$top": "1"}, quote_via=quote)
+            subs.append({"method": "GET", "url": f"{self._collection_path()}?{query}"})
+        found: dict[str, SideRecord] = {}
+        for marker, answer in zip(wanted, self._send_batch(subs)):
+            items = self._answer_body(answer).get("value") or []
+            if items:
+                found[marker] = item_to_record(items[0])
+        heartbeat()
+        return found
+
+    def _find_in_listing(self, wanted: set[str], heartbeat: Callable[[], None]) -> dict[str, SideRecord]:
+        found: dict[str, SideRecord] = {}
+        link: str | None = self._collection_path()
+        params: dict[str, str] | None = {
+            "$top": str(LISTING_PAGE_SIZE),
+            "$select": SELECT_FIELDS,
+            "$expand": f"singleValueExtendedProperties($filter=id eq '{MARKER_PROPERTY_ID}')",
+        }
+        while link and len(found) < len(wanted):
+            body = self._request("GET", link, params=params).json()
+            for item in body.get("value") or []:
+                props = item.get("singleValueExtendedProperties") if isinstance(item, dict) else None
+                for prop in props or []:
+                    if isinstance(prop, dict) and prop.get("value") in wanted:
+                        found[prop["value"]] = item_to_record(item)
+            heartbeat()
+            link, params = body.get("@odata.nextLink"), None  # the link carries the query
+        return found
+
+    def _read_many(self, ids: list[str]) -> dict[str, dict[str, Any] | ConnectorError]:
+        """Current state of contacts by id (one `$batch` of GETs); per-id errors, not raised."""
+        unique = list(dict.fromkeys(ids))
+        subs = [
+            {"method": "GET", "url": f"/me/contacts/{quote(i, safe='')}?{urlencode({'$select': SELECT_FIELDS}, quote_via=quote)}"}
+            for i in unique
+        ]
+        out: dict[str, dict[str, Any] | ConnectorError] = {}
+        for iid, answer in zip(unique, self._send_batch(subs)):
+            try:
+                out[iid] = self._answer_body(answer)
+            except ConnectorError as exc:
+                out[iid] = exc
+        return out
 
     # ------------------------------------------------------------------ writes
 
     def create_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
-        def build(r: WriteRequest) -> dict[str, Any]:
-            if r.contact is None:
-                raise ValidationRejected("create without a contact", field="contact")
-            return {"method": "POST", "url": self._collection_path(), "body": self.to_graph(r.contact, None, r.marker)}
-
-        return self._batch_write(requests, build)
+        return self._batch_write(requests, "create")
 
     def update_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
-        def build(r: WriteRequest) -> dict[str, Any]:
-            if r.contact is None or not r.external_id:
-                raise ValidationRejected("update needs a contact and an external id", field="external_id")
-            sub: dict[str, Any] = {
-                "method": "PATCH",
-                "url": f"/me/contacts/{quote(r.external_id, safe='')}",
-                "body": self.to_graph(r.contact, r.external_id, r.marker),
-            }
-            if r.etag:
-                sub["headers"] = {"If-Match": r.etag}
-            return sub
-
-        return self._batch_write(requests, build)
+        return self._batch_write(requests, "update")
 
     def delete_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
-        def build(r: WriteRequest) -> dict[str, Any]:
-            if not r.external_id:
-                raise ValidationRejected("delete needs an external id", field="external_id")
-            sub: dict[str, Any] = {"method": "DELETE", "url": f"/me/contacts/{quote(r.external_id, safe='')}"}
-            if r.etag:
-                sub["headers"] = {"If-Match": r.etag}
-            return sub
+        return self._batch_write(requests, "delete")
 
-        return self._batch_write(requests, build, deleting=True)
+    def _sub_request(self, op: str, r: WriteRequest, current: dict[str, Any] | None) -> dict[str, Any]:
+        if op == "create":
+            return {"method": "POST", "url": self._collection_path(), "body": contact_to_item(r.contact, None, r.marker)}  # type: ignore[arg-type]
+        sub: dict[str, Any] = {"method": "PATCH" if op == "update" else "DELETE", "url": f"/me/contacts/{quote(r.external_id or '', safe='')}"}
+        if op == "update":
+            sub["body"] = contact_to_item(r.contact, current, r.marker)  # type: ignore[arg-type]
+        if r.etag:
+            sub["headers"] = {"If-Match": r.etag}
+        return sub
 
-    def _batch_write(
-        self,
-        requests: Sequence[WriteRequest],
-        build: Callable[[WriteRequest], dict[str, Any]],
-        *,
-        deleting: bool = False,
-    ) -> list[WriteResult]:
+    def _batch_write(self, requests: Sequence[WriteRequest], op: str) -> list[WriteResult]:
         results: list[WriteResult | None] = [None] * len(requests)
-        todo: list[tuple[int, dict[str, Any]]] = []
+        todo: list[int] = []
         for i, r in enumerate(requests):
-            try:
-                todo.append((i, build(r)))
-            except ConnectorError as exc:
-                results[i] = WriteResult(key=r.key, error=exc, calls=0.0)
+            bad = r.malformed(op)
+            if bad is not None:
+                results[i] = WriteResult(key=r.key, error=bad, calls=0.0)
+            else:
+                todo.append(i)
         chunks = [todo[i : i + BATCH_MAX] for i in range(0, len(todo), BATCH_MAX)]
         if len(chunks) == 1:
-            self._run_chunk(requests, chunks[0], results, deleting)
+            self._write_chunk(requests, chunks[0], op, results)
         elif chunks:
-            futures = [self._executor().submit(self._run_chunk, requests, c, results, deleting) for c in chunks]
+            futures = [self._executor().submit(self._write_chunk, requests, c, op, results) for c in chunks]
             for f in futures:
                 f.result()
         return [r for r in results if r is not None]
 
-    def _run_chunk(
-        self,
-        requests: Sequence[WriteRequest],
-        chunk: list[tuple[int, dict[str, Any]]],
-        results: list[WriteResult | None],
-        deleting: bool,
-    ) -> None:
-        share = 1.0 / len(chunk)
-        subs = []
-        for n, (_, sub) in enumerate(chunk):
-            sub = dict(sub)
-            sub["id"] = str(n + 1)
+    def _write_chunk(self, requests: Sequence[WriteRequest], chunk: list[int], op: str, results: list[WriteResult | None]) -> None:
+        """One chunk: for updates a read of the targets, then one `$batch` of writes."""
+        calls = 0
+        outcome: dict[int, ConnectorError | dict[str, Any]] = {}
+        try:
+            current: dict[str, dict[str, Any] | ConnectorError] = {}
+            if op == "update":
+                calls += 1
+                current = self._read_many([requests[i].external_id or "" for i in chunk])
+            subs: dict[int, dict[str, Any]] = {}
+            for idx in chunk:
+                r = requests[idx]
+                now = current.get(r.external_id or "") if op == "update" else None
+                if isinstance(now, ConnectorError):
+                    outcome[idx] = now
+                elif now is not None and r.etag and not _same_etag(r.etag, _etag_of(now)):
+                    outcome[idx] = PreconditionFailed("contact changed in the mailbox since it was read", detail={"local": True})
+                else:
+                    subs[idx] = self._sub_request(op, r, now)
+            if subs:
+                calls += 1
+                outcome.update(zip(subs, self._send_batch(list(subs.values()))))
+        except ConnectorError as exc:  # the whole call failed: every item without an answer shares it
+            for idx in chunk:
+                outcome.setdefault(idx, exc)
+        share = calls / len(chunk)
+        for idx in chunk:
+            results[idx] = self._write_result(requests[idx], op, outcome[idx], share)
+
+    def _write_result(self, r: WriteRequest, op: str, answer: ConnectorError | dict[str, Any], share: float) -> WriteResult:
+        if isinstance(answer, ConnectorError):
+            return WriteResult(key=r.key, error=answer, calls=share)
+        status = int(answer.get("status") or 0)
+        body = answer.get("body")
+        if op == "delete" and (status < 300 or status == 404):
+            return WriteResult(key=r.key, record=SideRecord(side="mailbox", external_id=r.external_id or "", deleted=True), calls=share)
+        if status < 300 and isinstance(body, dict):
+            return WriteResult(key=r.key, record=item_to_record(body), calls=share)
+        if status < 300:
+            return WriteResult(key=r.key, error=Transient("graph $batch answer without a body"), calls=share)
+        return WriteResult(key=r.key, error=error_for(status, answer.get("headers") or {}, body), calls=share)
+
+    def _send_batch(self, subs: list[dict[str, Any]]) -> list[dict[str, Any] | ConnectorError]:
+        """One `$batch` call; the answers in the order of `subs` (Graph answers in any order).
+
+        Raises when the call as a whole fails; an answer missing for one sub-request
+        is a Transient for it alone.
+        """
+        wire = []
+        for n, sub in enumerate(subs):
+            sub = dict(sub, id=str(n + 1))
             headers = {"Prefer": IMMUTABLE}
             headers.update(sub.get("headers") or {})
             if "body" in sub:
                 headers["Content-Type"] = "application/json"
             sub["headers"] = headers
-            subs.append(sub)
-        try:
-            resp = self._request("POST", "/$batch", json={"requests": subs})
-            answers = {str(a.get("id")): a for a in resp.json().get("responses") or []}
-        except ConnectorError as exc:
-            for idx, _ in chunk:
-                results[idx] = WriteResult(key=requests[idx].key, error=exc, calls=share)
-            return
-        for n, (idx, _) in enumerate(chunk):
-            key = requests[idx].key
-            answer = answers.get(str(n + 1))
-            if answer is None:
-                results[idx] = WriteResult(key=key, error=Transient("graph $batch answer missing"), calls=share)
-                continue
-            status = int(answer.get("status") or 0)
-            body = answer.get("body")
-            if deleting and (status < 300 or status == 404):
-                ext = requests[idx].external_id or ""
-                results[idx] = WriteResult(
-                    key=key, record=SideRecord(side="mailbox", external_id=ext, deleted=True), calls=share
-                )
-            elif status < 300 and isinstance(body, dict):
-                results[idx] = WriteResult(key=key, record=self.to_record(body), calls=share)
-            elif status < 300:
-                results[idx] = WriteResult(key=key, error=Transient("graph $batch answer without a body"), calls=share)
-            else:
-                results[idx] = WriteResult(key=key, error=error_for(status, answer.get("headers") or {}, body), calls=share)
+            wire.append(sub)
+        resp = self._request("POST", "/$batch", body={"requests": wire})
+        answers = {str(a.get("id")): a for a in resp.json().get("responses") or [] if isinstance(a, dict)}
+        return [answers.get(str(n + 1)) or Transient("graph $batch answer missing") for n in range(len(subs))]
+
+    @staticmethod
+    def _answer_body(answer: dict[str, Any] | ConnectorError) -> dict[str, Any]:
+        """The body of a successful read answer; a failed one raises its ConnectorError."""
+        if isinstance(answer, ConnectorError):
+            raise answer
+        status, body = int(answer.get("status") or 0), answer.get("body")
+        if status >= 300:
+            raise error_for(status, answer.get("headers") or {}, body)
+        if not isinstance(body, dict):
+            raise Transient("graph $batch answer without a body")
+        return body
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -563,11 +652,11 @@ class GraphContacts:
         }
         if lifecycle_url:
             body["lifecycleNotificationUrl"] = lifecycle_url
-        return self._request("POST", "/subscriptions", json=body).json()
+        return self._request("POST", "/subscriptions", body=body).json()
 
     def renew_subscription(self, subscription_id: str, *, minutes: int = 4230) -> dict[str, Any]:
         return self._request(
-            "PATCH", f"/subscriptions/{quote(subscription_id, safe='')}", json={"expirationDateTime": _expiry(minutes)}
+            "PATCH", f"/subscriptions/{quote(subscription_id, safe='')}", body={"expirationDateTime": _expiry(minutes)}
         ).json()
 
     def delete_subscription(self, subscription_id: str) -> None:

@@ -9,9 +9,9 @@ client library (httplib2) is synchronous anyway.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
-from connectors.errors import ConnectorError
+from connectors.errors import ConnectorError, Fatal
 from models.contact import Contact, SideRecord
 
 
@@ -42,6 +42,17 @@ class WriteRequest:
     marker: str | None = None
     owner: str | None = None
 
+    def malformed(self, op: str) -> Fatal | None:
+        """What this request lacks for `op` (create / update / delete): a caller bug.
+
+        Connectors report it as this item's error and carry on with the others.
+        """
+        if op != "delete" and self.contact is None:
+            return Fatal(f"{op} request without a contact")
+        if op != "create" and not self.external_id:
+            return Fatal(f"{op} request without an external id")
+        return None
+
 
 @dataclass
 class WriteResult:
@@ -66,8 +77,17 @@ class MailboxContacts(Protocol):
     def get(self, external_id: str) -> SideRecord:
         """Current state of one contact (for re-merge after PreconditionFailed)."""
 
+    def find_by_markers(self, markers: Sequence[str], heartbeat: Callable[[], None] = lambda: None) -> dict[str, SideRecord]:
+        """Contacts we created earlier, by their marker (crash recovery of creates).
+
+        Markers not found are absent from the answer. Cost is bounded per call, not
+        per marker (one listing at most), so resuming many interrupted creates stays
+        cheap. `heartbeat` is called on the caller's thread after each provider call,
+        so a long scan keeps its Temporal activity alive.
+        """
+
     def find_by_marker(self, marker: str) -> SideRecord | None:
-        """Find a contact we created earlier by its marker (crash recovery of creates)."""
+        """`find_by_markers([marker]).get(marker)`; kept while callers move to the batch form."""
 
     def create_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         """Create contacts; one result per request, in order. Per-item errors, not raised."""
@@ -87,7 +107,11 @@ class PlatformContacts(Protocol):
     """Contacts on the business platform (CRM, ATS, PM tool), scoped by organisation."""
 
     def changes_since(self, org_id: str, cursor: str | None, limit: int = 500) -> DeltaPage:
-        """Changes (including deletions) after `cursor`, oldest first."""
+        """Changes (including deletions) after `cursor`, oldest first.
+
+        Raises CursorExpired for a cursor the platform does not accept (expired, or
+        never issued by it), so the caller resyncs rather than skipping changes.
+        """
 
     def get_many(self, org_id: str, external_ids: Sequence[str]) -> list[SideRecord]:
         """Current records; missing ids are returned as deleted tombstones."""

@@ -50,7 +50,9 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
+
+from emulators.json_response import EscapedJSONResponse
 
 # Fields a client may write (the updatePersonFields vocabulary of people.v1).
 UPDATABLE_FIELDS: frozenset[str] = frozenset(
@@ -133,8 +135,8 @@ class ApiError(Exception):
         """The per-item `status` of a PersonResponse."""
         return {"code": RPC_CODES.get(self.status, 2), "message": self.message}
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.http_status, headers=self.headers)
+    def response(self) -> EscapedJSONResponse:
+        return EscapedJSONResponse(self.body(), status_code=self.http_status, headers=self.headers)
 
 
 def bad_request(message: str) -> ApiError:
@@ -491,6 +493,9 @@ class PeopleState:
             rendered = []
             for i, value in enumerate(values):
                 item = copy.deepcopy(value)
+                if not isinstance(item, dict):  # malformed data seeded with validate=False: served as stored
+                    rendered.append(item)
+                    continue
                 item["metadata"] = {"primary": i == 0, "source": {"type": "CONTACT", "id": stored.source_id}}
                 if name == "names":
                     display = " ".join(p for p in (item.get("givenName"), item.get("familyName")) if p)
@@ -938,7 +943,7 @@ def create_app(state: PeopleState | None = None) -> FastAPI:
             return err.response()
         if delay and state.latency_phase == "after":
             await asyncio.sleep(delay)
-        return JSONResponse(body)
+        return EscapedJSONResponse(body)
 
     @app.post("/token")
     async def token(request: Request) -> Response:
@@ -946,11 +951,11 @@ def create_app(state: PeopleState | None = None) -> FastAPI:
         # Parsed by hand: Starlette's form parser needs python-multipart, which we do not ship.
         form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
         if form.get("grant_type") != "refresh_token" or not form.get("refresh_token"):
-            return JSONResponse({"error": "unsupported_grant_type", "error_description": "Only refresh_token is supported."}, status_code=400)
+            return EscapedJSONResponse({"error": "unsupported_grant_type", "error_description": "Only refresh_token is supported."}, status_code=400)
         try:
-            return JSONResponse(state.issue_access_token(str(form["refresh_token"])))
+            return EscapedJSONResponse(state.issue_access_token(str(form["refresh_token"])))
         except PermissionError:
-            return JSONResponse({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}, status_code=400)
+            return EscapedJSONResponse({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}, status_code=400)
 
     @app.get("/v1/people/{pid}/connections")
     async def list_connections(pid: str, request: Request) -> Response:
@@ -1025,10 +1030,10 @@ def create_app(state: PeopleState | None = None) -> FastAPI:
         try:
             result = fn()
         except (ValueError, KeyError) as err:
-            return JSONResponse({"error": str(err)}, status_code=400)
+            return EscapedJSONResponse({"error": str(err)}, status_code=400)
         except ApiError as err:
             return err.response()
-        return JSONResponse(result if result is not None else {"ok": True})
+        return EscapedJSONResponse(result if result is not None else {"ok": True})
 
     @app.post("/_emulator/faults")
     async def add_fault(request: Request) -> Response:

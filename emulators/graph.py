@@ -39,8 +39,10 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import httpx
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+
+from emulators.json_response import EscapedJSONResponse
 
 #: The extended property that carries our marker (crash recovery of creates).
 MARKER_PROPERTY_ID = "String {5b8f3c1e-7a2d-4e69-9c4b-2f1d6a8e0c37} Name concordMarker"
@@ -1091,7 +1093,7 @@ def _route_label(path: str) -> str:
 def _json_response(res: SubResponse) -> Response:
     if res.body is None:
         return Response(status_code=res.status, headers=res.headers)
-    return JSONResponse(res.body, status_code=res.status, headers=res.headers)
+    return EscapedJSONResponse(res.body, status_code=res.status, headers=res.headers)
 
 
 def create_app(state: GraphState | None = None) -> FastAPI:
@@ -1160,12 +1162,12 @@ def create_app(state: GraphState | None = None) -> FastAPI:
     async def seed(request: Request) -> Response:
         body = await request.json()
         ids = state.seed(body.get("contacts", []), body.get("folder_id"))
-        return JSONResponse({"ids": ids})
+        return EscapedJSONResponse({"ids": ids})
 
     @app.post("/_emulator/folders")
     async def add_folder(request: Request) -> Response:
         body = await request.json()
-        return JSONResponse({"id": state.add_folder(body.get("displayName", "Folder"))})
+        return EscapedJSONResponse({"id": state.add_folder(body.get("displayName", "Folder"))})
 
     @app.post("/_emulator/contacts/{item_id}/{action}")
     async def user_action(item_id: str, action: str, request: Request) -> Response:
@@ -1174,34 +1176,34 @@ def create_app(state: GraphState | None = None) -> FastAPI:
         try:
             if action == "edit":
                 state.user_edit(item_id, body)
-                return JSONResponse({"ok": True})
+                return EscapedJSONResponse({"ok": True})
             if action == "delete":
                 state.user_delete(item_id)
-                return JSONResponse({"ok": True})
+                return EscapedJSONResponse({"ok": True})
             if action == "move":
-                return JSONResponse({"rest_id": state.move(item_id, body["folder_id"])})
+                return EscapedJSONResponse({"rest_id": state.move(item_id, body["folder_id"])})
         except KeyError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=404)
-        return JSONResponse({"error": "unknown action"}, status_code=400)
+            return EscapedJSONResponse({"error": str(exc)}, status_code=404)
+        return EscapedJSONResponse({"error": "unknown action"}, status_code=400)
 
     @app.post("/_emulator/expire-delta")
     async def expire(request: Request) -> Response:
         raw = await request.body()
         body = json.loads(raw) if raw else {}
         n = state.expire_delta_tokens(int(body.get("status", 410)), body.get("code", "syncStateNotFound"))
-        return JSONResponse({"expired": n})
+        return EscapedJSONResponse({"expired": n})
 
     @app.post("/_emulator/faults")
     async def add_fault(request: Request) -> Response:
         body = await request.json()
         allowed = {"status", "count", "retry_after", "code", "method", "path", "where", "delay"}
         state.inject_fault(**{k: v for k, v in body.items() if k in allowed})
-        return JSONResponse({"ok": True})
+        return EscapedJSONResponse({"ok": True})
 
     @app.delete("/_emulator/faults")
     async def clear_faults() -> Response:
         state.clear_faults()
-        return JSONResponse({"ok": True})
+        return EscapedJSONResponse({"ok": True})
 
     @app.post("/_emulator/config")
     async def config(request: Request) -> Response:
@@ -1229,16 +1231,16 @@ def create_app(state: GraphState | None = None) -> FastAPI:
             if "request_budget" in body:
                 rb = body["request_budget"]
                 state.request_budget = None if rb is None else (int(rb[0]), float(rb[1]))
-        return JSONResponse({"ok": True})
+        return EscapedJSONResponse({"ok": True})
 
     @app.get("/_emulator/stats")
     async def stats() -> Response:
-        return JSONResponse(state.stats())
+        return EscapedJSONResponse(state.stats())
 
     @app.post("/_emulator/reset-stats")
     async def reset_stats() -> Response:
         state.reset_stats()
-        return JSONResponse({"ok": True})
+        return EscapedJSONResponse({"ok": True})
 
     @app.post("/_emulator/subscriptions/{sub_id}/notify")
     async def notify(sub_id: str, request: Request) -> Response:
@@ -1252,9 +1254,9 @@ def create_app(state: GraphState | None = None) -> FastAPI:
                     state.fire_notification, sub_id, body.get("contact_id"), body.get("changeType", "updated")
                 )
         except KeyError:
-            return JSONResponse({"error": "unknown subscription"}, status_code=404)
+            return EscapedJSONResponse({"error": "unknown subscription"}, status_code=404)
         except httpx.HTTPError as exc:
-            return JSONResponse({"error": type(exc).__name__}, status_code=502)
-        return JSONResponse({"receiver_status": status})
+            return EscapedJSONResponse({"error": type(exc).__name__}, status_code=502)
+        return EscapedJSONResponse({"receiver_status": status})
 
     return app

@@ -32,7 +32,9 @@ from typing import Callable, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit, parse_qsl
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from emulators.json_response import EscapedJSONResponse
 
 Provider = Literal["google", "microsoft"]
 
@@ -59,7 +61,13 @@ def unsigned_jwt(claims: dict) -> str:
 
 
 def s256(verifier: str) -> str:
-    return _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
+    # A verifier outside RFC 7636's ASCII alphabet cannot match; it must not crash the check.
+    return _b64url(hashlib.sha256(verifier.encode("utf-8", "surrogatepass")).digest())
+
+
+def _same_secret(a: str, b: str) -> bool:
+    """Constant-time equality that also takes non-ASCII input (str compare_digest raises on it)."""
+    return secrets.compare_digest(a.encode("utf-8", "surrogatepass"), b.encode("utf-8", "surrogatepass"))
 
 
 # ---------------------------------------------------------------- state
@@ -280,7 +288,7 @@ def _client_auth(state: OAuthState, request: Request, form: dict) -> OAuthClient
         except Exception:
             raise _OAuthError(401, "invalid_client", "Unauthorized") from None
     client = state.clients.get(client_id or "")
-    if client is None or not secret or not secrets.compare_digest(client.client_secret, secret):
+    if client is None or not secret or not _same_secret(client.client_secret, secret):
         raise _OAuthError(401, "invalid_client", "Unauthorized")
     return client
 
@@ -399,7 +407,7 @@ def _check_pkce(code: AuthCode, verifier: str | None, microsoft: bool) -> None:
     if not verifier:
         raise _OAuthError(400, "invalid_grant", "AADSTS50148: The code_verifier is missing." if microsoft else "Missing code verifier.")
     computed = s256(verifier) if code.code_challenge_method == "S256" else verifier
-    if not secrets.compare_digest(computed, code.code_challenge):
+    if not _same_secret(computed, code.code_challenge):
         raise _OAuthError(
             400,
             "invalid_grant",
@@ -470,7 +478,7 @@ def _token(state: OAuthState, request: Request, form: dict, issuer: str) -> dict
 
 async def _form(request: Request) -> dict:
     """application/x-www-form-urlencoded body (parsed here: no python-multipart dependency)."""
-    return dict(parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True))
+    return dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
 
 
 async def _handle_token(state: OAuthState, request: Request, issuer: str) -> Response:
@@ -485,11 +493,11 @@ async def _handle_token(state: OAuthState, request: Request, issuer: str) -> Res
         await asyncio.sleep(delay)
     if failure is not None:
         state.counters["token_failed"] += 1
-        return JSONResponse({"error": "temporarily_unavailable", "error_description": "Service unavailable"}, status_code=failure)
+        return EscapedJSONResponse({"error": "temporarily_unavailable", "error_description": "Service unavailable"}, status_code=failure)
     try:
         with state._lock:
             body = _token(state, request, form, issuer)
-        return JSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+        return EscapedJSONResponse(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
     except _OAuthError as e:
         with state._lock:
             state.counters["token_error"] += 1
@@ -499,7 +507,7 @@ async def _handle_token(state: OAuthState, request: Request, issuer: str) -> Res
             body.setdefault("error_codes", [int(e.description[6:].split(":")[0])] if e.description.startswith("AADSTS") else [])
             body.update(timestamp=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ"),
                         trace_id=str(uuid.uuid4()), correlation_id=str(uuid.uuid4()))
-        return JSONResponse(body, status_code=e.status)
+        return EscapedJSONResponse(body, status_code=e.status)
 
 
 # ---------------------------------------------------------------- apps
@@ -552,7 +560,7 @@ def google_app(state: OAuthState) -> FastAPI:
                 grant = state.access_tokens[token].grant
                 state.revocations.append("access")
             if grant is None or grant.revoked:
-                return JSONResponse({"error": "invalid_token", "error_description": "Token expired or revoked"}, status_code=400)
+                return EscapedJSONResponse({"error": "invalid_token", "error_description": "Token expired or revoked"}, status_code=400)
             # Google: revoking either token ends the whole grant (refresh and access).
             grant.revoked = True
             for info in state.access_tokens.values():
@@ -561,7 +569,7 @@ def google_app(state: OAuthState) -> FastAPI:
             for info in state.refresh_tokens.values():
                 if info.grant is grant:
                     info.revoked = True
-        return JSONResponse({})
+        return EscapedJSONResponse({})
 
     return app
 

@@ -164,18 +164,38 @@ def normalize_phone(value: str, default_region: str = "US") -> str | None:
     Only `is_possible_number` (length) is required, not `is_valid_number`: number
     plans change faster than the metadata, and a real but unlisted number must still
     find its duplicate. Extensions are dropped (same line, same person).
+
+    The parser only strips the international dialling prefix of `default_region`
+    (011 for the US), so `0044 20 ...`, written the way most of the world dials
+    abroad, would be lost. When the number does not parse as a number of the
+    default region, a leading 00 or 011 is read as an international prefix.
     """
     if not isinstance(value, str) or not value.strip():
         return None
+    parsed = _possible_number(value, default_region)
+    if parsed is None:
+        start = value.lstrip(" \t(")
+        prefix = next((p for p in _INTERNATIONAL_PREFIXES if start.startswith(p)), None)
+        if prefix is not None:
+            parsed = _possible_number("+" + start[len(prefix):], default_region)
+    if parsed is None:
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+#: 011 is the North American international prefix; 00 the one ITU-T E.164 recommends
+#: and most countries use. Longest first: 011 also starts with 0.
+_INTERNATIONAL_PREFIXES = ("011", "00")
+
+
+def _possible_number(value: str, region: str) -> phonenumbers.PhoneNumber | None:
     try:
-        parsed = phonenumbers.parse(value, default_region)
+        parsed = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:
         return None
     except Exception:  # the parser is not hardened against every odd input
         return None
-    if not phonenumbers.is_possible_number(parsed):
-        return None
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return parsed if phonenumbers.is_possible_number(parsed) else None
 
 
 # --- names --------------------------------------------------------------------
@@ -382,12 +402,20 @@ def contact_problems(contact: Contact, *, max_field_len: int = 1000) -> list[str
     return problems
 
 
+#: Bidirectional embeddings, overrides and isolates: in a name they make the text
+#: display differently from what it is (a "Trojan Source" spoof). Free-text notes may
+#: carry them legitimately (mixed right-to-left text pasted from documents).
+_BIDI_CONTROLS = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+
+
 def _text_problem(value: str, *, multiline: bool) -> str | None:
     allowed = "\t\n\r" if multiline else "\t"
     for ch in value:
         code = ord(ch)
         if 0xD800 <= code <= 0xDFFF:
             return "contains broken unicode (a lone surrogate)"
+        if ch in _BIDI_CONTROLS and not multiline:
+            return f"contains a bidirectional control character (U+{code:04X})"
         if ch == "\ufffd":
             return "contains U+FFFD replacement characters (it was decoded with errors upstream)"
         if unicodedata.category(ch) == "Cc" and ch not in allowed:

@@ -445,3 +445,73 @@ def test_updating_many_contacts_survives_the_clients_long_url_override(people):
     results = conn.update_many(reqs)
     assert all(r.error is None for r in results), [r.error for r in results if r.error][:3]
     assert all(state.person(n)["names"][0]["familyName"] == "Longer" for n in names)
+
+
+def test_find_by_markers_costs_one_listing_however_many_markers(people):
+    state, url = people
+    state.seed([person(i) for i in range(7)])
+    conn = GooglePeopleContacts.for_emulator(url, page_size=3)
+    made = conn.create_many([WriteRequest(key=f"k{i}", marker=f"m{i}", contact=Contact(given_name=f"M{i}")) for i in range(5)])
+    assert all(r.error is None for r in made)
+    lists_before = state.requests["people.connections.list"]
+    beats = []
+    found = conn.find_by_markers(["m0", "m2", "m4", "m1", "m3", "never-made"], heartbeat=lambda: beats.append(1))
+    assert {m: r.external_id for m, r in found.items()} == {f"m{i}": made[i].record.external_id for i in range(5)}
+    assert found["m2"].contact.given_name == "M2"
+    # 12 contacts, 3 a page: one listing of 4 pages for all six markers, one heartbeat a page.
+    assert state.requests["people.connections.list"] - lists_before == 4 and len(beats) == 4
+    assert conn.find_by_markers([]) == {}
+
+
+def test_find_by_markers_stops_when_all_are_found(people):
+    state, url = people
+    conn = GooglePeopleContacts.for_emulator(url, page_size=2)
+    [made] = conn.create_many([WriteRequest(key="k", marker="first", contact=Contact(given_name="F"))])
+    state.seed([person(i) for i in range(6)])  # listed after ours (oldest change first)
+    before = state.requests["people.connections.list"]
+    assert conn.find_by_markers(["first"])["first"].external_id == made.record.external_id
+    assert state.requests["people.connections.list"] - before == 1
+
+
+def test_an_untranslatable_person_is_a_problem_record_and_its_page_goes_on(people):
+    state, url = people
+    [good] = state.seed([person(1)])
+    [bad] = state.seed([{"names": ["Secret Person"], "emailAddresses": [{"value": "secret@example.com"}]}], validate=False)
+    records, cursor, _ = drain(GooglePeopleContacts.for_emulator(url), None)
+    by_id = {r.external_id: r for r in records}
+    assert cursor and by_id[good].contact.given_name == "Given1"
+    assert by_id[bad].contact is None and not by_id[bad].deleted
+    assert by_id[bad].problems == ("the record could not be translated (AttributeError)",)
+
+
+def test_translation_problems_name_fields_never_values():
+    from connectors.google_people import person_to_record
+
+    rec = person_to_record({"resourceName": "people/c1", "etag": {"secret@example.com": 1},
+                            "names": [{"givenName": "Ann"}]})
+    assert rec.external_id == "people/c1" and rec.contact is None
+    assert rec.problems == ("etag could not be read (string_type)",)
+    assert person_to_record("not a person").problems == ("the record could not be translated (AttributeError)",)
+
+
+def test_malformed_requests_fail_alone(people):
+    state, url = people
+    [name] = state.seed([person(1)])
+    conn = GooglePeopleContacts.for_emulator(url)
+    created = conn.create_many([WriteRequest(key="no-contact"), WriteRequest(key="ok", contact=Contact(given_name="A"))])
+    assert [type(r.error).__name__ for r in created] == ["Fatal", "NoneType"]
+    updated = conn.update_many([WriteRequest(key="ok", external_id=name, contact=Contact(given_name="B")),
+                                WriteRequest(key="no-id", contact=Contact(given_name="C"))])
+    assert [(r.key, type(r.error).__name__) for r in updated] == [("ok", "NoneType"), ("no-id", "Fatal")]
+    deleted = conn.delete_many([WriteRequest(key="no-id"), WriteRequest(key="ok", external_id=name)])
+    assert [(r.key, type(r.error).__name__) for r in deleted] == [("no-id", "Fatal"), ("ok", "NoneType")]
+    assert state.person(name) is None
+
+
+def test_lone_surrogates_round_trip_without_a_server_error(people):
+    state, url = people
+    conn = GooglePeopleContacts.for_emulator(url)
+    [res] = conn.create_many([WriteRequest(key="s", contact=Contact(given_name="An\ud800n", emails=["ann@example.com"]))])
+    assert res.error is None and res.record.contact.given_name == "An\ud800n"
+    [rec], _, _ = drain(conn, None)
+    assert rec.contact.given_name == "An\ud800n"  # the planner's contact_problems quarantines it

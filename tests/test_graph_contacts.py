@@ -468,3 +468,167 @@ def test_admin_http_api_steers_the_emulator(graph, conn):
         stats = admin.get("/_emulator/stats").json()
         assert stats["by_route"]["GET /me/contacts/{id}"] == 4 and stats["throttled"] == 1
         assert all(i not in key for key in stats["by_route"] for i in ids)  # no ids in counters
+
+
+# --------------------------------------------------------------------- read before write
+
+
+def _fresh(base: str) -> GraphContacts:
+    """A connector as each Temporal activity builds it: new, with nothing remembered."""
+    return GraphContacts(base, lambda: TOKEN, page_size=10)
+
+
+def test_update_from_a_fresh_instance_keeps_phone_slots_and_display_names(graph):
+    state, base = graph
+    [iid] = state.seed([{
+        "givenName": "Mo",
+        "mobilePhone": "+1 555 9000",
+        "homePhones": ["+1 555 8000"],
+        "businessPhones": ["+1 555 7000"],
+        "emailAddresses": [{"address": "Mo@Example.test", "name": "Mo (work)"}],
+    }])
+    reader = _fresh(base)  # the fetch activity
+    [rec] = [r for p in _walk(reader, None)[0] for r in p.records]
+    reader.close()
+    edited = Contact.model_validate({
+        **rec.contact.model_dump(),
+        # the platform reformatted the mobile number and added a phone and an address
+        "phones": ["+15559000", "+1 555 8000", "+1 555 7000", "+1 555 6000"],
+        "emails": ["mo@example.test", "new@example.test"],
+    })
+    writer = _fresh(base)  # the write activity, another instance
+    [res] = writer.update_many([WriteRequest(key="u", external_id=iid, contact=edited, etag=rec.etag)])
+    assert res.error is None
+    stored = state.contact(iid)
+    assert stored["mobilePhone"] == "+15559000"
+    assert stored["homePhones"] == ["+1 555 8000"]
+    assert sorted(stored["businessPhones"]) == ["+1 555 6000", "+1 555 7000"]
+    assert {e["address"]: e["name"] for e in stored["emailAddresses"]} == {
+        "mo@example.test": "Mo (work)",  # kept although the platform changed the case
+        "new@example.test": "new@example.test",  # a new address is named by itself, as Outlook does
+    }
+    # Counted honestly: one $batch of reads and one $batch of writes.
+    assert writer.calls_made == 2 and res.calls == 2
+    assert state.stats()["by_route"]["POST /$batch"] == 2
+    writer.close()
+
+
+def test_update_reads_cost_one_call_per_twenty_targets(graph, conn):
+    state, base = graph
+    ids = state.seed(_people(45))
+    writer = _fresh(base)
+    reqs = [WriteRequest(key=f"k{n}", external_id=i, contact=Contact(given_name=f"N{n}")) for n, i in enumerate(ids)]
+    results = writer.update_many(reqs)
+    assert [r.key for r in results] == [r.key for r in reqs] and all(r.error is None for r in results)
+    assert writer.calls_made == 6  # 3 chunks x (read + write)
+    assert abs(sum(r.calls for r in results) - 6) < 1e-6
+    assert state.stats()["by_route"]["GET /me/contacts/{id}"] == 45  # the reads, inside $batch
+    writer.close()
+
+
+def test_stale_etag_is_refused_from_the_read_without_spending_a_write(graph, conn):
+    state, base = graph
+    [rec] = [r.record for r in conn.create_many(_creates(1))]
+    state.user_edit(rec.external_id, {"jobTitle": "changed by user"})
+    state.reset_stats()
+    [res] = _fresh(base).update_many([WriteRequest(key="s", external_id=rec.external_id, contact=rec.contact, etag=rec.etag)])
+    assert isinstance(res.error, PreconditionFailed)
+    assert "PATCH /me/contacts/{id}" not in state.stats()["by_route"]
+    assert state.contact(rec.external_id)["jobTitle"] == "changed by user"
+
+
+def test_a_throttled_read_fails_only_its_item(graph, conn):
+    state, base = graph
+    ids = state.seed(_people(2))
+    state.inject_fault(429, where="batch_item", method="GET", path=r"/contacts/", retry_after=4)
+    results = _fresh(base).update_many(
+        [WriteRequest(key=f"k{n}", external_id=i, contact=Contact(given_name="Z")) for n, i in enumerate(ids)]
+    )
+    errors = [r.error for r in results]
+    assert sum(isinstance(e, RateLimited) for e in errors) == 1 and errors.count(None) == 1
+
+
+def test_malformed_requests_fail_alone(graph, conn):
+    state, _ = graph
+    [iid] = state.seed(_people(1))
+    results = conn.update_many([
+        WriteRequest(key="no-id", contact=Contact(given_name="A")),
+        WriteRequest(key="ok", external_id=iid, contact=Contact(given_name="B")),
+        WriteRequest(key="no-contact", external_id=iid),
+    ])
+    assert [(r.key, type(r.error).__name__) for r in results] == [("no-id", "Fatal"), ("ok", "NoneType"), ("no-contact", "Fatal")]
+    assert state.contact(iid)["givenName"] == "B"
+
+
+# --------------------------------------------------------------------- find_by_markers
+
+
+def test_find_by_markers_up_to_twenty_is_one_batch_of_filters(graph, conn):
+    state, base = graph
+    state.seed(_people(30))
+    made = {r.key: r.record for r in conn.create_many(_creates(19))}
+    finder = _fresh(base)
+    beats = []
+    found = finder.find_by_markers([f"mk-c{i}" for i in range(19)] + ["never-written"], heartbeat=lambda: beats.append(1))
+    assert {m: r.external_id for m, r in found.items()} == {f"mk-c{i}": made[f"k{i}"].external_id for i in range(19)}
+    assert found["mk-c3"].contact.family_name == "c3"
+    assert finder.calls_made == 1 and len(beats) == 1
+    assert finder.find_by_markers([]) == {} and finder.calls_made == 1
+    finder.close()
+
+
+def test_find_by_markers_beyond_twenty_is_one_listing(graph, conn):
+    state, base = graph
+    state.seed(_people(1030))  # two listing pages of 1,000
+    made = {r.key: r.record for r in conn.create_many(_creates(25))}
+    finder = _fresh(base)
+    beats = []
+    found = finder.find_by_markers([f"mk-c{i}" for i in range(25)] + ["never-written"], heartbeat=lambda: beats.append(1))
+    assert {m: r.external_id for m, r in found.items()} == {f"mk-c{i}": made[f"k{i}"].external_id for i in range(25)}
+    assert finder.calls_made == 2 and len(beats) == 2  # one call per page, whatever the number of markers
+    finder.close()
+
+
+def test_find_by_markers_raises_what_a_lookup_hit(graph, conn):
+    state, _ = graph
+    state.inject_fault(429, where="batch_item", method="GET", retry_after=2)
+    with pytest.raises(RateLimited):
+        conn.find_by_markers(["a", "b"])
+
+
+# --------------------------------------------------------------------- malformed input
+
+
+def test_an_untranslatable_contact_is_a_problem_record_and_its_page_goes_on(graph, conn):
+    state, _ = graph
+    good, bad = state.seed([
+        {"givenName": "Good", "emailAddresses": [{"address": "good@example.test"}]},
+        {"givenName": "Secret Person", "emailAddresses": 5},  # not a collection
+    ])
+    pages, cursor = _walk(conn, None)
+    records = {r.external_id: r for p in pages for r in p.records}
+    assert cursor and records[good].contact.given_name == "Good"
+    assert records[bad].contact is None and not records[bad].deleted
+    assert records[bad].problems == ("the record could not be translated (TypeError)",)
+
+
+def test_translation_problems_never_carry_the_values():
+    from connectors.graph_contacts import item_to_record
+
+    rec = item_to_record({"id": 12345, "givenName": "secret@example.test"})
+    assert rec.contact is None and rec.external_id == ""
+    assert rec.problems == ("external_id could not be read (string_type)",)
+
+
+def test_lone_surrogates_travel_both_ways_without_a_server_error(graph, conn):
+    state, base = graph
+    broken = Contact(given_name="An\ud800n", emails=["ann@example.test"])
+    [res] = conn.create_many([WriteRequest(key="s", contact=broken)])
+    assert res.error is None and res.record.contact.given_name == "An\ud800n"
+    assert state.contact(res.record.external_id)["givenName"] == "An\ud800n"
+    [rec] = [r for p in _walk(conn, None)[0] for r in p.records]
+    assert rec.contact.given_name == "An\ud800n"  # the planner's contact_problems quarantines it
+    with _raw(base) as c:  # a client sending the escape itself
+        r = c.post("/me/contacts", content=b'{"givenName": "\\ud800"}', headers={"Content-Type": "application/json"})
+        assert r.status_code == 201 and r.json()["givenName"] == "\ud800"
+        assert c.get("/me/contacts").status_code == 200

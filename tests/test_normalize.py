@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from emulators.people_data import _phone, make_people
 from models.contact import Contact
 from sync.normalize import (
     FREE_MAIL_DOMAINS,
@@ -127,6 +128,43 @@ def test_normalize_phone_rejects(raw):
     assert normalize_phone(raw) is None
 
 
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("0044 20 7946 0958", "+442079460958"),  # "00": how most of the world dials abroad
+        ("0044 2079460958", "+442079460958"),
+        ("0049 301234567", "+49301234567"),
+        ("0033 612345678", "+33612345678"),
+        ("(0044) 20 7946 0958", "+442079460958"),
+        ("001 415 555 0134", "+14155550134"),
+        ("011 44 20 7946 0958", "+442079460958"),  # the North American prefix
+    ],
+)
+def test_normalize_phone_international_prefixes(raw, expected):
+    assert normalize_phone(raw) == expected
+
+
+def test_international_prefix_fallback_leaves_national_numbers_alone():
+    # 0114 is Sheffield's area code, not "011" + 4...: a possible national number wins.
+    assert normalize_phone("0114 496 0123", "GB") == "+441144960123"
+    assert normalize_phone("00", "US") is None and normalize_phone("0011", "US") is None
+
+
+@settings(max_examples=300)
+@given(st.randoms(use_true_random=False))
+def test_every_phone_the_people_generator_writes_normalises_to_its_number(rng):
+    country, national, rendered = _phone(rng)
+    assert normalize_phone(rendered) == f"+{country}{national}"
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**32))
+def test_generated_people_have_only_normalisable_phones(seed):
+    for person in make_people(30, seed):
+        for phone in person.phones:
+            assert (normalize_phone(phone) or "").startswith("+")
+
+
 @given(st.text(alphabet="0123456789 +-().x", max_size=25))
 def test_normalize_phone_idempotent(raw):
     once = normalize_phone(raw)
@@ -242,6 +280,26 @@ def test_contact_problems_name_fields_not_content():
     assert not any(p.startswith("emails[0]") for p in problems)  # "fine@..." sorts first
     for content in ("secret-person", "xxxxxxxx", "caf"):
         assert content not in text
+
+
+@pytest.mark.parametrize("control", ["\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "\u2068", "\u2069"])
+@pytest.mark.parametrize("field", ["given_name", "family_name", "company", "job_title"])
+def test_contact_problems_report_bidi_controls_by_field(field, control):
+    c = Contact(**{"given_name": "Ann", "emails": ["ann@example.com"], field: f"evil{control}txt.exe"})
+    problems = contact_problems(c)
+    assert [p for p in problems if p.startswith(field)] == [
+        f"{field} contains a bidirectional control character (U+{ord(control):04X})"
+    ]
+    assert not any("evil" in p or "txt" in p for p in problems)
+
+
+def test_bidi_controls_in_emails_and_phones_are_problems_but_notes_may_hold_them():
+    c = Contact(given_name="Ann", emails=["a\u202enn@example.com"], phones=["+1 415\u2066 555 0134"])
+    problems = contact_problems(c)
+    assert any(p.startswith("emails[0] contains a bidirectional control") for p in problems)
+    assert any(p.startswith("phones[0] contains a bidirectional control") for p in problems)
+    # Right-to-left text pasted into free-text notes legitimately carries embeddings.
+    assert contact_problems(Contact(given_name="Ann", notes="\u202bשלום\u202c world")) == []
 
 
 def test_contact_problems_empty_and_limits():

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from emulators.people_data import make_people
 from connectors.google_people import contact_to_person, person_to_record
+from connectors.graph_contacts import contact_to_item, item_to_record
 from emulators.server import RunningServer, serve
 from models.contact import Contact
 from platforms.reference_crm.seed import seed_organisation
@@ -97,24 +98,22 @@ class MicrosoftMailbox:
     provider = "microsoft"
 
     def __init__(self, port: int = 0) -> None:
-        from connectors.graph_contacts import GraphContacts
         from emulators.graph import GraphState, create_app
 
         self.state = GraphState(tokens={EMULATOR_TOKEN})
         self.server = serve(create_app(self.state), port=port)
-        self._codec = GraphContacts(self.server.base_url, lambda: EMULATOR_TOKEN)
 
     def seed(self, contacts):
-        return self.state.seed([self._codec.to_graph(c) for c in contacts])
+        return self.state.seed([contact_to_item(c) for c in contacts])
 
     def seed_malformed(self):
         return self.state.seed([{"givenName": "Broken", "surname": "Address",
                                  "emailAddresses": [{"address": "broken.address@@example"}]}])[0]
 
     def edit(self, external_id, **fields):
-        current = self._codec.to_record(self.state.contact(external_id)).contact or Contact()
-        body = self._codec.to_graph(current.model_copy(update=fields), external_id)
-        self.state.user_edit(external_id, body)
+        item = self.state.contact(external_id)
+        current = item_to_record(item).contact or Contact()
+        self.state.user_edit(external_id, contact_to_item(current.model_copy(update=fields), item))
 
     def delete(self, external_id):
         self.state.user_delete(external_id)
@@ -127,7 +126,7 @@ class MicrosoftMailbox:
         for item_id in list(self.state._items):  # immutable ids, as our connector sees them
             item = self.state.contact(item_id)
             if item is not None:
-                rec = self._codec.to_record(item)
+                rec = item_to_record(item)
                 if rec.contact is not None:
                     out[rec.external_id] = rec.contact
         return out

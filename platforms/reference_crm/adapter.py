@@ -60,6 +60,8 @@ class ReferenceCrmContacts:
     def changes_since(self, org_id: str, cursor: str | None, limit: int = 500) -> DeltaPage:
         """One page of the feed. `cursor` is always set (resume point after this page);
         `next_page` repeats it when the page was full, meaning: call again with it now.
+        A cursor this CRM never issued (not a number, negative, or ahead of the feed)
+        raises CursorExpired: the caller resyncs instead of missing changes.
         """
         self._count()
         try:
@@ -69,6 +71,8 @@ class ReferenceCrmContacts:
         if after is not None and after < 0:
             raise CursorExpired("cursor not recognised")
         recs, new_cursor = self.crm.changes_since(org_id, after, limit)
+        if not recs and after and after > self.crm.feed_head(org_id):
+            raise CursorExpired("cursor ahead of this organisation's feed")
         token = str(new_cursor)
         return DeltaPage(
             records=[r.to_side_record() for r in recs],

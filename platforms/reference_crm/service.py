@@ -465,6 +465,20 @@ class ReferenceCrm:
         return recs, (recs[-1].change_seq if recs else after)
 
     @_db_errors
+    def feed_head(self, org_id: str) -> int:
+        """The newest change number in this organisation's feed (0 before its first change).
+
+        Numbers only grow, so no cursor this database issued is larger: a larger one
+        comes from another database (a restored backup, a CRM rebuilt under a store
+        that kept its cursor), and trusting it would skip every change up to it.
+        """
+        with self._read() as conn:
+            head = conn.execute(
+                sa.select(sa.func.max(t.contacts.c.change_seq)).where(t.contacts.c.org_id == org_id)
+            ).scalar()
+        return int(head or 0)
+
+    @_db_errors
     def search_candidates(self, org_id: str, keys: Iterable[str]) -> list[CrmContact]:
         """Live contacts of this organisation sharing at least one blocking key."""
         keys = sorted({k for k in keys if k})
