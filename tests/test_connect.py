@@ -138,7 +138,7 @@ def rig(tmp_path, tls):
     providers = ProviderConfig(
         google_client_id=CLIENT_ID, google_client_secret=CLIENT_SECRET,
         google_auth_uri=g_srv.base_url + "o/oauth2/v2/auth", google_token_uri=g_srv.base_url + "token",
-        google_revoke_uri=g_srv.base_url + "revoke",
+        google_revoke_uri=g_srv.base_url + "revoke", google_certs_uri=g_srv.base_url + "oauth2/v1/certs",
         ms_client_id=CLIENT_ID, ms_client_secret=CLIENT_SECRET, ms_authority=ms_srv.base_url + "common",
         public_url=api, ca_file=tls[0], timeout=10,
     )
