@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
+import re
 import time
 from typing import Iterable
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI
 
+from api import access_log
+from api.connect import ConnectDeps, InvalidRequest, connect_router, temporal_on_connected
 from api.webhooks import (
+    PubSubPushAuth,
     Signal,
     Waker,
     WebhookDeps,
@@ -25,6 +30,12 @@ from api.webhooks import (
     store_lookup,
     webhook_router,
 )
+from connectors.id_tokens import GOOGLE_CERTS_URL
+
+log = logging.getLogger("concord.api")
+
+_EXP = re.compile(r"[0-9]{1,12}")
+_SIG = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def create_app(routers: Iterable[APIRouter], *, title: str = "Concord") -> FastAPI:
@@ -38,8 +49,9 @@ def build_webhooks(
     sessions,
     signal: Signal,
     *,
-    pubsub_token: str | None = None,
+    pubsub: PubSubPushAuth | None = None,
     platform_master_key: bytes | None = None,
+    admin_token: str | None = None,
     window_s: float = 1.0,
 ) -> tuple[APIRouter, WebhookDeps]:
     """The webhook router and the dependencies it runs on (its Waker and counters)."""
@@ -47,52 +59,113 @@ def build_webhooks(
     deps = WebhookDeps(
         sessions=sessions,
         waker=waker,
-        pubsub_token=pubsub_token,
+        pubsub=pubsub,
         platform_secret=derived_platform_secrets(platform_master_key) if platform_master_key else None,
+        admin_token=admin_token,
     )
     return webhook_router(deps), deps
 
 
-def production_app() -> FastAPI:
-    """The deployed app, configured from the environment : every secret from the environment, none in code.
+class ConfigError(SystemExit):
+    """The app cannot run as configured.
 
-    CONCORD_STORE_URL, CONCORD_TEMPORAL (default 127.0.0.1:7233, as the worker),
-    CONCORD_TEMPORAL_NAMESPACE, CONCORD_PUBSUB_PUSH_TOKEN, CONCORD_PLATFORM_WEBHOOK_KEY
-    (hex, at least 16 bytes). Run with `uvicorn --factory api.app:production_app`.
+    A SystemExit carrying one line: `concord api` and `uvicorn --factory
+    api.app:production_app` print it and exit 1, without a traceback, and no
+    stand-in secret is ever made up.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"concord api: {message}")
+
+
+def production_app() -> FastAPI:
+    """The deployed app, configured from the environment: every secret from the environment, none in code.
+
+    Required: CONCORD_VAULT_KEYS (the token vault's key ring), CONCORD_CONNECT_KEY
+    (hex, signs connect links). Optional: CONCORD_PLATFORM_WEBHOOK_KEY (hex, at
+    least 16 bytes), CONCORD_ADMIN_TOKEN (reads /webhooks/stats),
+    CONCORD_PUBSUB_AUDIENCE + CONCORD_PUBSUB_SERVICE_ACCOUNT (+ CONCORD_PUBSUB_CERTS_URL)
+    for Gmail pushes, CONCORD_STORE_URL, CONCORD_TEMPORAL (default 127.0.0.1:7233,
+    as the worker), CONCORD_TEMPORAL_NAMESPACE, and ProviderConfig's OAuth settings.
+    Run with `concord api` or `uvicorn --factory api.app:production_app`.
     """
     from store.db import make_engine, migrate, session_factory
+    from store.vault import KeyRing, VaultConfigError
 
-    url = os.environ.get("CONCORD_STORE_URL")
+    access_log.install()
+    env = os.environ
+    if not env.get("CONCORD_VAULT_KEYS"):
+        raise ConfigError("CONCORD_VAULT_KEYS is not set (kid:base64key,...; the token vault's keys); not starting")
+    try:
+        keyring = KeyRing.from_env()
+    except VaultConfigError as e:
+        raise ConfigError(f"CONCORD_VAULT_KEYS: {e}") from None
+    connect_key = _hex_key(env, "CONCORD_CONNECT_KEY", "signs the connect links", required=True)
+    platform_key = _hex_key(env, "CONCORD_PLATFORM_WEBHOOK_KEY", "derives the platforms' signing keys")
+    admin_token = env.get("CONCORD_ADMIN_TOKEN") or None
+    if admin_token is not None and len(admin_token) < 16:
+        raise ConfigError("CONCORD_ADMIN_TOKEN must be at least 16 characters")
+    pubsub = _pubsub_from_env(env)
+
+    url = env.get("CONCORD_STORE_URL")
     migrate(url)
     sessions = session_factory(make_engine(url))
     signal = lazy_temporal_signal(
-        os.environ.get("CONCORD_TEMPORAL", "127.0.0.1:7233"),
-        os.environ.get("CONCORD_TEMPORAL_NAMESPACE", "default"),
+        env.get("CONCORD_TEMPORAL", "127.0.0.1:7233"),
+        env.get("CONCORD_TEMPORAL_NAMESPACE", "default"),
     )
-    key = os.environ.get("CONCORD_PLATFORM_WEBHOOK_KEY")
-    router, _deps = build_webhooks(
-        sessions,
-        signal,
-        pubsub_token=os.environ.get("CONCORD_PUBSUB_PUSH_TOKEN") or None,
-        platform_master_key=bytes.fromhex(key) if key else None,
-    )
-    routers = [router]
-    if os.environ.get("CONCORD_VAULT_KEYS"):
-        routers.append(_connect_router_from_env(sessions, url))
-    return create_app(routers)
+    router, _deps = build_webhooks(sessions, signal, pubsub=pubsub, platform_master_key=platform_key,
+                                   admin_token=admin_token)
+    return create_app([router, _connect_router_from_env(sessions, url, keyring, connect_key)])
+
+
+def _hex_key(env, name: str, purpose: str, *, required: bool = False) -> bytes | None:
+    value = env.get(name)
+    if not value:
+        if required:
+            raise ConfigError(f"{name} is not set (hex; it {purpose}); not starting")
+        return None
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        raise ConfigError(f"{name} is not hex") from None
+    if len(key) < 16:
+        raise ConfigError(f"{name} must be at least 16 bytes (32 hex digits)")
+    return key
+
+
+def _pubsub_from_env(env) -> PubSubPushAuth | None:
+    if env.get("CONCORD_PUBSUB_PUSH_TOKEN"):
+        log.warning("CONCORD_PUBSUB_PUSH_TOKEN is ignored: Gmail pushes are authenticated by their OIDC token "
+                    "(CONCORD_PUBSUB_AUDIENCE, CONCORD_PUBSUB_SERVICE_ACCOUNT)")
+    audience, account = env.get("CONCORD_PUBSUB_AUDIENCE"), env.get("CONCORD_PUBSUB_SERVICE_ACCOUNT")
+    if not audience and not account:
+        return None  # Gmail pushes are refused
+    if not audience or not account:
+        raise ConfigError("CONCORD_PUBSUB_AUDIENCE and CONCORD_PUBSUB_SERVICE_ACCOUNT go together")
+    return PubSubPushAuth(audience, account, certs_url=env.get("CONCORD_PUBSUB_CERTS_URL") or GOOGLE_CERTS_URL)
 
 
 def signed_start_authorizer(key: bytes, *, now=time.time):
     """`authorize_start` for /connect/{provider}/start: the product's backend signs
     (org_id, user_id, exp) with the shared key and redirects its user to the link,
-    so nobody can start a connection in someone else's name."""
+    so nobody can start a connection in someone else's name.
+
+    An unsigned link is refused (403); a malformed `exp` or `sig` is a bad request (400).
+    """
 
     def authorize(request, org_id: str, user_id: str) -> bool:
-        exp = request.query_params.get("exp", "")
-        sig = request.query_params.get("sig", "")
-        if not exp.isdigit() or int(exp) < now():
+        exp = request.query_params.get("exp")
+        sig = request.query_params.get("sig")
+        if exp is None or sig is None:
             return False
-        return hmac.compare_digest(sig, start_signature(key, org_id, user_id, int(exp)))
+        if not _EXP.fullmatch(exp):
+            raise InvalidRequest("bad_exp", "exp must be a unix time in seconds")
+        if not _SIG.fullmatch(sig):
+            raise InvalidRequest("bad_sig", "sig must be 64 hex digits")
+        if int(exp) < now():
+            return False
+        return hmac.compare_digest(sig.lower().encode(), start_signature(key, org_id, user_id, int(exp)).encode())
 
     return authorize
 
@@ -109,15 +182,14 @@ def start_link(base_url: str, provider: str, org_id: str, user_id: str, key: byt
     return f"{base_url.rstrip('/')}/connect/{provider}/start?{query}"
 
 
-def _connect_router_from_env(sessions, url):
-    from api.connect import ConnectDeps, connect_router, temporal_on_connected
+def _connect_router_from_env(sessions, url, keyring, connect_key: bytes):
     from store.db import make_engine
     from store.pending_flows import StorePendingFlows
-    from store.vault import KeyRing, TokenVault
+    from store.vault import TokenVault
     from workers.credentials import ProviderConfig
     from workers.temporal_client import connect
 
-    vault = TokenVault(make_engine(url), KeyRing.from_env())
+    vault = TokenVault(make_engine(url), keyring)
     state: dict = {}
 
     async def on_connected(c) -> None:
@@ -127,11 +199,8 @@ def _connect_router_from_env(sessions, url):
             state["fn"] = temporal_on_connected(client)
         await state["fn"](c)
 
-    key = os.environ.get("CONCORD_CONNECT_KEY")
-    if not key:
-        raise RuntimeError("CONCORD_CONNECT_KEY (hex) is needed to sign connect links")
     return connect_router(ConnectDeps(
         sessions=sessions, vault=vault, pending=StorePendingFlows(sessions, vault.keyring),
         providers=ProviderConfig.from_env(), on_connected=on_connected,
-        authorize_start=signed_start_authorizer(bytes.fromhex(key)),
+        authorize_start=signed_start_authorizer(connect_key),
     ))

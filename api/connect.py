@@ -17,6 +17,8 @@ Why it is built this way:
   transaction; the workflow is started only after that commit, through an
   injected `on_connected` callable (Temporal in production, a recorder in tests).
 - Nothing sensitive in the answer: the page names the connection id only.
+- The callback reads its (form_post) body as a stream with a small ceiling
+  (api/bodies.py) and answers 400, not 500, to one that is not UTF-8.
 - Who may connect for which org/user is the host application's decision: pass
   `authorize_start` (e.g. checks the caller's session). Without it the endpoint
   trusts its query parameters, which is only right behind the host's own auth.
@@ -39,6 +41,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from api.bodies import CLOSE_CONNECTION, BodyTooLarge, read_body
 from connectors.errors import ConnectorError, Fatal, Transient
 from connectors.oauth_google import FlowRejected, PendingFlows
 from store import repo
@@ -47,6 +50,18 @@ from store.vault import TokenVault
 from workers.credentials import ProviderConfig
 
 log = logging.getLogger(__name__)
+
+#: A form_post callback carries a code, a state and a session state: a few KiB at most.
+MAX_CALLBACK_BYTES = 64 * 1024
+
+
+class InvalidRequest(Exception):
+    """A malformed request (raised by `authorize_start` too): answered 400 with `reason`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -74,6 +89,7 @@ class ConnectDeps:
     connection_settings: Callable[[str], dict] = field(default=lambda provider: {})
     new_connection_id: Callable[[str], str] = field(default=lambda provider: f"conn-{provider}-{uuid.uuid4().hex[:16]}")
     #: (request, org_id, user_id) -> bool: may this caller connect a mailbox for them?
+    #: May raise InvalidRequest for a malformed request.
     authorize_start: Callable[[Request, str, str], bool | Awaitable[bool]] | None = None
 
 
@@ -94,8 +110,9 @@ def temporal_on_connected(client, *, task_queue: str | None = None, poll_interva
     return on_connected
 
 
-def _error(status: int, error: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": error, "message": message}, status_code=status, headers={"Cache-Control": "no-store"})
+def _error(status: int, error: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": error, "message": message}, status_code=status,
+                        headers={"Cache-Control": "no-store", **(headers or {})})
 
 
 def _wants_html(request: Request) -> bool:
@@ -122,9 +139,12 @@ def connect_router(deps: ConnectDeps) -> APIRouter:
         if not known(provider):
             return _error(404, "unknown_provider", f"no such provider: {provider}")
         if deps.authorize_start is not None:
-            allowed = deps.authorize_start(request, org_id, user_id)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
+            try:
+                allowed = deps.authorize_start(request, org_id, user_id)
+                if inspect.isawaitable(allowed):
+                    allowed = await allowed
+            except InvalidRequest as e:
+                return _error(400, e.reason, e.message)
             if not allowed:
                 return _error(403, "forbidden", "not allowed to connect a mailbox for this user")
 
@@ -149,7 +169,14 @@ def connect_router(deps: ConnectDeps) -> APIRouter:
             return _error(404, "unknown_provider", f"no such provider: {provider}")
         params = dict(request.query_params)
         if request.method == "POST":
-            params.update(parse_qsl((await request.body()).decode("utf-8"), keep_blank_values=True))
+            try:
+                form = (await read_body(request, MAX_CALLBACK_BYTES)).decode("utf-8")
+            except BodyTooLarge:
+                return _error(413, "too_large", "the callback body is larger than any provider sends",
+                              CLOSE_CONNECTION)
+            except UnicodeDecodeError:
+                return _error(400, "bad_encoding", "the callback body is not UTF-8")
+            params.update(parse_qsl(form, keep_blank_values=True))
         try:
             connected = await run_in_threadpool(_finish, deps, oauth(provider), provider, params)
         except FlowRejected as exc:
@@ -196,6 +223,7 @@ def _rejection_message(exc: FlowRejected) -> str:
         ),
         "code_rejected": "the provider refused the authorization; start connecting again",
         "no_refresh_token": "the provider granted no offline access; start connecting again",
+        "id_token_rejected": "the provider's proof of identity could not be verified; start connecting again",
     }.get(exc.reason, "the connect attempt failed; start connecting again")
 
 

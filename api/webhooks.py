@@ -20,7 +20,15 @@ Why it is built this way:
 - Secrets are compared in constant time and only their sha256 is stored
   (store/subscriptions.py). A forged or stale notification is answered like a
   real one where the provider would otherwise retry for hours (Graph: 202), and
-  counted by reason at GET /webhooks/stats; it is never signalled.
+  counted by reason at GET /webhooks/stats (admin token only); it is never signalled.
+- Gmail pushes are authenticated by the OIDC token Pub/Sub signs for the push
+  service account (Google's keys, our audience, that account), not by a secret in
+  the URL: a URL ends up in access logs, proxies' included.
+- Platforms sign a timestamp with the body; a stale timestamp or a signature
+  already seen inside the window is refused, so a captured request cannot be
+  replayed.
+- Bodies are read as a stream and refused at the first byte past the limit
+  (api/bodies.py), chunked or not.
 - No email address, token or clientState is ever logged; Gmail addresses are
   looked up by their sha256 only.
 """
@@ -31,10 +39,13 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import heapq
 import hmac
 import json
 import logging
 import math
+import re
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional
@@ -43,6 +54,15 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from api.bodies import CLOSE_CONNECTION, BodyTooLarge, read_body
+from connectors.id_tokens import (
+    GOOGLE_CERTS_URL,
+    GOOGLE_ISSUERS,
+    CachedKeys,
+    InvalidIdToken,
+    KeysUnavailable,
+    verify_id_token,
+)
 from store import repo
 from store import subscriptions as subs
 
@@ -59,6 +79,12 @@ PlatformSecret = Callable[[str], Optional[bytes]]
 MAX_BODY_BYTES = 1 << 20
 #: The workflow history keeps the reason; a trailing signal joins several.
 MAX_REASON_CHARS = 200
+
+#: A platform's X-Concord-Timestamp may be this far from our clock, either way.
+PLATFORM_TOLERANCE_S = 300
+#: Gmail history ids and Calendar message numbers are unsigned 64-bit integers.
+_UINT64 = re.compile(r"[0-9]{1,20}")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 CALENDAR_STATES = ("sync", "exists", "not_exists")
 LIFECYCLE_EVENTS = ("reauthorizationRequired", "subscriptionRemoved", "missed")
@@ -331,9 +357,80 @@ def derived_platform_secrets(master_key: bytes) -> PlatformSecret:
     return secret
 
 
-def platform_signature(secret: bytes, body: bytes) -> str:
-    """The X-Concord-Signature value a platform sends: `sha256=<hex HMAC of the raw body>`."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+def platform_signature(secret: bytes, body: bytes, timestamp: int) -> str:
+    """The X-Concord-Signature value a platform sends with `X-Concord-Timestamp: <timestamp>`
+    (unix seconds): `sha256=<hex HMAC-SHA256 of b"<timestamp>." + the raw body>`."""
+    return "sha256=" + hmac.new(secret, b"%d." % timestamp + body, hashlib.sha256).hexdigest()
+
+
+def platform_headers(secret: bytes, body: bytes, *, now: Callable[[], float] = time.time) -> dict[str, str]:
+    """Both headers a platform sends with `body`, signed now."""
+    ts = int(now())
+    return {"X-Concord-Timestamp": str(ts), "X-Concord-Signature": platform_signature(secret, body, ts)}
+
+
+class ReplayGuard:
+    """The platform signatures accepted within the last window, so a replay is refused.
+
+    Only signatures that verified are remembered, so only a key holder can fill
+    it; each is forgotten once its timestamp is too old to pass the freshness check
+    anyway. Bounded: when `max_entries` live signatures are held, new requests are
+    refused (503, the platform retries with a new timestamp) rather than forgetting
+    one that could then be replayed. Per process: replicas behind a load balancer
+    each keep their own.
+    """
+
+    def __init__(self, window_s: float = PLATFORM_TOLERANCE_S, max_entries: int = 100_000) -> None:
+        self.window_s = window_s
+        self.max_entries = max_entries
+        self._seen: set[str] = set()
+        self._expiry: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def admit(self, signature: str, timestamp: int, now: float) -> str | None:
+        """None if this signature is new (and now remembered), else why it is refused."""
+        while self._expiry and self._expiry[0][0] < now:
+            self._seen.discard(heapq.heappop(self._expiry)[1])
+        if signature in self._seen:
+            return "replayed"
+        if len(self._seen) >= self.max_entries:
+            return "replay_cache_full"
+        self._seen.add(signature)
+        heapq.heappush(self._expiry, (timestamp + self.window_s, signature))
+        return None
+
+
+@dataclass
+class PubSubPushAuth:
+    """Who may push Gmail notifications: Pub/Sub, proven by the OIDC token it puts in
+    `Authorization: Bearer` for the subscription's push service account.
+
+    The token must be signed by Google (keys at `certs_url`), issued by
+    accounts.google.com, unexpired, for `audience` (what the push subscription is
+    configured with; Google's default is the endpoint URL) and carry the verified
+    `email` of `service_account`. The audience alone proves nothing (anyone can
+    create a subscription with any audience); the service account is ours.
+    """
+
+    audience: str
+    service_account: str
+    certs_url: str = GOOGLE_CERTS_URL
+    keys: CachedKeys = field(default_factory=CachedKeys)
+
+    def refusal(self, bearer: str) -> str | None:
+        """None when `bearer` is a genuine push's token, else why it is refused. Raises KeysUnavailable."""
+        if not bearer:
+            return "missing_token"
+        try:
+            claims = verify_id_token(bearer, keys=self.keys, certs_url=self.certs_url,
+                                     audience=self.audience, issuers=GOOGLE_ISSUERS)
+        except InvalidIdToken as e:
+            return "bad_token" if e.reason == "invalid_token" else e.reason
+        if claims.get("email") != self.service_account or claims.get("email_verified") is not True:
+            return "wrong_service_account"
+        return None
 
 
 # ----------------------------------------------------------------------- router
@@ -343,9 +440,13 @@ def platform_signature(secret: bytes, body: bytes) -> str:
 class WebhookDeps:
     sessions: Any
     waker: Waker
-    #: the shared secret in the Pub/Sub push endpoint's ?token=; None refuses all Gmail pushes
-    pubsub_token: str | None = None
+    #: how Gmail pushes are authenticated; None refuses them all
+    pubsub: PubSubPushAuth | None = None
     platform_secret: PlatformSecret | None = None
+    #: `Authorization: Bearer <admin_token>` reads GET /webhooks/stats; None hides the route
+    admin_token: str | None = None
+    replays: ReplayGuard = field(default_factory=ReplayGuard)
+    clock: Callable[[], float] = time.time
 
     @property
     def counters(self) -> Counters:
@@ -389,12 +490,11 @@ def _b64(data: str) -> bytes:
 
 
 def _history_id(value: Any) -> int:
-    if isinstance(value, bool):
-        raise _Bad("bad_history_id")
-    if isinstance(value, int):
+    # ASCII digits only: str.isdigit() accepts "²", which int() then refuses.
+    if isinstance(value, str) and _UINT64.fullmatch(value.strip()):
+        value = int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 64:
         return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
     raise _Bad("missing_field" if value is None else "bad_history_id")
 
 
@@ -403,13 +503,16 @@ def _equal(a: str, b: str) -> bool:
 
 
 async def _body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _Bad("too_large")
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise _Bad("too_large")
-    return raw
+    try:
+        return await read_body(request, MAX_BODY_BYTES)
+    except BodyTooLarge:
+        raise _Bad("too_large") from None
+
+
+def _bearer(request: Request) -> str:
+    """The credential of `Authorization: Bearer <credential>`, or ""."""
+    scheme, _, credential = (request.headers.get("authorization") or "").partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" else ""
 
 
 def webhook_router(deps: WebhookDeps) -> APIRouter:
@@ -420,8 +523,9 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
 
     def bad(reason: str) -> Response:
         counters.reject(reason)
-        status = 413 if reason == "too_large" else 400
-        return JSONResponse({"error": reason}, status_code=status)
+        if reason == "too_large":
+            return JSONResponse({"error": reason}, status_code=413, headers=CLOSE_CONNECTION)
+        return JSONResponse({"error": reason}, status_code=400)
 
     def forbidden(reason: str) -> Response:
         counters.reject(reason)
@@ -455,7 +559,8 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
         # The handshake comes first and touches nothing: Graph allows it 10 s.
         token = request.query_params.get("validationToken")
         if token is not None:
-            return PlainTextResponse(token, status_code=200)
+            # Echoed verbatim, so never let a browser sniff it into HTML.
+            return PlainTextResponse(token, status_code=200, headers={"X-Content-Type-Options": "nosniff"})
         try:
             items = _graph_items(await _body(request), lifecycle)
         except _Bad as e:
@@ -512,14 +617,15 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
 
     @router.post("/gmail")
     async def gmail(request: Request) -> Response:
-        # TODO(security): real Pub/Sub push can also carry an OIDC JWT (Authorization:
-        # Bearer, signed by Google, `aud` = this endpoint, `email` = the push service
-        # account). Verify it with google.oauth2.id_token.verify_oauth2_token before
-        # trusting a push in production; until then the shared ?token= is the only
-        # authentication, so keep the endpoint URL secret and on TLS.
-        presented = request.query_params.get("token")
-        if deps.pubsub_token is None or presented is None or not _equal(presented, deps.pubsub_token):
-            return forbidden("bad_token")
+        if deps.pubsub is None:
+            return forbidden("pubsub_not_configured")
+        try:  # on a thread: the first check of a key set fetches it
+            refused = await run_in_threadpool(deps.pubsub.refusal, _bearer(request))
+        except KeysUnavailable:
+            counters.reject("keys_unavailable")  # Pub/Sub redelivers until Google's keys are back
+            return JSONResponse({"error": "keys_unavailable"}, status_code=503)
+        if refused is not None:
+            return forbidden(refused)
         try:
             envelope = _json(await _body(request))
             if not isinstance(envelope, dict) or not isinstance(envelope.get("message"), dict):
@@ -559,7 +665,7 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
             return bad("missing_field")
         if state not in CALENDAR_STATES:
             return bad("bad_resource_state")
-        if number is not None and not number.strip().isdigit():
+        if number is not None and not _UINT64.fullmatch(number.strip()):
             return bad("bad_message_number")
         row = await run_in_threadpool(_calendar_store, channel_id)
         if row is None:
@@ -592,12 +698,24 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
         secret = deps.platform_secret(org_id) if deps.platform_secret is not None else None
         if secret is None:
             return forbidden("unknown_org")
-        presented = (request.headers.get("x-concord-signature") or "").strip()
-        if presented.lower().startswith("sha256="):
-            presented = presented[len("sha256=") :]
-        expected = hmac.new(secret, raw, hashlib.sha256).hexdigest()
-        if not presented or not _equal(presented.lower(), expected):
+        stamp = (request.headers.get("x-concord-timestamp") or "").strip()
+        if not _TIMESTAMP.fullmatch(stamp):
+            return forbidden("bad_timestamp")
+        now = deps.clock()
+        if abs(now - int(stamp)) > PLATFORM_TOLERANCE_S:
+            return forbidden("stale_timestamp")
+        presented = (request.headers.get("x-concord-signature") or "").strip().lower()
+        expected = platform_signature(secret, raw, int(stamp))
+        if not presented.startswith("sha256="):
+            presented = "sha256=" + presented
+        if not _equal(presented, expected):
             return forbidden("bad_signature")
+        replay = deps.replays.admit(expected, int(stamp), now)
+        if replay == "replay_cache_full":
+            counters.reject(replay)
+            return JSONResponse({"error": "busy"}, status_code=503, headers={"Retry-After": "5"})
+        if replay is not None:
+            return forbidden(replay)
         try:
             body = _json(raw)
             if not isinstance(body, dict) or not isinstance(body.get("record_ids"), list):
@@ -617,7 +735,11 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
     # --- observability --------------------------------------------------------------
 
     @router.get("/stats")
-    async def stats() -> Response:
-        return JSONResponse(counters.snapshot())
+    async def stats(request: Request) -> Response:
+        if deps.admin_token is None:  # not configured: as if the route did not exist
+            return JSONResponse({"detail": "Not Found"}, status_code=404)
+        if not _equal(_bearer(request), deps.admin_token):
+            return JSONResponse({"error": "unauthorized"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return JSONResponse(counters.snapshot(), headers={"Cache-Control": "no-store"})
 
     return router

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -61,7 +62,8 @@ def _serve(store_url: str, port: int, cpu: int, window_s: float) -> None:
         return None  # Waker counts signals_sent; Temporal is not involved here
 
     waker = Waker(counting_signal, store_lookup(sessions), window_s=window_s)
-    app = create_app([webhook_router(WebhookDeps(sessions=sessions, waker=waker))])
+    deps = WebhookDeps(sessions=sessions, waker=waker, admin_token=os.environ["CONCORD_ADMIN_TOKEN"])
+    app = create_app([webhook_router(deps)])
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
 
 
@@ -134,13 +136,13 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _wait_up(base: str, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def _wait_up(base: str, proc: subprocess.Popen, admin: dict[str, str], timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"webhook server exited with {proc.returncode}")
         try:
-            if httpx.get(f"{base}/webhooks/stats", timeout=1).status_code == 200:
+            if httpx.get(f"{base}/webhooks/stats", headers=admin, timeout=1).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -167,12 +169,14 @@ def run(report: Report = print, *, count: int = COUNT, subs_n: int = SUBS, concu
         subscriptions = _seed(url, subs_n)
         port = free_port()
         base = f"http://127.0.0.1:{port}"
+        admin_token = secrets.token_urlsafe(24)  # /webhooks/stats needs it; made per run
+        admin = {"Authorization": f"Bearer {admin_token}"}
         proc = subprocess.Popen(
             [sys.executable, "-m", "bench.webhooks", "--serve", url, str(port), str(server_cpu), str(window_s)],
-            cwd=str(Path(__file__).resolve().parent.parent),
+            cwd=str(Path(__file__).resolve().parent.parent), env={**os.environ, "CONCORD_ADMIN_TOKEN": admin_token},
         )
         try:
-            _wait_up(base, proc)
+            _wait_up(base, proc, admin)
             if hasattr(os, "sched_setaffinity"):
                 os.sched_setaffinity(0, client_cpus)
             emit("webhooks.server_cpus", 1, f"cpu {server_cpu} (subprocess, pinned)")
@@ -183,7 +187,7 @@ def run(report: Report = print, *, count: int = COUNT, subs_n: int = SUBS, concu
                 return await client.post("/webhooks/graph", json=_note(sub_id, secret, i))
 
             asyncio.run(_drive(base, min(500, count), concurrency, warm))
-            before = httpx.get(f"{base}/webhooks/stats").json()
+            before = httpx.get(f"{base}/webhooks/stats", headers=admin).json()
 
             async def notify(client, i):
                 sub_id, secret = subscriptions[i % subs_n]
@@ -194,7 +198,7 @@ def run(report: Report = print, *, count: int = COUNT, subs_n: int = SUBS, concu
             cpu1 = _cpu_seconds(proc.pid)
             # Let the trailing signals of the last window go out before counting them.
             time.sleep(window_s + 0.5)
-            after = httpx.get(f"{base}/webhooks/stats").json()
+            after = httpx.get(f"{base}/webhooks/stats", headers=admin).json()
             accepted = after["accepted"] - before["accepted"]
             signals = after["signals_sent"] - before["signals_sent"]
             emit("webhooks.notifications", count, f"over {subs_n} subscriptions, concurrency {concurrency}")

@@ -15,8 +15,6 @@ flow storage, the flow-rejected error); `connectors.oauth_microsoft` imports the
 
 from __future__ import annotations
 
-import base64
-import json
 import secrets
 import threading
 import time
@@ -27,6 +25,14 @@ from typing import Any, Callable, Mapping, Protocol
 import requests
 
 from connectors.errors import Fatal, ReauthRequired, Transient
+from connectors.id_tokens import (
+    GOOGLE_CERTS_URL,
+    GOOGLE_ISSUERS,
+    CachedKeys,
+    InvalidIdToken,
+    KeysUnavailable,
+    verify_id_token,
+)
 from store.vault import TokenSet, TokenVault
 
 # ===================================================================== shared
@@ -76,7 +82,8 @@ class FlowRejected(ReauthRequired):
 
     `reason`: unknown_state (forged, replayed or already used), expired_state,
     provider_error (the user denied consent, ...), code_rejected (the provider
-    refused the code: replayed, PKCE mismatch), no_refresh_token.
+    refused the code: replayed, PKCE mismatch), no_refresh_token,
+    id_token_rejected (missing, or its signature, issuer, audience or expiry is wrong).
     """
 
     code = "oauth_flow_rejected"
@@ -184,17 +191,17 @@ class ConnectedAccount:
         return f"ConnectedAccount(provider={self.provider!r}, account_id={self.account_id!r}, tokens={self.tokens!r})"
 
 
-def decode_jwt_claims(token: str) -> dict:
-    """Claims of an id_token received straight from the token endpoint over TLS.
-
-    OpenID Connect Core 3.1.3.7 lets a client that got the id_token directly from
-    the token endpoint rely on TLS instead of checking the signature.
-    """
+def verified_identity(token: Any, *, keys: CachedKeys, certs_url: str, audience: str, issuers) -> dict:
+    """The claims of the id_token a token endpoint returned, once verified
+    (connectors/id_tokens.py says why we verify it although it came over TLS)."""
+    if not isinstance(token, str) or not token:
+        raise FlowRejected("the provider returned no id_token", reason="id_token_rejected")
     try:
-        payload = token.split(".")[1]
-        return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except Exception:
-        raise FlowRejected("the provider returned an unreadable id_token", reason="code_rejected") from None
+        return verify_id_token(token, keys=keys, certs_url=certs_url, audience=audience, issuers=issuers)
+    except InvalidIdToken as e:
+        raise FlowRejected(f"the provider's id_token was refused: {e.reason}", reason="id_token_rejected") from None
+    except KeysUnavailable:
+        raise Transient("the provider's signing keys are unreachable") from None
 
 
 def _expires_at(expires_in: Any, now: float) -> datetime | None:
@@ -266,6 +273,7 @@ class GoogleOAuth(VaultRefresh):
         auth_uri: str = GOOGLE_AUTH_URI,
         token_uri: str = GOOGLE_TOKEN_URI,
         revoke_uri: str = GOOGLE_REVOKE_URI,
+        certs_uri: str = GOOGLE_CERTS_URL,
         http: HttpOptions = HttpOptions(),
         vault: TokenVault | None = None,
         clock: Callable[[], float] = time.time,
@@ -276,10 +284,12 @@ class GoogleOAuth(VaultRefresh):
         self.pending = pending
         self.scopes = GOOGLE_IDENTITY_SCOPES + scopes_for("google", capabilities)
         self.auth_uri, self.token_uri, self.revoke_uri = auth_uri, token_uri, revoke_uri
+        self.certs_uri = certs_uri
         self.http = http
         self.vault = vault
         self.clock = clock
         self._session = http.session()
+        self._keys = CachedKeys(self._session, timeout=http.timeout)
 
     def close(self) -> None:
         """Drop pooled TLS connections (workers keep one instance; tests make many)."""
@@ -372,9 +382,8 @@ class GoogleOAuth(VaultRefresh):
             flow.oauth2session.close()
         if not token.get("refresh_token"):
             raise FlowRejected("Google returned no refresh token", reason="no_refresh_token")
-        claims = decode_jwt_claims(token["id_token"]) if token.get("id_token") else {}
-        if claims.get("aud") not in (None, self.client_id):
-            raise FlowRejected("id_token was issued to another client", reason="code_rejected")
+        claims = verified_identity(token.get("id_token"), keys=self._keys, certs_url=self.certs_uri,
+                                   audience=self.client_id, issuers=GOOGLE_ISSUERS)
         if not claims.get("sub"):
             raise FlowRejected("Google returned no account identity (id_token)", reason="code_rejected")
         scope = token.get("scope") or ()

@@ -1,7 +1,10 @@
 """Connecting a Microsoft 365 mailbox through msal's ConfidentialClientApplication.
 
 msal builds the consent URL (state, PKCE S256, nonce), checks the callback's
-state and the id_token's nonce/audience/issuer, and redeems the code. Refreshes
+state and the id_token's nonce, and redeems the code. msal (>= 1.38) checks
+nothing else of the id_token, so `finish` verifies its signature against the
+authority's `jwks_uri`, its issuer (the discovery document's, with the token's
+own tenant in multi-tenant authorities), audience and expiry. Refreshes
 use `acquire_token_by_refresh_token` with the refresh token kept in *our* vault:
 workers are stateless, so msal's own token cache is switched off (`_NoCache`)
 instead of growing by one account per connection served.
@@ -23,6 +26,7 @@ import requests
 from msal.exceptions import MsalServiceError
 
 from connectors.errors import Fatal, ReauthRequired, Transient
+from connectors.id_tokens import CachedKeys, KeysUnavailable
 from connectors.oauth_google import (
     SCOPES,
     ConnectedAccount,
@@ -35,6 +39,7 @@ from connectors.oauth_google import (
     _check_pending,
     _expires_at,
     scopes_for,
+    verified_identity,
 )
 from store.vault import TokenSet, TokenVault
 
@@ -100,6 +105,7 @@ class MicrosoftOAuth(VaultRefresh):
         self.clock = clock
         self._app: msal.ConfidentialClientApplication | None = None
         self._session: requests.Session | None = None
+        self._keys: CachedKeys | None = None
 
     def close(self) -> None:
         """Drop pooled TLS connections (workers keep one instance; tests make many)."""
@@ -128,7 +134,24 @@ class MicrosoftOAuth(VaultRefresh):
                 raise Transient(f"Microsoft authority unreachable: {type(e).__name__}") from None
             except ValueError as e:  # msal: bad authority or unreadable discovery document
                 raise Fatal(f"Microsoft authority misconfigured: {e}") from None
+            self._keys = CachedKeys(session, timeout=self.http.timeout)
         return self._app
+
+    def _verified_claims(self, id_token) -> dict:
+        """The id_token's claims, checked against the keys and issuer the authority publishes."""
+        assert self._keys is not None
+        discovery = self.authority.rstrip("/") + "/v2.0/.well-known/openid-configuration"
+        try:
+            config = self._keys.json(discovery)
+        except KeysUnavailable:
+            raise Transient("Microsoft's OpenID configuration is unreachable") from None
+        issuer, jwks_uri = config.get("issuer"), config.get("jwks_uri")
+        if not isinstance(issuer, str) or not isinstance(jwks_uri, str):
+            raise Fatal("Microsoft's OpenID configuration names no issuer or jwks_uri")
+        return verified_identity(
+            id_token, keys=self._keys, certs_url=jwks_uri, audience=self.client_id,
+            issuers=lambda claims: {issuer.replace("{tenantid}", str(claims.get("tid")))},
+        )
 
     # -- flow
 
@@ -168,7 +191,7 @@ class MicrosoftOAuth(VaultRefresh):
         except requests.RequestException as e:
             self.pending.put(flow_state)
             raise Transient(f"Microsoft token endpoint unreachable: {type(e).__name__}") from None
-        except ValueError as e:  # msal's own checks: state mismatch, nonce, audience
+        except (ValueError, RuntimeError) as e:  # msal's own checks: state mismatch (ValueError), nonce (RuntimeError)
             raise FlowRejected(f"msal rejected the callback: {type(e).__name__}", reason="code_rejected") from None
         if "error" in result:
             error = result["error"]
@@ -184,7 +207,7 @@ class MicrosoftOAuth(VaultRefresh):
             )
         if not result.get("refresh_token"):
             raise FlowRejected("Microsoft returned no refresh token (offline_access missing?)", reason="no_refresh_token")
-        claims = result.get("id_token_claims") or {}
+        claims = self._verified_claims(result.get("id_token"))
         oid, tid = claims.get("oid"), claims.get("tid")
         if not oid or not tid:
             raise FlowRejected("Microsoft returned no account identity (id_token)", reason="code_rejected")

@@ -4,10 +4,13 @@ Faithful enough that the real client libraries (google-auth-oauthlib,
 google-auth, msal) run their normal code paths against them: authorization
 endpoint with consent auto-approved (or denied), token endpoint with
 authorization_code + PKCE and refresh_token grants, rotating refresh tokens,
-revocation, and the wire error shapes each provider uses. The `OAuthState`
-behind an app is what tests steer (deny consent, withdraw consent, fail the next
-token calls) and what the Google People / Graph emulators ask whether a bearer
-token is valid.
+revocation, the wire error shapes each provider uses, and RS256-signed ID
+tokens whose keys are served where the providers serve theirs (Google's
+`oauth2/v1/certs` and `v3/certs`, Microsoft's `jwks_uri`); the RSA key is made
+at run time. The `OAuthState` behind an app is what tests steer (deny consent,
+withdraw consent, fail the next token calls, forge the next ID tokens), what the
+Google People / Graph emulators ask whether a bearer token is valid, and what
+mints the OIDC tokens of Pub/Sub pushes.
 
 Both providers must be served over TLS: msal refuses http authorities, and
 oauthlib (under google-auth-oauthlib) refuses http endpoints. Use
@@ -46,6 +49,9 @@ _GOOGLE_SCOPE_ALIASES = {
     "profile": "https://www.googleapis.com/auth/userinfo.profile",
 }
 _MS_RESERVED = {"openid", "profile", "offline_access", "email"}
+_MS_MULTI_TENANT = {"common", "organizations", "consumers"}
+#: What Google sends with its key documents (the keys rotate; clients cache this long).
+_KEYS_CACHE_CONTROL = "public, max-age=21600, must-revalidate, no-transform"
 
 
 def _b64url(data: bytes) -> str:
@@ -53,11 +59,59 @@ def _b64url(data: bytes) -> str:
 
 
 def unsigned_jwt(claims: dict) -> str:
-    """An `alg: none` JWT: the libraries decode id_tokens from the token endpoint without verifying."""
+    """An `alg: none` JWT: what a forger sends when it has no key (tests expect it refused)."""
     header = {"typ": "JWT", "alg": "none"}
     return ".".join(
         [_b64url(json.dumps(header).encode()), _b64url(json.dumps(claims).encode()), ""]
     )
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """An RSA key an emulated issuer signs ID tokens with, made at run time, and its public forms:
+    an x509 certificate (Google's `oauth2/v1/certs` document maps key ids to these) and a
+    JWK (Google's `oauth2/v3/certs`, Microsoft's `jwks_uri`)."""
+
+    kid: str
+    private_pem: bytes = field(repr=False)
+    cert_pem: str
+    jwk: dict
+
+    @classmethod
+    def generate(cls, kid: str | None = None) -> "SigningKey":
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        from cryptography.x509.oid import NameOID
+
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        kid = kid or secrets.token_hex(20)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "emulated-issuer")])
+        now = datetime.now(timezone.utc)
+        cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=2))
+            .sign(key, hashes.SHA256())
+        )
+        der = cert.public_bytes(serialization.Encoding.DER)
+        numbers = key.public_key().public_numbers()
+
+        def b64int(n: int) -> str:
+            return _b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+        jwk = {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": b64int(numbers.n),
+               "e": b64int(numbers.e), "x5t": _b64url(hashlib.sha1(der).digest()),
+               "x5c": [base64.b64encode(der).decode("ascii")]}
+        private_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption())
+        return cls(kid, private_pem, cert.public_bytes(serialization.Encoding.PEM).decode("ascii"), jwk)
+
+    def sign(self, claims: dict) -> str:
+        """An RS256 JWT of `claims`, with this key's id in the header."""
+        from google.auth import crypt, jwt
+
+        return jwt.encode(crypt.RSASigner.from_string(self.private_pem, key_id=self.kid), claims).decode("ascii")
 
 
 def s256(verifier: str) -> str:
@@ -176,6 +230,13 @@ class OAuthState:
     #: Seconds the token endpoint sleeps before answering (timeouts).
     token_delay: float = 0.0
     revocations: list[str] = field(default_factory=list)  # kinds revoked via /revoke, never the token
+    #: How the next ID tokens are made: "signed" (with `signing_key`, served at the certs
+    #: endpoints), "unsigned" (alg none) or "foreign_key" (the same key id, another key).
+    id_token_mode: Literal["signed", "unsigned", "foreign_key"] = "signed"
+    #: Claims put over the ones an ID token would carry (expired, another audience...);
+    #: a None value leaves the claim out.
+    id_token_overrides: dict = field(default_factory=dict)
+    _signing_key: SigningKey | None = field(default=None, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def __post_init__(self) -> None:
@@ -250,6 +311,44 @@ class OAuthState:
                 "access": [t for t, i in self.access_tokens.items() if email is None or i.user.email == email],
                 "refresh": [t for t, i in self.refresh_tokens.items() if email is None or i.grant.user.email == email],
             }
+
+    # -- ID tokens
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The issuer's key, made on first use (RSA generation costs a few tens of ms)."""
+        with self._lock:
+            if self._signing_key is None:
+                self._signing_key = SigningKey.generate()
+            return self._signing_key
+
+    def certs(self) -> dict[str, str]:
+        """Google's `oauth2/v1/certs` document: key id -> x509 PEM."""
+        return {self.signing_key.kid: self.signing_key.cert_pem}
+
+    def jwks(self) -> dict:
+        """A JWK Set: Google's `oauth2/v3/certs`, Microsoft's `jwks_uri`."""
+        return {"keys": [dict(self.signing_key.jwk)]}
+
+    def id_token(self, claims: dict) -> str:
+        """An ID token as this issuer makes them, unless steered (`id_token_mode`, `id_token_overrides`)."""
+        with self._lock:
+            claims = {k: v for k, v in {**claims, **self.id_token_overrides}.items() if v is not None}
+            mode = self.id_token_mode
+        if mode == "unsigned":
+            return unsigned_jwt(claims)
+        if mode == "foreign_key":
+            return SigningKey.generate(kid=self.signing_key.kid).sign(claims)
+        return self.signing_key.sign(claims)
+
+    def pubsub_push_token(self, audience: str, service_account: str, *, lifetime_s: int = 3600, **claims) -> str:
+        """The OIDC token Pub/Sub puts in `Authorization: Bearer` of a push (signed by Google
+        for the subscription's push service account, `aud` = the configured audience)."""
+        now = int(self.clock())
+        sub = str(int(hashlib.sha256(service_account.encode()).hexdigest(), 16))[:21]
+        body = {"aud": audience, "azp": sub, "email": service_account, "email_verified": True,
+                "iat": now, "exp": now + lifetime_s, "iss": GOOGLE_ISSUER, "sub": sub}
+        return self.id_token({**body, **claims})
 
     # -- internals
 
@@ -384,18 +483,19 @@ def _token_response(state: OAuthState, grant: Grant, *, with_refresh: RefreshTok
                 claims.update(email=user.email, email_verified=True)
             if nonce:
                 claims["nonce"] = nonce
-            body["id_token"] = unsigned_jwt(claims)
+            body["id_token"] = state.id_token(claims)
     else:
         body["scope"] = " ".join(s for s in grant.scopes if s != "offline_access")
         body["ext_expires_in"] = state.access_token_ttl
         body["client_info"] = _b64url(json.dumps({"uid": user.oid, "utid": user.tenant_id}).encode())
         if "openid" in grant.scopes:
-            claims = {"ver": "2.0", "iss": issuer, "aud": grant.client_id, "iat": now, "nbf": now,
-                      "exp": now + 3600, "sub": user.sub, "oid": user.oid, "tid": user.tenant_id,
-                      "preferred_username": user.email, "name": user.name}
+            # Entra names the user's own tenant in `iss`, whatever authority was asked.
+            claims = {"ver": "2.0", "iss": issuer.replace("{tenantid}", user.tenant_id), "aud": grant.client_id,
+                      "iat": now, "nbf": now, "exp": now + 3600, "sub": user.sub, "oid": user.oid,
+                      "tid": user.tenant_id, "preferred_username": user.email, "name": user.name}
             if nonce:
                 claims["nonce"] = nonce
-            body["id_token"] = unsigned_jwt(claims)
+            body["id_token"] = state.id_token(claims)
     if with_refresh is not None:
         body["refresh_token"] = with_refresh.token
     return body
@@ -544,6 +644,19 @@ def google_app(state: OAuthState) -> FastAPI:
     async def token(request: Request):
         return await _handle_token(state, request, GOOGLE_ISSUER)
 
+    # www.googleapis.com: the keys Google signs ID tokens (sign-in, Pub/Sub push) with.
+    @app.get("/oauth2/v1/certs")
+    async def certs():
+        with state._lock:
+            state.counters["certs"] += 1
+        return JSONResponse(state.certs(), headers={"Cache-Control": _KEYS_CACHE_CONTROL})
+
+    @app.get("/oauth2/v3/certs")
+    async def jwks():
+        with state._lock:
+            state.counters["certs"] += 1
+        return JSONResponse(state.jwks(), headers={"Cache-Control": _KEYS_CACHE_CONTROL})
+
     @app.api_route("/revoke", methods=["GET", "POST"])
     async def revoke(request: Request):
         params = dict(request.query_params)
@@ -585,7 +698,8 @@ def microsoft_app(state: OAuthState) -> FastAPI:
         return str(request.base_url).rstrip("/")
 
     def issuer(request: Request, tenant: str) -> str:
-        return f"{base(request)}/{tenant}/v2.0"
+        # Multi-tenant authorities publish a template; each token names its user's tenant.
+        return f"{base(request)}/{{tenantid}}/v2.0" if tenant in _MS_MULTI_TENANT else f"{base(request)}/{tenant}/v2.0"
 
     @app.get("/{tenant}/v2.0/.well-known/openid-configuration")
     async def discovery(tenant: str, request: Request):
@@ -617,9 +731,15 @@ def microsoft_app(state: OAuthState) -> FastAPI:
             deny_description="AADSTS65004: User declined to consent to access the app.",
         )
 
+    @app.get("/{tenant}/discovery/v2.0/keys")
+    async def keys(tenant: str):
+        with state._lock:
+            state.counters["certs"] += 1
+        return JSONResponse(state.jwks(), headers={"Cache-Control": _KEYS_CACHE_CONTROL})
+
     @app.post("/{tenant}/oauth2/v2.0/token")
     async def token(tenant: str, request: Request):
-        return await _handle_token(state, request, issuer(request, tenant))
+        return await _handle_token(state, request, f"{base(request)}/{{tenantid}}/v2.0")
 
     return app
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 
 from activities.contacts import ConnectionInfo
+from api.app import signed_start_authorizer, start_link
 from api.connect import ConnectDeps, Connected, connect_router
 from connectors.errors import ReauthRequired
 from emulators import google_people as people_emu
@@ -138,7 +141,7 @@ def rig(tmp_path, tls):
     providers = ProviderConfig(
         google_client_id=CLIENT_ID, google_client_secret=CLIENT_SECRET,
         google_auth_uri=g_srv.base_url + "o/oauth2/v2/auth", google_token_uri=g_srv.base_url + "token",
-        google_revoke_uri=g_srv.base_url + "revoke",
+        google_revoke_uri=g_srv.base_url + "revoke", google_certs_uri=g_srv.base_url + "oauth2/v1/certs",
         ms_client_id=CLIENT_ID, ms_client_secret=CLIENT_SECRET, ms_authority=ms_srv.base_url + "common",
         public_url=api, ca_file=tls[0], timeout=10,
     )
@@ -274,6 +277,67 @@ def test_reconnect_reuses_connection_and_signals(rig):
     assert rig.signalled == [(first, "reconnected")]
     with rig.sessions.begin() as s:
         assert [c.id for c in repo.list_connections(s, ORG)] == [first]
+
+
+def test_a_forged_id_token_connects_nothing(rig):
+    """The account a connection is keyed by comes from a verified id_token, end to end."""
+    for provider, state in (("google", rig.google), ("microsoft", rig.microsoft)):
+        state.id_token_mode = "foreign_key"  # the right key id, someone else's key
+        r = rig.connect(provider)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == "id_token_rejected" and "start connecting again" in r.json()["message"]
+    with rig.sessions.begin() as s:
+        assert repo.list_connections(s, ORG) == []
+    assert rig.started == []
+
+
+def test_malformed_start_links_are_400_and_unsigned_ones_403(rig):
+    """A signed-link deployment (api.app.signed_start_authorizer): malformed `exp` / `sig`
+    are a 400 with a reason (they were 500s: str.isdigit() accepts "²", int() refuses it and
+    5,000 digits; compare_digest raises on non-ASCII str)."""
+    key = secrets.token_bytes(32)
+    deps = ConnectDeps(sessions=rig.sessions, vault=rig.vault, pending=StorePendingFlows(rig.sessions, rig.vault.keyring),
+                       providers=rig.providers, on_connected=lambda c: None,
+                       authorize_start=signed_start_authorizer(key))
+    app = FastAPI()
+    app.include_router(connect_router(deps))
+    server = serve(app)
+    try:
+        with httpx.Client(base_url=server.base_url, timeout=10) as http:
+            good = httpx.URL(start_link(server.base_url, "google", ORG, USER_ID, key))
+            assert http.get(good.raw_path.decode()).status_code == 302
+
+            def start(**params):
+                return http.get("/connect/google/start", params={**dict(good.params), **params})
+
+            for params, reason in (({"exp": "\u00b2"}, "bad_exp"), ({"exp": "9" * 5000}, "bad_exp"),
+                                   ({"exp": "-1"}, "bad_exp"), ({"sig": "\u00e9" * 64}, "bad_sig"),
+                                   ({"sig": "abc"}, "bad_sig")):
+                r = start(**params)
+                assert r.status_code == 400, (params, r.text)
+                assert r.json()["error"] == reason
+            assert start(sig="0" * 64).status_code == 403  # well-formed, wrong
+            assert start(exp=str(int(time.time()) - 1)).status_code == 403  # expired (and so not what was signed)
+            assert http.get("/connect/google/start", params={"org_id": ORG, "user_id": USER_ID}).status_code == 403
+    finally:
+        server.stop()
+
+
+def test_callback_body_is_bounded_and_must_be_utf8(rig):
+    """The form_post callback reads its body as a stream with a ceiling (it used to read
+    any size whole), and a body that is not UTF-8 is a 400 (it was a 500)."""
+    from tests.test_webhooks import STOPPED_READING_BELOW, chunked_upload
+
+    url = f"{rig.api}connect/microsoft/callback"
+    with httpx.Client(timeout=30) as http:
+        r = http.post(url, content=b"code=\xff\xfe&state=x", headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 400 and r.json()["error"] == "bad_encoding"
+        r, sent = chunked_upload(http, url, headers={"content-type": "application/x-www-form-urlencoded"})
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        assert sent < STOPPED_READING_BELOW, sent
+        r = http.post(url, content=b"x" * (1 << 20))  # declared too large: refused before reading
+        assert r.status_code == 413
+    assert rig.started == []
 
 
 # ------------------------------------------------------------------------ vault credentials

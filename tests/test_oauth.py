@@ -86,6 +86,7 @@ def google(google_emu, http, clock):
         auth_uri=base + "o/oauth2/v2/auth",
         token_uri=base + "token",
         revoke_uri=base + "revoke",
+        certs_uri=base + "oauth2/v1/certs",
         http=http,
         clock=clock,
     )
@@ -441,6 +442,60 @@ def test_microsoft_revoke_forgets_tokens(microsoft, ms_emu, tls, sqlite_url):
     with pytest.raises(ReauthRequired):
         microsoft.refresh_connection("conn-m")
     engine.dispose()
+
+
+# ==================================================================== ID tokens
+
+
+def _forge(state: OAuthState, how: str) -> None:
+    """Make the emulator's next ID tokens wrong in one way."""
+    now = int(time.time())
+    if how in ("unsigned", "foreign_key"):
+        state.id_token_mode = how
+    else:
+        state.id_token_overrides = {
+            "expired": {"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600},
+            "wrong_audience": {"aud": "another-client"},
+            "wrong_issuer": {"iss": "https://issuer.example.test"},
+            "no_expiry": {"exp": None},
+        }[how]
+
+
+@pytest.mark.parametrize("how", ["unsigned", "foreign_key", "expired", "wrong_audience", "wrong_issuer", "no_expiry"])
+@pytest.mark.parametrize("provider", ["google", "microsoft"])
+def test_id_token_is_verified_not_decoded(provider, how, request, tls):
+    """The account a connection is keyed by comes from a verified id_token: one not signed
+    by the issuer's published key, expired, for another client or from another issuer is
+    refused, although the token endpoint handed it over TLS."""
+    connector = request.getfixturevalue(provider)
+    state, _ = request.getfixturevalue("google_emu" if provider == "google" else "ms_emu")
+    connect(connector, tls)  # a genuine one goes through (and warms the key cache)
+    url, _ = connector.start()
+    params = consent(url, tls)
+    _forge(state, how)
+    with pytest.raises(FlowRejected) as err:
+        connector.finish(params)
+    assert err.value.reason == "id_token_rejected"
+
+
+@pytest.mark.parametrize("provider", ["google", "microsoft"])
+def test_id_token_keys_are_fetched_once_and_cached(provider, request, tls):
+    connector = request.getfixturevalue(provider)
+    state, _ = request.getfixturevalue("google_emu" if provider == "google" else "ms_emu")
+    for _ in range(3):
+        account, _ = connect(connector, tls)
+        assert account.email == USER
+    assert state.counters["certs"] == 1  # the key document's max-age is honoured
+
+
+def test_microsoft_id_token_with_another_nonce_is_refused(microsoft, ms_emu, tls):
+    state, _ = ms_emu
+    url, _ = microsoft.start()
+    params = consent(url, tls)
+    state.id_token_overrides = {"nonce": "not-the-flows-nonce"}
+    with pytest.raises(FlowRejected) as err:  # msal raises RuntimeError for this one
+        microsoft.finish(params)
+    assert err.value.reason == "code_rejected"
 
 
 def test_scope_table_is_narrow():

@@ -7,7 +7,7 @@
     concord resolve CONN REVIEW CHOICE  answer a review (mailbox|platform|link|create|ignore)
     concord pause|resume|retry|approve-deletes CONN
     concord dev-server                  run the Temporal dev server (UI on :8233)
-    concord api [--port 8080]           run the HTTP app: webhooks, and OAuth connect when configured
+    concord api [--port 8080]           run the HTTP app: webhooks and OAuth connect (needs CONCORD_VAULT_KEYS)
     concord disconnect CONN             stop syncing a mailbox, revoke its tokens, keep what was synced
     concord quarantine|reviews CONN     what waits for a person, with messages and values (from the store)
 """

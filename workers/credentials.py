@@ -36,6 +36,7 @@ import sqlalchemy as sa
 from google.oauth2.credentials import Credentials
 
 from connectors.errors import Fatal, ReauthRequired
+from connectors.id_tokens import GOOGLE_CERTS_URL
 from connectors.oauth_google import (
     GOOGLE_AUTH_URI,
     GOOGLE_REVOKE_URI,
@@ -53,7 +54,7 @@ LEEWAY_SECONDS = 60.0
 DEFAULT_MS_AUTHORITY = "https://login.microsoftonline.com/organizations"
 
 #: Keys a connection's settings may set under "oauth": endpoints only.
-OVERRIDABLE = frozenset({"auth_uri", "token_uri", "revoke_uri", "authority", "ca_file"})
+OVERRIDABLE = frozenset({"auth_uri", "token_uri", "revoke_uri", "certs_uri", "authority", "ca_file"})
 _FORBIDDEN_HINTS = ("secret", "refresh_token", "access_token", "password")
 
 
@@ -66,6 +67,8 @@ class ProviderConfig:
     google_auth_uri: str = GOOGLE_AUTH_URI
     google_token_uri: str = GOOGLE_TOKEN_URI
     google_revoke_uri: str = GOOGLE_REVOKE_URI
+    #: Where Google publishes the keys its id_tokens are signed with.
+    google_certs_uri: str = GOOGLE_CERTS_URL
     ms_client_id: str = ""
     ms_client_secret: str = field(default="", repr=False)
     ms_authority: str = DEFAULT_MS_AUTHORITY
@@ -85,6 +88,7 @@ class ProviderConfig:
             google_auth_uri=e.get("CONCORD_GOOGLE_AUTH_URI", GOOGLE_AUTH_URI),
             google_token_uri=e.get("CONCORD_GOOGLE_TOKEN_URI", GOOGLE_TOKEN_URI),
             google_revoke_uri=e.get("CONCORD_GOOGLE_REVOKE_URI", GOOGLE_REVOKE_URI),
+            google_certs_uri=e.get("CONCORD_GOOGLE_CERTS_URI", GOOGLE_CERTS_URL),
             ms_client_id=e.get("CONCORD_MS_CLIENT_ID", ""),
             ms_client_secret=e.get("CONCORD_MS_CLIENT_SECRET", ""),
             ms_authority=e.get("CONCORD_MS_AUTHORITY", DEFAULT_MS_AUTHORITY),
@@ -105,6 +109,7 @@ class ProviderConfig:
             google_auth_uri=over.get("auth_uri", self.google_auth_uri),
             google_token_uri=over.get("token_uri", self.google_token_uri),
             google_revoke_uri=over.get("revoke_uri", self.google_revoke_uri),
+            google_certs_uri=over.get("certs_uri", self.google_certs_uri),
             ms_authority=over.get("authority", self.ms_authority),
             ca_file=over.get("ca_file", self.ca_file),
         )
@@ -128,7 +133,7 @@ class ProviderConfig:
             return GoogleOAuth(
                 self.google_client_id, self.google_client_secret, self.redirect_uri("google"),
                 pending=pending, capabilities=self.capabilities, auth_uri=self.google_auth_uri,
-                token_uri=self.google_token_uri, revoke_uri=self.google_revoke_uri,
+                token_uri=self.google_token_uri, revoke_uri=self.google_revoke_uri, certs_uri=self.google_certs_uri,
                 http=self.http, vault=vault, clock=clock,
             )
         if provider == "microsoft":
