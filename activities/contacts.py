@@ -223,7 +223,7 @@ class ContactActivities:
         result = FetchResult(stream=MAILBOX_STREAM, pages=at.pages, fetched=at.fetched, full_resync=at.resync)
         pacer = Pacer(at.details)
         while True:
-            page = pacer.call(mailbox.list_changes, at.cursor, at.page)
+            page = pacer.idempotent(mailbox.list_changes, at.cursor, at.page)
             result.pages += 1
             result.fetched += len(page.records)
             last = page.next_page is None
@@ -262,7 +262,7 @@ class ContactActivities:
         with activity_span("contacts.fetch_platform", connection_id=ref.connection_id) as span:
             try:
                 while True:
-                    page = pacer.call(self.platform.changes_since, info.org_id, cursor, limit=500)
+                    page = pacer.idempotent(self.platform.changes_since, info.org_id, cursor, limit=500)
                     result.pages += 1
                     with self.sessions.begin() as s:
                         relevant = self._relevant_platform(s, ref.connection_id, page.records, settings)
@@ -467,7 +467,7 @@ class ContactActivities:
     def _with_executor(self, ref: CycleRef, name: str, step):
         with self.sessions() as s:
             info, settings = self._connection(s, ref.connection_id)
-        executor = Executor(self.sessions, self.platform, self.mailbox_for(info), info, settings)
+        executor = Executor(self.sessions, self.platform, self.mailbox_for(info), info, settings, ref.cycle_id)
         with activity_span(name, connection_id=ref.connection_id) as span:
             try:
                 summary = step(executor)

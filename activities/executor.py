@@ -103,8 +103,10 @@ def _writes(d: Decision, side: str) -> list[tuple[int, Write]]:
 
 
 class Executor:
-    def __init__(self, sessions, platform: PlatformContacts, mailbox: MailboxContacts, info, settings: SyncSettings):
+    def __init__(self, sessions, platform: PlatformContacts, mailbox: MailboxContacts, info, settings: SyncSettings,
+                 cycle_id: str | None = None):
         self.sessions = sessions
+        self.cycle_id = cycle_id
         self.platform = platform
         self.mailbox = mailbox
         self.info = info
@@ -134,7 +136,22 @@ class Executor:
             "platform": getattr(self.platform, "calls_made", 0) - self._platform_calls0,
             "mailbox": self.mailbox.calls_made - self._mailbox_calls0,
         }
+        if self.cycle_id is not None:
+            self._count_whole_cycle()
         return self.summary
+
+    def _count_whole_cycle(self) -> None:
+        """Writes are counted from the audit log, where each is recorded once with the
+        cycle that made it: an attempt that follows a failed one reports the cycle's
+        work, not just its own share."""
+        with self.sessions() as s:
+            done = repo.cycle_write_counts(s, self.info.connection_id, self.cycle_id)
+        for op, bucket in (("create", self.summary.created), ("update", self.summary.updated),
+                           ("delete", self.summary.deleted)):
+            bucket.clear()
+            bucket.update({side: n for (o, side), n in done.items() if o == op and side})
+        self.summary.linked = done.get(("link", None), 0)
+        self.summary.unlinked = done.get(("unlink", None), 0)
 
     # -------------------------------------------------------- platform side
     def _platform_phase(self, work: list[_Work]) -> None:
@@ -150,9 +167,9 @@ class Executor:
         try:
             # Idempotent by key: a call refused by a rate limit is simply sent again.
             if upserts:
-                results.update({r.key: r for r in self.pacer.call(self.platform.upsert_many, self.info.org_id, upserts)})
+                results.update({r.key: r for r in self.pacer.idempotent(self.platform.upsert_many, self.info.org_id, upserts)})
             if deletes:
-                results.update({r.key: r for r in self.pacer.call(self.platform.delete_many, self.info.org_id, deletes)})
+                results.update({r.key: r for r in self.pacer.idempotent(self.platform.delete_many, self.info.org_id, deletes)})
         except ConnectorError as exc:  # whole-call failure: nothing of this chunk is known done
             escape = exc
         with self.sessions.begin() as s:
@@ -228,7 +245,7 @@ class Executor:
                     wanted[f"concord:{key}"] = w
         if not wanted:
             return results
-        hits = self.pacer.call(self.mailbox.find_by_markers, sorted(wanted),
+        hits = self.pacer.idempotent(self.mailbox.find_by_markers, sorted(wanted),
                                heartbeat=lambda: self.heartbeat(self.done_items))
         if hits:
             with self.sessions.begin() as s:
@@ -337,7 +354,8 @@ class Executor:
         """Record what a completed action did; written by `_Effects.flush` with its chunk."""
         d = w.decision
         fx = self.fx
-        audit = {"org_id": self.info.org_id, "connection_id": self.info.connection_id, "action_id": w.action_id}
+        audit = {"org_id": self.info.org_id, "connection_id": self.info.connection_id, "action_id": w.action_id,
+                 "cycle_id": self.cycle_id}
         if d.unlink and old is not None:
             fx.unlink.append(int(old.id))
             self.summary.unlinked += 1

@@ -64,6 +64,8 @@ from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from connectors.translation import untranslatable
 from models.contact import Contact, SideRecord
 
+#: People's largest connections.list page
+MAX_PAGE_SIZE = 1000
 PERSON_FIELDS = "names,emailAddresses,phoneNumbers,organizations,biographies,clientData,metadata"
 WRITE_FIELDS = "names,emailAddresses,phoneNumbers,organizations,biographies,clientData"
 MARKER_KEY = "concordMarker"
@@ -425,11 +427,12 @@ class GooglePeopleContacts:
 
     # ---- reads ---------------------------------------------------------------------------
 
-    def _list_page(self, sync_token: str | None, google_page: str | None, *, request_sync: bool = True) -> dict:
+    def _list_page(self, sync_token: str | None, google_page: str | None, *, request_sync: bool = True,
+                   page_size: int | None = None) -> dict:
         params: dict[str, Any] = {
             "resourceName": "people/me",
             "personFields": PERSON_FIELDS,
-            "pageSize": self.page_size,
+            "pageSize": page_size or self.page_size,
             "requestSyncToken": request_sync,
         }
         if sync_token:
@@ -469,8 +472,9 @@ class GooglePeopleContacts:
     def find_by_markers(self, markers: Sequence[str], heartbeat: Callable[[], None] = lambda: None) -> dict[str, SideRecord]:
         """Scan one full listing for all the clientData markers wanted.
 
-        Cost: at most ceil(contacts / page_size) list calls (one per 1,000 contacts)
-        however many markers are sought; the scan stops once all are found.
+        Cost: at most ceil(contacts / 1,000) list calls however many markers are
+        sought (a scan asks for the largest pages, whatever the delta's page size);
+        it stops once all are found.
         `heartbeat` runs after each page. Google shows writes in listings with a lag,
         so a marker missing right after a crash can mean "not visible yet": callers
         should only conclude "never created" once that lag has passed.
@@ -479,7 +483,7 @@ class GooglePeopleContacts:
         found: dict[str, SideRecord] = {}
         google_page = None
         while len(found) < len(wanted):
-            body = self._list_page(None, google_page, request_sync=False)
+            body = self._list_page(None, google_page, request_sync=False, page_size=MAX_PAGE_SIZE)
             for person in body.get("connections") or []:
                 marker = person_marker(person)
                 if marker in wanted:

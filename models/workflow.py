@@ -164,6 +164,8 @@ class MailboxSyncInput(BaseModel):
     #: workflow retries the whole cycle with its own capped backoff (rate limits are
     #: waited out inside the activity and spend none)
     activity_attempts: int = 8
+    #: the longest backoff between two attempts of an activity (it doubles from 1 s)
+    activity_retry_max_s: float = 120.0
     kinds: list[str] = Field(default_factory=lambda: ["contacts"])
     #: carried over by continue-as-new
     state: SyncState | None = None

@@ -828,7 +828,8 @@ def update_action(s: Session, action_id: int, *, expected_status: str | None = N
 
 
 def _audit_row(entry: dict, now: float) -> dict:
-    unknown = set(entry) - {"org_id", "connection_id", "side", "op", "external_id", "action_id", "detail", "at"}
+    unknown = set(entry) - {"org_id", "connection_id", "side", "op", "external_id", "action_id", "detail", "at",
+                            "cycle_id"}
     if unknown:
         raise Fatal(f"unknown audit fields: {sorted(unknown)}")
     _check(entry["op"], AUDIT_OPS, "audit op")
@@ -843,6 +844,7 @@ def _audit_row(entry: dict, now: float) -> dict:
         "action_id": entry.get("action_id"),
         "at": entry.get("at") or now,
         "detail": entry.get("detail") or {},
+        "cycle_id": entry.get("cycle_id"),
     }
 
 
@@ -882,6 +884,16 @@ def audit_many(s: Session, entries: Iterable[dict]) -> int:
     for chunk in _chunks(rows):
         s.execute(sa.insert(audit_log), list(chunk))
     return len(rows)
+
+
+def cycle_write_counts(s: Session, connection_id: str, cycle_id: str) -> dict[tuple[str, str | None], int]:
+    """(op, side) -> how many writes this cycle's write activity made, over all its attempts."""
+    rows = s.execute(
+        sa.select(audit_log.c.op, audit_log.c.side, sa.func.count())
+        .where(audit_log.c.connection_id == connection_id, audit_log.c.cycle_id == cycle_id)
+        .group_by(audit_log.c.op, audit_log.c.side)
+    )
+    return {(op, side): n for op, side, n in rows}
 
 
 def audit_entries(

@@ -186,8 +186,12 @@ audit_log = sa.Table(
     sa.Column("action_id", sa.BigInteger, nullable=True),
     sa.Column("at", Epoch, nullable=False),
     sa.Column("detail", sa.JSON, nullable=False),
+    # The cycle whose write activity made this write (not the one that planned it): a
+    # cycle's counts are summed from here, so every attempt's work counts exactly once.
+    sa.Column("cycle_id", sa.String, nullable=True),
     sa.Index("ix_audit_log_org_id_at", "org_id", "at"),
     sa.Index("ix_audit_log_connection_id_at", "connection_id", "at"),
+    sa.Index("ix_audit_log_connection_id_cycle_id", "connection_id", "cycle_id"),
     sqlite_autoincrement=True,
 )
 

@@ -23,7 +23,7 @@ from emulators.server import RunningServer, serve
 
 #: requests that create contacts: People batchCreate/createContact, Graph $batch with a POST
 _PEOPLE_CREATE = re.compile(r"(batchCreateContacts|:createContact)")
-_HOP_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
+_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "keep-alive", "content-encoding"}
 
 
 class Chaos:
@@ -39,6 +39,7 @@ class Chaos:
         #: called (on the proxy's thread) after the emulator answered a create with 2xx
         self.on_create: Callable[[], None] | None = None
         self.stats: Counter = Counter()
+        self._deck: list[int | None] = []
         self.server: RunningServer | None = None
         self._client = httpx.AsyncClient(timeout=60, trust_env=False)
 
@@ -59,6 +60,10 @@ class Chaos:
         if self.server is not None:
             self.server.stop()
 
+    def requests(self) -> int:
+        with self.lock:
+            return sum(self.stats.values())
+
     # ------------------------------------------------------------------ faults
     def _is_create(self, method: str, path: str, body: bytes) -> bool:
         if method != "POST":
@@ -72,6 +77,18 @@ class Chaos:
                 return False
             return any(r.get("method") == "POST" for r in subs)
         return path.endswith("/contacts")
+
+    def _deal(self) -> int | None:
+        """The next card of a shuffled deck of ten: `fault_rate` of them refusals, half
+        throttles and half outages. Exactly that share over every ten requests, at
+        random places, so a run's rate does not depend on luck."""
+        if not self.fault_rate:
+            return None
+        if not self._deck:
+            n = max(1, round(self.fault_rate * 10))
+            self._deck = [429 if i % 2 == 0 else 503 for i in range(n)] + [None] * (10 - n)
+            self.rng.shuffle(self._deck)
+        return self._deck.pop()
 
     def _refusal(self, status: int) -> tuple[int, dict, bytes]:
         if self.provider == "google":
@@ -91,8 +108,8 @@ class Chaos:
             if creating and self.fail_creates:
                 self.stats[f"refused_{self.fail_creates}"] += 1
                 return self.fail_creates
-            if self.fault_rate and self.rng.random() < self.fault_rate:
-                status = self.rng.choice((429, 503))
+            status = self._deal()
+            if status is not None:
                 self.stats[f"refused_{status}"] += 1
                 return status
             self.stats["forwarded"] += 1
@@ -118,6 +135,8 @@ class Chaos:
             headers_in = {k.decode(): v.decode() for k, v in scope["headers"] if k.decode() not in _HOP_HEADERS}
             resp = await self._client.request(method, url, content=body, headers=headers_in)
             status, payload = resp.status_code, resp.content
+            # (The Host header went through unchanged: links the emulator builds, such as
+            # Graph's nextLink, point back at the proxy, as a provider's point at itself.)
             headers = {k: v for k, v in resp.headers.items() if k.lower() not in _HOP_HEADERS}
             if status < 300 and self._is_create(method, path, body) and self.on_create is not None:
                 self.on_create()

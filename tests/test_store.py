@@ -30,7 +30,7 @@ EXPECTED_TABLES = {
     "vault_tokens",
     "subscriptions",
 }
-HEAD = "0003"
+HEAD = "0004"
 
 
 @pytest.fixture

@@ -27,11 +27,11 @@ def urls(tmp_path):
     return f"sqlite:///{tmp_path/'store.db'}", f"sqlite:///{tmp_path/'crm.db'}"
 
 
-def through(r, chaos: Chaos) -> None:
-    """Point the connection at the proxy instead of the emulator."""
+def through(r, chaos: Chaos, **settings) -> None:
+    """Point the connection at the proxy instead of the emulator (and tune it)."""
     with r.sc.sessions.begin() as s:
-        settings = dict(repo.get_connection(s, r.cid).settings)
-        repo.set_connection_settings(s, r.cid, {**settings, "endpoint": chaos.base_url})
+        current = dict(repo.get_connection(s, r.cid).settings)
+        repo.set_connection_settings(s, r.cid, {**current, **settings, "endpoint": chaos.base_url})
 
 
 async def start(r, **inp) -> None:

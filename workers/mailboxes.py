@@ -38,13 +38,14 @@ class MailboxBuilder:
             from connectors.google_people import GooglePeopleContacts
 
             creds = self.credentials.google_credentials(info.connection_id, settings)
-            return GooglePeopleContacts(endpoint or GOOGLE_PEOPLE_ENDPOINT, creds)
+            return GooglePeopleContacts(endpoint or GOOGLE_PEOPLE_ENDPOINT, creds, **_tuning(settings))
         if info.provider == "microsoft":
             from connectors.graph_contacts import GraphContacts
 
             source = self.credentials.token_source(info.connection_id, provider="microsoft", settings=settings)
             presented = _Presented(source)
-            graph = GraphContacts(endpoint or GRAPH_ENDPOINT, presented, mailbox_key=info.connection_id)
+            graph = GraphContacts(endpoint or GRAPH_ENDPOINT, presented, mailbox_key=info.connection_id,
+                                  **_tuning(settings))
             return RefreshOn401(graph, presented)  # type: ignore[return-value]
         raise Fatal(f"unknown provider {info.provider!r}")
 
@@ -97,6 +98,15 @@ class RefreshOn401:
         self._inner.close()
 
 
+def _tuning(settings: dict) -> dict[str, Any]:
+    """Per-connection connector tuning: `page_size` (contacts per listing page; smaller
+    pages heartbeat, and resume after a lost worker, more finely)."""
+    out: dict[str, Any] = {}
+    if settings.get("page_size"):
+        out["page_size"] = int(settings["page_size"])
+    return out
+
+
 def _static_mailbox(info: ConnectionInfo) -> MailboxContacts | None:
     settings = info.settings or {}
     token = settings.get("token")
@@ -106,9 +116,9 @@ def _static_mailbox(info: ConnectionInfo) -> MailboxContacts | None:
     if info.provider == "google":
         from connectors.google_people import GooglePeopleContacts
 
-        return GooglePeopleContacts.for_emulator(endpoint or GOOGLE_PEOPLE_ENDPOINT, token=token)
+        return GooglePeopleContacts.for_emulator(endpoint or GOOGLE_PEOPLE_ENDPOINT, token=token, **_tuning(settings))
     if info.provider == "microsoft":
         from connectors.graph_contacts import GraphContacts
 
-        return GraphContacts(endpoint or GRAPH_ENDPOINT, lambda: token)
+        return GraphContacts(endpoint or GRAPH_ENDPOINT, lambda: token, **_tuning(settings))
     raise Fatal(f"unknown provider {info.provider!r}")

@@ -54,7 +54,7 @@ FAILURE_BACKOFF_FIRST_S = 30.0
 FAILURE_BACKOFF_MAX_S = 900.0
 
 
-def _retry(*also_final: str, attempts: int = 8) -> RetryPolicy:
+def _retry(*also_final: str, attempts: int = 8, max_interval_s: float = 120.0) -> RetryPolicy:
     """Backoff for transient trouble; errors only a person or a resync can fix stop at once.
 
     A rate limit's own delay (Retry-After) overrides the interval via next_retry_delay.
@@ -65,7 +65,7 @@ def _retry(*also_final: str, attempts: int = 8) -> RetryPolicy:
     return RetryPolicy(
         initial_interval=timedelta(seconds=1),
         backoff_coefficient=2.0,
-        maximum_interval=timedelta(minutes=2),
+        maximum_interval=timedelta(seconds=max_interval_s),
         maximum_attempts=attempts,
         non_retryable_error_types=[REAUTH_REQUIRED, "Fatal", *also_final],
     )
@@ -240,6 +240,10 @@ class MailboxSyncWorkflow:
         self._set_health("disconnected")
         return st
 
+    def _retry(self, *also_final: str) -> RetryPolicy:
+        return _retry(*also_final, attempts=self._inp.activity_attempts,
+                      max_interval_s=self._inp.activity_retry_max_s)
+
     def _next_wait_s(self) -> float:
         """The poll interval; after failed cycles, a shorter capped backoff."""
         poll = self._inp.poll_interval_s
@@ -276,7 +280,7 @@ class MailboxSyncWorkflow:
     async def _act(self, name: str, *args, result_type=None, timeout_s: float = 600, retry: RetryPolicy | None = None,
                    heartbeat: bool = True):
         heartbeat_s = self._inp.heartbeat_timeout_s if heartbeat else None
-        retry = retry or _retry(attempts=self._inp.activity_attempts)
+        retry = retry or self._retry()
         return await workflow.execute_activity(
             name,
             args=list(args),
@@ -331,7 +335,7 @@ class MailboxSyncWorkflow:
                     self._retry_quarantined = False
                     await self._act("contacts.retry_quarantined", cid, result_type=int)
             await self._maintain_subscriptions()
-            fetch_retry = _retry("CursorExpired", attempts=self._inp.activity_attempts)
+            fetch_retry = self._retry("CursorExpired")
             fm: FetchResult = await self._act("contacts.fetch_mailbox", ref, result_type=FetchResult, retry=fetch_retry)
             fp: FetchResult = await self._act("contacts.fetch_platform", ref, result_type=FetchResult, retry=fetch_retry)
             st.last_fetch_at = workflow.now().timestamp()
