@@ -34,6 +34,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from workers import client as api
+from workers.devstack import add_server_arguments
 from workers.temporal_client import TASK_QUEUE
 
 DEFAULT_TEMPORAL = "127.0.0.1:7233"
@@ -72,8 +73,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from workers.devstack import add_server_arguments
-
     p = _Parser(prog="concord", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--temporal", default=default_temporal(), metavar="HOST:PORT",
                    help="Temporal frontend (default: $CONCORD_TEMPORAL or %(default)s)")
