@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.app import build_webhooks, create_app
@@ -221,9 +221,11 @@ async def wait_for(client, cid: str, cycles: int, timeout: float = 120) -> SyncS
         raise Fatal(f"{exc}; see the Temporal UI") from None
 
 
-async def stop_previous_runs(client: Client) -> None:
-    """A previous run's workflows point at emulators that are gone. Cancel them (the workflow
-    records that it stopped) and wait until they close; terminate only one that does not."""
+async def cancel_previous_runs(client: Client) -> list[WorkflowHandle]:
+    """A previous run's workflows point at emulators that are gone: ask them to stop (the
+    workflow records that it stopped). Asked before this run's worker polls, so a wake-up
+    or poll timer they kept while no worker ran is not served as a cycle first."""
+    running = []
     for cid in (CONNECTION, MS_CONNECTION):
         handle = client.get_workflow_handle(workflow_id(cid))
         try:
@@ -234,16 +236,25 @@ async def stop_previous_runs(client: Client) -> None:
                 continue
             raise
         await handle.cancel()
-        try:
-            await asyncio.wait_for(handle.result(), CANCEL_WAIT_S)
-        except WorkflowFailureError:
-            pass  # it ended cancelled: what was asked
-        except asyncio.TimeoutError:
-            await handle.terminate("did not stop within the demo's wait after a cancel")
-            say(f"-- the previous run's {workflow_id(cid)} did not stop on cancel in {CANCEL_WAIT_S:.0f}s; "
-                "terminated it")
-            continue
-        say(f"-- stopped the previous run's {workflow_id(cid)} (cancelled)")
+        running.append(handle)
+    return running
+
+
+async def wait_until_closed(handles: list[WorkflowHandle]) -> None:
+    """Wait for cancelled runs to close (a worker must be polling); terminate one that does not."""
+    await asyncio.gather(*(_closed(h) for h in handles))
+
+
+async def _closed(handle: WorkflowHandle) -> None:
+    try:
+        await asyncio.wait_for(handle.result(), CANCEL_WAIT_S)
+    except WorkflowFailureError:
+        pass  # it ended cancelled: what was asked
+    except asyncio.TimeoutError:
+        await handle.terminate("did not stop within the demo's wait after a cancel")
+        say(f"-- the previous run's {handle.id} did not stop on cancel in {CANCEL_WAIT_S:.0f}s; terminated it")
+        return
+    say(f"-- stopped the previous run's {handle.id} (cancelled)")
 
 
 async def run(port: int, fresh: bool, once: bool) -> None:
@@ -274,9 +285,10 @@ async def run(port: int, fresh: bool, once: bool) -> None:
     try:
         say(f"-- Temporal dev server at {dev.target}, UI at {dev.ui_url}")
         client = await connect(dev.target)
+        previous = await cancel_previous_runs(client)
         acts = build_activities(store_url, crm_url, keyring=keyring)
         async with make_worker(client, acts):
-            await stop_previous_runs(client)
+            await wait_until_closed(previous)
             sc = build_scenario(store_url, crm_url, connection_id=CONNECTION, n_mailbox=30, n_crm=40,
                                 settings={"policy": "manual", "fix_rules": ["normalize_phones"]},
                                 seed_crm=not crm_kept)
