@@ -73,7 +73,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="concord", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(prog="concord", description="Operate mailboxes from a shell (the same calls the client API makes).",
+                epilog="A wrong argument, an unreachable server, an unknown connection or review, or a workflow "
+                       "no worker answers for gives one line on stderr and a non-zero exit. "
+                       "`concord COMMAND --help` describes a command's arguments.")
     p.add_argument("--temporal", default=default_temporal(), metavar="HOST:PORT",
                    help="Temporal frontend (default: $CONCORD_TEMPORAL or %(default)s)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
