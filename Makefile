@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# `make demo DEMO_ARGS=--once` runs the scenario and stops (CI); `--keep`, `--port N` too.
+DEMO_ARGS ?=
 
 .PHONY: install demo test test-fast bench clean
 
@@ -20,7 +22,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m workers.demo
+	$(PY) -m workers.demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

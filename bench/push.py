@@ -34,6 +34,7 @@ async def _run(report: Report, runs: int) -> None:
     from workers.devstack import find_temporal_cli, search_attribute_args
     from workers.scenario import build_scenario
     from workers.temporal_client import DATA_CONVERTER, TASK_QUEUE
+    from store.vault import KeyRing, generate_key
     from workers.worker import build_activities, make_worker
 
     tmp = Path(tempfile.mkdtemp(prefix="concord-bench-push-"))
@@ -51,7 +52,8 @@ async def _run(report: Report, runs: int) -> None:
     hooks = serve(create_app([webhook_router(WebhookDeps(sessions=sc.sessions, waker=waker))]))
     graph = sc.mailbox.state
     try:
-        async with make_worker(env.client, build_activities(store_url, crm_url, webhook_base_url=hooks.base_url),
+        async with make_worker(env.client, build_activities(store_url, crm_url, webhook_base_url=hooks.base_url,
+                                                        keyring=KeyRing.parse(f"bench:{generate_key()}")),
                                task_queue=tq):
             await api.start_sync(env.client, sc.connection_id, sc.org_id, "microsoft", poll_interval_s=poll,
                                  task_queue=tq)

@@ -95,6 +95,7 @@ def worker_main(argv: list[str]) -> None:
     args = parser.parse_args(argv)
 
     from workers.temporal_client import connect
+    from store.vault import KeyRing, generate_key
     from workers.worker import build_activities, make_worker
 
     stats_path = Path(args.stats)
@@ -117,7 +118,7 @@ def worker_main(argv: list[str]) -> None:
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         client = await connect(args.target, tracing=False)
-        acts = build_activities(args.store_url, args.crm_url)
+        acts = build_activities(args.store_url, args.crm_url, keyring=KeyRing.parse(f"bench:{generate_key()}"))
         async with make_worker(client, acts, task_queue=args.task_queue):
             while not stop.is_set():
                 write_stats(acts)

@@ -14,10 +14,17 @@ from models.contact import Contact
 from models.workflow import SyncState
 from platforms.reference_crm.adapter import ReferenceCrmContacts
 from store import repo
+from store.vault import KeyRing, generate_key
 from workers import client as api
 from workers.scenario import Scenario, build_scenario
 from workers.temporal_client import TASK_QUEUE
 from workers.worker import build_activities, make_worker
+
+
+def throwaway_keyring() -> KeyRing:
+    """A vault key made for one test run, passed explicitly: the worker itself has no
+    fallback key (it refuses to start without CONCORD_VAULT_KEYS)."""
+    return KeyRing.parse(f"test:{generate_key()}")
 
 
 class Rig:
@@ -71,7 +78,7 @@ class Rig:
 async def rig(env, store_url: str, crm_url: str, **scenario_kwargs):
     sc = build_scenario(store_url, crm_url, connection_id=f"c-{uuid.uuid4().hex[:8]}", **scenario_kwargs)
     tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
-    acts = build_activities(store_url, crm_url)
+    acts = build_activities(store_url, crm_url, keyring=throwaway_keyring())
     try:
         async with make_worker(env.client, acts, task_queue=tq):
             yield Rig(env, sc, tq)

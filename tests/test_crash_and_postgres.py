@@ -15,6 +15,7 @@ from collections import Counter
 import pytest
 
 from store import repo
+from store.vault import generate_key
 from tests.e2e_rig import Rig, rig
 from workers import client as api
 from workers.scenario import build_scenario
@@ -36,8 +37,12 @@ async def test_full_sync_on_postgres(temporal_env, pg_url):
         assert r.crm_contacts()[links[mid]].company == "On Postgres"
 
 
+#: One vault key for the killed worker and its successor, as a deployment's secret would be.
+VAULT_KEYS = f"test:{generate_key()}"
+
+
 def _start_worker(target: str, url: str, task_queue: str) -> subprocess.Popen:
-    env = dict(os.environ, CONCORD_OTEL_EXPORTER="none")
+    env = dict(os.environ, CONCORD_OTEL_EXPORTER="none", CONCORD_VAULT_KEYS=VAULT_KEYS)
     return subprocess.Popen(
         [sys.executable, "-m", "workers.worker", "--temporal", target, "--store-url", url,
          "--crm-url", url, "--task-queue", task_queue],

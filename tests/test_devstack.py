@@ -322,3 +322,25 @@ async def test_connect_to_nothing_is_transient():
     port, _ = free_port_pair()
     with pytest.raises(Transient):
         await connect(f"127.0.0.1:{port}")
+
+
+async def test_concord_dev_server_takes_a_port_and_stops_on_sigterm(tmp_path):
+    """`concord dev-server --port N`: the flags reach the server, and `kill` stops it cleanly."""
+    import subprocess
+
+    port, ui = free_port_pair()
+    env = {**os.environ, "CONCORD_OTEL_EXPORTER": "none"}
+    cmd = [os.path.join(os.path.dirname(sys.executable), "concord"), "dev-server",
+           "--port", str(port), "--ui-port", str(ui), "--db", str(tmp_path / "t.db")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
+        assert f"Temporal frontend 127.0.0.1:{port}  UI http://127.0.0.1:{ui}" in line, proc.stderr.read()
+        assert await devstack.probe_temporal(f"127.0.0.1:{port}")
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not await devstack.probe_temporal(f"127.0.0.1:{port}", timeout=0.5), "the server stops with it"
+    assert (tmp_path / "t.db").exists()

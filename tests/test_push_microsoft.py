@@ -12,7 +12,7 @@ from api.app import create_app
 from api.webhooks import Waker, WebhookDeps, store_lookup, temporal_signal, webhook_router
 from emulators.server import serve
 from store import subscriptions as subs
-from tests.e2e_rig import Rig
+from tests.e2e_rig import Rig, throwaway_keyring
 from workers import client as api
 from workers.scenario import build_scenario
 from workers.temporal_client import TASK_QUEUE
@@ -29,7 +29,7 @@ async def test_graph_subscription_wakes_and_is_kept_alive(temporal_env, tmp_path
     hooks = serve(create_app([webhook_router(WebhookDeps(sessions=sc.sessions, waker=waker))]))
     graph = sc.mailbox.state
     try:
-        acts = build_activities(store_url, crm_url, webhook_base_url=hooks.base_url)
+        acts = build_activities(store_url, crm_url, webhook_base_url=hooks.base_url, keyring=throwaway_keyring())
         async with make_worker(temporal_env.client, acts, task_queue=tq):
             r = Rig(temporal_env, sc, tq)
             st = await r.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.e2e_rig import Rig
+from tests.e2e_rig import Rig, throwaway_keyring
 from workers import client as api
 from workers.scenario import build_scenario, connect_mailbox, make_mailbox
 from workers.temporal_client import TASK_QUEUE
@@ -21,7 +21,8 @@ async def test_google_and_microsoft_mailboxes_share_one_crm(temporal_env, tmp_pa
     ms_cid = f"m-{uuid.uuid4().hex[:6]}"
     tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
     try:
-        async with make_worker(temporal_env.client, build_activities(store_url, crm_url), task_queue=tq):
+        async with make_worker(temporal_env.client, build_activities(store_url, crm_url, keyring=throwaway_keyring()),
+                               task_queue=tq):
             rg = Rig(temporal_env, g, tq)
             await rg.start()
             g_links = rg.links()

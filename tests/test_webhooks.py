@@ -697,6 +697,7 @@ async def test_graph_notification_runs_a_mailbox_cycle(tmp_path):
     from workers.devstack import find_temporal_cli, search_attribute_args
     from workers.scenario import build_scenario
     from workers.temporal_client import DATA_CONVERTER, TASK_QUEUE
+    from tests.e2e_rig import throwaway_keyring
     from workers.worker import build_activities, make_worker
 
     sa_args = search_attribute_args()
@@ -734,7 +735,8 @@ async def test_graph_notification_runs_a_mailbox_cycle(tmp_path):
                 assert time.monotonic() < deadline, f"no cycle {n}"
                 await asyncio.sleep(0.2)
 
-        async with make_worker(env.client, build_activities(store_url, crm_url), task_queue=tq), \
+        async with make_worker(env.client, build_activities(store_url, crm_url, keyring=throwaway_keyring()),
+                               task_queue=tq), \
                 httpx.AsyncClient(timeout=10) as http:
             # A forged notification starts nothing: it is refused before any wake is requested.
             r = await http.post(url, json={"value": [graph_note("sub-e2e", "forged")]})

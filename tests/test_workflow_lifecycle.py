@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.contacts import ConnectionInfo
 from connectors.google_people import GooglePeopleContacts
-from tests.e2e_rig import Rig
+from tests.e2e_rig import Rig, throwaway_keyring
 from workers import client as api
 from workers.devstack import find_temporal_cli, search_attribute_args
 from workers.scenario import build_scenario
@@ -52,7 +52,7 @@ async def test_poll_timer_syncs_without_any_signal(urls):
     sc = build_scenario(*urls, connection_id=f"c-{uuid.uuid4().hex[:6]}")
     try:
         tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
-        async with make_worker(env.client, build_activities(*urls), task_queue=tq):
+        async with make_worker(env.client, build_activities(*urls, keyring=throwaway_keyring()), task_queue=tq):
             r = Rig(env, sc, tq)
             with env.auto_time_skipping_disabled():
                 await api.start_sync(env.client, sc.connection_id, sc.org_id, "google",
@@ -81,7 +81,9 @@ async def test_revoked_refresh_token_pauses_as_needs_reauth_until_reconnected(ur
 
     try:
         tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
-        async with make_worker(env.client, build_activities(*urls, mailbox_for=refreshing_mailbox), task_queue=tq):
+        async with make_worker(env.client, build_activities(*urls, mailbox_for=refreshing_mailbox,
+                                                            keyring=throwaway_keyring()),
+                               task_queue=tq):
             r = Rig(env, sc, tq)
             with env.auto_time_skipping_disabled():
                 await api.start_sync(env.client, sc.connection_id, sc.org_id, "google",
@@ -119,7 +121,7 @@ async def test_continue_as_new_carries_state_and_signals(urls):
     sc = build_scenario(*urls, connection_id=f"c-{uuid.uuid4().hex[:6]}")
     try:
         tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
-        async with make_worker(env.client, build_activities(*urls), task_queue=tq):
+        async with make_worker(env.client, build_activities(*urls, keyring=throwaway_keyring()), task_queue=tq):
             r = Rig(env, sc, tq)
             await r.start()
             handle = env.client.get_workflow_handle(f"mailbox-sync/{sc.connection_id}")

@@ -1,106 +1,324 @@
 """`concord`: operate mailboxes from a shell (the same calls the client API makes).
 
     concord worker                      run a sync worker
-    concord start CONN ORG PROVIDER     start (or wake) a mailbox's workflow
+    concord start CONN ORG PROVIDER     start (or wake) the workflow of a stored connection
     concord wake CONN                   wake it now
     concord state CONN                  print its live sync state (JSON)
-    concord resolve CONN REVIEW CHOICE  answer a review (mailbox|platform|link|create|ignore)
+    concord resolve CONN REVIEW CHOICE  answer an open review: a conflict takes mailbox|platform,
+                                        a duplicate link|create|ignore
     concord pause|resume|retry|approve-deletes CONN
-    concord dev-server                  run the Temporal dev server (UI on :8233)
+    concord dev-server [--port 7233]    run the Temporal dev server (UI on port + 1000)
     concord api [--port 8080]           run the HTTP app: webhooks and OAuth connect (needs CONCORD_VAULT_KEYS)
     concord disconnect CONN             stop syncing a mailbox, revoke its tokens, keep what was synced
     concord quarantine|reviews CONN     what waits for a person, with messages and values (from the store)
+
+A wrong argument, an unreachable server, an unknown connection or review, or a
+workflow with no worker gives one line on stderr and a non-zero exit.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import logging
 import os
 import sys
+from pathlib import Path
+from typing import NoReturn
+
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
 from workers import client as api
-from workers.temporal_client import connect
+from workers.devstack import add_server_arguments
+from workers.temporal_client import TASK_QUEUE
+
+DEFAULT_TEMPORAL = "127.0.0.1:7233"
+DEFAULT_STORE_URL = "sqlite:///.concord/store.db"
+PROVIDERS = ("google", "microsoft")
+#: What `concord resolve` offers; "merged" carries field values, so it goes through the API.
+CLI_CHOICES = tuple(c for kind in api.CHOICES.values() for c in kind if c != "merged")
+#: Signal commands: what each does (its help) and the client API call it makes.
+SIGNALS = {
+    "wake": ("wake it now: a sync cycle starts at once", lambda c, cid: api.wake(c, cid, "cli")),
+    "pause": ("stop syncing until `resume` (wake-ups and the poll timer wait meanwhile)", api.pause),
+    "resume": ("sync again after `pause`", api.resume),
+    "retry": ("retry the quarantined items on the next cycle", api.retry_quarantined),
+    "approve-deletes": ("let deletions held by the mass-delete guard go through", api.approve_mass_delete),
+    "disconnect": ("stop syncing, stop subscriptions, revoke tokens; what was synced stays", api.disconnect),
+}
+
+
+def default_temporal() -> str:
+    return os.environ.get("CONCORD_TEMPORAL", DEFAULT_TEMPORAL)
+
+
+def default_store_url() -> str:
+    return os.environ.get("CONCORD_STORE_URL", DEFAULT_STORE_URL)
+
+
+class CliError(Exception):
+    """Something the user can fix, said in one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (usage is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="concord", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--temporal", default=os.environ.get("CONCORD_TEMPORAL", "127.0.0.1:7233"))
-    sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("worker")
-    sub.add_parser("dev-server")
-    a = sub.add_parser("api")
-    a.add_argument("--host", default="127.0.0.1")
-    a.add_argument("--port", type=int, default=8080)
-    s = sub.add_parser("start")
-    s.add_argument("connection_id")
-    s.add_argument("org_id")
-    s.add_argument("provider", choices=["google", "microsoft"])
-    s.add_argument("--poll", type=float, default=300.0)
-    for name in ("wake", "state", "pause", "resume", "retry", "approve-deletes", "disconnect"):
-        sub.add_parser(name).add_argument("connection_id")
-    for name in ("quarantine", "reviews"):
-        q = sub.add_parser(name)
-        q.add_argument("connection_id")
-        q.add_argument("--store-url", default=os.environ.get("CONCORD_STORE_URL", "sqlite:///.concord/store.db"))
-    r = sub.add_parser("resolve")
-    r.add_argument("connection_id")
-    r.add_argument("review_id", type=int)
-    r.add_argument("choice", choices=["mailbox", "platform", "link", "create", "ignore"])
+    p = _Parser(prog="concord", description="Operate mailboxes from a shell (the same calls the client API makes).",
+                epilog="A wrong argument, an unreachable server, an unknown connection or review, or a workflow "
+                       "no worker answers for gives one line on stderr and a non-zero exit. "
+                       "`concord COMMAND --help` describes a command's arguments.")
+    p.add_argument("--temporal", default=default_temporal(), metavar="HOST:PORT",
+                   help="Temporal frontend (default: $CONCORD_TEMPORAL or %(default)s)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help)
+
+    def connection(q: argparse.ArgumentParser) -> None:
+        q.add_argument("connection_id", metavar="CONN", help="the connection id (the workflow is mailbox-sync/CONN)")
+
+    def store(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--store-url", default=default_store_url(), metavar="URL",
+                       help="the Concord store (default: $CONCORD_STORE_URL or %(default)s)")
+
+    command("worker", "run a sync worker on task queue " + TASK_QUEUE + " (needs $CONCORD_VAULT_KEYS)")
+    add_server_arguments(command("dev-server", "run the local Temporal dev server in the foreground until Ctrl-C"))
+    a = command("api", "run the HTTP app: webhooks, and the OAuth connect flow when configured")
+    a.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    a.add_argument("--port", type=int, default=8080, help="port to listen on (default: %(default)s)")
+    store(a)
+    s = command("start", "start (or wake) the workflow of a connection the store holds")
+    connection(s)
+    s.add_argument("org_id", metavar="ORG", help="the organisation the connection belongs to")
+    s.add_argument("provider", choices=PROVIDERS, metavar="PROVIDER", help="google or microsoft")
+    s.add_argument("--poll", type=float, default=300.0, metavar="SECONDS",
+                   help="poll interval, the safety net beside webhooks (default: %(default)s)")
+    store(s)
+    for name, (what, _call) in SIGNALS.items():
+        connection(command(name, what))
+    connection(command("state", "print the live sync state (JSON): health, counts, open reviews, quarantine"))
+    q = command("quarantine", "quarantined items with their error messages (JSON, from the store)")
+    connection(q)
+    store(q)
+    r = command("reviews", "open conflict and duplicate reviews with the values to choose between (JSON)")
+    connection(r)
+    store(r)
+    r = command("resolve", "answer an open review: a conflict takes mailbox|platform, a duplicate link|create|ignore")
+    connection(r)
+    r.add_argument("review_id", type=int, metavar="REVIEW", help="the review id (see `concord reviews CONN`)")
+    r.add_argument("choice", choices=CLI_CHOICES, metavar="CHOICE",
+                   help="conflict: mailbox or platform (whose values win); duplicate: link (same person), "
+                        "create (a different person) or ignore (do not sync it). Merged values: "
+                        "workers.client.resolve(..., 'merged', fields)")
+    store(r)
     return p
 
 
-async def _run(args) -> int:
-    client = await connect(args.temporal)
-    cid = getattr(args, "connection_id", None)
-    if args.cmd == "start":
-        await api.start_sync(client, cid, args.org_id, args.provider, poll_interval_s=args.poll)
-    elif args.cmd == "wake":
-        await api.wake(client, cid, "cli")
-    elif args.cmd == "state":
-        print((await api.state(client, cid)).model_dump_json(indent=2))
-    elif args.cmd == "resolve":
-        # Choices that carry no values need no store access; "merged" goes through the API.
-        await api.resolve(client, None, cid, args.review_id, args.choice)
-    elif args.cmd == "pause":
-        await api.pause(client, cid)
-    elif args.cmd == "resume":
-        await api.resume(client, cid)
-    elif args.cmd == "retry":
-        await api.retry_quarantined(client, cid)
-    elif args.cmd == "approve-deletes":
-        await api.approve_mass_delete(client, cid)
-    elif args.cmd == "disconnect":
-        await api.disconnect(client, cid)
-    return 0
+# --- the pieces commands share -------------------------------------------------------
+
+async def _client(target: str) -> Client:
+    try:
+        return await api.connect_checked(target)
+    except api.TemporalUnreachable as exc:
+        raise CliError(f"{exc} (--temporal HOST:PORT or $CONCORD_TEMPORAL names it; "
+                       "`concord dev-server` runs one here)") from None
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
+def _store(url: str):
+    """Sessions on an existing store. Reading commands never create one: a typo in the
+    path should not leave an empty database behind and answer "nothing waits"."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    from store.db import make_engine, session_factory
+
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        raise CliError(f"bad --store-url {url!r} (e.g. {DEFAULT_STORE_URL} or postgresql+psycopg://...)") from None
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" \
+            and not Path(u.database).expanduser().is_file():
+        raise CliError(f"no store at {u.database} (pass --store-url or set CONCORD_STORE_URL)")
+    return session_factory(make_engine(u))
+
+
+def _connection(sessions, connection_id: str, url: str):
+    from store import repo
+
+    with sessions() as s:
+        row = repo.get_connection(s, connection_id)
+    if row is None:
+        raise CliError(f"no connection {connection_id} in the store at {_safe(url)}")
+    return row
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+async def _explain(client: Client, connection_id: str, exc: RPCError) -> str:
+    """One line saying why a signal or query to this connection's workflow failed."""
+    try:
+        desc = await api.handle(client, connection_id).describe()
+    except RPCError as again:
+        if again.status == RPCStatusCode.NOT_FOUND:
+            return (f"no workflow for connection {connection_id} "
+                    f"(start it with `concord start {connection_id} ORG PROVIDER`)")
+        return _refused(connection_id, again)
+    if desc.status != WorkflowExecutionStatus.RUNNING and exc.status == RPCStatusCode.NOT_FOUND:
+        name = desc.status.name.lower() if desc.status else "closed"
+        return (f"the workflow for connection {connection_id} has ended ({name}); "
+                f"`concord start {connection_id} ORG PROVIDER` starts it again")
+    if exc.status in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
+        timeout = api.QUERY_TIMEOUT.total_seconds()
+        if not await _has_pollers(client, desc.task_queue):
+            return (f"no worker is polling task queue {desc.task_queue} to answer for connection "
+                    f"{connection_id} (start one with `concord worker`)")
+        return f"the worker on task queue {desc.task_queue} did not answer within {timeout:.0f}s; is it overloaded?"
+    return _refused(connection_id, exc)
+
+
+def _refused(connection_id: str, exc: RPCError) -> str:
+    status = exc.status.name if exc.status else "error"
+    return f"Temporal refused the call for connection {connection_id}: {status} {exc.message}"
+
+
+async def _has_pollers(client: Client, task_queue: str) -> bool:
+    resp = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+        namespace=client.namespace, task_queue=TaskQueue(name=task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW))
+    return bool(resp.pollers)
+
+
+# --- commands ------------------------------------------------------------------------
+
+async def _workflow_command(args) -> None:
+    client = await _client(args.temporal)
+    cid = args.connection_id
+    try:
+        if args.cmd == "start":
+            await api.start_sync(client, cid, args.org_id, args.provider, poll_interval_s=args.poll)
+        elif args.cmd == "state":
+            print((await api.state(client, cid)).model_dump_json(indent=2))
+        elif args.cmd == "resolve":
+            await api.resolve(client, args.sessions, cid, args.review_id, args.choice)
+        else:
+            await SIGNALS[args.cmd][1](client, cid)
+    except RPCError as exc:
+        raise CliError(await _explain(client, cid, exc)) from None
+
+
+def _start_checks(args) -> None:
+    """`start` only for a connection the store holds, with the org and provider it has."""
+    row = _connection(args.sessions, args.connection_id, args.store_url)
+    if (row.org_id, row.provider) != (args.org_id, args.provider):
+        raise CliError(f"connection {args.connection_id} is a {row.provider} connection of {row.org_id}, "
+                       f"not a {args.provider} connection of {args.org_id}")
+
+
+def _run_api(args) -> None:
+    import uvicorn
+
+    from emulators.server import port_is_free
+
+    if not port_is_free(args.port, args.host):
+        raise CliError(f"port {args.port} on {args.host} is already in use (pass --port)")
+    # The app factory reads its configuration from the environment, like a deployment.
+    os.environ["CONCORD_STORE_URL"] = args.store_url
+    os.environ["CONCORD_TEMPORAL"] = args.temporal
+    uvicorn.run("api.app:production_app", factory=True, host=args.host, port=args.port)
+
+
+def _dispatch(args) -> int:
     if args.cmd == "worker":
         from workers.worker import main as worker_main
 
         worker_main(["--temporal", args.temporal])
-        return
-    if args.cmd in ("quarantine", "reviews"):
-        import json
-
-        from store.db import make_engine, session_factory
-
-        sessions = session_factory(make_engine(args.store_url))
-        rows = (api.quarantined if args.cmd == "quarantine" else api.open_reviews)(sessions, args.connection_id)
-        print(json.dumps(rows, indent=2, default=str))
-        return
-    if args.cmd == "api":
-        import uvicorn
-
-        uvicorn.run("api.app:production_app", factory=True, host=args.host, port=args.port)
-        return
+        return 0
     if args.cmd == "dev-server":
-        from workers.devstack import main as dev_main
+        from workers.devstack import serve_foreground
 
-        sys.exit(dev_main([]))
-    sys.exit(asyncio.run(_run(args)))
+        return serve_foreground(args)
+    if args.cmd == "api":
+        _run_api(args)
+        return 0
+    if hasattr(args, "store_url"):
+        args.sessions = _store(args.store_url)
+    if args.cmd in ("quarantine", "reviews"):
+        read = api.quarantined if args.cmd == "quarantine" else api.open_reviews
+        print(json.dumps(read(args.sessions, args.connection_id), indent=2, default=str))
+        return 0
+    if args.cmd == "start":
+        _start_checks(args)
+    asyncio.run(_workflow_command(args))
+    return 0
+
+
+def run(argv: list[str] | None = None) -> int:
+    """The command's exit code; every expected failure is one line on stderr."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a one-line usage error
+        return exc.code if isinstance(exc.code, int) else 2
+    prog = f"concord {args.cmd}"
+    try:
+        return _dispatch(args)
+    except (CliError, api.InvalidResolution) as exc:
+        message = str(exc)
+    except api.UnknownConnection as exc:
+        message = f"{exc} at {_safe(args.store_url)}"
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or type(exc).__name__).splitlines()[0][:200]
+        message = f"cannot read the store at {_safe(getattr(args, 'store_url', ''))}: {reason}"
+    except SystemExit as exc:  # a sub-program's own one-line refusal (the worker's missing key)
+        if isinstance(exc.code, int) or exc.code is None:
+            return exc.code or 0
+        message = str(exc.code)
+    except KeyboardInterrupt:
+        return 130
+    print(f"{prog}: {' '.join(str(message).split())}", file=sys.stderr)
+    return 1
+
+
+def exit_process(code: int) -> NoReturn:
+    """Flush and leave without interpreter finalisation.
+
+    The temporalio bridge runs Rust (Tokio) threads that may call into Python while
+    the interpreter finalises; now and then that aborts a finished command with
+    `Fatal Python error: PyGILState_Release` and rc 134 (temporalio/sdk-python#300,
+    open). `os._exit` skips finalisation, so what needs an orderly end (spans,
+    log handlers, output) is ended here first.
+    """
+    from opentelemetry import trace
+
+    shutdown = getattr(trace.get_tracer_provider(), "shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`concord reviews X | head`)
+            pass
+    os._exit(code)
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    exit_process(run(argv))
 
 
 if __name__ == "__main__":

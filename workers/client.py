@@ -3,20 +3,62 @@ answer its reviews. Workflow ids are `mailbox-sync/<connection_id>`.
 
 Answers that carry values (merged fields) are written to the store first and the
 signal carries only the review id (claim check): no content in workflow history.
+An answer is checked against the store before it is signalled, so a wrong one is
+refused to the caller at once instead of vanishing in the workflow.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
+from connectors.errors import Transient
+from models.contact import Contact
 from models.workflow import MailboxSyncInput, Resolution, SyncState
 from store import cycle, repo
-from workers.temporal_client import ORG_ID, PROVIDER, STATUS, TASK_QUEUE
+from workers.temporal_client import ORG_ID, PROVIDER, STATUS, TASK_QUEUE, connect
 from workflows.mailbox_sync import MailboxSyncWorkflow, workflow_id
+
+#: How long a state query waits for a worker to answer. A query nobody polls for
+#: would otherwise wait on the server's own (long) deadline.
+QUERY_TIMEOUT = timedelta(seconds=5)
+
+#: The answers each kind of review takes ("merged" carries field values: API only).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "conflict": ("mailbox", "platform", "merged"),
+    "duplicate": ("link", "create", "ignore"),
+}
+
+
+class InvalidResolution(ValueError):
+    """An answer that cannot apply to the review it names. The message gives the reason
+    with ids and choice words only, never contact content."""
+
+
+class UnknownConnection(LookupError):
+    """The store holds no connection with this id."""
+
+
+class TemporalUnreachable(ConnectionError):
+    """No Temporal frontend answers at the address: refused, unknown host, silent, or malformed."""
+
+
+async def connect_checked(target: str, *, timeout: float = 10.0) -> Client:
+    """`temporal_client.connect` that fails within `timeout` with TemporalUnreachable.
+
+    A listener that accepts TCP but never speaks gRPC would otherwise keep
+    `Client.connect` waiting, and a malformed address raises a bare ValueError.
+    """
+    try:
+        return await asyncio.wait_for(connect(target), timeout)
+    except (Transient, asyncio.TimeoutError):
+        raise TemporalUnreachable(f"Temporal is not reachable at {target}") from None
+    except ValueError as exc:
+        raise TemporalUnreachable(f"{target!r} is not a Temporal address (HOST:PORT): {exc}") from None
 
 
 async def start_sync(client: Client, connection_id: str, org_id: str, provider: str, *,
@@ -67,13 +109,44 @@ async def wake(client: Client, connection_id: str, reason: str = "") -> None:
     await handle(client, connection_id).signal(MailboxSyncWorkflow.wake, reason)
 
 
-async def state(client: Client, connection_id: str) -> SyncState:
-    return await handle(client, connection_id).query(MailboxSyncWorkflow.state)
+async def state(client: Client, connection_id: str, *, rpc_timeout: timedelta = QUERY_TIMEOUT) -> SyncState:
+    """The live state. Raises RPCError: NOT_FOUND without a workflow, CANCELLED or
+    DEADLINE_EXCEEDED when no worker answered within `rpc_timeout`."""
+    return await handle(client, connection_id).query(MailboxSyncWorkflow.state, rpc_timeout=rpc_timeout)
+
+
+def check_resolution(sessions, connection_id: str, review_id: int, choice: str,
+                     fields: dict[str, str] | None = None) -> None:
+    """Raise InvalidResolution unless this answer fits an open review of this connection."""
+    with sessions() as s:
+        row = repo.get_review(s, review_id)
+    # Another connection's review reads as absent: ids of other tenants are not confirmed.
+    if row is None or row.connection_id != connection_id:
+        raise InvalidResolution(f"connection {connection_id} has no review {review_id}")
+    if row.status != "open":
+        raise InvalidResolution(f"review {review_id} is not open (it is {row.status})")
+    allowed = CHOICES.get(row.kind, ())
+    if choice not in allowed:
+        raise InvalidResolution(f"review {review_id} is a {row.kind}: the answer is one of "
+                                f"{', '.join(allowed)}, not {choice!r}")
+    if choice == "merged":
+        if not fields:
+            raise InvalidResolution(f"answer 'merged' to review {review_id} needs the merged field values")
+        unknown = sorted(set(fields) - set(Contact.model_fields))
+        if unknown:
+            raise InvalidResolution(f"answer 'merged' to review {review_id} names unknown fields: {', '.join(unknown)}")
+    elif fields:
+        raise InvalidResolution(f"answer {choice!r} to review {review_id} takes no field values (only 'merged' does)")
 
 
 async def resolve(client: Client, sessions, connection_id: str, review_id: int, choice: str,
                   fields: dict[str, str] | None = None) -> None:
-    """Answer a review. For choice "merged", `fields` holds the values a person chose."""
+    """Answer a review. For choice "merged", `fields` holds the values a person chose.
+
+    Raises InvalidResolution (nothing is stored or signalled) unless the review exists,
+    belongs to this connection, is open, and takes this choice (see CHOICES).
+    """
+    check_resolution(sessions, connection_id, review_id, choice, fields)
     if choice == "merged":
         with sessions.begin() as s:
             cycle.store_merged_fields(s, review_id, fields or {})
@@ -105,17 +178,28 @@ async def approve_mass_delete(client: Client, connection_id: str) -> None:
 
 # --- what a person needs to act: read from the store, never from workflow history ---
 
+def _known(s, connection_id: str) -> None:
+    if repo.get_connection(s, connection_id) is None:
+        raise UnknownConnection(f"no connection {connection_id} in the store")
+
+
 def quarantined(sessions, connection_id: str) -> list[dict]:
-    """Quarantined items with the platform's or the validator's message, for a review screen."""
+    """Quarantined items with the platform's or the validator's message, for a review screen.
+
+    Raises UnknownConnection for an id the store does not hold (rather than "nothing waits")."""
     with sessions() as s:
+        _known(s, connection_id)
         return [{"item_id": int(r.id), "side": r.side, "external_id": r.external_id, "error_code": r.error_code,
                  "error_message": r.error_message, "attempts": r.attempts, "since": r.updated_at}
                 for r in repo.items_by_status(s, connection_id, ["quarantined"])]
 
 
 def open_reviews(sessions, connection_id: str) -> list[dict]:
-    """Conflicts and possible duplicates waiting for a person, with what they decide between."""
+    """Conflicts and possible duplicates waiting for a person, with what they decide between.
+
+    Raises UnknownConnection for an id the store does not hold."""
     with sessions() as s:
+        _known(s, connection_id)
         return [{"review_id": int(r.id), "kind": r.kind, "mailbox_id": r.mailbox_id, "platform_id": r.platform_id,
                  "fields": list(r.fields or []), "detail": dict(r.detail or {}), "since": r.created_at}
                 for r in repo.open_reviews(s, connection_id)]

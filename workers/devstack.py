@@ -405,23 +405,26 @@ class _EarlyExit(Exception):
     """The server process ended before it answered."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m workers.devstack`: run the dev server in the foreground until Ctrl-C."""
-    import argparse
+def add_server_arguments(parser) -> None:
+    """--port, --ui-port, --db: shared by `python -m workers.devstack` and `concord dev-server`."""
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help="frontend (gRPC) port; a busy one that is not Temporal moves to free ports "
+                             "(default: %(default)s)")
+    parser.add_argument("--ui-port", type=int, default=None, help="Temporal UI port (default: port + 1000)")
+    parser.add_argument("--db", default=str(DEFAULT_DB),
+                        help="state file, so a restart resumes the same workflows (default: %(default)s)")
 
-    parser = argparse.ArgumentParser(description="Run the local Temporal dev server for Concord")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--ui-port", type=int, default=None)
-    parser.add_argument("--db", default=str(DEFAULT_DB))
-    args = parser.parse_args(argv)
+
+def serve_foreground(args) -> int:
+    """Run the dev server until Ctrl-C or SIGTERM; 0 on a requested stop."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # `kill PID` should stop the server too: turn SIGTERM into a normal exit through `with`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         with DevServer(args.port, args.ui_port, db_path=args.db) as dev:
-            print(f"Temporal frontend {dev.target}  UI {dev.ui_url}  (Ctrl-C to stop)", flush=True)
             if dev.reused:
                 return 0
+            print(f"Temporal frontend {dev.target}  UI {dev.ui_url}  (Ctrl-C to stop)", flush=True)
             while dev.running:
                 time.sleep(0.5)
             print(f"the dev server exited; see {dev.log_path}", file=sys.stderr)
@@ -431,6 +434,15 @@ def main(argv: list[str] | None = None) -> int:
     except Fatal as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m workers.devstack`: run the dev server in the foreground until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the local Temporal dev server for Concord")
+    add_server_arguments(parser)
+    return serve_foreground(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

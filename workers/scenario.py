@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from activities.contacts import MAILBOX_STREAM
 from emulators.people_data import make_people
 from connectors.google_people import contact_to_person, person_to_record
 from connectors.graph_contacts import contact_to_item, item_to_record
@@ -176,12 +177,20 @@ def make_mailbox(provider: str, port: int = 0) -> MailboxDriver:
 
 
 def connect_mailbox(sessions, *, org_id: str, connection_id: str, user_id: str, mailbox: MailboxDriver) -> None:
-    """The store rows an OAuth connect would create, pointing at an emulator with a static token."""
+    """The store rows an OAuth connect would create, pointing at an emulator with a static token.
+
+    A store kept from an earlier run (`make demo --keep`) already has the connection: it is
+    pointed at this emulator, since the old one has gone, and forgets the old one's delta
+    cursor (a Graph deltaLink is a URL on the old emulator): the next cycle lists in full."""
+    settings = {"endpoint": mailbox.server.base_url, "token": EMULATOR_TOKEN}
     with sessions.begin() as s:
-        if repo.get_connection(s, connection_id) is None:
+        row = repo.get_connection(s, connection_id)
+        if row is None:
             repo.create_connection(s, id=connection_id, org_id=org_id, user_id=user_id, provider=mailbox.provider,
-                                   account_ref=f"acct-{connection_id}",
-                                   settings={"endpoint": mailbox.server.base_url, "token": EMULATOR_TOKEN})
+                                   account_ref=f"acct-{connection_id}", settings=settings)
+        elif (row.settings or {}).get("endpoint") != settings["endpoint"]:
+            repo.set_connection_settings(s, connection_id, {**(row.settings or {}), **settings})
+            repo.set_cursor(s, connection_id, MAILBOX_STREAM, None)
 
 
 def build_scenario(store_url: str, crm_url: str, *, provider: str = "google", org_id: str = "org_demo",

@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import sys
 from dataclasses import dataclass
 
 from temporalio.worker import Worker
@@ -22,11 +23,12 @@ from activities.contacts import ContactActivities, MailboxFactory
 from activities.subscriptions import SubscriptionActivities
 from platforms.reference_crm.adapter import ReferenceCrmContacts
 from store.db import make_engine, migrate, session_factory
-from store.vault import KeyRing, TokenVault, generate_key
+from store.vault import KeyRing, TokenVault, VaultConfigError
+from workers.client import TemporalUnreachable, connect_checked
 from workers.credentials import ProviderConfig
 from workers.mailboxes import MailboxBuilder
 from workers.telemetry import setup_tracing
-from workers.temporal_client import TASK_QUEUE, connect
+from workers.temporal_client import TASK_QUEUE
 from workflows.mailbox_sync import MailboxSyncWorkflow
 
 log = logging.getLogger(__name__)
@@ -42,21 +44,19 @@ class Activities:
         return self.contacts.all() + self.connection.all() + self.subscriptions.all()
 
 
-def _keyring() -> KeyRing:
-    if os.environ.get("CONCORD_VAULT_KEYS"):
-        return KeyRing.from_env()
-    # Without a configured key nothing can be stored for long: say so, and work on.
-    log.warning("CONCORD_VAULT_KEYS is not set: using a key that dies with this process "
-                "(connections made now must reconnect after a restart)")
-    return KeyRing.parse(f"ephemeral:{generate_key()}")
+#: Said when the vault key is missing: a worker without it could read no token.
+NO_KEY_HINT = ("generate one with: python -c \"from store.vault import generate_key; print('k1:' + generate_key())\" "
+               "and keep it apart from the database")
 
 
 def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory | None = None, *,
                      keyring: KeyRing | None = None, webhook_base_url: str | None = None) -> Activities:
+    """The worker's activities. `keyring` defaults to CONCORD_VAULT_KEYS; without either this
+    raises VaultConfigError: a throwaway key would fail every cycle with VaultKeyMissing later."""
     migrate(store_url)
     engine = make_engine(store_url)
     sessions = session_factory(engine)
-    vault = TokenVault(engine, keyring or _keyring())
+    vault = TokenVault(engine, keyring or KeyRing.from_env())
     providers = ProviderConfig.from_env()
     builder = MailboxBuilder(sessions, vault, providers)
     mailboxes = mailbox_for or builder
@@ -80,10 +80,11 @@ def make_worker(client, activities: Activities, *, task_queue: str = TASK_QUEUE,
     )
 
 
-async def serve(target: str, store_url: str, crm_url: str, task_queue: str = TASK_QUEUE) -> None:
+async def serve(target: str, store_url: str, crm_url: str, task_queue: str = TASK_QUEUE, *,
+                keyring: KeyRing) -> None:
     setup_tracing("concord-worker")
-    client = await connect(target)
-    worker = make_worker(client, build_activities(store_url, crm_url), task_queue=task_queue)
+    client = await connect_checked(target)
+    worker = make_worker(client, build_activities(store_url, crm_url, keyring=keyring), task_queue=task_queue)
     await worker.run()
 
 
@@ -94,7 +95,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crm-url", default=os.environ.get("CONCORD_CRM_URL", "sqlite:///.concord/crm.db"))
     parser.add_argument("--task-queue", default=TASK_QUEUE)
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.temporal, args.store_url, args.crm_url, args.task_queue))
+    # Refuse to start rather than run cycles that all fail on tokens nobody can open.
+    try:
+        keyring = KeyRing.from_env()
+    except VaultConfigError as exc:
+        sys.exit(f"{exc}; {NO_KEY_HINT}")
+    try:
+        asyncio.run(serve(args.temporal, args.store_url, args.crm_url, args.task_queue, keyring=keyring))
+    except TemporalUnreachable as exc:
+        sys.exit(str(exc))
+    except KeyboardInterrupt:
+        pass
 
 
 if __name__ == "__main__":

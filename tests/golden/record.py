@@ -24,7 +24,7 @@ from pathlib import Path
 from temporalio.testing import WorkflowEnvironment
 
 from store import repo
-from tests.e2e_rig import Rig
+from tests.e2e_rig import Rig, throwaway_keyring
 from workers import client as api
 from workers.devstack import find_temporal_cli, search_attribute_args
 from workers.scenario import build_scenario
@@ -56,7 +56,7 @@ async def every_signal(tmp: Path, provider: str) -> dict:
                         settings={"policy": "manual", "fix_rules": ["normalize_phones"]})
     tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
     try:
-        async with make_worker(env.client, build_activities(*urls), task_queue=tq):
+        async with make_worker(env.client, build_activities(*urls, keyring=throwaway_keyring()), task_queue=tq):
             r = Rig(env, sc, tq)
             await r.start()
             links = r.links()
@@ -112,7 +112,7 @@ async def continue_as_new(tmp: Path) -> dict:
     sc = build_scenario(*urls, connection_id=f"golden-can-{uuid.uuid4().hex[:6]}")
     tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
     try:
-        async with make_worker(env.client, build_activities(*urls), task_queue=tq):
+        async with make_worker(env.client, build_activities(*urls, keyring=throwaway_keyring()), task_queue=tq):
             r = Rig(env, sc, tq)
             await r.start()
             links = r.links()
