@@ -250,3 +250,36 @@ async def test_a_cancelled_run_says_stopped_not_active(can_env):
             await handle.result()
         desc = await handle.describe()
         assert desc.typed_search_attributes.get(STATUS) == "stopped"
+
+
+async def test_a_run_cancelled_while_an_activity_runs_stops(can_env):
+    """The cancel arrives as the activity's failure; it must end the run, not count as
+    a failed cycle after which the workflow waits again."""
+    import threading
+
+    stubs = Stubs()
+    release = threading.Event()
+    tq = f"tq-{uuid.uuid4().hex[:6]}"
+    all_stubs = stubs.all()
+
+    @activity.defn(name="contacts.fetch_platform")
+    def slow_fetch(ref: CycleRef) -> FetchResult:
+        release.wait(10)
+        return FetchResult(stream="p")
+
+    acts = [a for a in all_stubs if getattr(a, "__temporal_activity_definition").name != "contacts.fetch_platform"]
+    import concurrent.futures
+
+    async with Worker(can_env.client, task_queue=tq, workflows=[MailboxSyncWorkflow], activities=[*acts, slow_fetch],
+                      activity_executor=concurrent.futures.ThreadPoolExecutor(4)):
+        handle = await _start(can_env, tq)
+        await asyncio.sleep(0.5)  # the first cycle is inside the slow fetch
+        await handle.cancel()
+        try:
+            with pytest.raises(Exception):
+                await asyncio.wait_for(handle.result(), 15)
+        finally:
+            release.set()
+        desc = await handle.describe()
+        assert desc.status.name == "CANCELED"
+        assert desc.typed_search_attributes.get(STATUS) == "stopped"

@@ -18,7 +18,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 
 from connectors.errors import Transient
 from models.contact import Contact
-from models.workflow import MailboxSyncInput, Resolution, SyncState
+from models.workflow import CHOICES_BY_REVIEW_KIND, MailboxSyncInput, Resolution, SyncState
 from store import cycle, repo
 from workers.temporal_client import ORG_ID, PROVIDER, STATUS, TASK_QUEUE, connect
 from workflows.mailbox_sync import MailboxSyncWorkflow, workflow_id
@@ -28,10 +28,7 @@ from workflows.mailbox_sync import MailboxSyncWorkflow, workflow_id
 QUERY_TIMEOUT = timedelta(seconds=5)
 
 #: The answers each kind of review takes ("merged" carries field values: API only).
-CHOICES: dict[str, tuple[str, ...]] = {
-    "conflict": ("mailbox", "platform", "merged"),
-    "duplicate": ("link", "create", "ignore"),
-}
+CHOICES = CHOICES_BY_REVIEW_KIND
 
 
 class InvalidResolution(ValueError):

@@ -300,7 +300,8 @@ class MailboxSyncWorkflow:
             st.subscription_error = None
         except ActivityError as err:
             cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == REAUTH_REQUIRED:
+            if (isinstance(cause, ApplicationError) and cause.type == REAUTH_REQUIRED) or (
+                    self._v2 and is_cancelled_exception(err)):
                 raise
             st.subscription_error = getattr(cause, "type", None) or type(cause).__name__
 
@@ -350,6 +351,8 @@ class MailboxSyncWorkflow:
             rj: RejectionSummary = await self._act("contacts.handle_rejections", ref, result_type=RejectionSummary)
             summary: StoreSummary = await self._act("contacts.summarize", cid, result_type=StoreSummary)
         except ActivityError as err:
+            if self._v2 and is_cancelled_exception(err):
+                raise  # the run is being cancelled: not a failed cycle
             cause = err.cause
             if isinstance(cause, ApplicationError) and cause.type == REAUTH_REQUIRED:
                 self._set_health("needs_reauth")
