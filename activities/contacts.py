@@ -173,10 +173,14 @@ def keep_alive(every_s: float = 2.0):
 class ContactActivities:
     """Bound to one store, one platform adapter and a way to reach each mailbox."""
 
-    def __init__(self, session_factory, platform: PlatformContacts, mailbox_for: MailboxFactory) -> None:
+    def __init__(self, session_factory, platform: PlatformContacts, mailbox_for: MailboxFactory, *,
+                 wait: Callable | None = None) -> None:
         self.sessions = session_factory
         self.platform = platform
         self.mailbox_for = mailbox_for
+        #: how pacing waits (default: sleep, heartbeating); a test driving thousands of
+        #: cycles passes one that returns at once
+        self.wait = wait
 
     # -- helpers -------------------------------------------------------------
     def _connection(self, s, connection_id: str) -> tuple[ConnectionInfo, SyncSettings]:
@@ -221,7 +225,7 @@ class ContactActivities:
         batch_id = f"{ref.cycle_id}:m"
         full = at.cursor is None
         result = FetchResult(stream=MAILBOX_STREAM, pages=at.pages, fetched=at.fetched, full_resync=at.resync)
-        pacer = Pacer(at.details)
+        pacer = Pacer(at.details, sleep=self.wait)
         while True:
             page = pacer.idempotent(mailbox.list_changes, at.cursor, at.page)
             result.pages += 1
@@ -258,7 +262,7 @@ class ContactActivities:
         result = FetchResult(stream=PLATFORM_STREAM)
         calls_before = getattr(self.platform, "calls_made", 0)
         batch_id = f"{ref.cycle_id}:p"
-        pacer = Pacer(lambda: (result.pages,))
+        pacer = Pacer(lambda: (result.pages,), sleep=self.wait)
         with activity_span("contacts.fetch_platform", connection_id=ref.connection_id) as span:
             try:
                 while True:
@@ -467,7 +471,8 @@ class ContactActivities:
     def _with_executor(self, ref: CycleRef, name: str, step):
         with self.sessions() as s:
             info, settings = self._connection(s, ref.connection_id)
-        executor = Executor(self.sessions, self.platform, self.mailbox_for(info), info, settings, ref.cycle_id)
+        executor = Executor(self.sessions, self.platform, self.mailbox_for(info), info, settings, ref.cycle_id,
+                            wait=self.wait)
         with activity_span(name, connection_id=ref.connection_id) as span:
             try:
                 summary = step(executor)

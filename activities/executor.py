@@ -104,7 +104,7 @@ def _writes(d: Decision, side: str) -> list[tuple[int, Write]]:
 
 class Executor:
     def __init__(self, sessions, platform: PlatformContacts, mailbox: MailboxContacts, info, settings: SyncSettings,
-                 cycle_id: str | None = None):
+                 cycle_id: str | None = None, wait: Callable | None = None):
         self.sessions = sessions
         self.cycle_id = cycle_id
         self.platform = platform
@@ -115,7 +115,7 @@ class Executor:
         self.fx = _Effects()
         self.done_items = 0
         self.heartbeat: Callable = lambda *a: None
-        self.pacer = Pacer(lambda: (self.done_items,))
+        self.pacer = Pacer(lambda: (self.done_items,), sleep=wait)
         self._platform_calls0 = getattr(platform, "calls_made", 0)
         self._mailbox_calls0 = mailbox.calls_made
 
@@ -360,6 +360,12 @@ class Executor:
             fx.unlink.append(int(old.id))
             self.summary.unlinked += 1
             fx.audits.append({**audit, "op": "unlink", "detail": {"link_id": int(old.id), "rule": d.rule}})
+            if d.rule == "unlinked_on_delete":
+                # The record that survives on the other side stays where it is, no longer
+                # synced: its item says so, instead of the outcome it had while linked.
+                survivor = ("platform", old.platform_id) if d.mailbox_id else ("mailbox", old.mailbox_id)
+                fx.outcomes.append({"side": survivor[0], "external_id": survivor[1], "status": "skipped",
+                                    "rule": "unlinked_on_delete"})
         for wr in d.writes:
             bucket = {"create": self.summary.created, "update": self.summary.updated, "delete": self.summary.deleted}[wr.op]
             bucket[wr.side] = bucket.get(wr.side, 0) + 1

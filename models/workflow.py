@@ -109,6 +109,20 @@ CHOICES_BY_REVIEW_KIND: dict[str, tuple[str, ...]] = {
 }
 
 
+#: "link" joins a held record to its candidate; only a possible duplicate between an
+#: unlinked pair can be joined (a candidate already linked, or a twin on the same side,
+#: would be linked twice). The others are kept apart or ignored.
+LINKABLE_RULES = ("possible_duplicate",)
+
+
+def allowed_answers(kind: str, rule: str | None) -> tuple[str, ...]:
+    """The answers that can settle a review of this kind, opened by this planner rule."""
+    choices = CHOICES_BY_REVIEW_KIND.get(kind, ())
+    if kind == "duplicate" and rule not in LINKABLE_RULES:
+        return tuple(c for c in choices if c != "link")
+    return choices
+
+
 class Resolution(BaseModel):
     """A person's answer to a review. Merged field values are stored first (claim check);
     the signal carries only the review id and the choice."""

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from models.workflow import CHOICES_BY_REVIEW_KIND
+from models.workflow import allowed_answers
 from store.repo import _trim, resolve_review
 from store.schema import actions, items, link_keys, links, reviews
 
@@ -70,7 +70,11 @@ def active_reviews(s: Session, connection_id: str) -> list:
 
 
 def update_review(s: Session, review_id: int, *, fields: list[str], detail: dict) -> None:
-    s.execute(sa.update(reviews).where(reviews.c.id == review_id).values(fields=list(fields), detail=detail))
+    """The planner asks the review's question again: an answer it could not apply (its
+    candidate was linked meanwhile, the merged values left a field open) reopens it,
+    so it waits for a person instead of standing answered and unapplied."""
+    s.execute(sa.update(reviews).where(reviews.c.id == review_id)
+              .values(fields=list(fields), detail=detail, status="open", resolution=None, resolved_at=None))
 
 
 def store_merged_fields(s: Session, review_id: int, fields: dict[str, str]) -> None:
@@ -85,7 +89,7 @@ def store_merged_fields(s: Session, review_id: int, fields: dict[str, str]) -> N
 
 def answer_problem(s: Session, connection_id: str, review_id: int, choice: str) -> str | None:
     """Why this answer cannot be taken, as a short code; None when it can."""
-    row = s.execute(sa.select(reviews.c.connection_id, reviews.c.kind, reviews.c.status)
+    row = s.execute(sa.select(reviews.c.connection_id, reviews.c.kind, reviews.c.status, reviews.c.detail)
                     .where(reviews.c.id == review_id)).first()
     if row is None:
         return "unknown_review"
@@ -93,7 +97,7 @@ def answer_problem(s: Session, connection_id: str, review_id: int, choice: str) 
         return "other_connection"
     if row.status != "open":
         return "not_open"
-    if choice not in CHOICES_BY_REVIEW_KIND.get(row.kind, ()):
+    if choice not in allowed_answers(row.kind, (row.detail or {}).get("rule")):
         return "choice_does_not_fit"
     return None
 

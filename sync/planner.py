@@ -215,10 +215,17 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
                 platform_id=p.external_id if p else None,
             )
         if settings.delete_policy == "unlink":
-            return Decision(outcome="apply", rule="unlinked_on_delete", unlink=True, **base)
+            # The decision names only the deleted side; the survivor stays, unsynced.
+            gone = {"mailbox_id": m.external_id, "platform_id": None} if m_deleted else \
+                {"mailbox_id": None, "platform_id": p.external_id if p else None}
+            return Decision(outcome="apply", rule="unlinked_on_delete", unlink=True, **{**base, **gone})
         other: Side = "platform" if m_deleted else "mailbox"
         target = link.platform_id if m_deleted else mailbox_id
-        etag = link.platform_etag if m_deleted else link.mailbox_etag
+        # The freshest version known: a re-read after a stale etag brings the current
+        # one in the batch, and the link's own would be refused again and again.
+        survivor_rec = p if m_deleted else m
+        etag = (survivor_rec.etag if survivor_rec is not None and survivor_rec.etag
+                else (link.platform_etag if m_deleted else link.mailbox_etag))
         return Decision(
             outcome="apply", rule=f"deleted_on_{gone_side}", unlink=True,
             writes=[Write(side=other, op="delete", external_id=target, etag=etag)],
@@ -252,12 +259,14 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
                         **{**base, "mailbox_id": mailbox_id, "platform_id": link.platform_id})
     merged = result.merged
     writes: list[Write] = []
+    # Writes carry the freshest version each side reported (a record can come back with
+    # a new etag and the same content; the link's older etag would be refused forever).
     if merged != platform_now:
         writes.append(Write(side="platform", op="update", external_id=link.platform_id, contact=merged,
-                            etag=(p.etag if p_changed and p else link.platform_etag)))
+                            etag=(p.etag if p and p.etag else link.platform_etag)))
     if merged != mailbox_now:
         writes.append(Write(side="mailbox", op="update", external_id=mailbox_id, contact=merged,
-                            etag=(m.etag if m_changed and m else link.mailbox_etag)))
+                            etag=(m.etag if m and m.etag else link.mailbox_etag)))
     if result.conflicts:
         rule = f"conflict_settled_{settings.policy}" if not decided else "conflict_resolved_by_person"
     else:

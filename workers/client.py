@@ -18,7 +18,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 
 from connectors.errors import Transient
 from models.contact import Contact
-from models.workflow import CHOICES_BY_REVIEW_KIND, MailboxSyncInput, Resolution, SyncState
+from models.workflow import CHOICES_BY_REVIEW_KIND, MailboxSyncInput, Resolution, SyncState, allowed_answers
 from store import cycle, repo
 from workers.temporal_client import ORG_ID, PROVIDER, STATUS, TASK_QUEUE, connect
 from workflows.mailbox_sync import MailboxSyncWorkflow, workflow_id
@@ -114,16 +114,18 @@ async def state(client: Client, connection_id: str, *, rpc_timeout: timedelta = 
 
 def check_resolution(sessions, connection_id: str, review_id: int, choice: str,
                      fields: dict[str, str] | None = None) -> None:
-    """Raise InvalidResolution unless this answer fits an open review of this connection."""
+    """Raise InvalidResolution unless this answer fits an open review of this connection
+    (the same rules the workflow's activity applies: `store.cycle.answer_problem`)."""
     with sessions() as s:
-        row = repo.get_review(s, review_id)
+        problem = cycle.answer_problem(s, connection_id, review_id, choice)
+        row = repo.get_review(s, review_id) if problem in ("not_open", "choice_does_not_fit") else None
     # Another connection's review reads as absent: ids of other tenants are not confirmed.
-    if row is None or row.connection_id != connection_id:
+    if problem in ("unknown_review", "other_connection"):
         raise InvalidResolution(f"connection {connection_id} has no review {review_id}")
-    if row.status != "open":
+    if problem == "not_open":
         raise InvalidResolution(f"review {review_id} is not open (it is {row.status})")
-    allowed = CHOICES.get(row.kind, ())
-    if choice not in allowed:
+    if problem == "choice_does_not_fit":
+        allowed = allowed_answers(row.kind, (row.detail or {}).get("rule"))
         raise InvalidResolution(f"review {review_id} is a {row.kind}: the answer is one of "
                                 f"{', '.join(allowed)}, not {choice!r}")
     if choice == "merged":
