@@ -139,7 +139,10 @@ async def test_continue_as_new_carries_state_and_signals(urls):
             assert totals_fetched == sorted(totals_fetched), "totals carried across runs"
             # A signal that arrives around the switch is not lost.
             await api.pause(env.client, sc.connection_id)
-            await asyncio.sleep(0.3)
+            for _ in range(100):  # the pause lands within a workflow task
+                if (await r.state()).health == "paused":
+                    break
+                await asyncio.sleep(0.05)
             assert (await r.state()).health == "paused"
             sc.people.user_edit(mids[5], {"organizations": [{"name": "After pause", "title": "x"}]})
             await api.resume(env.client, sc.connection_id)
