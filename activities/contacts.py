@@ -47,6 +47,8 @@ from sync.policy import SyncSettings
 from workers.telemetry import activity_span
 
 MAILBOX_STREAM = "contacts:mailbox"
+#: a delta round in progress (see _Resume), kept beside the stream's cursor
+MAILBOX_PROGRESS = "contacts:mailbox:round"
 PLATFORM_STREAM = "contacts:platform"
 OPEN_ITEM_STATUSES = ["pending", "conflict", "duplicate", "deferred"]
 UNFINISHED_ACTIONS = ["planned", "platform_done", "mailbox_started", "rejected"]
@@ -84,11 +86,13 @@ class _Batch:
 
 
 class _Resume(BaseModel):
-    """Where a delta round stands, heartbeated after each staged page.
+    """Where a delta round stands, stored with each staged page (in the same transaction).
 
-    `cursor` is the round's starting cursor (None: a full listing); it is stored only
-    after the last page, so a heartbeat taken under the same stored cursor still
-    describes the round in progress.
+    A failed attempt, a lost worker or a failed cycle resumes from the next page
+    instead of page one. `cursor` is the round's starting cursor (None: a full
+    listing); the stored cursor only moves after the last page, so progress recorded
+    under the same stored cursor still describes the round in progress. `batch` is the
+    round's staging batch: a full listing's "what did it list" is what that batch holds.
     """
 
     cursor: str | None = None
@@ -96,22 +100,19 @@ class _Resume(BaseModel):
     pages: int = 0
     fetched: int = 0
     resync: bool = False
-
-    def details(self) -> tuple:
-        return (self.model_dump(),)
+    batch: str = ""
 
     @classmethod
-    def from_heartbeat(cls, stored_cursor: str | None) -> "_Resume":
-        details = activity.info().heartbeat_details if activity.in_activity() else ()
-        if details:
+    def load(cls, s, connection_id: str, stored_cursor: str | None, batch: str) -> "_Resume":
+        raw = repo.get_cursor(s, connection_id, MAILBOX_PROGRESS)
+        if raw:
             try:
-                at = cls.model_validate(details[0])
-            except (ValueError, TypeError):
+                at = cls.model_validate_json(raw)
+            except ValueError:
                 at = None
-            # the same round (its cursor is still the stored one), or a full resync under way
             if at is not None and at.page and (at.cursor == stored_cursor or (at.resync and at.cursor is None)):
                 return at
-        return cls(cursor=stored_cursor)
+        return cls(cursor=stored_cursor, batch=batch)
 
 
 def _staged(row) -> SideRecord:
@@ -195,19 +196,20 @@ class ContactActivities:
     # -- fetch ---------------------------------------------------------------
     @activity.defn(name="contacts.fetch_mailbox")
     def fetch_mailbox(self, ref: CycleRef) -> FetchResult:
+        batch = f"{ref.cycle_id}:m"
         with self.sessions() as s:
             info, _ = self._connection(s, ref.connection_id)
             cursor = repo.get_cursor(s, ref.connection_id, MAILBOX_STREAM)
+            resume = _Resume.load(s, ref.connection_id, cursor, batch)
         mailbox = self.mailbox_for(info)
         with activity_span("contacts.fetch_mailbox", connection_id=ref.connection_id) as span:
-            resume = _Resume.from_heartbeat(cursor)
             try:
                 try:
                     result = self._drain_mailbox(ref, mailbox, resume)
                 except CursorExpired:
                     # The provider forgot our place: list everything again. Links make
                     # the re-listed contacts echoes, not duplicates.
-                    result = self._drain_mailbox(ref, mailbox, _Resume(cursor=None, resync=True))
+                    result = self._drain_mailbox(ref, mailbox, _Resume(cursor=None, resync=True, batch=batch))
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
             result.calls = mailbox.calls_made
@@ -218,29 +220,30 @@ class ContactActivities:
     def _drain_mailbox(self, ref: CycleRef, mailbox: MailboxContacts, at: "_Resume") -> FetchResult:
         """Page through one delta round, staging each page as it comes.
 
-        Progress is heartbeated after each staged page, so a retried attempt (a lost
-        worker, a timeout) resumes from the next page instead of page one, and rate
-        limits are waited out here rather than spent as attempts.
+        Progress is stored with each staged page, so whatever ends an attempt resumes
+        from the next page instead of page one; rate limits are waited out here rather
+        than spent as attempts.
         """
-        batch_id = f"{ref.cycle_id}:m"
+        batch_id = at.batch
         full = at.cursor is None
         result = FetchResult(stream=MAILBOX_STREAM, pages=at.pages, fetched=at.fetched, full_resync=at.resync)
-        pacer = Pacer(at.details, sleep=self.wait)
+        pacer = Pacer(lambda: (result.pages,), sleep=self.wait)
         while True:
             page = pacer.idempotent(mailbox.list_changes, at.cursor, at.page)
             result.pages += 1
             result.fetched += len(page.records)
             last = page.next_page is None
+            at = at.model_copy(update={"page": page.next_page, "pages": result.pages, "fetched": result.fetched})
             with self.sessions.begin() as s:
                 repo.stage_records(s, ref.connection_id, "mailbox", page.records, batch_id)
                 if last:
                     if full:
                         result.vanished = self._stage_vanished(s, ref.connection_id, batch_id)
                     repo.set_cursor(s, ref.connection_id, MAILBOX_STREAM, page.cursor, full_sync=full)
+                repo.set_cursor(s, ref.connection_id, MAILBOX_PROGRESS, None if last else at.model_dump_json())
             if last:
                 return result
-            at = at.model_copy(update={"page": page.next_page, "pages": result.pages, "fetched": result.fetched})
-            _heartbeat(*at.details())
+            _heartbeat(result.pages)
 
     def _stage_vanished(self, s, connection_id: str, batch_id: str) -> int:
         """After a full listing, linked contacts it did not list were deleted meanwhile.

@@ -40,6 +40,9 @@ class Chaos:
         self.on_create: Callable[[], None] | None = None
         self.stats: Counter = Counter()
         self._deck: list[int | None] = []
+        #: listing requests (delta pages) answered with a status instead, by their number (1-based)
+        self.fail_nth: dict[int, int] = {}
+        self._listings = 0
         self.server: RunningServer | None = None
         self._client = httpx.AsyncClient(timeout=60, trust_env=False)
 
@@ -62,7 +65,7 @@ class Chaos:
 
     def requests(self) -> int:
         with self.lock:
-            return sum(self.stats.values())
+            return sum(n for k, n in self.stats.items() if k != "forwarded_list")
 
     # ------------------------------------------------------------------ faults
     def _is_create(self, method: str, path: str, body: bytes) -> bool:
@@ -102,8 +105,20 @@ class Chaos:
             headers["retry-after"] = "1"
         return status, headers, json.dumps(body).encode()
 
+    def _is_listing(self, method: str, path: str) -> bool:
+        if method != "GET":
+            return False
+        return path.endswith("/connections") if self.provider == "google" else "/delta" in path
+
     def _decide(self, method: str, path: str, body: bytes) -> int | None:
         with self.lock:
+            if self._is_listing(method, path):
+                self._listings += 1
+                scripted = self.fail_nth.get(self._listings)
+                if scripted is not None:
+                    self.stats[f"refused_{scripted}"] += 1
+                    return scripted
+                self.stats["forwarded_list"] += 1
             creating = self._is_create(method, path, body)
             if creating and self.fail_creates:
                 self.stats[f"refused_{self.fail_creates}"] += 1

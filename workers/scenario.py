@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from activities.contacts import MAILBOX_STREAM
+from activities.contacts import MAILBOX_PROGRESS, MAILBOX_STREAM
 from emulators.people_data import make_people
 from connectors.google_people import contact_to_person, person_to_record
 from connectors.graph_contacts import contact_to_item, item_to_record
@@ -191,6 +191,7 @@ def connect_mailbox(sessions, *, org_id: str, connection_id: str, user_id: str, 
         elif (row.settings or {}).get("endpoint") != settings["endpoint"]:
             repo.set_connection_settings(s, connection_id, {**(row.settings or {}), **settings})
             repo.set_cursor(s, connection_id, MAILBOX_STREAM, None)
+            repo.set_cursor(s, connection_id, MAILBOX_PROGRESS, None)  # a round under way, on the old one
 
 
 def build_scenario(store_url: str, crm_url: str, *, provider: str = "google", org_id: str = "org_demo",
