@@ -649,13 +649,13 @@ def google_app(state: OAuthState) -> FastAPI:
     async def certs():
         with state._lock:
             state.counters["certs"] += 1
-        return JSONResponse(state.certs(), headers={"Cache-Control": _KEYS_CACHE_CONTROL})
+        return EscapedJSONResponse(state.certs(), headers={"Cache-Control": _KEYS_CACHE_CONTROL})
 
     @app.get("/oauth2/v3/certs")
     async def jwks():
         with state._lock:
             state.counters["certs"] += 1
-        return JSONResponse(state.jwks(), headers={"Cache-Control": _KEYS_CACHE_CONTROL})
+        return EscapedJSONResponse(state.jwks(), headers={"Cache-Control": _KEYS_CACHE_CONTROL})
 
     @app.api_route("/revoke", methods=["GET", "POST"])
     async def revoke(request: Request):
@@ -735,7 +735,7 @@ def microsoft_app(state: OAuthState) -> FastAPI:
     async def keys(tenant: str):
         with state._lock:
             state.counters["certs"] += 1
-        return JSONResponse(state.jwks(), headers={"Cache-Control": _KEYS_CACHE_CONTROL})
+        return EscapedJSONResponse(state.jwks(), headers={"Cache-Control": _KEYS_CACHE_CONTROL})
 
     @app.post("/{tenant}/oauth2/v2.0/token")
     async def token(tenant: str, request: Request):

@@ -69,7 +69,8 @@ class World:
             self.conflict = repo.open_review(s, connection_id=self.a, kind="conflict", mailbox_id="people/c1",
                                              platform_id="crm_1", fields=["company"], detail=conflict_detail)
             self.duplicate = repo.open_review(s, connection_id=self.a, kind="duplicate", mailbox_id="people/c2",
-                                              detail={"candidate_side": "platform", "candidate_id": "crm_2"})
+                                              detail={"rule": "possible_duplicate", "candidate_side": "platform",
+                                                      "candidate_id": "crm_2"})
             self.closed = repo.open_review(s, connection_id=self.a, kind="conflict", mailbox_id="people/c3",
                                            platform_id="crm_3", fields=["company"], detail=conflict_detail)
             repo.resolve_review(s, self.closed, {"choice": "platform"})

@@ -26,11 +26,11 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.app import build_webhooks, create_app
-from api.webhooks import derived_platform_secrets, lazy_temporal_signal, platform_signature
+from api.webhooks import derived_platform_secrets, lazy_temporal_signal, platform_headers
 from connectors.errors import Fatal
 from emulators.people_data import make_people
 from emulators.server import PortBusy, RunningServer, serve
-from models.workflow import SyncState
+from models.workflow import SyncState, allowed_answers
 from store.vault import KeyRing, generate_key
 from workers import client as api
 from workers.cli import default_store_url, default_temporal, exit_process
@@ -80,6 +80,10 @@ def dev_keyring(state_dir: Path) -> KeyRing:
     return KeyRing.parse(dev_secret(state_dir / "vault.keys", lambda: f"demo:{generate_key()}"))
 
 
+def dev_admin_token(state_dir: Path) -> str:
+    return dev_secret(state_dir / "admin.token", lambda: secrets.token_urlsafe(24))
+
+
 def dev_webhook_key(state_dir: Path) -> bytes:
     return bytes.fromhex(dev_secret(state_dir / "platform-webhook.key", lambda: secrets.token_hex(32)))
 
@@ -96,9 +100,9 @@ def print_cycle(title: str, st: SyncState) -> None:
     say(f"   updated      {c.updated:5d}   records updated after a merge")
     say(f"   deleted      {c.deleted:5d}")
     say(f"   skipped      {c.skipped:5d}   by a named rule (own write echoing back, out of scope, ...)")
-    say(f"   conflicts    {c.conflicts:5d}   new this cycle; {len(s.open_conflicts)} open in all, "
+    say(f"   conflicts    {c.conflicts:5d}   new this cycle; {s.open_conflict_count} open in all, "
         "waiting for a person (manual policy)")
-    say(f"   duplicates   {c.duplicates:5d}   new this cycle; {len(s.open_duplicates)} open in all, "
+    say(f"   duplicates   {c.duplicates:5d}   new this cycle; {s.open_duplicate_count} open in all, "
         "possible duplicates waiting for review")
     say(f"   fixed        {c.fixed:5d}   validation errors fixed by a named rule, then written")
     say(f"   deferred     {c.deferred:5d}   held by the mass-delete guard (`concord approve-deletes`) "
@@ -132,20 +136,22 @@ def print_waiting(sessions, connection_id: str) -> None:
     say(f"\n== waiting for a person on {connection_id}: {len(reviews)} open reviews, {len(held)} quarantined")
     for r in reviews[:SHOW_AT_MOST]:
         d = r["detail"]
-        answers = " | ".join(api.CHOICES[r["kind"]])
+        answers = " | ".join(allowed_answers(r["kind"], d.get("rule")))
         if r["kind"] == "conflict":
             say(f"   review {r['review_id']}: conflict between mailbox {r['mailbox_id']} and CRM {r['platform_id']} "
                 f"(answer {answers})")
             sides = [("mailbox", d.get("mailbox")), ("CRM", d.get("platform")), ("last synced", d.get("base"))]
             say(_row("field", [label for label, _ in sides]))
+            missing = "(first link: none)" if d.get("first_link") else "(not recorded)"
             for field in r["fields"]:
-                say(_row(field, [_shown(snap.get(field)) if snap is not None else "(not recorded)"
+                say(_row(field, [_shown(snap.get(field)) if snap is not None else missing
                                  for _, snap in sides]))
         else:
             record = f"mailbox {r['mailbox_id']}" if r["mailbox_id"] else f"CRM {r['platform_id']}"
             candidate = f"{'CRM' if d.get('candidate_side') == 'platform' else 'mailbox'} {d.get('candidate_id')}"
+            meaning = {"link": "link = the same person", "create": "create = a different one", "ignore": "ignore"}
             say(f"   review {r['review_id']}: possible duplicate: {record} looks like {candidate} "
-                f"(score {d.get('score')}; answer link = the same person, create = a different one, ignore)")
+                f"(score {d.get('score')}; answer {', '.join(meaning[a] for a in allowed_answers('duplicate', d.get('rule')))})")
     if len(reviews) > SHOW_AT_MOST:
         say(f"   ... and {len(reviews) - SHOW_AT_MOST} more reviews (`concord reviews {connection_id}`)")
     for q in held[:SHOW_AT_MOST]:
@@ -196,19 +202,20 @@ def print_stack(dev: DevServer, app: RunningServer, mailboxes: dict[str, Mailbox
         example = _example_answer(sc.sessions, cid)
         if example:
             say(f"   {concord('resolve', cid, *example, temporal=t, store_url=store_url)}")
-    signature = platform_signature(derived_platform_secrets(webhook_key)(sc.org_id), WEBHOOK_BODY.encode())
-    say("   # a CRM change arrives as a signed platform webhook; it wakes both mailboxes:")
+    headers = platform_headers(derived_platform_secrets(webhook_key)(sc.org_id), WEBHOOK_BODY.encode())
+    say("   # a CRM change arrives as a signed platform webhook; it wakes both mailboxes")
+    say("   # (signed now: it is accepted once, within 5 minutes; replays are refused):")
     say("   " + shlex.join(["curl", "-s", "-X", "POST", f"{hooks}/platform/{sc.org_id}",
-                            "-H", f"X-Concord-Signature: {signature}", "-H", "Content-Type: application/json",
-                            "-d", WEBHOOK_BODY]))
-    say(f"   curl -s {hooks}/stats")
+                            *[arg for k, v in headers.items() for arg in ("-H", f"{k}: {v}")],
+                            "-H", "Content-Type: application/json", "-d", WEBHOOK_BODY]))
+    say(f"   curl -s -H \"Authorization: Bearer $(cat {STATE_DIR / 'admin.token'})\" {hooks}/stats")
     say("Ctrl-C stops it all; `make demo` starts over (`--keep` keeps the store and the CRM).")
 
 
 def _example_answer(sessions, connection_id: str) -> tuple[str, str] | None:
     """A real open review and an answer its kind takes."""
     for r in api.open_reviews(sessions, connection_id):
-        return str(r["review_id"]), api.CHOICES[r["kind"]][0]
+        return str(r["review_id"]), allowed_answers(r["kind"], r["detail"].get("rule"))[0]
     return None
 
 
@@ -307,8 +314,9 @@ async def run(port: int, fresh: bool, once: bool) -> None:
             if once:
                 say("\n`make demo` (without --once) keeps the stack running to look at it in the Temporal UI.")
                 return
+            admin_token = dev_admin_token(STATE_DIR)
             router, _deps = build_webhooks(sc.sessions, lazy_temporal_signal(dev.target),
-                                           platform_master_key=webhook_key)
+                                           platform_master_key=webhook_key, admin_token=admin_token)
             app = serve(create_app([router]))
             print_stack(dev, app, mailboxes, sc, store_url, crm_url, webhook_key)
             await asyncio.Event().wait()  # until Ctrl-C or SIGTERM cancels this task
