@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# e.g. BENCH_ARGS="--against 7703c68 sync" for before/after figures in one run
+BENCH_ARGS ?=
 # `make demo DEMO_ARGS=--once` runs the scenario and stops (CI); `--keep`, `--port N` too.
 DEMO_ARGS ?=
 
@@ -28,7 +30,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .concord .pytest_cache .hypothesis

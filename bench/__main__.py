@@ -1,9 +1,10 @@
-"""`python -m bench [--quick] [--pg] [NAME ...]`: run the benchmarks and print their figures.
+"""`python -m bench [--quick] [--pg] [--against REV] [NAME ...]`: run the benchmarks and print their figures.
 
 Benchmarks print figures, each next to the simplest baseline measured in the same
 run; they are not timed tests and fail only when the system under them does.
 Names pick some of them (default: all, in the order below); --quick scales sizes
-down for a smoke run.
+down for a smoke run; --against REV also runs REV's own benchmarks (see
+bench/against.py) and prints each figure beside its earlier value.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="scale sizes down for a smoke run")
     parser.add_argument("--pg", action="store_true", help="PostgreSQL at 127.0.0.1:5432 where a benchmark supports it")
+    parser.add_argument("--against", metavar="REV", help="also run the benchmarks of this git revision, for before/after")
     args = parser.parse_args(argv)
 
     unknown = [n for n in args.names if n not in BENCHMARKS]
@@ -88,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     for table in tables:
         print()
         table.print()
+    if args.against:
+        from bench import against
+
+        before = against.run_earlier(args.against, names, args.quick, args.pg)
+        print(against.compare(tables, before, args.against), flush=True)
     if failed:
         print(f"\nfailed: {', '.join(failed)}", file=sys.stderr)
         return 1
