@@ -262,6 +262,11 @@ def _dispatch(args) -> int:
         return 0
     if args.cmd == "start":
         _start_checks(args)
+    if args.cmd == "resolve":  # the store's answer comes first: it is the likelier mistake
+        try:
+            api.check_resolution(args.sessions, args.connection_id, args.review_id, args.choice)
+        except api.InvalidResolution as exc:
+            raise CliError(str(exc)) from None
     asyncio.run(_workflow_command(args))
     return 0
 
