@@ -14,18 +14,22 @@ from store.repo import _trim, resolve_review
 from store.schema import actions, items, link_keys, links, reviews
 
 
-def linked_mailbox_ids(s: Session, connection_id: str) -> list[str]:
-    return list(s.execute(sa.select(links.c.mailbox_id).where(links.c.connection_id == connection_id)).scalars())
+def linked_mailbox_ids(s: Session, connection_id: str, *, kind: str = "contacts") -> list[str]:
+    return list(s.execute(sa.select(links.c.mailbox_id)
+                          .where(links.c.connection_id == connection_id, links.c.kind == kind)).scalars())
 
 
-def external_ids_in_batch(s: Session, connection_id: str, side: str, batch_id: str) -> set[str]:
+def external_ids_in_batch(s: Session, connection_id: str, side: str, batch_id: str,
+                          *, kind: str = "contacts") -> set[str]:
     return set(s.execute(
         sa.select(items.c.external_id)
-        .where(items.c.connection_id == connection_id, items.c.side == side, items.c.batch_id == batch_id)
+        .where(items.c.connection_id == connection_id, items.c.kind == kind, items.c.side == side,
+               items.c.batch_id == batch_id)
     ).scalars())
 
 
-def items_with_unfinished_actions(s: Session, connection_id: str, statuses: Iterable[str]) -> set[tuple[str, str]]:
+def items_with_unfinished_actions(s: Session, connection_id: str, statuses: Iterable[str],
+                                  *, kind: str = "contacts") -> set[tuple[str, str]]:
     """Items an earlier cycle's actions still hold; they are not planned again until done.
 
     That includes the records those actions already created on the other side: until
@@ -35,7 +39,8 @@ def items_with_unfinished_actions(s: Session, connection_id: str, statuses: Iter
     out: set[tuple[str, str]] = set()
     for m, p, result in s.execute(
         sa.select(actions.c.item_mailbox_id, actions.c.item_platform_id, actions.c.result)
-        .where(actions.c.connection_id == connection_id, actions.c.status.in_(list(statuses)))
+        .where(actions.c.connection_id == connection_id, actions.c.kind == kind,
+               actions.c.status.in_(list(statuses)))
     ):
         if m:
             out.add(("mailbox", m))
@@ -50,21 +55,24 @@ def items_with_unfinished_actions(s: Session, connection_id: str, statuses: Iter
 
 def set_item_outcome_by_key(s: Session, connection_id: str, side: str, external_id: str, status: str, *,
                             rule: str | None = None, error_code: str | None = None,
-                            error_message: str | None = None, review_id: int | None = None) -> bool:
+                            error_message: str | None = None, review_id: int | None = None,
+                            kind: str = "contacts") -> bool:
     res = s.execute(
         sa.update(items)
-        .where(items.c.connection_id == connection_id, items.c.side == side, items.c.external_id == external_id)
+        .where(items.c.connection_id == connection_id, items.c.kind == kind, items.c.side == side,
+               items.c.external_id == external_id)
         .values(status=status, rule=rule, error_code=error_code, error_message=_trim(error_message),
                 review_id=review_id, updated_at=time.time())
     )
     return res.rowcount == 1
 
 
-def active_reviews(s: Session, connection_id: str) -> list:
+def active_reviews(s: Session, connection_id: str, *, kind: str = "contacts") -> list:
     """Open reviews and answered ones whose answer the planner has not applied yet."""
     return list(s.execute(
         sa.select(reviews)
-        .where(reviews.c.connection_id == connection_id, reviews.c.status.in_(("open", "resolved")))
+        .where(reviews.c.connection_id == connection_id, reviews.c.item_kind == kind,
+               reviews.c.status.in_(("open", "resolved")))
         .order_by(reviews.c.id)
     ))
 
@@ -119,27 +127,29 @@ def resolve_review_and_reopen(s: Session, connection_id: str, review_id: int, ch
         if ext:
             s.execute(
                 sa.update(items)
-                .where(items.c.connection_id == connection_id, items.c.side == side, items.c.external_id == ext)
+                .where(items.c.connection_id == connection_id, items.c.kind == row.item_kind, items.c.side == side,
+                       items.c.external_id == ext)
                 .values(status="pending", updated_at=time.time())
             )
     return True
 
 
-def set_item_outcomes_by_key(s: Session, connection_id: str, outcomes: Iterable[dict]) -> None:
+def set_item_outcomes_by_key(s: Session, connection_id: str, outcomes: Iterable[dict],
+                             *, kind: str = "contacts") -> None:
     """Bulk `set_item_outcome_by_key`: one executemany for a whole chunk of items.
 
     Each dict: side, external_id, status, and optionally rule, error_code, error_message, review_id.
     """
     now = time.time()
-    rows = [{"b_cid": connection_id, "b_side": o["side"], "b_ext": o["external_id"], "b_status": o["status"],
+    rows = [{"b_cid": connection_id, "b_kind": kind, "b_side": o["side"], "b_ext": o["external_id"], "b_status": o["status"],
              "b_rule": o.get("rule"), "b_code": o.get("error_code"), "b_msg": _trim(o.get("error_message")),
              "b_review": o.get("review_id"), "b_now": now} for o in outcomes]
     if not rows:
         return
     stmt = (
         sa.update(items)
-        .where(items.c.connection_id == sa.bindparam("b_cid"), items.c.side == sa.bindparam("b_side"),
-               items.c.external_id == sa.bindparam("b_ext"))
+        .where(items.c.connection_id == sa.bindparam("b_cid"), items.c.kind == sa.bindparam("b_kind"),
+               items.c.side == sa.bindparam("b_side"), items.c.external_id == sa.bindparam("b_ext"))
         .values(status=sa.bindparam("b_status"), rule=sa.bindparam("b_rule"), error_code=sa.bindparam("b_code"),
                 error_message=sa.bindparam("b_msg"), review_id=sa.bindparam("b_review"),
                 updated_at=sa.bindparam("b_now"))

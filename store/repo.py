@@ -27,6 +27,8 @@ from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
 from connectors.errors import Fatal, PreconditionFailed
+from pydantic import BaseModel
+
 from models.contact import SIDES, Contact, SideRecord
 from store.schema import (
     ACTION_STATUSES,
@@ -95,10 +97,9 @@ def _trim(message: str | None) -> str | None:
     return message if len(message) <= MAX_ERROR_MESSAGE else message[: MAX_ERROR_MESSAGE - 1] + "…"
 
 
-def _contact_json(snapshot: Contact | dict) -> dict:
-    if isinstance(snapshot, Contact):
-        return snapshot.model_dump(mode="json")
-    return Contact.model_validate(snapshot).model_dump(mode="json")
+def _json(content: BaseModel | dict) -> dict:
+    """A record's content as stored: its JSON form (validated by its kind when read)."""
+    return content.model_dump(mode="json") if isinstance(content, BaseModel) else dict(content)
 
 
 class LinkConflict(Exception):
@@ -244,7 +245,8 @@ def list_cursors(s: Session, connection_id: str) -> dict[str, Row]:
 
 
 def stage_records(
-    s: Session, connection_id: str, side: str, records: Sequence[SideRecord], batch_id: str | None
+    s: Session, connection_id: str, side: str, records: Sequence[SideRecord], batch_id: str | None,
+    *, kind: str = "contacts",
 ) -> int:
     """Stage inbound changes; the newest change for an item replaces any older one.
 
@@ -267,6 +269,7 @@ def stage_records(
     rows = [
         {
             "connection_id": connection_id,
+            "kind": kind,
             "side": side,
             "external_id": external_id,
             "record": rec.model_dump(mode="json"),
@@ -281,7 +284,7 @@ def stage_records(
     ]
     stmt = _insert(s, items)
     stmt = stmt.on_conflict_do_update(
-        index_elements=[items.c.connection_id, items.c.side, items.c.external_id],
+        index_elements=[items.c.connection_id, items.c.kind, items.c.side, items.c.external_id],
         set_={
             "record": stmt.excluded.record,
             "status": "pending",
@@ -301,13 +304,14 @@ def stage_records(
 
 
 def items_by_status(
-    s: Session, connection_id: str, statuses: Iterable[str], limit: int | None = None, after_id: int | None = None
+    s: Session, connection_id: str, statuses: Iterable[str], limit: int | None = None, after_id: int | None = None,
+    *, kind: str = "contacts",
 ) -> list[Row]:
     """Items in the given states, oldest first; `after_id` pages through a large backlog."""
     statuses = [_check(st, ITEM_STATUSES, "item status") for st in statuses]
     q = (
         sa.select(items)
-        .where(items.c.connection_id == connection_id, items.c.status.in_(statuses))
+        .where(items.c.connection_id == connection_id, items.c.kind == kind, items.c.status.in_(statuses))
         .order_by(items.c.id)
     )
     if after_id is not None:
@@ -317,10 +321,11 @@ def items_by_status(
     return list(s.execute(q))
 
 
-def items_by_batch(s: Session, connection_id: str, batch_id: str, statuses: Iterable[str] | None = None) -> list[Row]:
+def items_by_batch(s: Session, connection_id: str, batch_id: str, statuses: Iterable[str] | None = None,
+                   *, kind: str = "contacts") -> list[Row]:
     q = (
         sa.select(items)
-        .where(items.c.connection_id == connection_id, items.c.batch_id == batch_id)
+        .where(items.c.connection_id == connection_id, items.c.kind == kind, items.c.batch_id == batch_id)
         .order_by(items.c.id)
     )
     if statuses is not None:
@@ -328,12 +333,14 @@ def items_by_batch(s: Session, connection_id: str, batch_id: str, statuses: Iter
     return list(s.execute(q))
 
 
-def get_items(s: Session, connection_id: str, side: str, external_ids: Iterable[str]) -> dict[str, Row]:
+def get_items(s: Session, connection_id: str, side: str, external_ids: Iterable[str],
+              *, kind: str = "contacts") -> dict[str, Row]:
     ids = list(dict.fromkeys(external_ids))
     out: dict[str, Row] = {}
     for chunk in _chunks(ids):
         q = sa.select(items).where(
-            items.c.connection_id == connection_id, items.c.side == side, items.c.external_id.in_(chunk)
+            items.c.connection_id == connection_id, items.c.kind == kind, items.c.side == side,
+            items.c.external_id.in_(chunk)
         )
         out.update((r.external_id, r) for r in s.execute(q))
     return out
@@ -405,16 +412,20 @@ def set_item_outcomes(s: Session, outcomes: Iterable[dict]) -> None:
         s.execute(guarded_stmt, list(chunk))
 
 
-def count_items_by_status(s: Session, connection_id: str) -> dict[str, int]:
+def count_items_by_status(s: Session, connection_id: str, *, kind: str | None = "contacts") -> dict[str, int]:
+    """Items per status, of one kind (None: every kind)."""
+    q = sa.select(items.c.status, sa.func.count()).where(items.c.connection_id == connection_id)
+    if kind is not None:
+        q = q.where(items.c.kind == kind)
     rows = s.execute(
-        sa.select(items.c.status, sa.func.count())
-        .where(items.c.connection_id == connection_id)
+        q
         .group_by(items.c.status)
     )
     return {status: n for status, n in rows}
 
 
-def restage_quarantined(s: Session, connection_id: str, item_ids: Iterable[int] | None = None) -> int:
+def restage_quarantined(s: Session, connection_id: str, item_ids: Iterable[int] | None = None,
+                        *, kind: str = "contacts") -> int:
     """Put quarantined items back in the queue (a person asked for a retry)."""
     values = {
         "status": "pending",
@@ -425,7 +436,8 @@ def restage_quarantined(s: Session, connection_id: str, item_ids: Iterable[int] 
         "error_message": None,
         "updated_at": time.time(),
     }
-    base = sa.update(items).where(items.c.connection_id == connection_id, items.c.status == "quarantined")
+    base = sa.update(items).where(items.c.connection_id == connection_id, items.c.kind == kind,
+                                  items.c.status == "quarantined")
     if item_ids is None:
         return s.execute(base.values(**values)).rowcount
     total = 0
@@ -437,21 +449,23 @@ def restage_quarantined(s: Session, connection_id: str, item_ids: Iterable[int] 
 # --- links ------------------------------------------------------------------------
 
 
-def _links_by(s: Session, column: sa.Column, connection_id: str, ids: Iterable[str]) -> dict[str, Row]:
+def _links_by(s: Session, column: sa.Column, connection_id: str, ids: Iterable[str], kind: str) -> dict[str, Row]:
     wanted = list(dict.fromkeys(ids))
     out: dict[str, Row] = {}
     for chunk in _chunks(wanted):
-        q = sa.select(links).where(links.c.connection_id == connection_id, column.in_(chunk))
+        q = sa.select(links).where(links.c.connection_id == connection_id, links.c.kind == kind, column.in_(chunk))
         out.update((getattr(r, column.name), r) for r in s.execute(q))
     return out
 
 
-def get_links_by_mailbox_ids(s: Session, connection_id: str, ids: Iterable[str]) -> dict[str, Row]:
-    return _links_by(s, links.c.mailbox_id, connection_id, ids)
+def get_links_by_mailbox_ids(s: Session, connection_id: str, ids: Iterable[str],
+                             *, kind: str = "contacts") -> dict[str, Row]:
+    return _links_by(s, links.c.mailbox_id, connection_id, ids, kind)
 
 
-def get_links_by_platform_ids(s: Session, connection_id: str, ids: Iterable[str]) -> dict[str, Row]:
-    return _links_by(s, links.c.platform_id, connection_id, ids)
+def get_links_by_platform_ids(s: Session, connection_id: str, ids: Iterable[str],
+                              *, kind: str = "contacts") -> dict[str, Row]:
+    return _links_by(s, links.c.platform_id, connection_id, ids, kind)
 
 
 def get_link(s: Session, link_id: int) -> Row | None:
@@ -461,6 +475,7 @@ def get_link(s: Session, link_id: int) -> Row | None:
 _LINK_FIELDS = (
     "org_id",
     "connection_id",
+    "kind",
     "mailbox_id",
     "platform_id",
     "snapshot",
@@ -474,7 +489,7 @@ _LINK_FIELDS = (
 def save_links(s: Session, specs: Sequence[dict], *, skip_conflicts: bool = False) -> list[int | None]:
     """Insert (no "id") or update (with "id") links; returns their ids in input order.
 
-    Each spec holds the link columns (`snapshot` as a Contact or its dict) and
+    Each spec holds the link columns (`snapshot` as the kind's model or its dict) and
     optionally "keys": the snapshot's blocking keys, which replace the stored ones.
     A new link for a pair that is already linked updates that link (a repeated
     write). A link whose mailbox or platform id is linked to another record raises
@@ -492,7 +507,7 @@ def save_links(s: Session, specs: Sequence[dict], *, skip_conflicts: bool = Fals
                 continue
             values = {k: spec[k] for k in _LINK_FIELDS if k in spec}
             if "snapshot" in values:
-                values["snapshot"] = _contact_json(values["snapshot"])
+                values["snapshot"] = _json(values["snapshot"])
             if spec.get("id") is not None:
                 res = s.execute(
                     sa.update(links).where(links.c.id == spec["id"]).values(**values, updated_at=now)
@@ -534,22 +549,23 @@ def _settle_link_conflicts(s: Session, specs: Sequence[dict], skip: bool) -> lis
         unknown = set(spec) - set(_LINK_FIELDS) - {"id", "keys"}
         if unknown:
             raise Fatal(f"unknown link fields: {sorted(unknown)}")
-    by_conn: dict[str, list[int]] = {}
+    by_conn: dict[tuple[str, str], list[int]] = {}
     for pos, spec in enumerate(specs):
         if spec.get("connection_id") is not None:
-            by_conn.setdefault(spec["connection_id"], []).append(pos)
-    taken_m: dict[tuple[str, str], int] = {}
-    taken_p: dict[tuple[str, str], int] = {}
-    for cid, positions in by_conn.items():
+            by_conn.setdefault((spec["connection_id"], spec.get("kind") or "contacts"), []).append(pos)
+    taken_m: dict[tuple[tuple[str, str], str], int] = {}
+    taken_p: dict[tuple[tuple[str, str], str], int] = {}
+    for scope, positions in by_conn.items():
+        cid, kind = scope
         for row in get_links_by_mailbox_ids(s, cid, [specs[p]["mailbox_id"] for p in positions
-                                                     if specs[p].get("mailbox_id")]).values():
-            taken_m[(cid, row.mailbox_id)] = int(row.id)
+                                                     if specs[p].get("mailbox_id")], kind=kind).values():
+            taken_m[(scope, row.mailbox_id)] = int(row.id)
         for row in get_links_by_platform_ids(s, cid, [specs[p]["platform_id"] for p in positions
-                                                      if specs[p].get("platform_id")]).values():
-            taken_p[(cid, row.platform_id)] = int(row.id)
+                                                      if specs[p].get("platform_id")], kind=kind).values():
+            taken_p[(scope, row.platform_id)] = int(row.id)
     out: list[dict | None] = []
     for spec in specs:
-        cid = spec.get("connection_id")
+        cid = (spec["connection_id"], spec.get("kind") or "contacts") if spec.get("connection_id") else None
         own = spec.get("id")
         m_holder = taken_m.get((cid, spec.get("mailbox_id")))
         p_holder = taken_p.get((cid, spec.get("platform_id")))
@@ -624,21 +640,23 @@ def link_keys_for(s: Session, link_ids: Iterable[int]) -> dict[int, set[str]]:
     return out
 
 
-def links_sharing_keys(s: Session, connection_id: str, keys: Iterable[str]) -> list[Row]:
+def links_sharing_keys(s: Session, connection_id: str, keys: Iterable[str], *, kind: str = "contacts") -> list[Row]:
     """Links on this connection whose snapshot shares a blocking key: duplicate candidates."""
     found: dict[int, Row] = {}
     for chunk in _chunks(sorted(set(keys))):
         sub = sa.select(link_keys.c.link_id).where(link_keys.c.key.in_(chunk))
-        q = sa.select(links).where(links.c.connection_id == connection_id, links.c.id.in_(sub))
+        q = sa.select(links).where(links.c.connection_id == connection_id, links.c.kind == kind,
+                                   links.c.id.in_(sub))
         for r in s.execute(q):
             found[r.id] = r
     return [found[i] for i in sorted(found)]
 
 
-def count_links(s: Session, connection_id: str) -> int:
-    return s.execute(
-        sa.select(sa.func.count()).select_from(links).where(links.c.connection_id == connection_id)
-    ).scalar_one()
+def count_links(s: Session, connection_id: str, *, kind: str | None = "contacts") -> int:
+    q = sa.select(sa.func.count()).select_from(links).where(links.c.connection_id == connection_id)
+    if kind is not None:
+        q = q.where(links.c.kind == kind)
+    return s.execute(q).scalar_one()
 
 
 # --- reviews ----------------------------------------------------------------------
@@ -654,14 +672,19 @@ def open_review(
     platform_id: str | None = None,
     fields: Iterable[str] = (),
     detail: dict | None = None,
+    item_kind: str = "contacts",
 ) -> int:
-    """A pending human decision; its content lives here, the workflow only sees the id."""
+    """A pending human decision; its content lives here, the workflow only sees the id.
+
+    `kind` is the question (conflict, duplicate); `item_kind` the kind of data it is about.
+    """
     _check(kind, REVIEW_KINDS, "review kind")
     return s.execute(
         sa.insert(reviews)
         .values(
             connection_id=connection_id,
             kind=kind,
+            item_kind=item_kind,
             status="open",
             link_id=link_id,
             mailbox_id=mailbox_id,
@@ -697,7 +720,9 @@ def set_review_status(s: Session, review_id: int, status: str, expected_status: 
     return s.execute(q.values(status=status)).rowcount == 1
 
 
-def open_reviews(s: Session, connection_id: str, kind: str | None = None) -> list[Row]:
+def open_reviews(s: Session, connection_id: str, kind: str | None = None, *,
+                 item_kind: str | None = None) -> list[Row]:
+    """Open reviews, of one question (`kind`) and of one kind of data (`item_kind`) when given."""
     q = (
         sa.select(reviews)
         .where(reviews.c.connection_id == connection_id, reviews.c.status == "open")
@@ -705,14 +730,17 @@ def open_reviews(s: Session, connection_id: str, kind: str | None = None) -> lis
     )
     if kind is not None:
         q = q.where(reviews.c.kind == _check(kind, REVIEW_KINDS, "review kind"))
+    if item_kind is not None:
+        q = q.where(reviews.c.item_kind == item_kind)
     return list(s.execute(q))
 
 
-def open_review_ids(s: Session, connection_id: str, kind: str, limit: int | None = None) -> list[int]:
+def open_review_ids(s: Session, connection_id: str, kind: str, limit: int | None = None, *,
+                    item_kind: str = "contacts") -> list[int]:
     q = (
         sa.select(reviews.c.id)
         .where(reviews.c.connection_id == connection_id, reviews.c.status == "open",
-               reviews.c.kind == _check(kind, REVIEW_KINDS, "review kind"))
+               reviews.c.kind == _check(kind, REVIEW_KINDS, "review kind"), reviews.c.item_kind == item_kind)
         .order_by(reviews.c.id)
     )
     if limit is not None:
@@ -747,7 +775,8 @@ _ACTION_INPUT = ("item_mailbox_id", "item_platform_id", "link_id", "decision", "
 _ACTION_UPDATABLE = ("status", "result", "error_code", "error_message", "link_id", "decision")
 
 
-def add_actions(s: Session, connection_id: str, cycle_id: str, planned: Sequence[dict]) -> list[int]:
+def add_actions(s: Session, connection_id: str, cycle_id: str, planned: Sequence[dict],
+                *, kind: str = "contacts") -> list[int]:
     """Persist a cycle's planned writes; keys already present are left untouched.
 
     Returns the action ids in input order (existing ones for repeated keys), so a
@@ -764,6 +793,7 @@ def add_actions(s: Session, connection_id: str, cycle_id: str, planned: Sequence
         rows.append(
             {
                 "connection_id": connection_id,
+                "kind": kind,
                 "cycle_id": cycle_id,
                 "item_mailbox_id": a.get("item_mailbox_id"),
                 "item_platform_id": a.get("item_platform_id"),
@@ -796,12 +826,12 @@ def get_action(s: Session, action_id: int) -> Row | None:
 
 
 def actions_by_status(
-    s: Session, connection_id: str, statuses: Iterable[str], cycle_id: str | None = None
+    s: Session, connection_id: str, statuses: Iterable[str], cycle_id: str | None = None, *, kind: str = "contacts"
 ) -> list[Row]:
     statuses = [_check(st, ACTION_STATUSES, "action status") for st in statuses]
     q = (
         sa.select(actions)
-        .where(actions.c.connection_id == connection_id, actions.c.status.in_(statuses))
+        .where(actions.c.connection_id == connection_id, actions.c.kind == kind, actions.c.status.in_(statuses))
         .order_by(actions.c.id)
     )
     if cycle_id is not None:
@@ -829,7 +859,7 @@ def update_action(s: Session, action_id: int, *, expected_status: str | None = N
 
 def _audit_row(entry: dict, now: float) -> dict:
     unknown = set(entry) - {"org_id", "connection_id", "side", "op", "external_id", "action_id", "detail", "at",
-                            "cycle_id"}
+                            "cycle_id", "kind"}
     if unknown:
         raise Fatal(f"unknown audit fields: {sorted(unknown)}")
     _check(entry["op"], AUDIT_OPS, "audit op")
@@ -845,6 +875,7 @@ def _audit_row(entry: dict, now: float) -> dict:
         "at": entry.get("at") or now,
         "detail": entry.get("detail") or {},
         "cycle_id": entry.get("cycle_id"),
+        "kind": entry.get("kind"),
     }
 
 
@@ -886,11 +917,13 @@ def audit_many(s: Session, entries: Iterable[dict]) -> int:
     return len(rows)
 
 
-def cycle_write_counts(s: Session, connection_id: str, cycle_id: str) -> dict[tuple[str, str | None], int]:
+def cycle_write_counts(s: Session, connection_id: str, cycle_id: str,
+                       *, kind: str = "contacts") -> dict[tuple[str, str | None], int]:
     """(op, side) -> how many writes this cycle's write activity made, over all its attempts."""
     rows = s.execute(
         sa.select(audit_log.c.op, audit_log.c.side, sa.func.count())
-        .where(audit_log.c.connection_id == connection_id, audit_log.c.cycle_id == cycle_id)
+        .where(audit_log.c.connection_id == connection_id, audit_log.c.cycle_id == cycle_id,
+               sa.func.coalesce(audit_log.c.kind, "contacts") == kind)
         .group_by(audit_log.c.op, audit_log.c.side)
     )
     return {(op, side): n for op, side, n in rows}
@@ -964,15 +997,16 @@ def purge_expired_oauth(s: Session, now: float | None = None) -> int:
 # --- state summary ----------------------------------------------------------------
 
 
-def sync_state_summary(s: Session, connection_id: str, quarantined_limit: int = 100) -> dict:
-    """Counts and ids for the workflow's state query: no contact content, no cursor values."""
+def sync_state_summary(s: Session, connection_id: str, quarantined_limit: int = 100,
+                       *, kind: str = "contacts") -> dict:
+    """Counts and ids of one kind for the workflow's state query: no content, no cursor values."""
     item_counts = dict.fromkeys(ITEM_STATUSES, 0)
-    item_counts.update(count_items_by_status(s, connection_id))
+    item_counts.update(count_items_by_status(s, connection_id, kind=kind))
     review_counts = dict.fromkeys(REVIEW_KINDS, 0)
     review_counts.update(
         s.execute(
             sa.select(reviews.c.kind, sa.func.count())
-            .where(reviews.c.connection_id == connection_id, reviews.c.status == "open")
+            .where(reviews.c.connection_id == connection_id, reviews.c.item_kind == kind, reviews.c.status == "open")
             .group_by(reviews.c.kind)
         ).all()
     )
@@ -981,32 +1015,32 @@ def sync_state_summary(s: Session, connection_id: str, quarantined_limit: int = 
             sa.select(actions.c.status, sa.func.count())
             .where(
                 actions.c.connection_id == connection_id,
+                actions.c.kind == kind,
                 actions.c.status.in_(("planned", "platform_done", "mailbox_started", "deferred", "failed")),
             )
             .group_by(actions.c.status)
         ).all()
     )
+    in_quarantine = (items.c.connection_id == connection_id, items.c.kind == kind, items.c.status == "quarantined")
     quarantined = [
         {"item_id": r.id, "side": r.side, "external_id": r.external_id, "error_code": r.error_code}
         for r in s.execute(
             sa.select(items.c.id, items.c.side, items.c.external_id, items.c.error_code)
-            .where(items.c.connection_id == connection_id, items.c.status == "quarantined")
+            .where(*in_quarantine)
             .order_by(items.c.id)
             .limit(quarantined_limit)
         )
     ]
     by_code: dict[str, int] = {}
     for code, n in s.execute(
-        sa.select(items.c.error_code, sa.func.count())
-        .where(items.c.connection_id == connection_id, items.c.status == "quarantined")
-        .group_by(items.c.error_code)
+        sa.select(items.c.error_code, sa.func.count()).where(*in_quarantine).group_by(items.c.error_code)
     ):
         by_code[code or ""] = by_code.get(code or "", 0) + n
     return {
         "items": item_counts,
         "open_reviews": review_counts,
         "quarantined_by_code": by_code,
-        "links": count_links(s, connection_id),
+        "links": count_links(s, connection_id, kind=kind),
         "actions": action_counts,
         "quarantined_total": item_counts["quarantined"],
         "quarantined": quarantined,

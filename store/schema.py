@@ -79,6 +79,7 @@ items = sa.Table(
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("connection_id", sa.String, nullable=False),
+    sa.Column("kind", sa.String, nullable=False, server_default="contacts"),
     sa.Column("side", sa.String, nullable=False),
     sa.Column("external_id", sa.String, nullable=False),
     sa.Column("record", sa.JSON, nullable=False),
@@ -92,8 +93,9 @@ items = sa.Table(
     sa.Column("seq", sa.Integer, nullable=False, server_default="1"),
     sa.Column("received_at", Epoch, nullable=False),
     sa.Column("updated_at", Epoch, nullable=False),
-    sa.UniqueConstraint("connection_id", "side", "external_id", name="uq_items_connection_id_side_external_id"),
-    sa.Index("ix_items_connection_id_status", "connection_id", "status"),
+    sa.UniqueConstraint("connection_id", "kind", "side", "external_id",
+                        name="uq_items_connection_id_kind_side_external_id"),
+    sa.Index("ix_items_connection_id_kind_status", "connection_id", "kind", "status"),
     sa.Index("ix_items_connection_id_batch_id", "connection_id", "batch_id"),
     sqlite_autoincrement=True,
 )
@@ -104,6 +106,7 @@ links = sa.Table(
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("org_id", sa.String, nullable=False),
     sa.Column("connection_id", sa.String, nullable=False),
+    sa.Column("kind", sa.String, nullable=False, server_default="contacts"),
     sa.Column("mailbox_id", sa.String, nullable=False),
     sa.Column("platform_id", sa.String, nullable=False),
     sa.Column("snapshot", sa.JSON, nullable=False),
@@ -113,8 +116,8 @@ links = sa.Table(
     sa.Column("platform_etag", sa.String, nullable=True),
     sa.Column("created_at", Epoch, nullable=False),
     sa.Column("updated_at", Epoch, nullable=False),
-    sa.UniqueConstraint("connection_id", "mailbox_id", name="uq_links_connection_id_mailbox_id"),
-    sa.UniqueConstraint("connection_id", "platform_id", name="uq_links_connection_id_platform_id"),
+    sa.UniqueConstraint("connection_id", "kind", "mailbox_id", name="uq_links_connection_id_kind_mailbox_id"),
+    sa.UniqueConstraint("connection_id", "kind", "platform_id", name="uq_links_connection_id_kind_platform_id"),
     sa.Index("ix_links_org_id", "org_id"),
     sqlite_autoincrement=True,
 )
@@ -137,7 +140,9 @@ reviews = sa.Table(
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("connection_id", sa.String, nullable=False),
+    # `kind` is the question (conflict | duplicate); `item_kind` the kind of data asked about
     sa.Column("kind", sa.String, nullable=False),
+    sa.Column("item_kind", sa.String, nullable=False, server_default="contacts"),
     sa.Column("status", sa.String, nullable=False),
     sa.Column("link_id", sa.BigInteger, nullable=True),
     sa.Column("mailbox_id", sa.String, nullable=True),
@@ -156,6 +161,7 @@ actions = sa.Table(
     metadata,
     sa.Column("id", BigId, primary_key=True, autoincrement=True),
     sa.Column("connection_id", sa.String, nullable=False),
+    sa.Column("kind", sa.String, nullable=False, server_default="contacts"),
     sa.Column("cycle_id", sa.String, nullable=False),
     sa.Column("item_mailbox_id", sa.String, nullable=True),
     sa.Column("item_platform_id", sa.String, nullable=True),
@@ -169,7 +175,7 @@ actions = sa.Table(
     sa.Column("created_at", Epoch, nullable=False),
     sa.Column("updated_at", Epoch, nullable=False),
     sa.UniqueConstraint("idempotency_key", name="uq_actions_idempotency_key"),
-    sa.Index("ix_actions_connection_id_status", "connection_id", "status"),
+    sa.Index("ix_actions_connection_id_kind_status", "connection_id", "kind", "status"),
     sa.Index("ix_actions_connection_id_cycle_id", "connection_id", "cycle_id"),
     sqlite_autoincrement=True,
 )
@@ -189,6 +195,7 @@ audit_log = sa.Table(
     # The cycle whose write activity made this write (not the one that planned it): a
     # cycle's counts are summed from here, so every attempt's work counts exactly once.
     sa.Column("cycle_id", sa.String, nullable=True),
+    sa.Column("kind", sa.String, nullable=True),
     sa.Index("ix_audit_log_org_id_at", "org_id", "at"),
     sa.Index("ix_audit_log_connection_id_at", "connection_id", "at"),
     sa.Index("ix_audit_log_connection_id_cycle_id", "connection_id", "cycle_id"),

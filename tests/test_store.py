@@ -30,7 +30,7 @@ EXPECTED_TABLES = {
     "vault_tokens",
     "subscriptions",
 }
-HEAD = "0004"
+HEAD = "0005"
 
 
 @pytest.fixture
@@ -69,9 +69,33 @@ def test_migrate_creates_everything_and_is_rerunnable(db_url):
         insp = sa.inspect(engine)
         assert EXPECTED_TABLES <= set(insp.get_table_names())
         uniques = {u["name"] for u in insp.get_unique_constraints("links")}
-        assert {"uq_links_connection_id_mailbox_id", "uq_links_connection_id_platform_id"} <= uniques
-        assert "ix_items_connection_id_status" in {i["name"] for i in insp.get_indexes("items")}
+        assert {"uq_links_connection_id_kind_mailbox_id", "uq_links_connection_id_kind_platform_id"} <= uniques
+        assert "ix_items_connection_id_kind_status" in {i["name"] for i in insp.get_indexes("items")}
         assert "ix_link_keys_key" in {i["name"] for i in insp.get_indexes("link_keys")}
+    finally:
+        engine.dispose()
+
+
+def test_rows_from_before_kinds_become_contacts(db_url):
+    """Upgrading a store that holds contacts keeps every row, marked as the contacts kind."""
+    migrate(db_url, "0004")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO items (connection_id, side, external_id, record, status, attempts, seq, "
+                                 "received_at, updated_at) VALUES ('c1', 'mailbox', 'm1', '{}', 'pending', 0, 1, 0, 0)"))
+            conn.execute(sa.text("INSERT INTO links (org_id, connection_id, mailbox_id, platform_id, snapshot, "
+                                 "mailbox_hash, platform_hash, created_at, updated_at) "
+                                 "VALUES ('o', 'c1', 'm1', 'p1', '{}', 'h', 'h', 0, 0)"))
+        migrate(db_url)
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT kind FROM items")).scalar_one() == "contacts"
+            assert conn.execute(sa.text("SELECT kind FROM links")).scalar_one() == "contacts"
+            # ... and the same ids may now exist once per kind.
+            conn.execute(sa.text("INSERT INTO items (connection_id, kind, side, external_id, record, status, attempts, "
+                                 "seq, received_at, updated_at) "
+                                 "VALUES ('c1', 'mail', 'mailbox', 'm1', '{}', 'pending', 0, 1, 0, 0)"))
+            conn.commit()
     finally:
         engine.dispose()
 
