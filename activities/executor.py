@@ -22,13 +22,12 @@ from typing import Callable
 
 from activities.pacing import Pacer
 from connectors.errors import ConnectorError, NotFound, PreconditionFailed, RateLimited, ValidationRejected
-from connectors.protocols import MailboxContacts, PlatformContacts, WriteRequest, WriteResult
-from models.contact import SideRecord
+from connectors.protocols import MailboxSide, PlatformSide, WriteRequest, WriteResult
+from models.record import SideRecord
 from models.plan import Decision, Write
 from models.workflow import RejectionSummary, WriteSummary
 from store import cycle, repo
-from sync.fixes import apply_fix_rules
-from sync.normalize import blocking_keys
+from sync.kinds import KindRules
 from sync.policy import SyncSettings
 
 CHUNK = 200
@@ -37,10 +36,10 @@ CHUNK = 200
 class _Work:
     __slots__ = ("action_id", "key", "decision", "status", "result")
 
-    def __init__(self, row) -> None:
+    def __init__(self, row, rules: KindRules) -> None:
         self.action_id = int(row.id)
         self.key = row.idempotency_key
-        self.decision = Decision.model_validate(row.decision)
+        self.decision = rules.decision.model_validate(row.decision)
         self.status = row.status
         self.result = dict(row.result or {})
 
@@ -49,7 +48,8 @@ class _Effects:
     """A chunk's store bookkeeping, written in a few bulk statements at the end of its
     transaction instead of one statement per item (the write phase's main cost)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
         self.actions: list[dict] = []
         self.outcomes: list[dict] = []
         self.audits: list[dict] = []
@@ -66,7 +66,7 @@ class _Effects:
     def flush(self, s, connection_id: str, batch_id: str) -> list[int | None]:
         for side, records in self.restage.items():
             if records:
-                repo.stage_records(s, connection_id, side, records, batch_id)
+                repo.stage_records(s, connection_id, side, records, batch_id, kind=self.kind)
         cycle.delete_links(s, self.unlink)
         link_ids = repo.save_links(s, self.links, skip_conflicts=True) if self.links else []
         for entry, link_id, (action_id, keys) in zip(self.link_audits, link_ids, self.link_owners):
@@ -77,11 +77,11 @@ class _Effects:
                 self.audits.append(entry)
         if self.audits:
             repo.audit_many(s, self.audits)
-        cycle.set_item_outcomes_by_key(s, connection_id, self.outcomes)
+        cycle.set_item_outcomes_by_key(s, connection_id, self.outcomes, kind=self.kind)
         for review_id, status in self.reviews:
             repo.set_review_status(s, review_id, status)
         cycle.update_actions(s, self.actions)
-        self.__init__()  # the chunk is written: start the next one empty
+        self.__init__(self.kind)  # the chunk is written: start the next one empty
         return link_ids
 
     def _link_conflict(self, action_id: int, keys: list) -> None:
@@ -103,16 +103,18 @@ def _writes(d: Decision, side: str) -> list[tuple[int, Write]]:
 
 
 class Executor:
-    def __init__(self, sessions, platform: PlatformContacts, mailbox: MailboxContacts, info, settings: SyncSettings,
-                 cycle_id: str | None = None, wait: Callable | None = None):
+    def __init__(self, sessions, rules: KindRules, platform: PlatformSide, mailbox: MailboxSide, info,
+                 settings: SyncSettings, cycle_id: str | None = None, wait: Callable | None = None):
         self.sessions = sessions
+        self.rules = rules
+        self.kind = rules.name
         self.cycle_id = cycle_id
         self.platform = platform
         self.mailbox = mailbox
         self.info = info
         self.settings = settings
         self.summary = WriteSummary()
-        self.fx = _Effects()
+        self.fx = _Effects(self.kind)
         self.done_items = 0
         self.heartbeat: Callable = lambda *a: None
         self.pacer = Pacer(lambda: (self.done_items,), sleep=wait)
@@ -124,8 +126,9 @@ class Executor:
         """Carry out every unfinished action of the connection, whichever cycle planned it."""
         self.heartbeat = heartbeat
         with self.sessions() as s:
-            rows = repo.actions_by_status(s, self.info.connection_id, ["planned", "platform_done", "mailbox_started"])
-            work = [_Work(r) for r in rows]
+            rows = repo.actions_by_status(s, self.info.connection_id, ["planned", "platform_done", "mailbox_started"],
+                                          kind=self.kind)
+            work = [_Work(r, self.rules) for r in rows]
         for i in range(0, len(work), CHUNK):
             chunk = work[i:i + CHUNK]
             self._platform_phase([w for w in chunk if w.status == "planned"])
@@ -145,7 +148,7 @@ class Executor:
         cycle that made it: an attempt that follows a failed one reports the cycle's
         work, not just its own share."""
         with self.sessions() as s:
-            done = repo.cycle_write_counts(s, self.info.connection_id, self.cycle_id)
+            done = repo.cycle_write_counts(s, self.info.connection_id, self.cycle_id, kind=self.kind)
         for op, bucket in (("create", self.summary.created), ("update", self.summary.updated),
                            ("delete", self.summary.deleted)):
             bucket.clear()
@@ -159,7 +162,7 @@ class Executor:
         deletes: list[WriteRequest] = []
         for w in work:
             for idx, wr in _writes(w.decision, "platform"):
-                req = WriteRequest(key=f"{w.key}:p{idx}", contact=wr.contact, external_id=wr.external_id,
+                req = WriteRequest(key=f"{w.key}:p{idx}", content=wr.content, external_id=wr.external_id,
                                    etag=wr.etag, owner=self.settings.owner or None)
                 (deletes if wr.op == "delete" else upserts).append(req)
         results: dict[str, WriteResult] = {}
@@ -195,7 +198,7 @@ class Executor:
                 key = f"{w.key}:m{idx}"
                 if key in results:
                     continue
-                req = WriteRequest(key=key, contact=wr.contact, external_id=wr.external_id, etag=wr.etag,
+                req = WriteRequest(key=key, content=wr.content, external_id=wr.external_id, etag=wr.etag,
                                    marker=f"concord:{key}")
                 {"create": creates, "update": updates, "delete": deletes}[wr.op].append(req)
         if creates:
@@ -240,7 +243,7 @@ class Executor:
                 if wr.op != "create":
                     continue
                 if key in found:
-                    results[key] = WriteResult(key=key, record=SideRecord.model_validate(found[key]))
+                    results[key] = WriteResult(key=key, record=self.rules.record.model_validate(found[key]))
                 else:
                     wanted[f"concord:{key}"] = w
         if not wanted:
@@ -298,7 +301,7 @@ class Executor:
                 w.result[f"{side}"] = {
                     "id": rec.external_id if rec else wr.external_id,
                     "etag": rec.etag if rec else None,
-                    "hash": rec.contact.canonical_hash() if rec and rec.contact else None,
+                    "hash": self.rules.hash(rec.content) if rec and rec.content else None,
                     "op": wr.op,
                 }
                 continue
@@ -313,9 +316,9 @@ class Executor:
                 return "rejected"
             if isinstance(err, PreconditionFailed) and wr.op == "update" and side == "mailbox":
                 current = self._reread_mailbox(wr.external_id)
-                if current is not None and current.contact == wr.contact:
+                if current is not None and current.content == wr.content:
                     w.result[side] = {"id": current.external_id, "etag": current.etag,
-                                      "hash": current.contact.canonical_hash(), "op": wr.op}
+                                      "hash": self.rules.hash(current.content), "op": wr.op}
                     continue  # our earlier attempt landed already
                 self._defer(w, side, current, err)
                 return "deferred"
@@ -334,13 +337,13 @@ class Executor:
         try:
             return self.mailbox.get(external_id)
         except NotFound:
-            return SideRecord(side="mailbox", external_id=external_id, deleted=True)
+            return self.rules.record(side="mailbox", external_id=external_id, deleted=True)
 
     def _reread(self, side: str, external_id: str) -> SideRecord | None:
         if side == "mailbox":
             return self._reread_mailbox(external_id)
         records = self.platform.get_many(self.info.org_id, [external_id])
-        return records[0] if records else SideRecord(side="platform", external_id=external_id, deleted=True)
+        return records[0] if records else self.rules.record(side="platform", external_id=external_id, deleted=True)
 
     def _defer(self, w: _Work, side: str, current: SideRecord | None, err: ConnectorError) -> None:
         """Stale etag / vanished target: stage what the side holds now, merge again next cycle."""
@@ -355,6 +358,7 @@ class Executor:
         d = w.decision
         fx = self.fx
         audit = {"org_id": self.info.org_id, "connection_id": self.info.connection_id, "action_id": w.action_id,
+                 "kind": self.kind,
                  "cycle_id": self.cycle_id}
         if d.unlink and old is not None:
             fx.unlink.append(int(old.id))
@@ -374,10 +378,10 @@ class Executor:
                               "detail": {"rule": d.rule, "fields": d.fields}})
         if d.link and d.snapshot is not None:
             m_done, p_done = w.result.get("mailbox", {}), w.result.get("platform", {})
-            snap_hash = d.snapshot.canonical_hash()
+            snap_hash = self.rules.hash(d.snapshot)
             keep_id = None if (d.unlink or old is None) else int(old.id)
             spec = dict(
-                org_id=self.info.org_id, connection_id=self.info.connection_id,
+                org_id=self.info.org_id, connection_id=self.info.connection_id, kind=self.kind,
                 mailbox_id=m_done.get("id") or d.mailbox_id or (old.mailbox_id if old is not None else None),
                 platform_id=p_done.get("id") or d.platform_id or (old.platform_id if old is not None else None),
                 snapshot=d.snapshot.model_dump(mode="json"),
@@ -385,7 +389,7 @@ class Executor:
                 platform_hash=p_done.get("hash") or snap_hash,
                 mailbox_etag=m_done.get("etag") or d.mailbox_etag,
                 platform_etag=p_done.get("etag") or d.platform_etag,
-                keys=sorted(blocking_keys(d.snapshot)),
+                keys=sorted(self.rules.keys(d.snapshot)),
             )
             if keep_id is not None:
                 spec["id"] = keep_id
@@ -412,7 +416,8 @@ class Executor:
         """Fix a refused record by a configured rule once; otherwise quarantine its items."""
         out = RejectionSummary()
         with self.sessions() as s:
-            work = [_Work(r) for r in repo.actions_by_status(s, self.info.connection_id, ["rejected"])]
+            work = [_Work(r, self.rules)
+                    for r in repo.actions_by_status(s, self.info.connection_id, ["rejected"], kind=self.kind)]
         retry: list[_Work] = []
         with self.sessions.begin() as s:
             for w in work:
@@ -430,7 +435,8 @@ class Executor:
         if retry:
             self.run(heartbeat)
             with self.sessions() as s:
-                still = {int(r.id) for r in repo.actions_by_status(s, self.info.connection_id, ["rejected"])}
+                still = {int(r.id) for r in repo.actions_by_status(s, self.info.connection_id, ["rejected"],
+                                                                   kind=self.kind)}
             out.fixed = sum(1 for w in retry if w.action_id not in still)
             with self.sessions.begin() as s:
                 for w in retry:
@@ -449,17 +455,17 @@ class Executor:
         writes = list(d.writes)
         applied: list[str] = []
         for i, wr in enumerate(writes):
-            if wr.side == "platform" and wr.contact is not None:
-                got = apply_fix_rules(wr.contact, field, self.settings.fix_rules)
+            if wr.side == "platform" and wr.content is not None:
+                got = self.rules.fix(wr.content, field, self.settings.fix_rules)
                 if got is None:
                     return None
-                fixed_contact, applied = got
-                writes[i] = wr.model_copy(update={"contact": fixed_contact})
+                fixed, applied = got
+                writes[i] = wr.model_copy(update={"content": fixed})
                 # Both ends must end equal: the mailbox gets the fixed value too.
                 if d.mailbox_id and not any(x.side == "mailbox" for x in writes):
                     writes.append(Write(side="mailbox", op="update", external_id=d.mailbox_id,
-                                        contact=fixed_contact, etag=d.mailbox_etag))
-                d = d.model_copy(update={"writes": writes, "snapshot": fixed_contact})
+                                        content=fixed, etag=d.mailbox_etag))
+                d = d.model_copy(update={"writes": writes, "snapshot": fixed})
         return (d, applied) if applied else None
 
     def _quarantine(self, s, w: _Work, error_code: str | None = None, error_message: str | None = None) -> None:
@@ -470,7 +476,7 @@ class Executor:
         message = error_message or row.error_message or code
         label = f"{code}:{rule}" if rule else code
         for side, ext in w.decision.item_keys():
-            cycle.set_item_outcome_by_key(s, self.info.connection_id, side, ext, "quarantined",
+            cycle.set_item_outcome_by_key(s, self.info.connection_id, side, ext, "quarantined", kind=self.kind,
                                          rule=rule or "platform_validation", error_code=label,
                                          error_message=f"{message}" + (f" (field: {field})" if field else ""))
         if w.decision.review_id is not None:

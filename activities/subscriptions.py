@@ -17,7 +17,7 @@ from datetime import datetime
 
 from temporalio import activity
 
-from activities.contacts import ConnectionInfo, MailboxFactory
+from activities.pipeline import ConnectionInfo, MailboxFactory
 from activities.errors import to_application_error
 from connectors.errors import ConnectorError, NotFound
 from store import repo

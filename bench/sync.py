@@ -103,7 +103,7 @@ def worker_main(argv: list[str]) -> None:
     def write_stats(acts: Any) -> None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         data = {
-            "crm_calls": getattr(_contact_activities(acts).platform, "calls_made", 0),
+            "crm_calls": getattr(acts.pipelines["contacts"].platform, "calls_made", 0),
             "maxrss_kb": peak_rss_kb(),
             "cpu_s": usage.ru_utime + usage.ru_stime,
             "at": time.time(),
@@ -127,11 +127,6 @@ def worker_main(argv: list[str]) -> None:
             write_stats(acts)
 
     asyncio.run(main())
-
-
-def _contact_activities(acts: Any) -> Any:
-    """The contacts activities, whether build_activities returns them or a bundle holding them."""
-    return getattr(acts, "contacts", acts)
 
 
 class WorkerProcess:

@@ -62,7 +62,8 @@ from connectors.errors import (
 )
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from connectors.translation import untranslatable
-from models.contact import Contact, SideRecord
+from models.contact import Contact, ContactRecord
+from models.record import SideRecord
 
 #: People's largest connections.list page
 MAX_PAGE_SIZE = 1000
@@ -222,7 +223,7 @@ def _person_to_record(person: dict) -> SideRecord:
     name = person["resourceName"]
     previous = tuple(meta.get("previousResourceNames") or ())
     if meta.get("deleted"):
-        return SideRecord(side="mailbox", external_id=name, deleted=True, etag=person.get("etag"), previous_ids=previous)
+        return ContactRecord(side="mailbox", external_id=name, deleted=True, etag=person.get("etag"), previous_ids=previous)
     problems: list[str] = []
     names = person.get("names") or []
     if len(names) > 1:
@@ -243,10 +244,10 @@ def _person_to_record(person: dict) -> SideRecord:
     )
     sources = meta.get("sources") or []
     source = next((s for s in sources if s.get("type") == "CONTACT"), sources[0] if sources else {})
-    return SideRecord(
+    return ContactRecord(
         side="mailbox",
         external_id=name,
-        contact=contact,
+        content=contact,
         etag=person.get("etag"),
         updated_at=_parse_time(source.get("updateTime")),
         previous_ids=previous,
@@ -549,7 +550,7 @@ class GooglePeopleContacts:
 
     def _create_chunk(self, chunk: list[WriteRequest]) -> list[WriteResult]:
         body = {
-            "contacts": [{"contactPerson": contact_to_person(r.contact, marker=r.marker)} for r in chunk],  # type: ignore[arg-type]
+            "contacts": [{"contactPerson": contact_to_person(r.content, marker=r.marker)} for r in chunk],  # type: ignore[arg-type]
             "readMask": PERSON_FIELDS,
         }
         try:
@@ -570,7 +571,7 @@ class GooglePeopleContacts:
     def _create_one(self, r: WriteRequest) -> WriteResult:
         try:
             person = self._execute(
-                self._people.createContact(body=contact_to_person(r.contact, marker=r.marker), personFields=PERSON_FIELDS)  # type: ignore[arg-type]
+                self._people.createContact(body=contact_to_person(r.content, marker=r.marker), personFields=PERSON_FIELDS)  # type: ignore[arg-type]
             )
         except ConnectorError as err:
             if _is_item_specific(err):
@@ -612,7 +613,7 @@ class GooglePeopleContacts:
                     key=r.key, error=PreconditionFailed("contact changed in the mailbox since it was read", detail={"local": True})
                 )
                 continue
-            person = contact_to_person(r.contact, existing=now, marker=r.marker)  # type: ignore[arg-type]
+            person = contact_to_person(r.content, existing=now, marker=r.marker)  # type: ignore[arg-type]
             person["etag"] = r.etag or now.get("etag")
             to_send.append((r, person))
         if to_send:
@@ -667,7 +668,7 @@ class GooglePeopleContacts:
         )
 
     def _deleted(self, r: WriteRequest) -> WriteResult:
-        return WriteResult(key=r.key, record=SideRecord(side="mailbox", external_id=r.external_id or "", deleted=True))
+        return WriteResult(key=r.key, record=ContactRecord(side="mailbox", external_id=r.external_id or "", deleted=True))
 
     def _delete_chunk(self, chunk: list[WriteRequest]) -> list[WriteResult]:
         names = list(dict.fromkeys(r.external_id for r in chunk))

@@ -73,7 +73,8 @@ from connectors.errors import (
 )
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from connectors.translation import untranslatable
-from models.contact import Contact, SideRecord
+from models.contact import Contact, ContactRecord
+from models.record import SideRecord
 
 #: Same id the emulator documents; a string property in our own GUID namespace.
 MARKER_PROPERTY_ID = "String {5b8f3c1e-7a2d-4e69-9c4b-2f1d6a8e0c37} Name concordMarker"
@@ -221,7 +222,7 @@ def item_to_record(item: Any) -> SideRecord:
 def _item_to_record(item: dict[str, Any]) -> SideRecord:
     iid = item["id"]
     if "@removed" in item:
-        return SideRecord(side="mailbox", external_id=iid, deleted=True)
+        return ContactRecord(side="mailbox", external_id=iid, deleted=True)
     problems: list[str] = []
     emails = []
     for e in item.get("emailAddresses") or []:
@@ -247,10 +248,10 @@ def _item_to_record(item: dict[str, Any]) -> SideRecord:
         job_title=item.get("jobTitle") or "",
         notes=item.get("personalNotes") or "",
     )
-    return SideRecord(
+    return ContactRecord(
         side="mailbox",
         external_id=iid,
-        contact=contact,
+        content=contact,
         etag=_etag_of(item),
         updated_at=_parse_time(item.get("lastModifiedDateTime")),
         problems=tuple(problems),
@@ -529,10 +530,10 @@ class GraphContacts:
 
     def _sub_request(self, op: str, r: WriteRequest, current: dict[str, Any] | None) -> dict[str, Any]:
         if op == "create":
-            return {"method": "POST", "url": self._collection_path(), "body": contact_to_item(r.contact, None, r.marker)}  # type: ignore[arg-type]
+            return {"method": "POST", "url": self._collection_path(), "body": contact_to_item(r.content, None, r.marker)}  # type: ignore[arg-type]
         sub: dict[str, Any] = {"method": "PATCH" if op == "update" else "DELETE", "url": f"/me/contacts/{quote(r.external_id or '', safe='')}"}
         if op == "update":
-            sub["body"] = contact_to_item(r.contact, current, r.marker)  # type: ignore[arg-type]
+            sub["body"] = contact_to_item(r.content, current, r.marker)  # type: ignore[arg-type]
         if r.etag:
             sub["headers"] = {"If-Match": r.etag}
         return sub
@@ -590,7 +591,7 @@ class GraphContacts:
         status = int(answer.get("status") or 0)
         body = answer.get("body")
         if op == "delete" and (status < 300 or status == 404):
-            return WriteResult(key=r.key, record=SideRecord(side="mailbox", external_id=r.external_id or "", deleted=True), calls=share)
+            return WriteResult(key=r.key, record=ContactRecord(side="mailbox", external_id=r.external_id or "", deleted=True), calls=share)
         if status < 300 and isinstance(body, dict):
             return WriteResult(key=r.key, record=item_to_record(body), calls=share)
         if status < 300:

@@ -1,18 +1,21 @@
 """The small protocols every mailbox connector and platform adapter implements.
 
-Everything crossing these boundaries is the canonical `Contact` wrapped in a
-`SideRecord`; failures are the classes in `connectors.errors`. Calls are
-synchronous: activities run them on the worker's thread pool, and the Google
-client library (httplib2) is synchronous anyway.
+One pair per kind of data, all of the same shape: `MailboxSide[T]` and
+`PlatformSide[T]` over the kind's canonical model T (contacts: `Contact`).
+Everything crossing these boundaries is a `SideRecord[T]`; failures are the
+classes in `connectors.errors`. Calls are synchronous: activities run them on the
+worker's thread pool, and the Google client library (httplib2) is synchronous anyway.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from connectors.errors import ConnectorError, Fatal
-from models.contact import Contact, SideRecord
+from models.record import SideRecord
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -34,7 +37,7 @@ class WriteRequest:
     """One write in a batch. `key` is the caller's idempotency key (our action id)."""
 
     key: str
-    contact: Contact | None = None  # None for deletes
+    content: Any = None  # the kind's model; None for deletes
     external_id: str | None = None  # None for creates
     etag: str | None = None  # optimistic concurrency, when the side supports it
     #: Opaque marker stored on the created record so a crashed create can be found
@@ -47,8 +50,8 @@ class WriteRequest:
 
         Connectors report it as this item's error and carry on with the others.
         """
-        if op != "delete" and self.contact is None:
-            return Fatal(f"{op} request without a contact")
+        if op != "delete" and self.content is None:
+            return Fatal(f"{op} request without content")
         if op != "create" and not self.external_id:
             return Fatal(f"{op} request without an external id")
         return None
@@ -63,8 +66,9 @@ class WriteResult:
     calls: float = field(default=1.0)
 
 
-class MailboxContacts(Protocol):
-    """Contacts in one connected mailbox (Google People, Microsoft Graph, CardDAV)."""
+class MailboxSide(Protocol[T]):
+    """One kind's records in one connected mailbox (contacts: Google People, Microsoft
+    Graph, CardDAV)."""
 
     provider: str
 
@@ -103,8 +107,8 @@ class MailboxContacts(Protocol):
         """Provider HTTP calls made by this instance (for benchmarks and spans)."""
 
 
-class PlatformContacts(Protocol):
-    """Contacts on the business platform (CRM, ATS, PM tool), scoped by organisation."""
+class PlatformSide(Protocol[T]):
+    """One kind's records on the business platform (CRM, ATS, PM tool), by organisation."""
 
     def changes_since(self, org_id: str, cursor: str | None, limit: int = 500) -> DeltaPage:
         """Changes (including deletions) after `cursor`, oldest first.
@@ -127,3 +131,8 @@ class PlatformContacts(Protocol):
 
     def delete_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         """Delete records; idempotent."""
+
+
+#: the contacts kind's pair
+MailboxContacts = MailboxSide
+PlatformContacts = PlatformSide

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from models.contact import Side, SideRecord
+from models.record import Side, SideRecord
 
 
 def untranslatable(side: Side, external_id: object, exc: Exception) -> SideRecord:
@@ -22,7 +22,7 @@ def untranslatable(side: Side, external_id: object, exc: Exception) -> SideRecor
     return SideRecord(
         side=side,
         external_id=external_id if isinstance(external_id, str) else "",
-        contact=None,
+        content=None,
         problems=describe(exc),
     )
 

@@ -10,14 +10,10 @@ side and set semantics make three-way merges conflict-free for them.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, field_validator
 
-Side = Literal["mailbox", "platform"]
-SIDES: tuple[Side, Side] = ("mailbox", "platform")
+from models.record import SideRecord, content_hash
+
 
 SCALAR_FIELDS: tuple[str, ...] = ("given_name", "family_name", "company", "job_title", "notes")
 SET_FIELDS: tuple[str, ...] = ("emails", "phones")
@@ -35,10 +31,6 @@ def _unique(value: object, *, key) -> tuple[str, ...]:
         if v:
             chosen.setdefault(key(v), v)
     return tuple(sorted(chosen.values()))
-
-
-def other_side(side: Side) -> Side:
-    return "platform" if side == "mailbox" else "mailbox"
 
 
 class Contact(BaseModel):
@@ -84,25 +76,8 @@ class Contact(BaseModel):
 
     def canonical_hash(self) -> str:
         """Stable digest of the content; used to recognise our own writes echoing back."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
-        return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+        return content_hash(self)
 
 
-class SideRecord(BaseModel):
-    """One record as one side reports it: its id there, its content, or a tombstone."""
-
-    model_config = ConfigDict(frozen=True)
-
-    side: Side
-    external_id: str
-    contact: Contact | None = None
-    deleted: bool = False
-    etag: str | None = None
-    # Provider's modification time, when it reports one (for the newest-wins policy).
-    updated_at: float | None = None
-    # Ids this record was known by before (People `previousResourceNames`).
-    previous_ids: tuple[str, ...] = ()
-    # Owner on the platform side (for scoping which platform records reach a mailbox).
-    owner: str | None = None
-    # Raw problems the connector found translating the payload (malformed input).
-    problems: tuple[str, ...] = ()
+#: a contact as one side reports it
+ContactRecord = SideRecord[Contact]

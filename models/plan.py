@@ -7,26 +7,33 @@ store, never from workflow history.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel, Field
 
-from models.contact import Contact, Side
+from models.record import Side
+
+T = TypeVar("T")
 
 Outcome = Literal["apply", "skip", "conflict", "duplicate", "quarantine", "held"]
 Op = Literal["create", "update", "delete"]
 
 
-class Write(BaseModel):
+class Write(BaseModel, Generic[T]):
     side: Side
     op: Op
     external_id: str | None = None
-    contact: Contact | None = None
+    #: decisions stored before kinds existed call it "contact"
+    content: T | None = Field(default=None, validation_alias=AliasChoices("content", "contact"))
     etag: str | None = None
 
 
-class Decision(BaseModel):
-    """The fate of one item (a linked pair, or one unlinked record) in one cycle."""
+class Decision(BaseModel, Generic[T]):
+    """The fate of one item (a linked pair, or one unlinked record) in one cycle.
+
+    Generic over the kind's content model; a stored decision is read back with its
+    kind's class (`Decision[Contact]`), never the bare one.
+    """
 
     outcome: Outcome
     #: named rule or reason, e.g. "echo_of_own_write", "linked_by_similarity"
@@ -38,9 +45,9 @@ class Decision(BaseModel):
     link: bool = False
     #: remove the link once writes succeed
     unlink: bool = False
-    writes: list[Write] = []
+    writes: list[Write[T]] = []
     #: the new common base once every write succeeded
-    snapshot: Contact | None = None
+    snapshot: T | None = None
     #: conflicting field names (conflict) / problems (quarantine); never values
     fields: list[str] = []
     problems: list[str] = []

@@ -139,7 +139,34 @@ class AnswerOutcome(BaseModel):
     reason: str | None = None
 
 
+#: the order kinds run in within a cycle (contacts first: mail and calendar associate
+#: with the people it links); a kind not named here runs after these, as configured
+KIND_ORDER: tuple[str, ...] = ("contacts", "mail", "calendar")
+
+
+def ordered_kinds(kinds: list[str]) -> list[str]:
+    unique = list(dict.fromkeys(kinds))
+    known = [k for k in KIND_ORDER if k in unique]
+    return known + [k for k in unique if k not in KIND_ORDER]
+
+
+class KindState(BaseModel):
+    """One kind's section of the state query."""
+
+    last_fetch_at: float | None = None
+    cursor_age_s: float | None = None
+    last_counts: CycleCounts = Field(default_factory=CycleCounts)
+    totals: CycleCounts = Field(default_factory=CycleCounts)
+    store: StoreSummary = Field(default_factory=StoreSummary)
+    #: why this kind's last cycle failed (class and type), None when it succeeded
+    last_error: str | None = None
+    guard_tripped: bool = False
+
+
 class SyncState(BaseModel):
+    """The connection's live state. `last_counts`, `totals` and `store` sum every kind;
+    `kinds` has each kind's own section."""
+
     connection_id: str
     health: Health = "active"
     cycles: int = 0
@@ -165,6 +192,7 @@ class SyncState(BaseModel):
     #: answers to reviews the store refused (unknown, another connection's, already
     #: answered, or a choice that does not fit the review)
     ignored_answers: int = 0
+    kinds: dict[str, KindState] = Field(default_factory=dict)
 
 
 class MailboxSyncInput(BaseModel):

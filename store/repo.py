@@ -3,7 +3,7 @@
 Every function takes a `Session` and never commits: the caller owns the transaction,
 which is what lets an activity stage a batch and advance its cursor atomically
 (DESIGN principle 2). Rows come back as SQLAlchemy `Row`s (attribute access,
-immutable); `item_record` and `link_snapshot` turn their JSON back into models.
+immutable); their JSON is read back into models by the kind that owns them.
 
 Bulk paths (staging, links, outcomes, actions) are single executemany statements
 per chunk, so a 10,000-contact first sync costs a handful of round trips, not 10,000.
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from connectors.errors import Fatal, PreconditionFailed
 from pydantic import BaseModel
 
-from models.contact import SIDES, Contact, SideRecord
+from models.record import SIDES, SideRecord
 from store.schema import (
     ACTION_STATUSES,
     AUDIT_OPS,
@@ -107,14 +107,6 @@ class LinkConflict(Exception):
     this connection. Not a stale etag: re-reading the provider will not fix it. Raised
     by the database's unique constraint only when a concurrent writer won a race, so
     a retry (which reads the winner first) settles it."""
-
-
-def item_record(row: Row) -> SideRecord:
-    return SideRecord.model_validate(row.record)
-
-
-def link_snapshot(row: Row) -> Contact:
-    return Contact.model_validate(row.snapshot)
 
 
 # --- organisations and connections ------------------------------------------------

@@ -226,6 +226,11 @@ class CandidateIndex(Generic[K]):
     def normalized(self, key: K) -> NormalizedContact:
         return self._entries[key][1]
 
+    def best(self, contact: Contact, thresholds: Thresholds = Thresholds(), *,
+             exclude: Collection[K] = ()) -> "Match[K]":
+        """The best contact here for `contact` (see `best_match`)."""
+        return best_match(contact, self, thresholds, exclude=exclude)
+
     def block_sizes(self) -> dict[str, int]:
         return {k: len(v) for k, v in self._blocks.items()}
 

@@ -1,28 +1,41 @@
-"""Field-level three-way merge of a contact against the last synced snapshot.
+"""Field-level three-way merge of a record against the last synced snapshot.
 
-Scalars: a field changed on one side only takes that side's value; changed
-differently on both sides it is a conflict that the policy settles (or leaves
-open under the manual policy). Sets (emails, phones): additions from either side
-are kept and removals from either side are applied, which never conflicts and
-loses no edit.
+Any kind's canonical model: its `str` fields are scalars, its `tuple[str, ...]`
+fields sets. Scalars: a field changed on one side only takes that side's value;
+changed differently on both sides it is a conflict that the policy settles (or
+leaves open under the manual policy). Sets (a contact's emails and phones):
+additions from either side are kept and removals from either side are applied,
+which never conflicts and loses no edit.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, get_origin
 
-from models.contact import SCALAR_FIELDS, SET_FIELDS, Contact
+from pydantic import BaseModel
+
 from sync.policy import Policy
 
 
 @dataclass(frozen=True)
 class MergeResult:
-    #: the merged contact; fields left open by a manual policy keep the base value
-    merged: Contact
+    #: the merged record; fields left open by a manual policy keep the base value
+    merged: Any
     #: fields changed differently on both sides (before any policy)
     conflicts: tuple[str, ...]
     #: conflicting fields the policy did not settle (manual) and a person must decide
     unresolved: tuple[str, ...]
+
+
+@lru_cache(maxsize=None)
+def field_kinds(model: type[BaseModel]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(scalar fields, set fields) of a canonical model, in declaration order."""
+    scalars, sets = [], []
+    for name, info in model.model_fields.items():
+        (sets if get_origin(info.annotation) is tuple else scalars).append(name)
+    return tuple(scalars), tuple(sets)
 
 
 def merge_sets(base: tuple[str, ...] | None, mine: tuple[str, ...], theirs: tuple[str, ...]) -> tuple[str, ...]:
@@ -47,9 +60,9 @@ def _settle(policy: Policy, mailbox_value: str, platform_value: str, mailbox_tim
 
 
 def three_way_merge(
-    base: Contact | None,
-    mailbox: Contact,
-    platform: Contact,
+    base: BaseModel | None,
+    mailbox: BaseModel,
+    platform: BaseModel,
     policy: Policy,
     *,
     mailbox_time: float | None = None,
@@ -62,10 +75,12 @@ def three_way_merge(
     they settle exactly those fields and nothing else.
     """
     decided = decided or {}
+    model = type(mailbox)
+    scalar_fields, set_fields = field_kinds(model)
     values: dict[str, object] = {}
     conflicts: list[str] = []
     unresolved: list[str] = []
-    for name in SCALAR_FIELDS:
+    for name in scalar_fields:
         m, p = getattr(mailbox, name), getattr(platform, name)
         b = getattr(base, name) if base is not None else None
         if m == p:
@@ -89,7 +104,7 @@ def three_way_merge(
                 values[name] = b if b is not None else p
             else:
                 values[name] = settled
-    for name in SET_FIELDS:
+    for name in set_fields:
         b = getattr(base, name) if base is not None else None
         values[name] = merge_sets(b, getattr(mailbox, name), getattr(platform, name))
-    return MergeResult(Contact(**values), tuple(conflicts), tuple(unresolved))
+    return MergeResult(model(**values), tuple(conflicts), tuple(unresolved))

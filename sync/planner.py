@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from models.contact import Contact, Side, SideRecord
+from typing import Any
+
 from models.plan import Decision, Write
-from sync.matching import CandidateIndex, Match, Thresholds, best_match, score
-from sync.merge import three_way_merge
-from sync.normalize import contact_problems
+from models.record import Side, SideRecord
+from sync.kinds import KindRules, MatchIndex
+from sync.matching import Match, Thresholds
 from sync.policy import SyncSettings
 
 
@@ -30,7 +31,7 @@ class LinkState:
     link_id: int
     mailbox_id: str
     platform_id: str
-    snapshot: Contact
+    snapshot: Any  # the kind's content, as last synced
     mailbox_hash: str
     platform_hash: str
     mailbox_etag: str | None = None
@@ -54,6 +55,8 @@ class PlanInput:
     mailbox: Mapping[str, SideRecord]
     platform: Mapping[str, SideRecord]
     settings: SyncSettings
+    #: the kind's pure rules (problems, merge, matching, hash)
+    rules: KindRules
     links_by_mailbox: Mapping[str, LinkState] = field(default_factory=dict)
     links_by_platform: Mapping[str, LinkState] = field(default_factory=dict)
     #: open reviews by the item they hold: ("mailbox"|"platform", external id)
@@ -82,10 +85,10 @@ class Plan:
         return out
 
 
-def _problems(record: SideRecord, settings: SyncSettings) -> list[str]:
+def _problems(record: SideRecord, inp: PlanInput) -> list[str]:
     problems = list(record.problems)
-    if record.contact is not None:
-        problems += contact_problems(record.contact, max_field_len=settings.max_field_len)
+    if record.content is not None:
+        problems += inp.rules.problems(record.content, inp.settings)
     return problems
 
 
@@ -130,7 +133,7 @@ def plan(inp: PlanInput) -> Plan:
             deleting = [
                 lid for lid, g in linked.items()
                 if g.get(side_key) is not None and g[side_key].deleted
-                and not _changed(g, "p" if side_key == "m" else "m")
+                and not _changed(g, "p" if side_key == "m" else "m", inp.rules)
             ]
             total = max(inp.link_count, len(linked))
             if len(deleting) >= settings.mass_delete_min and len(deleting) > settings.mass_delete_ratio * total:
@@ -158,7 +161,7 @@ def plan(inp: PlanInput) -> Plan:
     return Plan(decisions, guard_tripped=bool(held), held_deletes=len(held))
 
 
-def _changed(group: dict, key: str) -> bool:
+def _changed(group: dict, key: str, rules: KindRules) -> bool:
     """Whether the group holds a real (non-echo) change on that side."""
     rec: SideRecord | None = group.get(key)
     if rec is None:
@@ -166,10 +169,10 @@ def _changed(group: dict, key: str) -> bool:
     link: LinkState = group["link"]
     if rec.deleted:
         return True
-    if rec.contact is None:
+    if rec.content is None:
         return bool(rec.problems)  # a change the connector could not read: quarantined, not skipped
     own_hash = link.mailbox_hash if key == "m" else link.platform_hash
-    return rec.contact is not None and rec.contact.canonical_hash() != own_hash
+    return rec.content is not None and rules.hash(rec.content) != own_hash
 
 
 def _plan_linked(g: dict, inp: PlanInput) -> Decision:
@@ -189,7 +192,7 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
     if review is not None and review.kind == "conflict":
         base["review_id"] = review.review_id
 
-    m_changed, p_changed = _changed(g, "m"), _changed(g, "p")
+    m_changed, p_changed = _changed(g, "m", inp.rules), _changed(g, "p", inp.rules)
     m_deleted = m is not None and m.deleted
     p_deleted = p is not None and p.deleted
 
@@ -200,16 +203,16 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
         gone_side: Side = "mailbox" if m_deleted else "platform"
         survivor = p if m_deleted else m
         survivor_changed = p_changed if m_deleted else m_changed
-        if survivor_changed and survivor is not None and survivor.contact is not None:
-            problems = _problems(survivor, settings)
+        if survivor_changed and survivor is not None and survivor.content is not None:
+            problems = _problems(survivor, inp)
             if problems:
                 return Decision(outcome="quarantine", rule="malformed_input", problems=problems, **base)
-            contact = survivor.contact
+            content = survivor.content
             # The deleted side gets the record back; the link is re-made to the new id.
             return Decision(
                 outcome="apply", rule="edit_beats_delete", unlink=True, link=True,
-                writes=[Write(side=gone_side, op="create", contact=contact)],
-                snapshot=contact, link_id=link.link_id, renamed_from=renamed_from,
+                writes=[Write(side=gone_side, op="create", content=content)],
+                snapshot=content, link_id=link.link_id, renamed_from=renamed_from,
                 review_id=base.get("review_id"),
                 mailbox_id=m.external_id if m else None,
                 platform_id=p.external_id if p else None,
@@ -241,14 +244,14 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
 
     for rec in (m if m_changed else None, p if p_changed else None):
         if rec is not None:
-            problems = _problems(rec, settings)
+            problems = _problems(rec, inp)
             if problems:
                 return Decision(outcome="quarantine", rule="malformed_input", problems=problems, **base)
 
-    mailbox_now = m.contact if m_changed and m and m.contact else link.snapshot
-    platform_now = p.contact if p_changed and p and p.contact else link.snapshot
+    mailbox_now = m.content if m_changed and m and m.content else link.snapshot
+    platform_now = p.content if p_changed and p and p.content else link.snapshot
     decided = _decided_fields(review, mailbox_now, platform_now)
-    result = three_way_merge(
+    result = inp.rules.merge(
         link.snapshot, mailbox_now, platform_now, settings.policy,
         mailbox_time=m.updated_at if m else None,
         platform_time=p.updated_at if p else None,
@@ -262,10 +265,10 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
     # Writes carry the freshest version each side reported (a record can come back with
     # a new etag and the same content; the link's older etag would be refused forever).
     if merged != platform_now:
-        writes.append(Write(side="platform", op="update", external_id=link.platform_id, contact=merged,
+        writes.append(Write(side="platform", op="update", external_id=link.platform_id, content=merged,
                             etag=(p.etag if p and p.etag else link.platform_etag)))
     if merged != mailbox_now:
-        writes.append(Write(side="mailbox", op="update", external_id=mailbox_id, contact=merged,
+        writes.append(Write(side="mailbox", op="update", external_id=mailbox_id, content=merged,
                             etag=(m.etag if m and m.etag else link.mailbox_etag)))
     if result.conflicts:
         rule = f"conflict_settled_{settings.policy}" if not decided else "conflict_resolved_by_person"
@@ -278,7 +281,7 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
                     **{**base, "mailbox_id": mailbox_id if m else None})
 
 
-def _decided_fields(review: Review | None, mailbox: Contact, platform: Contact) -> dict[str, str] | None:
+def _decided_fields(review: Review | None, mailbox: Any, platform: Any) -> dict[str, str] | None:
     if review is None or review.kind != "conflict" or not review.resolution:
         return None
     choice = review.resolution.get("choice")
@@ -309,15 +312,16 @@ def _plan_unlinked(
 
     # The pool mailbox records are matched against: platform records new in this
     # batch plus live platform records found by blocking key. Keys are ("p", id).
-    pool: CandidateIndex[str] = CandidateIndex()
+    rules = inp.rules
+    pool: MatchIndex[str] = rules.new_index()
     pool_records: dict[str, SideRecord] = {}
     linked_platform = set(inp.links_by_platform)
     # Linked platform records in this batch (often our own writes echoing back) are in
     # the pool too: a new mailbox record like one of them is a duplicate, not a new person.
     for rec in list(inp.platform.values()) + list(inp.platform_candidates.values()):
-        if rec.deleted or rec.contact is None or rec.external_id in pool_records or rec.external_id in deleting:
+        if rec.deleted or rec.content is None or rec.external_id in pool_records or rec.external_id in deleting:
             continue
-        pool.add(rec.external_id, rec.contact)
+        pool.add(rec.external_id, rec.content)
         pool_records[rec.external_id] = rec
     neighbour_links = {lid: link for lid, link in inp.neighbour_links.items() if lid not in unlinking}
     linked_platform -= {link.platform_id for link in inp.links_by_platform.values() if link.link_id in unlinking}
@@ -331,13 +335,13 @@ def _plan_unlinked(
         if side == "mailbox" and r.kind == "duplicate" and r.resolution is None and r.candidate_id
     }
     # records this cycle is about to create on the other side, to catch twins in one batch
-    batch_new: CandidateIndex[str] = CandidateIndex()
+    batch_new: MatchIndex[str] = rules.new_index()
 
     for m in new_mailbox:
         review = inp.reviews.get(("mailbox", m.external_id))
         rid = review.review_id if review else None
-        problems = _problems(m, settings)
-        if m.deleted or (m.contact is None and not problems):
+        problems = _problems(m, inp)
+        if m.deleted or (m.content is None and not problems):
             out.append(Decision(outcome="skip", rule="deleted_before_linked", mailbox_id=m.external_id, review_id=rid))
             continue
         if problems:
@@ -347,9 +351,9 @@ def _plan_unlinked(
         if review and review.kind == "conflict" and review.resolution and review.platform_id in pool_records:
             # A person settled the fields two similar records disagreed on: link them so.
             target = pool_records[review.platform_id]
-            assert target.contact is not None
-            out.append(_link_pair(m, target, settings, rule="conflict_resolved_by_person", review_id=rid,
-                                  decided=_decided_fields(review, m.contact, target.contact)))
+            assert target.content is not None
+            out.append(_link_pair(m, target, inp, rule="conflict_resolved_by_person", review_id=rid,
+                                  decided=_decided_fields(review, m.content, target.content)))
             consumed.add(target.external_id)
             continue
         answer = (review.resolution or {}).get("choice") if review and review.kind == "duplicate" else None
@@ -360,22 +364,22 @@ def _plan_unlinked(
         held = review.candidate_id if review and review.kind == "duplicate" else None
         if answer == "link" and held in pool_records and held not in linked_platform:
             target = pool_records[held]
-            out.append(_link_pair(m, target, settings, rule="linked_by_reviewer", review_id=rid))
+            out.append(_link_pair(m, target, inp, rule="linked_by_reviewer", review_id=rid))
             consumed.add(target.external_id)
             continue
         if answer != "create":
-            match = best_match(m.contact, pool, thresholds, exclude=consumed)
+            match = pool.best(m.content, thresholds, exclude=consumed)
             if held in pool_records and held not in consumed and match.key != held:
                 # The index is an approximation (capped blocks): re-score the candidate a
                 # review already names rather than let a held duplicate become a record.
-                direct = score(m.contact, pool_records[held].contact)
+                direct = rules.score(m.content, pool_records[held].content)
                 if direct.score >= thresholds.review and direct.score > match.score:
                     kind = "auto" if direct.score >= thresholds.auto else "review"
                     match = Match(kind, held, direct.score, direct.reasons)
         if match is not None and match.kind != "none" and match.key is not None:
             target = pool_records[match.key]
             if match.kind == "auto" and match.key not in linked_platform:
-                out.append(_link_pair(m, target, settings, rule="linked_by_similarity",
+                out.append(_link_pair(m, target, inp, rule="linked_by_similarity",
                                       score=match.score, review_id=rid))
                 consumed.add(match.key)
                 continue
@@ -392,17 +396,17 @@ def _plan_unlinked(
     # Platform records no mailbox record claimed. Compare them with the mailbox
     # contacts already linked here, so a CRM-side duplicate does not become a
     # second contact in the mailbox.
-    neighbours: CandidateIndex[int] = CandidateIndex()
+    neighbours: MatchIndex[int] = rules.new_index()
     for lid, link in neighbour_links.items():
         neighbours.add(lid, link.snapshot)
-    batch_new_p: CandidateIndex[str] = CandidateIndex()
+    batch_new_p: MatchIndex[str] = rules.new_index()
     for p in new_platform:
         if p.external_id in consumed:
             continue
         review = inp.reviews.get(("platform", p.external_id))
         rid = review.review_id if review else None
-        problems = _problems(p, settings)
-        if p.deleted or (p.contact is None and not problems):
+        problems = _problems(p, inp)
+        if p.deleted or (p.content is None and not problems):
             out.append(Decision(outcome="skip", rule="deleted_before_linked", platform_id=p.external_id, review_id=rid))
             continue
         if not _in_scope(p, settings):
@@ -421,7 +425,7 @@ def _plan_unlinked(
             out.append(Decision(outcome="skip", rule="ignored_by_reviewer", platform_id=p.external_id, review_id=rid))
             continue
         if answer != "create":
-            match = best_match(p.contact, neighbours, thresholds)
+            match = neighbours.best(p.content, thresholds)
             if match.kind != "none" and match.key is not None:
                 link = neighbour_links[match.key]
                 out.append(Decision(
@@ -434,35 +438,35 @@ def _plan_unlinked(
     return out
 
 
-def _create_unless_twin(rec: SideRecord, batch_new: CandidateIndex[str], thresholds: Thresholds,
+def _create_unless_twin(rec: SideRecord, batch_new: MatchIndex[str], thresholds: Thresholds,
                         answer: str | None, review_id: int | None) -> Decision:
     """Create `rec` on the other side, unless this batch already creates the same person
     from its own side (the side holds them twice): then one record, one review."""
-    assert rec.contact is not None
+    assert rec.content is not None
     side = rec.side
     ids = {"mailbox_id": rec.external_id} if side == "mailbox" else {"platform_id": rec.external_id}
     if answer != "create":
-        twin = best_match(rec.contact, batch_new, thresholds)
+        twin = batch_new.best(rec.content, thresholds)
         if twin.kind != "none" and twin.key is not None:
             return Decision(outcome="duplicate", rule=f"duplicate_{'in_mailbox' if side == 'mailbox' else 'on_platform'}",
                             candidate_side=side, candidate_id=twin.key, score=round(twin.score, 4),
                             review_id=review_id, **ids)
-    batch_new.add(rec.external_id, rec.contact)
+    batch_new.add(rec.external_id, rec.content)
     target = "platform" if side == "mailbox" else "mailbox"
     return Decision(
         outcome="apply", rule=f"created_{'on_platform' if target == 'platform' else 'in_mailbox'}"
         if answer != "create" else "created_by_reviewer",
-        link=True, snapshot=rec.contact, review_id=review_id,
-        writes=[Write(side=target, op="create", contact=rec.contact)],
+        link=True, snapshot=rec.content, review_id=review_id,
+        writes=[Write(side=target, op="create", content=rec.content)],
         **ids, **({"mailbox_etag": rec.etag} if side == "mailbox" else {"platform_etag": rec.etag}),
     )
 
 
-def _link_pair(m: SideRecord, p: SideRecord, settings: SyncSettings, *, rule: str,
+def _link_pair(m: SideRecord, p: SideRecord, inp: PlanInput, *, rule: str,
                score: float | None = None, review_id: int | None = None,
                decided: dict[str, str] | None = None) -> Decision:
-    assert m.contact is not None and p.contact is not None
-    result = three_way_merge(None, m.contact, p.contact, settings.policy,
+    assert m.content is not None and p.content is not None
+    result = inp.rules.merge(None, m.content, p.content, inp.settings.policy,
                              mailbox_time=m.updated_at, platform_time=p.updated_at, decided=decided)
     if result.unresolved:
         return Decision(outcome="conflict", rule="manual_policy", mailbox_id=m.external_id,
@@ -470,10 +474,10 @@ def _link_pair(m: SideRecord, p: SideRecord, settings: SyncSettings, *, rule: st
                         score=score, review_id=review_id)
     merged = result.merged
     writes: list[Write] = []
-    if merged != p.contact:
-        writes.append(Write(side="platform", op="update", external_id=p.external_id, contact=merged, etag=p.etag))
-    if merged != m.contact:
-        writes.append(Write(side="mailbox", op="update", external_id=m.external_id, contact=merged, etag=m.etag))
+    if merged != p.content:
+        writes.append(Write(side="platform", op="update", external_id=p.external_id, content=merged, etag=p.etag))
+    if merged != m.content:
+        writes.append(Write(side="mailbox", op="update", external_id=m.external_id, content=merged, etag=m.etag))
     return Decision(outcome="apply", rule=rule, mailbox_id=m.external_id, platform_id=p.external_id,
                     link=True, writes=writes, snapshot=merged, fields=list(result.conflicts),
                     mailbox_etag=m.etag, platform_etag=p.etag,

@@ -40,7 +40,8 @@ from connectors.errors import (
     Transient,
 )
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
-from models.contact import Contact, SideRecord
+from models.contact import Contact, ContactRecord
+from models.record import SideRecord
 from platforms.reference_crm.rules import Rule, first_violation
 from platforms.reference_crm.service import IdempotencyKeyReused
 from sync.normalize import blocking_keys
@@ -279,12 +280,12 @@ class MemoryMailbox:
             return results
 
     def _create_one(self, r: WriteRequest) -> SideRecord:
-        iid = self._create(r.contact, r.marker)
+        iid = self._create(r.content, r.marker)
         return self._record(iid, self._items[iid])
 
     def _update_one(self, r: WriteRequest) -> SideRecord:
         item = self._require(r)
-        self._write(item, r.contact)  # type: ignore[arg-type]
+        self._write(item, r.content)  # type: ignore[arg-type]
         if r.marker is not None:
             item.marker = r.marker
         return self._record(r.external_id, item)  # type: ignore[arg-type]
@@ -294,7 +295,7 @@ class MemoryMailbox:
             item = self._require(r)
             self._bump(item)
             item.deleted = True
-        return SideRecord(side="mailbox", external_id=r.external_id or "", deleted=True)
+        return ContactRecord(side="mailbox", external_id=r.external_id or "", deleted=True)
 
     def _require(self, r: WriteRequest) -> _Contact:
         item = self._live(r.external_id or "")
@@ -332,8 +333,8 @@ class MemoryMailbox:
 
     def _record(self, iid: str, item: _Contact) -> SideRecord:
         if item.deleted:
-            return SideRecord(side="mailbox", external_id=iid, deleted=True)
-        return SideRecord(side="mailbox", external_id=iid, contact=item.contact, etag=self._etag(item),
+            return ContactRecord(side="mailbox", external_id=iid, deleted=True)
+        return ContactRecord(side="mailbox", external_id=iid, content=item.contact, etag=self._etag(item),
                           updated_at=item.updated_at, problems=item.problems)
 
 
@@ -446,7 +447,7 @@ class MemoryPlatform:
             self._call("get_many")
             records = self._org(org_id).records
             return [
-                self._side(i, records[i]) if i in records else SideRecord(side="platform", external_id=i, deleted=True)
+                self._side(i, records[i]) if i in records else ContactRecord(side="platform", external_id=i, deleted=True)
                 for i in external_ids
             ]
 
@@ -483,11 +484,11 @@ class MemoryPlatform:
         """One write with its idempotency key: a retry with the same request returns the first result."""
         share = 1.0 / max(n, 1)
         fp = _fingerprint(op=op, id=r.external_id, etag=r.etag, owner=r.owner,
-                          contact=r.contact.model_dump(mode="json") if r.contact is not None else None)
+                          content=r.content.model_dump(mode="json") if r.content is not None else None)
         if op == "delete":
             malformed = r.malformed("delete")
         else:
-            malformed = Fatal("upsert without a contact") if r.contact is None else None
+            malformed = Fatal("upsert without content") if r.content is None else None
         try:
             if malformed is not None:
                 raise malformed
@@ -506,7 +507,7 @@ class MemoryPlatform:
         return WriteResult(key=r.key, record=record, calls=share)
 
     def _upsert_one(self, org: _Org, r: WriteRequest) -> SideRecord:
-        contact = r.contact
+        contact = r.content
         assert contact is not None
         if r.external_id is None:
             self._check_rules(org, contact)
@@ -523,7 +524,7 @@ class MemoryPlatform:
     def _delete_one(self, org: _Org, r: WriteRequest) -> SideRecord:
         rec = org.records.get(r.external_id or "")
         if rec is None:
-            return SideRecord(side="platform", external_id=r.external_id or "", deleted=True)
+            return ContactRecord(side="platform", external_id=r.external_id or "", deleted=True)
         if not rec.deleted:
             self._check_version(rec, r.etag)
             self._delete(rec)
@@ -569,5 +570,5 @@ class MemoryPlatform:
 
     @staticmethod
     def _side(iid: str, rec: _Record) -> SideRecord:
-        return SideRecord(side="platform", external_id=iid, contact=None if rec.deleted else rec.contact,
+        return ContactRecord(side="platform", external_id=iid, content=None if rec.deleted else rec.contact,
                           deleted=rec.deleted, etag=str(rec.version), updated_at=rec.updated_at, owner=rec.owner)

@@ -26,7 +26,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 from activities.boundary import ScrubFailures
 from activities.errors import to_application_error
 from connectors.errors import RateLimited
-from models.contact import SideRecord
+from models.record import SideRecord
 from tests.test_contacts_e2e import _decoded_payloads
 
 SECRET = "grace.hopper.secret@example.org"

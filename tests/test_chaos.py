@@ -194,7 +194,7 @@ async def test_initial_sync_under_kills_and_throttling_converges_with_nothing_lo
                             for i in repo.items_by_status(s, sc.connection_id, [st_])]
             unfinished = repo.actions_by_status(s, sc.connection_id, ["planned", "platform_done", "mailbox_started"])
         waiting_emails = {e.casefold() for row in waiting_rows for e in
-                          ((row.record.get("contact") or {}).get("emails") or [])}
+                          ((row.record.get("content") or {}).get("emails") or [])}
         assert counts.get("pending", 0) == 0 and not unfinished, ("stuck items", counts, len(unfinished))
         assert all(row.rule == "held_by_open_review" for row in waiting_rows if row.status == "deferred")
         # No loss: every mailbox person is on the platform and every person the user

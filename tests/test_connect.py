@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from activities.contacts import ConnectionInfo
+from activities.pipeline import ConnectionInfo
 from api.app import signed_start_authorizer, start_link
 from api.connect import ConnectDeps, Connected, connect_router
 from connectors.errors import ReauthRequired
@@ -210,7 +210,7 @@ def test_microsoft_connect_form_post(rig):
     # The Graph connector built from the vault lists the mailbox with the issued token.
     mailbox = MailboxBuilder(rig.sessions, rig.vault, rig.providers)(rig.info(cid))
     page = mailbox.list_changes(None)
-    assert [r.contact.given_name for r in page.records if not r.deleted] == ["Edsger"]
+    assert [r.content.given_name for r in page.records if not r.deleted] == ["Edsger"]
     # A token the vault still believes in but Graph refuses (401): refreshed once, call repeated.
     rig.microsoft.access_tokens[tokens.access_token].revoked = True
     page = mailbox.list_changes(None)
@@ -353,7 +353,7 @@ def test_google_people_from_vault_refreshes_and_rotates(rig):
     first = rig.vault.get(cid)
     mailbox = MailboxBuilder(rig.sessions, rig.vault, rig.providers)(rig.info(cid))
     page = mailbox.list_changes(None)
-    names = sorted(r.contact.given_name for r in page.records)
+    names = sorted(r.content.given_name for r in page.records)
     assert names == ["Alan", "Grace"]
     assert rig.google.counters["token_refresh"] == 0  # the connect-time token was used
 

@@ -24,7 +24,8 @@ from emulators.google_people import create_app as people_app
 from emulators.graph import GraphState
 from emulators.graph import create_app as graph_app
 from emulators.server import serve
-from models.contact import Contact, SideRecord
+from models.contact import Contact
+from models.record import SideRecord
 from tests.memory_connectors import MemoryMailbox, rate_limited
 
 PAGE = 2  # small pages, so every round spans several
@@ -140,7 +141,7 @@ def test_full_listing_then_delta_sees_each_change_once_last_state_wins(mailbox):
     full, cursor = round_of(mailbox, None)
     listed = by_id(full)
     assert set(listed) == {a, b, c} and not any(r.deleted for r in full)
-    assert listed[b].contact == person(2)
+    assert listed[b].content == person(2)
     assert all(r.etag and r.updated_at is not None for r in full)  # for If-Match and newest-wins
 
     mailbox.edit(a, person(1, job_title="CTO"))
@@ -151,9 +152,9 @@ def test_full_listing_then_delta_sees_each_change_once_last_state_wins(mailbox):
     mailbox.delete(e)
     delta, cursor2 = round_of(mailbox, cursor)  # fresh instances resume cursor and pages
     changed = by_id(delta)
-    assert changed[a].contact.job_title == "CEO" and changed[a].updated_at >= listed[a].updated_at
-    assert changed[b].deleted and changed[b].contact is None
-    assert changed[d].contact == person(4)
+    assert changed[a].content.job_title == "CEO" and changed[a].updated_at >= listed[a].updated_at
+    assert changed[b].deleted and changed[b].content is None
+    assert changed[d].content == person(4)
     assert set(changed) - {a, b, d} <= {e} and (e not in changed or changed[e].deleted)
     assert c not in changed
 
@@ -164,9 +165,9 @@ def test_full_listing_then_delta_sees_each_change_once_last_state_wins(mailbox):
 def test_our_own_writes_come_back_in_the_next_delta(mailbox):
     conn = mailbox.connect()
     _, cursor = round_of(conn, None)
-    [made] = conn.create_many([WriteRequest(key="c", contact=person(1))])
+    [made] = conn.create_many([WriteRequest(key="c", content=person(1))])
     changes, _ = round_of(mailbox.connect(), cursor)
-    assert [(r.external_id, r.contact) for r in changes] == [(made.record.external_id, person(1))]
+    assert [(r.external_id, r.content) for r in changes] == [(made.record.external_id, person(1))]
     assert changes[0].etag == made.record.etag
 
 
@@ -191,7 +192,7 @@ def test_get_reads_the_current_state_and_a_missing_id_is_not_found(mailbox):
     conn = mailbox.connect()
     [listed], _ = round_of(conn, None)
     got = conn.get(iid)
-    assert got.external_id == iid and got.contact == person(1) and got.etag == listed.etag
+    assert got.external_id == iid and got.content == person(1) and got.etag == listed.etag
     with pytest.raises(NotFound):
         conn.get(mailbox.missing_id)
     mailbox.delete(iid)
@@ -203,9 +204,9 @@ def test_find_by_markers_finds_created_records_by_marker_and_nothing_else(mailbo
     mailbox.seed([person(n) for n in range(4)])
     conn = mailbox.connect()
     made = conn.create_many([
-        WriteRequest(key="a", contact=person(10), marker="concord:a"),
-        WriteRequest(key="b", contact=person(11)),
-        WriteRequest(key="c", contact=person(12), marker="concord:c"),
+        WriteRequest(key="a", content=person(10), marker="concord:a"),
+        WriteRequest(key="b", content=person(11)),
+        WriteRequest(key="c", content=person(12), marker="concord:c"),
     ])
     beats: list[int] = []
     found = mailbox.connect().find_by_markers(["concord:a", "concord:c", "concord:never"], heartbeat=lambda: beats.append(1))
@@ -213,12 +214,12 @@ def test_find_by_markers_finds_created_records_by_marker_and_nothing_else(mailbo
         "concord:a": made[0].record.external_id,
         "concord:c": made[2].record.external_id,
     }
-    assert found["concord:c"].contact == person(12) and beats
+    assert found["concord:c"].content == person(12) and beats
     assert conn.find_by_marker("concord:a").external_id == made[0].record.external_id
     assert conn.find_by_marker("concord:b") is None
     # The marker survives an update that does not mention it; a deleted contact is not found.
-    conn.update_many([WriteRequest(key="u", external_id=made[0].record.external_id, contact=person(10, job_title="CTO"))])
-    assert conn.find_by_marker("concord:a").contact.job_title == "CTO"
+    conn.update_many([WriteRequest(key="u", external_id=made[0].record.external_id, content=person(10, job_title="CTO"))])
+    assert conn.find_by_marker("concord:a").content.job_title == "CTO"
     mailbox.delete(made[2].record.external_id)
     assert mailbox.connect().find_by_markers(["concord:c"]) == {}
 
@@ -238,12 +239,12 @@ def test_a_throttled_read_raises_rate_limited_with_its_delay(mailbox):
 def test_created_contacts_round_trip_and_calls_are_counted(mailbox):
     conn = mailbox.connect()
     before = conn.calls_made
-    requests = [WriteRequest(key=f"k{n}", contact=person(n), marker=f"m{n}") for n in range(3)]
+    requests = [WriteRequest(key=f"k{n}", content=person(n), marker=f"m{n}") for n in range(3)]
     results = conn.create_many(requests[:1] + [WriteRequest(key="malformed")] + requests[1:])
     assert [r.key for r in results] == ["k0", "malformed", "k1", "k2"] and isinstance(results.pop(1).error, Fatal)
     assert all(r.error is None for r in results)
-    assert [conn.get(r.record.external_id).contact for r in results] == [person(0), person(1), person(2)]
-    assert [r.record.contact for r in results] == [person(0), person(1), person(2)]
+    assert [conn.get(r.record.external_id).content for r in results] == [person(0), person(1), person(2)]
+    assert [r.record.content for r in results] == [person(0), person(1), person(2)]
     assert conn.calls_made > before and sum(r.calls for r in results) > 0
 
 
@@ -254,12 +255,12 @@ def test_writes_answer_each_request_in_order_and_item_errors_stay_per_item(mailb
     mailbox.edit(stale, person(2, job_title="changed by the user"))
     mailbox.delete(gone)
     results = conn.update_many([
-        WriteRequest(key="ok1", external_id=ok1, contact=person(1, company="One"), etag=etags[ok1]),
-        WriteRequest(key="stale", external_id=stale, contact=person(2, company="Two"), etag=etags[stale]),
-        WriteRequest(key="gone", external_id=gone, contact=person(3, company="Three"), etag=etags[gone]),
+        WriteRequest(key="ok1", external_id=ok1, content=person(1, company="One"), etag=etags[ok1]),
+        WriteRequest(key="stale", external_id=stale, content=person(2, company="Two"), etag=etags[stale]),
+        WriteRequest(key="gone", external_id=gone, content=person(3, company="Three"), etag=etags[gone]),
         WriteRequest(key="malformed", external_id=ok2),
-        WriteRequest(key="missing", external_id=mailbox.missing_id, contact=person(5)),
-        WriteRequest(key="ok2", external_id=ok2, contact=person(4, company="Four")),
+        WriteRequest(key="missing", external_id=mailbox.missing_id, content=person(5)),
+        WriteRequest(key="ok2", external_id=ok2, content=person(4, company="Four")),
     ])
     assert [r.key for r in results] == ["ok1", "stale", "gone", "malformed", "missing", "ok2"]
     errors = {r.key: r.error for r in results}
@@ -267,18 +268,18 @@ def test_writes_answer_each_request_in_order_and_item_errors_stay_per_item(mailb
     assert isinstance(errors["stale"], PreconditionFailed)
     assert isinstance(errors["gone"], NotFound) and isinstance(errors["missing"], NotFound)
     assert isinstance(errors["malformed"], Fatal)
-    assert conn.get(ok1).contact.company == "One" and conn.get(ok2).contact.company == "Four"
-    assert conn.get(stale).contact.job_title == "changed by the user"
+    assert conn.get(ok1).content.company == "One" and conn.get(ok2).content.company == "Four"
+    assert conn.get(stale).content.job_title == "changed by the user"
 
 
 def test_an_update_with_the_current_etag_lands_and_changes_the_etag(mailbox):
     [iid] = mailbox.seed([person(1)])
     conn = mailbox.connect()
     current = conn.get(iid)
-    [res] = conn.update_many([WriteRequest(key="u", external_id=iid, contact=person(1, notes="met at the fair"), etag=current.etag)])
-    assert res.error is None and res.record.contact.notes == "met at the fair"
+    [res] = conn.update_many([WriteRequest(key="u", external_id=iid, content=person(1, notes="met at the fair"), etag=current.etag)])
+    assert res.error is None and res.record.content.notes == "met at the fair"
     assert res.record.etag != current.etag and conn.get(iid).etag == res.record.etag
-    [again] = conn.update_many([WriteRequest(key="u2", external_id=iid, contact=person(1), etag=current.etag)])
+    [again] = conn.update_many([WriteRequest(key="u2", external_id=iid, content=person(1), etag=current.etag)])
     assert isinstance(again.error, PreconditionFailed)
 
 
@@ -304,7 +305,7 @@ def test_deleting_an_already_missing_contact_counts_as_deleted(mailbox):
 def test_a_throttled_write_is_every_items_error_not_raised(mailbox):
     conn = mailbox.connect()
     mailbox.throttle_next_call()
-    results = conn.create_many([WriteRequest(key=f"k{n}", contact=person(n)) for n in range(3)])
+    results = conn.create_many([WriteRequest(key=f"k{n}", content=person(n)) for n in range(3)])
     assert [r.key for r in results] == ["k0", "k1", "k2"]
     assert all(isinstance(r.error, RateLimited) and r.error.retry_after == 3 for r in results)
     assert round_of(conn, None)[0] == []  # nothing was written
@@ -323,7 +324,7 @@ def test_a_delete_with_a_stale_etag(mailbox):
         assert res.error is None and res.record.deleted
     else:
         assert isinstance(res.error, PreconditionFailed)
-        assert conn.get(iid).contact.job_title == "changed by the user"
+        assert conn.get(iid).content.job_title == "changed by the user"
 
 
 def test_concurrent_writers_lose_nothing(mailbox):
@@ -335,7 +336,7 @@ def test_concurrent_writers_lose_nothing(mailbox):
         try:
             conn = mailbox.connect()  # one per thread: the Google client is not thread-safe
             for n in range(5):
-                [res] = conn.create_many([WriteRequest(key=f"t{t}-{n}", contact=person(10 * t + n), marker=f"t{t}-{n}")])
+                [res] = conn.create_many([WriteRequest(key=f"t{t}-{n}", content=person(10 * t + n), marker=f"t{t}-{n}")])
                 assert res.error is None
         except BaseException as exc:  # surfaced below
             errors.append(exc)
@@ -347,7 +348,7 @@ def test_concurrent_writers_lose_nothing(mailbox):
         th.join()
     assert errors == []
     full, _ = round_of(mailbox, None)
-    assert sorted(r.contact.given_name for r in full) == sorted(f"Given{10 * t + n}" for t in range(4) for n in range(5))
+    assert sorted(r.content.given_name for r in full) == sorted(f"Given{10 * t + n}" for t in range(4) for n in range(5))
 
 
 def test_the_memory_mailbox_is_deterministic():
@@ -355,7 +356,7 @@ def test_the_memory_mailbox_is_deterministic():
         mailbox = MemoryMailbox(page_size=2)
         ids = [mailbox.user_create(person(n)) for n in range(3)]
         first = mailbox.list_changes(None)
-        made = mailbox.create_many([WriteRequest(key="k", contact=person(9), marker="m")])
+        made = mailbox.create_many([WriteRequest(key="k", content=person(9), marker="m")])
         mailbox.user_edit(ids[0], person(0, job_title="CTO"))
         return [ids, first, made[0].record, round_of(mailbox, None)]
 

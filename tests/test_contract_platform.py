@@ -15,7 +15,8 @@ import pytest
 
 from connectors.errors import CursorExpired, Fatal, NotFound, PreconditionFailed, ValidationRejected
 from connectors.protocols import PlatformContacts, WriteRequest
-from models.contact import Contact, SideRecord
+from models.contact import Contact
+from models.record import SideRecord
 from platforms.reference_crm import ReferenceCrm, ReferenceCrmContacts, Rule
 from sync.normalize import blocking_keys
 from tests.memory_connectors import MemoryPlatform
@@ -104,7 +105,7 @@ def feed(adapter: PlatformContacts, org: str, cursor: str | None, limit: int = 5
 
 
 def upsert(adapter: PlatformContacts, key: str, contact: Contact, **kw) -> SideRecord:
-    [res] = adapter.upsert_many(ORG, [WriteRequest(key=key, contact=contact, **kw)])
+    [res] = adapter.upsert_many(ORG, [WriteRequest(key=key, content=contact, **kw)])
     assert res.error is None, res.error
     return res.record
 
@@ -117,7 +118,7 @@ def test_full_feed_then_delta_sees_each_change_once_last_state_wins(platform):
     platform.user_create(OTHER, person(9), "u9")
     full, cursor = feed(platform.adapter, ORG, None)
     assert {r.external_id for r in full if not r.deleted} == {a, b, c}
-    assert {r.external_id: r.contact for r in full}[b] == person(2)
+    assert {r.external_id: r.content for r in full}[b] == person(2)
 
     platform.user_edit(ORG, a, person(1, job_title="CTO"))
     platform.user_edit(ORG, a, person(1, job_title="CEO"))
@@ -127,9 +128,9 @@ def test_full_feed_then_delta_sees_each_change_once_last_state_wins(platform):
     ids = [r.external_id for r in delta]
     assert sorted(ids) == sorted({a, b, d}) and len(ids) == len(set(ids))
     changed = {r.external_id: r for r in delta}
-    assert changed[a].contact.job_title == "CEO" and changed[a].owner == "u1"
-    assert changed[b].deleted and changed[b].contact is None
-    assert changed[d].contact == person(4)
+    assert changed[a].content.job_title == "CEO" and changed[a].owner == "u1"
+    assert changed[b].deleted and changed[b].content is None
+    assert changed[d].content == person(4)
     assert feed(platform.adapter, ORG, cursor2)[0] == []
 
 
@@ -169,7 +170,7 @@ def test_get_many_keeps_order_and_reports_missing_and_deleted_as_tombstones(plat
     got = platform.adapter.get_many(ORG, [b, "never-was", a, foreign])
     assert [r.external_id for r in got] == [b, "never-was", a, foreign]
     assert [r.deleted for r in got] == [True, True, False, True]
-    assert got[2].contact == person(1) and got[0].contact is None and got[3].contact is None
+    assert got[2].content == person(1) and got[0].content is None and got[3].content is None
 
 
 def test_search_candidates_by_blocking_keys_live_and_in_the_organisation_only(platform):
@@ -181,7 +182,7 @@ def test_search_candidates_by_blocking_keys_live_and_in_the_organisation_only(pl
     probe = Contact(given_name="Someone", emails=["Shared@Example.test"], phones=["(415) 555-0101"])
     found = platform.adapter.search_candidates(ORG, blocking_keys(probe))
     assert sorted(r.external_id for r in found) == sorted([a, b])  # a by phone, b by email
-    assert all(not r.deleted and r.contact is not None for r in found)
+    assert all(not r.deleted and r.content is not None for r in found)
     assert platform.adapter.search_candidates(ORG, {"e:nobody@example.test"}) == []
 
 
@@ -195,12 +196,12 @@ def test_upsert_answers_each_request_in_order_and_item_errors_stay_per_item(plat
     [stale_rec] = platform.adapter.get_many(ORG, [stale])
     platform.user_edit(ORG, stale, person(2, job_title="changed by a CRM user"))
     results = platform.adapter.upsert_many(ORG, [
-        WriteRequest(key="new", contact=person(3), owner="u1"),
-        WriteRequest(key="invalid", contact=person(4, company="")),
-        WriteRequest(key="stale", external_id=stale, contact=person(2, notes="x"), etag=stale_rec.etag),
-        WriteRequest(key="missing", external_id="never-was", contact=person(5)),
+        WriteRequest(key="new", content=person(3), owner="u1"),
+        WriteRequest(key="invalid", content=person(4, company="")),
+        WriteRequest(key="stale", external_id=stale, content=person(2, notes="x"), etag=stale_rec.etag),
+        WriteRequest(key="missing", external_id="never-was", content=person(5)),
         WriteRequest(key="malformed", external_id=live),
-        WriteRequest(key="update", external_id=live, contact=person(1, notes="met at the fair")),
+        WriteRequest(key="update", external_id=live, content=person(1, notes="met at the fair")),
     ])
     assert [r.key for r in results] == ["new", "invalid", "stale", "missing", "malformed", "update"]
     errors = {r.key: r.error for r in results}
@@ -211,9 +212,9 @@ def test_upsert_answers_each_request_in_order_and_item_errors_stay_per_item(plat
     assert isinstance(errors["missing"], NotFound)
     assert isinstance(errors["malformed"], Fatal)
     new = results[0].record
-    assert new.contact == person(3) and new.owner == "u1" and new.etag
-    assert results[5].record.contact.notes == "met at the fair" and results[5].record.owner == "u1"  # owner kept
-    current = {r.external_id: r.contact for r in platform.adapter.get_many(ORG, [stale, new.external_id])}
+    assert new.content == person(3) and new.owner == "u1" and new.etag
+    assert results[5].record.content.notes == "met at the fair" and results[5].record.owner == "u1"  # owner kept
+    current = {r.external_id: r.content for r in platform.adapter.get_many(ORG, [stale, new.external_id])}
     assert current[stale].job_title == "changed by a CRM user" and current[new.external_id] == person(3)
 
 
@@ -223,24 +224,24 @@ def test_a_write_retried_with_its_key_returns_the_first_result(platform):
     again = upsert(platform.adapter, "k1", person(1), owner="u1")
     assert again == first  # not a second record, not the later state
     assert [r.external_id for r in feed(platform.adapter, ORG, None)[0]] == [first.external_id]
-    [reused] = platform.adapter.upsert_many(ORG, [WriteRequest(key="k1", contact=person(2), owner="u1")])
+    [reused] = platform.adapter.upsert_many(ORG, [WriteRequest(key="k1", content=person(2), owner="u1")])
     assert isinstance(reused.error, Fatal)
 
 
 def test_a_rejected_write_is_not_remembered_under_its_key(platform):
     platform.configure_rules(ORG, [Rule.required("company needed", "company")])
-    [res] = platform.adapter.upsert_many(ORG, [WriteRequest(key="k", contact=person(1, company=""))])
+    [res] = platform.adapter.upsert_many(ORG, [WriteRequest(key="k", content=person(1, company=""))])
     assert isinstance(res.error, ValidationRejected)
     platform.configure_rules(ORG, [])
-    assert upsert(platform.adapter, "k", person(1, company="")).contact.company == ""
+    assert upsert(platform.adapter, "k", person(1, company="")).content.company == ""
 
 
 def test_an_update_with_the_current_etag_lands_and_changes_the_etag(platform):
     rec = upsert(platform.adapter, "c", person(1))
     updated = upsert(platform.adapter, "u", person(1, job_title="CTO"), external_id=rec.external_id, etag=rec.etag)
-    assert updated.etag != rec.etag and updated.contact.job_title == "CTO"
+    assert updated.etag != rec.etag and updated.content.job_title == "CTO"
     [again] = platform.adapter.upsert_many(
-        ORG, [WriteRequest(key="u2", external_id=rec.external_id, contact=person(1), etag=rec.etag)]
+        ORG, [WriteRequest(key="u2", external_id=rec.external_id, content=person(1), etag=rec.etag)]
     )
     assert isinstance(again.error, PreconditionFailed)
 
@@ -292,7 +293,7 @@ def test_the_memory_platform_is_deterministic():
     def script() -> list[object]:
         platform = MemoryPlatform()
         a = platform.user_create(ORG, person(1), owner="u1")
-        made = platform.upsert_many(ORG, [WriteRequest(key="k", contact=person(2))])
+        made = platform.upsert_many(ORG, [WriteRequest(key="k", content=person(2))])
         platform.user_edit(ORG, a, person(1, job_title="CTO"))
         return [a, made[0].record, feed(platform, ORG, None, limit=1)]
 

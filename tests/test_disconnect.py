@@ -27,11 +27,11 @@ def _synced_state(rig: Rig, cid: str, crm: ReferenceCrm) -> tuple[int, str]:
     mailbox = MailboxBuilder(rig.sessions, rig.vault, rig.providers)(rig.info(cid))
     page = mailbox.list_changes(None)
     rec = page.records[0]
-    crm_rec = crm.create_contact(ORG, rec.contact, owner_id="user-1")
+    crm_rec = crm.create_contact(ORG, rec.content, owner_id="user-1")
     with rig.sessions.begin() as s:
         repo.stage_records(s, cid, "mailbox", page.records, "batch-1")
         link_id = repo.save_link(s, org_id=ORG, connection_id=cid, mailbox_id=rec.external_id,
-                                 platform_id=crm_rec.id, snapshot=rec.contact, mailbox_hash="m", platform_hash="p",
+                                 platform_id=crm_rec.id, snapshot=rec.content, mailbox_hash="m", platform_hash="p",
                                  keys=["k1"])
     return link_id, crm_rec.id
 

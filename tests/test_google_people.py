@@ -89,18 +89,18 @@ def test_full_listing_pages_then_incremental_sees_edits_creates_and_deletes(peop
     assert pages == 3 and cursor
     assert sorted(r.external_id for r in records) == sorted(names)
     first = next(r for r in records if r.external_id == names[0])
-    assert first.contact.given_name == "Given0" and first.contact.emails == ("p0@example.com",)
+    assert first.content.given_name == "Given0" and first.content.emails == ("p0@example.com",)
     assert first.etag and first.updated_at == pytest.approx(1_700_000_000.0)
 
     state.user_edit(names[3], {"names": [{"givenName": "Renamed"}]})
     state.user_delete(names[4])
-    created = conn.create_many([WriteRequest(key="k1", contact=Contact(given_name="New"))])[0].record
+    created = conn.create_many([WriteRequest(key="k1", content=Contact(given_name="New"))])[0].record
 
     changes, cursor2, _ = drain(conn, cursor)
     by_id = {r.external_id: r for r in changes}
     assert set(by_id) == {names[3], names[4], created.external_id}
-    assert by_id[names[3]].contact.given_name == "Renamed" and by_id[names[3]].contact.family_name == ""
-    assert by_id[names[4]].deleted and by_id[names[4]].contact is None
+    assert by_id[names[3]].content.given_name == "Renamed" and by_id[names[3]].content.family_name == ""
+    assert by_id[names[4]].deleted and by_id[names[4]].content is None
     assert cursor2 and cursor2 != cursor
 
     assert drain(conn, cursor2)[0] == []
@@ -123,7 +123,7 @@ def test_change_during_pagination_moves_to_next_round(people):
     round_ids = [r.external_id for r in first.records + rest]
     assert len(round_ids) == len(set(round_ids))
     later, _, _ = drain(conn, cursor)
-    notes = {r.external_id: r.contact.notes for r in later}
+    notes = {r.external_id: r.content.notes for r in later}
     assert notes == {first.records[0].external_id: "seen-before", names[5]: "not-yet-seen"}
     assert set(round_ids) | set(notes) == set(names)
 
@@ -177,8 +177,8 @@ def test_write_visibility_lag(people, clock):
     state.configure(write_visibility_lag=60)
     conn = GooglePeopleContacts.for_emulator(url)
     _, cursor, _ = drain(conn, None)
-    created = conn.create_many([WriteRequest(key="a", contact=Contact(given_name="Lagging"))])[0].record
-    assert conn.get(created.external_id).contact.given_name == "Lagging"  # reads are immediate
+    created = conn.create_many([WriteRequest(key="a", content=Contact(given_name="Lagging"))])[0].record
+    assert conn.get(created.external_id).content.given_name == "Lagging"  # reads are immediate
     records, cursor2, _ = drain(conn, cursor)
     assert records == []
     clock.t += 61
@@ -216,10 +216,10 @@ def test_faults_through_admin_http_and_stats(people):
     conn = GooglePeopleContacts.for_emulator(url)
     r = httpx.post(url + "_emulator/faults", json={"kind": "500", "op": "create", "count": 2})
     assert r.status_code == 200
-    results = conn.create_many([WriteRequest(key="a", contact=Contact(given_name="A"))])
+    results = conn.create_many([WriteRequest(key="a", content=Contact(given_name="A"))])
     assert isinstance(results[0].error, Transient)
-    assert isinstance(conn.create_many([WriteRequest(key="a", contact=Contact(given_name="A"))])[0].error, Transient)
-    assert conn.create_many([WriteRequest(key="a", contact=Contact(given_name="A"))])[0].record is not None
+    assert isinstance(conn.create_many([WriteRequest(key="a", content=Contact(given_name="A"))])[0].error, Transient)
+    assert conn.create_many([WriteRequest(key="a", content=Contact(given_name="A"))])[0].record is not None
     stats = httpx.get(url + "_emulator/stats").json()
     assert stats["requests"]["people.batchCreateContacts"] == 3 and stats["faults_served"] == 2
     assert httpx.post(url + "_emulator/faults", json={"kind": "nope"}).status_code == 400
@@ -237,13 +237,13 @@ def test_stale_etag_is_precondition_failed(people):
     conn = GooglePeopleContacts.for_emulator(url)
     seen = conn.get(name)
     state.user_edit(name, {"biographies": [{"value": "edited in Gmail"}]})
-    [res] = conn.update_many([WriteRequest(key="u", external_id=name, etag=seen.etag, contact=Contact(given_name="Mine"))])
+    [res] = conn.update_many([WriteRequest(key="u", external_id=name, etag=seen.etag, content=Contact(given_name="Mine"))])
     assert isinstance(res.error, PreconditionFailed)
     assert state.person(name)["names"][0]["givenName"] == "Given1"
 
     fresh = conn.get(name)
     state.inject_fault("stale_etag", "update")  # the race the local check cannot see
-    [res] = conn.update_many([WriteRequest(key="u", external_id=name, etag=fresh.etag, contact=Contact(given_name="Mine"))])
+    [res] = conn.update_many([WriteRequest(key="u", external_id=name, etag=fresh.etag, content=Contact(given_name="Mine"))])
     assert isinstance(res.error, PreconditionFailed) and "etag" in res.error.message
 
     svc = raw_service(url).people()
@@ -264,10 +264,10 @@ def test_one_stale_item_does_not_block_the_batch(people, mode):
     state.inject_fault("stale_etag", "update", count=2 if mode == "whole_request" else 1, scope="item")
     before = conn.calls_made
     results = conn.update_many([
-        WriteRequest(key=n, external_id=n, etag=etags[n], contact=Contact(given_name=f"Upd{i}")) for i, n in enumerate(names)
+        WriteRequest(key=n, external_id=n, etag=etags[n], content=Contact(given_name=f"Upd{i}")) for i, n in enumerate(names)
     ])
     assert isinstance(results[0].error, PreconditionFailed)
-    assert results[1].error is None and results[1].record.contact.given_name == "Upd1"
+    assert results[1].error is None and results[1].record.content.given_name == "Upd1"
     assert state.person(names[1])["names"][0]["givenName"] == "Upd1"
     assert state.person(names[0])["names"][0]["givenName"] == "Given1"
     # batchGet + batchUpdate (+ two single updates after a whole-request failure)
@@ -280,9 +280,9 @@ def test_rate_limit_inside_batch_response_is_caught(people):
     state.configure(batch_error_mode="per_item")
     conn = GooglePeopleContacts.for_emulator(url)
     state.inject_fault("429", "create", scope="item")
-    results = conn.create_many([WriteRequest(key=str(i), contact=Contact(given_name=f"N{i}")) for i in range(3)])
+    results = conn.create_many([WriteRequest(key=str(i), content=Contact(given_name=f"N{i}")) for i in range(3)])
     assert isinstance(results[0].error, RateLimited)
-    assert [r.record.contact.given_name for r in results[1:]] == ["N1", "N2"]
+    assert [r.record.content.given_name for r in results[1:]] == ["N1", "N2"]
     assert conn.calls_made == 1
 
 
@@ -290,7 +290,7 @@ def test_request_level_rate_limit_stops_the_run(people):
     state, url = people
     conn = GooglePeopleContacts.for_emulator(url)
     state.inject_fault("429", "create", retry_after=3)
-    results = conn.create_many([WriteRequest(key=str(i), contact=Contact(given_name=f"N{i}")) for i in range(250)])
+    results = conn.create_many([WriteRequest(key=str(i), content=Contact(given_name=f"N{i}")) for i in range(250)])
     assert len(results) == 250 and all(isinstance(r.error, RateLimited) and r.error.retry_after == 3 for r in results)
     assert conn.calls_made == 1 and state.all_persons() == []
 
@@ -306,21 +306,21 @@ def test_create_update_delete_round_trip_preserves_fields_we_do_not_sync(people)
     }])
     conn = GooglePeopleContacts.for_emulator(url)
     created = conn.create_many([
-        WriteRequest(key=f"c{i}", marker=f"m{i}", contact=Contact(
+        WriteRequest(key=f"c{i}", marker=f"m{i}", content=Contact(
             given_name=f"G{i}", family_name="F", emails=[f"g{i}@x.example"], phones=["+1 555 0100"],
             company="Initech", job_title="Dev", notes="hello"))
         for i in range(205)
     ])
     assert conn.calls_made == 2 and all(r.record for r in created)
     rec = conn.get(created[0].record.external_id)
-    assert rec.contact == Contact(given_name="G0", family_name="F", emails=["g0@x.example"], phones=["+1 555 0100"],
+    assert rec.content == Contact(given_name="G0", family_name="F", emails=["g0@x.example"], phones=["+1 555 0100"],
                                   company="Initech", job_title="Dev", notes="hello")
 
     ann = conn.get(seeded)
-    [res] = conn.update_many([WriteRequest(key="u", external_id=seeded, etag=ann.etag, contact=Contact(
+    [res] = conn.update_many([WriteRequest(key="u", external_id=seeded, etag=ann.etag, content=Contact(
         given_name="Anne", family_name="Lee", emails=["ann@work.example", "anne@new.example"],
         company="Acme Corp", job_title="CTO"))])
-    assert res.error is None and res.record.contact.given_name == "Anne"
+    assert res.error is None and res.record.content.given_name == "Anne"
     raw = state.person(seeded)
     assert raw["names"][0]["middleName"] == "Q"
     assert [(e["value"], e.get("type")) for e in raw["emailAddresses"]] == [("ann@work.example", "work"), ("anne@new.example", None)]
@@ -337,7 +337,7 @@ def test_create_update_delete_round_trip_preserves_fields_we_do_not_sync(people)
     with pytest.raises(NotFound):
         conn.get(seeded)
 
-    [missing] = conn.update_many([WriteRequest(key="x", external_id=gone, contact=Contact(given_name="Z"))])
+    [missing] = conn.update_many([WriteRequest(key="x", external_id=gone, content=Contact(given_name="Z"))])
     assert isinstance(missing.error, NotFound)
 
 
@@ -345,15 +345,15 @@ def test_find_by_marker_scans_pages(people):
     state, url = people
     state.seed([person(i) for i in range(7)])
     conn = GooglePeopleContacts.for_emulator(url, page_size=3)
-    [made] = conn.create_many([WriteRequest(key="k", marker="action-42", contact=Contact(given_name="Marked"))])
+    [made] = conn.create_many([WriteRequest(key="k", marker="action-42", content=Contact(given_name="Marked"))])
     before = conn.calls_made
     found = conn.find_by_marker("action-42")
     assert found is not None and found.external_id == made.record.external_id
     assert conn.calls_made - before == 1  # a scan reads the largest pages, whatever the delta's size
     assert conn.find_by_marker("action-43") is None
     # An update keeps the marker; it lives in clientData, not in the Contact.
-    conn.update_many([WriteRequest(key="u", external_id=found.external_id, etag=found.etag, contact=Contact(given_name="M2"))])
-    assert conn.find_by_marker("action-42").contact.given_name == "M2"
+    conn.update_many([WriteRequest(key="u", external_id=found.external_id, etag=found.etag, content=Contact(given_name="M2"))])
+    assert conn.find_by_marker("action-42").content.given_name == "M2"
 
 
 def test_malformed_person_data(people):
@@ -370,7 +370,7 @@ def test_malformed_person_data(people):
 
     [bad] = state.seed([{"names": [{"givenName": "A"}, {"givenName": "B"}]}], validate=False)
     rec = GooglePeopleContacts.for_emulator(url).get(bad)
-    assert rec.contact.given_name == "A" and rec.problems and "names" in rec.problems[0]
+    assert rec.content.given_name == "A" and rec.problems and "names" in rec.problems[0]
 
 
 def test_previous_resource_names_after_relink(people):
@@ -412,11 +412,11 @@ def test_slow_write_times_out_but_lands_and_marker_finds_it(people):
     state, url = people
     state.configure(latency={"create": 0.5}, latency_phase="after")
     conn = GooglePeopleContacts.for_emulator(url, timeout=0.2)
-    [res] = conn.create_many([WriteRequest(key="k", marker="crash-1", contact=Contact(given_name="Slow"))])
+    [res] = conn.create_many([WriteRequest(key="k", marker="crash-1", content=Contact(given_name="Slow"))])
     assert isinstance(res.error, Transient)
     state.configure(latency={})
     found = GooglePeopleContacts.for_emulator(url).find_by_marker("crash-1")
-    assert found is not None and found.contact.given_name == "Slow"
+    assert found is not None and found.content.given_name == "Slow"
 
 
 def test_admin_http_seed_edit_delete_and_clock(people):
@@ -440,7 +440,7 @@ def test_updating_many_contacts_survives_the_clients_long_url_override(people):
     state, base = people
     names = state.seed([{"names": [{"givenName": f"P{i}", "familyName": "Long"}]} for i in range(120)])
     conn = GooglePeopleContacts.for_emulator(base, token="emulator-token")
-    reqs = [WriteRequest(key=f"k{i}", external_id=n, contact=Contact(given_name=f"P{i}", family_name="Longer"))
+    reqs = [WriteRequest(key=f"k{i}", external_id=n, content=Contact(given_name=f"P{i}", family_name="Longer"))
             for i, n in enumerate(names)]
     results = conn.update_many(reqs)
     assert all(r.error is None for r in results), [r.error for r in results if r.error][:3]
@@ -451,13 +451,13 @@ def test_find_by_markers_costs_one_listing_however_many_markers(people):
     state, url = people
     state.seed([person(i) for i in range(1200)])
     conn = GooglePeopleContacts.for_emulator(url, page_size=3)
-    made = conn.create_many([WriteRequest(key=f"k{i}", marker=f"m{i}", contact=Contact(given_name=f"M{i}")) for i in range(5)])
+    made = conn.create_many([WriteRequest(key=f"k{i}", marker=f"m{i}", content=Contact(given_name=f"M{i}")) for i in range(5)])
     assert all(r.error is None for r in made)
     lists_before = state.requests["people.connections.list"]
     beats = []
     found = conn.find_by_markers(["m0", "m2", "m4", "m1", "m3", "never-made"], heartbeat=lambda: beats.append(1))
     assert {m: r.external_id for m, r in found.items()} == {f"m{i}": made[i].record.external_id for i in range(5)}
-    assert found["m2"].contact.given_name == "M2"
+    assert found["m2"].content.given_name == "M2"
     # 1,205 contacts: one listing of 2 pages of 1,000 for all six markers, one heartbeat a page.
     assert state.requests["people.connections.list"] - lists_before == 2 and len(beats) == 2
     assert conn.find_by_markers([]) == {}
@@ -466,7 +466,7 @@ def test_find_by_markers_costs_one_listing_however_many_markers(people):
 def test_find_by_markers_stops_when_all_are_found(people):
     state, url = people
     conn = GooglePeopleContacts.for_emulator(url, page_size=2)
-    [made] = conn.create_many([WriteRequest(key="k", marker="first", contact=Contact(given_name="F"))])
+    [made] = conn.create_many([WriteRequest(key="k", marker="first", content=Contact(given_name="F"))])
     state.seed([person(i) for i in range(1500)])  # listed after ours (oldest change first)
     before = state.requests["people.connections.list"]
     assert conn.find_by_markers(["first"])["first"].external_id == made.record.external_id
@@ -479,8 +479,8 @@ def test_an_untranslatable_person_is_a_problem_record_and_its_page_goes_on(peopl
     [bad] = state.seed([{"names": ["Secret Person"], "emailAddresses": [{"value": "secret@example.com"}]}], validate=False)
     records, cursor, _ = drain(GooglePeopleContacts.for_emulator(url), None)
     by_id = {r.external_id: r for r in records}
-    assert cursor and by_id[good].contact.given_name == "Given1"
-    assert by_id[bad].contact is None and not by_id[bad].deleted
+    assert cursor and by_id[good].content.given_name == "Given1"
+    assert by_id[bad].content is None and not by_id[bad].deleted
     assert by_id[bad].problems == ("the record could not be translated (AttributeError)",)
 
 
@@ -489,7 +489,7 @@ def test_translation_problems_name_fields_never_values():
 
     rec = person_to_record({"resourceName": "people/c1", "etag": {"secret@example.com": 1},
                             "names": [{"givenName": "Ann"}]})
-    assert rec.external_id == "people/c1" and rec.contact is None
+    assert rec.external_id == "people/c1" and rec.content is None
     assert rec.problems == ("etag could not be read (string_type)",)
     assert person_to_record("not a person").problems == ("the record could not be translated (AttributeError)",)
 
@@ -498,10 +498,10 @@ def test_malformed_requests_fail_alone(people):
     state, url = people
     [name] = state.seed([person(1)])
     conn = GooglePeopleContacts.for_emulator(url)
-    created = conn.create_many([WriteRequest(key="no-contact"), WriteRequest(key="ok", contact=Contact(given_name="A"))])
+    created = conn.create_many([WriteRequest(key="no-contact"), WriteRequest(key="ok", content=Contact(given_name="A"))])
     assert [type(r.error).__name__ for r in created] == ["Fatal", "NoneType"]
-    updated = conn.update_many([WriteRequest(key="ok", external_id=name, contact=Contact(given_name="B")),
-                                WriteRequest(key="no-id", contact=Contact(given_name="C"))])
+    updated = conn.update_many([WriteRequest(key="ok", external_id=name, content=Contact(given_name="B")),
+                                WriteRequest(key="no-id", content=Contact(given_name="C"))])
     assert [(r.key, type(r.error).__name__) for r in updated] == [("ok", "NoneType"), ("no-id", "Fatal")]
     deleted = conn.delete_many([WriteRequest(key="no-id"), WriteRequest(key="ok", external_id=name)])
     assert [(r.key, type(r.error).__name__) for r in deleted] == [("no-id", "Fatal"), ("ok", "NoneType")]
@@ -511,7 +511,7 @@ def test_malformed_requests_fail_alone(people):
 def test_lone_surrogates_round_trip_without_a_server_error(people):
     state, url = people
     conn = GooglePeopleContacts.for_emulator(url)
-    [res] = conn.create_many([WriteRequest(key="s", contact=Contact(given_name="An\ud800n", emails=["ann@example.com"]))])
-    assert res.error is None and res.record.contact.given_name == "An\ud800n"
+    [res] = conn.create_many([WriteRequest(key="s", content=Contact(given_name="An\ud800n", emails=["ann@example.com"]))])
+    assert res.error is None and res.record.content.given_name == "An\ud800n"
     [rec], _, _ = drain(conn, None)
-    assert rec.contact.given_name == "An\ud800n"  # the planner's contact_problems quarantines it
+    assert rec.content.given_name == "An\ud800n"  # the planner's contact_problems quarantines it

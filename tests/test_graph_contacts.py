@@ -90,8 +90,8 @@ def test_full_listing_pages_with_links_as_given_and_ends_with_cursor(graph, conn
     got = {r.external_id: r for p in pages for r in p.records}
     assert set(got) == set(ids)  # immutable ids, because the connector prefers them
     rec = got[ids[3]]
-    assert rec.contact.family_name == "p3" and rec.contact.emails == ("p3@example.test",)
-    assert rec.contact.phones == ("+1 555 0103",)
+    assert rec.content.family_name == "p3" and rec.content.emails == ("p3@example.test",)
+    assert rec.content.phones == ("+1 555 0103",)
     assert rec.etag.startswith('W/"') and rec.updated_at is not None
     assert conn.calls_made == 3
 
@@ -106,9 +106,9 @@ def test_incremental_round_returns_only_changes_and_removed_items(graph, conn):
     pages, cursor2 = _walk(conn, cursor)
     recs = {r.external_id: r for p in pages for r in p.records}
     assert set(recs) == {ids[0], ids[1], new_id}
-    assert recs[ids[0]].contact.job_title == "CTO"
-    assert recs[ids[1]].deleted and recs[ids[1]].contact is None
-    assert recs[new_id].contact.family_name == "new0"
+    assert recs[ids[0]].content.job_title == "CTO"
+    assert recs[ids[1]].deleted and recs[ids[1]].content is None
+    assert recs[new_id].content.family_name == "new0"
     # Nothing changed since: an empty round with a fresh cursor.
     pages, cursor3 = _walk(conn, cursor2)
     assert [r for p in pages for r in p.records] == [] and cursor3 and cursor3 != cursor2
@@ -147,7 +147,7 @@ def test_update_then_delete_in_one_round_yields_the_delete(graph, conn):
     recs = {r.external_id: r for r in page.records}
     assert len(page.records) == 2
     assert recs[ids[0]].deleted
-    assert recs[ids[2]].contact.family_name == "latest"
+    assert recs[ids[2]].content.family_name == "latest"
 
 
 def test_dedupe_rejects_stale_replays():
@@ -228,7 +228,7 @@ def _creates(n: int, prefix: str = "c") -> list[WriteRequest]:
     return [
         WriteRequest(
             key=f"k{i}",
-            contact=Contact(given_name=f"G{i}", family_name=f"{prefix}{i}", emails=[f"{prefix}{i}@example.test"]),
+            content=Contact(given_name=f"G{i}", family_name=f"{prefix}{i}", emails=[f"{prefix}{i}@example.test"]),
             marker=f"mk-{prefix}{i}",
         )
         for i in range(n)
@@ -269,15 +269,15 @@ def test_batch_per_item_errors(graph, conn):
     state.inject_fault(400, where="batch_item", path=r"/contacts$", method="POST", code="ErrorInvalidArgument")
     results = conn.update_many(
         [
-            WriteRequest(key="throttled", external_id=a.external_id, contact=a.contact, etag=a.etag),
-            WriteRequest(key="ok", external_id=a.external_id, contact=a.contact.model_copy(update={"company": "Acme"}), etag=a.etag),
-            WriteRequest(key="stale", external_id=b.external_id, contact=b.contact, etag=b.etag),
-            WriteRequest(key="missing", external_id="AAkALgnothere", contact=b.contact),
+            WriteRequest(key="throttled", external_id=a.external_id, content=a.content, etag=a.etag),
+            WriteRequest(key="ok", external_id=a.external_id, content=a.content.model_copy(update={"company": "Acme"}), etag=a.etag),
+            WriteRequest(key="stale", external_id=b.external_id, content=b.content, etag=b.etag),
+            WriteRequest(key="missing", external_id="AAkALgnothere", content=b.content),
         ]
     )
     by_key = {r.key: r for r in results}
     assert isinstance(by_key["throttled"].error, RateLimited) and by_key["throttled"].error.retry_after == 3
-    assert by_key["ok"].error is None and by_key["ok"].record.contact.company == "Acme"
+    assert by_key["ok"].error is None and by_key["ok"].record.content.company == "Acme"
     assert isinstance(by_key["stale"].error, PreconditionFailed)
     assert isinstance(by_key["missing"].error, NotFound)
     [rejected] = conn.create_many(_creates(1, prefix="bad"))
@@ -293,13 +293,13 @@ def test_stale_etag_412_then_reread_and_retry(graph, conn):
     state, _ = graph
     [rec] = [r.record for r in conn.create_many(_creates(1))]
     state.user_edit(rec.external_id, {"personalNotes": "met at the fair"})
-    new = rec.contact.model_copy(update={"job_title": "Buyer"})
-    [res] = conn.update_many([WriteRequest(key="u", external_id=rec.external_id, contact=new, etag=rec.etag)])
+    new = rec.content.model_copy(update={"job_title": "Buyer"})
+    [res] = conn.update_many([WriteRequest(key="u", external_id=rec.external_id, content=new, etag=rec.etag)])
     assert isinstance(res.error, PreconditionFailed)
     current = conn.get(rec.external_id)
-    assert current.contact.notes == "met at the fair" and current.etag != rec.etag
-    merged = current.contact.model_copy(update={"job_title": "Buyer"})
-    [res] = conn.update_many([WriteRequest(key="u", external_id=rec.external_id, contact=merged, etag=current.etag)])
+    assert current.content.notes == "met at the fair" and current.etag != rec.etag
+    merged = current.content.model_copy(update={"job_title": "Buyer"})
+    [res] = conn.update_many([WriteRequest(key="u", external_id=rec.external_id, content=merged, etag=current.etag)])
     assert res.error is None
     assert state.contact(rec.external_id)["jobTitle"] == "Buyer"
     assert state.contact(rec.external_id)["personalNotes"] == "met at the fair"
@@ -351,10 +351,10 @@ def test_phones_keep_their_slot_and_new_ones_go_to_business(graph, conn):
         [{"givenName": "M", "mobilePhone": "+1 555 9000", "homePhones": ["+1 555 8000"], "businessPhones": ["+1 555 7000"]}]
     )
     rec = conn.get(iid)
-    assert rec.contact.phones == ("+1 555 7000", "+1 555 8000", "+1 555 9000")
-    updated = rec.contact.model_copy(update={"phones": rec.contact.phones + ("+1 555 6000",)})
+    assert rec.content.phones == ("+1 555 7000", "+1 555 8000", "+1 555 9000")
+    updated = rec.content.model_copy(update={"phones": rec.content.phones + ("+1 555 6000",)})
     updated = type(updated).model_validate(updated.model_dump())
-    [res] = conn.update_many([WriteRequest(key="p", external_id=iid, contact=updated, etag=rec.etag)])
+    [res] = conn.update_many([WriteRequest(key="p", external_id=iid, content=updated, etag=rec.etag)])
     assert res.error is None
     stored = state.contact(iid)
     assert stored["mobilePhone"] == "+1 555 9000"
@@ -491,13 +491,13 @@ def test_update_from_a_fresh_instance_keeps_phone_slots_and_display_names(graph)
     [rec] = [r for p in _walk(reader, None)[0] for r in p.records]
     reader.close()
     edited = Contact.model_validate({
-        **rec.contact.model_dump(),
+        **rec.content.model_dump(),
         # the platform reformatted the mobile number and added a phone and an address
         "phones": ["+15559000", "+1 555 8000", "+1 555 7000", "+1 555 6000"],
         "emails": ["mo@example.test", "new@example.test"],
     })
     writer = _fresh(base)  # the write activity, another instance
-    [res] = writer.update_many([WriteRequest(key="u", external_id=iid, contact=edited, etag=rec.etag)])
+    [res] = writer.update_many([WriteRequest(key="u", external_id=iid, content=edited, etag=rec.etag)])
     assert res.error is None
     stored = state.contact(iid)
     assert stored["mobilePhone"] == "+15559000"
@@ -517,7 +517,7 @@ def test_update_reads_cost_one_call_per_twenty_targets(graph, conn):
     state, base = graph
     ids = state.seed(_people(45))
     writer = _fresh(base)
-    reqs = [WriteRequest(key=f"k{n}", external_id=i, contact=Contact(given_name=f"N{n}")) for n, i in enumerate(ids)]
+    reqs = [WriteRequest(key=f"k{n}", external_id=i, content=Contact(given_name=f"N{n}")) for n, i in enumerate(ids)]
     results = writer.update_many(reqs)
     assert [r.key for r in results] == [r.key for r in reqs] and all(r.error is None for r in results)
     assert writer.calls_made == 6  # 3 chunks x (read + write)
@@ -531,7 +531,7 @@ def test_stale_etag_is_refused_from_the_read_without_spending_a_write(graph, con
     [rec] = [r.record for r in conn.create_many(_creates(1))]
     state.user_edit(rec.external_id, {"jobTitle": "changed by user"})
     state.reset_stats()
-    [res] = _fresh(base).update_many([WriteRequest(key="s", external_id=rec.external_id, contact=rec.contact, etag=rec.etag)])
+    [res] = _fresh(base).update_many([WriteRequest(key="s", external_id=rec.external_id, content=rec.content, etag=rec.etag)])
     assert isinstance(res.error, PreconditionFailed)
     assert "PATCH /me/contacts/{id}" not in state.stats()["by_route"]
     assert state.contact(rec.external_id)["jobTitle"] == "changed by user"
@@ -542,7 +542,7 @@ def test_a_throttled_read_fails_only_its_item(graph, conn):
     ids = state.seed(_people(2))
     state.inject_fault(429, where="batch_item", method="GET", path=r"/contacts/", retry_after=4)
     results = _fresh(base).update_many(
-        [WriteRequest(key=f"k{n}", external_id=i, contact=Contact(given_name="Z")) for n, i in enumerate(ids)]
+        [WriteRequest(key=f"k{n}", external_id=i, content=Contact(given_name="Z")) for n, i in enumerate(ids)]
     )
     errors = [r.error for r in results]
     assert sum(isinstance(e, RateLimited) for e in errors) == 1 and errors.count(None) == 1
@@ -552,8 +552,8 @@ def test_malformed_requests_fail_alone(graph, conn):
     state, _ = graph
     [iid] = state.seed(_people(1))
     results = conn.update_many([
-        WriteRequest(key="no-id", contact=Contact(given_name="A")),
-        WriteRequest(key="ok", external_id=iid, contact=Contact(given_name="B")),
+        WriteRequest(key="no-id", content=Contact(given_name="A")),
+        WriteRequest(key="ok", external_id=iid, content=Contact(given_name="B")),
         WriteRequest(key="no-contact", external_id=iid),
     ])
     assert [(r.key, type(r.error).__name__) for r in results] == [("no-id", "Fatal"), ("ok", "NoneType"), ("no-contact", "Fatal")]
@@ -571,7 +571,7 @@ def test_find_by_markers_up_to_twenty_is_one_batch_of_filters(graph, conn):
     beats = []
     found = finder.find_by_markers([f"mk-c{i}" for i in range(19)] + ["never-written"], heartbeat=lambda: beats.append(1))
     assert {m: r.external_id for m, r in found.items()} == {f"mk-c{i}": made[f"k{i}"].external_id for i in range(19)}
-    assert found["mk-c3"].contact.family_name == "c3"
+    assert found["mk-c3"].content.family_name == "c3"
     assert finder.calls_made == 1 and len(beats) == 1
     assert finder.find_by_markers([]) == {} and finder.calls_made == 1
     finder.close()
@@ -607,8 +607,8 @@ def test_an_untranslatable_contact_is_a_problem_record_and_its_page_goes_on(grap
     ])
     pages, cursor = _walk(conn, None)
     records = {r.external_id: r for p in pages for r in p.records}
-    assert cursor and records[good].contact.given_name == "Good"
-    assert records[bad].contact is None and not records[bad].deleted
+    assert cursor and records[good].content.given_name == "Good"
+    assert records[bad].content is None and not records[bad].deleted
     assert records[bad].problems == ("the record could not be translated (TypeError)",)
 
 
@@ -616,18 +616,18 @@ def test_translation_problems_never_carry_the_values():
     from connectors.graph_contacts import item_to_record
 
     rec = item_to_record({"id": 12345, "givenName": "secret@example.test"})
-    assert rec.contact is None and rec.external_id == ""
+    assert rec.content is None and rec.external_id == ""
     assert rec.problems == ("external_id could not be read (string_type)",)
 
 
 def test_lone_surrogates_travel_both_ways_without_a_server_error(graph, conn):
     state, base = graph
     broken = Contact(given_name="An\ud800n", emails=["ann@example.test"])
-    [res] = conn.create_many([WriteRequest(key="s", contact=broken)])
-    assert res.error is None and res.record.contact.given_name == "An\ud800n"
+    [res] = conn.create_many([WriteRequest(key="s", content=broken)])
+    assert res.error is None and res.record.content.given_name == "An\ud800n"
     assert state.contact(res.record.external_id)["givenName"] == "An\ud800n"
     [rec] = [r for p in _walk(conn, None)[0] for r in p.records]
-    assert rec.contact.given_name == "An\ud800n"  # the planner's contact_problems quarantines it
+    assert rec.content.given_name == "An\ud800n"  # the planner's contact_problems quarantines it
     with _raw(base) as c:  # a client sending the escape itself
         r = c.post("/me/contacts", content=b'{"givenName": "\\ud800"}', headers={"Content-Type": "application/json"})
         assert r.status_code == 201 and r.json()["givenName"] == "\ud800"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from models.contact import Contact, SideRecord
+from models.contact import Contact, ContactRecord
+from models.record import SideRecord
 from sync.fixes import apply_fix_rules
+from sync.kinds.contacts import CONTACTS
 from sync.planner import LinkState, PlanInput, Review, plan
 from sync.policy import SyncSettings
 
@@ -13,7 +15,7 @@ S = SyncSettings(owner="u1")
 
 
 def rec(side, i, contact=None, deleted=False, **kw):
-    return SideRecord(side=side, external_id=i, contact=contact, deleted=deleted, **kw)
+    return ContactRecord(side=side, external_id=i, content=contact, deleted=deleted, **kw)
 
 
 def link(contact=ADA, lid=1, m="m1", p="p1"):
@@ -29,7 +31,7 @@ def one(inp: PlanInput):
 
 def linked_input(mailbox=None, platform=None, settings=S, **kw):
     lk = link()
-    return PlanInput(mailbox=mailbox or {}, platform=platform or {}, settings=settings,
+    return PlanInput(rules=CONTACTS, mailbox=mailbox or {}, platform=platform or {}, settings=settings,
                      links_by_mailbox={"m1": lk}, links_by_platform={"p1": lk}, link_count=1, **kw)
 
 
@@ -86,7 +88,7 @@ def test_a_resolved_conflict_is_applied_to_both_ends():
 
 def test_mass_delete_guard_holds_most_of_a_side_until_approved():
     links = {f"m{i}": link(ADA.model_copy(update={"notes": str(i)}), i, f"m{i}", f"p{i}") for i in range(20)}
-    inp = PlanInput(mailbox={f"m{i}": rec("mailbox", f"m{i}", deleted=True) for i in range(15)}, platform={},
+    inp = PlanInput(rules=CONTACTS, mailbox={f"m{i}": rec("mailbox", f"m{i}", deleted=True) for i in range(15)}, platform={},
                     settings=SyncSettings(owner="u1", mass_delete_min=10),
                     links_by_mailbox=links, links_by_platform={l.platform_id: l for l in links.values()},
                     link_count=20)
@@ -99,13 +101,13 @@ def test_mass_delete_guard_holds_most_of_a_side_until_approved():
 
 def test_new_mailbox_contact_links_to_a_near_duplicate_instead_of_creating():
     crm = ADA.model_copy(update={"emails": ("ADA@analytical.example",), "phones": ("(415) 555-0100",)})
-    d = one(PlanInput(mailbox={"m9": rec("mailbox", "m9", ADA)}, platform={}, settings=S,
+    d = one(PlanInput(rules=CONTACTS, mailbox={"m9": rec("mailbox", "m9", ADA)}, platform={}, settings=S,
                       platform_candidates={"p9": rec("platform", "p9", crm, owner="u2")}))
     assert d.rule == "linked_by_similarity" and d.platform_id == "p9" and d.link
 
 
 def test_unknown_new_contact_is_created_on_the_platform():
-    d = one(PlanInput(mailbox={"m9": rec("mailbox", "m9", ALAN)}, platform={}, settings=S,
+    d = one(PlanInput(rules=CONTACTS, mailbox={"m9": rec("mailbox", "m9", ALAN)}, platform={}, settings=S,
                       platform_candidates={"p9": rec("platform", "p9", ADA, owner="u1")}))
     assert d.rule == "created_on_platform"
     assert [(w.side, w.op) for w in d.writes] == [("platform", "create")]
@@ -114,21 +116,21 @@ def test_unknown_new_contact_is_created_on_the_platform():
 def test_a_middle_band_match_waits_for_review():
     jon = Contact(given_name="Jon", family_name="Smith", company="Contoso", emails=("jon@contoso.example",))
     john = Contact(given_name="John", family_name="Smith", company="Contoso", emails=("jsmith@contoso.example",))
-    d = one(PlanInput(mailbox={"m9": rec("mailbox", "m9", jon)}, platform={}, settings=S,
+    d = one(PlanInput(rules=CONTACTS, mailbox={"m9": rec("mailbox", "m9", jon)}, platform={}, settings=S,
                       platform_candidates={"p9": rec("platform", "p9", john, owner="u1")}))
     assert d.outcome == "duplicate" and d.rule == "possible_duplicate" and d.candidate_id == "p9"
 
 
 def test_platform_records_outside_the_users_scope_stay_out_of_the_mailbox():
-    d = one(PlanInput(mailbox={}, platform={"p9": rec("platform", "p9", ALAN, owner="someone-else")}, settings=S))
+    d = one(PlanInput(rules=CONTACTS, mailbox={}, platform={"p9": rec("platform", "p9", ALAN, owner="someone-else")}, settings=S))
     assert (d.outcome, d.rule) == ("skip", "out_of_scope")
-    d = one(PlanInput(mailbox={}, platform={"p9": rec("platform", "p9", ALAN, owner="u1")}, settings=S))
+    d = one(PlanInput(rules=CONTACTS, mailbox={}, platform={"p9": rec("platform", "p9", ALAN, owner="u1")}, settings=S))
     assert d.rule == "created_in_mailbox"
 
 
 def test_malformed_input_is_quarantined_with_a_message_naming_the_field():
     bad = Contact(given_name="Broken", emails=("not an address",))
-    d = one(PlanInput(mailbox={"m9": rec("mailbox", "m9", bad)}, platform={}, settings=S))
+    d = one(PlanInput(rules=CONTACTS, mailbox={"m9": rec("mailbox", "m9", bad)}, platform={}, settings=S))
     assert d.outcome == "quarantine" and d.rule == "malformed_input"
     assert any("emails" in p for p in d.problems)
     assert not any("not an address" in p for p in d.problems)
@@ -152,7 +154,7 @@ def test_a_twin_held_for_review_stays_held_when_its_match_echoes_back():
     twin: the twin must still be a duplicate of the linked record, not a new record."""
     twin = ADA.model_copy(update={"emails": ("ADA@analytical.example",)})
     lk = link()
-    d = {x.mailbox_id or x.platform_id: x for x in plan(PlanInput(
+    d = {x.mailbox_id or x.platform_id: x for x in plan(PlanInput(rules=CONTACTS, 
         mailbox={"m2": rec("mailbox", "m2", twin)},
         platform={"p1": rec("platform", "p1", ADA, owner="u1")},
         settings=S, links_by_mailbox={"m1": lk}, links_by_platform={"p1": lk}, link_count=1,
@@ -165,7 +167,7 @@ def _held(candidate_id: str, choice: str | None):
     jon = Contact(given_name="Jon", family_name="Smith", company="Contoso", emails=("jon@contoso.example",))
     john = Contact(given_name="John", family_name="Smith", company="Contoso", emails=("jsmith@contoso.example",))
     review = Review(5, "duplicate", "m9", None, {"choice": choice} if choice else None, candidate_id=candidate_id)
-    return plan(PlanInput(mailbox={"m9": rec("mailbox", "m9", jon)}, platform={}, settings=S,
+    return plan(PlanInput(rules=CONTACTS, mailbox={"m9": rec("mailbox", "m9", jon)}, platform={}, settings=S,
                           reviews={("mailbox", "m9"): review},
                           platform_candidates={"p9": rec("platform", "p9", john, owner="u1")})).decisions
 
@@ -193,7 +195,7 @@ def test_an_unanswered_review_keeps_its_candidate_even_if_the_index_misses_it():
 def test_oversized_fields_and_broken_unicode_are_quarantined_with_clear_errors():
     long_notes = Contact(given_name="Ada", emails=("ada@analytical.example",), notes="x" * 5000)
     broken = Contact(given_name="Ad\ud800a", emails=("ada@analytical.example",))
-    result = plan(PlanInput(mailbox={"m1": rec("mailbox", "m1", long_notes), "m2": rec("mailbox", "m2", broken)},
+    result = plan(PlanInput(rules=CONTACTS, mailbox={"m1": rec("mailbox", "m1", long_notes), "m2": rec("mailbox", "m2", broken)},
                             platform={}, settings=S))
     by_id = {d.mailbox_id: d for d in result.decisions}
     assert by_id["m1"].outcome == "quarantine" and any("notes" in p for p in by_id["m1"].problems)
@@ -208,7 +210,7 @@ JOHN = Contact(given_name="John", family_name="Smith", company="Contoso", emails
 def test_a_platform_record_a_review_names_waits_with_it_in_the_same_batch():
     """The mailbox contact is held as a possible duplicate of p9; creating p9 in the
     mailbox in that same cycle would make the twin the review asks about."""
-    decisions = plan(PlanInput(mailbox={"m9": rec("mailbox", "m9", JON)},
+    decisions = plan(PlanInput(rules=CONTACTS, mailbox={"m9": rec("mailbox", "m9", JON)},
                                platform={"p9": rec("platform", "p9", JOHN, owner="u1")}, settings=S)).decisions
     by = {d.mailbox_id or d.platform_id: d for d in decisions}
     assert by["m9"].outcome == "duplicate" and by["m9"].candidate_id == "p9"
@@ -217,18 +219,18 @@ def test_a_platform_record_a_review_names_waits_with_it_in_the_same_batch():
 
 def test_a_platform_record_an_earlier_review_names_waits_until_it_is_answered():
     review = Review(5, "duplicate", "m9", None, None, candidate_id="p9")
-    unanswered = plan(PlanInput(mailbox={}, platform={"p9": rec("platform", "p9", JOHN, owner="u1")}, settings=S,
+    unanswered = plan(PlanInput(rules=CONTACTS, mailbox={}, platform={"p9": rec("platform", "p9", JOHN, owner="u1")}, settings=S,
                                 reviews={("mailbox", "m9"): review})).decisions
     assert [(d.outcome, d.rule) for d in unanswered] == [("held", "held_by_open_review")]
     answered = Review(5, "duplicate", "m9", None, {"choice": "create"}, candidate_id="p9")
-    (d,) = plan(PlanInput(mailbox={}, platform={"p9": rec("platform", "p9", JOHN, owner="u1")}, settings=S,
+    (d,) = plan(PlanInput(rules=CONTACTS, mailbox={}, platform={"p9": rec("platform", "p9", JOHN, owner="u1")}, settings=S,
                           reviews={("mailbox", "m9"): answered})).decisions
     assert d.rule == "created_in_mailbox"
 
 
 def test_a_record_the_connector_could_not_read_is_quarantined_not_skipped():
     unreadable = rec("mailbox", "m9", None, problems=("emailAddresses[0]: not a string",))
-    d = one(PlanInput(mailbox={"m9": unreadable}, platform={}, settings=S))
+    d = one(PlanInput(rules=CONTACTS, mailbox={"m9": unreadable}, platform={}, settings=S))
     assert (d.outcome, d.rule) == ("quarantine", "malformed_input")
     # ... also when it is linked: an unreadable change is never taken for an echo.
     d = one(linked_input(mailbox={"m1": rec("mailbox", "m1", None, problems=("names: not a list",))}))
@@ -239,7 +241,7 @@ def test_a_link_removed_in_this_plan_is_no_duplicate_candidate():
     """Both sides of the Ada pair were deleted; a new Ada on the platform is a new person
     for the mailbox now, not a duplicate of the pair that is going away."""
     lk = link()
-    decisions = plan(PlanInput(
+    decisions = plan(PlanInput(rules=CONTACTS, 
         mailbox={"m1": rec("mailbox", "m1", deleted=True)},
         platform={"p1": rec("platform", "p1", deleted=True), "p2": rec("platform", "p2", ADA, owner="u1")},
         settings=S, links_by_mailbox={"m1": lk}, links_by_platform={"p1": lk}, neighbour_links={1: lk},
@@ -253,7 +255,7 @@ def test_a_record_deleted_in_this_plan_is_no_match_for_a_new_one():
     """The mailbox deleted m1 (propagates to p1) and holds a new Ada: she must not be
     linked to p1, the record this same plan deletes."""
     lk = link()
-    decisions = plan(PlanInput(
+    decisions = plan(PlanInput(rules=CONTACTS, 
         mailbox={"m1": rec("mailbox", "m1", deleted=True), "m4": rec("mailbox", "m4", ADA)}, platform={},
         settings=S, links_by_mailbox={"m1": lk}, links_by_platform={"p1": lk}, neighbour_links={1: lk},
         platform_candidates={"p1": rec("platform", "p1", ADA, owner="u1")}, link_count=1)).decisions

@@ -44,7 +44,7 @@ def person(given: str, family: str = "Doe", **kw) -> Contact:
 
 
 def create(adapter, key: str, contact: Contact, owner: str = "user_1", org: str = ORG):
-    [res] = adapter.upsert_many(org, [WriteRequest(key=key, contact=contact, owner=owner)])
+    [res] = adapter.upsert_many(org, [WriteRequest(key=key, content=contact, owner=owner)])
     assert res.error is None, res.error
     return res.record
 
@@ -67,7 +67,7 @@ def test_feed_orders_by_last_change_and_reports_deletes_as_tombstones(adapter):
     b = create(adapter, "k2", person("Bob"))
     c = create(adapter, "k3", person("Cid"), owner="user_2")
     [upd] = adapter.upsert_many(ORG, [WriteRequest(key="k4", external_id=a.external_id,
-                                                   contact=person("Ann", "Smith"), etag=a.etag)])
+                                                   content=person("Ann", "Smith"), etag=a.etag)])
     assert upd.error is None and upd.record.etag == "2"
     [dele] = adapter.delete_many(ORG, [WriteRequest(key="k5", external_id=b.external_id)])
     assert dele.error is None and dele.record.deleted
@@ -75,10 +75,10 @@ def test_feed_orders_by_last_change_and_reports_deletes_as_tombstones(adapter):
     page = adapter.changes_since(ORG, None)
     assert [r.external_id for r in page.records] == [c.external_id, a.external_id, b.external_id]
     by_id = {r.external_id: r for r in page.records}
-    assert by_id[a.external_id].contact.family_name == "Smith"
+    assert by_id[a.external_id].content.family_name == "Smith"
     assert by_id[a.external_id].etag == "2"
     tomb = by_id[b.external_id]
-    assert tomb.deleted and tomb.contact is None and tomb.side == "platform"
+    assert tomb.deleted and tomb.content is None and tomb.side == "platform"
     assert by_id[c.external_id].owner == "user_2"
     assert isinstance(by_id[c.external_id].updated_at, float)
     assert page.cursor is not None and page.next_page is None
@@ -99,15 +99,15 @@ def test_cursor_resumes_exactly_and_pages(adapter, crm):
     crm.user_delete(ORG, ids[3])
     later, cursor2 = drain(adapter, ORG, cursor)
     assert [(r.external_id, r.deleted) for r in later] == [(ids[1], False), (ids[3], True)]
-    assert later[0].contact.job_title == "CTO" and later[0].etag == "2"
+    assert later[0].content.job_title == "CTO" and later[0].etag == "2"
     assert adapter.changes_since(ORG, cursor2).records == []
 
 
 def test_feed_is_per_organisation_and_rejects_foreign_cursors(adapter):
     create(adapter, "k", person("Ann"))
     create(adapter, "k", person("Zed"), org=OTHER)  # same key, other org: independent
-    assert [r.contact.given_name for r in adapter.changes_since(ORG, None).records] == ["Ann"]
-    assert [r.contact.given_name for r in adapter.changes_since(OTHER, None).records] == ["Zed"]
+    assert [r.content.given_name for r in adapter.changes_since(ORG, None).records] == ["Ann"]
+    assert [r.content.given_name for r in adapter.changes_since(OTHER, None).records] == ["Zed"]
     with pytest.raises(CursorExpired):
         adapter.changes_since(ORG, "not-a-cursor")
 
@@ -116,7 +116,7 @@ def test_feed_is_per_organisation_and_rejects_foreign_cursors(adapter):
 
 
 def test_create_retried_with_same_key_returns_first_result(adapter, crm):
-    req = WriteRequest(key="act-1", contact=person("Ann", emails=["ann@x.example"]), owner="user_1")
+    req = WriteRequest(key="act-1", content=person("Ann", emails=["ann@x.example"]), owner="user_1")
     [r1] = adapter.upsert_many(ORG, [req])
     [r2] = adapter.upsert_many(ORG, [req])
     assert r1.error is None and r2.error is None
@@ -124,14 +124,14 @@ def test_create_retried_with_same_key_returns_first_result(adapter, crm):
     assert len(crm.list_contacts(ORG)) == 1
     assert len(adapter.changes_since(ORG, None).records) == 1
 
-    [r3] = adapter.upsert_many(ORG, [WriteRequest(key="act-1", contact=person("Other"), owner="user_1")])
+    [r3] = adapter.upsert_many(ORG, [WriteRequest(key="act-1", content=person("Other"), owner="user_1")])
     assert isinstance(r3.error, IdempotencyKeyReused) and isinstance(r3.error, Fatal)
     assert len(crm.list_contacts(ORG)) == 1
 
 
 def test_update_retry_returns_first_result_even_after_later_changes(adapter, crm):
     rec = create(adapter, "c", person("Ann"))
-    upd = WriteRequest(key="u1", external_id=rec.external_id, contact=person("Ann", "Lee"), etag=rec.etag)
+    upd = WriteRequest(key="u1", external_id=rec.external_id, content=person("Ann", "Lee"), etag=rec.etag)
     [first] = adapter.upsert_many(ORG, [upd])
     crm.user_edit(ORG, rec.external_id, notes="called")
     [again] = adapter.upsert_many(ORG, [upd])  # stale etag, but it is a retry: no precondition check
@@ -143,12 +143,12 @@ def test_update_retry_returns_first_result_even_after_later_changes(adapter, crm
 def test_stale_etag_and_missing_record(adapter):
     rec = create(adapter, "c", person("Ann"))
     [ok] = adapter.upsert_many(ORG, [WriteRequest(key="u1", external_id=rec.external_id,
-                                                  contact=person("Ann", "B"), etag=rec.etag)])
+                                                  content=person("Ann", "B"), etag=rec.etag)])
     assert ok.error is None
     [stale] = adapter.upsert_many(ORG, [WriteRequest(key="u2", external_id=rec.external_id,
-                                                     contact=person("Ann", "C"), etag=rec.etag)])
+                                                     content=person("Ann", "C"), etag=rec.etag)])
     assert isinstance(stale.error, PreconditionFailed)
-    [gone] = adapter.upsert_many(ORG, [WriteRequest(key="u3", external_id="crm_c_999999", contact=person("X"))])
+    [gone] = adapter.upsert_many(ORG, [WriteRequest(key="u3", external_id="crm_c_999999", content=person("X"))])
     assert isinstance(gone.error, NotFound)
 
 
@@ -168,8 +168,8 @@ def test_get_many_keeps_order_and_hides_other_organisations(adapter):
     b = create(adapter, "b", person("Bob"), org=OTHER)
     got = adapter.get_many(ORG, [b.external_id, a.external_id, "crm_c_0"])
     assert [g.external_id for g in got] == [b.external_id, a.external_id, "crm_c_0"]
-    assert got[0].deleted and got[0].contact is None  # other org's record is not visible
-    assert got[1].contact.given_name == "Ann" and not got[1].deleted
+    assert got[0].deleted and got[0].content is None  # other org's record is not visible
+    assert got[1].content.given_name == "Ann" and not got[1].deleted
     assert got[2].deleted
     assert adapter.calls_made >= 3
 
@@ -239,8 +239,8 @@ RULE_CASES = [
 @pytest.mark.parametrize("rule,bad,good,field", RULE_CASES, ids=[c[0].kind for c in RULE_CASES])
 def test_each_rule_kind_rejects_by_name_without_echoing_values(adapter, crm, rule, bad, good, field):
     crm.configure_rules(ORG, [Rule.max_length("notes_cap", "notes", 100), rule])
-    results = adapter.upsert_many(ORG, [WriteRequest(key="bad", contact=bad, owner="u"),
-                                        WriteRequest(key="good", contact=good, owner="u")])
+    results = adapter.upsert_many(ORG, [WriteRequest(key="bad", content=bad, owner="u"),
+                                        WriteRequest(key="good", content=good, owner="u")])
     err = results[0].error
     assert isinstance(err, ValidationRejected)
     assert err.rule == rule.name and err.field == field and rule.name in err.message
@@ -251,10 +251,10 @@ def test_each_rule_kind_rejects_by_name_without_echoing_values(adapter, crm, rul
     assert [c.contact for c in crm.list_contacts(ORG)] == [good]
     # Updates are checked too.
     rec = results[1].record
-    [upd] = adapter.upsert_many(ORG, [WriteRequest(key="upd", external_id=rec.external_id, contact=bad)])
+    [upd] = adapter.upsert_many(ORG, [WriteRequest(key="upd", external_id=rec.external_id, content=bad)])
     assert isinstance(upd.error, ValidationRejected) and upd.error.rule == rule.name
     # Rules belong to the organisation that configured them.
-    assert adapter.upsert_many(OTHER, [WriteRequest(key="bad", contact=bad, owner="u")])[0].error is None
+    assert adapter.upsert_many(OTHER, [WriteRequest(key="bad", content=bad, owner="u")])[0].error is None
 
 
 def test_builtin_custom_rule_phone_or_allowed_domain(adapter, crm):
@@ -265,7 +265,7 @@ def test_builtin_custom_rule_phone_or_allowed_domain(adapter, crm):
         "phone": (person("C", phones=["+1 555 0100"]), None),
         "nothing": (person("D"), "reachable"),
     }
-    results = adapter.upsert_many(ORG, [WriteRequest(key=k, contact=c, owner="u") for k, (c, _) in cases.items()])
+    results = adapter.upsert_many(ORG, [WriteRequest(key=k, content=c, owner="u") for k, (c, _) in cases.items()])
     for (key, (_, expected)), res in zip(cases.items(), results):
         assert res.key == key
         assert (res.error.rule if res.error else None) == expected, key
@@ -306,7 +306,7 @@ def test_search_candidates_by_shared_key_within_the_organisation(adapter, crm):
 
     found = adapter.search_candidates(ORG, {"email:ann@x.example", "email:nobody@x.example"})
     assert [r.external_id for r in found] == [ann.external_id]
-    assert found[0].contact.given_name == "Ann"
+    assert found[0].content.given_name == "Ann"
     assert adapter.search_candidates(ORG, set()) == []
 
     # Keys follow the record's current content.
@@ -398,4 +398,4 @@ def test_unreachable_database_is_transient():
     with pytest.raises(Transient):
         crm.get_contact(ORG, "crm_c_1")
     with pytest.raises(Transient):
-        ReferenceCrmContacts(crm).upsert_many(ORG, [WriteRequest(key="k", contact=person("Ann"))])
+        ReferenceCrmContacts(crm).upsert_many(ORG, [WriteRequest(key="k", content=person("Ann"))])

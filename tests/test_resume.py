@@ -28,7 +28,7 @@ def test_creates_cut_off_by_a_crash_are_found_in_one_listing(tmp_path):
     store_url, crm_url = f"sqlite:///{tmp_path/'store.db'}", f"sqlite:///{tmp_path/'crm.db'}"
     sc = build_scenario(store_url, crm_url, connection_id="resume-1", n_mailbox=1100, n_crm=80, near_duplicates=0)
     try:
-        acts = build_activities(store_url, crm_url, keyring=throwaway_keyring()).contacts
+        acts = build_activities(store_url, crm_url, keyring=throwaway_keyring()).pipelines["contacts"]
         ref = CycleRef(connection_id=sc.connection_id, cycle_id="t-1")
         acts.fetch_mailbox(ref)
         acts.fetch_platform(ref)
@@ -41,7 +41,7 @@ def test_creates_cut_off_by_a_crash_are_found_in_one_listing(tmp_path):
         # The crashed attempt: it marked these started and sent them; the answers were lost.
         crashed = creates[:8]
         mailbox = _static_mailbox(info)
-        sent = mailbox.create_many([WriteRequest(key=f"x{i}", contact=Contact.model_validate(a.decision["writes"][0]["contact"]),
+        sent = mailbox.create_many([WriteRequest(key=f"x{i}", content=Contact.model_validate(a.decision["writes"][0]["content"]),
                                                  marker=f"concord:{a.idempotency_key}:m0")
                                     for i, a in enumerate(crashed)])
         assert all(r.error is None for r in sent)

@@ -11,7 +11,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from connectors.errors import Fatal, PreconditionFailed
-from models.contact import Contact, SideRecord
+from models.contact import Contact, ContactRecord
+from models.record import SideRecord
 from store import repo
 from store.db import current_revision, make_engine, migrate, session_factory
 from store.schema import metadata
@@ -49,10 +50,10 @@ def store(db_url):
 
 
 def _rec(external_id: str, given: str = "Ada", side: str = "mailbox", **kw) -> SideRecord:
-    return SideRecord(
+    return ContactRecord(
         side=side,
         external_id=external_id,
-        contact=Contact(given_name=given, family_name="Lovelace", emails=[f"{external_id}@example.org"]),
+        content=Contact(given_name=given, family_name="Lovelace", emails=[f"{external_id}@example.org"]),
         **kw,
     )
 
@@ -170,7 +171,7 @@ def test_stage_records_coalesces_and_reopens(store):
         assert row.status == "pending"
         assert row.error_code is None and row.error_message is None
         assert row.batch_id == "b2"
-        assert repo.item_record(row).contact.given_name == "Adele"
+        assert ContactRecord.model_validate(row.record).content.given_name == "Adele"
         assert repo.count_items_by_status(s, "c1") == {"pending": 2}
         # An outcome computed for the old version is refused.
         assert not repo.set_item_outcome(s, row.id, "applied", expected_seq=1)
@@ -283,7 +284,7 @@ def test_links_unique_and_keys(store):
         assert [r.id for r in repo.links_sharing_keys(s, "c1", {"name:ada", "zzz"})] == [link_id]
         assert repo.links_sharing_keys(s, "other-conn", {"name:ada"}) == []
         by_m = repo.get_links_by_mailbox_ids(s, "c1", ["m1", "nope"])
-        assert list(by_m) == ["m1"] and repo.link_snapshot(by_m["m1"]).given_name == "Ada"
+        assert list(by_m) == ["m1"] and Contact.model_validate(by_m["m1"].snapshot).given_name == "Ada"
         assert list(repo.get_links_by_platform_ids(s, "c1", ["p2"])) == ["p2"]
         # Update by id replaces the keys.
         assert repo.save_link(s, id=link_id, platform_etag="e2", keys=["email:new@example.org"]) == link_id
@@ -413,17 +414,17 @@ def test_cursors_connections_audit_oauth(store):
 
 def test_json_round_trips_unicode(store):
     tricky = "Zoë Ōkubo 山田 ✓ 👩🏽‍💻 עִבְרִית e\u0301 nul:\u0000 end"
-    rec = SideRecord(
+    rec = ContactRecord(
         side="mailbox",
         external_id="people/ü1",
-        contact=Contact(given_name=tricky, notes="line1\nline2 \"quoted\" \\ back", emails=["zoë@exämple.org"]),
+        content=Contact(given_name=tricky, notes="line1\nline2 \"quoted\" \\ back", emails=["zoë@exämple.org"]),
     )
     with store.begin() as s:
         repo.stage_records(s, "c1", "mailbox", [rec], "b1")
         repo.create_org(s, "org-ü", "Ünïcode Org ✓", {"fix_rules": [{"name": "ß→ss", "value": "日本"}]})
     with store.begin() as s:
         row = repo.get_items(s, "c1", "mailbox", ["people/ü1"])["people/ü1"]
-        assert repo.item_record(row) == rec
+        assert ContactRecord.model_validate(row.record) == rec
         assert repo.get_org(s, "org-ü").settings["fix_rules"][0] == {"name": "ß→ss", "value": "日本"}
 
 

@@ -26,7 +26,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from sqlalchemy.pool import StaticPool
 
-from activities.contacts import ContactActivities
+from activities.pipeline import KindPipeline
+from activities.reviews import ReviewActivities
 from connectors.errors import ConnectorError
 from models.contact import Contact
 from models.workflow import CycleRef, Resolution, allowed_answers
@@ -34,6 +35,7 @@ from platforms.reference_crm.rules import Rule
 from store import cycle, repo
 from store.db import session_factory
 from store.schema import metadata
+from sync.kinds.contacts import CONTACTS
 from sync.policy import POLICIES
 from tests.memory_connectors import MemoryMailbox, MemoryPlatform, unavailable
 
@@ -63,7 +65,8 @@ class SyncMachine(RuleBasedStateMachine):
         metadata.create_all(engine)
         self.sessions = session_factory(engine)
         self.waited: list[float] = []
-        self.acts = ContactActivities(self.sessions, self.platform, lambda info: self.mailbox,
+        self.reviews = ReviewActivities(self.sessions)
+        self.acts = KindPipeline(self.sessions, CONTACTS, self.platform, lambda info: self.mailbox,
                                       wait=lambda delay, progress: self.waited.append(delay))
         self.cycles = itertools.count(1)
         self.not_mine: set[str] = set()
@@ -161,7 +164,7 @@ class SyncMachine(RuleBasedStateMachine):
             answers.append(Resolution(review_id=int(r.id), choice=choice))
         if answers:
             self.answered += len(answers)
-            self._activity(self.acts.apply_resolutions, CID, answers)
+            self._activity(self.reviews.apply_answers, CID, answers)
         return len(answers)
 
     @rule(data=st.data())

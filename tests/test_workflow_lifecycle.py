@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from activities.contacts import ConnectionInfo
+from activities.pipeline import ConnectionInfo
 from connectors.google_people import GooglePeopleContacts
 from tests.e2e_rig import Rig, throwaway_keyring
 from workers import client as api

@@ -86,14 +86,14 @@ class Stubs:
             s._enter("contacts.summarize", cid)
             return StoreSummary(open_conflicts=list(range(1, 5001)), open_conflict_count=5000)
 
-        @activity.defn(name="contacts.apply_resolutions")
+        @activity.defn(name="reviews.apply_answers")
         def apply_resolutions(cid: str, resolutions: list[Resolution]) -> int:
-            s._enter("contacts.apply_resolutions", [r.review_id for r in resolutions])
+            s._enter("reviews.apply_answers", [r.review_id for r in resolutions])
             return sum(1 for r in resolutions if r.review_id not in s.refuse)
 
-        @activity.defn(name="contacts.check_answer")
+        @activity.defn(name="reviews.check_answer")
         def check_answer(cid: str, resolution: Resolution) -> str:
-            s._enter("contacts.check_answer", resolution.review_id)
+            s._enter("reviews.check_answer", resolution.review_id)
             return "unknown_review" if resolution.review_id in s.refuse else ""
 
         @activity.defn(name="contacts.retry_quarantined")
@@ -154,7 +154,7 @@ async def test_one_shot_signals_survive_a_failing_cycle_and_health_shows_it():
                 # The answer, the retry request and the approval arrive; the activity that
                 # would apply the answer fails this cycle, and so does the plan.
                 # (Paused meanwhile, so all three are in before the cycle starts.)
-                stubs.fail["contacts.apply_resolutions"] = 1
+                stubs.fail["reviews.apply_answers"] = 1
                 await handle.signal(MailboxSyncWorkflow.pause)
                 await handle.signal(MailboxSyncWorkflow.resolve, Resolution(review_id=7, choice="mailbox"))
                 await handle.signal(MailboxSyncWorkflow.retry_quarantined)
@@ -171,7 +171,7 @@ async def test_one_shot_signals_survive_a_failing_cycle_and_health_shows_it():
             await env.sleep(31)
             with env.auto_time_skipping_disabled():
                 st = await _until(handle, lambda s: s.cycles >= 3)
-                assert stubs.calls["contacts.apply_resolutions"] == [([7],), ([7],)]
+                assert stubs.calls["reviews.apply_answers"] == [([7],), ([7],)]
                 assert len(stubs.calls["contacts.retry_quarantined"]) == 1
                 assert st.health == "failing" and st.consecutive_failures == 2  # the plan failed this time
             await env.sleep(61)
@@ -180,7 +180,7 @@ async def test_one_shot_signals_survive_a_failing_cycle_and_health_shows_it():
                 assert [c[0] for c in stubs.calls["contacts.plan"]][-2:] == [True, True], \
                     "the approval survives the failed plan"
                 assert st.health == "active" and st.last_error is None and st.consecutive_failures == 0
-                assert len(stubs.calls["contacts.apply_resolutions"]) == 2, "applied once it succeeded"
+                assert len(stubs.calls["reviews.apply_answers"]) == 2, "applied once it succeeded"
                 assert (await handle.describe()).typed_search_attributes.get(STATUS) == "active"
     finally:
         await env.shutdown()
@@ -208,7 +208,7 @@ async def test_signals_arriving_around_continue_as_new_are_all_applied_once(can_
         handle = can_env.client.get_workflow_handle(handle.id)  # follow the latest run
 
         async def applied() -> list[int]:
-            return [rid for call in stubs.calls["contacts.apply_resolutions"] for rid in call[0]]
+            return [rid for call in stubs.calls["reviews.apply_answers"] for rid in call[0]]
 
         deadline = asyncio.get_running_loop().time() + 60
         while sorted(set(await applied())) != ids:
@@ -236,7 +236,7 @@ async def test_an_answer_the_store_refuses_is_counted_and_the_update_says_why(ca
         # The signal path cannot answer; the workflow counts what the store refused.
         await handle.signal(MailboxSyncWorkflow.resolve, Resolution(review_id=404, choice="link"))
         st = await _until(handle, lambda s: s.ignored_answers == 1 and s.pending_resolutions == 0)
-        assert [5] in [c[0] for c in stubs.calls["contacts.apply_resolutions"]]
+        assert [5] in [c[0] for c in stubs.calls["reviews.apply_answers"]]
 
 
 async def test_a_cancelled_run_says_stopped_not_active(can_env):

@@ -13,7 +13,7 @@ import functools
 import threading
 from typing import Any
 
-from activities.contacts import ConnectionInfo
+from activities.pipeline import ConnectionInfo
 from connectors.errors import AuthExpired, Fatal
 from connectors.protocols import MailboxContacts
 from workers.credentials import CredentialFactory, ProviderConfig, VaultTokenSource

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from activities.contacts import MAILBOX_PROGRESS, MAILBOX_STREAM
+from activities.pipeline import mailbox_progress, mailbox_stream
 from emulators.people_data import make_people
 from connectors.google_people import contact_to_person, person_to_record
 from connectors.graph_contacts import contact_to_item, item_to_record
@@ -61,7 +61,7 @@ class GoogleMailbox:
                                  "emailAddresses": [{"value": "broken.address@@example"}]}], validate=False)[0]
 
     def edit(self, external_id, **fields):
-        current = person_to_record(self.state.person(external_id)).contact or Contact()
+        current = person_to_record(self.state.person(external_id)).content or Contact()
         wanted = current.model_copy(update=fields)
         person = contact_to_person(wanted)
         self.state.user_edit(external_id, {k: person.get(k, []) for k in
@@ -77,8 +77,8 @@ class GoogleMailbox:
         out = {}
         for p in self.state.all_persons():
             rec = person_to_record(p)
-            if not rec.deleted and rec.contact is not None:
-                out[rec.external_id] = rec.contact
+            if not rec.deleted and rec.content is not None:
+                out[rec.external_id] = rec.content
         return out
 
     def fail_listing(self, status, count=1, retry_after=None):
@@ -113,7 +113,7 @@ class MicrosoftMailbox:
 
     def edit(self, external_id, **fields):
         item = self.state.contact(external_id)
-        current = item_to_record(item).contact or Contact()
+        current = item_to_record(item).content or Contact()
         self.state.user_edit(external_id, contact_to_item(current.model_copy(update=fields), item))
 
     def delete(self, external_id):
@@ -128,8 +128,8 @@ class MicrosoftMailbox:
             item = self.state.contact(item_id)
             if item is not None:
                 rec = item_to_record(item)
-                if rec.contact is not None:
-                    out[rec.external_id] = rec.contact
+                if rec.content is not None:
+                    out[rec.external_id] = rec.content
         return out
 
     def fail_listing(self, status, count=1, retry_after=None):
@@ -190,8 +190,8 @@ def connect_mailbox(sessions, *, org_id: str, connection_id: str, user_id: str, 
                                    account_ref=f"acct-{connection_id}", settings=settings)
         elif (row.settings or {}).get("endpoint") != settings["endpoint"]:
             repo.set_connection_settings(s, connection_id, {**(row.settings or {}), **settings})
-            repo.set_cursor(s, connection_id, MAILBOX_STREAM, None)
-            repo.set_cursor(s, connection_id, MAILBOX_PROGRESS, None)  # a round under way, on the old one
+            repo.set_cursor(s, connection_id, mailbox_stream("contacts"), None)
+            repo.set_cursor(s, connection_id, mailbox_progress("contacts"), None)  # a round under way, on the old one
 
 
 def build_scenario(store_url: str, crm_url: str, *, provider: str = "google", org_id: str = "org_demo",

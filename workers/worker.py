@@ -19,9 +19,10 @@ from temporalio.worker import Worker
 
 from activities.boundary import ScrubFailures
 from activities.connection import ConnectionActivities
-from activities.contacts import ContactActivities, MailboxFactory
+from activities.kinds import KINDS
+from activities.pipeline import KindPipeline, MailboxFactory
+from activities.reviews import ReviewActivities
 from activities.subscriptions import SubscriptionActivities
-from platforms.reference_crm.adapter import ReferenceCrmContacts
 from store.db import make_engine, migrate, session_factory
 from store.vault import KeyRing, TokenVault, VaultConfigError
 from workers.client import TemporalUnreachable, connect_checked
@@ -36,12 +37,15 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Activities:
-    contacts: ContactActivities
+    #: one pipeline per kind of data, by kind name
+    pipelines: dict[str, KindPipeline]
+    reviews: ReviewActivities
     connection: ConnectionActivities
     subscriptions: SubscriptionActivities
 
     def all(self) -> list:
-        return self.contacts.all() + self.connection.all() + self.subscriptions.all()
+        steps = [a for p in self.pipelines.values() for a in p.activities()]
+        return steps + self.reviews.activities() + self.connection.all() + self.subscriptions.all()
 
 
 #: Said when the vault key is missing: a worker without it could read no token.
@@ -61,19 +65,23 @@ def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory |
     builder = MailboxBuilder(sessions, vault, providers)
     mailboxes = mailbox_for or builder
     return Activities(
-        contacts=ContactActivities(sessions, ReferenceCrmContacts(crm_url), mailboxes),
+        pipelines={name: KindPipeline(sessions, rules, adapter(crm_url), mailboxes)
+                   for name, (rules, adapter) in KINDS.items()},
+        reviews=ReviewActivities(sessions),
         connection=ConnectionActivities(sessions, vault, providers, credentials=builder.credentials),
         subscriptions=SubscriptionActivities(
             sessions, mailboxes, webhook_base_url=webhook_base_url or os.environ.get("CONCORD_PUBLIC_URL")),
     )
 
 
-def make_worker(client, activities: Activities, *, task_queue: str = TASK_QUEUE, max_threads: int = 16) -> Worker:
+def make_worker(client, activities: Activities, *, task_queue: str = TASK_QUEUE, max_threads: int = 16,
+                extra_activities: list | None = None) -> Worker:
+    """`extra_activities`: more kinds' steps (a test-only kind registers its own this way)."""
     return Worker(
         client,
         task_queue=task_queue,
         workflows=[MailboxSyncWorkflow],
-        activities=activities.all(),
+        activities=activities.all() + list(extra_activities or []),
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=max_threads),
         max_concurrent_activities=max_threads,
         interceptors=[ScrubFailures()],

@@ -28,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         AnswerOutcome,
         CycleCounts,
         CycleRef,
+        KindState,
         FetchResult,
         MailboxSyncInput,
         PlanSummary,
@@ -36,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
         StoreSummary,
         SyncState,
         WriteSummary,
+        ordered_kinds,
     )
     from workflows.attributes import ORG_ID as SA_ORG, PROVIDER as SA_PROVIDER, STATUS as SA_STATUS
 
@@ -46,6 +48,10 @@ REAUTH_REQUIRED = "ReauthRequired"
 #: started by this code (and every run after continue-as-new) take the newer path;
 #: older runs replay on the old one until they continue as new.
 PATCH_HOLDS_UNDER_FAILURE = "holds-under-failure-v1"
+
+#: Runs started by this code cycle over every enabled kind of data (contacts first),
+#: each kind's failure kept to itself; earlier runs sync contacts alone.
+PATCH_KINDS = "kinds-v1"
 
 #: answers applied per activity call, so a burst of thousands stays small in history
 RESOLUTIONS_PER_CALL = 200
@@ -95,7 +101,10 @@ class MailboxSyncWorkflow:
         self._approve_mass_delete = False
         self._resolutions: list[Resolution] = []
         self._sa_status: str | None = None
-        self._v2 = False
+        # Decided here, not in run: signals and updates of the first activation are
+        # handled before run starts, and must already know which code path they are on.
+        self._v2 = workflow.patched(PATCH_HOLDS_UNDER_FAILURE)
+        self._v3 = self._v2 and workflow.patched(PATCH_KINDS)
 
     # ----------------------------------------------------------------- signals
     @workflow.signal
@@ -116,8 +125,8 @@ class MailboxSyncWorkflow:
     @workflow.update
     async def answer_review(self, resolution: Resolution) -> AnswerOutcome:
         """`resolve` for callers that want to know whether the answer was taken."""
-        reason = await self._act("contacts.check_answer", self._inp.connection_id, resolution,
-                                 result_type=str, timeout_s=30)
+        check = "reviews.check_answer" if self._v3 else "contacts.check_answer"
+        reason = await self._act(check, self._inp.connection_id, resolution, result_type=str, timeout_s=30)
         if reason:
             return AnswerOutcome(accepted=False, reason=reason)
         self._queue(resolution)
@@ -171,7 +180,6 @@ class MailboxSyncWorkflow:
     # --------------------------------------------------------------------- run
     @workflow.run
     async def run(self, inp: MailboxSyncInput) -> SyncState:
-        self._v2 = workflow.patched(PATCH_HOLDS_UNDER_FAILURE)
         if not self._v2:
             return await self._run_loop(inp)
         try:
@@ -227,7 +235,7 @@ class MailboxSyncWorkflow:
                     continue
             self._wake = False
             st.wakeups_pending = 0
-            await self._cycle()
+            await (self._cycle_kinds() if self._v3 else self._cycle())
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 st.continued_as_new += 1
@@ -321,10 +329,10 @@ class MailboxSyncWorkflow:
             self._retry_quarantined = False
 
     async def _cycle(self) -> None:
+        """The contacts-only cycle of runs started before kinds (until they continue as new)."""
         st = self._state
         cid = self._inp.connection_id
         ref = CycleRef(connection_id=cid, cycle_id=f"{workflow.info().run_id[:8]}-{st.cycles + 1}")
-        counts = CycleCounts()
         try:
             if self._v2:
                 await self._apply_one_shots()
@@ -367,21 +375,9 @@ class MailboxSyncWorkflow:
                         self._set_health("failing")
             st.cycles += 1
             return
-        counts.fetched = fm.fetched + fp.fetched
-        counts.full_resyncs = int(fm.full_resync)
-        counts.linked = wr.linked
-        counts.created = sum(wr.created.values())
-        counts.updated = sum(wr.updated.values())
-        counts.deleted = sum(wr.deleted.values())
-        counts.skipped = plan.outcomes.get("skip", 0)
-        counts.conflicts = plan.outcomes.get("conflict", 0)
-        counts.duplicates = plan.outcomes.get("duplicate", 0)
-        counts.quarantined = plan.outcomes.get("quarantine", 0) + rj.quarantined
-        counts.fixed = rj.fixed
-        counts.deferred = wr.deferred + plan.outcomes.get("held", 0)
+        counts = _counts(fm, fp, plan, wr, rj)
         st.last_counts = counts
-        for name in CycleCounts.model_fields:
-            setattr(st.totals, name, getattr(st.totals, name) + getattr(counts, name))
+        _add(st.totals, counts)
         if self._v2:
             summary = _bounded(summary)
         st.store = summary
@@ -396,6 +392,153 @@ class MailboxSyncWorkflow:
             self._set_health("blocked")
         elif st.health in ("blocked", "failing"):
             self._set_health("active")
+
+
+    # ---------------------------------------------------------- every kind
+    async def _cycle_kinds(self) -> None:
+        """One cycle over every enabled kind, in a fixed order. A kind that fails is
+        shown in its section and retried with the cycle; the other kinds go on."""
+        st = self._state
+        cid = self._inp.connection_id
+        cycle_id = f"{workflow.info().run_id[:8]}-{st.cycles + 1}"
+        kinds = ordered_kinds(self._inp.kinds)
+        try:
+            await self._apply_answers()
+            if self._retry_quarantined:
+                for kind in kinds:
+                    await self._act(f"{kind}.retry_quarantined", cid, result_type=int)
+                self._retry_quarantined = False
+            await self._maintain_subscriptions()
+        except ActivityError as err:
+            self._cycle_failed(err)
+            return
+        approve = self._approve_mass_delete
+        failed: dict[str, str] = {}
+        cycle_counts = CycleCounts()
+        for kind in kinds:
+            ks = st.kinds.setdefault(kind, KindState())
+            try:
+                counts, summary, guard = await self._cycle_kind(kind, CycleRef(connection_id=cid, cycle_id=cycle_id),
+                                                                approve)
+            except ActivityError as err:
+                if is_cancelled_exception(err) or _is_reauth(err):
+                    self._cycle_failed(err)
+                    return
+                failed[kind] = ks.last_error = _error_code(err)
+                continue
+            ks.last_counts, ks.store, ks.guard_tripped, ks.last_error = counts, summary, guard, None
+            ks.last_fetch_at = workflow.now().timestamp()
+            _add(ks.totals, counts)
+            _add(cycle_counts, counts)
+        if approve and not failed:
+            self._approve_mass_delete = False  # every kind's plan has used it
+        st.last_counts = cycle_counts
+        _add(st.totals, cycle_counts)
+        st.store = _summed([k.store for k in st.kinds.values()])
+        st.guard_tripped = any(k.guard_tripped for k in st.kinds.values())
+        st.last_fetch_at = workflow.now().timestamp()
+        st.cycles += 1
+        if failed:
+            st.last_error = "; ".join(f"{kind}: {code}" for kind, code in failed.items())
+            self._note_failure()
+            return
+        st.last_cycle_at = workflow.now().timestamp()
+        st.last_error = None
+        st.consecutive_failures = 0
+        st.failing_since = None
+        st.next_retry_at = None
+        if st.guard_tripped:
+            self._set_health("blocked")
+        elif st.health in ("blocked", "failing"):
+            self._set_health("active")
+
+    async def _cycle_kind(self, kind: str, ref: CycleRef, approve: bool) -> tuple[CycleCounts, StoreSummary, bool]:
+        cid = ref.connection_id
+        fetch_retry = self._retry("CursorExpired")
+        fm: FetchResult = await self._act(f"{kind}.fetch_mailbox", ref, result_type=FetchResult, retry=fetch_retry)
+        fp: FetchResult = await self._act(f"{kind}.fetch_platform", ref, result_type=FetchResult, retry=fetch_retry)
+        plan: PlanSummary = await self._act(f"{kind}.plan", ref, approve, result_type=PlanSummary, timeout_s=1800)
+        wr: WriteSummary = await self._act(f"{kind}.write", ref, result_type=WriteSummary, timeout_s=1800)
+        rj: RejectionSummary = await self._act(f"{kind}.handle_rejections", ref, result_type=RejectionSummary)
+        summary: StoreSummary = await self._act(f"{kind}.summarize", cid, result_type=StoreSummary)
+        return _counts(fm, fp, plan, wr, rj), _bounded(summary), plan.guard_tripped
+
+    async def _apply_answers(self) -> None:
+        """Answers for any kind (a review knows its kind), dropped once applied."""
+        st = self._state
+        while self._resolutions:
+            taken = self._resolutions[:RESOLUTIONS_PER_CALL]
+            applied = await self._act("reviews.apply_answers", self._inp.connection_id, taken, result_type=int)
+            done = {r.review_id for r in taken}
+            self._resolutions = [r for r in self._resolutions if r.review_id not in done]
+            st.ignored_answers += len(taken) - applied
+
+    def _cycle_failed(self, err: ActivityError) -> None:
+        """A step every kind depends on failed: needs re-auth, cancellation, or a failing cycle."""
+        if is_cancelled_exception(err):
+            raise err
+        st = self._state
+        if _is_reauth(err):
+            self._set_health("needs_reauth")
+            st.last_error = "needs re-authorisation"
+        else:
+            st.last_error = _error_code(err)
+            self._note_failure()
+        st.cycles += 1
+
+    def _note_failure(self) -> None:
+        st = self._state
+        st.consecutive_failures += 1
+        if st.failing_since is None:
+            st.failing_since = workflow.now().timestamp()
+        if st.health in ("active", "blocked"):
+            self._set_health("failing")
+
+
+def _is_reauth(err: ActivityError) -> bool:
+    return isinstance(err.cause, ApplicationError) and err.cause.type == REAUTH_REQUIRED
+
+
+def _counts(fm: FetchResult, fp: FetchResult, plan: PlanSummary, wr: WriteSummary,
+            rj: RejectionSummary) -> CycleCounts:
+    """One kind's cycle, per stage."""
+    return CycleCounts(
+        fetched=fm.fetched + fp.fetched,
+        full_resyncs=int(fm.full_resync),
+        linked=wr.linked,
+        created=sum(wr.created.values()),
+        updated=sum(wr.updated.values()),
+        deleted=sum(wr.deleted.values()),
+        skipped=plan.outcomes.get("skip", 0),
+        conflicts=plan.outcomes.get("conflict", 0),
+        duplicates=plan.outcomes.get("duplicate", 0),
+        quarantined=plan.outcomes.get("quarantine", 0) + rj.quarantined,
+        fixed=rj.fixed,
+        deferred=wr.deferred + plan.outcomes.get("held", 0),
+    )
+
+
+def _add(into: CycleCounts, counts: CycleCounts) -> None:
+    for name in CycleCounts.model_fields:
+        setattr(into, name, getattr(into, name) + getattr(counts, name))
+
+
+def _summed(stores: list[StoreSummary]) -> StoreSummary:
+    """The connection's store across kinds: counts added, id lists cut as for one kind."""
+    out = StoreSummary()
+    for st in stores:
+        for status, n in st.items.items():
+            out.items[status] = out.items.get(status, 0) + n
+        for code, n in st.quarantined_by_code.items():
+            out.quarantined_by_code[code] = out.quarantined_by_code.get(code, 0) + n
+        out.links += st.links
+        out.open_conflict_count += st.open_conflict_count
+        out.open_duplicate_count += st.open_duplicate_count
+        out.quarantined_count += st.quarantined_count
+        out.open_conflicts += st.open_conflicts
+        out.open_duplicates += st.open_duplicates
+        out.quarantined += st.quarantined
+    return _bounded(out)
 
 
 def _bounded(summary: StoreSummary) -> StoreSummary:

@@ -21,12 +21,13 @@ from sqlalchemy.engine import Engine
 
 from connectors.errors import ConnectorError, CursorExpired, Fatal, NotFound, PreconditionFailed, Transient
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
-from models.contact import SideRecord
+from models.contact import ContactRecord
+from models.record import SideRecord
 from platforms.reference_crm.service import ReferenceCrm
 
 
 def _tombstone(external_id: str) -> SideRecord:
-    return SideRecord(side="platform", external_id=external_id, contact=None, deleted=True)
+    return ContactRecord(side="platform", external_id=external_id, content=None, deleted=True)
 
 
 def _expected_version(etag: str | None) -> int | None:
@@ -95,13 +96,13 @@ class ReferenceCrmContacts:
         results: list[WriteResult] = []
         for req in requests:
             try:
-                if req.contact is None:
+                if req.content is None:
                     raise Fatal("upsert without a contact")
                 if req.external_id is None:
-                    rec = self.crm.create_contact(org_id, req.contact, owner_id=req.owner,
+                    rec = self.crm.create_contact(org_id, req.content, owner_id=req.owner,
                                                   idempotency_key=req.key, actor="sync")
                 else:
-                    rec = self.crm.update_contact(org_id, req.external_id, req.contact, owner_id=req.owner,
+                    rec = self.crm.update_contact(org_id, req.external_id, req.content, owner_id=req.owner,
                                                   expected_version=_expected_version(req.etag),
                                                   idempotency_key=req.key, actor="sync")
                 results.append(WriteResult(key=req.key, record=rec.to_side_record(), calls=share))

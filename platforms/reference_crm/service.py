@@ -26,7 +26,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from connectors.errors import Fatal, NotFound, PreconditionFailed, Transient, ValidationRejected
-from models.contact import FIELDS, Contact, SideRecord
+from models.contact import FIELDS, Contact, ContactRecord
+from models.record import SideRecord
 from platforms.reference_crm import rules as rules_mod
 from platforms.reference_crm import schema as t
 from platforms.reference_crm.rules import Rule
@@ -81,10 +82,10 @@ class CrmContact:
     change_seq: int
 
     def to_side_record(self) -> SideRecord:
-        return SideRecord(
+        return ContactRecord(
             side="platform",
             external_id=self.id,
-            contact=None if self.deleted else self.contact,
+            content=None if self.deleted else self.contact,
             deleted=self.deleted,
             etag=str(self.version),
             updated_at=self.updated_at,

@@ -1,8 +1,12 @@
-"""Contacts activities: thin glue between the store, the pure core and the connectors.
+"""The sync pipeline of one kind of data: thin glue between the store, the pure core
+and the connectors, written once for every kind.
 
-Each activity loads what it needs from the store by connection id, does its step,
-persists the result and returns counts. Nothing returned carries contact content
-(DESIGN principle 1). Each is idempotent (principle 2):
+A `KindPipeline` is bound to one kind (its rules, its mailbox connectors, its
+platform adapter) and exposes the cycle's steps as activities named after the
+kind (`contacts.fetch_mailbox`, later `mail.fetch_mailbox`). Each activity loads
+what it needs from the store by connection id, does its step, persists the result
+and returns counts. Nothing returned carries content (DESIGN principle 1). Each is
+idempotent (principle 2):
 
 - fetch_*   stage changes; the cursor advances in the same transaction as the last
             page, so a retry re-stages (coalesced by item) and never skips.
@@ -14,6 +18,7 @@ persists the result and returns counts. Nothing returned carries contact content
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,12 +28,12 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 
 from activities.errors import to_application_error
-from activities.pacing import Pacer
 from activities.executor import Executor
+from activities.pacing import Pacer
 from connectors.errors import ConnectorError, CursorExpired, Fatal
-from connectors.protocols import MailboxContacts, PlatformContacts
-from models.contact import Contact, SideRecord
+from connectors.protocols import MailboxSide, PlatformSide
 from models.plan import Decision
+from models.record import SideRecord
 from models.workflow import (
     STATE_ID_LIMIT,
     CycleRef,
@@ -41,15 +46,25 @@ from models.workflow import (
     WriteSummary,
 )
 from store import cycle, repo
-from sync.normalize import blocking_keys
+from sync.kinds import KindRules
 from sync.planner import LinkState, PlanInput, Review, plan
 from sync.policy import SyncSettings
 from workers.telemetry import activity_span
 
-MAILBOX_STREAM = "contacts:mailbox"
-#: a delta round in progress (see _Resume), kept beside the stream's cursor
-MAILBOX_PROGRESS = "contacts:mailbox:round"
-PLATFORM_STREAM = "contacts:platform"
+
+def mailbox_stream(kind: str) -> str:
+    return f"{kind}:mailbox"
+
+
+def mailbox_progress(kind: str) -> str:
+    """A delta round in progress (see _Resume), kept beside the stream's cursor."""
+    return f"{kind}:mailbox:round"
+
+
+def platform_stream(kind: str) -> str:
+    return f"{kind}:platform"
+
+
 OPEN_ITEM_STATUSES = ["pending", "conflict", "duplicate", "deferred"]
 UNFINISHED_ACTIONS = ["planned", "platform_done", "mailbox_started", "rejected"]
 CANDIDATE_KEY_CHUNK = 500
@@ -67,7 +82,7 @@ class ConnectionInfo:
     settings: dict
 
 
-MailboxFactory = Callable[[ConnectionInfo], MailboxContacts]
+MailboxFactory = Callable[[ConnectionInfo], MailboxSide]
 
 
 @dataclass
@@ -103,8 +118,8 @@ class _Resume(BaseModel):
     batch: str = ""
 
     @classmethod
-    def load(cls, s, connection_id: str, stored_cursor: str | None, batch: str) -> "_Resume":
-        raw = repo.get_cursor(s, connection_id, MAILBOX_PROGRESS)
+    def load(cls, s, connection_id: str, kind: str, stored_cursor: str | None, batch: str) -> "_Resume":
+        raw = repo.get_cursor(s, connection_id, mailbox_progress(kind))
         if raw:
             try:
                 at = cls.model_validate_json(raw)
@@ -115,24 +130,24 @@ class _Resume(BaseModel):
         return cls(cursor=stored_cursor, batch=batch)
 
 
-def _staged(row) -> SideRecord:
+def _staged(row, rules: KindRules) -> SideRecord:
     """A staged item as the planner sees it. One that no longer reads as a record (a
     store written by another version, a hand edit) is quarantined by the planner as
     malformed, naming the fields, instead of failing the whole batch's plan."""
     try:
-        return SideRecord.model_validate(row.record)
+        return rules.record.model_validate(row.record)
     except ValidationError as exc:
         where = sorted({".".join(str(p) for p in e["loc"]) or "record" for e in exc.errors()})
-        return SideRecord(side=row.side, external_id=row.external_id,
-                          problems=tuple(f"staged record unreadable at {w}" for w in where[:5]))
+        return rules.record(side=row.side, external_id=row.external_id,
+                            problems=tuple(f"staged record unreadable at {w}" for w in where[:5]))
 
 
-def link_state(row) -> LinkState:
+def link_state(row, rules: KindRules) -> LinkState:
     return LinkState(
         link_id=int(row.id),
         mailbox_id=row.mailbox_id,
         platform_id=row.platform_id,
-        snapshot=Contact.model_validate(row.snapshot),
+        snapshot=rules.model.model_validate(row.snapshot),
         mailbox_hash=row.mailbox_hash,
         platform_hash=row.platform_hash,
         mailbox_etag=row.mailbox_etag,
@@ -171,12 +186,15 @@ def keep_alive(every_s: float = 2.0):
         thread.join(timeout=every_s + 1)
 
 
-class ContactActivities:
-    """Bound to one store, one platform adapter and a way to reach each mailbox."""
+class KindPipeline:
+    """One kind's cycle steps, bound to one store, the kind's platform adapter and a way
+    to reach its records in each mailbox."""
 
-    def __init__(self, session_factory, platform: PlatformContacts, mailbox_for: MailboxFactory, *,
+    def __init__(self, session_factory, rules: KindRules, platform: PlatformSide, mailbox_for: MailboxFactory, *,
                  wait: Callable | None = None) -> None:
         self.sessions = session_factory
+        self.rules = rules
+        self.kind = rules.name
         self.platform = platform
         self.mailbox_for = mailbox_for
         #: how pacing waits (default: sleep, heartbeating); a test driving thousands of
@@ -194,15 +212,14 @@ class ContactActivities:
         return info, SyncSettings.from_dict(merged, owner=conn.user_id)
 
     # -- fetch ---------------------------------------------------------------
-    @activity.defn(name="contacts.fetch_mailbox")
     def fetch_mailbox(self, ref: CycleRef) -> FetchResult:
         batch = f"{ref.cycle_id}:m"
         with self.sessions() as s:
             info, _ = self._connection(s, ref.connection_id)
-            cursor = repo.get_cursor(s, ref.connection_id, MAILBOX_STREAM)
-            resume = _Resume.load(s, ref.connection_id, cursor, batch)
+            cursor = repo.get_cursor(s, ref.connection_id, mailbox_stream(self.kind))
+            resume = _Resume.load(s, ref.connection_id, self.kind, cursor, batch)
         mailbox = self.mailbox_for(info)
-        with activity_span("contacts.fetch_mailbox", connection_id=ref.connection_id) as span:
+        with activity_span(f"{self.kind}.fetch_mailbox", connection_id=ref.connection_id) as span:
             try:
                 try:
                     result = self._drain_mailbox(ref, mailbox, resume)
@@ -217,7 +234,7 @@ class ContactActivities:
                         "full_resync": result.full_resync, "calls": result.calls})
         return result
 
-    def _drain_mailbox(self, ref: CycleRef, mailbox: MailboxContacts, at: "_Resume") -> FetchResult:
+    def _drain_mailbox(self, ref: CycleRef, mailbox: MailboxSide, at: "_Resume") -> FetchResult:
         """Page through one delta round, staging each page as it comes.
 
         Progress is stored with each staged page, so whatever ends an attempt resumes
@@ -226,7 +243,8 @@ class ContactActivities:
         """
         batch_id = at.batch
         full = at.cursor is None
-        result = FetchResult(stream=MAILBOX_STREAM, pages=at.pages, fetched=at.fetched, full_resync=at.resync)
+        result = FetchResult(stream=mailbox_stream(self.kind), pages=at.pages, fetched=at.fetched,
+                             full_resync=at.resync)
         pacer = Pacer(lambda: (result.pages,), sleep=self.wait)
         while True:
             page = pacer.idempotent(mailbox.list_changes, at.cursor, at.page)
@@ -235,12 +253,13 @@ class ContactActivities:
             last = page.next_page is None
             at = at.model_copy(update={"page": page.next_page, "pages": result.pages, "fetched": result.fetched})
             with self.sessions.begin() as s:
-                repo.stage_records(s, ref.connection_id, "mailbox", page.records, batch_id)
+                repo.stage_records(s, ref.connection_id, "mailbox", page.records, batch_id, kind=self.kind)
                 if last:
                     if full:
                         result.vanished = self._stage_vanished(s, ref.connection_id, batch_id)
-                    repo.set_cursor(s, ref.connection_id, MAILBOX_STREAM, page.cursor, full_sync=full)
-                repo.set_cursor(s, ref.connection_id, MAILBOX_PROGRESS, None if last else at.model_dump_json())
+                    repo.set_cursor(s, ref.connection_id, mailbox_stream(self.kind), page.cursor, full_sync=full)
+                repo.set_cursor(s, ref.connection_id, mailbox_progress(self.kind),
+                                None if last else at.model_dump_json())
             if last:
                 return result
             _heartbeat(result.pages)
@@ -250,23 +269,22 @@ class ContactActivities:
 
         What it listed is what this listing staged (its batch), whichever attempt read it.
         """
-        seen = cycle.external_ids_in_batch(s, connection_id, "mailbox", batch_id)
-        gone = [mid for mid in cycle.linked_mailbox_ids(s, connection_id) if mid not in seen]
-        tombstones = [SideRecord(side="mailbox", external_id=mid, deleted=True) for mid in gone]
+        seen = cycle.external_ids_in_batch(s, connection_id, "mailbox", batch_id, kind=self.kind)
+        gone = [mid for mid in cycle.linked_mailbox_ids(s, connection_id, kind=self.kind) if mid not in seen]
+        tombstones = [self.rules.record(side="mailbox", external_id=mid, deleted=True) for mid in gone]
         if tombstones:
-            repo.stage_records(s, connection_id, "mailbox", tombstones, batch_id)
+            repo.stage_records(s, connection_id, "mailbox", tombstones, batch_id, kind=self.kind)
         return len(tombstones)
 
-    @activity.defn(name="contacts.fetch_platform")
     def fetch_platform(self, ref: CycleRef) -> FetchResult:
         with self.sessions() as s:
             info, settings = self._connection(s, ref.connection_id)
-            cursor = repo.get_cursor(s, ref.connection_id, PLATFORM_STREAM)
-        result = FetchResult(stream=PLATFORM_STREAM)
+            cursor = repo.get_cursor(s, ref.connection_id, platform_stream(self.kind))
+        result = FetchResult(stream=platform_stream(self.kind))
         calls_before = getattr(self.platform, "calls_made", 0)
         batch_id = f"{ref.cycle_id}:p"
         pacer = Pacer(lambda: (result.pages,), sleep=self.wait)
-        with activity_span("contacts.fetch_platform", connection_id=ref.connection_id) as span:
+        with activity_span(f"{self.kind}.fetch_platform", connection_id=ref.connection_id) as span:
             try:
                 while True:
                     page = pacer.idempotent(self.platform.changes_since, info.org_id, cursor, limit=500)
@@ -274,9 +292,9 @@ class ContactActivities:
                     with self.sessions.begin() as s:
                         relevant = self._relevant_platform(s, ref.connection_id, page.records, settings)
                         result.fetched += len(relevant)
-                        repo.stage_records(s, ref.connection_id, "platform", relevant, batch_id)
+                        repo.stage_records(s, ref.connection_id, "platform", relevant, batch_id, kind=self.kind)
                         if page.cursor is not None:
-                            repo.set_cursor(s, ref.connection_id, PLATFORM_STREAM, page.cursor)
+                            repo.set_cursor(s, ref.connection_id, platform_stream(self.kind), page.cursor)
                     _heartbeat(result.pages)
                     if not page.records or page.cursor is None or page.cursor == cursor:
                         break
@@ -287,8 +305,8 @@ class ContactActivities:
             span.set(**{"fetched": result.fetched, "pages": result.pages})
         return result
 
-    @staticmethod
-    def _relevant_platform(s, connection_id: str, records: list[SideRecord], settings: SyncSettings) -> list[SideRecord]:
+    def _relevant_platform(self, s, connection_id: str, records: list[SideRecord],
+                           settings: SyncSettings) -> list[SideRecord]:
         """Platform changes this mailbox must see: its linked records and those in its scope.
 
         Everything else in the organisation's feed belongs to other mailboxes; they are
@@ -296,7 +314,7 @@ class ContactActivities:
         """
         if settings.platform_scope == "all":
             return list(records)
-        linked = set(repo.get_links_by_platform_ids(s, connection_id, [r.external_id for r in records]))
+        linked = set(repo.get_links_by_platform_ids(s, connection_id, [r.external_id for r in records], kind=self.kind))
         keep = []
         for r in records:
             if r.external_id in linked:
@@ -306,13 +324,12 @@ class ContactActivities:
         return keep
 
     # -- plan ----------------------------------------------------------------
-    @activity.defn(name="contacts.plan")
     def plan(self, ref: CycleRef, approve_mass_delete: bool = False) -> PlanSummary:
-        with activity_span("contacts.plan", connection_id=ref.connection_id) as span, keep_alive():
+        with activity_span(f"{self.kind}.plan", connection_id=ref.connection_id) as span, keep_alive():
             b = self._load_batch(ref)
             candidates = self._candidates(b)
             result = plan(PlanInput(
-                mailbox=b.mailbox, platform=b.platform, settings=b.settings,
+                mailbox=b.mailbox, platform=b.platform, settings=b.settings, rules=self.rules,
                 links_by_mailbox=b.by_mailbox, links_by_platform=b.by_platform, reviews=b.reviews,
                 platform_candidates=candidates, neighbour_links=b.neighbours,
                 link_count=b.link_count, approve_mass_delete=approve_mass_delete,
@@ -331,29 +348,30 @@ class ContactActivities:
         """Open items (minus those an unfinished action still holds) and what the store knows about them."""
         with self.sessions() as s:
             info, settings = self._connection(s, ref.connection_id)
-            busy = cycle.items_with_unfinished_actions(s, ref.connection_id, UNFINISHED_ACTIONS)
-            rows = [r for r in repo.items_by_status(s, ref.connection_id, OPEN_ITEM_STATUSES)
+            kind, rules, cid = self.kind, self.rules, ref.connection_id
+            busy = cycle.items_with_unfinished_actions(s, cid, UNFINISHED_ACTIONS, kind=kind)
+            rows = [r for r in repo.items_by_status(s, cid, OPEN_ITEM_STATUSES, kind=kind)
                     if (r.side, r.external_id) not in busy]
-            mailbox = {r.external_id: _staged(r) for r in rows if r.side == "mailbox"}
-            platform = {r.external_id: _staged(r) for r in rows if r.side == "platform"}
+            mailbox = {r.external_id: _staged(r, rules) for r in rows if r.side == "mailbox"}
+            platform = {r.external_id: _staged(r, rules) for r in rows if r.side == "platform"}
             mailbox_ids = set(mailbox) | {old for rec in mailbox.values() for old in rec.previous_ids}
-            by_mailbox = {mid: link_state(row)
-                          for mid, row in repo.get_links_by_mailbox_ids(s, ref.connection_id, mailbox_ids).items()}
-            by_platform = {pid: link_state(row)
-                           for pid, row in repo.get_links_by_platform_ids(s, ref.connection_id, list(platform)).items()}
-            # Links whose snapshot is like a new platform record: a CRM-side duplicate must not
-            # become a second contact in the mailbox.
-            new_platform = [r for pid, r in platform.items() if pid not in by_platform and r.contact]
-            keys = set().union(*(blocking_keys(r.contact) for r in new_platform)) if new_platform else set()
-            neighbours = ({int(row.id): link_state(row) for row in repo.links_sharing_keys(s, ref.connection_id, keys)}
-                          if keys else {})
+            by_mailbox = {mid: link_state(row, rules)
+                          for mid, row in repo.get_links_by_mailbox_ids(s, cid, mailbox_ids, kind=kind).items()}
+            by_platform = {pid: link_state(row, rules)
+                           for pid, row in repo.get_links_by_platform_ids(s, cid, list(platform), kind=kind).items()}
+            # Links whose snapshot is like a new platform record: a platform-side duplicate
+            # must not become a second record in the mailbox.
+            new_platform = [r for pid, r in platform.items() if pid not in by_platform and r.content]
+            keys = set().union(*(rules.keys(r.content) for r in new_platform)) if new_platform else set()
+            neighbours = ({int(row.id): link_state(row, rules)
+                           for row in repo.links_sharing_keys(s, cid, keys, kind=kind)} if keys else {})
             return _Batch(info, settings, mailbox, platform, by_mailbox, by_platform,
-                          self._reviews(s, ref.connection_id), neighbours, repo.count_links(s, ref.connection_id))
+                          self._reviews(s, cid), neighbours, repo.count_links(s, cid, kind=kind))
 
     def _candidates(self, b: "_Batch") -> dict[str, SideRecord]:
         """Platform records a new mailbox contact may be: found by blocking key, plus any a
         review already names; those already linked here are marked, as duplicates not matches."""
-        new_mailbox = [r for mid, r in b.mailbox.items() if mid not in b.by_mailbox and r.contact and not r.deleted]
+        new_mailbox = [r for mid, r in b.mailbox.items() if mid not in b.by_mailbox and r.content and not r.deleted]
         candidates = self._platform_candidates(b.info.org_id, new_mailbox, exclude=set(b.platform))
         held = {r.candidate_id for (side, ext), r in b.reviews.items()
                 if side == "mailbox" and ext in b.mailbox and r.kind == "duplicate" and r.candidate_id
@@ -367,17 +385,19 @@ class ContactActivities:
                 raise to_application_error(exc) from None
         if candidates:
             with self.sessions() as s:
-                for pid, row in repo.get_links_by_platform_ids(s, b.info.connection_id, list(candidates)).items():
-                    b.by_platform.setdefault(pid, link_state(row))
+                for pid, row in repo.get_links_by_platform_ids(s, b.info.connection_id, list(candidates),
+                                                               kind=self.kind).items():
+                    b.by_platform.setdefault(pid, link_state(row, self.rules))
         return candidates
 
     def _reviews(self, s, connection_id: str) -> dict:
-        rows = cycle.active_reviews(s, connection_id)
+        rows = cycle.active_reviews(s, connection_id, kind=self.kind)
         # A mailbox twin's candidate is another mailbox contact; the planner compares
         # with platform records, so name the platform record that twin is linked to.
         twins = [(row.detail or {}).get("candidate_id") for row in rows
                  if (row.detail or {}).get("candidate_side") == "mailbox" and row.mailbox_id]
-        twin_links = repo.get_links_by_mailbox_ids(s, connection_id, [t for t in twins if t]) if twins else {}
+        twin_links = (repo.get_links_by_mailbox_ids(s, connection_id, [t for t in twins if t], kind=self.kind)
+                      if twins else {})
         out: dict = {}
         for row in rows:
             detail = row.detail or {}
@@ -394,7 +414,7 @@ class ContactActivities:
         return out
 
     def _platform_candidates(self, org_id: str, new_mailbox: list[SideRecord], exclude: set[str]) -> dict[str, SideRecord]:
-        keys = sorted(set().union(*(blocking_keys(r.contact) for r in new_mailbox))) if new_mailbox else []
+        keys = sorted(set().union(*(self.rules.keys(r.content) for r in new_mailbox))) if new_mailbox else []
         found: dict[str, SideRecord] = {}
         try:
             for i in range(0, len(keys), CANDIDATE_KEY_CHUNK):
@@ -413,7 +433,7 @@ class ContactActivities:
         for d in decisions:
             items = d.item_keys()
             if d.outcome == "apply":
-                key = f"{ref.connection_id}:{ref.cycle_id}:{d.link_id}:{d.mailbox_id}:{d.platform_id}"
+                key = self._action_key(ref, d)
                 actions.append({"item_mailbox_id": d.mailbox_id,
                                 "item_platform_id": d.platform_id, "link_id": d.link_id,
                                 "decision": d.model_dump(mode="json"), "idempotency_key": key})
@@ -424,7 +444,8 @@ class ContactActivities:
                 if review_id is None:
                     review_id = repo.open_review(
                         s, connection_id=ref.connection_id, kind=d.outcome, link_id=d.link_id,
-                        mailbox_id=d.mailbox_id, platform_id=d.platform_id, fields=d.fields, detail=detail)
+                        mailbox_id=d.mailbox_id, platform_id=d.platform_id, fields=d.fields, detail=detail,
+                        item_kind=self.kind)
                 else:
                     cycle.update_review(s, review_id, fields=d.fields, detail=detail)
             elif review_id is not None:
@@ -436,9 +457,13 @@ class ContactActivities:
             outcomes += [{"side": side, "external_id": ext, "status": status, "rule": d.rule,
                           "error_code": error_code, "error_message": message, "review_id": review_id}
                          for side, ext in items]
-        cycle.set_item_outcomes_by_key(s, ref.connection_id, outcomes)
+        cycle.set_item_outcomes_by_key(s, ref.connection_id, outcomes, kind=self.kind)
         if actions:
-            repo.add_actions(s, ref.connection_id, ref.cycle_id, actions)
+            repo.add_actions(s, ref.connection_id, ref.cycle_id, actions, kind=self.kind)
+
+    def _action_key(self, ref: CycleRef, d: Decision) -> str:
+        """Unique across connections, kinds and cycles; a retried plan reuses it (no action twice)."""
+        return f"{ref.connection_id}:{self.kind}:{ref.cycle_id}:{d.link_id}:{d.mailbox_id}:{d.platform_id}"
 
     @staticmethod
     def _review_detail(d: Decision, mailbox: dict, platform: dict, by_mailbox: dict, by_platform: dict) -> dict:
@@ -448,35 +473,33 @@ class ContactActivities:
         this cycle holds what the link last synced. A conflict on a first link (two
         similar records that disagree) has no common base, and says so.
         """
-        def contact_of(rec: SideRecord | None):
-            return rec.contact.model_dump(mode="json") if rec and rec.contact else None
+        def content_of(rec: SideRecord | None):
+            return rec.content.model_dump(mode="json") if rec and rec.content else None
         detail: dict = {"rule": d.rule}
         if d.outcome == "conflict":
             link = by_mailbox.get(d.mailbox_id or "") or by_platform.get(d.platform_id or "")
             base = link.snapshot.model_dump(mode="json") if link else None
-            detail.update(mailbox=contact_of(mailbox.get(d.mailbox_id or "")) or base,
-                          platform=contact_of(platform.get(d.platform_id or "")) or base,
+            detail.update(mailbox=content_of(mailbox.get(d.mailbox_id or "")) or base,
+                          platform=content_of(platform.get(d.platform_id or "")) or base,
                           base=base, first_link=link is None)
         else:
             detail.update(candidate_side=d.candidate_side, candidate_id=d.candidate_id, score=d.score)
         return detail
 
     # -- write ---------------------------------------------------------------
-    @activity.defn(name="contacts.write")
     def write(self, ref: CycleRef) -> WriteSummary:
-        return self._with_executor(ref, "contacts.write", lambda ex: ex.run(heartbeat=_heartbeat))
+        return self._with_executor(ref, "write", lambda ex: ex.run(heartbeat=_heartbeat))
 
-    @activity.defn(name="contacts.handle_rejections")
     def handle_rejections(self, ref: CycleRef) -> RejectionSummary:
-        return self._with_executor(ref, "contacts.handle_rejections",
+        return self._with_executor(ref, "handle_rejections",
                                    lambda ex: ex.handle_rejections(heartbeat=_heartbeat))
 
     def _with_executor(self, ref: CycleRef, name: str, step):
         with self.sessions() as s:
             info, settings = self._connection(s, ref.connection_id)
-        executor = Executor(self.sessions, self.platform, self.mailbox_for(info), info, settings, ref.cycle_id,
-                            wait=self.wait)
-        with activity_span(name, connection_id=ref.connection_id) as span:
+        executor = Executor(self.sessions, self.rules, self.platform, self.mailbox_for(info), info, settings,
+                            ref.cycle_id, wait=self.wait)
+        with activity_span(f"{self.kind}.{name}", connection_id=ref.connection_id) as span:
             try:
                 summary = step(executor)
             except ConnectorError as exc:
@@ -485,49 +508,47 @@ class ContactActivities:
             span.set(**{k: v for k, v in counts.items() if isinstance(v, int)})
         return summary
 
-    # -- people's answers and maintenance --------------------------------------
-    @activity.defn(name="contacts.apply_resolutions")
-    def apply_resolutions(self, connection_id: str, resolutions: list[Resolution]) -> int:
-        """Record each answer and re-open its items so the next plan applies it."""
-        applied = 0
-        with self.sessions.begin() as s:
-            for r in resolutions:
-                if cycle.resolve_review_and_reopen(s, connection_id, r.review_id, r.choice):
-                    applied += 1
-        return applied
-
-    @activity.defn(name="contacts.check_answer")
-    def check_answer(self, connection_id: str, resolution: Resolution) -> str:
-        """Why the store would refuse this answer ("" when it takes it), for the update."""
-        with self.sessions() as s:
-            return cycle.answer_problem(s, connection_id, resolution.review_id, resolution.choice) or ""
-
-    @activity.defn(name="contacts.retry_quarantined")
+    # -- maintenance and state -------------------------------------------------
     def retry_quarantined(self, connection_id: str) -> int:
         with self.sessions.begin() as s:
-            return repo.restage_quarantined(s, connection_id)
+            return repo.restage_quarantined(s, connection_id, kind=self.kind)
 
-    @activity.defn(name="contacts.summarize")
     def summarize(self, connection_id: str) -> StoreSummary:
         """Counts, and the first STATE_ID_LIMIT ids of each list: this crosses history."""
-        with self.sessions() as s:
-            raw = repo.sync_state_summary(s, connection_id, quarantined_limit=STATE_ID_LIMIT)
-            first = {kind: repo.open_review_ids(s, connection_id, kind, limit=STATE_ID_LIMIT)
-                     for kind in ("conflict", "duplicate")}
-        return StoreSummary(
-            items=raw["items"],
-            links=raw["links"],
-            open_conflicts=first["conflict"],
-            open_duplicates=first["duplicate"],
-            open_conflict_count=raw["open_reviews"].get("conflict", 0),
-            open_duplicate_count=raw["open_reviews"].get("duplicate", 0),
-            quarantined=[QuarantinedItem(item_id=int(q["item_id"]), side=q["side"], error_code=q["error_code"] or "")
-                         for q in raw["quarantined"]],
-            quarantined_count=raw["quarantined_total"],
-            quarantined_by_code=raw["quarantined_by_code"],
-        )
+        return summarize_kind(self.sessions, connection_id, self.kind)
 
-    def all(self) -> list:
-        return [self.fetch_mailbox, self.fetch_platform, self.plan, self.write, self.handle_rejections,
-                self.apply_resolutions, self.check_answer, self.retry_quarantined, self.summarize]
+    def activities(self) -> list:
+        """The steps as Temporal activities, named after the kind (`contacts.plan`)."""
+        steps = (self.fetch_mailbox, self.fetch_platform, self.plan, self.write, self.handle_rejections,
+                 self.retry_quarantined, self.summarize)
+        return [as_activity(f"{self.kind}.{step.__name__}", step) for step in steps]
 
+
+def summarize_kind(sessions, connection_id: str, kind: str) -> StoreSummary:
+    with sessions() as s:
+        raw = repo.sync_state_summary(s, connection_id, quarantined_limit=STATE_ID_LIMIT, kind=kind)
+        first = {q: repo.open_review_ids(s, connection_id, q, limit=STATE_ID_LIMIT, item_kind=kind)
+                 for q in ("conflict", "duplicate")}
+    return StoreSummary(
+        items=raw["items"],
+        links=raw["links"],
+        open_conflicts=first["conflict"],
+        open_duplicates=first["duplicate"],
+        open_conflict_count=raw["open_reviews"].get("conflict", 0),
+        open_duplicate_count=raw["open_reviews"].get("duplicate", 0),
+        quarantined=[QuarantinedItem(item_id=int(q["item_id"]), side=q["side"], error_code=q["error_code"] or "")
+                     for q in raw["quarantined"]],
+        quarantined_count=raw["quarantined_total"],
+        quarantined_by_code=raw["quarantined_by_code"],
+    )
+
+
+def as_activity(name: str, fn: Callable) -> Callable:
+    """`fn` (a bound method) as a Temporal activity called `name`. The wrapper keeps its
+    signature and annotations, which Temporal reads to convert arguments."""
+
+    @functools.wraps(fn)
+    def run(*args):
+        return fn(*args)
+
+    return activity.defn(run, name=name)

@@ -1,0 +1,69 @@
+"""A kind of data, as the pure sync core sees it: its model and its rules.
+
+The planner and the executor are written once, against `KindRules`; a kind
+(contacts, later mail and calendar) supplies what differs: its canonical model,
+what makes a record malformed, how records are compared and indexed for
+duplicate search, how a field-level merge treats its fields, and which named
+fixes answer a platform's validation error. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Callable, Collection, Generic, Hashable, Protocol, TypeVar
+
+from models.plan import Decision
+from models.record import SideRecord, content_hash
+from sync.matching import Match, MatchScore, Thresholds
+from sync.merge import MergeResult, three_way_merge
+from sync.policy import Policy, SyncSettings
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+
+
+class MatchIndex(Protocol[K]):
+    """Records indexed for duplicate search: add them, then ask for the best one like another."""
+
+    def add(self, key: K, content: Any) -> None: ...
+
+    def best(self, content: Any, thresholds: Thresholds, *, exclude: Collection[K] = ()) -> Match[K]: ...
+
+
+def _no_fix(content: Any, field: str | None, rules: tuple[str, ...]) -> tuple[Any, list[str]] | None:
+    return None
+
+
+@dataclass(frozen=True)
+class KindRules(Generic[T]):
+    name: str
+    #: the canonical model: a frozen pydantic model of str and tuple[str, ...] fields
+    model: type
+    #: what makes a record unusable, as value-free messages naming the field
+    problems: Callable[[Any, SyncSettings], list[str]]
+    #: blocking keys: records sharing one may be duplicates (candidate search, the mirror)
+    keys: Callable[[Any], set[str]]
+    #: an empty index for duplicate search within a batch and against candidates
+    new_index: Callable[[], MatchIndex]
+    #: how alike two records are, in [0, 1]
+    score: Callable[[Any, Any], MatchScore]
+    #: named fixes for a platform's validation error on `field` (None: no rule applies)
+    fix: Callable[[Any, str | None, tuple[str, ...]], tuple[Any, list[str]] | None] = field(default=_no_fix)
+
+    def hash(self, content: Any) -> str:
+        return content_hash(content)
+
+    def merge(self, base: Any, mailbox: Any, platform: Any, policy: Policy, *, mailbox_time: float | None = None,
+              platform_time: float | None = None, decided: dict | None = None) -> MergeResult:
+        return three_way_merge(base, mailbox, platform, policy, mailbox_time=mailbox_time,
+                               platform_time=platform_time, decided=decided)
+
+    @cached_property
+    def record(self) -> type[SideRecord]:
+        """`SideRecord[model]`: reads a staged record back with its content typed."""
+        return SideRecord[self.model]  # type: ignore[name-defined]
+
+    @cached_property
+    def decision(self) -> type[Decision]:
+        return Decision[self.model]  # type: ignore[name-defined]
