@@ -133,7 +133,10 @@ class MemoryMailbox:
 
     provider = "memory"
 
-    def __init__(self, *, page_size: int = 100, id_prefix: str = "mem", clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, *, page_size: int = 100, id_prefix: str = "mem", clock: Callable[[], float] | None = None,
+                 record: type[SideRecord] = ContactRecord) -> None:
+        """`record`: the kind's `SideRecord[Model]` (contacts by default; a test-only kind passes its own)."""
+        self.record = record
         self.page_size = page_size
         self._prefix = id_prefix
         self._clock = clock
@@ -295,7 +298,7 @@ class MemoryMailbox:
             item = self._require(r)
             self._bump(item)
             item.deleted = True
-        return ContactRecord(side="mailbox", external_id=r.external_id or "", deleted=True)
+        return self.record(side="mailbox", external_id=r.external_id or "", deleted=True)
 
     def _require(self, r: WriteRequest) -> _Contact:
         item = self._live(r.external_id or "")
@@ -333,8 +336,8 @@ class MemoryMailbox:
 
     def _record(self, iid: str, item: _Contact) -> SideRecord:
         if item.deleted:
-            return ContactRecord(side="mailbox", external_id=iid, deleted=True)
-        return ContactRecord(side="mailbox", external_id=iid, content=item.contact, etag=self._etag(item),
+            return self.record(side="mailbox", external_id=iid, deleted=True)
+        return self.record(side="mailbox", external_id=iid, content=item.contact, etag=self._etag(item),
                           updated_at=item.updated_at, problems=item.problems)
 
 
@@ -374,7 +377,11 @@ class MemoryPlatform:
 
     provider = "memory"
 
-    def __init__(self, *, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, *, clock: Callable[[], float] | None = None, record: type[SideRecord] = ContactRecord,
+                 keys: Callable[[object], set[str]] = blocking_keys) -> None:
+        """`record` and `keys`: the kind's `SideRecord[Model]` and blocking keys (contacts by default)."""
+        self.record = record
+        self.keys = keys
         self._clock = clock
         self._lock = threading.RLock()
         self._orgs: dict[str, _Org] = {}
@@ -447,7 +454,7 @@ class MemoryPlatform:
             self._call("get_many")
             records = self._org(org_id).records
             return [
-                self._side(i, records[i]) if i in records else ContactRecord(side="platform", external_id=i, deleted=True)
+                self._side(i, records[i]) if i in records else self.record(side="platform", external_id=i, deleted=True)
                 for i in external_ids
             ]
 
@@ -524,7 +531,7 @@ class MemoryPlatform:
     def _delete_one(self, org: _Org, r: WriteRequest) -> SideRecord:
         rec = org.records.get(r.external_id or "")
         if rec is None:
-            return ContactRecord(side="platform", external_id=r.external_id or "", deleted=True)
+            return self.record(side="platform", external_id=r.external_id or "", deleted=True)
         if not rec.deleted:
             self._check_version(rec, r.etag)
             self._delete(rec)
@@ -554,7 +561,7 @@ class MemoryPlatform:
         if not force:
             rec.version += 1
         rec.contact, rec.owner = contact, owner
-        rec.keys = frozenset(blocking_keys(contact))
+        rec.keys = frozenset(self.keys(contact))
         self._stamp(rec)
 
     def _delete(self, rec: _Record) -> None:
@@ -568,7 +575,6 @@ class MemoryPlatform:
         rec.seq = self._seq
         rec.updated_at = self._clock() if self._clock else float(self._seq)
 
-    @staticmethod
-    def _side(iid: str, rec: _Record) -> SideRecord:
-        return ContactRecord(side="platform", external_id=iid, content=None if rec.deleted else rec.contact,
+    def _side(self, iid: str, rec: _Record) -> SideRecord:
+        return self.record(side="platform", external_id=iid, content=None if rec.deleted else rec.contact,
                           deleted=rec.deleted, etag=str(rec.version), updated_at=rec.updated_at, owner=rec.owner)
