@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
@@ -29,6 +30,7 @@ from temporalio import activity
 
 from activities.errors import to_application_error
 from activities.executor import Executor
+from activities.org import OrgReader, mailbox_cursor_stream
 from activities.pacing import Pacer
 from connectors.errors import ConnectorError, CursorExpired, Fatal
 from connectors.protocols import MailboxSide, PlatformSide
@@ -38,6 +40,7 @@ from models.workflow import (
     STATE_ID_LIMIT,
     CycleRef,
     FetchResult,
+    OrgReadResult,
     PlanSummary,
     QuarantinedItem,
     RejectionSummary,
@@ -45,7 +48,7 @@ from models.workflow import (
     StoreSummary,
     WriteSummary,
 )
-from store import cycle, repo
+from store import cycle, mirror, repo
 from sync.kinds import KindRules
 from sync.planner import LinkState, PlanInput, Review, plan
 from sync.policy import SyncSettings
@@ -65,9 +68,13 @@ def platform_stream(kind: str) -> str:
     return f"{kind}:platform"
 
 
+#: a mailbox reads the platform itself only when the organisation's reader has been
+#: silent this long (its workflow is not running); otherwise it pulls the buffer
+READER_SILENT_S = 900.0
+PULL_PAGE = 500
+
 OPEN_ITEM_STATUSES = ["pending", "conflict", "duplicate", "deferred"]
 UNFINISHED_ACTIONS = ["planned", "platform_done", "mailbox_started", "rejected"]
-CANDIDATE_KEY_CHUNK = 500
 
 
 @dataclass
@@ -197,6 +204,7 @@ class KindPipeline:
         self.kind = rules.name
         self.platform = platform
         self.mailbox_for = mailbox_for
+        self.reader = OrgReader(session_factory, rules, platform, wait=wait)
         #: how pacing waits (default: sleep, heartbeating); a test driving thousands of
         #: cycles passes one that returns at once
         self.wait = wait
@@ -277,40 +285,87 @@ class KindPipeline:
         return len(tombstones)
 
     def fetch_platform(self, ref: CycleRef) -> FetchResult:
+        """This mailbox's share of the platform's changes, pulled from the organisation's
+        buffer past this mailbox's own position: no platform read of its own, except the
+        first load of its scope, or when the organisation's reader has fallen silent
+        (then it reads for everyone; see activities/org.py)."""
+        cid = ref.connection_id
         with self.sessions() as s:
-            info, settings = self._connection(s, ref.connection_id)
-            cursor = repo.get_cursor(s, ref.connection_id, platform_stream(self.kind))
+            info, settings = self._connection(s, cid)
+            feed = mirror.get_feed(s, info.org_id, self.kind)
+            position = repo.get_cursor(s, cid, mailbox_cursor_stream(self.kind))
         result = FetchResult(stream=platform_stream(self.kind))
         calls_before = getattr(self.platform, "calls_made", 0)
         batch_id = f"{ref.cycle_id}:p"
-        pacer = Pacer(lambda: (result.pages,), sleep=self.wait)
-        with activity_span(f"{self.kind}.fetch_platform", connection_id=ref.connection_id) as span:
+        with activity_span(f"{self.kind}.fetch_platform", connection_id=cid) as span:
             try:
-                while True:
-                    page = pacer.idempotent(self.platform.changes_since, info.org_id, cursor, limit=500)
-                    result.pages += 1
-                    with self.sessions.begin() as s:
-                        relevant = self._relevant_platform(s, ref.connection_id, page.records, settings)
-                        result.fetched += len(relevant)
-                        repo.stage_records(s, ref.connection_id, "platform", relevant, batch_id, kind=self.kind)
-                        if page.cursor is not None:
-                            repo.set_cursor(s, ref.connection_id, platform_stream(self.kind), page.cursor)
-                    _heartbeat(result.pages)
-                    if not page.records or page.cursor is None or page.cursor == cursor:
-                        break
-                    cursor = page.cursor
+                if feed is None or feed.updated_at < time.time() - READER_SILENT_S:
+                    self.reader.read(info.org_id, heartbeat=_heartbeat)
+                if position is None:
+                    self._first_load(cid, info, settings, batch_id, result)
+                else:
+                    self._pull(cid, info, settings, int(position), batch_id, result)
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
             result.calls = getattr(self.platform, "calls_made", 0) - calls_before
             span.set(**{"fetched": result.fetched, "pages": result.pages})
         return result
 
+    def _pull(self, cid: str, info: ConnectionInfo, settings: SyncSettings, position: int, batch_id: str,
+              result: FetchResult) -> None:
+        while True:
+            with self.sessions.begin() as s:
+                rows = mirror.changes_after(s, info.org_id, self.kind, position, limit=PULL_PAGE)
+                if not rows:
+                    return
+                latest = {row.external_id: row for row in rows}  # the newest of each record in the page
+                records = [self.rules.record.model_validate(row.record) for row in latest.values()]
+                relevant = self._relevant_platform(s, cid, records, settings)
+                repo.stage_records(s, cid, "platform", relevant, batch_id, kind=self.kind)
+                position = int(rows[-1].seq)
+                repo.set_cursor(s, cid, mailbox_cursor_stream(self.kind), str(position))
+            result.pages += 1
+            result.fetched += len(relevant)
+            _heartbeat(result.pages)
+
+    def _first_load(self, cid: str, info: ConnectionInfo, settings: SyncSettings, batch_id: str,
+                    result: FetchResult) -> None:
+        """Everything in this mailbox's scope, as the mirror knows it now: content from the
+        buffer where it still holds it, from the platform otherwise. Changes after this
+        point arrive through the buffer (the position is the head seen before reading)."""
+        with self.sessions() as s:
+            head = int(mirror.get_feed(s, info.org_id, self.kind).seq_head)
+            owner = settings.owner if settings.platform_scope == "owned" else None
+            ids = [] if settings.platform_scope == "linked" else mirror.in_scope(s, info.org_id, self.kind, owner)
+            buffered = mirror.latest_buffered(s, info.org_id, self.kind, ids)
+        records = [self.rules.record.model_validate(buffered[i]) for i in ids if i in buffered]
+        missing = [i for i in ids if i not in buffered]
+        pacer = Pacer(lambda: (result.pages,), sleep=self.wait)
+        for i in range(0, len(missing), PULL_PAGE):
+            records += pacer.idempotent(self.platform.get_many, info.org_id, missing[i:i + PULL_PAGE])
+            _heartbeat(i)
+        with self.sessions.begin() as s:
+            repo.stage_records(s, cid, "platform", records, batch_id, kind=self.kind)
+            repo.set_cursor(s, cid, mailbox_cursor_stream(self.kind), str(head))
+        result.pages += 1
+        result.fetched += len(records)
+
+    def read_platform(self, org_id: str) -> OrgReadResult:
+        """The organisation's read of this kind's feed (its workflow's step): which mailboxes to wake."""
+        with activity_span(f"{self.kind}.read_platform", org_id=org_id) as span:
+            try:
+                read = self.reader.read(org_id, heartbeat=_heartbeat)
+            except ConnectorError as exc:
+                raise to_application_error(exc) from None
+            span.set(changes=read.changes, pages=read.pages, calls=read.calls, woken=len(read.affected))
+        return OrgReadResult(changes=read.changes, pages=read.pages, calls=read.calls, woken=sorted(read.affected))
+
     def _relevant_platform(self, s, connection_id: str, records: list[SideRecord],
                            settings: SyncSettings) -> list[SideRecord]:
         """Platform changes this mailbox must see: its linked records and those in its scope.
 
         Everything else in the organisation's feed belongs to other mailboxes; they are
-        still found as match candidates through the platform's search.
+        still found as match candidates through the mirror.
         """
         if settings.platform_scope == "all":
             return list(records)
@@ -414,17 +469,22 @@ class KindPipeline:
         return out
 
     def _platform_candidates(self, org_id: str, new_mailbox: list[SideRecord], exclude: set[str]) -> dict[str, SideRecord]:
-        keys = sorted(set().union(*(self.rules.keys(r.content) for r in new_mailbox))) if new_mailbox else []
-        found: dict[str, SideRecord] = {}
+        """Live platform records sharing a blocking key with a new mailbox record, found on
+        the mirror (the platform keeps none of Concord's keys); their content comes from
+        the buffer where it still is, from the platform otherwise."""
+        keys = set().union(*(self.rules.keys(r.content) for r in new_mailbox)) if new_mailbox else set()
+        with self.sessions() as s:
+            ids = sorted(mirror.candidates(s, org_id, self.kind, keys) - exclude)
+            buffered = mirror.latest_buffered(s, org_id, self.kind, ids)
+        found = [self.rules.record.model_validate(buffered[i]) for i in ids if i in buffered]
+        missing = [i for i in ids if i not in buffered]
         try:
-            for i in range(0, len(keys), CANDIDATE_KEY_CHUNK):
-                for rec in self.platform.search_candidates(org_id, set(keys[i:i + CANDIDATE_KEY_CHUNK])):
-                    if rec.external_id not in exclude and not rec.deleted:
-                        found[rec.external_id] = rec
+            for i in range(0, len(missing), PULL_PAGE):
+                found += self.platform.get_many(org_id, missing[i:i + PULL_PAGE])
                 _heartbeat(i)
         except ConnectorError as exc:
             raise to_application_error(exc) from None
-        return found
+        return {r.external_id: r for r in found if not r.deleted and r.external_id not in exclude}
 
     def _persist_plan(self, s, ref: CycleRef, decisions: list[Decision], mailbox: dict, platform: dict,
                       by_mailbox: dict, by_platform: dict) -> None:
@@ -520,7 +580,7 @@ class KindPipeline:
     def activities(self) -> list:
         """The steps as Temporal activities, named after the kind (`contacts.plan`)."""
         steps = (self.fetch_mailbox, self.fetch_platform, self.plan, self.write, self.handle_rejections,
-                 self.retry_quarantined, self.summarize)
+                 self.retry_quarantined, self.summarize, self.read_platform)
         return [as_activity(f"{self.kind}.{step.__name__}", step) for step in steps]
 
 

@@ -216,3 +216,45 @@ class MailboxSyncInput(BaseModel):
     resolutions: list[Resolution] = Field(default_factory=list)
     retry_quarantined: bool = False
     approve_mass_delete: bool = False
+
+
+# --- the organisation's workflow -------------------------------------------------------
+
+
+class OrgReadResult(BaseModel):
+    """What one read of an organisation's platform feed did (one kind)."""
+
+    changes: int = 0
+    pages: int = 0
+    calls: int = 0
+    #: the mailboxes the changes concern: only these are woken
+    woken: list[str] = Field(default_factory=list)
+
+
+class OrgKindState(BaseModel):
+    last_read_at: float | None = None
+    reads: int = 0
+    changes: int = 0
+    platform_calls: int = 0
+    wakes: int = 0
+    last_woken: int = 0
+    last_error: str | None = None
+
+
+class OrgState(BaseModel):
+    org_id: str
+    cycles: int = 0
+    wakeups_pending: int = 0
+    next_poll_at: float | None = None
+    continued_as_new: int = 0
+    kinds: dict[str, OrgKindState] = Field(default_factory=dict)
+
+
+class OrgSyncInput(BaseModel):
+    org_id: str
+    kinds: list[str] = Field(default_factory=lambda: ["contacts"])
+    #: the safety net for a missed platform webhook
+    poll_interval_s: float = 300.0
+    heartbeat_timeout_s: float = 60.0
+    state: OrgState | None = None
+    wake: bool = True

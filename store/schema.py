@@ -239,3 +239,60 @@ subscriptions = sa.Table(
     sa.Index("ix_subscriptions_connection_id", "connection_id"),
     sa.Index("ix_subscriptions_status_expires_at", "status", "expires_at"),
 )
+
+# --- the organisation level: the platform read once per organisation and kind -------
+#
+# `org_cursors` holds where the organisation's reader is in the platform's change feed
+# and the last change number it handed out (`seq_head`). `platform_mirror` keeps, per
+# platform record, what matching and echo detection need: its hash, etag, owner and
+# whether it is deleted (not the record). `mirror_keys` are its blocking keys, for
+# candidate search. `platform_changes` is the delivery buffer: each change read, with
+# its content, numbered; every mailbox pulls what concerns it past its own number and
+# rows every mailbox has passed are pruned.
+
+org_cursors = sa.Table(
+    "org_cursors",
+    metadata,
+    sa.Column("org_id", sa.String, primary_key=True),
+    sa.Column("stream", sa.String, primary_key=True),
+    sa.Column("value", sa.String, nullable=True),
+    sa.Column("seq_head", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("updated_at", Epoch, nullable=False),
+)
+
+platform_mirror = sa.Table(
+    "platform_mirror",
+    metadata,
+    sa.Column("org_id", sa.String, primary_key=True),
+    sa.Column("kind", sa.String, primary_key=True),
+    sa.Column("external_id", sa.String, primary_key=True),
+    sa.Column("hash", sa.String, nullable=True),
+    sa.Column("etag", sa.String, nullable=True),
+    sa.Column("owner", sa.String, nullable=True),
+    sa.Column("deleted", sa.Boolean, nullable=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.Index("ix_platform_mirror_org_id_kind_owner", "org_id", "kind", "owner"),
+)
+
+mirror_keys = sa.Table(
+    "mirror_keys",
+    metadata,
+    sa.Column("org_id", sa.String, primary_key=True),
+    sa.Column("kind", sa.String, primary_key=True),
+    sa.Column("key", sa.String, primary_key=True),
+    sa.Column("external_id", sa.String, primary_key=True),
+    sa.Index("ix_mirror_keys_org_id_kind_external_id", "org_id", "kind", "external_id"),
+)
+
+platform_changes = sa.Table(
+    "platform_changes",
+    metadata,
+    sa.Column("org_id", sa.String, primary_key=True),
+    sa.Column("kind", sa.String, primary_key=True),
+    sa.Column("seq", sa.BigInteger, primary_key=True),
+    sa.Column("external_id", sa.String, nullable=False),
+    sa.Column("record", sa.JSON, nullable=False),
+    sa.Column("owner", sa.String, nullable=True),
+    sa.Column("at", Epoch, nullable=False),
+)

@@ -31,7 +31,7 @@ EXPECTED_TABLES = {
     "vault_tokens",
     "subscriptions",
 }
-HEAD = "0005"
+HEAD = "0006"
 
 
 @pytest.fixture

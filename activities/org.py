@@ -1,0 +1,119 @@
+"""The platform read once per organisation and kind, for all its mailboxes.
+
+Each mailbox used to read the organisation's whole change feed with a cursor of its
+own and drop what was not its business: fifty mailboxes, fifty reads of every
+change. Here one reader per (organisation, kind) reads the feed, keeps the mirror
+(hash, etag, owner, blocking keys: what matching and echo detection need), buffers
+each change with its content, and says which mailboxes it concerns: those linked to
+the record, and those whose user owns it (or that see all records). Those mailboxes,
+and only those, are woken; each pulls from the buffer past its own number.
+
+The organisation's workflow reads after a platform webhook or its poll timer; a
+mailbox whose organisation reader has fallen silent reads for it (the compare-and-set
+on the cursor keeps the read single).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import sqlalchemy as sa
+
+from activities.pacing import Pacer
+from connectors.protocols import PlatformSide
+from store import mirror, repo
+from store.schema import connections, cursors, links
+from sync.kinds import KindRules
+from sync.policy import SyncSettings
+
+PAGE = 500
+
+
+def mailbox_cursor_stream(kind: str) -> str:
+    """How far a mailbox has pulled the organisation's buffer of this kind."""
+    return f"{kind}:mirror"
+
+
+@dataclass
+class OrgRead:
+    changes: int = 0
+    pages: int = 0
+    calls: int = 0
+    #: connections the changes concern (to wake)
+    affected: set[str] = field(default_factory=set)
+
+
+class OrgReader:
+    def __init__(self, sessions, rules: KindRules, platform: PlatformSide, *, wait: Callable | None = None) -> None:
+        self.sessions = sessions
+        self.rules = rules
+        self.kind = rules.name
+        self.platform = platform
+        self.wait = wait
+
+    def read(self, org_id: str, heartbeat: Callable = lambda *a: None) -> OrgRead:
+        """Read the feed to its end; mirror, buffer and route what changed."""
+        out = OrgRead()
+        calls0 = getattr(self.platform, "calls_made", 0)
+        pacer = Pacer(lambda: (out.pages,), sleep=self.wait)
+        with self.sessions.begin() as s:
+            mirror.ensure_feed(s, org_id, self.kind)
+        while True:
+            with self.sessions() as s:
+                cursor = mirror.get_feed(s, org_id, self.kind).value
+            page = pacer.idempotent(self.platform.changes_since, org_id, cursor, limit=PAGE)
+            out.pages += 1
+            with self.sessions.begin() as s:
+                head = mirror.advance(s, org_id, self.kind, cursor, page.cursor if page.cursor is not None else cursor)
+                if head is None:
+                    continue  # another reader took this page first: read on from where it left
+                changed = mirror.apply(s, org_id, self.kind, [self._entry(r) for r in page.records], head)
+                out.changes += len(changed)
+                out.affected |= self._concerned(s, org_id, changed)
+            heartbeat(out.pages)
+            if not page.records or page.cursor is None or page.cursor == cursor:
+                break
+        with self.sessions.begin() as s:
+            mirror.prune(s, org_id, self.kind, self._pulled_by_all(s, org_id))
+        out.calls = getattr(self.platform, "calls_made", 0) - calls0
+        return out
+
+    def _entry(self, rec) -> mirror.MirrorEntry:
+        content = rec.content
+        return mirror.MirrorEntry(
+            external_id=rec.external_id,
+            hash=self.rules.hash(content) if content is not None else None,
+            etag=rec.etag, owner=rec.owner, deleted=rec.deleted or content is None,
+            keys=frozenset(self.rules.keys(content)) if content is not None else frozenset(),
+            record=rec.model_dump(mode="json"),
+        )
+
+    def _concerned(self, s, org_id: str, changed: list[mirror.MirrorEntry]) -> set[str]:
+        """Mailboxes a batch of changes concerns: linked to a record, or in whose scope it is."""
+        if not changed:
+            return set()
+        ids = [e.external_id for e in changed]
+        owners = {e.owner for e in changed if e.owner}
+        out: set[str] = set()
+        conns = repo.list_connections(s, org_id=org_id, status="active")
+        org = repo.get_org(s, org_id)
+        for c in conns:
+            settings = SyncSettings.from_dict({**(org.settings or {}), **(c.settings or {}).get("sync", {})},
+                                              owner=c.user_id)
+            if settings.platform_scope == "all" or (settings.platform_scope == "owned" and c.user_id in owners):
+                out.add(c.id)
+        for chunk in range(0, len(ids), 1000):
+            out.update(s.execute(sa.select(links.c.connection_id).distinct().where(
+                links.c.org_id == org_id, links.c.kind == self.kind,
+                links.c.platform_id.in_(ids[chunk:chunk + 1000]))).scalars())
+        return out & {c.id for c in conns}
+
+    def _pulled_by_all(self, s, org_id: str) -> int:
+        """The buffer position every loaded mailbox of the organisation has passed (0: keep all)."""
+        values = s.execute(sa.select(cursors.c.value).select_from(
+            cursors.join(connections, connections.c.id == cursors.c.connection_id)).where(
+            connections.c.org_id == org_id, connections.c.status == "active",
+            cursors.c.stream == mailbox_cursor_stream(self.kind))).scalars().all()
+        numbers = [int(v) for v in values if v is not None]
+        return min(numbers) if numbers else 0
