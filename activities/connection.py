@@ -26,7 +26,7 @@ from typing import Callable
 from temporalio import activity
 
 from activities.errors import to_application_error
-from connectors.errors import ConnectorError, ReauthRequired
+from models.errors import ConnectorError, ReauthRequired
 from store import repo
 from store.vault import TokenVault
 from workers.credentials import CredentialFactory, ProviderConfig
@@ -66,7 +66,7 @@ class StoreSubscriptionStopper:
     def __call__(self, connection_id: str, source, settings: dict | None = None) -> tuple[int, int]:
         import httpx
 
-        from connectors.errors import Transient
+        from models.errors import Transient
         from store import subscriptions as subs
 
         settings = settings or {}
@@ -208,7 +208,7 @@ class ConnectionActivities:
     def _check_auth(self, connection_id: str) -> str:
         row = self._row(connection_id)
         if row is None:
-            from connectors.errors import Fatal
+            from models.errors import Fatal
 
             raise Fatal(f"unknown connection {connection_id!r}")
         if row.status == "disconnected":

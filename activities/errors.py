@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from temporalio.exceptions import ApplicationError
 
-from connectors.errors import ConnectorError, RateLimited, ReauthRequired
+from models.errors import ConnectorError, RateLimited, ReauthRequired
 
 #: error types the workflow reacts to by name (ApplicationError.type)
 REAUTH_REQUIRED = "ReauthRequired"

@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Callable
 
 from activities.pacing import Pacer
-from connectors.errors import ConnectorError, NotFound, PreconditionFailed, RateLimited, ValidationRejected
+from models.errors import ConnectorError, NotFound, PreconditionFailed, RateLimited, ValidationRejected
 from connectors.protocols import MailboxSide, PlatformSide, WriteRequest, WriteResult
 from models.record import SideRecord
 from models.plan import Decision, Write

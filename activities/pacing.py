@@ -21,7 +21,7 @@ from typing import Any, Callable, TypeVar
 
 from temporalio import activity
 
-from connectors.errors import RateLimited, Transient
+from models.errors import RateLimited, Transient
 
 T = TypeVar("T")
 

@@ -32,7 +32,7 @@ from activities.errors import to_application_error
 from activities.executor import Executor
 from activities.org import OrgReader, mailbox_cursor_stream
 from activities.pacing import Pacer
-from connectors.errors import ConnectorError, CursorExpired, Fatal
+from models.errors import ConnectorError, CursorExpired, Fatal
 from connectors.protocols import MailboxSide, PlatformSide
 from models.plan import Decision
 from models.record import SideRecord

@@ -19,7 +19,7 @@ from temporalio import activity
 
 from activities.pipeline import ConnectionInfo, MailboxFactory
 from activities.errors import to_application_error
-from connectors.errors import ConnectorError, NotFound
+from models.errors import ConnectorError, NotFound
 from store import repo
 from store import subscriptions as subs
 

@@ -42,7 +42,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import CLOSE_CONNECTION, BodyTooLarge, read_body
-from connectors.errors import ConnectorError, Fatal, Transient
+from models.errors import ConnectorError, Fatal, Transient
 from connectors.oauth_google import FlowRejected, PendingFlows
 from store import repo
 from store.schema import PROVIDERS

@@ -3,7 +3,7 @@
 Why the shapes below:
 
 - Retries belong to Temporal, so every request runs with `num_retries=0` and every
-  failure leaves as one class of `connectors.errors`. Two transport-level repeats
+  failure leaves as one class of `models.errors`. Two transport-level repeats
   remain, deliberately: httplib2 re-sends once when a kept-alive connection turns
   out stale, and google-auth refreshes the access token once on a 401 (only when the
   credentials can refresh; static-token credentials surface the 401 as AuthExpired).
@@ -48,7 +48,7 @@ from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
-from connectors.errors import (
+from models.errors import (
     AuthExpired,
     ConnectorError,
     CursorExpired,

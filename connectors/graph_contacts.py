@@ -59,7 +59,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from connectors.errors import (
+from models.errors import (
     AuthExpired,
     ConnectorError,
     CursorExpired,

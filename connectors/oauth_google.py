@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 import requests
 
-from connectors.errors import Fatal, ReauthRequired, Transient
+from models.errors import Fatal, ReauthRequired, Transient
 from connectors.id_tokens import (
     GOOGLE_CERTS_URL,
     GOOGLE_ISSUERS,

@@ -25,7 +25,7 @@ import msal
 import requests
 from msal.exceptions import MsalServiceError
 
-from connectors.errors import Fatal, ReauthRequired, Transient
+from models.errors import Fatal, ReauthRequired, Transient
 from connectors.id_tokens import CachedKeys, KeysUnavailable
 from connectors.oauth_google import (
     SCOPES,

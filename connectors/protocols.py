@@ -3,7 +3,7 @@
 One pair per kind of data, all of the same shape: `MailboxSide[T]` and
 `PlatformSide[T]` over the kind's canonical model T (contacts: `Contact`).
 Everything crossing these boundaries is a `SideRecord[T]`; failures are the
-classes in `connectors.errors`. Calls are synchronous: activities run them on the
+classes in `models.errors`. Calls are synchronous: activities run them on the
 worker's thread pool, and the Google client library (httplib2) is synchronous anyway.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
-from connectors.errors import ConnectorError, Fatal
+from models.errors import ConnectorError, Fatal
 from models.record import SideRecord
 
 T = TypeVar("T")

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from connectors.errors import Fatal, PreconditionFailed
+from models.errors import Fatal, PreconditionFailed
 from pydantic import BaseModel
 
 from models.record import SIDES, SideRecord

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Row
 from sqlalchemy.orm import Session
 
-from connectors.errors import Fatal, PreconditionFailed
+from models.errors import Fatal, PreconditionFailed
 from store.schema import SUBSCRIPTION_PROVIDERS, SUBSCRIPTION_STATUSES, subscriptions
 
 #: Graph caps clientState at 128 characters; 32 random bytes urlsafe-encode to 43.

@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.orm import Session
 
-from connectors.errors import Fatal
+from models.errors import Fatal
 
 ENV_VAR = "CONCORD_VAULT_KEYS"
 KEY_BYTES = 32

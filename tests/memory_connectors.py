@@ -30,7 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from connectors.errors import (
+from models.errors import (
     ConnectorError,
     CursorExpired,
     Fatal,

@@ -25,7 +25,7 @@ from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.boundary import ScrubFailures
 from activities.errors import to_application_error
-from connectors.errors import RateLimited
+from models.errors import RateLimited
 from models.record import SideRecord
 from tests.test_contacts_e2e import _decoded_payloads
 

@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from activities.pipeline import ConnectionInfo
 from api.app import signed_start_authorizer, start_link
 from api.connect import ConnectDeps, Connected, connect_router
-from connectors.errors import ReauthRequired
+from models.errors import ReauthRequired
 from emulators import google_people as people_emu
 from emulators import graph as graph_emu
 from emulators.oauth import OAuthState, google_app, make_self_signed_cert, microsoft_app
@@ -400,7 +400,7 @@ def test_revoked_refresh_token_needs_reauth(rig):
 
 
 def test_settings_may_not_carry_secrets(rig):
-    from connectors.errors import Fatal
+    from models.errors import Fatal
 
     with pytest.raises(Fatal):
         rig.providers.with_settings({"oauth": {"client_secret": "x"}})

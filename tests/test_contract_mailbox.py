@@ -15,7 +15,7 @@ from typing import Callable
 
 import pytest
 
-from connectors.errors import CursorExpired, Fatal, NotFound, PreconditionFailed, RateLimited
+from models.errors import CursorExpired, Fatal, NotFound, PreconditionFailed, RateLimited
 from connectors.google_people import GooglePeopleContacts, contact_to_person
 from connectors.graph_contacts import GraphContacts, contact_to_item
 from connectors.protocols import MailboxContacts, WriteRequest

@@ -13,7 +13,7 @@ from typing import Callable
 
 import pytest
 
-from connectors.errors import CursorExpired, Fatal, NotFound, PreconditionFailed, ValidationRejected
+from models.errors import CursorExpired, Fatal, NotFound, PreconditionFailed, ValidationRejected
 from connectors.protocols import PlatformContacts, WriteRequest
 from models.contact import Contact
 from models.record import SideRecord

@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.client import WorkflowExecutionStatus
     from temporalio.worker import Worker
 
-    from connectors.errors import Fatal
+    from models.errors import Fatal
     from workers import devstack, telemetry
     from workers.devstack import DevServer, find_temporal_cli, free_port_pair
     from workers.temporal_client import SEARCH_ATTRIBUTE_KEYS, connect
@@ -296,7 +296,7 @@ def test_activity_span_refuses_content_and_marks_failures():
     with pytest.raises(Fatal):
         with telemetry.activity_span("leaky", subject="Lunch on Friday"):
             pass
-    from connectors.errors import RateLimited
+    from models.errors import RateLimited
 
     with pytest.raises(RateLimited):
         with telemetry.activity_span("fails", batch_id="b-2"):
@@ -317,7 +317,7 @@ def test_sync_context_manager_from_plain_code(dev):
 
 
 async def test_connect_to_nothing_is_transient():
-    from connectors.errors import Transient
+    from models.errors import Transient
 
     port, _ = free_port_pair()
     with pytest.raises(Transient):

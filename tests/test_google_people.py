@@ -14,7 +14,7 @@ from google.oauth2.credentials import Credentials
 from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
-from connectors.errors import (
+from models.errors import (
     AuthExpired,
     CursorExpired,
     NotFound,

@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from connectors.errors import (
+from models.errors import (
     AuthExpired,
     CursorExpired,
     NotFound,

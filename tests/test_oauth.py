@@ -12,7 +12,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from connectors.errors import ReauthRequired, Transient
+from models.errors import ReauthRequired, Transient
 from connectors.oauth_google import (
     SCOPES,
     FlowRejected,

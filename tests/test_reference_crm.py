@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from connectors.errors import CursorExpired, Fatal, NotFound, PreconditionFailed, ValidationRejected
+from models.errors import CursorExpired, Fatal, NotFound, PreconditionFailed, ValidationRejected
 from connectors.protocols import WriteRequest
 from models.contact import Contact
 from platforms.reference_crm import (
@@ -392,7 +392,7 @@ def test_seed_is_deterministic_and_plants_one_rule_breaker(db_url):
 
 
 def test_unreachable_database_is_transient():
-    from connectors.errors import Transient
+    from models.errors import Transient
 
     crm = ReferenceCrm("postgresql+psycopg://postgres@127.0.0.1:1/nowhere", create_schema=False)
     with pytest.raises(Transient):

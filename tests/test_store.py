@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from connectors.errors import Fatal, PreconditionFailed
+from models.errors import Fatal, PreconditionFailed
 from models.contact import Contact, ContactRecord
 from models.record import SideRecord
 from store import repo

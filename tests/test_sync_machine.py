@@ -28,7 +28,7 @@ from sqlalchemy.pool import StaticPool
 
 from activities.pipeline import KindPipeline
 from activities.reviews import ReviewActivities
-from connectors.errors import ConnectorError
+from models.errors import ConnectorError
 from models.contact import Contact
 from models.workflow import CycleRef, Resolution, allowed_answers
 from platforms.reference_crm.rules import Rule

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from connectors.errors import ConnectorError
+from models.errors import ConnectorError
 from store.vault import (
     KeyRing,
     TokenSet,

@@ -659,7 +659,7 @@ def test_subscription_repository(db_url):
             subs.set_expiry(s, b.id, now + 20_000)  # renewed: active again
             subs.mark_status(s, a.id, "removed")
             # Another connection cannot take over a live key; the owner may re-create it.
-            from connectors.errors import PreconditionFailed
+            from models.errors import PreconditionFailed
 
             with pytest.raises(PreconditionFailed):
                 subs.create_subscription(s, connection_id="c9", provider="microsoft", external_id="g2",

@@ -16,7 +16,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
-from connectors.errors import Transient
+from models.errors import Transient
 from models.contact import Contact
 from models.workflow import CHOICES_BY_REVIEW_KIND, MailboxSyncInput, Resolution, SyncState, allowed_answers
 from store import cycle, repo

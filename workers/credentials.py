@@ -35,7 +35,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from google.oauth2.credentials import Credentials
 
-from connectors.errors import Fatal, ReauthRequired
+from models.errors import Fatal, ReauthRequired
 from connectors.id_tokens import GOOGLE_CERTS_URL
 from connectors.oauth_google import (
     GOOGLE_AUTH_URI,

@@ -27,7 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from api.app import build_webhooks, create_app
 from api.webhooks import derived_platform_secrets, lazy_temporal_signal, platform_headers
-from connectors.errors import Fatal
+from models.errors import Fatal
 from emulators.people_data import make_people
 from emulators.server import PortBusy, RunningServer, serve
 from models.workflow import SyncState, allowed_answers

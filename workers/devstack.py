@@ -30,7 +30,7 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
-from connectors.errors import Fatal
+from models.errors import Fatal
 from emulators.server import free_port, port_is_free
 from workers.temporal_client import SEARCH_ATTRIBUTE_KEYS
 

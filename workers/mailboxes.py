@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from activities.pipeline import ConnectionInfo
-from connectors.errors import AuthExpired, Fatal
+from models.errors import AuthExpired, Fatal
 from connectors.protocols import MailboxContacts
 from workers.credentials import CredentialFactory, ProviderConfig, VaultTokenSource
 

@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
-from connectors.errors import ConnectorError, Fatal
+from models.errors import ConnectorError, Fatal
 
 __all__ = [
     "InMemorySpanExporter",

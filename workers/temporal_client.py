@@ -15,7 +15,7 @@ from temporalio.client import Client, Interceptor
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from connectors.errors import Transient
+from models.errors import Transient
 from workflows.attributes import ORG_ID, PROVIDER, SEARCH_ATTRIBUTE_KEYS, STATUS  # noqa: F401 (re-exported)
 
 #: The task queue the sync worker polls and every starter targets.

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from sqlalchemy.engine import Engine
 
-from connectors.errors import ConnectorError, CursorExpired, Fatal, NotFound, PreconditionFailed, Transient
+from models.errors import ConnectorError, CursorExpired, Fatal, NotFound, PreconditionFailed, Transient
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from models.contact import ContactRecord
 from models.record import SideRecord

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from connectors.errors import Fatal, ValidationRejected
+from models.errors import Fatal, ValidationRejected
 from models.contact import FIELDS, SET_FIELDS, Contact
 
 KINDS = ("required", "format", "max_length", "allowed_values", "custom")

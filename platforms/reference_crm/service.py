@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from connectors.errors import Fatal, NotFound, PreconditionFailed, Transient, ValidationRejected
+from models.errors import Fatal, NotFound, PreconditionFailed, Transient, ValidationRejected
 from models.contact import FIELDS, Contact, ContactRecord
 from models.record import SideRecord
 from platforms.reference_crm import rules as rules_mod
@@ -126,7 +126,7 @@ class Account:
 
 
 def _db_errors(fn: Callable) -> Callable:
-    """Database trouble (locked, connection lost) is Transient to callers, per connectors.errors."""
+    """Database trouble (locked, connection lost) is Transient to callers, per models.errors."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
