@@ -18,9 +18,9 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping
 
 import requests
 
@@ -33,6 +33,7 @@ from connectors.id_tokens import (
     KeysUnavailable,
     verify_id_token,
 )
+from models.oauth import PENDING_FLOW_TTL, PendingFlow, PendingFlows  # noqa: F401 (shared, re-exported)
 from store.vault import TokenSet, TokenVault
 
 # ===================================================================== shared
@@ -62,9 +63,6 @@ SCOPES: dict[str, dict[str, tuple[str, ...]]] = {
 #: check; asking for the long form up front avoids that.
 GOOGLE_IDENTITY_SCOPES = ("openid", "https://www.googleapis.com/auth/userinfo.email")
 
-PENDING_FLOW_TTL = timedelta(minutes=10)
-
-
 def scopes_for(provider: str, capabilities: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """The union of the scopes the given capabilities need, in a stable order."""
     out: list[str] = []
@@ -92,46 +90,6 @@ class FlowRejected(ReauthRequired):
         super().__init__(message, detail={"reason": reason, "provider_error": provider_error})
         self.reason = reason
         self.provider_error = provider_error
-
-
-@dataclass
-class PendingFlow:
-    """Server-side half of a started flow, keyed by its `state`.
-
-    Holds the PKCE verifier, so it is a secret: the store must keep it encrypted
-    (e.g. sealed with the vault's key ring) and never log it.
-    """
-
-    state: str
-    provider: str
-    redirect_uri: str
-    scopes: tuple[str, ...]
-    code_verifier: str
-    created_at: float
-    #: Caller's context to resume with (org id, user id, requested capabilities...): ids only.
-    connection_hint: dict = field(default_factory=dict)
-    #: Provider-library state that must survive to the callback (msal's flow dict).
-    extra: dict = field(default_factory=dict, repr=False)
-
-    def __repr__(self) -> str:
-        return f"PendingFlow(provider={self.provider!r}, scopes={self.scopes!r}, created_at={self.created_at!r})"
-
-
-class PendingFlows(Protocol):
-    """Where started flows wait for their callback.
-
-    `take` must be atomic (get and delete in one step) so a state is usable once,
-    even when two callbacks race. A database implementation: a table
-    `oauth_pending_flows(state_hash PRIMARY KEY, payload_sealed, created_at)` with
-    `DELETE ... WHERE state_hash = :h RETURNING payload_sealed` (PostgreSQL and
-    SQLite >= 3.35 both have RETURNING); store a hash of the state, not the state,
-    and purge rows older than the TTL periodically. Expiry is checked by the flow
-    code, so an implementation may return expired entries.
-    """
-
-    def put(self, flow: PendingFlow) -> None: ...
-
-    def take(self, state: str) -> PendingFlow | None: ...
 
 
 class InMemoryPendingFlows:

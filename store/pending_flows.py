@@ -26,7 +26,7 @@ import time
 from datetime import timedelta
 from typing import Callable
 
-from connectors.oauth_google import PENDING_FLOW_TTL, PendingFlow
+from models.oauth import PENDING_FLOW_TTL, PendingFlow
 from store import repo
 from store.vault import KeyRing, VaultDecryptError
 
@@ -39,7 +39,7 @@ def state_key(state: str) -> str:
 
 
 class StorePendingFlows:
-    """`connectors.oauth_google.PendingFlows` over the store (see module docstring)."""
+    """`models.oauth.PendingFlows` over the store (see module docstring)."""
 
     def __init__(
         self,
