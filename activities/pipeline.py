@@ -52,7 +52,7 @@ from store import cycle, mirror, repo
 from sync.kinds import KindRules
 from sync.planner import LinkState, PlanInput, Review, plan
 from sync.policy import SyncSettings
-from workers.telemetry import activity_span
+from telemetry import activity_span
 
 
 def mailbox_stream(kind: str) -> str:

@@ -25,7 +25,8 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from models.errors import Fatal
-    from workers import devstack, telemetry
+    import telemetry
+    from workers import devstack
     from workers.devstack import DevServer, find_temporal_cli, free_port_pair
     from workers.temporal_client import SEARCH_ATTRIBUTE_KEYS, connect
 

@@ -36,7 +36,7 @@ from workers import client as api
 from workers.cli import default_store_url, default_temporal, exit_process
 from workers.devstack import DevServer
 from workers.scenario import MailboxDriver, Scenario, build_scenario, connect_mailbox, make_mailbox
-from workers.telemetry import setup_tracing
+from telemetry import setup_tracing
 from workers.temporal_client import TASK_QUEUE, connect
 from workers.worker import build_activities, make_worker
 from workflows.mailbox_sync import workflow_id

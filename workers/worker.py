@@ -28,7 +28,7 @@ from store.vault import KeyRing, TokenVault, VaultConfigError
 from workers.client import TemporalUnreachable, connect_checked
 from workers.credentials import ProviderConfig
 from workers.mailboxes import MailboxBuilder
-from workers.telemetry import setup_tracing
+from telemetry import setup_tracing
 from workers.temporal_client import TASK_QUEUE
 from workflows.mailbox_sync import MailboxSyncWorkflow
 
