@@ -29,7 +29,7 @@ from activities.errors import to_application_error
 from models.errors import ConnectorError, ReauthRequired
 from store import repo
 from store.vault import TokenVault
-from workers.credentials import CredentialFactory, ProviderConfig
+from connectors.credentials import CredentialFactory, ProviderConfig
 
 log = logging.getLogger(__name__)
 

@@ -186,7 +186,7 @@ def _connect_router_from_env(sessions, url, keyring, connect_key: bytes):
     from store.db import make_engine
     from store.pending_flows import StorePendingFlows
     from store.vault import TokenVault
-    from workers.credentials import ProviderConfig
+    from connectors.credentials import ProviderConfig
     from workers.temporal_client import connect
 
     vault = TokenVault(make_engine(url), keyring)

@@ -47,7 +47,7 @@ from connectors.oauth_google import FlowRejected, PendingFlows
 from store import repo
 from store.schema import PROVIDERS
 from store.vault import TokenVault
-from workers.credentials import ProviderConfig
+from connectors.credentials import ProviderConfig
 
 log = logging.getLogger(__name__)
 

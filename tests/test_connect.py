@@ -34,7 +34,7 @@ from store.db import make_engine, migrate, session_factory
 from store.pending_flows import StorePendingFlows, state_key
 from store.schema import pending_oauth
 from store.vault import KeyRing, TokenVault, generate_key
-from workers.credentials import ProviderConfig
+from connectors.credentials import ProviderConfig
 from workers.mailboxes import MailboxBuilder
 
 CLIENT_ID, CLIENT_SECRET = "concord-app", "app-secret"
@@ -416,7 +416,7 @@ def test_concurrent_refreshes_use_one_rotation(rig):
     from concurrent.futures import ThreadPoolExecutor
     from datetime import datetime, timedelta, timezone
 
-    from workers.credentials import CredentialFactory
+    from connectors.credentials import CredentialFactory
 
     cid = rig.connect("microsoft").json()["connection_id"]
     t = rig.vault.get(cid)

@@ -105,7 +105,6 @@ def _is_production(name: str) -> bool:
     return name.split(".")[0] not in NOT_PRODUCTION and name not in DEMO_MODULES
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by the commits that follow")
 def test_packages_import_downward_only():
     def rule(name: str, mod: str) -> str | None:
         mine, theirs = name.split(".")[0], mod.split(".")[0]
@@ -118,7 +117,6 @@ def test_packages_import_downward_only():
     assert _violations(rule) == []
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by the commits that follow")
 def test_activities_and_lower_never_import_workers_or_api():
     lower = {"models", "sync", "telemetry", "store", "connectors", "platforms", "activities"}
 

@@ -2,7 +2,7 @@
 
 A connection's settings say where its provider API lives (`endpoint`: the real API
 or a local emulator) and, optionally, other OAuth endpoints (`oauth`: see
-`workers.credentials.ProviderConfig.with_settings`). Tokens come from the vault,
+`connectors.credentials.ProviderConfig.with_settings`). Tokens come from the vault,
 refreshed through the provider. A static `token` setting exists only for emulators
 and the demo (workers/scenario.py) and skips the vault entirely.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from activities.pipeline import ConnectionInfo
 from models.errors import AuthExpired, Fatal
 from connectors.protocols import MailboxContacts
-from workers.credentials import CredentialFactory, ProviderConfig, VaultTokenSource
+from connectors.credentials import CredentialFactory, ProviderConfig, VaultTokenSource
 
 GOOGLE_PEOPLE_ENDPOINT = "https://people.googleapis.com/"
 GRAPH_ENDPOINT = "https://graph.microsoft.com/"

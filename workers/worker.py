@@ -26,7 +26,7 @@ from activities.subscriptions import SubscriptionActivities
 from store.db import make_engine, migrate, session_factory
 from store.vault import KeyRing, TokenVault, VaultConfigError
 from workers.client import TemporalUnreachable, connect_checked
-from workers.credentials import ProviderConfig
+from connectors.credentials import ProviderConfig
 from workers.mailboxes import MailboxBuilder
 from telemetry import setup_tracing
 from workers.temporal_client import TASK_QUEUE

@@ -1,0 +1,323 @@
+"""Vault-backed credentials for the mailbox connectors.
+
+Why it is built this way:
+
+- The vault is the only token store. Workers are stateless; every provider call
+  asks a `VaultTokenSource` for an access token, which reads the vault and
+  refreshes 60 s before expiry. Rotated refresh tokens are written back before the
+  new access token is used, so a crash right after a refresh never loses the only
+  valid refresh token.
+- Refreshes of one connection are serialised: Microsoft rotates refresh tokens and
+  treats reuse of a replaced one as theft (the whole grant dies), so two threads
+  refreshing with the same refresh token would disconnect the user. A per-process
+  lock plus, on PostgreSQL, a transaction-scoped advisory lock around
+  "re-read, refresh, store" makes the second caller find and use the first one's
+  fresh token instead.
+- A refresh refused for good raises `ReauthRequired` and marks the connection
+  `needs_reauth` in the store, so the state is visible even before the workflow
+  hears about it.
+- The OAuth client configuration (ids, secrets, endpoints) comes from
+  `ProviderConfig` (environment). A connection's settings may only point it at
+  other *endpoints* (emulators, a sovereign cloud authority); never at tokens or
+  secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+import sqlalchemy as sa
+from google.oauth2.credentials import Credentials
+
+from models.errors import Fatal, ReauthRequired
+from connectors.id_tokens import GOOGLE_CERTS_URL
+from connectors.oauth_google import (
+    GOOGLE_AUTH_URI,
+    GOOGLE_REVOKE_URI,
+    GOOGLE_TOKEN_URI,
+    GoogleOAuth,
+    HttpOptions,
+    PendingFlow,
+)
+from connectors.oauth_microsoft import MicrosoftOAuth
+from store import repo
+from store.vault import TokenSet, TokenVault
+
+#: Refresh this long before the access token's recorded expiry.
+LEEWAY_SECONDS = 60.0
+DEFAULT_MS_AUTHORITY = "https://login.microsoftonline.com/organizations"
+
+#: Keys a connection's settings may set under "oauth": endpoints only.
+OVERRIDABLE = frozenset({"auth_uri", "token_uri", "revoke_uri", "certs_uri", "authority", "ca_file"})
+_FORBIDDEN_HINTS = ("secret", "refresh_token", "access_token", "password")
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    """How this deployment talks to the identity providers (one OAuth app per provider)."""
+
+    google_client_id: str = ""
+    google_client_secret: str = field(default="", repr=False)
+    google_auth_uri: str = GOOGLE_AUTH_URI
+    google_token_uri: str = GOOGLE_TOKEN_URI
+    google_revoke_uri: str = GOOGLE_REVOKE_URI
+    #: Where Google publishes the keys its id_tokens are signed with.
+    google_certs_uri: str = GOOGLE_CERTS_URL
+    ms_client_id: str = ""
+    ms_client_secret: str = field(default="", repr=False)
+    ms_authority: str = DEFAULT_MS_AUTHORITY
+    #: Public base URL of the API serving api/connect.py (redirect URIs hang off it).
+    public_url: str = "http://127.0.0.1:8000/"
+    #: A CA bundle to trust for the identity provider (emulators with a test certificate).
+    ca_file: str | None = None
+    capabilities: tuple[str, ...] = ("contacts",)
+    timeout: float = 30.0
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "ProviderConfig":
+        e = os.environ if env is None else env
+        return cls(
+            google_client_id=e.get("CONCORD_GOOGLE_CLIENT_ID", ""),
+            google_client_secret=e.get("CONCORD_GOOGLE_CLIENT_SECRET", ""),
+            google_auth_uri=e.get("CONCORD_GOOGLE_AUTH_URI", GOOGLE_AUTH_URI),
+            google_token_uri=e.get("CONCORD_GOOGLE_TOKEN_URI", GOOGLE_TOKEN_URI),
+            google_revoke_uri=e.get("CONCORD_GOOGLE_REVOKE_URI", GOOGLE_REVOKE_URI),
+            google_certs_uri=e.get("CONCORD_GOOGLE_CERTS_URI", GOOGLE_CERTS_URL),
+            ms_client_id=e.get("CONCORD_MS_CLIENT_ID", ""),
+            ms_client_secret=e.get("CONCORD_MS_CLIENT_SECRET", ""),
+            ms_authority=e.get("CONCORD_MS_AUTHORITY", DEFAULT_MS_AUTHORITY),
+            public_url=e.get("CONCORD_PUBLIC_URL", "http://127.0.0.1:8000/"),
+            ca_file=e.get("CONCORD_OAUTH_CA_FILE") or None,
+        )
+
+    def with_settings(self, settings: dict | None) -> "ProviderConfig":
+        """This config with a connection's endpoint overrides (`settings["oauth"]`) applied."""
+        over = dict((settings or {}).get("oauth") or {})
+        bad = [k for k in over if k not in OVERRIDABLE]
+        if bad or any(h in k.lower() for k in (settings or {}) for h in _FORBIDDEN_HINTS):
+            raise Fatal("connection settings may override OAuth endpoints only, never secrets or tokens")
+        if not over:
+            return self
+        return replace(
+            self,
+            google_auth_uri=over.get("auth_uri", self.google_auth_uri),
+            google_token_uri=over.get("token_uri", self.google_token_uri),
+            google_revoke_uri=over.get("revoke_uri", self.google_revoke_uri),
+            google_certs_uri=over.get("certs_uri", self.google_certs_uri),
+            ms_authority=over.get("authority", self.ms_authority),
+            ca_file=over.get("ca_file", self.ca_file),
+        )
+
+    def redirect_uri(self, provider: str) -> str:
+        return self.public_url.rstrip("/") + f"/connect/{provider}/callback"
+
+    @property
+    def http(self) -> HttpOptions:
+        if self.ca_file:
+            return HttpOptions(verify=self.ca_file, trust_env=False, timeout=self.timeout)
+        return HttpOptions(timeout=self.timeout)
+
+    def oauth(self, provider: str, *, pending=None, vault: TokenVault | None = None,
+              clock: Callable[[], float] = time.time):
+        """The provider's OAuth connector. Without `pending` it can refresh and revoke, not connect."""
+        pending = pending if pending is not None else _NoFlows()
+        if provider == "google":
+            if not self.google_client_id:
+                raise Fatal("CONCORD_GOOGLE_CLIENT_ID is not configured")
+            return GoogleOAuth(
+                self.google_client_id, self.google_client_secret, self.redirect_uri("google"),
+                pending=pending, capabilities=self.capabilities, auth_uri=self.google_auth_uri,
+                token_uri=self.google_token_uri, revoke_uri=self.google_revoke_uri, certs_uri=self.google_certs_uri,
+                http=self.http, vault=vault, clock=clock,
+            )
+        if provider == "microsoft":
+            if not self.ms_client_id:
+                raise Fatal("CONCORD_MS_CLIENT_ID is not configured")
+            return MicrosoftOAuth(
+                self.ms_client_id, self.ms_client_secret, self.redirect_uri("microsoft"),
+                pending=pending, authority=self.ms_authority, capabilities=self.capabilities,
+                http=self.http, vault=vault, clock=clock,
+            )
+        raise Fatal(f"unknown provider {provider!r}")
+
+
+class _NoFlows:
+    """Pending-flow storage for connectors that only refresh and revoke."""
+
+    def put(self, flow: PendingFlow) -> None:
+        raise Fatal("this OAuth connector was built for refresh only")
+
+    def take(self, state: str) -> PendingFlow | None:
+        return None
+
+
+# ----------------------------------------------------------------- token source
+
+_process_locks: dict[str, threading.Lock] = {}
+_process_locks_guard = threading.Lock()
+
+
+def _lock_for(connection_id: str) -> threading.Lock:
+    with _process_locks_guard:
+        return _process_locks.setdefault(connection_id, threading.Lock())
+
+
+def _advisory_key(connection_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(b"concord-refresh:" + connection_id.encode()).digest()[:8], "big", signed=True)
+
+
+class VaultTokenSource:
+    """Access tokens of one connection, read from the vault and refreshed through the provider."""
+
+    def __init__(self, connection_id: str, oauth: GoogleOAuth | MicrosoftOAuth, vault: TokenVault, sessions, *,
+                 leeway_seconds: float = LEEWAY_SECONDS, now: Callable[[], datetime] | None = None) -> None:
+        self.connection_id = connection_id
+        self.oauth = oauth
+        self.vault = vault
+        self.sessions = sessions
+        self.leeway = leeway_seconds
+        self._now = now or (lambda: datetime.now(timezone.utc))
+        self.refreshes = 0
+
+    def __repr__(self) -> str:
+        return f"VaultTokenSource(connection_id={self.connection_id!r})"
+
+    def tokens(self, *, presented: str | None = None, force: bool = False) -> TokenSet:
+        """Live tokens. `force` with the `presented` token (a 401 answer): refresh unless
+        someone already replaced that token in the vault."""
+        current = self.vault.get(self.connection_id)
+        if current is None or not (current.access_token or current.refresh_token):
+            raise self._reauth("no tokens stored for this connection (connect it again)")
+        if self._usable(current, presented, force):
+            return current
+        with _lock_for(self.connection_id):
+            return self._refresh_locked(presented, force)
+
+    def access_token(self) -> str:
+        """For token_provider hooks (GraphContacts)."""
+        return self.tokens().access_token
+
+    def _usable(self, tokens: TokenSet, presented: str | None, force: bool) -> bool:
+        if not tokens.access_token or tokens.expired(self._now(), self.leeway):
+            return False
+        return not (force and (presented is None or presented == tokens.access_token))
+
+    def _refresh_locked(self, presented: str | None, force: bool) -> TokenSet:
+        with self.sessions.begin() as s:
+            if s.get_bind().dialect.name == "postgresql":
+                s.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _advisory_key(self.connection_id)})
+            current = self.vault.get(self.connection_id, bind=s)
+            if current is not None and self._usable(current, presented, force):
+                return current  # another thread or worker refreshed while we waited
+            if current is None or not current.refresh_token:
+                raise_later = "no refresh token stored for this connection (connect it again)"
+            else:
+                raise_later = None
+                try:
+                    fresh = self.oauth.refresh(current.refresh_token)
+                except ReauthRequired as e:
+                    raise_later = e.message
+                else:
+                    self.vault.put_tokens(self.connection_id, fresh, bind=s)
+                    self.refreshes += 1
+        if raise_later is not None:
+            raise self._reauth(raise_later)
+        return TokenSet(fresh.access_token, fresh.refresh_token or current.refresh_token, fresh.expires_at, fresh.scopes)
+
+    def _reauth(self, message: str) -> ReauthRequired:
+        with self.sessions.begin() as s:
+            row = repo.get_connection(s, self.connection_id)
+            if row is not None and row.status in ("active", "paused"):
+                repo.set_connection_status(s, self.connection_id, "needs_reauth")
+        return ReauthRequired(message, detail={"connection_id": self.connection_id})
+
+
+class VaultGoogleCredentials(Credentials):
+    """google-auth credentials whose refresh goes through the vault.
+
+    google-auth calls `refresh` before a request when the token is stale and again
+    on a 401 (google_auth_httplib2.AuthorizedHttp); both go to `VaultTokenSource`,
+    which stores rotated tokens. `refresh_token` only reports that a refresh is
+    possible (GooglePeopleContacts enables refresh-on-401 on it); the real one never
+    leaves the vault.
+    """
+
+    def __init__(self, source: VaultTokenSource) -> None:
+        super().__init__(token=None, token_uri=source.oauth.token_uri)
+        self._source = source
+
+    @property
+    def refresh_token(self):  # type: ignore[override]
+        return "<held in the vault>"
+
+    @property
+    def expired(self) -> bool:  # type: ignore[override]
+        if self.expiry is None:
+            return False
+        return datetime.now(timezone.utc).replace(tzinfo=None) >= self.expiry - timedelta(seconds=self._source.leeway)
+
+    @property
+    def valid(self) -> bool:  # type: ignore[override]
+        return self.token is not None and not self.expired
+
+    def refresh(self, request: Any) -> None:
+        presented = self.token
+        tokens = self._source.tokens(presented=presented, force=presented is not None)
+        self.token = tokens.access_token
+        # google-auth compares expiry with a naive UTC now.
+        self.expiry = tokens.expires_at.astimezone(timezone.utc).replace(tzinfo=None) if tokens.expires_at else None
+
+
+class CredentialFactory:
+    """Builds token sources and credentials per connection; keeps one OAuth client per config.
+
+    msal fetches the authority's discovery document when its app is built, so
+    OAuth connectors are cached per (provider, endpoints) rather than made per call.
+    """
+
+    def __init__(self, sessions, vault: TokenVault, providers: ProviderConfig | None = None) -> None:
+        self.sessions = sessions
+        self.vault = vault
+        self.providers = providers or ProviderConfig.from_env()
+        self._oauth: dict[tuple, Any] = {}
+        self._guard = threading.Lock()
+
+    def oauth_for(self, provider: str, settings: dict | None = None):
+        cfg = self.providers.with_settings(settings)
+        key = (provider, cfg)
+        with self._guard:
+            client = self._oauth.get(key)
+            if client is None:
+                client = self._oauth[key] = cfg.oauth(provider)
+            return client
+
+    def close(self) -> None:
+        with self._guard:
+            for client in self._oauth.values():
+                client.close()
+            self._oauth.clear()
+
+    def _connection(self, connection_id: str):
+        with self.sessions.begin() as s:
+            row = repo.get_connection(s, connection_id)
+        if row is None:
+            raise Fatal(f"unknown connection {connection_id!r}")
+        return row
+
+    def token_source(self, connection_id: str, *, provider: str | None = None, settings: dict | None = None) -> VaultTokenSource:
+        if provider is None:
+            row = self._connection(connection_id)
+            provider, settings = row.provider, row.settings
+        return VaultTokenSource(connection_id, self.oauth_for(provider, settings), self.vault, self.sessions)
+
+    def google_credentials(self, connection_id: str, settings: dict | None = None) -> VaultGoogleCredentials:
+        return VaultGoogleCredentials(self.token_source(connection_id, provider="google", settings=settings))
+
+    def graph_token_provider(self, connection_id: str, settings: dict | None = None) -> Callable[[], str]:
+        return self.token_source(connection_id, provider="microsoft", settings=settings).access_token
