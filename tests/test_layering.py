@@ -142,7 +142,6 @@ def test_workflows_import_only_models_workflows_temporalio_and_stdlib():
     assert _violations(rule) == []
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by the commits that follow")
 def test_no_production_module_imports_emulators_or_the_demo():
     def rule(name: str, mod: str) -> str | None:
         if not _is_production(name):
@@ -156,7 +155,6 @@ def test_no_production_module_imports_emulators_or_the_demo():
     assert _violations(rule) == []
 
 
-@pytest.mark.xfail(strict=True, reason="fixed by the commits that follow")
 def test_production_entry_points_load_no_emulator():
     """The same, at run time: what a worker, the CLI and the HTTP app load."""
     code = (

@@ -231,7 +231,7 @@ def _start_checks(args) -> None:
 def _run_api(args) -> None:
     import uvicorn
 
-    from emulators.server import port_is_free
+    from workers.ports import port_is_free
 
     if not port_is_free(args.port, args.host):
         raise CliError(f"port {args.port} on {args.host} is already in use (pass --port)")

@@ -31,7 +31,7 @@ from temporalio.common import SearchAttributeKey
 from temporalio.service import RPCError, RPCStatusCode
 
 from models.errors import Fatal
-from emulators.server import free_port, port_is_free
+from workers.ports import free_port, port_is_free
 from workers.temporal_client import SEARCH_ATTRIBUTE_KEYS
 
 log = logging.getLogger("concord.devstack")
