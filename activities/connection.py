@@ -29,17 +29,13 @@ from activities.errors import to_application_error
 from models.errors import ConnectorError, ReauthRequired
 from store import repo
 from store.vault import TokenVault
+from connectors import registry
 from connectors.credentials import CredentialFactory, ProviderConfig
 
 log = logging.getLogger(__name__)
 
 #: stop_subscriptions(connection_id, token_source_or_None, settings) -> (stopped at provider, dropped locally)
 SubscriptionStopper = Callable[[str, object, dict], tuple[int, int]]
-
-
-GMAIL_ENDPOINT = "https://gmail.googleapis.com/"
-CALENDAR_ENDPOINT = "https://www.googleapis.com/calendar/v3/"
-GRAPH_ENDPOINT = "https://graph.microsoft.com/"
 
 
 class StoreSubscriptionStopper:
@@ -54,10 +50,11 @@ class StoreSubscriptionStopper:
     mailbox's and are left alone.
 
     Endpoints come from the connection settings (`graph_endpoint`, `gmail_endpoint`,
-    `calendar_endpoint`; for Microsoft also `endpoint`) so emulators can stand in.
+    `calendar_endpoint`; for Microsoft also `endpoint`) so emulators can stand in;
+    the calls themselves are the registry's (`connectors.registry.SubscriptionKind`).
     """
 
-    MAILBOX_KINDS = ("microsoft", "google_gmail", "google_calendar")
+    MAILBOX_KINDS = registry.MAILBOX_SUBSCRIPTION_KINDS
 
     def __init__(self, sessions, *, timeout: float = 15.0) -> None:
         self.sessions = sessions
@@ -99,15 +96,7 @@ class StoreSubscriptionStopper:
 
     @staticmethod
     def _stop_call(row, settings: dict) -> tuple[str, str, dict | None]:
-        if row.provider == "microsoft":
-            base = (settings.get("graph_endpoint") or settings.get("endpoint") or GRAPH_ENDPOINT).rstrip("/")
-            base = base if base.endswith("/v1.0") else base + "/v1.0"
-            return "DELETE", f"{base}/subscriptions/{row.external_id}", None
-        if row.provider == "google_gmail":
-            base = (settings.get("gmail_endpoint") or GMAIL_ENDPOINT).rstrip("/")
-            return "POST", f"{base}/gmail/v1/users/me/stop", None
-        base = (settings.get("calendar_endpoint") or CALENDAR_ENDPOINT).rstrip("/")
-        return "POST", f"{base}/channels/stop", {"id": row.external_id, "resourceId": row.resource}
+        return registry.subscription_kind(row.provider).stop_call(row.external_id, row.resource, settings)
 
     def _forget(self, sub_id: str) -> int:
         import sqlalchemy as sa
@@ -178,9 +167,9 @@ class ConnectionActivities:
             counts["subscriptions_stopped"], counts["subscriptions_dropped"] = stopped, dropped
 
         if tokens is not None:
-            if row.provider == "google":
-                oauth = self.credentials.oauth_for("google", settings)
-                # Revoking either token ends the whole grant at Google; the refresh token
+            if registry.get(row.provider).revokes:
+                oauth = self.credentials.oauth_for(row.provider, settings)
+                # Revoking either token ends the whole grant (Google); the refresh token
                 # is the one that outlives the hour.
                 token = tokens.refresh_token or tokens.access_token
                 if token:

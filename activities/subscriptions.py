@@ -19,6 +19,7 @@ from temporalio import activity
 
 from activities.pipeline import ConnectionInfo, MailboxFactory
 from activities.errors import to_application_error
+from connectors import registry
 from models.errors import ConnectorError, NotFound
 from store import repo
 from store import subscriptions as subs
@@ -57,18 +58,19 @@ class SubscriptionActivities:
         if conn is None or conn.status != "active":
             return counts
         base = (conn.settings or {}).get("webhook_base_url") or self.webhook_base_url
-        if conn.provider != "microsoft" or not base:
+        push = registry.get(conn.provider).contacts_push
+        if push is None or not base:
             counts["unsupported"] = 1  # no push for this provider's contacts, or no public URL: poll only
             return counts
         info = ConnectionInfo(conn.id, conn.org_id, conn.user_id, conn.provider, conn.account_ref,
                               dict(conn.settings or {}))
         graph = self.mailbox_for(info)
-        url = base.rstrip("/") + "/webhooks/graph"
+        url = base.rstrip("/") + push.webhook_path
         live = [r for r in rows if r.status in ("active", "needs_renewal")]
         now = time.time()
         try:
             if not live:
-                self._create(graph, connection_id, url)
+                self._create(graph, connection_id, url, push.name)
                 counts["created"] = 1
                 return counts
             for row in live:
@@ -82,7 +84,7 @@ class SubscriptionActivities:
                     # Microsoft dropped it: subscribe again (a delta covers the gap).
                     with self.sessions.begin() as s:
                         subs.mark_status(s, row.id, "removed")
-                    self._create(graph, connection_id, url)
+                    self._create(graph, connection_id, url, push.name)
                     counts["replaced"] += 1
                     continue
                 with self.sessions.begin() as s:
@@ -92,10 +94,10 @@ class SubscriptionActivities:
             raise to_application_error(exc) from None
         return counts
 
-    def _create(self, graph, connection_id: str, url: str) -> None:
+    def _create(self, graph, connection_id: str, url: str, kind: str) -> None:
         secret = subs.new_secret()
         reply = graph.create_subscription(url, secret, minutes=self.lifetime_minutes, lifecycle_url=url + "/lifecycle")
         with self.sessions.begin() as s:
-            subs.create_subscription(s, connection_id=connection_id, provider="microsoft", external_id=reply["id"],
+            subs.create_subscription(s, connection_id=connection_id, provider=kind, external_id=reply["id"],
                                      resource=reply.get("resource", ""), expires_at=_epoch(reply.get("expirationDateTime")),
                                      secret=secret)

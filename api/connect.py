@@ -43,9 +43,9 @@ from starlette.concurrency import run_in_threadpool
 
 from api.bodies import CLOSE_CONNECTION, BodyTooLarge, read_body
 from models.errors import ConnectorError, Fatal, Transient
+from connectors import registry
 from connectors.oauth_google import FlowRejected, PendingFlows
 from store import repo
-from store.schema import PROVIDERS
 from store.vault import TokenVault
 from connectors.credentials import ProviderConfig
 
@@ -132,7 +132,7 @@ def connect_router(deps: ConnectDeps) -> APIRouter:
             return clients[provider]
 
     def known(provider: str) -> bool:
-        return provider in PROVIDERS
+        return provider in registry.PROVIDERS
 
     @router.get("/{provider}/start")
     async def start(provider: str, org_id: str, user_id: str, request: Request) -> Response:

@@ -55,6 +55,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.bodies import CLOSE_CONNECTION, BodyTooLarge, read_body
+from connectors.registry import CALENDAR_CHANNEL, GMAIL_WATCH, GRAPH_SUBSCRIPTION
 from connectors.id_tokens import (
     GOOGLE_CERTS_URL,
     GOOGLE_ISSUERS,
@@ -548,7 +549,7 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
 
     def _graph_store(ids: list[str]):
         with sessions() as s:
-            return subs.find_by_external_ids(s, "microsoft", ids)
+            return subs.find_by_external_ids(s, GRAPH_SUBSCRIPTION.name, ids)
 
     def _apply_marks(marks: list[tuple[str, str]]) -> None:
         with sessions.begin() as s:
@@ -613,7 +614,7 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
 
     def _gmail_store(key: str):
         with sessions() as s:
-            return subs.find_by_external_id(s, "google_gmail", key)
+            return subs.find_by_external_id(s, GMAIL_WATCH.name, key)
 
     @router.post("/gmail")
     async def gmail(request: Request) -> Response:
@@ -653,7 +654,7 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
 
     def _calendar_store(channel_id: str):
         with sessions() as s:
-            return subs.find_by_external_id(s, "google_calendar", channel_id)
+            return subs.find_by_external_id(s, CALENDAR_CHANNEL.name, channel_id)
 
     @router.post("/calendar")
     async def calendar(request: Request) -> Response:

@@ -24,6 +24,7 @@ Why it is built this way:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -35,7 +36,7 @@ from typing import Any, Callable
 import sqlalchemy as sa
 from google.oauth2.credentials import Credentials
 
-from models.errors import Fatal, ReauthRequired
+from models.errors import AuthExpired, Fatal, ReauthRequired
 from connectors.id_tokens import GOOGLE_CERTS_URL
 from connectors.oauth_google import (
     GOOGLE_AUTH_URI,
@@ -45,6 +46,7 @@ from connectors.oauth_google import (
     HttpOptions,
     PendingFlow,
 )
+from connectors import registry
 from connectors.oauth_microsoft import MicrosoftOAuth
 from store import repo
 from store.vault import TokenSet, TokenVault
@@ -127,24 +129,7 @@ class ProviderConfig:
               clock: Callable[[], float] = time.time):
         """The provider's OAuth connector. Without `pending` it can refresh and revoke, not connect."""
         pending = pending if pending is not None else _NoFlows()
-        if provider == "google":
-            if not self.google_client_id:
-                raise Fatal("CONCORD_GOOGLE_CLIENT_ID is not configured")
-            return GoogleOAuth(
-                self.google_client_id, self.google_client_secret, self.redirect_uri("google"),
-                pending=pending, capabilities=self.capabilities, auth_uri=self.google_auth_uri,
-                token_uri=self.google_token_uri, revoke_uri=self.google_revoke_uri, certs_uri=self.google_certs_uri,
-                http=self.http, vault=vault, clock=clock,
-            )
-        if provider == "microsoft":
-            if not self.ms_client_id:
-                raise Fatal("CONCORD_MS_CLIENT_ID is not configured")
-            return MicrosoftOAuth(
-                self.ms_client_id, self.ms_client_secret, self.redirect_uri("microsoft"),
-                pending=pending, authority=self.ms_authority, capabilities=self.capabilities,
-                http=self.http, vault=vault, clock=clock,
-            )
-        raise Fatal(f"unknown provider {provider!r}")
+        return registry.get(provider).oauth(self, pending=pending, vault=vault, clock=clock)
 
 
 class _NoFlows:
@@ -317,7 +302,58 @@ class CredentialFactory:
         return VaultTokenSource(connection_id, self.oauth_for(provider, settings), self.vault, self.sessions)
 
     def google_credentials(self, connection_id: str, settings: dict | None = None) -> VaultGoogleCredentials:
-        return VaultGoogleCredentials(self.token_source(connection_id, provider="google", settings=settings))
+        return VaultGoogleCredentials(self.token_source(connection_id, provider=registry.GOOGLE.name, settings=settings))
 
     def graph_token_provider(self, connection_id: str, settings: dict | None = None) -> Callable[[], str]:
-        return self.token_source(connection_id, provider="microsoft", settings=settings).access_token
+        return self.token_source(connection_id, provider=registry.MICROSOFT.name, settings=settings).access_token
+
+
+# ----------------------------------------------------------------- 401 handling
+
+
+class PresentedToken:
+    """Token provider that remembers the last token handed out (per thread), so a 401
+    can force a refresh of exactly that token."""
+
+    def __init__(self, source: VaultTokenSource) -> None:
+        self.source = source
+        self._local = threading.local()
+
+    def __call__(self) -> str:
+        token = self.source.access_token()
+        self._local.token = token
+        return token
+
+    def refresh(self) -> None:
+        self.source.tokens(presented=getattr(self._local, "token", None), force=True)
+
+
+class RefreshOn401:
+    """GraphContacts raises AuthExpired on a 401 and has no refresh of its own: refresh
+    the token once and repeat the call. A 401 means the provider did nothing, so
+    repeating a write is safe; a refused refresh surfaces as ReauthRequired."""
+
+    def __init__(self, inner: Any, tokens: PresentedToken) -> None:
+        self._inner = inner
+        self._tokens = tokens
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            try:
+                return attr(*args, **kwargs)
+            except AuthExpired:
+                self._tokens.refresh()
+                return attr(*args, **kwargs)
+
+        return call
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._inner.close()

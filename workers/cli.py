@@ -33,13 +33,14 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from connectors import registry
 from workers import client as api
 from workers.devstack import add_server_arguments
 from workers.temporal_client import TASK_QUEUE
 
 DEFAULT_TEMPORAL = "127.0.0.1:7233"
 DEFAULT_STORE_URL = "sqlite:///.concord/store.db"
-PROVIDERS = ("google", "microsoft")
+PROVIDERS = registry.names()
 #: What `concord resolve` offers; "merged" carries field values, so it goes through the API.
 CLI_CHOICES = tuple(c for kind in api.CHOICES.values() for c in kind if c != "merged")
 #: Signal commands: what each does (its help) and the client API call it makes.
@@ -100,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     s = command("start", "start (or wake) the workflow of a connection the store holds")
     connection(s)
     s.add_argument("org_id", metavar="ORG", help="the organisation the connection belongs to")
-    s.add_argument("provider", choices=PROVIDERS, metavar="PROVIDER", help="google or microsoft")
+    s.add_argument("provider", choices=PROVIDERS, metavar="PROVIDER", help=" or ".join(PROVIDERS))
     s.add_argument("--poll", type=float, default=300.0, metavar="SECONDS",
                    help="poll interval, the safety net beside webhooks (default: %(default)s)")
     store(s)

@@ -4,22 +4,21 @@ A connection's settings say where its provider API lives (`endpoint`: the real A
 or a local emulator) and, optionally, other OAuth endpoints (`oauth`: see
 `connectors.credentials.ProviderConfig.with_settings`). Tokens come from the vault,
 refreshed through the provider. A static `token` setting exists only for emulators
-and the demo (workers/scenario.py) and skips the vault entirely.
+and the demo (workers/scenario.py) and skips the vault entirely. Which connector a
+provider gets, and how, is the registry's (connectors/registry.py).
 """
 
 from __future__ import annotations
 
-import functools
-import threading
 from typing import Any
 
 from activities.pipeline import ConnectionInfo
-from models.errors import AuthExpired, Fatal
+from connectors import registry
+from connectors.credentials import CredentialFactory, PresentedToken, ProviderConfig, RefreshOn401  # noqa: F401
 from connectors.protocols import MailboxContacts
-from connectors.credentials import CredentialFactory, ProviderConfig, VaultTokenSource
 
-GOOGLE_PEOPLE_ENDPOINT = "https://people.googleapis.com/"
-GRAPH_ENDPOINT = "https://graph.microsoft.com/"
+#: Older names of what moved to connectors.credentials.
+_Presented = PresentedToken
 
 
 class MailboxBuilder:
@@ -33,69 +32,7 @@ class MailboxBuilder:
         if static is not None:
             return static
         settings = info.settings or {}
-        endpoint = settings.get("endpoint")
-        if info.provider == "google":
-            from connectors.google_people import GooglePeopleContacts
-
-            creds = self.credentials.google_credentials(info.connection_id, settings)
-            return GooglePeopleContacts(endpoint or GOOGLE_PEOPLE_ENDPOINT, creds, **_tuning(settings))
-        if info.provider == "microsoft":
-            from connectors.graph_contacts import GraphContacts
-
-            source = self.credentials.token_source(info.connection_id, provider="microsoft", settings=settings)
-            presented = _Presented(source)
-            graph = GraphContacts(endpoint or GRAPH_ENDPOINT, presented, mailbox_key=info.connection_id,
-                                  **_tuning(settings))
-            return RefreshOn401(graph, presented)  # type: ignore[return-value]
-        raise Fatal(f"unknown provider {info.provider!r}")
-
-
-class _Presented:
-    """Token provider that remembers the last token handed out (per thread), so a 401
-    can force a refresh of exactly that token."""
-
-    def __init__(self, source: VaultTokenSource) -> None:
-        self.source = source
-        self._local = threading.local()
-
-    def __call__(self) -> str:
-        token = self.source.access_token()
-        self._local.token = token
-        return token
-
-    def refresh(self) -> None:
-        self.source.tokens(presented=getattr(self._local, "token", None), force=True)
-
-
-class RefreshOn401:
-    """GraphContacts raises AuthExpired on a 401 and has no refresh of its own: refresh
-    the token once and repeat the call. A 401 means the provider did nothing, so
-    repeating a write is safe; a refused refresh surfaces as ReauthRequired."""
-
-    def __init__(self, inner: Any, tokens: _Presented) -> None:
-        self._inner = inner
-        self._tokens = tokens
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._inner, name)
-        if not callable(attr) or name.startswith("_"):
-            return attr
-
-        @functools.wraps(attr)
-        def call(*args, **kwargs):
-            try:
-                return attr(*args, **kwargs)
-            except AuthExpired:
-                self._tokens.refresh()
-                return attr(*args, **kwargs)
-
-        return call
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._inner.close()
+        return registry.get(info.provider).contacts(self.credentials, info.connection_id, settings, **_tuning(settings))
 
 
 def _tuning(settings: dict) -> dict[str, Any]:
@@ -112,13 +49,4 @@ def _static_mailbox(info: ConnectionInfo) -> MailboxContacts | None:
     token = settings.get("token")
     if not token:
         return None
-    endpoint = settings.get("endpoint")
-    if info.provider == "google":
-        from connectors.google_people import GooglePeopleContacts
-
-        return GooglePeopleContacts.for_emulator(endpoint or GOOGLE_PEOPLE_ENDPOINT, token=token, **_tuning(settings))
-    if info.provider == "microsoft":
-        from connectors.graph_contacts import GraphContacts
-
-        return GraphContacts(endpoint or GRAPH_ENDPOINT, lambda: token, **_tuning(settings))
-    raise Fatal(f"unknown provider {info.provider!r}")
+    return registry.get(info.provider).static_contacts(settings.get("endpoint"), token, **_tuning(settings))

@@ -15,9 +15,11 @@ from typing import Protocol
 from activities.pipeline import mailbox_progress, mailbox_stream
 from emulators.people_data import make_people
 from connectors.google_people import contact_to_person, person_to_record
+from connectors import registry
 from connectors.graph_contacts import contact_to_item, item_to_record
 from emulators.server import RunningServer, serve
 from models.contact import Contact
+from models.errors import Fatal
 from platforms.reference_crm.seed import seed_organisation
 from platforms.reference_crm.service import ReferenceCrm
 from store import repo
@@ -172,8 +174,16 @@ class Scenario:
         self.mailbox.server.stop()
 
 
+#: The emulated mailbox of each provider the registry names.
+EMULATED_MAILBOXES = {m.provider: m for m in (GoogleMailbox, MicrosoftMailbox)}
+
+
 def make_mailbox(provider: str, port: int = 0) -> MailboxDriver:
-    return GoogleMailbox(port) if provider == "google" else MicrosoftMailbox(port)
+    try:
+        driver = EMULATED_MAILBOXES[registry.get(provider).name]
+    except KeyError:
+        raise Fatal(f"no emulated mailbox for provider {provider!r}") from None
+    return driver(port)
 
 
 def connect_mailbox(sessions, *, org_id: str, connection_id: str, user_id: str, mailbox: MailboxDriver) -> None:
