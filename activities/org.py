@@ -90,24 +90,47 @@ class OrgReader:
         )
 
     def _concerned(self, s, org_id: str, changed: list[mirror.MirrorEntry]) -> set[str]:
-        """Mailboxes a batch of changes concerns: linked to a record, or in whose scope it is."""
+        """Mailboxes a batch of changes concerns, and that have not pulled them yet.
+
+        A change concerns a mailbox linked to the record, or in whose scope the record
+        is (its user owns it, or it sees all records), unless it is the echo of that
+        mailbox's own write (the record's hash is the one its link holds). A mailbox
+        that has not loaded yet (no position) takes everything on its first load, and
+        one already past the change's number has it: neither is woken.
+        """
         if not changed:
             return set()
-        ids = [e.external_id for e in changed]
-        owners = {e.owner for e in changed if e.owner}
-        out: set[str] = set()
         conns = repo.list_connections(s, org_id=org_id, status="active")
+        if not conns:
+            return set()
         org = repo.get_org(s, org_id)
-        for c in conns:
-            settings = SyncSettings.from_dict({**(org.settings or {}), **(c.settings or {}).get("sync", {})},
-                                              owner=c.user_id)
-            if settings.platform_scope == "all" or (settings.platform_scope == "owned" and c.user_id in owners):
-                out.add(c.id)
+        scope: dict[str, SyncSettings] = {
+            c.id: SyncSettings.from_dict({**(org.settings or {}), **(c.settings or {}).get("sync", {})},
+                                         owner=c.user_id) for c in conns}
+        owner_of = {c.id: c.user_id for c in conns}
+        positions = {cid: int(v) for cid, v in s.execute(sa.select(cursors.c.connection_id, cursors.c.value).where(
+            cursors.c.connection_id.in_(list(scope)), cursors.c.stream == mailbox_cursor_stream(self.kind))).all()
+            if v is not None}
+        linked: dict[str, dict[str, str]] = {}  # platform id -> connection -> hash its link holds
+        ids = [e.external_id for e in changed]
         for chunk in range(0, len(ids), 1000):
-            out.update(s.execute(sa.select(links.c.connection_id).distinct().where(
-                links.c.org_id == org_id, links.c.kind == self.kind,
-                links.c.platform_id.in_(ids[chunk:chunk + 1000]))).scalars())
-        return out & {c.id for c in conns}
+            for cid, pid, h in s.execute(sa.select(links.c.connection_id, links.c.platform_id, links.c.platform_hash)
+                                         .where(links.c.org_id == org_id, links.c.kind == self.kind,
+                                                links.c.platform_id.in_(ids[chunk:chunk + 1000]))).all():
+                linked.setdefault(pid, {})[cid] = h
+        out: set[str] = set()
+        for e in changed:
+            links_of = linked.get(e.external_id, {})
+            for cid, settings in scope.items():
+                if cid in out or cid not in positions or positions[cid] >= e.seq:
+                    continue
+                if cid in links_of:
+                    if e.deleted or links_of[cid] != e.hash:
+                        out.add(cid)
+                elif settings.platform_scope == "all" or (
+                        settings.platform_scope == "owned" and e.owner == owner_of[cid]):
+                    out.add(cid)
+        return out
 
     def _pulled_by_all(self, s, org_id: str) -> int:
         """The buffer position every loaded mailbox of the organisation has passed (0: keep all)."""
