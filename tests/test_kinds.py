@@ -89,7 +89,7 @@ async def test_a_test_only_kind_runs_beside_contacts_through_the_real_workflow(t
     sc = build_scenario(store_url, crm_url, connection_id=f"k-{uuid.uuid4().hex[:6]}",
                         org_id=f"org-{uuid.uuid4().hex[:6]}")
     tasks_mailbox = MemoryMailbox(record=TaskRecord, id_prefix="task")
-    tasks_platform = MemoryPlatform(record=TaskRecord, keys=TASKS.keys)
+    tasks_platform = MemoryPlatform(record=TaskRecord)
     tasks_mailbox.user_create(Task(title="Write spec", status="open"))
     tasks_mailbox.user_create(Task(title="Call Ada", status="open", tags=("sales",)))
     tasks_platform.user_create(sc.org_id, Task(title="call  ada", status="open"), owner=sc.user_id)
