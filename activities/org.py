@@ -21,6 +21,7 @@ from typing import Callable
 import sqlalchemy as sa
 
 from activities.pacing import Pacer
+from connectors.errors import CursorExpired
 from connectors.protocols import PlatformSide
 from store import mirror, repo
 from store.schema import connections, cursors, links
@@ -40,6 +41,8 @@ class OrgRead:
     changes: int = 0
     pages: int = 0
     calls: int = 0
+    #: full listings after the platform refused the stored cursor
+    resyncs: int = 0
     #: connections the changes concern (to wake)
     affected: set[str] = field(default_factory=set)
 
@@ -62,7 +65,17 @@ class OrgReader:
         while True:
             with self.sessions() as s:
                 cursor = mirror.get_feed(s, org_id, self.kind).value
-            page = pacer.idempotent(self.platform.changes_since, org_id, cursor, limit=PAGE)
+            try:
+                page = pacer.idempotent(self.platform.changes_since, org_id, cursor, limit=PAGE)
+            except CursorExpired:
+                # The platform no longer knows our place: list it all again. What the mirror
+                # already holds unchanged is no change; the rest is numbered and delivered.
+                with self.sessions.begin() as s:
+                    mirror.advance(s, org_id, self.kind, cursor, None)
+                out.resyncs += 1
+                if out.resyncs > 1:
+                    raise
+                continue
             out.pages += 1
             with self.sessions.begin() as s:
                 head = mirror.advance(s, org_id, self.kind, cursor, page.cursor if page.cursor is not None else cursor)
@@ -72,8 +85,8 @@ class OrgReader:
                 out.changes += len(changed)
                 out.affected |= self._concerned(s, org_id, changed)
             heartbeat(out.pages)
-            if not page.records or page.cursor is None or page.cursor == cursor:
-                break
+            if page.next_page is None or not page.records:
+                break  # the feed's end (a full page says "call again")
         with self.sessions.begin() as s:
             mirror.prune(s, org_id, self.kind, self._pulled_by_all(s, org_id))
         out.calls = getattr(self.platform, "calls_made", 0) - calls0

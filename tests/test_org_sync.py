@@ -281,3 +281,20 @@ async def test_the_organisation_workflow_survives_a_worker_restart(temporal_env,
         assert sc.mailbox.contacts()[mid].job_title == "After the restart"
     finally:
         sc.close()
+
+
+def test_an_expired_feed_cursor_is_listed_again_without_numbering_what_did_not_change(sqlite_url):
+    sessions = _store(sqlite_url, {"mine": {"user": "u1"}})
+    platform = MemoryPlatform()
+    reader = OrgReader(sessions, CONTACTS, platform)
+    pids = [platform.user_create(ORG, _person(i), owner="u1") for i in range(3)]
+    assert reader.read(ORG).changes == 3
+    _loaded(sessions, "mine", 3)
+    platform.expire_cursors()
+    platform.user_edit(ORG, pids[1], _person(1, job_title="CFO"))
+    read = reader.read(ORG)
+    assert read.resyncs == 1
+    assert read.changes == 1 and read.affected == {"mine"}
+    with sessions() as s:
+        assert [r.external_id for r in mirror.changes_after(s, ORG, "contacts", 3)] == [pids[1]]
+    assert reader.read(ORG).changes == 0  # and the new cursor works
