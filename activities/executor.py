@@ -26,7 +26,7 @@ from connectors.protocols import MailboxSide, PlatformSide, WriteRequest, WriteR
 from models.record import SideRecord
 from models.plan import Decision, Write
 from models.workflow import RejectionSummary, WriteSummary
-from store import cycle, repo
+from store import cycle, mirror, repo
 from sync.kinds import KindRules
 from sync.policy import SyncSettings
 
@@ -59,6 +59,8 @@ class _Effects:
         self.link_audits: list[dict] = []
         self.reviews: list[tuple[int, str]] = []
         self.restage: dict[str, list[SideRecord]] = {"mailbox": [], "platform": []}
+        self.mirrored: list[mirror.MirrorEntry] = []  # platform records this chunk wrote
+        self.org_id: str | None = None
 
     def action(self, action_id: int, **fields) -> None:
         self.actions.append({"id": action_id, **fields})
@@ -81,6 +83,8 @@ class _Effects:
         for review_id, status in self.reviews:
             repo.set_review_status(s, review_id, status)
         cycle.update_actions(s, self.actions)
+        if self.mirrored and self.org_id:
+            mirror.note_written(s, self.org_id, self.kind, self.mirrored)
         self.__init__(self.kind)  # the chunk is written: start the next one empty
         return link_ids
 
@@ -376,6 +380,9 @@ class Executor:
             done = w.result.get(wr.side, {})
             fx.audits.append({**audit, "side": wr.side, "op": wr.op, "external_id": done.get("id") or wr.external_id,
                               "detail": {"rule": d.rule, "fields": d.fields}})
+            if wr.side == "platform" and (done.get("id") or wr.external_id):
+                fx.org_id = self.info.org_id
+                fx.mirrored.append(self._mirror_entry(wr, done))
         if d.link and d.snapshot is not None:
             m_done, p_done = w.result.get("mailbox", {}), w.result.get("platform", {})
             snap_hash = self.rules.hash(d.snapshot)
@@ -410,6 +417,15 @@ class Executor:
         fx.action(w.action_id, status="done", result=w.result)
         w.status = "done"
         self.summary.applied += 1
+
+    def _mirror_entry(self, wr: Write, done: dict) -> mirror.MirrorEntry:
+        """The platform record as this write left it, for the organisation's mirror."""
+        gone = wr.op == "delete" or wr.content is None
+        return mirror.MirrorEntry(
+            external_id=done.get("id") or wr.external_id, hash=None if gone else (done.get("hash") or
+                                                                                  self.rules.hash(wr.content)),
+            etag=None, owner=(self.settings.owner or None) if wr.op == "create" else None, deleted=gone,
+            keys=frozenset() if gone else frozenset(self.rules.keys(wr.content)), record={})
 
     # --------------------------------------------------------- rejections
     def handle_rejections(self, heartbeat: Callable = lambda *a: None) -> RejectionSummary:

@@ -21,6 +21,7 @@ from typing import Callable
 import sqlalchemy as sa
 
 from activities.pacing import Pacer
+from models.errors import CursorExpired
 from connectors.protocols import PlatformSide
 from store import mirror, repo
 from store.schema import connections, cursors, links
@@ -40,6 +41,8 @@ class OrgRead:
     changes: int = 0
     pages: int = 0
     calls: int = 0
+    #: full listings after the platform refused the stored cursor
+    resyncs: int = 0
     #: connections the changes concern (to wake)
     affected: set[str] = field(default_factory=set)
 
@@ -62,7 +65,17 @@ class OrgReader:
         while True:
             with self.sessions() as s:
                 cursor = mirror.get_feed(s, org_id, self.kind).value
-            page = pacer.idempotent(self.platform.changes_since, org_id, cursor, limit=PAGE)
+            try:
+                page = pacer.idempotent(self.platform.changes_since, org_id, cursor, limit=PAGE)
+            except CursorExpired:
+                # The platform no longer knows our place: list it all again. What the mirror
+                # already holds unchanged is no change; the rest is numbered and delivered.
+                with self.sessions.begin() as s:
+                    mirror.advance(s, org_id, self.kind, cursor, None)
+                out.resyncs += 1
+                if out.resyncs > 1:
+                    raise
+                continue
             out.pages += 1
             with self.sessions.begin() as s:
                 head = mirror.advance(s, org_id, self.kind, cursor, page.cursor if page.cursor is not None else cursor)
@@ -72,8 +85,8 @@ class OrgReader:
                 out.changes += len(changed)
                 out.affected |= self._concerned(s, org_id, changed)
             heartbeat(out.pages)
-            if not page.records or page.cursor is None or page.cursor == cursor:
-                break
+            if page.next_page is None or not page.records:
+                break  # the feed's end (a full page says "call again")
         with self.sessions.begin() as s:
             mirror.prune(s, org_id, self.kind, self._pulled_by_all(s, org_id))
         out.calls = getattr(self.platform, "calls_made", 0) - calls0
@@ -90,24 +103,47 @@ class OrgReader:
         )
 
     def _concerned(self, s, org_id: str, changed: list[mirror.MirrorEntry]) -> set[str]:
-        """Mailboxes a batch of changes concerns: linked to a record, or in whose scope it is."""
+        """Mailboxes a batch of changes concerns, and that have not pulled them yet.
+
+        A change concerns a mailbox linked to the record, or in whose scope the record
+        is (its user owns it, or it sees all records), unless it is the echo of that
+        mailbox's own write (the record's hash is the one its link holds). A mailbox
+        that has not loaded yet (no position) takes everything on its first load, and
+        one already past the change's number has it: neither is woken.
+        """
         if not changed:
             return set()
-        ids = [e.external_id for e in changed]
-        owners = {e.owner for e in changed if e.owner}
-        out: set[str] = set()
         conns = repo.list_connections(s, org_id=org_id, status="active")
+        if not conns:
+            return set()
         org = repo.get_org(s, org_id)
-        for c in conns:
-            settings = SyncSettings.from_dict({**(org.settings or {}), **(c.settings or {}).get("sync", {})},
-                                              owner=c.user_id)
-            if settings.platform_scope == "all" or (settings.platform_scope == "owned" and c.user_id in owners):
-                out.add(c.id)
+        scope: dict[str, SyncSettings] = {
+            c.id: SyncSettings.from_dict({**(org.settings or {}), **(c.settings or {}).get("sync", {})},
+                                         owner=c.user_id) for c in conns}
+        owner_of = {c.id: c.user_id for c in conns}
+        positions = {cid: int(v) for cid, v in s.execute(sa.select(cursors.c.connection_id, cursors.c.value).where(
+            cursors.c.connection_id.in_(list(scope)), cursors.c.stream == mailbox_cursor_stream(self.kind))).all()
+            if v is not None}
+        linked: dict[str, dict[str, str]] = {}  # platform id -> connection -> hash its link holds
+        ids = [e.external_id for e in changed]
         for chunk in range(0, len(ids), 1000):
-            out.update(s.execute(sa.select(links.c.connection_id).distinct().where(
-                links.c.org_id == org_id, links.c.kind == self.kind,
-                links.c.platform_id.in_(ids[chunk:chunk + 1000]))).scalars())
-        return out & {c.id for c in conns}
+            for cid, pid, h in s.execute(sa.select(links.c.connection_id, links.c.platform_id, links.c.platform_hash)
+                                         .where(links.c.org_id == org_id, links.c.kind == self.kind,
+                                                links.c.platform_id.in_(ids[chunk:chunk + 1000]))).all():
+                linked.setdefault(pid, {})[cid] = h
+        out: set[str] = set()
+        for e in changed:
+            links_of = linked.get(e.external_id, {})
+            for cid, settings in scope.items():
+                if cid in out or cid not in positions or positions[cid] >= e.seq:
+                    continue
+                if cid in links_of:
+                    if e.deleted or links_of[cid] != e.hash:
+                        out.add(cid)
+                elif settings.platform_scope == "all" or (
+                        settings.platform_scope == "owned" and e.owner == owner_of[cid]):
+                    out.add(cid)
+        return out
 
     def _pulled_by_all(self, s, org_id: str) -> int:
         """The buffer position every loaded mailbox of the organisation has passed (0: keep all)."""

@@ -28,6 +28,7 @@ from api.webhooks import (
     derived_platform_secrets,
     lazy_temporal_signal,
     store_lookup,
+    store_org_lookup,
     webhook_router,
 )
 from connectors.id_tokens import GOOGLE_CERTS_URL
@@ -59,6 +60,7 @@ def build_webhooks(
     deps = WebhookDeps(
         sessions=sessions,
         waker=waker,
+        org_waker=Waker(signal, store_org_lookup(sessions), window_s=window_s, counters=waker.counters),
         pubsub=pubsub,
         platform_secret=derived_platform_secrets(platform_master_key) if platform_master_key else None,
         admin_token=admin_token,

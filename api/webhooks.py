@@ -1,4 +1,4 @@
-"""The webhook server that wakes mailbox workflows.
+"""The webhook server that wakes mailbox and organisation workflows.
 
 Providers push "something changed" (never the change itself): Graph change and
 lifecycle notifications, Gmail through a Pub/Sub push subscription, Calendar
@@ -6,6 +6,9 @@ channel pings (headers only), and our own platforms (CRM) signing with a
 per-organisation key. Each one is authenticated, mapped to a connection, and turned
 into a `wake` of that mailbox's workflow; the workflow then reads the provider's
 delta with its stored cursor, so a notification carries no data we must trust.
+A platform's webhook wakes its organisation's workflow (`org-sync/<org_id>`) once:
+that workflow reads the platform for all the org's mailboxes and wakes only those a
+change concerns.
 
 Why it is built this way:
 
@@ -312,15 +315,35 @@ def store_lookup(sessions) -> Lookup:
     return lookup
 
 
+#: The target a lookup names for an organisation's workflow (in place of a provider).
+ORG_TARGET = "organisation"
+
+
+def store_org_lookup(sessions) -> Lookup:
+    """An organisation with an active mailbox has a workflow to wake; one without has
+    nothing to sync the platform's change to (and is not started for it)."""
+
+    def lookup(org_id: str) -> tuple[str, str] | None:
+        with sessions() as s:
+            active = repo.list_connections(s, org_id=org_id, status="active")
+        return (org_id, ORG_TARGET) if active else None
+
+    return lookup
+
+
 def temporal_signal(client, *, task_queue: str | None = None, poll_interval_s: float = 300.0) -> Signal:
-    """The production signal: signal-with-start of `wake` (workers.client.start_sync)."""
-    from workers.client import start_sync
+    """The production signal: signal-with-start of `wake`, of a mailbox's workflow
+    (workers.client.start_sync) or of an organisation's (start_org_sync)."""
+    from workers.client import start_org_sync, start_sync
     from workers.temporal_client import TASK_QUEUE
 
     tq = task_queue or TASK_QUEUE
 
-    async def signal(connection_id: str, org_id: str, provider: str, reason: str) -> None:
-        await start_sync(client, connection_id, org_id, provider, poll_interval_s=poll_interval_s, task_queue=tq,
+    async def signal(key: str, org_id: str, provider: str, reason: str) -> None:
+        if provider == ORG_TARGET:
+            await start_org_sync(client, org_id, poll_interval_s=poll_interval_s, task_queue=tq, reason=reason)
+            return
+        await start_sync(client, key, org_id, provider, poll_interval_s=poll_interval_s, task_queue=tq,
                          reason=reason)
 
     return signal
@@ -440,7 +463,11 @@ class PubSubPushAuth:
 @dataclass
 class WebhookDeps:
     sessions: Any
+    #: wakes mailbox workflows (provider pushes)
     waker: Waker
+    #: wakes organisation workflows (platform webhooks): keyed by org id, looked up with
+    #: `store_org_lookup`; None refuses platform webhooks (503)
+    org_waker: Waker | None = None
     #: how Gmail pushes are authenticated; None refuses them all
     pubsub: PubSubPushAuth | None = None
     platform_secret: PlatformSecret | None = None
@@ -684,10 +711,6 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
 
     # --- platforms (CRM) ----------------------------------------------------------
 
-    def _org_connections(org_id: str) -> list[str]:
-        with sessions() as s:
-            return [r.id for r in repo.list_connections(s, org_id=org_id, status="active")]
-
     @router.post("/platform/{org_id}")
     async def platform(org_id: str, request: Request) -> Response:
         # The signature is over the raw body, so it travels in the header; a
@@ -725,13 +748,15 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
                 raise _Bad("missing_field")
         except _Bad as e:
             return bad(e.reason)
+        if deps.org_waker is None:
+            counters.reject("not_configured")
+            return JSONResponse({"error": "not_configured"}, status_code=503)
         counters.accept("platform")
-        woken = 0
+        # One wake of the organisation's workflow: it reads the platform once and wakes
+        # only the mailboxes the changes concern (not every mailbox of the org).
         if body["record_ids"]:
-            for cid in await run_in_threadpool(_org_connections, org_id):
-                waker.wake(cid, "platform")
-                woken += 1
-        return JSONResponse({"connections": woken}, status_code=202)
+            deps.org_waker.wake(org_id, "platform")
+        return JSONResponse({"organisation": 1 if body["record_ids"] else 0}, status_code=202)
 
     # --- observability --------------------------------------------------------------
 

@@ -46,11 +46,19 @@ def _push(table: Table, quick: bool, pg: bool) -> None:
     push.run(table, quick=quick)
 
 
+def _org(table: Table, quick: bool, pg: bool) -> None:
+    from bench import org
+
+    kwargs = {"mailboxes": 10, "records": 1_000, "changes": 10, "burst": 100} if quick else {}
+    org.run(table, pg=pg, say=table.note, **kwargs)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Table, bool, bool], None]]] = {
     "matching": ("duplicate detection: blocking index vs all-pairs, precision/recall", _matching),
     "sync": ("contacts sync through Temporal, the People emulator and the reference CRM", _sync),
     "webhooks": ("webhook intake: accepted notifications per second on one core", _webhooks),
     "push": ("Graph notification POST -> CRM write latency, through webhooks and Temporal", _push),
+    "org": ("the platform read once per organisation: 50 mailboxes, 10,000 records, per change", _org),
 }
 
 

@@ -120,9 +120,6 @@ class PlatformSide(Protocol[T]):
     def get_many(self, org_id: str, external_ids: Sequence[str]) -> list[SideRecord]:
         """Current records; missing ids are returned as deleted tombstones."""
 
-    def search_candidates(self, org_id: str, keys: set[str]) -> list[SideRecord]:
-        """Live records sharing any blocking key (see `sync.normalize.blocking_keys`)."""
-
     def upsert_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         """Create (external_id None) or update; idempotent by `WriteRequest.key`.
 

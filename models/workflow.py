@@ -175,6 +175,8 @@ class SyncState(BaseModel):
     cursor_age_s: float | None = None
     next_poll_at: float | None = None
     wakeups_pending: int = 0
+    #: a cycle is under way (its counts land in `last_counts` when it ends)
+    cycle_running: bool = False
     last_counts: CycleCounts = Field(default_factory=CycleCounts)
     totals: CycleCounts = Field(default_factory=CycleCounts)
     store: StoreSummary = Field(default_factory=StoreSummary)
@@ -232,12 +234,18 @@ class OrgReadResult(BaseModel):
 
 
 class OrgKindState(BaseModel):
+    """One kind's section of the organisation's state: its platform reads and whom they woke."""
+
     last_read_at: float | None = None
+    #: reads of the feed, the changes they numbered, the platform calls they made
     reads: int = 0
     changes: int = 0
     platform_calls: int = 0
+    #: mailbox wake-ups sent, in all and by the last read
     wakes: int = 0
     last_woken: int = 0
+    failures: int = 0
+    #: why the last read failed (class and type), None when it succeeded
     last_error: str | None = None
 
 
@@ -246,6 +254,8 @@ class OrgState(BaseModel):
     cycles: int = 0
     wakeups_pending: int = 0
     next_poll_at: float | None = None
+    #: cycles in a row with a failed read (the next one comes sooner than the poll)
+    consecutive_failures: int = 0
     continued_as_new: int = 0
     kinds: dict[str, OrgKindState] = Field(default_factory=dict)
 

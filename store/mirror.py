@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -36,6 +36,8 @@ class MirrorEntry:
     keys: frozenset[str]
     #: the record as read (JSON), delivered to the mailboxes it concerns
     record: dict
+    #: its number in the buffer, once `apply` has numbered it
+    seq: int = 0
 
 
 def get_feed(s: Session, org_id: str, kind: str):
@@ -90,7 +92,7 @@ def apply(s: Session, org_id: str, kind: str, entries: Sequence[MirrorEntry], se
             set_=values))
         s.execute(sa.insert(platform_changes).values(org_id=org_id, kind=kind, seq=seq, external_id=e.external_id,
                                                      record=e.record, owner=e.owner, at=now))
-        changed.append(e)
+        changed.append(replace(e, seq=seq))
     if changed:
         ids = [e.external_id for e in changed]
         for chunk in _chunks(ids):
@@ -103,6 +105,35 @@ def apply(s: Session, org_id: str, kind: str, entries: Sequence[MirrorEntry], se
     s.execute(sa.update(org_cursors).where(org_cursors.c.org_id == org_id, org_cursors.c.stream == feed_stream(kind))
               .values(seq_head=seq))
     return changed
+
+
+def note_written(s: Session, org_id: str, kind: str, entries: Sequence[MirrorEntry]) -> None:
+    """What a mailbox just wrote to the platform, mirrored before the feed shows it, so
+    the next mailbox's candidate search finds a record created a moment ago by another
+    (the feed is read later, by the organisation's workflow).
+
+    The etag is left unknown: when the feed brings the record, it differs from what is
+    mirrored, so the change is still numbered and delivered to the other mailboxes in
+    its scope (the writer's own link holds its hash: it is not woken for its echo).
+    """
+    now = time.time()
+    for e in entries:
+        values = dict(hash=e.hash, etag=None, owner=e.owner, deleted=e.deleted, updated_at=now)
+        stmt = _insert(s, platform_mirror).values(org_id=org_id, kind=kind, external_id=e.external_id, seq=0,
+                                                  **values)
+        # An update keeps the owner the record has (None: not known to the writer).
+        kept = {k: v for k, v in values.items() if not (k == "owner" and v is None)}
+        s.execute(stmt.on_conflict_do_update(
+            index_elements=[platform_mirror.c.org_id, platform_mirror.c.kind, platform_mirror.c.external_id],
+            set_=kept))
+    ids = [e.external_id for e in entries]
+    for chunk in _chunks(ids):
+        s.execute(sa.delete(mirror_keys).where(mirror_keys.c.org_id == org_id, mirror_keys.c.kind == kind,
+                                               mirror_keys.c.external_id.in_(chunk)))
+    rows = [{"org_id": org_id, "kind": kind, "key": k, "external_id": e.external_id}
+            for e in entries if not e.deleted for k in sorted(e.keys)]
+    for chunk in _chunks(rows):
+        s.execute(sa.insert(mirror_keys), list(chunk))
 
 
 def _mirror_rows(s: Session, org_id: str, kind: str, ids: Iterable[str]) -> list:

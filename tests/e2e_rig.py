@@ -38,7 +38,9 @@ class Rig:
     async def start(self, poll_interval_s: float = 3600) -> SyncState:
         await api.start_sync(self.client, self.cid, self.sc.org_id, self.sc.mailbox.provider,
                              poll_interval_s=poll_interval_s, task_queue=self.task_queue)
-        return await self.wait_cycles(1)
+        await self.wait_cycles(1)
+        await api.wait_for_org_cycles(self.client, self.sc.org_id, 1)
+        return await self.settle(0)
 
     async def state(self) -> SyncState:
         return await api.state(self.client, self.cid)
@@ -46,11 +48,16 @@ class Rig:
     async def wait_cycles(self, n: int, timeout: float = 90) -> SyncState:
         return await api.wait_for_cycles(self.client, self.cid, n, timeout=timeout)
 
+    async def settle(self, after: int, timeout: float = 90) -> SyncState:
+        """The state once the mailbox has run a cycle past `after` and has no cycle running
+        or asked for (the organisation's workflow may have woken it meanwhile)."""
+        return await api.wait_settled(self.client, self.cid, after, timeout=timeout)
+
     async def cycle(self) -> SyncState:
-        """Wake the workflow and wait for the cycle it runs."""
-        before = (await self.state()).cycles
-        await api.wake(self.client, self.cid, "test")
-        return await self.wait_cycles(before + 1)
+        """What a platform webhook and a mailbox push would do: the organisation reads the
+        platform (waking this mailbox if a change concerns it), and the mailbox cycles.
+        Returns the state once the mailbox has settled."""
+        return await api.sync_now(self.client, self.sc.org_id, self.cid)
 
     # -- looking at both ends ----------------------------------------------------
     def links(self) -> dict[str, str]:
@@ -76,6 +83,8 @@ class Rig:
 
 @asynccontextmanager
 async def rig(env, store_url: str, crm_url: str, **scenario_kwargs):
+    # An organisation per test: its workflow outlives the test on the shared server.
+    scenario_kwargs.setdefault("org_id", f"org-{uuid.uuid4().hex[:8]}")
     sc = build_scenario(store_url, crm_url, connection_id=f"c-{uuid.uuid4().hex[:8]}", **scenario_kwargs)
     tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
     acts = build_activities(store_url, crm_url, keyring=throwaway_keyring())

@@ -12,8 +12,8 @@ check for every implementation alike:
 - one result per request in order, per-item errors never raised; a delete of a
   missing item counts as deleted;
 - the platform's idempotency by key (a retried write returns its first result),
-  validation rules (`platforms.reference_crm.rules`) rejecting single items, and
-  candidate search over `sync.normalize.blocking_keys`;
+  and validation rules (`platforms.reference_crm.rules`) rejecting single items
+  (no candidate search: the platform keeps none of Concord's keys);
 - fault injection: whole calls failing (429 as RateLimited, 503 as Transient) and
   single items failing with any error; `calls_made` counting calls.
 
@@ -44,7 +44,6 @@ from models.contact import Contact, ContactRecord
 from models.record import SideRecord
 from platforms.reference_crm.rules import Rule, first_violation
 from platforms.reference_crm.service import IdempotencyKeyReused
-from sync.normalize import blocking_keys
 
 ErrorFactory = Callable[[], ConnectorError]
 
@@ -71,7 +70,7 @@ class Faults:
     """Scripted failures: whole calls (`call`) or single write items (`item`).
 
     `op` is a protocol verb ("list", "get", "find", "create", "update", "delete",
-    "changes", "get_many", "search", "upsert") or "any".
+    "changes", "get_many", "upsert") or "any".
     """
 
     def __init__(self) -> None:
@@ -351,7 +350,6 @@ class _Record:
     version: int
     seq: int
     updated_at: float
-    keys: frozenset[str]
     deleted: bool = False
 
 
@@ -377,11 +375,9 @@ class MemoryPlatform:
 
     provider = "memory"
 
-    def __init__(self, *, clock: Callable[[], float] | None = None, record: type[SideRecord] = ContactRecord,
-                 keys: Callable[[object], set[str]] = blocking_keys) -> None:
-        """`record` and `keys`: the kind's `SideRecord[Model]` and blocking keys (contacts by default)."""
+    def __init__(self, *, clock: Callable[[], float] | None = None, record: type[SideRecord] = ContactRecord) -> None:
+        """`record`: the kind's `SideRecord[Model]` (contacts by default)."""
         self.record = record
-        self.keys = keys
         self._clock = clock
         self._lock = threading.RLock()
         self._orgs: dict[str, _Org] = {}
@@ -457,12 +453,6 @@ class MemoryPlatform:
                 self._side(i, records[i]) if i in records else self.record(side="platform", external_id=i, deleted=True)
                 for i in external_ids
             ]
-
-    def search_candidates(self, org_id: str, keys: set[str]) -> list[SideRecord]:
-        with self._lock:
-            self._call("search")
-            hits = [(i, r) for i, r in self._org(org_id).records.items() if not r.deleted and r.keys & keys]
-            return [self._side(i, r) for i, r in sorted(hits, key=lambda p: p[1].seq)]
 
     def upsert_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         with self._lock:
@@ -551,7 +541,7 @@ class MemoryPlatform:
     def _create(self, org: _Org, contact: Contact, owner: str | None) -> str:
         self._ids += 1
         iid = f"mp-{self._ids}"
-        org.records[iid] = _Record(contact=contact, owner=owner, version=1, seq=0, updated_at=0.0, keys=frozenset())
+        org.records[iid] = _Record(contact=contact, owner=owner, version=1, seq=0, updated_at=0.0)
         self._save(org.records[iid], contact, owner, force=True)
         return iid
 
@@ -561,13 +551,11 @@ class MemoryPlatform:
         if not force:
             rec.version += 1
         rec.contact, rec.owner = contact, owner
-        rec.keys = frozenset(self.keys(contact))
         self._stamp(rec)
 
     def _delete(self, rec: _Record) -> None:
         rec.deleted = True
         rec.version += 1
-        rec.keys = frozenset()
         self._stamp(rec)
 
     def _stamp(self, rec: _Record) -> None:

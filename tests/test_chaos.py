@@ -27,6 +27,7 @@ from store.vault import generate_key
 from tests.chaos_proxy import Chaos
 from tests.e2e_rig import Rig
 from tests.test_write_outage import start, through
+from workers import client as api
 from workers.scenario import build_scenario
 
 N_MAILBOX = 1000
@@ -162,9 +163,7 @@ async def test_initial_sync_under_kills_and_throttling_converges_with_nothing_lo
         deadline = time.monotonic() + 240
         st = await r.wait_cycles(1, timeout=240)
         while True:
-            before = (await r.state()).cycles
-            await r.client.get_workflow_handle(f"mailbox-sync/{r.cid}").signal("wake", "chaos")
-            st = await r.wait_cycles(before + 1, timeout=240)
+            st = await api.sync_now(r.client, sc.org_id, r.cid, timeout=240)
             quiet = st.last_counts.created + st.last_counts.updated + st.last_counts.deleted == 0
             if quiet and st.health == "active" and st.last_error is None:
                 break

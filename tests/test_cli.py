@@ -185,6 +185,9 @@ async def test_every_command_with_a_wrong_argument_says_one_line(temporal_env, w
             *[(("--temporal", t, cmd, "nope"), "no workflow for connection nope")
               for cmd in ("wake", "state", "pause", "resume", "retry", "approve-deletes", "disconnect")],
             (("--temporal", t, "state", known_unpolled), f"no worker is polling task queue {queue}"),
+            *[(("--temporal", t, cmd, "org-nope"), "no workflow for organisation org-nope")
+              for cmd in ("org-state", "org-wake")],
+            (("org-state",), "the following arguments are required: ORG"),
             (("reviews", "nope", *store), "no connection nope in the store at"),
             (("quarantine", "nope", *store), "no connection nope in the store at"),
             (("reviews", world.a, "--store-url", f"sqlite:///{tmp_path}/missing.db"), "no store at"),

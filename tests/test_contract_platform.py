@@ -173,17 +173,34 @@ def test_get_many_keeps_order_and_reports_missing_and_deleted_as_tombstones(plat
     assert got[2].content == person(1) and got[0].content is None and got[3].content is None
 
 
-def test_search_candidates_by_blocking_keys_live_and_in_the_organisation_only(platform):
+def test_candidates_come_from_concord_s_mirror_of_the_feed_not_from_the_platform(platform, sqlite_url):
+    """The platform keeps none of Concord's keys: the organisation's reader mirrors what the
+    feed says, and candidate search runs there (live records of this organisation only)."""
+    from activities.org import OrgReader
+    from store import mirror, repo
+    from store.db import make_engine, migrate, session_factory
+    from sync.kinds.contacts import CONTACTS
+
+    migrate(sqlite_url)
+    sessions = session_factory(make_engine(sqlite_url))
+    with sessions.begin() as s:
+        repo.create_org(s, ORG, "Org", {})
     a = platform.user_create(ORG, person(1), None)
     b = platform.user_create(ORG, person(2, emails=["shared@example.test"]), None)
     gone = platform.user_create(ORG, person(3, emails=["shared@example.test"]), None)
     platform.user_delete(ORG, gone)
     platform.user_create(OTHER, person(4, emails=["shared@example.test"]), None)
+    OrgReader(sessions, CONTACTS, platform.adapter).read(ORG)
     probe = Contact(given_name="Someone", emails=["Shared@Example.test"], phones=["(415) 555-0101"])
-    found = platform.adapter.search_candidates(ORG, blocking_keys(probe))
-    assert sorted(r.external_id for r in found) == sorted([a, b])  # a by phone, b by email
-    assert all(not r.deleted and r.content is not None for r in found)
-    assert platform.adapter.search_candidates(ORG, {"e:nobody@example.test"}) == []
+    with sessions() as s:
+        found = mirror.candidates(s, ORG, "contacts", blocking_keys(probe))
+        assert found == {a, b}  # a by phone, b by email
+        assert mirror.candidates(s, ORG, "contacts", {"e:nobody@example.test"}) == set()
+    # Keys follow the record's current content once the feed shows the edit.
+    platform.user_edit(ORG, b, person(2, emails=["moved@example.test"]))
+    OrgReader(sessions, CONTACTS, platform.adapter).read(ORG)
+    with sessions() as s:
+        assert mirror.candidates(s, ORG, "contacts", blocking_keys(probe)) == {a}
 
 
 # ------------------------------------------------------------------------------ writes

@@ -24,6 +24,7 @@ from sync.kinds import KindRules
 from sync.matching import Match, MatchScore, Thresholds
 from tests.e2e_rig import Rig, throwaway_keyring
 from tests.memory_connectors import MemoryMailbox, MemoryPlatform, unavailable
+from workers import client as api
 from workers.scenario import build_scenario
 from workers.temporal_client import TASK_QUEUE
 from workers.worker import build_activities, make_worker
@@ -85,9 +86,10 @@ def _titles(records: dict[str, Task]) -> list[str]:
 
 async def test_a_test_only_kind_runs_beside_contacts_through_the_real_workflow(temporal_env, urls):
     store_url, crm_url = urls
-    sc = build_scenario(store_url, crm_url, connection_id=f"k-{uuid.uuid4().hex[:6]}")
+    sc = build_scenario(store_url, crm_url, connection_id=f"k-{uuid.uuid4().hex[:6]}",
+                        org_id=f"org-{uuid.uuid4().hex[:6]}")
     tasks_mailbox = MemoryMailbox(record=TaskRecord, id_prefix="task")
-    tasks_platform = MemoryPlatform(record=TaskRecord, keys=TASKS.keys)
+    tasks_platform = MemoryPlatform(record=TaskRecord)
     tasks_mailbox.user_create(Task(title="Write spec", status="open"))
     tasks_mailbox.user_create(Task(title="Call Ada", status="open", tags=("sales",)))
     tasks_platform.user_create(sc.org_id, Task(title="call  ada", status="open"), owner=sc.user_id)
@@ -101,12 +103,17 @@ async def test_a_test_only_kind_runs_beside_contacts_through_the_real_workflow(t
     try:
         async with make_worker(temporal_env.client, acts, task_queue=tq, extra_activities=tasks.activities()):
             r = Rig(temporal_env, sc, tq)
+            # The organisation's workflow reads both kinds' platform feeds.
+            await api.start_org_sync(temporal_env.client, sc.org_id, task_queue=tq, poll_interval_s=3600,
+                                     kinds=["tasks", "contacts"])
             handle = await temporal_env.client.start_workflow(
                 MailboxSyncWorkflow.run,
                 MailboxSyncInput(connection_id=sc.connection_id, org_id=sc.org_id, provider="google",
                                  poll_interval_s=3600, kinds=["tasks", "contacts"], activity_attempts=2),
                 id=workflow_id(sc.connection_id), task_queue=tq)
-            st = await r.wait_cycles(1)
+            await r.wait_cycles(1)
+            await api.wait_for_org_cycles(temporal_env.client, sc.org_id, 1)
+            st = await r.settle(0)
             assert st.last_error is None, st.last_error
             # Both ways, the same task once, another user's task left alone.
             assert _titles(tasks_mailbox.contacts()) == ["Call Ada", "Review PR", "Write spec"]
@@ -131,8 +138,9 @@ async def test_a_test_only_kind_runs_beside_contacts_through_the_real_workflow(t
             st = await r.cycle()
             assert {t.title: t.status for t in tasks_platform.contacts(sc.org_id).values()}["Write spec"] == "done"
 
-            # The tasks platform goes down: contacts keep syncing, tasks show the failure.
-            tasks_platform.faults.fail_calls(unavailable(), op="changes", count=1000)
+            # The tasks platform refuses writes: contacts keep syncing, tasks show the failure.
+            tasks_platform.faults.fail_calls(unavailable(), op="upsert", count=1000)
+            tasks_mailbox.user_edit(write_spec, Task(title="Write spec", status="open"))
             mid = next(m for m in sc.resource_names if m in r.links())
             sc.mailbox.edit(mid, company="Kinds Ltd")
             st = await r.cycle()
@@ -142,5 +150,18 @@ async def test_a_test_only_kind_runs_beside_contacts_through_the_real_workflow(t
             tasks_platform.faults.clear()
             st = await r.cycle()
             assert st.health == "active" and st.kinds["tasks"].last_error is None
+            assert {t.title: t.status for t in tasks_platform.contacts(sc.org_id).values()}["Write spec"] == "open"
+
+            # The tasks feed goes down: the organisation's tasks read shows it, its contacts
+            # read goes on, and no mailbox cycle fails for it (they pull from the store).
+            tasks_platform.faults.fail_calls(unavailable(), op="changes", count=1000)
+            pid = r.links()[mid]
+            sc.crm.user_edit(sc.org_id, pid, job_title="Feed Tester", enforce_rules=False)
+            st = await r.cycle()
+            assert sc.mailbox.contacts()[mid].job_title == "Feed Tester"
+            org = await api.org_state(temporal_env.client, sc.org_id)
+            assert org.kinds["tasks"].last_error and org.kinds["contacts"].last_error is None
+            assert st.health == "active"
+            tasks_platform.faults.clear()
     finally:
         sc.close()

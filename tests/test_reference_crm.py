@@ -22,14 +22,9 @@ from platforms.reference_crm.seed import seed_organisation
 ORG, OTHER = "org_a", "org_b"
 
 
-def email_keys(contact: Contact) -> set[str]:
-    """Stand-in for sync.normalize.blocking_keys where a test needs keys it can predict."""
-    return {"email:" + e.lower() for e in contact.emails}
-
-
 @pytest.fixture
 def crm(db_url):
-    service = ReferenceCrm(db_url, blocking_keys=email_keys)
+    service = ReferenceCrm(db_url)
     yield service
     service.engine.dispose()
 
@@ -175,7 +170,7 @@ def test_get_many_keeps_order_and_hides_other_organisations(adapter):
 
 
 def test_concurrent_writers_never_make_the_feed_skip_a_committed_change(db_url):
-    crm = ReferenceCrm(db_url, blocking_keys=email_keys)
+    crm = ReferenceCrm(db_url)
     adapter = ReferenceCrmContacts(crm)
     try:
         seeds = [crm.create_contact(ORG, person(f"S{i}"), owner_id="u").id for i in range(6)]
@@ -297,37 +292,6 @@ def test_registered_custom_rule_and_misconfiguration(crm):
 # ------------------------------------------------------------------ matching support and accounts
 
 
-def test_search_candidates_by_shared_key_within_the_organisation(adapter, crm):
-    ann = create(adapter, "a", person("Ann", emails=["Ann@X.example", "ann@home.example"]))
-    create(adapter, "b", person("Bob", emails=["bob@x.example"]))
-    create(adapter, "o", person("Ann", emails=["ann@x.example"]), org=OTHER)
-    gone = create(adapter, "g", person("Gone", emails=["ann@x.example"]))
-    adapter.delete_many(ORG, [WriteRequest(key="gd", external_id=gone.external_id)])
-
-    found = adapter.search_candidates(ORG, {"email:ann@x.example", "email:nobody@x.example"})
-    assert [r.external_id for r in found] == [ann.external_id]
-    assert found[0].content.given_name == "Ann"
-    assert adapter.search_candidates(ORG, set()) == []
-
-    # Keys follow the record's current content.
-    crm.user_edit(ORG, ann.external_id, emails=["ann@new.example"])
-    assert adapter.search_candidates(ORG, {"email:ann@x.example"}) == []
-    assert [r.external_id for r in adapter.search_candidates(ORG, {"email:ann@new.example"})] == [ann.external_id]
-
-
-def test_search_candidates_with_the_real_blocking_keys(db_url):
-    normalize = pytest.importorskip("sync.normalize")
-    crm = ReferenceCrm(db_url)
-    try:
-        adapter = ReferenceCrmContacts(crm)
-        mine = crm.create_contact(ORG, person("Ann", "Lee", emails=["ann.lee@x.example"]), owner_id="u")
-        crm.create_contact(OTHER, person("Ann", "Lee", emails=["ann.lee@x.example"]), owner_id="u")
-        keys = normalize.blocking_keys(person("ann", "lee", emails=["ANN.LEE@x.example"]))
-        assert [r.external_id for r in adapter.search_candidates(ORG, keys)] == [mine.id]
-    finally:
-        crm.engine.dispose()
-
-
 def test_account_linking_by_domain_and_company(crm):
     acme = crm.create_account(ORG, "ACME, Inc.", "acme.example")
     free = crm.create_account(ORG, "Google", "gmail.com")
@@ -369,7 +333,7 @@ def test_optimistic_concurrency_in_the_service(crm):
 def test_seed_is_deterministic_and_plants_one_rule_breaker(db_url):
     mailbox = [person("Grace", "Hopper", emails=["grace@navy.example"], phones=["+1 555 010 2000"]),
                person("Alan", "Turing", emails=["alan@gmail.com"])]
-    crm = ReferenceCrm(db_url, blocking_keys=email_keys)
+    crm = ReferenceCrm(db_url)
     try:
         r1 = seed_organisation(crm, ORG, n=20, seed=7, mailbox_contacts=mailbox, owner_ids=("u1", "u2"))
         r2 = seed_organisation(crm, OTHER, n=20, seed=7, mailbox_contacts=mailbox, owner_ids=("u1", "u2"))

@@ -16,6 +16,7 @@ from temporalio.worker import Replayer
 
 from workers.temporal_client import DATA_CONVERTER
 from workflows.mailbox_sync import MailboxSyncWorkflow
+from workflows.org_sync import OrgSyncWorkflow
 
 GOLDEN = sorted((Path(__file__).parent / "golden").glob("*.json"))
 
@@ -26,7 +27,8 @@ def test_there_are_golden_histories():
 
 @pytest.mark.parametrize("path", GOLDEN, ids=[p.stem for p in GOLDEN])
 async def test_golden_history_replays(path: Path):
-    history = WorkflowHistory.from_json(f"mailbox-sync/{path.stem}", path.read_text())
-    result = await Replayer(workflows=[MailboxSyncWorkflow], data_converter=DATA_CONVERTER).replay_workflow(
+    history = WorkflowHistory.from_json(path.stem, path.read_text())
+    replayer = Replayer(workflows=[MailboxSyncWorkflow, OrgSyncWorkflow], data_converter=DATA_CONVERTER)
+    result = await replayer.replay_workflow(
         history, raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"

@@ -140,6 +140,7 @@ class SyncMachine(RuleBasedStateMachine):
     def _cycle(self, approve: bool = False):
         ref = CycleRef(connection_id=CID, cycle_id=f"m-{next(self.cycles)}")
         self._activity(self.acts.fetch_mailbox, ref)
+        self._activity(self.acts.read_platform, ORG)  # the organisation's workflow reads first
         self._activity(self.acts.fetch_platform, ref)
         plan = self._activity(self.acts.plan, ref, approve)
         wr = self._activity(self.acts.write, ref)

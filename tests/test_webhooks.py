@@ -24,6 +24,7 @@ import pytest
 
 from api.app import create_app
 from api.webhooks import (
+    ORG_TARGET,
     PubSubPushAuth,
     Waker,
     WebhookDeps,
@@ -31,6 +32,7 @@ from api.webhooks import (
     platform_headers,
     platform_signature,
     store_lookup,
+    store_org_lookup,
     webhook_router,
 )
 from connectors.graph_contacts import GraphContacts
@@ -105,11 +107,13 @@ class World:
                                        account_ref=f"acct-{cid}", status=status)
         self.signal = Recorder()
         self.waker = Waker(self.signal, store_lookup(self.sessions), window_s=window_s)
+        self.org_waker = Waker(self.signal, store_org_lookup(self.sessions), window_s=window_s,
+                               counters=self.waker.counters)
         port = free_port()
         self.base = f"http://127.0.0.1:{port}"
         self.audience = f"{self.base}/webhooks/gmail"  # Pub/Sub's default audience: the endpoint
         self.deps = WebhookDeps(
-            sessions=self.sessions, waker=self.waker,
+            sessions=self.sessions, waker=self.waker, org_waker=self.org_waker,
             pubsub=PubSubPushAuth(self.audience, PUSH_ACCOUNT,
                                   certs_url=self.google_server.base_url + "oauth2/v1/certs"),
             platform_secret=derived_platform_secrets(self.master_key), admin_token=self.admin_token,
@@ -484,14 +488,16 @@ def test_calendar_channel_headers(world):
 # ------------------------------------------------------------------ platforms
 
 
-def test_platform_hmac_wakes_every_active_connection_of_the_org(world):
+def test_platform_hmac_wakes_the_organisation_once_not_each_mailbox(world):
     secret = world.platform_secret("org1")
     body = json.dumps({"record_ids": ["r1", 2]}).encode()
     r = world.http.post("/webhooks/platform/org1", content=body,
                         headers={**platform_headers(secret, body), "content-type": "application/json"})
-    assert r.status_code == 202 and r.json() == {"connections": 3}
-    wait_for(lambda: len(world.signal.calls) == 3, what="three wakes")
-    assert sorted(c[0] for c in world.signal.calls) == ["c-gm", "c-ms", "c-other"]  # not c-off, not org2
+    assert r.status_code == 202 and r.json() == {"organisation": 1}
+    wait_for(lambda: len(world.signal.calls) == 1, what="the organisation's wake")
+    # One signal, to the organisation's workflow: it reads the platform once and wakes
+    # the mailboxes the changes concern (tests/test_org_sync.py). No mailbox is signalled.
+    assert world.signal.calls == [("org1", "org1", ORG_TARGET, "platform")]
 
     # The same body signed with another organisation's key, a tampered body, no signature.
     other = world.platform_secret("org2")
@@ -509,7 +515,7 @@ def test_platform_hmac_wakes_every_active_connection_of_the_org(world):
         assert r.status_code == 400 and r.json() == {"error": reason}
     st = world.stats()
     assert st["rejected_by_reason"] == {"bad_signature": 3, "malformed_json": 1, "missing_field": 2}
-    assert st["wake_requests"] == 3
+    assert st["wake_requests"] == 1
 
 
 def test_platform_signature_covers_a_fresh_timestamp_and_is_single_use(world):

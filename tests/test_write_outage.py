@@ -35,6 +35,9 @@ def through(r, chaos: Chaos, **settings) -> None:
 
 
 async def start(r, **inp) -> None:
+    """The mailbox workflow with test inputs, beside its organisation's (which reads the CRM)."""
+    await api.start_org_sync(r.client, r.sc.org_id, task_queue=r.task_queue, poll_interval_s=3600,
+                             heartbeat_timeout_s=inp.get("heartbeat_timeout_s", 60.0))
     await r.client.start_workflow(
         MailboxSyncWorkflow.run,
         MailboxSyncInput(connection_id=r.cid, org_id=r.sc.org_id, provider=r.sc.mailbox.provider,

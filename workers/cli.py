@@ -108,6 +108,11 @@ def _parser() -> argparse.ArgumentParser:
     for name, (what, _call) in SIGNALS.items():
         connection(command(name, what))
     connection(command("state", "print the live sync state (JSON): health, counts, open reviews, quarantine"))
+    for name, what in (("org-state", "print the organisation's live state (JSON): platform reads, changes, "
+                                     "mailboxes woken, per kind"),
+                       ("org-wake", "read the platform now for the organisation (what its webhook does)")):
+        command(name, what).add_argument("org_id", metavar="ORG",
+                                         help="the organisation (its workflow is org-sync/ORG)")
     q = command("quarantine", "quarantined items with their error messages (JSON, from the store)")
     connection(q)
     store(q)
@@ -205,6 +210,26 @@ async def _has_pollers(client: Client, task_queue: str) -> bool:
 
 # --- commands ------------------------------------------------------------------------
 
+async def _org_command(args) -> None:
+    from workflows.org_sync import workflow_id as org_workflow_id
+
+    client = await _client(args.temporal)
+    try:
+        if args.cmd == "org-state":
+            print((await api.org_state(client, args.org_id)).model_dump_json(indent=2))
+        else:
+            await api.wake_org(client, args.org_id, "cli")
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise CliError(f"no workflow for organisation {args.org_id} ({org_workflow_id(args.org_id)} starts "
+                           "with its first mailbox: `concord start CONN ORG PROVIDER`)") from None
+        if exc.status in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED):
+            raise CliError(f"no worker answered for organisation {args.org_id} within "
+                           f"{api.QUERY_TIMEOUT.total_seconds():.0f}s (is `concord worker` running?)") from None
+        raise CliError(f"Temporal refused the call for organisation {args.org_id}: "
+                       f"{exc.status.name if exc.status else 'error'} {exc.message}") from None
+
+
 async def _workflow_command(args) -> None:
     client = await _client(args.temporal)
     cid = args.connection_id
@@ -254,6 +279,9 @@ def _dispatch(args) -> int:
         return serve_foreground(args)
     if args.cmd == "api":
         _run_api(args)
+        return 0
+    if args.cmd in ("org-state", "org-wake"):
+        asyncio.run(_org_command(args))
         return 0
     if hasattr(args, "store_url"):
         args.sessions = _store(args.store_url)

@@ -18,10 +18,13 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 
 from models.errors import Transient
 from models.contact import Contact
-from models.workflow import CHOICES_BY_REVIEW_KIND, MailboxSyncInput, Resolution, SyncState, allowed_answers
+from models.workflow import (CHOICES_BY_REVIEW_KIND, MailboxSyncInput, OrgState, OrgSyncInput, Resolution, SyncState,
+                             allowed_answers)
 from store import cycle, repo
 from workers.temporal_client import ORG_ID, PROVIDER, STATUS, TASK_QUEUE, connect
 from workflows.mailbox_sync import MailboxSyncWorkflow, workflow_id
+from workflows.org_sync import OrgSyncWorkflow
+from workflows.org_sync import workflow_id as org_workflow_id
 
 #: How long a state query waits for a worker to answer. A query nobody polls for
 #: would otherwise wait on the server's own (long) deadline.
@@ -60,8 +63,13 @@ async def connect_checked(target: str, *, timeout: float = 10.0) -> Client:
 
 async def start_sync(client: Client, connection_id: str, org_id: str, provider: str, *,
                      poll_interval_s: float = 300.0, task_queue: str = TASK_QUEUE,
-                     heartbeat_timeout_s: float = 60.0, reason: str = "connect") -> WorkflowHandle:
-    """Start (or wake, if already running) the workflow of one mailbox."""
+                     heartbeat_timeout_s: float = 60.0, reason: str = "connect",
+                     org_poll_interval_s: float | None = None) -> WorkflowHandle:
+    """Start (or wake, if already running) the workflow of one mailbox, and make sure its
+    organisation's workflow runs (it reads the platform for every mailbox of the org)."""
+    await start_org_sync(client, org_id, task_queue=task_queue, reason="mailbox",
+                         poll_interval_s=org_poll_interval_s or poll_interval_s,
+                         heartbeat_timeout_s=heartbeat_timeout_s)
     return await client.start_workflow(
         MailboxSyncWorkflow.run,
         MailboxSyncInput(connection_id=connection_id, org_id=org_id, provider=provider,
@@ -76,6 +84,52 @@ async def start_sync(client: Client, connection_id: str, org_id: str, provider: 
             SearchAttributePair(STATUS, "active"),
         ]),
     )
+
+
+async def start_org_sync(client: Client, org_id: str, *, poll_interval_s: float = 300.0,
+                         task_queue: str = TASK_QUEUE, heartbeat_timeout_s: float = 60.0,
+                         reason: str = "platform", kinds: list[str] | None = None) -> WorkflowHandle:
+    """Start (or wake, if already running) the workflow of one organisation,
+    `org-sync/<org_id>`: it reads the platform's changes once and wakes the mailboxes
+    they concern. Platform webhooks come here, not to each mailbox."""
+    return await client.start_workflow(
+        OrgSyncWorkflow.run,
+        OrgSyncInput(org_id=org_id, poll_interval_s=poll_interval_s, heartbeat_timeout_s=heartbeat_timeout_s,
+                     **({"kinds": kinds} if kinds else {})),
+        id=org_workflow_id(org_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        start_signal="wake",
+        start_signal_args=[reason],
+        search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id),
+                                                 SearchAttributePair(STATUS, "active")]),
+    )
+
+
+async def wake_org(client: Client, org_id: str, reason: str = "") -> None:
+    await client.get_workflow_handle(org_workflow_id(org_id)).signal(OrgSyncWorkflow.wake, reason)
+
+
+async def org_state(client: Client, org_id: str, *, rpc_timeout: timedelta = QUERY_TIMEOUT) -> OrgState:
+    return await client.get_workflow_handle(org_workflow_id(org_id)).query(OrgSyncWorkflow.state,
+                                                                           rpc_timeout=rpc_timeout)
+
+
+async def wait_for_org_cycles(client: Client, org_id: str, cycles: int, *, timeout: float = 90,
+                              interval: float = 0.1) -> OrgState:
+    """The organisation's state once its workflow has read `cycles` times."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            st = await org_state(client, org_id)
+            if st.cycles >= cycles:
+                return st
+        except RPCError:
+            pass
+        if loop.time() > deadline:
+            raise TimeoutError(f"workflow {org_workflow_id(org_id)} did not reach cycle {cycles} in {timeout:.0f}s")
+        await asyncio.sleep(interval)
 
 
 def handle(client: Client, connection_id: str) -> WorkflowHandle:
@@ -100,6 +154,39 @@ async def wait_for_cycles(client: Client, connection_id: str, cycles: int, *, ti
         if loop.time() > deadline:
             raise TimeoutError(f"workflow {workflow_id(connection_id)} did not reach cycle {cycles} in {timeout:.0f}s")
         await asyncio.sleep(interval)
+
+
+async def wait_settled(client: Client, connection_id: str, after: int, *, timeout: float = 90,
+                       interval: float = 0.05) -> SyncState:
+    """The state once the mailbox has finished a cycle past `after` and has no cycle running
+    or asked for: its `last_counts` then describe everything it was woken for."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            st = await state(client, connection_id)
+            if st.cycles > after and not st.cycle_running and not st.wakeups_pending:
+                return st
+        except RPCError:
+            pass
+        if loop.time() > deadline:
+            raise TimeoutError(f"workflow {workflow_id(connection_id)} did not settle past cycle {after} "
+                               f"in {timeout:.0f}s")
+        await asyncio.sleep(interval)
+
+
+async def sync_now(client: Client, org_id: str, connection_id: str, *, timeout: float = 90) -> SyncState:
+    """Read the platform for the organisation, then cycle this mailbox; the state once both
+    are done. The organisation's read wakes the mailbox itself when a change concerns it;
+    otherwise it is woken here (so it also reads its own mailbox now)."""
+    before = (await state(client, connection_id)).cycles
+    org_before = (await org_state(client, org_id)).cycles
+    await wake_org(client, org_id, "sync_now")
+    await wait_for_org_cycles(client, org_id, org_before + 1, timeout=timeout)
+    st = await state(client, connection_id)
+    if not (st.cycles > before or st.cycle_running or st.wakeups_pending):
+        await wake(client, connection_id, "sync_now")
+    return await wait_settled(client, connection_id, before, timeout=timeout)
 
 
 async def wake(client: Client, connection_id: str, reason: str = "") -> None:

@@ -40,9 +40,11 @@ from telemetry import setup_tracing
 from workers.temporal_client import TASK_QUEUE, connect
 from workers.worker import build_activities, make_worker
 from workflows.mailbox_sync import workflow_id
+from workflows.org_sync import workflow_id as org_workflow_id
 
 STATE_DIR = Path(".concord")
 CONNECTION = "demo-google-1"
+DEMO_ORG = "org_demo"
 MS_CONNECTION = "demo-microsoft-1"
 #: How long a previous run's workflow may take to stop once cancelled.
 CANCEL_WAIT_S = 10.0
@@ -203,7 +205,9 @@ def print_stack(dev: DevServer, app: RunningServer, mailboxes: dict[str, Mailbox
         if example:
             say(f"   {concord('resolve', cid, *example, temporal=t, store_url=store_url)}")
     headers = platform_headers(derived_platform_secrets(webhook_key)(sc.org_id), WEBHOOK_BODY.encode())
-    say("   # a CRM change arrives as a signed platform webhook; it wakes both mailboxes")
+    say(f"   {concord('org-state', sc.org_id, temporal=t)}")
+    say("   # a CRM change arrives as a signed platform webhook: it wakes the organisation's workflow,")
+    say("   # which reads the CRM once and wakes only the mailboxes whose records changed")
     say("   # (signed now: it is accepted once, within 5 minutes; replays are refused):")
     say("   " + shlex.join(["curl", "-s", "-X", "POST", f"{hooks}/platform/{sc.org_id}",
                             *[arg for k, v in headers.items() for arg in ("-H", f"{k}: {v}")],
@@ -228,13 +232,32 @@ async def wait_for(client, cid: str, cycles: int, timeout: float = 120) -> SyncS
         raise Fatal(f"{exc}; see the Temporal UI") from None
 
 
+async def settled(client, org_id: str, cid: str, after: int, timeout: float = 120) -> SyncState:
+    """The mailbox's state once the organisation has read the platform and the mailbox has
+    finished the cycles that woke it."""
+    try:
+        await api.wait_for_org_cycles(client, org_id, 1, timeout=timeout, interval=0.3)
+        return await api.wait_settled(client, cid, after, timeout=timeout)
+    except TimeoutError as exc:
+        raise Fatal(f"{exc}; see the Temporal UI") from None
+
+
+async def sync_now(client, org_id: str, cid: str, timeout: float = 120) -> SyncState:
+    """What a CRM webhook and a mailbox push do together: the organisation reads the CRM
+    (waking the mailbox if a change concerns it), and the mailbox cycles."""
+    try:
+        return await api.sync_now(client, org_id, cid, timeout=timeout)
+    except TimeoutError as exc:
+        raise Fatal(f"{exc}; see the Temporal UI") from None
+
+
 async def cancel_previous_runs(client: Client) -> list[WorkflowHandle]:
     """A previous run's workflows point at emulators that are gone: ask them to stop (the
     workflow records that it stopped). Asked before this run's worker polls, so a wake-up
     or poll timer they kept while no worker ran is not served as a cycle first."""
     running = []
-    for cid in (CONNECTION, MS_CONNECTION):
-        handle = client.get_workflow_handle(workflow_id(cid))
+    for wid in (workflow_id(CONNECTION), workflow_id(MS_CONNECTION), org_workflow_id(DEMO_ORG)):
+        handle = client.get_workflow_handle(wid)
         try:
             if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
                 continue
@@ -296,7 +319,7 @@ async def run(port: int, fresh: bool, once: bool) -> None:
         acts = build_activities(store_url, crm_url, keyring=keyring)
         async with make_worker(client, acts):
             await wait_until_closed(previous)
-            sc = build_scenario(store_url, crm_url, connection_id=CONNECTION, n_mailbox=30, n_crm=40,
+            sc = build_scenario(store_url, crm_url, org_id=DEMO_ORG, connection_id=CONNECTION, n_mailbox=30, n_crm=40,
                                 settings={"policy": "manual", "fix_rules": ["normalize_phones"]},
                                 seed_crm=not crm_kept)
             mailboxes[CONNECTION] = sc.mailbox
@@ -330,7 +353,8 @@ async def run(port: int, fresh: bool, once: bool) -> None:
 
 async def scenario(client, sc: Scenario, mailboxes: dict[str, MailboxDriver]) -> None:
     await api.start_sync(client, CONNECTION, sc.org_id, "google", poll_interval_s=600)
-    st = await wait_for(client, CONNECTION, 1)
+    await wait_for(client, CONNECTION, 1)
+    st = await settled(client, sc.org_id, CONNECTION, 0)
     print_cycle("initial two-way sync", st)
 
     # Changes on both sides: a Gmail edit, a CRM edit, a conflicting edit of one
@@ -354,15 +378,18 @@ async def scenario(client, sc: Scenario, mailboxes: dict[str, MailboxDriver]) ->
     sc.crm.user_edit(sc.org_id, linked[pairs[2]].platform_id, job_title="VP Sales",
                      enforce_rules=False)                                  # edited in the CRM
     sc.mailbox.delete(pairs[3])                                            # deleted in Gmail
-    await api.wake(client, CONNECTION, "demo-edits")
-    st = await wait_for(client, CONNECTION, 2)
+    st = await sync_now(client, sc.org_id, CONNECTION)
     print_cycle("incremental cycle after edits on both sides", st)
+    org = (await api.org_state(client, sc.org_id)).kinds.get("contacts")
+    if org is not None:
+        say(f"   organisation {org_workflow_id(sc.org_id)}: {org.reads} reads of the CRM, {org.changes} changes "
+            f"mirrored, {org.wakes} mailbox wake-ups (only the mailboxes a change concerns)")
 
     if st.store.open_conflicts:
         review = st.store.open_conflicts[0]
         say(f"\n-- resolving conflict review {review} for the mailbox side (signal 'resolve')")
         await api.resolve(client, sc.sessions, CONNECTION, review, "mailbox")
-        st = await wait_for(client, CONNECTION, 3)
+        st = await wait_for(client, CONNECTION, st.cycles + 1)
         print_cycle("after the manual resolution", st)
 
     # A colleague connects a Microsoft 365 mailbox in the same organisation: the
@@ -374,7 +401,8 @@ async def scenario(client, sc: Scenario, mailboxes: dict[str, MailboxDriver]) ->
                       *make_people(5, seed=99)])
     connect_mailbox(sc.sessions, org_id=sc.org_id, connection_id=MS_CONNECTION, user_id="user_2", mailbox=ms)
     await api.start_sync(client, MS_CONNECTION, sc.org_id, "microsoft", poll_interval_s=600)
-    st = await wait_for(client, MS_CONNECTION, 1)
+    await wait_for(client, MS_CONNECTION, 1)
+    st = await settled(client, sc.org_id, MS_CONNECTION, 0)
     print_cycle("Microsoft 365 mailbox of user_2, same organisation", st)
     with sc.sessions() as s:
         ms_link = repo.get_links_by_mailbox_ids(s, MS_CONNECTION, [ms_ids[0]])

@@ -9,6 +9,8 @@ several connections (Google and Microsoft side by side).
 
 from __future__ import annotations
 
+import uuid
+
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -204,10 +206,13 @@ def connect_mailbox(sessions, *, org_id: str, connection_id: str, user_id: str, 
             repo.set_cursor(s, connection_id, mailbox_progress("contacts"), None)  # a round under way, on the old one
 
 
-def build_scenario(store_url: str, crm_url: str, *, provider: str = "google", org_id: str = "org_demo",
+def build_scenario(store_url: str, crm_url: str, *, provider: str = "google", org_id: str | None = None,
                    connection_id: str = "conn-google-1", user_id: str = "user_1", n_mailbox: int = 30,
                    n_crm: int = 40, near_duplicates: int = 8, seed: int = 7, settings: dict | None = None,
                    emulator_port: int = 0, seed_crm: bool = True) -> Scenario:
+    # An organisation of its own unless named: its workflow (org-sync/<org_id>) outlives
+    # the scenario on a shared server, bound to the task queue that first started it.
+    org_id = org_id or f"org-{uuid.uuid4().hex[:8]}"
     people = make_people(n_mailbox, seed)
     mailbox = make_mailbox(provider, emulator_port)
     names = mailbox.seed(people)

@@ -31,6 +31,7 @@ from workers.mailboxes import MailboxBuilder
 from telemetry import setup_tracing
 from workers.temporal_client import TASK_QUEUE
 from workflows.mailbox_sync import MailboxSyncWorkflow
+from workflows.org_sync import OrgSyncWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def make_worker(client, activities: Activities, *, task_queue: str = TASK_QUEUE,
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[MailboxSyncWorkflow],
+        workflows=[MailboxSyncWorkflow, OrgSyncWorkflow],
         activities=activities.all() + list(extra_activities or []),
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=max_threads),
         max_concurrent_activities=max_threads,

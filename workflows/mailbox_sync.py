@@ -235,7 +235,11 @@ class MailboxSyncWorkflow:
                     continue
             self._wake = False
             st.wakeups_pending = 0
-            await (self._cycle_kinds() if self._v3 else self._cycle())
+            st.cycle_running = True
+            try:
+                await (self._cycle_kinds() if self._v3 else self._cycle())
+            finally:
+                st.cycle_running = False
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 st.continued_as_new += 1

@@ -20,9 +20,15 @@ with workflow.unsafe.imports_passed_through():
     from models.workflow import OrgKindState, OrgReadResult, OrgState, OrgSyncInput, ordered_kinds
     from workflows.mailbox_sync import workflow_id as mailbox_workflow_id
 
+#: A read is retried briefly in place (rate limits are waited out inside the activity);
+#: a feed that stays down is retried by the workflow's own backoff, so one kind's
+#: outage does not hold the other kinds' reads (they run side by side) for long.
 READ_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                         maximum_interval=timedelta(minutes=2), maximum_attempts=8,
+                         maximum_interval=timedelta(seconds=10), maximum_attempts=4,
                          non_retryable_error_types=["Fatal"])
+#: After a failed read, the next attempt comes this soon, doubling up to the cap (or the poll).
+RETRY_FIRST_S = 30.0
+RETRY_MAX_S = 900.0
 
 
 def workflow_id(org_id: str) -> str:
@@ -53,23 +59,29 @@ class OrgSyncWorkflow:
         self._wake = inp.wake or self._wake
         while True:
             if not self._wake:
-                st.next_poll_at = workflow.now().timestamp() + inp.poll_interval_s
+                wait_s = self._next_wait_s()
+                st.next_poll_at = workflow.now().timestamp() + wait_s
                 try:
-                    await workflow.wait_condition(lambda: self._wake,
-                                                  timeout=timedelta(seconds=inp.poll_interval_s))
+                    await workflow.wait_condition(lambda: self._wake, timeout=timedelta(seconds=wait_s))
                 except asyncio.TimeoutError:
-                    pass  # the poll timer: a platform webhook may have been lost
+                    pass  # the poll timer (a platform webhook may have been lost), or a retry
             self._wake = False
             st.wakeups_pending = 0
-            for kind in ordered_kinds(inp.kinds):
-                await self._read(kind)
+            failed = await asyncio.gather(*(self._read(kind) for kind in ordered_kinds(inp.kinds)))
+            st.consecutive_failures = st.consecutive_failures + 1 if any(failed) else 0
             st.cycles += 1
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 st.continued_as_new += 1
                 workflow.continue_as_new(inp.model_copy(update={"state": st, "wake": self._wake}))
 
-    async def _read(self, kind: str) -> None:
+    def _next_wait_s(self) -> float:
+        poll = self._inp.poll_interval_s
+        n = self._state.consecutive_failures
+        return min(poll, RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(n - 1, 16)) if n else poll
+
+    async def _read(self, kind: str) -> bool:
+        """One kind's read; True when it failed (shown in the kind's section)."""
         ks = self._state.kinds.setdefault(kind, OrgKindState())
         try:
             read: OrgReadResult = await workflow.execute_activity(
@@ -80,7 +92,8 @@ class OrgSyncWorkflow:
         except ActivityError as err:
             cause = err.cause
             ks.last_error = f"{type(cause).__name__}: {getattr(cause, 'type', None) or ''}".strip().rstrip(":")
-            return
+            ks.failures += 1
+            return True
         ks.last_error = None
         ks.last_read_at = workflow.now().timestamp()
         ks.reads += 1
@@ -89,6 +102,7 @@ class OrgSyncWorkflow:
         ks.last_woken = len(read.woken)
         ks.wakes += len(read.woken)
         await asyncio.gather(*(self._wake_mailbox(cid) for cid in read.woken))
+        return False
 
     async def _wake_mailbox(self, connection_id: str) -> None:
         """A running mailbox reads its share on its next cycle; a stopped one is no one's to wake."""

@@ -86,10 +86,6 @@ class ReferenceCrmContacts:
         found = self.crm.get_contacts(org_id, external_ids)
         return [found[i].to_side_record() if i in found else _tombstone(i) for i in external_ids]
 
-    def search_candidates(self, org_id: str, keys: set[str]) -> list[SideRecord]:
-        self._count()
-        return [c.to_side_record() for c in self.crm.search_candidates(org_id, keys)]
-
     def upsert_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         self._count()
         share = 1.0 / max(len(requests), 1)

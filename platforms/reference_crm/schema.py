@@ -96,15 +96,6 @@ idempotency = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
-blocking_keys = sa.Table(
-    "crm_blocking_keys",
-    metadata,
-    sa.Column("record_id", sa.String(64), primary_key=True),
-    sa.Column("key", sa.Text, primary_key=True),
-    sa.Column("org_id", sa.String(64), nullable=False),
-    sa.Index("ix_crm_blocking_keys_key", "org_id", "key"),
-)
-
 rules = sa.Table(
     "crm_rules",
     metadata,

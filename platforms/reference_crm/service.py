@@ -149,13 +149,9 @@ class ReferenceCrm:
         self,
         engine_or_url: Engine | str,
         *,
-        blocking_keys: Callable[[Contact], Iterable[str]] | None = None,
         create_schema: bool = True,
     ) -> None:
         self.engine = t.make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
-        # Normally sync.normalize.blocking_keys, looked up at first use (it may land after us).
-        self._keys_fn = blocking_keys
-        self._warned_no_keys = False
         if create_schema:
             t.metadata.create_all(self.engine)
 
@@ -190,28 +186,6 @@ class ReferenceCrm:
             t.change_log.insert().values(org_id=org_id, record_id=record_id, op=op, actor=actor, at=time.time())
         )
         return int(res.inserted_primary_key[0])
-
-    def _blocking_keys(self, contact: Contact) -> set[str]:
-        fn = self._keys_fn
-        if fn is None:
-            try:
-                from sync.normalize import blocking_keys as fn  # lazy: written in parallel
-            except ImportError:
-                if not self._warned_no_keys:
-                    log.warning("sync.normalize.blocking_keys unavailable; candidates index left empty")
-                    self._warned_no_keys = True
-                return set()
-            self._keys_fn = fn
-        return {k for k in fn(contact) if k}
-
-    def _write_keys(self, conn: Connection, org_id: str, record_id: str, contact: Contact | None) -> None:
-        conn.execute(t.blocking_keys.delete().where(t.blocking_keys.c.record_id == record_id))
-        keys = self._blocking_keys(contact) if contact is not None else set()
-        if keys:
-            conn.execute(
-                t.blocking_keys.insert(),
-                [{"record_id": record_id, "key": k, "org_id": org_id} for k in sorted(keys)],
-            )
 
     def _rules(self, conn: Connection, org_id: str) -> list[Rule]:
         rows = conn.execute(
@@ -307,7 +281,6 @@ class ReferenceCrm:
                 .values(owner_id=owner_id, account_id=account_id, version=existing.version + 1,
                         updated_at=now, change_seq=seq, **values)
             )
-        self._write_keys(conn, org_id, record_id, contact)
         return CrmContact.from_row(self._load(conn, org_id, record_id))
 
     @staticmethod
@@ -397,7 +370,6 @@ class ReferenceCrm:
                     .where(t.contacts.c.id == contact_id)
                     .values(deleted=True, version=existing.version + 1, updated_at=time.time(), change_seq=seq)
                 )
-                self._write_keys(conn, org_id, contact_id, None)
             rec = CrmContact.from_row(self._load(conn, org_id, contact_id))
             self._idem_store(conn, org_id, idempotency_key, fp, rec)
             return rec
@@ -478,37 +450,6 @@ class ReferenceCrm:
                 sa.select(sa.func.max(t.contacts.c.change_seq)).where(t.contacts.c.org_id == org_id)
             ).scalar()
         return int(head or 0)
-
-    @_db_errors
-    def search_candidates(self, org_id: str, keys: Iterable[str]) -> list[CrmContact]:
-        """Live contacts of this organisation sharing at least one blocking key."""
-        keys = sorted({k for k in keys if k})
-        ids: set[str] = set()
-        with self._read() as conn:
-            for i in range(0, len(keys), _KEY_CHUNK):
-                ids.update(
-                    conn.execute(
-                        sa.select(t.blocking_keys.c.record_id).where(
-                            t.blocking_keys.c.org_id == org_id, t.blocking_keys.c.key.in_(keys[i:i + _KEY_CHUNK])
-                        )
-                    ).scalars()
-                )
-        found = self.get_contacts(org_id, sorted(ids))
-        return sorted((c for c in found.values() if not c.deleted), key=lambda c: c.change_seq)
-
-    @_db_errors
-    def reindex_blocking_keys(self, org_id: str | None = None) -> int:
-        """Rebuild the candidates index (e.g. after `sync.normalize` changed its keys)."""
-        q = sa.select(t.contacts).where(t.contacts.c.deleted.is_(False))
-        if org_id is not None:
-            q = q.where(t.contacts.c.org_id == org_id)
-        with self._read() as conn:
-            targets = [(r.org_id, r.id) for r in conn.execute(q).all()]
-        for org, record_id in targets:
-            with self._write(org) as conn:  # re-read under the lock: a writer may have moved on
-                row = self._load(conn, org, record_id)
-                self._write_keys(conn, org, record_id, None if row.deleted else CrmContact.from_row(row).contact)
-        return len(targets)
 
     # ---------------------------------------------------------------- user edits (tests, demo)
 

@@ -131,6 +131,30 @@ async def continue_as_new(tmp: Path) -> dict:
         await env.shutdown()
 
 
+async def org_workflow(tmp: Path) -> dict:
+    """The organisation's workflow: started with its first mailbox, woken by the platform,
+    reading the feed, waking the mailbox a change concerns, and a wake that finds nothing."""
+    env = await _env()
+    urls = f"sqlite:///{tmp / 'store3.db'}", f"sqlite:///{tmp / 'crm3.db'}"
+    sc = build_scenario(*urls, connection_id=f"golden-org-{uuid.uuid4().hex[:6]}",
+                        org_id=f"golden-org-{uuid.uuid4().hex[:6]}")
+    tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
+    try:
+        async with make_worker(env.client, build_activities(*urls, keyring=throwaway_keyring()), task_queue=tq):
+            r = Rig(env, sc, tq)
+            await r.start()
+            links = r.links()
+            mid = next(m for m in sc.resource_names if m in links)
+            sc.crm.user_edit(sc.org_id, links[mid], job_title="Golden", enforce_rules=False)
+            await r.cycle()  # the read wakes the mailbox
+            await r.cycle()  # nothing new
+            handle = env.client.get_workflow_handle(f"org-sync/{sc.org_id}")
+            return (await handle.fetch_history()).to_json_dict()
+    finally:
+        sc.close()
+        await env.shutdown()
+
+
 async def main_async(out: Path, release: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -138,6 +162,7 @@ async def main_async(out: Path, release: str) -> None:
             "google_every_signal": await every_signal(tmp / "g", "google") if (tmp / "g").mkdir() is None else None,
             "microsoft_every_signal": await every_signal(tmp / "m", "microsoft") if (tmp / "m").mkdir() is None else None,
             "continue_as_new": await continue_as_new(tmp),
+            "org_workflow": await org_workflow(tmp),
         }
     for name, doc in recorded.items():
         path = out / f"{release}__{name}.json"
