@@ -358,7 +358,11 @@ class KindPipeline:
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
             span.set(changes=read.changes, pages=read.pages, calls=read.calls, woken=len(read.affected))
-        return OrgReadResult(changes=read.changes, pages=read.pages, calls=read.calls, woken=sorted(read.affected))
+        with self.sessions() as s:
+            # One waiting for re-consent still counts: it syncs again once reconnected.
+            active = sum(1 for c in repo.list_connections(s, org_id=org_id) if c.status != "disconnected")
+        return OrgReadResult(changes=read.changes, pages=read.pages, calls=read.calls, woken=sorted(read.affected),
+                             active_mailboxes=active)
 
     def _relevant_platform(self, s, connection_id: str, records: list[SideRecord],
                            settings: SyncSettings) -> list[SideRecord]:
