@@ -325,3 +325,25 @@ async def test_the_organisation_workflow_ends_when_its_last_mailbox_disconnects(
             assert not st.ended
     finally:
         sc.close()
+
+
+def test_a_first_load_takes_the_whole_scope_even_while_the_feed_is_being_read(sqlite_url):
+    """The organisation's reader has mirrored part of the feed (a read in progress, or a
+    webhook not yet acted on): a mailbox's first load catches the feed up first, so its
+    first cycle sees every record in its scope, not the part mirrored so far."""
+    from activities.pipeline import KindPipeline
+    from models.workflow import CycleRef
+
+    sessions = _store(sqlite_url, {"new": {"user": "u1"}})
+    platform = MemoryPlatform()
+    for i in range(300):
+        platform.user_create(ORG, _person(i), owner="u1" if i % 2 else "u2")
+    OrgReader(sessions, CONTACTS, platform).read(ORG)
+    for i in range(300, 600):
+        platform.user_create(ORG, _person(i), owner="u1" if i % 2 else "u2")
+    pipeline = KindPipeline(sessions, CONTACTS, platform, lambda info: None)
+    result = pipeline.fetch_platform(CycleRef(connection_id="new", cycle_id="c1"))
+    assert result.fetched == 300  # all of u1's records, from both halves
+    with sessions() as s:
+        staged = repo.items_by_status(s, "new", ["pending"])
+    assert len({r.external_id for r in staged if r.side == "platform"}) == 300
