@@ -286,9 +286,9 @@ class KindPipeline:
 
     def fetch_platform(self, ref: CycleRef) -> FetchResult:
         """This mailbox's share of the platform's changes, pulled from the organisation's
-        buffer past this mailbox's own position: no platform read of its own, except the
-        first load of its scope, or when the organisation's reader has fallen silent
-        (then it reads for everyone; see activities/org.py)."""
+        buffer past this mailbox's own position: no platform read of its own, except to
+        catch the feed up before the first load of its scope, or when the organisation's
+        reader has fallen silent (then it reads for everyone; see activities/org.py)."""
         cid = ref.connection_id
         with self.sessions() as s:
             info, settings = self._connection(s, cid)
@@ -299,7 +299,10 @@ class KindPipeline:
         batch_id = f"{ref.cycle_id}:p"
         with activity_span(f"{self.kind}.fetch_platform", connection_id=cid) as span:
             try:
-                if feed is None or feed.updated_at < time.time() - READER_SILENT_S:
+                # A first load reads the feed to its end first (with the organisation's
+                # reader, if one is under way: each page is applied once), so it loads the
+                # whole scope, not what a read in progress has mirrored so far.
+                if position is None or feed is None or feed.updated_at < time.time() - READER_SILENT_S:
                     self.reader.read(info.org_id, heartbeat=_heartbeat)
                 if position is None:
                     self._first_load(cid, info, settings, batch_id, result)
@@ -358,7 +361,11 @@ class KindPipeline:
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
             span.set(changes=read.changes, pages=read.pages, calls=read.calls, woken=len(read.affected))
-        return OrgReadResult(changes=read.changes, pages=read.pages, calls=read.calls, woken=sorted(read.affected))
+        with self.sessions() as s:
+            # One waiting for re-consent still counts: it syncs again once reconnected.
+            active = sum(1 for c in repo.list_connections(s, org_id=org_id) if c.status != "disconnected")
+        return OrgReadResult(changes=read.changes, pages=read.pages, calls=read.calls, woken=sorted(read.affected),
+                             active_mailboxes=active)
 
     def _relevant_platform(self, s, connection_id: str, records: list[SideRecord],
                            settings: SyncSettings) -> list[SideRecord]:

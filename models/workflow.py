@@ -231,6 +231,8 @@ class OrgReadResult(BaseModel):
     calls: int = 0
     #: the mailboxes the changes concern: only these are woken
     woken: list[str] = Field(default_factory=list)
+    #: mailboxes of the organisation still syncing (None: not reported, by older workers)
+    active_mailboxes: int | None = None
 
 
 class OrgKindState(BaseModel):
@@ -256,6 +258,9 @@ class OrgState(BaseModel):
     next_poll_at: float | None = None
     #: cycles in a row with a failed read (the next one comes sooner than the poll)
     consecutive_failures: int = 0
+    #: the organisation has no mailbox left syncing: the workflow has ended (the next
+    #: mailbox's start_sync starts it again)
+    ended: bool = False
     continued_as_new: int = 0
     kinds: dict[str, OrgKindState] = Field(default_factory=dict)
 

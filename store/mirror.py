@@ -93,15 +93,7 @@ def apply(s: Session, org_id: str, kind: str, entries: Sequence[MirrorEntry], se
         s.execute(sa.insert(platform_changes).values(org_id=org_id, kind=kind, seq=seq, external_id=e.external_id,
                                                      record=e.record, owner=e.owner, at=now))
         changed.append(replace(e, seq=seq))
-    if changed:
-        ids = [e.external_id for e in changed]
-        for chunk in _chunks(ids):
-            s.execute(sa.delete(mirror_keys).where(mirror_keys.c.org_id == org_id, mirror_keys.c.kind == kind,
-                                                   mirror_keys.c.external_id.in_(chunk)))
-        rows = [{"org_id": org_id, "kind": kind, "key": k, "external_id": e.external_id}
-                for e in changed if not e.deleted for k in sorted(e.keys)]
-        for chunk in _chunks(rows):
-            s.execute(sa.insert(mirror_keys), list(chunk))
+    _replace_keys(s, org_id, kind, changed)
     s.execute(sa.update(org_cursors).where(org_cursors.c.org_id == org_id, org_cursors.c.stream == feed_stream(kind))
               .values(seq_head=seq))
     return changed
@@ -126,6 +118,11 @@ def note_written(s: Session, org_id: str, kind: str, entries: Sequence[MirrorEnt
         s.execute(stmt.on_conflict_do_update(
             index_elements=[platform_mirror.c.org_id, platform_mirror.c.kind, platform_mirror.c.external_id],
             set_=kept))
+    _replace_keys(s, org_id, kind, entries)
+
+
+def _replace_keys(s: Session, org_id: str, kind: str, entries: Sequence[MirrorEntry]) -> None:
+    """The blocking keys candidate search finds these records by: their current ones only."""
     ids = [e.external_id for e in entries]
     for chunk in _chunks(ids):
         s.execute(sa.delete(mirror_keys).where(mirror_keys.c.org_id == org_id, mirror_keys.c.kind == kind,

@@ -298,3 +298,52 @@ def test_an_expired_feed_cursor_is_listed_again_without_numbering_what_did_not_c
     with sessions() as s:
         assert [r.external_id for r in mirror.changes_after(s, ORG, "contacts", 3)] == [pids[1]]
     assert reader.read(ORG).changes == 0  # and the new cursor works
+
+
+async def test_the_organisation_workflow_ends_when_its_last_mailbox_disconnects(temporal_env, urls):
+    store_url, crm_url = urls
+    sc = build_scenario(store_url, crm_url, connection_id=f"d-{uuid.uuid4().hex[:6]}", n_mailbox=3, n_crm=3,
+                        near_duplicates=0)
+    tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
+    try:
+        async with make_worker(temporal_env.client, build_activities(store_url, crm_url, keyring=throwaway_keyring()),
+                               task_queue=tq):
+            r = Rig(temporal_env, sc, tq)
+            await r.start()
+            await api.disconnect(temporal_env.client, sc.connection_id)
+            await temporal_env.client.get_workflow_handle(f"mailbox-sync/{sc.connection_id}").result()
+            org = temporal_env.client.get_workflow_handle(f"org-sync/{sc.org_id}")
+            await api.wake_org(temporal_env.client, sc.org_id, "test")
+            await org.result()  # it ends instead of polling a platform nobody syncs with
+            assert (await api.org_state(temporal_env.client, sc.org_id)).ended
+            # A mailbox connecting again starts it anew (signal-with-start).
+            with sc.sessions.begin() as s:
+                repo.set_connection_status(s, sc.connection_id, "active")
+            await api.start_sync(temporal_env.client, sc.connection_id, sc.org_id, sc.mailbox.provider,
+                                 poll_interval_s=3600, task_queue=tq)
+            st = await api.wait_for_org_cycles(temporal_env.client, sc.org_id, 1)
+            assert not st.ended
+    finally:
+        sc.close()
+
+
+def test_a_first_load_takes_the_whole_scope_even_while_the_feed_is_being_read(sqlite_url):
+    """The organisation's reader has mirrored part of the feed (a read in progress, or a
+    webhook not yet acted on): a mailbox's first load catches the feed up first, so its
+    first cycle sees every record in its scope, not the part mirrored so far."""
+    from activities.pipeline import KindPipeline
+    from models.workflow import CycleRef
+
+    sessions = _store(sqlite_url, {"new": {"user": "u1"}})
+    platform = MemoryPlatform()
+    for i in range(300):
+        platform.user_create(ORG, _person(i), owner="u1" if i % 2 else "u2")
+    OrgReader(sessions, CONTACTS, platform).read(ORG)
+    for i in range(300, 600):
+        platform.user_create(ORG, _person(i), owner="u1" if i % 2 else "u2")
+    pipeline = KindPipeline(sessions, CONTACTS, platform, lambda info: None)
+    result = pipeline.fetch_platform(CycleRef(connection_id="new", cycle_id="c1"))
+    assert result.fetched == 300  # all of u1's records, from both halves
+    with sessions() as s:
+        staged = repo.items_by_status(s, "new", ["pending"])
+    assert len({r.external_id for r in staged if r.side == "platform"}) == 300

@@ -118,17 +118,24 @@ async def org_state(client: Client, org_id: str, *, rpc_timeout: timedelta = QUE
 async def wait_for_org_cycles(client: Client, org_id: str, cycles: int, *, timeout: float = 90,
                               interval: float = 0.1) -> OrgState:
     """The organisation's state once its workflow has read `cycles` times."""
+    return await _poll(lambda: org_state(client, org_id), lambda st: st.cycles >= cycles, timeout, interval,
+                       f"workflow {org_workflow_id(org_id)} did not reach cycle {cycles}")
+
+
+async def _poll(read, done, timeout: float, interval: float, what: str):
+    """`read()` until `done` holds for its answer; an RPCError (the workflow not started yet,
+    or no worker has answered yet) is read again. Raises TimeoutError(what) after `timeout`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
         try:
-            st = await org_state(client, org_id)
-            if st.cycles >= cycles:
+            st = await read()
+            if done(st):
                 return st
         except RPCError:
             pass
         if loop.time() > deadline:
-            raise TimeoutError(f"workflow {org_workflow_id(org_id)} did not reach cycle {cycles} in {timeout:.0f}s")
+            raise TimeoutError(f"{what} in {timeout:.0f}s")
         await asyncio.sleep(interval)
 
 
@@ -142,37 +149,17 @@ async def wait_for_cycles(client: Client, connection_id: str, cycles: int, *, ti
 
     Raises TimeoutError after `timeout` seconds.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            st = await state(client, connection_id)
-            if st.cycles >= cycles:
-                return st
-        except RPCError:
-            pass  # not started yet, or no worker has answered the query yet
-        if loop.time() > deadline:
-            raise TimeoutError(f"workflow {workflow_id(connection_id)} did not reach cycle {cycles} in {timeout:.0f}s")
-        await asyncio.sleep(interval)
+    return await _poll(lambda: state(client, connection_id), lambda st: st.cycles >= cycles, timeout, interval,
+                       f"workflow {workflow_id(connection_id)} did not reach cycle {cycles}")
 
 
 async def wait_settled(client: Client, connection_id: str, after: int, *, timeout: float = 90,
                        interval: float = 0.05) -> SyncState:
     """The state once the mailbox has finished a cycle past `after` and has no cycle running
     or asked for: its `last_counts` then describe everything it was woken for."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            st = await state(client, connection_id)
-            if st.cycles > after and not st.cycle_running and not st.wakeups_pending:
-                return st
-        except RPCError:
-            pass
-        if loop.time() > deadline:
-            raise TimeoutError(f"workflow {workflow_id(connection_id)} did not settle past cycle {after} "
-                               f"in {timeout:.0f}s")
-        await asyncio.sleep(interval)
+    return await _poll(lambda: state(client, connection_id),
+                       lambda st: st.cycles > after and not st.cycle_running and not st.wakeups_pending,
+                       timeout, interval, f"workflow {workflow_id(connection_id)} did not settle past cycle {after}")
 
 
 async def sync_now(client: Client, org_id: str, connection_id: str, *, timeout: float = 90) -> SyncState:

@@ -387,15 +387,7 @@ class MailboxSyncWorkflow:
         st.store = summary
         st.guard_tripped = plan.guard_tripped
         st.cycles += 1
-        st.last_cycle_at = workflow.now().timestamp()
-        st.last_error = None
-        st.consecutive_failures = 0
-        st.failing_since = None
-        st.next_retry_at = None
-        if plan.guard_tripped:
-            self._set_health("blocked")
-        elif st.health in ("blocked", "failing"):
-            self._set_health("active")
+        self._note_success(plan.guard_tripped)
 
 
     # ---------------------------------------------------------- every kind
@@ -446,12 +438,17 @@ class MailboxSyncWorkflow:
             st.last_error = "; ".join(f"{kind}: {code}" for kind, code in failed.items())
             self._note_failure()
             return
+        self._note_success(st.guard_tripped)
+
+    def _note_success(self, guard_tripped: bool) -> None:
+        """A cycle went through: failures are over; the guard, if it tripped, blocks."""
+        st = self._state
         st.last_cycle_at = workflow.now().timestamp()
         st.last_error = None
         st.consecutive_failures = 0
         st.failing_since = None
         st.next_retry_at = None
-        if st.guard_tripped:
+        if guard_tripped:
             self._set_health("blocked")
         elif st.health in ("blocked", "failing"):
             self._set_health("active")

@@ -67,9 +67,15 @@ class OrgSyncWorkflow:
                     pass  # the poll timer (a platform webhook may have been lost), or a retry
             self._wake = False
             st.wakeups_pending = 0
-            failed = await asyncio.gather(*(self._read(kind) for kind in ordered_kinds(inp.kinds)))
-            st.consecutive_failures = st.consecutive_failures + 1 if any(failed) else 0
+            reads = await asyncio.gather(*(self._read(kind) for kind in ordered_kinds(inp.kinds)))
+            st.consecutive_failures = st.consecutive_failures + 1 if any(r is None for r in reads) else 0
             st.cycles += 1
+            if reads and all(r is not None and r.active_mailboxes == 0 for r in reads):
+                # Every mailbox has disconnected: nothing to read for. A new mailbox's
+                # start_sync (signal-with-start) brings the workflow back.
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                st.ended = True
+                return
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 st.continued_as_new += 1
@@ -80,8 +86,8 @@ class OrgSyncWorkflow:
         n = self._state.consecutive_failures
         return min(poll, RETRY_MAX_S, RETRY_FIRST_S * 2 ** min(n - 1, 16)) if n else poll
 
-    async def _read(self, kind: str) -> bool:
-        """One kind's read; True when it failed (shown in the kind's section)."""
+    async def _read(self, kind: str) -> OrgReadResult | None:
+        """One kind's read; None when it failed (shown in the kind's section)."""
         ks = self._state.kinds.setdefault(kind, OrgKindState())
         try:
             read: OrgReadResult = await workflow.execute_activity(
@@ -93,7 +99,7 @@ class OrgSyncWorkflow:
             cause = err.cause
             ks.last_error = f"{type(cause).__name__}: {getattr(cause, 'type', None) or ''}".strip().rstrip(":")
             ks.failures += 1
-            return True
+            return None
         ks.last_error = None
         ks.last_read_at = workflow.now().timestamp()
         ks.reads += 1
@@ -102,7 +108,7 @@ class OrgSyncWorkflow:
         ks.last_woken = len(read.woken)
         ks.wakes += len(read.woken)
         await asyncio.gather(*(self._wake_mailbox(cid) for cid in read.woken))
-        return False
+        return read
 
     async def _wake_mailbox(self, connection_id: str) -> None:
         """A running mailbox reads its share on its next cycle; a stopped one is no one's to wake."""
