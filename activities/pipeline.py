@@ -362,8 +362,11 @@ class KindPipeline:
                 raise to_application_error(exc) from None
             span.set(changes=read.changes, pages=read.pages, calls=read.calls, woken=len(read.affected))
         with self.sessions() as s:
-            # One waiting for re-consent still counts: it syncs again once reconnected.
-            active = sum(1 for c in repo.list_connections(s, org_id=org_id) if c.status != "disconnected")
+            # One waiting for re-consent still counts: it syncs again once reconnected. An
+            # organisation with no mailbox row at all is not reported as ended (a store
+            # being restored, rows being moved): only mailboxes that disconnected end it.
+            conns = repo.list_connections(s, org_id=org_id)
+            active = sum(1 for c in conns if c.status != "disconnected") if conns else None
         return OrgReadResult(changes=read.changes, pages=read.pages, calls=read.calls, woken=sorted(read.affected),
                              active_mailboxes=active)
 

@@ -231,7 +231,8 @@ class OrgReadResult(BaseModel):
     calls: int = 0
     #: the mailboxes the changes concern: only these are woken
     woken: list[str] = Field(default_factory=list)
-    #: mailboxes of the organisation still syncing (None: not reported, by older workers)
+    #: mailboxes of the organisation still syncing (None: not reported by an older worker,
+    #: or the store holds no mailbox of it)
     active_mailboxes: int | None = None
 
 
