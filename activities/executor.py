@@ -48,8 +48,9 @@ class _Effects:
     """A chunk's store bookkeeping, written in a few bulk statements at the end of its
     transaction instead of one statement per item (the write phase's main cost)."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, org_id: str) -> None:
         self.kind = kind
+        self.org_id = org_id
         self.actions: list[dict] = []
         self.outcomes: list[dict] = []
         self.audits: list[dict] = []
@@ -60,7 +61,6 @@ class _Effects:
         self.reviews: list[tuple[int, str]] = []
         self.restage: dict[str, list[SideRecord]] = {"mailbox": [], "platform": []}
         self.mirrored: list[mirror.MirrorEntry] = []  # platform records this chunk wrote
-        self.org_id: str | None = None
 
     def action(self, action_id: int, **fields) -> None:
         self.actions.append({"id": action_id, **fields})
@@ -83,9 +83,9 @@ class _Effects:
         for review_id, status in self.reviews:
             repo.set_review_status(s, review_id, status)
         cycle.update_actions(s, self.actions)
-        if self.mirrored and self.org_id:
+        if self.mirrored:
             mirror.note_written(s, self.org_id, self.kind, self.mirrored)
-        self.__init__(self.kind)  # the chunk is written: start the next one empty
+        self.__init__(self.kind, self.org_id)  # the chunk is written: start the next one empty
         return link_ids
 
     def _link_conflict(self, action_id: int, keys: list) -> None:
@@ -118,7 +118,7 @@ class Executor:
         self.info = info
         self.settings = settings
         self.summary = WriteSummary()
-        self.fx = _Effects(self.kind)
+        self.fx = _Effects(self.kind, info.org_id)
         self.done_items = 0
         self.heartbeat: Callable = lambda *a: None
         self.pacer = Pacer(lambda: (self.done_items,), sleep=wait)
@@ -381,7 +381,6 @@ class Executor:
             fx.audits.append({**audit, "side": wr.side, "op": wr.op, "external_id": done.get("id") or wr.external_id,
                               "detail": {"rule": d.rule, "fields": d.fields}})
             if wr.side == "platform" and (done.get("id") or wr.external_id):
-                fx.org_id = self.info.org_id
                 fx.mirrored.append(self._mirror_entry(wr, done))
         if d.link and d.snapshot is not None:
             m_done, p_done = w.result.get("mailbox", {}), w.result.get("platform", {})

@@ -27,6 +27,7 @@ from api.webhooks import (
     WebhookDeps,
     derived_platform_secrets,
     lazy_temporal_signal,
+    temporal_org_signal,
     store_lookup,
     store_org_lookup,
     webhook_router,
@@ -50,17 +51,22 @@ def build_webhooks(
     sessions,
     signal: Signal,
     *,
+    org_signal: Signal | None = None,
     pubsub: PubSubPushAuth | None = None,
     platform_master_key: bytes | None = None,
     admin_token: str | None = None,
     window_s: float = 1.0,
 ) -> tuple[APIRouter, WebhookDeps]:
-    """The webhook router and the dependencies it runs on (its Waker and counters)."""
+    """The webhook router and the dependencies it runs on (its Wakers and counters).
+    `signal` wakes mailboxes; `org_signal` wakes organisations (platform webhooks are
+    refused without it)."""
     waker = Waker(signal, store_lookup(sessions), window_s=window_s)
+    org_waker = (Waker(org_signal, store_org_lookup(sessions), window_s=window_s, counters=waker.counters)
+                 if org_signal is not None else None)
     deps = WebhookDeps(
         sessions=sessions,
         waker=waker,
-        org_waker=Waker(signal, store_org_lookup(sessions), window_s=window_s, counters=waker.counters),
+        org_waker=org_waker,
         pubsub=pubsub,
         platform_secret=derived_platform_secrets(platform_master_key) if platform_master_key else None,
         admin_token=admin_token,
@@ -112,12 +118,10 @@ def production_app() -> FastAPI:
     url = env.get("CONCORD_STORE_URL")
     migrate(url)
     sessions = session_factory(make_engine(url))
-    signal = lazy_temporal_signal(
-        env.get("CONCORD_TEMPORAL", "127.0.0.1:7233"),
-        env.get("CONCORD_TEMPORAL_NAMESPACE", "default"),
-    )
-    router, _deps = build_webhooks(sessions, signal, pubsub=pubsub, platform_master_key=platform_key,
-                                   admin_token=admin_token)
+    temporal = (env.get("CONCORD_TEMPORAL", "127.0.0.1:7233"), env.get("CONCORD_TEMPORAL_NAMESPACE", "default"))
+    router, _deps = build_webhooks(sessions, lazy_temporal_signal(*temporal),
+                                   org_signal=lazy_temporal_signal(*temporal, build=temporal_org_signal),
+                                   pubsub=pubsub, platform_master_key=platform_key, admin_token=admin_token)
     return create_app([router, _connect_router_from_env(sessions, url, keyring, connect_key)])
 
 

@@ -315,42 +315,51 @@ def store_lookup(sessions) -> Lookup:
     return lookup
 
 
-#: The target a lookup names for an organisation's workflow (in place of a provider).
-ORG_TARGET = "organisation"
-
-
 def store_org_lookup(sessions) -> Lookup:
     """An organisation with an active mailbox has a workflow to wake; one without has
-    nothing to sync the platform's change to (and is not started for it)."""
+    nothing to sync the platform's change to (and is not started for it). Its workflow
+    has no provider: the second element is empty."""
 
     def lookup(org_id: str) -> tuple[str, str] | None:
         with sessions() as s:
             active = repo.list_connections(s, org_id=org_id, status="active")
-        return (org_id, ORG_TARGET) if active else None
+        return (org_id, "") if active else None
 
     return lookup
 
 
 def temporal_signal(client, *, task_queue: str | None = None, poll_interval_s: float = 300.0) -> Signal:
-    """The production signal: signal-with-start of `wake`, of a mailbox's workflow
-    (workers.client.start_sync) or of an organisation's (start_org_sync)."""
-    from workers.client import start_org_sync, start_sync
+    """The production signal: signal-with-start of `wake` (workers.client.start_sync)."""
+    from workers.client import start_sync
     from workers.temporal_client import TASK_QUEUE
 
     tq = task_queue or TASK_QUEUE
 
-    async def signal(key: str, org_id: str, provider: str, reason: str) -> None:
-        if provider == ORG_TARGET:
-            await start_org_sync(client, org_id, poll_interval_s=poll_interval_s, task_queue=tq, reason=reason)
-            return
-        await start_sync(client, key, org_id, provider, poll_interval_s=poll_interval_s, task_queue=tq,
+    async def signal(connection_id: str, org_id: str, provider: str, reason: str) -> None:
+        await start_sync(client, connection_id, org_id, provider, poll_interval_s=poll_interval_s, task_queue=tq,
                          reason=reason)
 
     return signal
 
 
-def lazy_temporal_signal(target: str, namespace: str = "default", **kwargs) -> Signal:
-    """Like `temporal_signal`, connecting on first use (the app factory is synchronous)."""
+def temporal_org_signal(client, *, task_queue: str | None = None, poll_interval_s: float = 300.0) -> Signal:
+    """The organisation's signal: signal-with-start of `wake` of `org-sync/<org_id>`
+    (workers.client.start_org_sync), for the org waker keyed by organisation."""
+    from workers.client import start_org_sync
+    from workers.temporal_client import TASK_QUEUE
+
+    tq = task_queue or TASK_QUEUE
+
+    async def signal(org_id: str, _org_id: str, _provider: str, reason: str) -> None:
+        await start_org_sync(client, org_id, poll_interval_s=poll_interval_s, task_queue=tq, reason=reason)
+
+    return signal
+
+
+def lazy_temporal_signal(target: str, namespace: str = "default", *, build: Callable[..., Signal] = temporal_signal,
+                         **kwargs) -> Signal:
+    """`build(client, **kwargs)` (`temporal_signal` or `temporal_org_signal`), connecting on
+    first use (the app factory is synchronous)."""
     from workers.temporal_client import connect
 
     state: dict[str, Any] = {}
@@ -360,7 +369,7 @@ def lazy_temporal_signal(target: str, namespace: str = "default", **kwargs) -> S
         if "signal" not in state:
             async with lock:
                 if "signal" not in state:
-                    state["signal"] = temporal_signal(await connect(target, namespace), **kwargs)
+                    state["signal"] = build(await connect(target, namespace), **kwargs)
         await state["signal"](connection_id, org_id, provider, reason)
 
     return signal

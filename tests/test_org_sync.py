@@ -19,7 +19,7 @@ import pytest
 
 from activities.org import OrgReader, mailbox_cursor_stream
 from api.app import build_webhooks, create_app
-from api.webhooks import platform_headers, temporal_signal
+from api.webhooks import platform_headers, temporal_org_signal, temporal_signal
 from emulators.server import serve
 from models.contact import Contact
 from store import mirror, repo
@@ -205,8 +205,9 @@ async def test_a_platform_webhook_reads_once_and_wakes_only_the_concerned_mailbo
             links = ra.links()
             mid, pid = next(iter(links.items()))
             sc.crm.user_edit(org_id, pid, job_title="Head of Platform", enforce_rules=False)
-            router, deps = build_webhooks(sc.sessions, temporal_signal(temporal_env.client, task_queue=tq,
-                                                                       poll_interval_s=3600),
+            signals = dict(task_queue=tq, poll_interval_s=3600)
+            router, deps = build_webhooks(sc.sessions, temporal_signal(temporal_env.client, **signals),
+                                          org_signal=temporal_org_signal(temporal_env.client, **signals),
                                           platform_master_key=master_key)
             org_before = await api.org_state(temporal_env.client, org_id)
             server = serve(create_app([router]))

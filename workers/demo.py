@@ -26,7 +26,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.app import build_webhooks, create_app
-from api.webhooks import derived_platform_secrets, lazy_temporal_signal, platform_headers
+from api.webhooks import derived_platform_secrets, lazy_temporal_signal, platform_headers, temporal_org_signal
 from models.errors import Fatal
 from emulators.people_data import make_people
 from emulators.server import PortBusy, RunningServer, serve
@@ -339,6 +339,7 @@ async def run(port: int, fresh: bool, once: bool) -> None:
                 return
             admin_token = dev_admin_token(STATE_DIR)
             router, _deps = build_webhooks(sc.sessions, lazy_temporal_signal(dev.target),
+                                           org_signal=lazy_temporal_signal(dev.target, build=temporal_org_signal),
                                            platform_master_key=webhook_key, admin_token=admin_token)
             app = serve(create_app([router]))
             print_stack(dev, app, mailboxes, sc, store_url, crm_url, webhook_key)

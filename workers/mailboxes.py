@@ -14,15 +14,12 @@ from typing import Any
 
 from activities.pipeline import ConnectionInfo
 from connectors import registry
-from connectors.credentials import CredentialFactory, PresentedToken, ProviderConfig, RefreshOn401  # noqa: F401
+from connectors.credentials import CredentialFactory, ProviderConfig
 from connectors.protocols import MailboxContacts
-
-#: Older names of what moved to connectors.credentials.
-_Presented = PresentedToken
 
 
 class MailboxBuilder:
-    """`MailboxFactory` with the vault path: give it to `ContactActivities` in the worker."""
+    """`MailboxFactory` with the vault path: the worker gives it to every kind's pipeline."""
 
     def __init__(self, sessions, vault, providers: ProviderConfig | None = None) -> None:
         self.credentials = CredentialFactory(sessions, vault, providers)
