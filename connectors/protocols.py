@@ -133,3 +133,66 @@ class PlatformSide(Protocol[T]):
 #: the contacts kind's pair
 MailboxContacts = MailboxSide
 PlatformContacts = PlatformSide
+
+
+class MailboxMail(Protocol):
+    """A connected mailbox's mail, read-only (Gmail history, Graph messages delta).
+
+    `list_changes` has the contract of `MailboxSide.list_changes`; its records are
+    `SideRecord[MailMessage]` keyed by the provider's (immutable) message id, and a
+    permanently deleted message is a tombstone. Trash is a label ("TRASH") / folder
+    change, reported as an update. What it fetches follows `MailFetchOptions` (built
+    by the connector's factory): in metadata-only mode no body is ever requested.
+    Raises CursorExpired when the provider forgot the cursor (Gmail 404, Graph 410):
+    the caller lists again within the backfill window.
+    """
+
+    provider: str
+
+    def list_changes(self, cursor: str | None, page_token: str | None = None) -> DeltaPage: ...
+
+    def get(self, external_id: str) -> SideRecord: ...
+
+    @property
+    def calls_made(self) -> int: ...
+
+
+class PlatformMail(Protocol):
+    """What the mail kind needs from a platform (reference: platforms/reference_crm).
+
+    Lookups answer for many keys in one call; writes take a batch and answer per item
+    (a ValidationRejected error for one item never fails the others). Every write is
+    idempotent by its key, so a retried activity changes nothing twice.
+    """
+
+    def people_by_email(self, org_id: str, emails: Sequence[str]) -> dict[str, list[Any]]:
+        """Contacts and leads (`models.mail_log.Person`) holding each address, secondary
+        addresses included; addresses nobody holds are absent."""
+
+    def accounts_by_domain(self, org_id: str, domains: Sequence[str]) -> dict[str, list[Any]]:
+        """Accounts (`AccountRef`) whose domain is each of `domains`."""
+
+    def open_opportunities(self, org_id: str, contact_ids: Sequence[str]) -> dict[str, list[Any]]:
+        """Open opportunities (`OpportunityRef`) each contact holds a role on."""
+
+    def custom_associations(self, org_id: str, message: Any, people: Sequence[Any]) -> list[Any]:
+        """The adapter's hook for custom objects: extra `Association`s for a message."""
+
+    def create_people(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
+        """Create leads or contacts (`NewPerson` content); idempotent by key. The result's
+        record is a SideRecord whose external_id is the new person's id."""
+
+    def log_emails(self, org_id: str, logs: Sequence[Any]) -> list[WriteResult]:
+        """Create or extend email activities (`EmailLog`), by `EmailLog.key`: a key seen
+        before adds users and associations and lowers visibility to the most restrictive;
+        the result's record external_id is the activity id."""
+
+    def remove_emails(self, org_id: str, keys: Sequence[str]) -> list[WriteResult]:
+        """Remove logged activities (deletion policy "remove"); a missing one counts as removed."""
+
+    def conversions_since(self, org_id: str, cursor: str | None, limit: int = 500) -> tuple[list[Any], str | None]:
+        """Lead conversions (`Conversion`) after `cursor`, oldest first, and the next cursor."""
+
+    def move_emails(self, org_id: str, lead_id: str, to: Sequence[Any]) -> int:
+        """Re-attach every activity associated with a converted lead to `to` (Associations);
+        idempotent; returns how many activities moved."""
