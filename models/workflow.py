@@ -101,11 +101,13 @@ class CycleCounts(BaseModel):
     full_resyncs: int = 0
 
 
-Choice = Literal["mailbox", "platform", "merged", "link", "create", "ignore"]
+Choice = Literal["mailbox", "platform", "merged", "link", "create", "ignore", "attach"]
 #: which answers fit which kind of review
 CHOICES_BY_REVIEW_KIND: dict[str, tuple[str, ...]] = {
     "conflict": ("mailbox", "platform", "merged"),
     "duplicate": ("link", "create", "ignore"),
+    #: a logged message whose association is ambiguous: attach every option, or none
+    "association": ("attach", "ignore"),
 }
 
 

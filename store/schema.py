@@ -34,7 +34,7 @@ Epoch = sa.Double
 ITEM_STATUSES = ("pending", "applied", "skipped", "conflict", "duplicate", "quarantined", "deferred")
 CONNECTION_STATUSES = ("active", "paused", "needs_reauth", "disconnected")
 PROVIDERS = ("google", "microsoft")
-REVIEW_KINDS = ("conflict", "duplicate")
+REVIEW_KINDS = ("conflict", "duplicate", "association")
 REVIEW_STATUSES = ("open", "resolved", "applied", "superseded")
 ACTION_STATUSES = ("planned", "platform_done", "mailbox_started", "done", "rejected", "failed", "deferred")
 AUDIT_OPS = ("create", "update", "delete", "link", "unlink")
@@ -295,4 +295,42 @@ platform_changes = sa.Table(
     sa.Column("record", sa.JSON, nullable=False),
     sa.Column("owner", sa.String, nullable=True),
     sa.Column("at", Epoch, nullable=False),
+)
+
+# --- the mail kind: a message logged once per organisation --------------------------
+#
+# `mail_claims` holds one row per message the organisation logs, keyed by its
+# cross-mailbox identity (the normalised Message-ID). The first mailbox to insert the
+# row logs the message; the primary key, not a read-then-write, decides the race when
+# several mailboxes see one message at once. `mail_sightings` says, per mailbox copy,
+# what became of it (logged, skipped by a named rule, removed), so a relisting after a
+# provider forgot the cursor changes nothing twice and a relabel is seen as such.
+
+mail_claims = sa.Table(
+    "mail_claims",
+    metadata,
+    sa.Column("org_id", sa.String, primary_key=True),
+    sa.Column("message_key", sa.String, primary_key=True),
+    sa.Column("thread_key", sa.String, nullable=False),
+    sa.Column("weak_thread", sa.Boolean, nullable=False),
+    sa.Column("claimed_by", sa.String, nullable=False),
+    sa.Column("activity_id", sa.String, nullable=True),
+    sa.Column("visibility", sa.String, nullable=True),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("created_at", Epoch, nullable=False),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.Index("ix_mail_claims_org_id_thread_key", "org_id", "thread_key"),
+)
+
+mail_sightings = sa.Table(
+    "mail_sightings",
+    metadata,
+    sa.Column("connection_id", sa.String, primary_key=True),
+    sa.Column("mailbox_id", sa.String, primary_key=True),
+    sa.Column("org_id", sa.String, nullable=False),
+    sa.Column("message_key", sa.String, nullable=False),
+    sa.Column("state", sa.String, nullable=False),
+    sa.Column("rule", sa.String, nullable=True),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.Index("ix_mail_sightings_org_id_message_key", "org_id", "message_key"),
 )

@@ -31,7 +31,7 @@ EXPECTED_TABLES = {
     "vault_tokens",
     "subscriptions",
 }
-HEAD = "0006"
+HEAD = "0007"
 
 
 @pytest.fixture
