@@ -477,8 +477,9 @@ class CrmMail:
             weak_thread=log.weak_thread, visibility=log.visibility, subject=subject, body_text=body,
             sender=log.sender, recipients=list(log.recipients), occurred_at=log.occurred_at,
             direction=log.direction, attachments=list(log.attachments), created_at=now, updated_at=now,
-        ).on_conflict_do_nothing(index_elements=["org_id", "idem_key"]))
-        created = inserted.rowcount == 1
+        ).on_conflict_do_nothing(index_elements=["org_id", "idem_key"]).returning(ea.c.id))
+        # RETURNING, not rowcount: drivers disagree on rowcount for a skipped ON CONFLICT.
+        created = inserted.first() is not None
         # Whoever inserted, the row now exists; lock it so concurrent extensions apply one after another.
         row = conn.execute(sa.select(ea).where(ea.c.org_id == org_id, ea.c.idem_key == log.key)
                            .with_for_update()).one()
