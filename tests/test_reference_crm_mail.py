@@ -320,3 +320,35 @@ def test_concurrent_logs_of_one_key_make_one_activity(pg_url):
         assert {a.object_id for a in act.associations} == {"c0", "c1", "c2"}
     finally:
         crm.engine.dispose()
+
+
+def test_concurrent_captures_of_one_address_make_one_person(pg_url):
+    """Two mailboxes capturing the same unknown participant get the same lead, not two."""
+    crm = ReferenceCrm(pg_url)
+    try:
+        barrier = threading.Barrier(6)
+        ids: list = [None] * 6
+
+        def run(i: int) -> None:
+            barrier.wait()
+            [res] = ReferenceCrmMail(crm).create_people(ORG, [
+                WriteRequest(key=f"cap-{i}", content=NewPerson(email="Pat@Prospect.example", company="P"))])
+            ids[i] = res.record.external_id if res.error is None else res.error
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert len(set(ids)) == 1 and str(ids[0]).startswith("crm_l_")
+        assert len(crm.mail.list_leads(ORG)) == 1
+    finally:
+        crm.engine.dispose()
+
+
+def test_malformed_requests_fail_per_item(adapter):
+    [none, ok] = adapter.create_people(ORG, [WriteRequest(key="x"),
+                                             WriteRequest(key="y", content=NewPerson(email="y@y.example"))])
+    assert none.error is not None and none.error.code == "fatal" and ok.error is None
+    [bad] = adapter.create_people(ORG, [WriteRequest(key="z", content=NewPerson(email="not an address"))])
+    assert isinstance(bad.error, ValidationRejected) and bad.error.field == "email"

@@ -197,8 +197,10 @@ class CrmMail:
 
         The contact is linked to `account_id` when given, else by the CRM's usual
         domain/company matching. Converting a converted lead again returns its first
-        conversion (a double click in the UI is not a second conversion). The lead's
-        email activities stay where they are: moving them is the integration's job.
+        conversion (a double click in the UI is not a second conversion). The new contact
+        passes the organisation's contact rules like any other save (a refusal raises
+        ValidationRejected and nothing changes). The lead's email activities stay where
+        they are: moving them is the integration's job.
         """
         with self.crm._write(org_id) as conn:
             lead = conn.execute(sa.select(m.leads).where(m.leads.c.org_id == org_id, m.leads.c.id == lead_id)
