@@ -1,6 +1,8 @@
 """The reference CRM: a small SQL-backed platform to sync against, and its adapter."""
 
 from platforms.reference_crm.adapter import ReferenceCrmContacts
+from platforms.reference_crm.mail_adapter import ReferenceCrmMail
+from platforms.reference_crm.mail_rules import MailRule
 from platforms.reference_crm.rules import Rule, Violation, register_check
 from platforms.reference_crm.service import Account, CrmContact, IdempotencyKeyReused, ReferenceCrm
 
@@ -8,8 +10,10 @@ __all__ = [
     "Account",
     "CrmContact",
     "IdempotencyKeyReused",
+    "MailRule",
     "ReferenceCrm",
     "ReferenceCrmContacts",
+    "ReferenceCrmMail",
     "Rule",
     "Violation",
     "register_check",

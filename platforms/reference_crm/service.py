@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine
 from models.errors import Fatal, NotFound, PreconditionFailed, Transient, ValidationRejected
 from models.contact import FIELDS, Contact, ContactRecord
 from models.record import SideRecord
+from platforms.reference_crm import mail_schema
 from platforms.reference_crm import rules as rules_mod
 from platforms.reference_crm import schema as t
 from platforms.reference_crm.rules import Rule
@@ -155,6 +156,13 @@ class ReferenceCrm:
         if create_schema:
             t.metadata.create_all(self.engine)
 
+    @functools.cached_property
+    def mail(self) -> "Any":
+        """The email-logging part of the CRM (leads, opportunities, activities): mail_service.CrmMail."""
+        from platforms.reference_crm.mail_service import CrmMail
+
+        return CrmMail(self)
+
     # ---------------------------------------------------------------- plumbing
 
     @contextmanager
@@ -281,6 +289,7 @@ class ReferenceCrm:
                 .values(owner_id=owner_id, account_id=account_id, version=existing.version + 1,
                         updated_at=now, change_seq=seq, **values)
             )
+        mail_schema.index_emails(conn, org_id, "contact", record_id, contact.emails)
         return CrmContact.from_row(self._load(conn, org_id, record_id))
 
     @staticmethod
@@ -370,6 +379,7 @@ class ReferenceCrm:
                     .where(t.contacts.c.id == contact_id)
                     .values(deleted=True, version=existing.version + 1, updated_at=time.time(), change_seq=seq)
                 )
+                mail_schema.index_emails(conn, org_id, "contact", contact_id, ())
             rec = CrmContact.from_row(self._load(conn, org_id, contact_id))
             self._idem_store(conn, org_id, idempotency_key, fp, rec)
             return rec
