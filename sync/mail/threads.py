@@ -8,7 +8,8 @@ organisation-wide identity comes from the headers every copy shares:
 - a thread is keyed by its root: the first References entry, else the first
   In-Reply-To, else the message's own id (it starts the thread);
 - a reply or forward carrying neither header (some mobile clients, some gateways)
-  gets a WEAK key from its normalised subject, its external participants and a
+  gets a WEAK key from its normalised subject, its external participants (sender,
+  To and Cc; Bcc is only in the sender's copy) and a
   14-day time bucket. Weak keys can join two unrelated threads that share subject
   and people, so callers mark them (`ThreadIdentity.weak`) and never merge a weak
   thread into a strong one on the weak key alone.
@@ -120,7 +121,9 @@ def _time(msg: MailMessage) -> float | None:
 
 
 def _weak_key(msg: MailMessage, bucket: int | None, own_domains: Collection[str]) -> str:
-    everyone = sorted({a.email for a in msg.participants()})
+    # Bcc is left out: only the sender's copy has it, and every copy must agree
+    shown = ((msg.sender,) if msg.sender else ()) + msg.to + msg.cc
+    everyone = sorted({a.email for a in shown if a.email})
     external = [e for e in everyone if not in_domains(domain_of(e), own_domains)] or everyone
     stable = "\x1f".join((normalize_subject(msg.subject), ",".join(external), "undated" if bucket is None else str(bucket)))
     return "weak:" + hashlib.sha256(stable.encode()).hexdigest()[:40]
