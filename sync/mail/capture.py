@@ -49,9 +49,9 @@ def company_from_domain(domain: str, free_mail_domains: Collection[str] = ()) ->
     if not domain or is_free_mail(domain, free_mail_domains):
         return ""
     labels = unicode_domain(domain).split(".")
-    if len(labels) < 2:
+    if len(labels) < 2 or ".".join(labels) in TWO_LEVEL_SUFFIXES:
         return ""
-    suffix_len = 2 if ".".join(labels[-2:]) in TWO_LEVEL_SUFFIXES and len(labels) >= 3 else 1
+    suffix_len = 2 if ".".join(labels[-2:]) in TWO_LEVEL_SUFFIXES else 1
     name = labels[-suffix_len - 1]
     words = [w for w in _SEP.split(name) if w]
     return " ".join(w[:1].upper() + w[1:] for w in words)
