@@ -9,7 +9,9 @@ Every message gets exactly one rule, the first that applies in this order:
 2. `calendar_invite` - invitations belong to calendar sync, not to the mail log.
 3. `automated` - Auto-Submitted other than "no" (auto-replies, notifications).
 4. `bulk` - List-Unsubscribe present, or Precedence bulk/list/junk.
-5. `outside_window` - dated before the policy's window (`MailPolicy.window_start`).
+5. `outside_window` - dated before the policy's window (`MailPolicy.window_start`);
+   timed by the Date header, else the provider's time; an undated message is kept
+   in (dropping mail for a missing header would lose it silently).
 6. `blocklisted` - the sender is blocklisted, or every external participant is. A
    blocklisted person copied on a real conversation does not hide it from the log
    (they are left out of its associations instead, see associate.py); a
@@ -95,7 +97,7 @@ def has_label(msg: MailMessage, label: str) -> bool:
 
 def _knower(known: Callable[[str], bool] | Collection[str]) -> Callable[[str], bool]:
     if callable(known):
-        return known
+        return lambda email: any(known(f) for f in address_forms(email))
     lowered = {k.strip().lower() for k in known}
     return lambda email: any(f in lowered for f in address_forms(email))
 

@@ -9,9 +9,10 @@ organisation-wide identity comes from the headers every copy shares:
   In-Reply-To, else the message's own id (it starts the thread);
 - a reply or forward carrying neither header (some mobile clients, some gateways)
   gets a WEAK key from its normalised subject, its external participants (sender,
-  To and Cc; Bcc is only in the sender's copy) and a
-  14-day time bucket. Weak keys can join two unrelated threads that share subject
-  and people, so callers mark them (`ThreadIdentity.weak`) and never merge a weak
+  To and Cc: Bcc is only in the sender's copy) and a 14-day time bucket
+  (`weak_keys` also gives the neighbouring bucket's key, for a reply just across
+  the edge). Weak keys can join two unrelated threads that share subject and
+  people, so callers mark them (`ThreadIdentity.weak`) and never merge a weak
   thread into a strong one on the weak key alone.
 
 A message is timed by its Date header, which is the same in every copy; the
