@@ -49,7 +49,7 @@ from sync.mail.associate import associate
 from sync.mail.capture import capture
 from sync.mail.policy import MailPolicy
 from sync.mail.rules import classify
-from sync.mail.threads import message_key, thread_identity, weak_keys
+from sync.mail.threads import ThreadIdentity, message_key, thread_identity, weak_keys
 from sync.mail.visibility import to_log
 from telemetry import activity_span
 
@@ -267,18 +267,23 @@ class MailPipeline(KindPipeline):
             if label_removed and policy.on_label_removed == "remove":
                 return {"outcome": "apply", "op": "remove", "rule": "label_removed", "message_key": key}
             return {"outcome": "skip", "status": "skipped", "rule": "already_logged", "message_key": key}
+        captured = capture(msg, policy, known=set(people), own_user_emails=set(ctx.own), owner=ctx.info.user_id)
+        if not verdict.log and verdict.rule == "no_known_participant" and captured:
+            # mail to people the platform does not know yet, which the capture rules make
+            # known: logged on the leads (or contacts) created for them
+            verdict = verdict.model_copy(update={"log": True, "rule": "logged_captured", "action": "log"})
         if not verdict.log:
             return {"outcome": "skip", "status": "skipped", "rule": verdict.rule, "message_key": key}
-        thread = thread_identity(msg)
-        thread_key, weak = thread.key, thread.weak
-        if weak:
-            thread_key = mail_store.existing_thread(s, ctx.info.org_id, weak_keys(msg)) or thread_key
+        thread = thread_identity(msg, policy.own_domains)
+        if thread.weak:
+            # a thread recognised by subject and participants: join one already logged in
+            # this time bucket or the next, so copies read a day apart still meet
+            found_key = mail_store.existing_thread(s, ctx.info.org_id, weak_keys(msg, policy.own_domains))
+            thread = ThreadIdentity(key=found_key or thread.key, weak=True)
         found = associate(msg, people=people, accounts=lookups["accounts"], opportunities=lookups["opportunities"],
                           policy=policy, own_emails=set(ctx.own))
-        captured = capture(msg, policy, known=set(people), own_user_emails=set(ctx.own))
-        log = to_log(msg, key=key, thread=thread_key, level=policy.visibility, users=(ctx.info.user_id,),
+        log = to_log(msg, key=key, thread=thread, level=policy.visibility, users=(ctx.info.user_id,),
                      associations=found.chosen, attachments_enabled=policy.attachments)
-        log = log.model_copy(update={"weak_thread": weak})
         return {"outcome": "apply", "op": "log", "rule": verdict.rule, "message_key": key, "log": log.model_dump(mode="json"),
                 "captures": [p.model_dump(mode="json") for p in captured],
                 "ambiguities": [a.model_dump(mode="json") for a in found.ambiguities]}
@@ -486,5 +491,6 @@ class MailPipeline(KindPipeline):
 def _company_fallback(email: str) -> str:
     """A lead's company when the platform requires one and the domain gives none."""
     from sync.mail.capture import company_from_domain
+    from sync.mail.policy import FREE_MAIL
 
-    return company_from_domain(_domain(email)) or "Individual"
+    return company_from_domain(_domain(email), FREE_MAIL) or "Individual"

@@ -54,7 +54,7 @@ from store.schema import (
 CHUNK = 1000
 # Provider error texts can be long (HTML error pages); keep what a person needs.
 MAX_ERROR_MESSAGE = 2000
-RESOLUTION_CHOICES = ("mailbox", "platform", "merged", "link", "create", "ignore")
+RESOLUTION_CHOICES = ("mailbox", "platform", "merged", "link", "create", "ignore", "attach")
 
 
 # --- helpers ----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from email.utils import getaddresses, parsedate_to_datetime
 from typing import Iterable, Sequence
 
 from models.mail import Address, Attachment, MailMessage, normalize_message_id
+from sync.mail.threads import synthesize_message_id
 
 #: headers metadata-only fetches ask for (Gmail `metadataHeaders`, Graph internetMessageHeaders)
 METADATA_HEADERS: tuple[str, ...] = (
@@ -98,16 +99,6 @@ def _date(value: str, problems: set[str]) -> float | None:
         return None
 
 
-def synthesize_message_id(*, sender: str, date: str, subject: str, recipients: Sequence[str], hint: str = "") -> str:
-    """A stable id for a message that has none: the same message read from any mailbox
-    gives the same id, as long as its headers are the same. Flagged as synthesized by
-    the caller; `hint` (a provider id) separates messages whose headers are all empty."""
-    stable = "\n".join([sender.lower(), date, " ".join(subject.split()), ",".join(sorted(r.lower() for r in recipients))])
-    if not (sender or date or subject or recipients):
-        stable += "\n" + hint
-    return f"{hashlib.sha256(stable.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}@synthesized.concord"
-
-
 def from_header_getter(get, *, size: int = 0, problems: set[str] | None = None) -> MailMessage:
     """The header-level fields, from any `get(name) -> str | None`: a parsed message,
     Gmail's metadata headers or Graph's internetMessageHeaders."""
@@ -118,11 +109,13 @@ def from_header_getter(get, *, size: int = 0, problems: set[str] | None = None) 
     cc = _addresses([h["Cc"]], problems)
     bcc = _addresses([h["Bcc"]], problems)
     mid = normalize_message_id(h["Message-ID"].split()[0] if h["Message-ID"] else "")
+    sent_at = _date(h["Date"], problems)
     synthesized = False
     if not mid or "@" not in mid:
+        # Flagged, and derived from what every mailbox's copy shares, so copies still agree.
         problems.add("missing_message_id" if not mid else "bad_message_id")
-        mid = synthesize_message_id(sender=senders[0].email if senders else "", date=h["Date"], subject=h["Subject"],
-                                    recipients=[a.email for a in to + cc])
+        mid = synthesize_message_id(sender=senders[0].email if senders else "", date=sent_at, subject=h["Subject"],
+                                    to=[a.email for a in to + cc])
         synthesized = True
     if not senders:
         problems.add("missing_from")
@@ -137,7 +130,7 @@ def from_header_getter(get, *, size: int = 0, problems: set[str] | None = None) 
         to=to,
         cc=cc,
         bcc=bcc,
-        sent_at=_date(h["Date"], problems),
+        sent_at=sent_at,
         list_unsubscribe=bool(h["List-Unsubscribe"]),
         precedence=h["Precedence"].lower(),
         auto_submitted=h["Auto-Submitted"].lower(),
@@ -188,8 +181,8 @@ def parse_raw(raw: bytes, *, bodies: bool, max_body_bytes: int = 2_000_000) -> M
     try:
         msg = email.message_from_bytes(raw, policy=email_policy.default)
     except Exception:
-        return MailMessage(message_id=synthesize_message_id(sender="", date="", subject="", recipients=[],
-                                                            hint=hashlib.sha256(raw).hexdigest()),
+        return MailMessage(message_id=synthesize_message_id(sender="", date=None, subject="",
+                                                            provider_hint=hashlib.sha256(raw).hexdigest()),
                            synthesized_id=True, size=size, problems=("unparseable",))
     if getattr(msg, "defects", None):
         problems.add("mime_defects")
