@@ -30,6 +30,7 @@ import base64
 import json
 import re
 import socket
+import threading
 import time
 from collections import deque
 from datetime import datetime
@@ -81,6 +82,8 @@ RAW_FIELDS = "id,threadId,labelIds,historyId,internalDate,sizeEstimate,raw"
 #: Gmail's recommended ceiling for one batch (100 is the hard limit)
 MAX_BATCH = 100
 WINDOW_S = 60.0
+_SHARED: dict[str, "UnitBudget"] = {}
+_SHARED_LOCK = threading.Lock()
 
 
 class UnitBudget:
@@ -102,6 +105,19 @@ class UnitBudget:
         self.waited_s = 0.0
         self._log: deque[tuple[float, int]] = deque()
         self._spent = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, key: str, **kwargs: Any) -> "UnitBudget":
+        """The process's budget for one mailbox: the worker builds a new connector for
+        every activity, so a budget kept per instance would forget the last page's
+        spending and let a listing of many pages through the rolling minute unpaced.
+        The first caller's settings (clock, wait) stay with the key."""
+        with _SHARED_LOCK:
+            budget = _SHARED.get(key)
+            if budget is None:
+                budget = _SHARED[key] = cls(**kwargs)
+            return budget
 
     def _prune(self, now: float) -> None:
         while self._log and self._log[0][0] <= now - WINDOW_S:
@@ -122,16 +138,21 @@ class UnitBudget:
 
     def spend(self, units: int) -> None:
         """Wait until `units` fit, then record them. A request bigger than the whole
-        budget waits for an empty window and goes alone."""
+        budget waits for an empty window and goes alone. The wait happens outside the
+        lock, so connectors sharing the budget on other threads are not held up by
+        the lock, only by the budget."""
         for _ in range(1000):
-            delay = self.delay_for(units)
-            if delay <= 0:
-                break
-            self.waited_s += delay
+            with self._lock:
+                delay = self.delay_for(units)
+                if delay <= 0:
+                    self._log.append((self.clock(), units))
+                    self._spent += units
+                    return
+                self.waited_s += delay
             self.wait(delay)
-        now = self.clock()
-        self._log.append((now, units))
-        self._spent += units
+        with self._lock:
+            self._log.append((self.clock(), units))
+            self._spent += units
 
 
 class _CountingHttp(httplib2.Http):
@@ -191,6 +212,7 @@ class GmailMail:
         wait: Callable[[float], Any] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         budget: UnitBudget | None = None,
+        account: str | None = None,
         timeout: float = 30.0,
     ) -> None:
         if not 1 <= page_size <= 500:
@@ -203,7 +225,10 @@ class GmailMail:
         self.page_size = page_size
         self.batch_size = batch_size
         self.pacing = pacing
-        self.budget = budget or UnitBudget(units_per_minute, headroom=headroom, clock=clock, wait=wait)
+        settings = dict(units_per_minute=units_per_minute, headroom=headroom, clock=clock, wait=wait)
+        if budget is None:
+            budget = UnitBudget.shared(f"{self.base_url}|{account}", **settings) if account else UnitBudget(**settings)
+        self.budget = budget
         self.units_spent = 0
         self._can_refresh = bool(getattr(credentials, "refresh_token", None))
         self._http = _CountingHttp(exclude_prefix=getattr(credentials, "token_uri", None), timeout=timeout)
@@ -308,15 +333,23 @@ class GmailMail:
                 raise next(iter(errors.values()))
         return out
 
-    def _label_names(self, ids: Iterable[str]) -> tuple[str, ...]:
-        ids = list(ids)
-        user = [i for i in ids if i not in SYSTEM_LABELS]
-        if user and (self._labels is None or any(i not in self._labels for i in user)):
+    def _load_labels(self, messages: Iterable[dict | None]) -> None:
+        """User label names for a page's messages: one labels.list per instance, again
+        only when a label appears that was created since (1 unit each)."""
+        user = {str(i) for m in messages if isinstance(m, dict) for i in m.get("labelIds") or []} - SYSTEM_LABELS
+        if user and (self._labels is None or not user <= self._labels.keys()):
             body = self._execute("users.labels.list", self._users.labels().list(userId=self.user_id))
             self._labels = {str(lab.get("id")): str(lab.get("name") or lab.get("id"))
                             for lab in body.get("labels") or [] if isinstance(lab, dict)}
+
+    def _label_names(self, ids: Iterable[str]) -> tuple[str, ...]:
         names = self._labels or {}
         return tuple(i if i in SYSTEM_LABELS else names.get(i, i) for i in ids)
+
+    def _records(self, ids: Iterable[tuple[str, bool]], fetched: dict[str, dict | None]) -> list[SideRecord]:
+        pairs = list(ids)
+        self._load_labels(fetched.values())
+        return [self._record(mid, None if deleted else fetched.get(mid)) for mid, deleted in pairs]
 
     def _record(self, message_id: str, msg: dict | None) -> SideRecord:
         if msg is None:
@@ -376,7 +409,7 @@ class GmailMail:
         body = self._execute("users.messages.list", self._users.messages().list(**params))
         ids = [str(m["id"]) for m in body.get("messages") or [] if isinstance(m, dict) and m.get("id")]
         fetched = self._batch_get(ids)
-        records = [self._record(i, fetched.get(i)) for i in ids]
+        records = self._records(((i, False) for i in ids), fetched)
         if body.get("nextPageToken"):
             return DeltaPage(records=records, next_page=json.dumps({**state, "p": body["nextPageToken"]}))
         return DeltaPage(records=records, cursor=state["h"])
@@ -392,14 +425,14 @@ class GmailMail:
         body = self._execute("users.history.list", self._users.history().list(**params), history=True)
         changed = coalesce(body.get("history") or [])
         fetched = self._batch_get([mid for mid, deleted in changed.items() if not deleted])
-        records = [self._record(mid, None if deleted else fetched.get(mid)) for mid, deleted in changed.items()]
+        records = self._records(changed.items(), fetched)
         if body.get("nextPageToken"):
             return DeltaPage(records=records, next_page=json.dumps({**state, "p": body["nextPageToken"]}))
         return DeltaPage(records=records, cursor=str(body.get("historyId") or start))
 
     def get(self, external_id: str) -> SideRecord:
         """The message now; a tombstone when Gmail no longer has it."""
-        return self._record(external_id, self._batch_get([external_id]).get(external_id))
+        return self._records([(external_id, False)], self._batch_get([external_id]))[0]
 
 
 def coalesce(history: Sequence[dict]) -> dict[str, bool]:

@@ -221,17 +221,38 @@ def _mailbox_of(state: GmailState, n: int) -> None:
         state.deliver(USER, raw)
 
 
+def drain_per_page(harness, cursor, **kwargs):
+    """A round as the worker runs it: a new connector for every page (activity)."""
+    records, page, conns = [], None, []
+    while True:
+        conns.append(harness.connector(META, **kwargs))
+        result = conns[-1].list_changes(cursor, page)
+        records += result.records
+        if result.next_page is None:
+            return records, result.cursor, conns
+        page = result.next_page
+
+
 def test_pacing_keeps_a_listing_over_one_minute_of_quota_free_of_rate_limits(harness, clock):
     _mailbox_of(harness.state, 3100)  # 3,100 metadata gets = 15,500 units, more than a minute's 15,000
     harness.state.reset_stats()
-    conn = harness.connector(META, page_size=500)
-    records, cursor = drain(conn, None)
+    # one connector per page, as activities build them: the budget is shared by account
+    records, cursor, conns = drain_per_page(harness, None, page_size=500, account=USER)
     stats = harness.state.stats()
     assert len(records) == 3100 and stats["rate_limited"] == 0
-    assert stats["units_total"] > 15_000 and conn.units_spent == stats["units_total"]
-    assert clock.slept >= 60 and conn.budget.waited_s == clock.slept
+    assert stats["units_total"] > 15_000 and sum(c.units_spent for c in conns) == stats["units_total"]
+    assert len({id(c.budget) for c in conns}) == 1
+    assert clock.slept >= 60 and conns[0].budget.waited_s == clock.slept
     per_message = stats["units_total"] / 3100
     assert per_message < 5.05, per_message  # gets dominate: list and profile add ~0.01 per message
+
+
+def test_a_budget_kept_per_instance_would_not_pace_a_listing_run_page_by_page(harness):
+    _mailbox_of(harness.state, 3100)
+    harness.state.reset_stats()
+    with pytest.raises(RateLimited):
+        drain_per_page(harness, None, page_size=500)  # no account: each page starts a fresh budget
+    assert harness.state.stats()["rate_limited"] > 0
 
 
 def test_without_pacing_the_same_listing_meets_rate_limits(harness):
