@@ -121,10 +121,11 @@ def test_history_wire_shapes(gmail):
     state, base = gmail
     svc = raw_service(base)
     start = svc.users().getProfile(userId="me").execute()["historyId"]
-    ids = [state.deliver(USER, make_raw()[0]) for _ in range(3)]
+    ids = [state.deliver(USER, make_raw()[0]) for _ in range(12)]
     body = svc.users().history().list(userId="me", startHistoryId=start).execute()
     record_ids = [int(r["id"]) for r in body["history"]]
-    assert record_ids == sorted(record_ids) and len(set(record_ids)) == 3
+    assert record_ids == sorted(record_ids) and len(set(record_ids)) == 12
+    assert record_ids[-1] - record_ids[0] > 11  # ids have gaps: never compute them, store them
     assert [r["messagesAdded"][0]["message"]["id"] for r in body["history"]] == ids
     assert int(body["historyId"]) == record_ids[-1]
     # only records after the given id: the latest id answers no records
@@ -408,3 +409,25 @@ def test_refresh_token_credentials_work_through_the_token_endpoint(harness):
     pid = harness.deliver(make_raw()[0])
     conn = GmailMail.for_emulator(harness.base_url, options=META)
     assert pid in latest(drain(conn, None)[0])
+
+
+def test_an_access_token_expiring_between_pages_is_refreshed(harness):
+    ids = [harness.deliver(make_raw()[0]) for _ in range(5)]
+    conn = GmailMail.for_emulator(harness.base_url, options=META, page_size=2)
+    page = conn.list_changes(None)
+    harness.state.expire_access_tokens()
+    records, _ = page.records, None
+    while page.next_page:
+        page = conn.list_changes(None, page.next_page)
+        records += page.records
+    assert set(ids) == {r.external_id for r in records}
+
+
+def test_a_401_inside_a_batch_is_refreshed_or_auth_expired(harness):
+    pid = harness.deliver(make_raw()[0])
+    harness.state.inject_fault("401", "users.messages.get")
+    conn = GmailMail.for_emulator(harness.base_url, options=META)
+    assert pid in latest(drain(conn, None)[0])  # the client refreshes and re-sends the 401 parts
+    harness.state.inject_fault("401", "users.messages.get")
+    with pytest.raises(AuthExpired):
+        drain(harness.connector(META), None)  # a static token cannot refresh
