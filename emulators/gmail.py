@@ -523,20 +523,24 @@ class GmailState:
         refs = _MSGID.findall(str(parsed.get("References") or "")) + _MSGID.findall(str(parsed.get("In-Reply-To") or ""))
         candidates = [box.by_message_id[r] for r in reversed(refs) if r in box.by_message_id]
         if hint:
-            candidates = [c for c in candidates if box.messages[c].thread_id == hint] or candidates
+            candidates = [c for c in candidates if box.messages[c].thread_id == hint]
         for mid in candidates:
             parent = box.messages.get(mid)
             if parent is not None and parent.subject_key == subject_key:
                 return parent.thread_id
         return None
 
-    def _store(self, box: Mailbox, raw: bytes, labels: set[str], internal_date_ms: int, thread_hint: str | None = None) -> _Msg:
+    def _store(self, box: Mailbox, raw: bytes, labels: set[str], internal_date_ms: int, thread_hint: str | None = None,
+               *, sending: bool = False) -> _Msg:
+        """Threads as Gmail documents it: a reply joins its parent's thread when its
+        References/In-Reply-To name the parent and the subjects match; a message sent
+        through the API joins only the `threadId` it names (and only on those terms)."""
         parsed = email.message_from_bytes(raw, policy=email_policy.compat32)
         msgid_match = _MSGID.search(str(parsed.get("Message-ID") or ""))
         message_id = msgid_match.group(1) if msgid_match else ""
         subject_key = normalize_subject(str(parsed.get("Subject") or ""))
         mid = self._new_id()
-        thread = self._thread_for(box, parsed, subject_key, thread_hint) or mid
+        thread = (None if sending and not thread_hint else self._thread_for(box, parsed, subject_key, thread_hint)) or mid
         msg = _Msg(mid, thread, labels, internal_date_ms, raw, 0, message_id, subject_key, parsed)
         box.messages[mid] = msg
         if message_id:
@@ -833,7 +837,8 @@ class GmailState:
         thread_hint = body.get("threadId")
         if thread_hint and not any(m.thread_id == thread_hint for m in box.messages.values()):
             raise not_found()
-        msg = self._store(box, extra + raw, {"SENT"}, int(self.now() * 1000), thread_hint=thread_hint)
+        msg = self._store(box, extra + raw, {"SENT"}, int(self.now() * 1000), thread_hint=thread_hint,
+                          sending=True)
         return {"id": msg.id, "threadId": msg.thread_id, "labelIds": sorted(msg.label_ids)}
 
     def messages_modify(self, box: Mailbox, q: dict, message_id: str, body: dict) -> dict:

@@ -358,6 +358,10 @@ def test_send_threads_a_reply_and_rfc822msgid_finds_it(gmail):
     assert sent["labelIds"] == ["SENT"] and sent["threadId"] == thread
     found = svc.users().messages().list(userId="me", q=f"rfc822msgid:{mid}").execute()
     assert [m["id"] for m in found["messages"]] == [sent["id"]]
+    # without threadId a sent reply starts a thread of its own (Gmail's documented rule)
+    alone, _ = make_raw(sender=USER, to="pat@prospect.example", subject="Re: Quote", references=f"<{root}>")
+    other = svc.users().messages().send(userId="me", body={"raw": base64.urlsafe_b64encode(alone).decode()}).execute()
+    assert other["threadId"] != thread
 
 
 def test_watch_one_topic_and_push_envelope(gmail):
