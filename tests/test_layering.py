@@ -46,7 +46,7 @@ PROVIDER_LITERAL = re.compile(r"^(google|microsoft)(_[a-z]+)?$")
 #: Where provider names may be spelled out.
 LITERALS_ALLOWED = (
     re.compile(r"^connectors/registry\.py$"),
-    re.compile(r"^connectors/(google|graph|oauth)_[a-z_]+\.py$"),
+    re.compile(r"^connectors/(google|graph|oauth|gmail)_[a-z_]+\.py$"),
     re.compile(r"^store/schema\.py$"),  # CHECK constraints: data
     re.compile(r"^store/migrations/"),  # frozen history: data
     re.compile(r"^workers/(demo|scenario)\.py$"),  # demo scenario data

@@ -1,0 +1,457 @@
+"""A Gmail mailbox's mail as a `MailboxMail`, through google-api-python-client.
+
+Why the shapes below:
+
+- The cursor is a Gmail historyId. A full listing reads getProfile's historyId
+  *before* listing, so whatever changes while the listing runs is replayed by the
+  next history round (a duplicate at worst, never a loss).
+- Messages are fetched in multipart batches (`BatchHttpRequest` with our own
+  `batch_uri`: the client's `new_batch_http_request()` ignores the endpoint
+  override). A batch is one HTTP call but each inner get still costs its own 5
+  units, so batching saves round trips, not quota.
+- Metadata-only mode asks for `format=metadata` with `METADATA_HEADERS` and a
+  `fields` mask without `snippet`: Gmail puts the first words of the body into
+  `snippet` even in metadata format, and a body must never reach us in that mode.
+- Quota is paced here rather than discovered by 429s: Gmail counts 15,000 units per
+  user per rolling minute, and a full listing of a large mailbox spends that in
+  seconds. `UnitBudget` keeps a rolling-minute log of what this connector spent and
+  waits (injectable `wait`) before a call that would pass the budget. A 429/403
+  that still happens (another client on the same user) leaves as RateLimited.
+- Retries belong to Temporal and `activities.pacing`: requests run with
+  `num_retries=0` and failures leave as `models.errors` classes, translated as in
+  `connectors.google_people`.
+
+Not thread-safe: one instance per activity invocation (httplib2.Http is not).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import threading
+import time
+from collections import deque
+from datetime import datetime
+from typing import Any, Callable, Iterable, Sequence
+
+import google_auth_httplib2
+import httplib2
+from google.auth import exceptions as auth_exceptions
+from google.oauth2.credentials import Credentials
+from googleapiclient.discovery import build
+from googleapiclient.errors import HttpError
+from googleapiclient.http import BatchHttpRequest
+
+from connectors.google_people import translate_http_error
+from connectors.protocols import DeltaPage
+from connectors.translation import untranslatable
+from models.errors import (
+    AuthExpired,
+    ConnectorError,
+    CursorExpired,
+    Fatal,
+    NotFound,
+    RateLimited,
+    ReauthRequired,
+    Transient,
+    ValidationRejected,
+)
+from models.mail import MailFetchOptions, MailMessage
+from models.record import SideRecord
+from sync.mail.content import METADATA_HEADERS, from_headers, parse_raw
+
+#: quota units per method (PROVIDERS.md A)
+COSTS: dict[str, int] = {
+    "users.getProfile": 1,
+    "users.labels.list": 1,
+    "users.history.list": 2,
+    "users.messages.list": 5,
+    "users.messages.get": 5,
+}
+USER_UNITS_PER_MINUTE = 15_000
+HISTORY_TYPES = ["messageAdded", "messageDeleted", "labelAdded", "labelRemoved"]
+SYSTEM_LABELS = frozenset({
+    "INBOX", "SPAM", "TRASH", "UNREAD", "STARRED", "IMPORTANT", "SENT", "DRAFT", "CHAT",
+    "CATEGORY_PERSONAL", "CATEGORY_SOCIAL", "CATEGORY_PROMOTIONS", "CATEGORY_UPDATES", "CATEGORY_FORUMS",
+})
+#: what a get returns: never `snippet` (body text), `payload` only as headers in metadata mode
+META_FIELDS = "id,threadId,labelIds,historyId,internalDate,sizeEstimate,payload/mimeType,payload/headers"
+RAW_FIELDS = "id,threadId,labelIds,historyId,internalDate,sizeEstimate,raw"
+#: Gmail's recommended ceiling for one batch (100 is the hard limit)
+MAX_BATCH = 100
+WINDOW_S = 60.0
+_SHARED: dict[str, "UnitBudget"] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+class UnitBudget:
+    """The units spent in the last rolling minute, and the wait before spending more.
+
+    A log of (time, units), not a token bucket: a bucket that starts full lets a
+    burst plus a minute of refill through one 60-second window, which is exactly
+    what Gmail's rolling minute refuses. Share one instance between connectors of the
+    same user to pace them together.
+    """
+
+    def __init__(self, units_per_minute: int = USER_UNITS_PER_MINUTE, *, headroom: float = 0.9,
+                 clock: Callable[[], float] = time.monotonic, wait: Callable[[float], Any] = time.sleep) -> None:
+        if not 0 < headroom <= 1:
+            raise ValueError("headroom must be in (0, 1]")
+        self.limit = int(units_per_minute * headroom)
+        self.clock = clock
+        self.wait = wait
+        self.waited_s = 0.0
+        self._log: deque[tuple[float, int]] = deque()
+        self._spent = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, key: str, **kwargs: Any) -> "UnitBudget":
+        """The process's budget for one mailbox: the worker builds a new connector for
+        every activity, so a budget kept per instance would forget the last page's
+        spending and let a listing of many pages through the rolling minute unpaced.
+        The first caller's settings (clock, wait) stay with the key."""
+        with _SHARED_LOCK:
+            budget = _SHARED.get(key)
+            if budget is None:
+                budget = _SHARED[key] = cls(**kwargs)
+            return budget
+
+    def _prune(self, now: float) -> None:
+        while self._log and self._log[0][0] <= now - WINDOW_S:
+            self._spent -= self._log.popleft()[1]
+
+    def delay_for(self, units: int) -> float:
+        """Seconds until `units` fit in the rolling minute (0: now)."""
+        now = self.clock()
+        self._prune(now)
+        over = self._spent + units - self.limit
+        if over <= 0 or not self._log:
+            return 0.0
+        for t, spent in self._log:
+            over -= spent
+            if over <= 0:
+                return max(0.0, t + WINDOW_S - now)
+        return max(0.0, self._log[-1][0] + WINDOW_S - now)
+
+    def spend(self, units: int) -> None:
+        """Wait until `units` fit, then record them. A request bigger than the whole
+        budget waits for an empty window and goes alone. The wait happens outside the
+        lock, so connectors sharing the budget on other threads are not held up by
+        the lock, only by the budget."""
+        for _ in range(1000):
+            with self._lock:
+                delay = self.delay_for(units)
+                if delay <= 0:
+                    self._log.append((self.clock(), units))
+                    self._spent += units
+                    return
+                self.waited_s += delay
+            self.wait(delay)
+        with self._lock:
+            self._log.append((self.clock(), units))
+            self._spent += units
+
+
+class _CountingHttp(httplib2.Http):
+    """httplib2 that counts requests to Gmail (token refreshes are not counted)."""
+
+    def __init__(self, *, exclude_prefix: str | None, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.count = 0
+        self._exclude = exclude_prefix
+
+    def request(self, uri, method="GET", *args, **kwargs):  # type: ignore[override]
+        if not (self._exclude and str(uri).startswith(self._exclude)):
+            self.count += 1
+        return super().request(uri, method, *args, **kwargs)
+
+
+def _retry_after_from_message(message: str) -> float | None:
+    """Gmail's userRateLimitExceeded says "Retry after <RFC 3339>" in its message."""
+    match = re.search(r"Retry after (\d{4}-\d\d-\d\dT[\d:.]+Z)", message or "")
+    if not match:
+        return None
+    try:
+        when = datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+    return min(900.0, max(0.0, when - time.time()))
+
+
+def translate(err: HttpError, *, history: bool = False) -> ConnectorError:
+    """One HttpError -> one recovery class; a history.list 404 (or a refused
+    startHistoryId) means the cursor is gone, so the caller lists again."""
+    out = translate_http_error(err)
+    if history and isinstance(out, (NotFound, ValidationRejected)):
+        return CursorExpired(out.message, detail=out.detail)
+    if isinstance(out, RateLimited) and out.retry_after is None:
+        out.retry_after = _retry_after_from_message(out.message)
+    return out
+
+
+class GmailMail:
+    """One Gmail mailbox, read-only. See the module docstring."""
+
+    provider = "google"
+
+    def __init__(
+        self,
+        base_url: str,
+        credentials: Credentials,
+        *,
+        user_id: str = "me",
+        options: MailFetchOptions | None = None,
+        page_size: int = 200,
+        batch_size: int = 50,
+        units_per_minute: int = USER_UNITS_PER_MINUTE,
+        headroom: float = 0.9,
+        pacing: bool = True,
+        wait: Callable[[float], Any] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        budget: UnitBudget | None = None,
+        account: str | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if not 1 <= page_size <= 500:
+            raise ValueError("page_size must be between 1 and 500")
+        if not 1 <= batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}")
+        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.user_id = user_id
+        self.options = options or MailFetchOptions()
+        self.page_size = page_size
+        self.batch_size = batch_size
+        self.pacing = pacing
+        settings = dict(units_per_minute=units_per_minute, headroom=headroom, clock=clock, wait=wait)
+        if budget is None:
+            budget = UnitBudget.shared(f"{self.base_url}|{account}", **settings) if account else UnitBudget(**settings)
+        self.budget = budget
+        self.units_spent = 0
+        self._can_refresh = bool(getattr(credentials, "refresh_token", None))
+        self._http = _CountingHttp(exclude_prefix=getattr(credentials, "token_uri", None), timeout=timeout)
+        self._authed = google_auth_httplib2.AuthorizedHttp(
+            credentials,
+            http=self._http,
+            refresh_status_codes=(401,) if self._can_refresh else (),
+            max_refresh_attempts=1,
+        )
+        self._service = build("gmail", "v1", http=self._authed, static_discovery=True, cache_discovery=False,
+                              client_options={"api_endpoint": self.base_url})
+        self._labels: dict[str, str] | None = None
+
+    @classmethod
+    def for_emulator(cls, base_url: str, *, token: str | None = None, refresh_token: str = "emulator-refresh",
+                     client_id: str = "emulator-client", client_secret: str = "emulator-secret",
+                     **kwargs: Any) -> "GmailMail":
+        """Against emulators.gmail: a static bearer token, or a refresh through its /token."""
+        base = base_url if base_url.endswith("/") else base_url + "/"
+        if token is not None:
+            creds = Credentials(token=token)
+        else:
+            creds = Credentials(token=None, refresh_token=refresh_token, client_id=client_id,
+                                client_secret=client_secret, token_uri=base + "token")
+        return cls(base, creds, **kwargs)
+
+    @property
+    def calls_made(self) -> int:
+        return self._http.count
+
+    @property
+    def _users(self) -> Any:
+        return self._service.users()
+
+    # ---- plumbing ----------------------------------------------------------------------
+
+    def _pay(self, units: int) -> None:
+        if self.pacing:
+            self.budget.spend(units)
+        self.units_spent += units
+
+    def _transport(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except auth_exceptions.RefreshError as err:
+            if not self._can_refresh:
+                raise AuthExpired("access token refused and cannot be refreshed") from err
+            if getattr(err, "retryable", False):
+                raise Transient("token refresh failed transiently") from err
+            raise ReauthRequired("token refresh was refused") from err
+        except auth_exceptions.TransportError as err:
+            raise Transient(f"token endpoint unreachable: {type(err).__name__}") from err
+        except (socket.timeout, TimeoutError) as err:
+            raise Transient("request timed out") from err
+        except (ConnectionError, httplib2.HttpLib2Error, OSError) as err:
+            raise Transient(f"connection failed: {type(err).__name__}") from err
+
+    def _execute(self, method: str, request: Any, *, history: bool = False) -> dict:
+        self._pay(COSTS[method])
+        try:
+            return self._transport(lambda: request.execute(num_retries=0)) or {}
+        except HttpError as err:
+            raise translate(err, history=history) from err
+
+    def _batch_get(self, ids: Sequence[str]) -> dict[str, dict | None]:
+        """Messages by id, in batches; None for one that is gone (404)."""
+        fmt, fields = ("raw", RAW_FIELDS) if self.options.bodies else ("metadata", META_FIELDS)
+        out: dict[str, dict | None] = {}
+        for start in range(0, len(ids), self.batch_size):
+            chunk = list(dict.fromkeys(ids[start : start + self.batch_size]))
+            errors: dict[str, ConnectorError] = {}
+
+            def done(request_id: str, response: Any, exception: Exception | None) -> None:
+                if exception is None:
+                    out[request_id] = response if isinstance(response, dict) else None
+                elif isinstance(exception, HttpError):
+                    err = translate(exception)
+                    if isinstance(err, NotFound):
+                        out[request_id] = None
+                    else:
+                        errors[request_id] = err
+                else:
+                    errors[request_id] = Transient(f"batch part failed: {type(exception).__name__}")
+
+            batch = BatchHttpRequest(callback=done, batch_uri=self.base_url + "batch/gmail/v1")
+            for mid in chunk:
+                params: dict[str, Any] = {"userId": self.user_id, "id": mid, "format": fmt, "fields": fields}
+                if fmt == "metadata":
+                    params["metadataHeaders"] = list(METADATA_HEADERS)
+                batch.add(self._users.messages().get(**params), request_id=mid)
+            self._pay(COSTS["users.messages.get"] * len(chunk))
+            try:
+                self._transport(lambda: batch.execute(http=self._authed))
+            except HttpError as err:
+                raise translate(err) from err
+            if errors:
+                limited = [e for e in errors.values() if isinstance(e, RateLimited)]
+                if limited:
+                    waits = [e.retry_after for e in limited if e.retry_after is not None]
+                    raise RateLimited(f"{len(limited)} of {len(chunk)} gets were rate limited",
+                                      retry_after=max(waits) if waits else None, detail=limited[0].detail)
+                raise next(iter(errors.values()))
+        return out
+
+    def _load_labels(self, messages: Iterable[dict | None]) -> None:
+        """User label names for a page's messages: one labels.list per instance, again
+        only when a label appears that was created since (1 unit each)."""
+        user = {str(i) for m in messages if isinstance(m, dict) for i in m.get("labelIds") or []} - SYSTEM_LABELS
+        if user and (self._labels is None or not user <= self._labels.keys()):
+            body = self._execute("users.labels.list", self._users.labels().list(userId=self.user_id))
+            self._labels = {str(lab.get("id")): str(lab.get("name") or lab.get("id"))
+                            for lab in body.get("labels") or [] if isinstance(lab, dict)}
+
+    def _label_names(self, ids: Iterable[str]) -> tuple[str, ...]:
+        names = self._labels or {}
+        return tuple(i if i in SYSTEM_LABELS else names.get(i, i) for i in ids)
+
+    def _records(self, ids: Iterable[tuple[str, bool]], fetched: dict[str, dict | None]) -> list[SideRecord]:
+        pairs = list(ids)
+        self._load_labels(fetched.values())
+        return [self._record(mid, None if deleted else fetched.get(mid)) for mid, deleted in pairs]
+
+    def _record(self, message_id: str, msg: dict | None) -> SideRecord:
+        if msg is None:
+            return SideRecord[MailMessage](side="mailbox", external_id=message_id, deleted=True)
+        try:
+            return self._translate(msg)
+        except Exception as exc:  # one unreadable message must not fail its page
+            return untranslatable("mailbox", message_id, exc)
+
+    def _translate(self, msg: dict) -> SideRecord:
+        size = int(msg.get("sizeEstimate") or 0)
+        if "raw" in msg:
+            raw = base64.urlsafe_b64decode(msg["raw"] + "=" * (-len(msg["raw"]) % 4))
+            content = parse_raw(raw, bodies=self.options.bodies, max_body_bytes=self.options.max_body_bytes)
+        else:
+            headers = [(h.get("name", ""), h.get("value", "")) for h in (msg.get("payload") or {}).get("headers") or []
+                       if isinstance(h, dict)]
+            content = from_headers(headers, size=size)
+        label_ids = [str(x) for x in msg.get("labelIds") or []]
+        received = int(msg["internalDate"]) / 1000 if msg.get("internalDate") else None
+        content = content.model_copy(update={
+            "labels": self._label_names(label_ids),
+            "direction": "sent" if "SENT" in label_ids else "received",
+            "received_at": received,
+            "provider_thread_id": str(msg.get("threadId") or ""),
+            "size": size or content.size,
+        })
+        return SideRecord[MailMessage](side="mailbox", external_id=str(msg["id"]), content=content,
+                                       etag=str(msg.get("historyId") or "") or None, updated_at=received)
+
+    # ---- reads ---------------------------------------------------------------------------
+
+    def list_changes(self, cursor: str | None, page_token: str | None = None) -> DeltaPage:
+        """One page of a full listing (cursor None) or of a history round; the round's
+        start (profile historyId or stored cursor) travels inside `next_page`."""
+        state: dict[str, Any] | None = None
+        if page_token:
+            try:
+                state = json.loads(page_token)
+                if not isinstance(state, dict) or state.get("m") not in ("full", "delta"):
+                    raise ValueError
+            except (ValueError, TypeError):
+                raise Fatal("page token was not produced by this connector") from None
+        if (state is None and cursor is None) or (state is not None and state["m"] == "full"):
+            return self._full_page(state)
+        return self._delta_page(state or {"m": "delta", "s": cursor})
+
+    def _full_page(self, state: dict | None) -> DeltaPage:
+        if state is None:
+            profile = self._execute("users.getProfile", self._users.getProfile(userId=self.user_id))
+            state = {"m": "full", "h": str(profile["historyId"]), "p": None}
+        params: dict[str, Any] = {"userId": self.user_id, "maxResults": self.page_size}
+        if self.options.since is not None:
+            params["q"] = f"after:{int(self.options.since)}"
+        if state.get("p"):
+            params["pageToken"] = state["p"]
+        body = self._execute("users.messages.list", self._users.messages().list(**params))
+        ids = [str(m["id"]) for m in body.get("messages") or [] if isinstance(m, dict) and m.get("id")]
+        fetched = self._batch_get(ids)
+        records = self._records(((i, False) for i in ids), fetched)
+        if body.get("nextPageToken"):
+            return DeltaPage(records=records, next_page=json.dumps({**state, "p": body["nextPageToken"]}))
+        return DeltaPage(records=records, cursor=state["h"])
+
+    def _delta_page(self, state: dict) -> DeltaPage:
+        start = str(state.get("s") or "")
+        if not start.isdigit():
+            raise CursorExpired("cursor is not a Gmail historyId")
+        params: dict[str, Any] = {"userId": self.user_id, "startHistoryId": start, "historyTypes": HISTORY_TYPES,
+                                  "maxResults": min(500, self.page_size)}
+        if state.get("p"):
+            params["pageToken"] = state["p"]
+        body = self._execute("users.history.list", self._users.history().list(**params), history=True)
+        changed = coalesce(body.get("history") or [])
+        fetched = self._batch_get([mid for mid, deleted in changed.items() if not deleted])
+        records = self._records(changed.items(), fetched)
+        if body.get("nextPageToken"):
+            return DeltaPage(records=records, next_page=json.dumps({**state, "p": body["nextPageToken"]}))
+        return DeltaPage(records=records, cursor=str(body.get("historyId") or start))
+
+    def get(self, external_id: str) -> SideRecord:
+        """The message now; a tombstone when Gmail no longer has it."""
+        return self._records([(external_id, False)], self._batch_get([external_id]))[0]
+
+
+def coalesce(history: Sequence[dict]) -> dict[str, bool]:
+    """Message ids a page of history touches, in first-seen order -> deleted.
+
+    A message added and deleted within the page is just a tombstone (no get); any
+    other touch means "fetch its current state".
+    """
+    out: dict[str, bool] = {}
+    for record in history:
+        if not isinstance(record, dict):
+            continue
+        for key in ("messagesAdded", "labelsAdded", "labelsRemoved"):
+            for item in record.get(key) or []:
+                mid = str(((item or {}).get("message") or {}).get("id") or "")
+                if mid:
+                    out.setdefault(mid, False)
+        for item in record.get("messagesDeleted") or []:
+            mid = str(((item or {}).get("message") or {}).get("id") or "")
+            if mid:
+                out[mid] = True
+    return out
