@@ -322,23 +322,18 @@ class GraphMail:
         return [r for r in out if r is not None]
 
     def _current(self, ids: list[str]) -> dict[str, SideRecord]:
-        """Where messages that left a folder are now, one `$batch` per 20 (see the module docstring)."""
+        """Where messages that left a folder are now, one `$batch` per 20 (see the module docstring).
+
+        The folder ids are resolved in the same `$batch` the first time, so a round
+        with moves costs no extra call for them.
+        """
         query = urlencode({"$select": self._select()}, quote_via=quote)
-        subs: list[tuple[str, str]] = [(iid, f"/me/messages/{quote(iid, safe='')}?{query}") for iid in ids]
-        need_folders = self._folder_names is None
-        names = list(dict.fromkeys(self.options.folders + ("deleteditems",))) if need_folders else []
-        found: dict[str, SideRecord] = {}
+        work = self._folder_lookups() + [(iid, f"/me/messages/{quote(iid, safe='')}?{query}") for iid in ids]
         answers: dict[str, dict[str, Any]] = {}
-        work = [("f:" + n, f"/me/mailFolders/{quote(n, safe='')}?$select=id") for n in names] + subs
         for start in range(0, len(work), BATCH_MAX):
-            chunk = work[start : start + BATCH_MAX]
-            answers.update(self._batch(chunk))
-        if need_folders:
-            self._folder_names = {}
-            for n in names:
-                a = answers.get("f:" + n) or {}
-                if int(a.get("status") or 0) < 300 and isinstance(a.get("body"), dict) and a["body"].get("id"):
-                    self._folder_names[str(a["body"]["id"])] = n
+            answers.update(self._batch(work[start : start + BATCH_MAX]))
+        names = self._absorb_folders(answers)
+        found: dict[str, SideRecord] = {}
         for iid in ids:
             a = answers.get(iid)
             if a is None:
@@ -351,18 +346,27 @@ class GraphMail:
             else:
                 item = a.get("body") or {}
                 parent = str(item.get("parentFolderId") or "")
-                found[iid] = self.item_to_record(item, (self._folder_names or {}).get(parent, parent or None))
+                found[iid] = self.item_to_record(item, names.get(parent, parent or None))
         return found
 
     def _folder_map(self) -> dict[str, str]:
+        lookups = self._folder_lookups()
+        return self._absorb_folders(self._batch(lookups) if lookups else {})
+
+    def _folder_lookups(self) -> list[tuple[str, str]]:
+        if self._folder_names is not None:
+            return []
+        names = dict.fromkeys(self.options.folders + ("deleteditems",))
+        return [("f:" + n, f"/me/mailFolders/{quote(n, safe='')}?$select=id") for n in names]
+
+    def _absorb_folders(self, answers: dict[str, dict[str, Any]]) -> dict[str, str]:
+        """Folder id -> the name the options follow it by (or "deleteditems"), kept per instance."""
         if self._folder_names is None:
-            names = list(dict.fromkeys(self.options.folders + ("deleteditems",)))
-            answers = self._batch([("f:" + n, f"/me/mailFolders/{quote(n, safe='')}?$select=id") for n in names])
-            self._folder_names = {
-                str(a["body"]["id"]): key[2:]
-                for key, a in answers.items()
-                if int(a.get("status") or 0) < 300 and isinstance(a.get("body"), dict) and a["body"].get("id")
-            }
+            self._folder_names = {}
+            for key, a in answers.items():
+                body = a.get("body")
+                if key.startswith("f:") and int(a.get("status") or 0) < 300 and isinstance(body, dict) and body.get("id"):
+                    self._folder_names[str(body["id"])] = key[2:]
         return self._folder_names
 
     def _batch(self, subs: Sequence[tuple[str, str]]) -> dict[str, dict[str, Any]]:

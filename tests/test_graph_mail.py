@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from connectors.graph_mail import GraphMail
 from emulators.graph import GraphState, create_app
 from emulators.server import serve
-from models.errors import CursorExpired, RateLimited
+from models.errors import CursorExpired, NotFound, RateLimited
 from models.mail import MailFetchOptions
 from tests.mail_contract import BODIES, META, MailContract, content, drain, latest, make_raw
 
@@ -133,6 +133,11 @@ def test_metadata_fields_from_graph_and_headers(graph, harness):
     assert [a.email for a in msg.cc] == ["ops@prospect.example"]
     assert msg.labels == ("Blue",) and msg.folder == "inbox" and msg.direction == "received"
     assert msg.problems == ()
+    conn = harness.connector(META)
+    one = conn.get(pid)
+    assert content(one) == msg and conn.calls_made == 2  # the folder names once, then the message
+    with pytest.raises(NotFound):
+        conn.get("AAkALgNoSuchMessage")
 
 
 # --------------------------------------------------------------------- ids and moves
@@ -266,6 +271,7 @@ def test_calls_per_message(graph):
     delta = GraphMail(base, lambda: TOKEN, options=META, page_size=50)
     changed, _ = drain(delta, cursor)
     assert len(latest(changed)) == 15 and delta.calls_made == 3  # 2 delta calls + 1 $batch
+    assert all(i not in key for key in state.stats()["by_route"] for i in ids)  # counters never hold ids
     conn.close()
     delta.close()
 
