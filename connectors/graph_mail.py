@@ -23,7 +23,9 @@ Choices that are not obvious from the protocol:
   categories as labels, the followed folder, conversationId as the thread, direction
   "sent" for Sent Items). Problems the headers alone raised but Graph's fields settle
   (no Message-ID header but an internetMessageId) are dropped. A message Graph keeps
-  without headers (it does so for Sent Items) still gets its identity and people.
+  without headers (Exchange does so for Sent Items) still gets its identity and
+  people, and its References / In-Reply-To from the MAPI extended properties (one
+  `$batch` per 20 such messages, see `_with_thread_headers`).
 - Removals. `@removed: deleted` is a permanent deletion: a tombstone. `@removed:
   changed` means the message left this folder, usually by a move; with immutable ids
   the same id shows up in the destination folder. Tombstoning it would lose a message
@@ -76,7 +78,9 @@ _SETTLED_BY_GRAPH = {
     "missing_date": "sentDateTime",
     "bad_date": "sentDateTime",
 }
-_FOLDER_NAMES = ("inbox", "sentitems", "deleteditems", "drafts", "archive", "junkemail")
+#: PidTagInternetReferences and PidTagInReplyToId as Graph names them (see `_thread_headers`)
+REFERENCES_PROP = "String 0x1039"
+IN_REPLY_TO_PROP = "String 0x1042"
 
 MailRecord = SideRecord[MailMessage]
 
@@ -228,7 +232,8 @@ class GraphMail:
     def get(self, external_id: str) -> SideRecord:
         item = self._request("GET", f"/me/messages/{quote(external_id, safe='')}", params={"$select": self._select()}).json()
         names = self._folder_map()
-        return self.item_to_record(item, names.get(str(item.get("parentFolderId") or ""), item.get("parentFolderId")))
+        rec = self.item_to_record(item, names.get(str(item.get("parentFolderId") or ""), item.get("parentFolderId")))
+        return self._with_thread_headers([rec], [rec.external_id] if not item.get("internetMessageHeaders") else [])[0]
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -307,21 +312,59 @@ class GraphMail:
     def _records(self, items: list[dict[str, Any]], folder: str) -> list[SideRecord]:
         out: list[SideRecord | None] = []
         moved: dict[str, int] = {}
+        headerless: list[str] = []
         for item in items:
             removed = item.get("@removed")
             if removed is None:
                 out.append(self.item_to_record(item, folder))
+                if not item.get("internetMessageHeaders"):
+                    headerless.append(str(item.get("id")))
             elif isinstance(removed, dict) and removed.get("reason") == "changed":
                 moved[str(item["id"])] = len(out)
                 out.append(None)  # filled from the message's current state below
             else:
                 out.append(MailRecord(side="mailbox", external_id=str(item["id"]), deleted=True))
         if moved:
-            for iid, rec in self._current(list(moved)).items():
+            for iid, rec in self._current(list(moved), headerless).items():
                 out[moved[iid]] = rec
-        return [r for r in out if r is not None]
+        return self._with_thread_headers([r for r in out if r is not None], headerless)
 
-    def _current(self, ids: list[str]) -> dict[str, SideRecord]:
+    def _with_thread_headers(self, records: list[SideRecord], headerless: list[str]) -> list[SideRecord]:
+        """References and In-Reply-To for messages Graph gave no headers for.
+
+        Exchange writes internetMessageHeaders in transport, so the copy of a message in
+        Sent Items has none, and a reply the user sent would lose its thread. Both
+        headers are MAPI properties too, readable as single-value extended properties;
+        one `$batch` of GETs per 20 such messages reads them (delta takes no `$expand`).
+        """
+        wanted = [r.external_id for r in records if r.external_id in set(headerless) and not r.deleted and r.content]
+        if not wanted:
+            return records
+        expand = (f"singleValueExtendedProperties($filter=id eq '{REFERENCES_PROP}' or id eq '{IN_REPLY_TO_PROP}')")
+        query = urlencode({"$select": "id", "$expand": expand}, quote_via=quote)
+        work = [(iid, f"/me/messages/{quote(iid, safe='')}?{query}") for iid in dict.fromkeys(wanted)]
+        found: dict[str, dict[str, str]] = {}
+        for start in range(0, len(work), BATCH_MAX):
+            for iid, a in self._batch(work[start : start + BATCH_MAX]).items():
+                status = int(a.get("status") or 0)
+                if status == 404:
+                    continue  # gone since: the next round reports it
+                if status >= 300:
+                    raise error_for(status, a.get("headers") or {}, a.get("body"))
+                props = (a.get("body") or {}).get("singleValueExtendedProperties") or []
+                found[iid] = {str(p.get("id")).lower(): str(p.get("value") or "") for p in props if isinstance(p, dict)}
+        out = []
+        for rec in records:
+            props = found.get(rec.external_id)
+            if props and isinstance(rec.content, MailMessage):
+                refs = props.get(REFERENCES_PROP.lower(), "")
+                irt = props.get(IN_REPLY_TO_PROP.lower(), "")
+                msg = MailMessage.model_validate({**rec.content.model_dump(), "references": refs or irt, "in_reply_to": irt})
+                rec = rec.model_copy(update={"content": msg})
+            out.append(rec)
+        return out
+
+    def _current(self, ids: list[str], headerless: list[str]) -> dict[str, SideRecord]:
         """Where messages that left a folder are now, one `$batch` per 20 (see the module docstring).
 
         The folder ids are resolved in the same `$batch` the first time, so a round
@@ -347,6 +390,8 @@ class GraphMail:
                 item = a.get("body") or {}
                 parent = str(item.get("parentFolderId") or "")
                 found[iid] = self.item_to_record(item, names.get(parent, parent or None))
+                if not item.get("internetMessageHeaders"):
+                    headerless.append(iid)
         return found
 
     def _folder_map(self) -> dict[str, str]:

@@ -18,6 +18,10 @@ throttling, request log and stats. It reproduces what a mail connector must surv
 - `body` only when selected (or nothing selected), `internetMessageHeaders` only when
   selected, as Graph does, so a test can prove a metadata-only client never asks for a
   body (the request log holds every query);
+- no `internetMessageHeaders` on Sent Items copies (Exchange writes headers in
+  transport; `headers_in_sent_items` turns them on), with References / In-Reply-To
+  readable as the extended properties `String 0x1039` / `String 0x1042` through
+  `$expand=singleValueExtendedProperties($filter=id eq ...)` on a message GET;
 - change notifications on `me/messages` and `me/mailFolders('inbox')/messages`
   subscriptions, posted as changes happen (`auto_notify`).
 
@@ -74,6 +78,11 @@ WELL_KNOWN = {
 }
 ROOT_FOLDER_ID = "AQMkADmsgfolderroot"
 
+#: MAPI properties Graph exposes as single-value extended properties (PidTagInternetReferences,
+#: PidTagInReplyToId): the only way to read threading headers of a Sent Items copy
+REFERENCES_PROP = "String 0x1039"
+IN_REPLY_TO_PROP = "String 0x1042"
+_EXPAND_PROPS = re.compile(r"^\s*singleValueExtendedProperties\s*\(\s*\$filter\s*=(.*)\)\s*$", re.IGNORECASE)
 _FILTER = re.compile(r"^\s*receivedDateTime\s+(ge|gt)\s+(\S+)\s*$", re.IGNORECASE)
 _FOLDER_SEG = r"mailFolders(?:\('([^']+)'\)|/([^/]+))"
 
@@ -191,6 +200,7 @@ def parse_rfc822(raw: bytes) -> dict[str, Any]:
         "hasAttachments": attachments,
         "internetMessageHeaders": headers,
         "_references": (get("References") or get("In-Reply-To")).split(),
+        "_props": {k: v for k, v in ((REFERENCES_PROP, get("References")), (IN_REPLY_TO_PROP, get("In-Reply-To"))) if v},
         "_calendar": calendar,
     }
 
@@ -218,6 +228,9 @@ class MailStore:
         self._expired: dict[str, tuple[int, str]] = {}
         #: post change notifications to message subscriptions as changes happen
         self.auto_notify = True
+        #: Exchange keeps no internetMessageHeaders on the Sent Items copy of a message
+        #: (headers are written in transport); True gives them anyway
+        self.headers_in_sent_items = False
         self.notification_errors: list[str] = []
 
     # ------------------------------------------------------------------ test control
@@ -266,6 +279,8 @@ class MailStore:
             data["conversationId"] = conv
             data.setdefault("receivedDateTime", _iso(_now()))
             data.setdefault("categories", [])
+            if fid == self._well_known["sentitems"] and not self.headers_in_sent_items:
+                data["internetMessageHeaders"] = None
             now = _now()
             m = _Message(_new_id("AAkALgAAAAAAHYQDEapmEc2byACqAC-EWg0"), _new_id("AAMkAGI2TG93AAA"), fid, data,
                          _new_change_key(), now, now)
@@ -430,11 +445,11 @@ class MailStore:
         if select is not None:
             wanted = {s.lower() for s in select}
             kept = {k: v for k, v in out.items() if k.lower() in wanted or k in ("id", "@odata.etag", "@odata.type")}
-            if "internetmessageheaders" in wanted:
-                kept["internetMessageHeaders"] = copy.deepcopy(d.get("internetMessageHeaders") or [])
+            if "internetmessageheaders" in wanted and d.get("internetMessageHeaders") is not None:
+                kept["internetMessageHeaders"] = copy.deepcopy(d["internetMessageHeaders"])
             return kept
-        if headers:
-            out["internetMessageHeaders"] = copy.deepcopy(d.get("internetMessageHeaders") or [])
+        if headers and d.get("internetMessageHeaders") is not None:
+            out["internetMessageHeaders"] = copy.deepcopy(d["internetMessageHeaders"])
         return out
 
     def _render(self, m: _Message, *, immutable: bool, select: list[str] | None, headers: bool = False) -> dict[str, Any]:
@@ -573,7 +588,17 @@ class MailStore:
                 return _error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
             select = [s.strip() for s in req.query["$select"].split(",")] if req.query.get("$select") else None
             if method == "GET" and action is None:
-                return SubResponse(200, {}, self._render(msg, immutable=immutable, select=select))
+                out = self._render(msg, immutable=immutable, select=select)
+                if req.query.get("$expand"):
+                    mm = _EXPAND_PROPS.match(req.query["$expand"])
+                    if not mm:
+                        return _error(400, "BadRequest", "Unsupported $expand.")
+                    wanted = [w.lower() for w in re.findall(r"id\s+eq\s+'([^']+)'", mm.group(1), re.IGNORECASE)]
+                    props = msg.data.get("_props") or {}
+                    hit = [{"id": k, "value": v} for k, v in props.items() if k.lower() in wanted]
+                    if hit:
+                        out["singleValueExtendedProperties"] = hit
+                return SubResponse(200, {}, out)
             body = req.body if isinstance(req.body, dict) else {}
             ident = msg.immutable_id
         if method == "POST" and action and action.lower() == "move":

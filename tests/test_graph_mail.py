@@ -140,6 +140,19 @@ def test_metadata_fields_from_graph_and_headers(graph, harness):
         conn.get("AAkALgNoSuchMessage")
 
 
+def test_sent_items_thread_headers_come_from_extended_properties(graph, harness):
+    """Exchange keeps no internetMessageHeaders on a Sent Items copy; the thread survives."""
+    state, _ = graph
+    _, root = make_raw(subject="Root")
+    reply, _ = make_raw(sender=f"Me <{USER}>", subject="Re: Root", references=f"<older@x.example> <{root}>")
+    pid = harness.deliver(reply, sent=True)
+    assert "internetMessageHeaders" not in state.mail.message(pid)
+    msg = content(latest(drain(harness.connector(META), None)[0])[pid])
+    assert msg.references == ("older@x.example", root) and msg.in_reply_to == (root,)
+    assert msg.direction == "sent" and msg.problems == ()
+    assert content(harness.connector(META).get(pid)).references == msg.references
+
+
 # --------------------------------------------------------------------- ids and moves
 
 
@@ -255,14 +268,16 @@ def test_throttling_is_rate_limited_with_retry_after(graph, harness):
 
 
 def test_calls_per_message(graph):
-    """Full listing: one call per page per folder; a delta: one call per folder plus
-    one `$batch` per 20 messages that left a folder."""
+    """Full listing: one call per page per folder plus one `$batch` per 20 Sent Items
+    messages (their thread headers); a delta: one call per folder plus one `$batch`
+    per 20 messages that left a folder."""
     state, base = graph
     for n in range(100):
         state.mail.deliver(make_raw(subject=f"c{n}")[0], folder="sentitems" if n % 4 == 0 else "inbox")
     conn = GraphMail(base, lambda: TOKEN, options=META, page_size=50)
     records, cursor = drain(conn, None)
-    assert len(records) == 100 and conn.calls_made == 3  # inbox 75 -> 2 pages, sentitems 25 -> 1
+    # inbox 75 -> 2 pages; sentitems 25 -> 1 page + 2 $batch reading References / In-Reply-To
+    assert len(records) == 100 and conn.calls_made == 5
     ids = [r.external_id for r in records]
     for iid in ids[:10]:
         state.mail.add_category(iid, "CRM")
