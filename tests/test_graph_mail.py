@@ -333,3 +333,22 @@ def test_subscription_on_messages_notifies_a_delivery(graph, harness, receiver, 
     assert len(notes) == (2 if resource == "me/messages" else 1)  # a folder subscription sees its folder only
     conn.delete_subscription(sub["id"])
     assert sub["id"] not in state.subscriptions
+
+
+def test_mail_admin_api_over_http(graph):
+    """Out-of-process tools steer mail through /_emulator/mail like the Python API."""
+    import base64
+
+    state, base = graph
+    raw, mid = make_raw(subject="Via HTTP")
+    with httpx.Client(base_url=base.rstrip("/")) as admin:
+        pid = admin.post("/_emulator/mail/deliver", json={"raw_b64": base64.b64encode(raw).decode(),
+                                                          "categories": ["Red"]}).json()["id"]
+        assert state.mail.message(pid)["categories"] == ["Red"]
+        folder = admin.post("/_emulator/mail/folders", json={"displayName": "Deals"}).json()["id"]
+        assert admin.post(f"/_emulator/mail/messages/{pid}/move", json={"folder": folder}).json()["rest_id"]
+        assert admin.post(f"/_emulator/mail/messages/{pid}/add-category", json={"category": "CRM"}).status_code == 200
+        assert state.mail.message(pid)["categories"] == ["Red", "CRM"]
+        assert admin.post(f"/_emulator/mail/messages/{pid}/delete").status_code == 200
+        assert admin.post(f"/_emulator/mail/messages/{pid}/delete").status_code == 404
+        assert admin.get("/_emulator/stats").json()["live_messages"] == 0
