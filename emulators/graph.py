@@ -1,4 +1,4 @@
-"""A Microsoft Graph v1.0 emulator for the contacts surface of one mailbox.
+"""A Microsoft Graph v1.0 emulator for the contacts and mail surfaces of one mailbox.
 
 It reproduces the behaviours a Graph connector must survive (PROVIDERS.md section D)
 rather than a happy path: opaque `$skiptoken`/`$deltatoken` links, replays and empty
@@ -8,6 +8,10 @@ or `resyncRequired`), ids that change on a move unless `Prefer: IdType="Immutabl
 per-item 429), throttling (injected, a request budget, and the 4-concurrent-requests
 rule per mailbox), 401 for unknown tokens, and subscriptions with the validation
 handshake and change notifications.
+
+Mail (folders, messages, messages delta, subscriptions on messages) lives in
+`emulators.graph_mail`, mounted here as `GraphState.mail`: one server, one set of
+faults, throttling rules, request log and stats for both surfaces.
 
 Everything a test needs to steer is on `GraphState` (Python) and mirrored under
 `/_emulator/` (HTTP) for out-of-process tools.
@@ -284,6 +288,15 @@ class GraphState:
         self.peak_concurrency = 0
         self._budget_times: deque[float] = deque()
         self.notifications_sent: list[dict[str, Any]] = []
+        #: every request served (method, path, query, Prefer), $batch items included, so a
+        #: test can prove what a connector asked for (e.g. never a message body)
+        self.request_log: deque[dict[str, Any]] = deque(maxlen=5000)
+        #: subscription id -> created with `Prefer: IdType="ImmutableId"` (notification ids follow it)
+        self.subscription_immutable: dict[str, bool] = {}
+
+        from emulators.graph_mail import MailStore  # the mail surface shares this state
+
+        self.mail = MailStore(self)
 
     # ------------------------------------------------------------------ admin API
 
@@ -350,7 +363,7 @@ class GraphState:
             self._skip_tokens.clear()
             self._rounds.clear()
             self._generation += 1
-            return n
+            return n + self.mail.expire_delta_tokens(status, code)
 
     def inject_fault(self, status: int | None = 429, count: int = 1, **kwargs: Any) -> Fault:
         fault = Fault(status=status, count=count, **kwargs)
@@ -372,6 +385,7 @@ class GraphState:
                 "peak_concurrency": self.peak_concurrency,
                 "by_route": dict(self.by_route),
                 "live_contacts": self.live_count(),
+                "live_messages": self.mail.live_count(),
                 "subscriptions": len(self.subscriptions),
             }
 
@@ -566,6 +580,8 @@ class GraphState:
         path = path.rstrip("/") or "/"
         m = req.method.upper()
         try:
+            if self.mail.handles(path):
+                return self.mail.dispatch(req, path)
             if path == "/me/contacts/delta" and m == "GET":
                 return self._delta(req, DEFAULT_FOLDER_ID)
             if (mm := re.fullmatch(r"/me/contactFolders/([^/]+)/contacts/delta", path)) and m == "GET":
@@ -817,6 +833,8 @@ class GraphState:
         r = re.sub(r"^users/[^/]+", "me", r, flags=re.IGNORECASE)
         if r.lower() == "me/contacts":
             return True
+        if self.mail.accepts_resource(r):
+            return True
         mm = re.fullmatch(r"me/contactFolders/([^/]+)/contacts", r, re.IGNORECASE)
         return bool(mm and mm.group(1) in self.folders)
 
@@ -893,6 +911,7 @@ class GraphState:
         }
         with self.lock:
             self.subscriptions[sub["id"]] = sub
+            self.subscription_immutable[sub["id"]] = _prefers_immutable(req.headers)
         return SubResponse(201, {}, dict(sub))
 
     def _subscription(self, req: SubRequest, sub_id: str) -> SubResponse:
@@ -985,6 +1004,8 @@ class GraphState:
             return _error(400, "BadRequest", "Write request id : " + str(r.get("id")) + " does not contain Content-Type header or body.")
         with self.lock:
             self.batch_items += 1
+            self.request_log.append({"method": method, "path": path, "query": dict(parse_qsl(parts.query, keep_blank_values=True)),
+                                     "prefer": headers.get("prefer", ""), "in_batch": True})
             key = f"{method} {_route_label(path)}"
             self.by_route[key] = self.by_route.get(key, 0) + 1
         fault = self._take_fault(method, path, "batch_item")
@@ -1087,6 +1108,8 @@ def _route_label(path: str) -> str:
     p = re.sub(r"/contacts/(?!delta)[^/]+", "/contacts/{id}", p)
     p = re.sub(r"/contactFolders/[^/]+", "/contactFolders/{id}", p)
     p = re.sub(r"/subscriptions/[^/]+", "/subscriptions/{id}", p)
+    p = re.sub(r"/messages/(?!delta)[^/]+", "/messages/{id}", p)
+    p = re.sub(r"/mailFolders(?:\('[^']*'\)|/[^/]+)", "/mailFolders/{id}", p)
     return p.split("?")[0]
 
 
@@ -1111,6 +1134,8 @@ def create_app(state: GraphState | None = None) -> FastAPI:
             state.requests_total += 1
             key = f"{request.method} {_route_label('/' + path)}"
             state.by_route[key] = state.by_route.get(key, 0) + 1
+            state.request_log.append({"method": request.method, "path": "/" + path, "query": dict(request.query_params),
+                                      "prefer": request.headers.get("prefer", ""), "in_batch": False})
         try:
             if state.latency:
                 await asyncio.sleep(state.latency)
@@ -1258,5 +1283,44 @@ def create_app(state: GraphState | None = None) -> FastAPI:
         except httpx.HTTPError as exc:
             return EscapedJSONResponse({"error": type(exc).__name__}, status_code=502)
         return EscapedJSONResponse({"receiver_status": status})
+
+    # ---------------------------------------------------------------- mail admin API
+
+    @app.post("/_emulator/mail/deliver")
+    async def mail_deliver(request: Request) -> Response:
+        body = await request.json()
+        raw = base64.b64decode(body.get("raw_b64", ""))
+        try:
+            mid = await run_in_threadpool(
+                state.mail.deliver, raw, folder=body.get("folder", "inbox"), categories=tuple(body.get("categories") or ())
+            )
+        except KeyError as exc:
+            return EscapedJSONResponse({"error": str(exc)}, status_code=404)
+        return EscapedJSONResponse({"id": mid})
+
+    @app.post("/_emulator/mail/folders")
+    async def mail_folder(request: Request) -> Response:
+        body = await request.json()
+        return EscapedJSONResponse({"id": state.mail.add_folder(body.get("displayName", "Folder"))})
+
+    @app.post("/_emulator/mail/messages/{message_id}/{action}")
+    async def mail_action(message_id: str, action: str, request: Request) -> Response:
+        raw = await request.body()
+        body = json.loads(raw) if raw else {}
+        mail = state.mail
+        try:
+            if action == "add-category":
+                await run_in_threadpool(mail.add_category, message_id, body["category"])
+            elif action == "remove-category":
+                await run_in_threadpool(mail.remove_category, message_id, body["category"])
+            elif action == "move":
+                return EscapedJSONResponse({"rest_id": await run_in_threadpool(mail.move, message_id, body["folder"])})
+            elif action == "delete":
+                await run_in_threadpool(mail.delete, message_id)
+            else:
+                return EscapedJSONResponse({"error": "unknown action"}, status_code=400)
+        except KeyError as exc:
+            return EscapedJSONResponse({"error": str(exc)}, status_code=404)
+        return EscapedJSONResponse({"ok": True})
 
     return app
