@@ -16,8 +16,8 @@ from __future__ import annotations
 import email
 import hashlib
 from email import policy as email_policy
-from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage, Message
+from email.header import decode_header, make_header
 from email.utils import getaddresses, parsedate_to_datetime
 from typing import Iterable, Sequence
 
@@ -38,6 +38,8 @@ MAX_PARTS = 500
 MAX_TEXT_CHARS = 200_000
 #: addresses kept per header (a mailing to thousands is bulk anyway)
 MAX_ADDRESSES = 200
+#: characters of one header value read; a header of megabytes is cut, and says so
+MAX_HEADER_CHARS = 32_768
 
 
 def html_to_text(html: str) -> str:
@@ -55,7 +57,32 @@ def html_to_text(html: str) -> str:
         return ""
 
 
+def _clean(text: str, problems: set[str] | None = None, code: str = "bad_header_bytes") -> str:
+    """Undecodable bytes (kept by the parser as surrogates) become U+FFFD, so what is
+    staged is valid text; the message says it had them."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        if problems is not None:
+            problems.add(code)
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode(
+            "utf-8", "replace").decode("utf-8")
+
+
+def decode_words(value: str) -> str:
+    """RFC 2047 encoded words to text; what does not decode is kept as it came."""
+    if "=?" not in value:
+        return value
+    try:
+        return _clean(str(make_header(decode_header(value))))
+    except Exception:
+        return value
+
+
 def _addresses(values: Iterable[str], problems: set[str]) -> tuple[Address, ...]:
+    """Addresses of a raw header value: split first, then each display name decoded, so
+    an encoded name holding a comma stays one name."""
     out: list[Address] = []
     try:
         pairs = getaddresses([str(v) for v in values if v])
@@ -68,7 +95,7 @@ def _addresses(values: Iterable[str], problems: set[str]) -> tuple[Address, ...]
             if addr or name:
                 problems.add("bad_address")
             continue
-        out.append(Address(email=addr, name=(name or "").strip()))
+        out.append(Address(email=addr, name=decode_words((name or "").strip())))
     return tuple(out)
 
 
@@ -81,7 +108,11 @@ def _header(get, name: str, problems: set[str]) -> str:
     if value is None:
         return ""
     try:
-        return " ".join(str(value).split())
+        text = _clean(str(value), problems)
+        if len(text) > MAX_HEADER_CHARS:
+            problems.add(f"long_header:{name.lower()}")
+            text = text[:MAX_HEADER_CHARS]
+        return " ".join(text.split())
     except Exception:
         problems.add(f"bad_header:{name.lower()}")
         return ""
@@ -104,6 +135,8 @@ def from_header_getter(get, *, size: int = 0, problems: set[str] | None = None) 
     Gmail's metadata headers or Graph's internetMessageHeaders."""
     problems = problems if problems is not None else set()
     h = {n: _header(get, n, problems) for n in METADATA_HEADERS}
+    for n in ("Subject", "Message-ID", "In-Reply-To", "References", "Date", "Precedence", "Auto-Submitted"):
+        h[n] = decode_words(h[n])
     senders = _addresses([h["From"]], problems)
     to = _addresses([h["To"]], problems)
     cc = _addresses([h["Cc"]], problems)
@@ -186,7 +219,15 @@ def parse_raw(raw: bytes, *, bodies: bool, max_body_bytes: int = 2_000_000) -> M
                            synthesized_id=True, size=size, problems=("unparseable",))
     if getattr(msg, "defects", None):
         problems.add("mime_defects")
-    base = from_header_getter(msg.get, size=size, problems=problems)
+    # Header values as they came (raw_items parses nothing): the default policy would
+    # build a structured header per read, which costs seconds on a To of thousands.
+    raw_headers: dict[str, str] = {}
+    try:
+        for name, value in msg.raw_items():
+            raw_headers.setdefault(str(name).lower(), value if isinstance(value, str) else str(value))
+    except Exception:
+        problems.add("bad_headers")
+    base = from_header_getter(lambda n: raw_headers.get(n.lower()), size=size, problems=problems)
     attachments: list[Attachment] = []
     calendar = base.calendar_invite
     plain: list[str] = []
@@ -215,7 +256,8 @@ def parse_raw(raw: bytes, *, bodies: bool, max_body_bytes: int = 2_000_000) -> M
                 payload = part.get_payload(decode=True) or b""
             except Exception:
                 payload = b""
-            attachments.append(Attachment(filename=str(filename or "")[:255], size=len(payload), content_type=ctype))
+            attachments.append(Attachment(filename=_clean(str(filename or ""), problems, "bad_filename")[:255], size=len(payload),
+                                          content_type=_clean(ctype, problems, "bad_part_header")))
             continue
         if not bodies:
             continue
@@ -229,7 +271,7 @@ def parse_raw(raw: bytes, *, bodies: bool, max_body_bytes: int = 2_000_000) -> M
     body: str | None = None
     if bodies and "too_large" not in problems:
         body = "\n\n".join(t for t in plain if t.strip()) or html_to_text("\n".join(html)) if (plain or html) else ""
-        body = (body or "").replace("\x00", "")[:MAX_TEXT_CHARS]
+        body = _clean((body or "").replace("\x00", ""), problems, "bad_body_bytes")[:MAX_TEXT_CHARS]
     return base.model_copy(update={
         "attachments": tuple(attachments),
         "calendar_invite": calendar,
