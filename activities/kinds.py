@@ -10,12 +10,26 @@ from __future__ import annotations
 
 from typing import Callable
 
+from activities.mail import MailFactory, MailPipeline
+from activities.pipeline import KindPipeline, MailboxFactory
 from connectors.protocols import PlatformSide
 from platforms.reference_crm.adapter import ReferenceCrmContacts
+from platforms.reference_crm.mail_adapter import ReferenceCrmMail
 from sync.kinds import KindRules
 from sync.kinds.contacts import CONTACTS
 
-#: kind name -> (its rules, the reference platform's adapter for it, built from the platform's URL)
+#: record kinds synced both ways: kind name -> (its rules, the reference platform's adapter
+#: for it, built from the platform's URL)
 KINDS: dict[str, tuple[KindRules, Callable[[str], PlatformSide]]] = {
     "contacts": (CONTACTS, ReferenceCrmContacts),
 }
+
+
+def build_pipelines(sessions, crm_url: str, mailboxes: MailboxFactory, mail_for: MailFactory | None) -> dict[str, KindPipeline]:
+    """Every kind the worker runs: the record kinds, and mail (logged one way, its own
+    steps over the same activity names) when a mail connector factory is given."""
+    pipelines: dict[str, KindPipeline] = {name: KindPipeline(sessions, rules, adapter(crm_url), mailboxes)
+                                          for name, (rules, adapter) in KINDS.items()}
+    if mail_for is not None:
+        pipelines["mail"] = MailPipeline(sessions, ReferenceCrmMail(crm_url), mail_for)
+    return pipelines

@@ -142,6 +142,46 @@ def _microsoft_static_contacts(endpoint: str | None, token: str, **tuning):
     return GraphContacts(endpoint or GRAPH_ENDPOINT, lambda: token, **tuning)
 
 
+def _heartbeat_sleep(seconds: float) -> None:
+    """A pacing wait inside an activity: heartbeating, so a minute of quota waiting is not
+    taken for a lost worker."""
+    from activities.pacing import _sleep_heartbeating
+
+    _sleep_heartbeating(seconds, tuple)
+
+
+def _google_mail(credentials, connection_id: str, settings: dict, options, **tuning):
+    from connectors.gmail_mail import GmailMail
+
+    creds = credentials.google_credentials(connection_id, settings)
+    return GmailMail(settings.get("gmail_endpoint") or GMAIL_ENDPOINT, creds, options=options, account=connection_id,
+                     wait=_heartbeat_sleep, **tuning)
+
+
+def _google_static_mail(settings: dict, token: str, account: str, options, **tuning):
+    from connectors.gmail_mail import GmailMail
+
+    return GmailMail.for_emulator(settings.get("gmail_endpoint") or GMAIL_ENDPOINT, token=token, options=options,
+                                  account=account, wait=_heartbeat_sleep, **tuning)
+
+
+def _microsoft_mail(credentials, connection_id: str, settings: dict, options, **tuning):
+    from connectors.credentials import PresentedToken, RefreshOn401
+    from connectors.graph_mail import GraphMail
+
+    presented = PresentedToken(credentials.token_source(connection_id, provider=MICROSOFT.name, settings=settings))
+    graph = GraphMail(settings.get("endpoint") or GRAPH_ENDPOINT, presented, options=options,
+                      mailbox_key=connection_id, **tuning)
+    return RefreshOn401(graph, presented)
+
+
+def _microsoft_static_mail(settings: dict, token: str, account: str, options, **tuning):
+    from connectors.graph_mail import GraphMail
+
+    return GraphMail(settings.get("endpoint") or GRAPH_ENDPOINT, lambda: token, options=options, mailbox_key=account,
+                     **tuning)
+
+
 @dataclass(frozen=True)
 class Provider:
     """One mailbox provider. `name` is what connections, routes and search attributes carry."""
@@ -154,6 +194,10 @@ class Provider:
     contacts: Callable[..., Any]
     #: (endpoint or None, static token, **tuning) -> MailboxContacts (emulators and the demo only)
     static_contacts: Callable[..., Any]
+    #: (CredentialFactory, connection id, settings, MailFetchOptions) -> MailboxMail on vault tokens
+    mail: Callable[..., Any]
+    #: (settings, static token, account, MailFetchOptions) -> MailboxMail (emulators and the demo only)
+    static_mail: Callable[..., Any]
     #: the push subscription that carries contact changes; None: the poll timer only
     contacts_push: SubscriptionKind | None
     #: the subscription kinds this provider's mailboxes may hold (stopped on disconnect)
@@ -168,6 +212,8 @@ GOOGLE = Provider(
     oauth=_google_oauth,
     contacts=_google_contacts,
     static_contacts=_google_static_contacts,
+    mail=_google_mail,
+    static_mail=_google_static_mail,
     contacts_push=None,  # People API has no push for contacts
     subscription_kinds=(GMAIL_WATCH, CALENDAR_CHANNEL),
     revokes=True,
@@ -179,6 +225,8 @@ MICROSOFT = Provider(
     oauth=_microsoft_oauth,
     contacts=_microsoft_contacts,
     static_contacts=_microsoft_static_contacts,
+    mail=_microsoft_mail,
+    static_mail=_microsoft_static_mail,
     contacts_push=GRAPH_SUBSCRIPTION,
     subscription_kinds=(GRAPH_SUBSCRIPTION,),
     revokes=False,  # the Microsoft identity platform has no revocation endpoint

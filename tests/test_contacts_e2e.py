@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import re
 
@@ -11,6 +10,7 @@ import pytest
 
 from platforms.reference_crm.rules import Rule
 from store import repo
+from tests.history_scan import _decoded_payloads, _without_payload_data
 from tests.e2e_rig import rig
 from models.workflow import SyncState
 from workers import client as api
@@ -105,30 +105,6 @@ async def test_history_holds_no_contact_content(temporal_env, urls, provider):
         from workflows.mailbox_sync import MailboxSyncWorkflow
 
         await Replayer(workflows=[MailboxSyncWorkflow], data_converter=DATA_CONVERTER).replay_workflow(history)
-
-
-def _without_payload_data(node):
-    """The history JSON with payload bodies taken out (they are scanned decoded): base64
-    text would otherwise match short needles by chance."""
-    if isinstance(node, dict):
-        return {k: ("" if k == "data" and "metadata" in node else _without_payload_data(v)) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_without_payload_data(v) for v in node]
-    return node
-
-
-def _decoded_payloads(node) -> list[str]:
-    """Payload data is base64 inside the history JSON: decode every payload found."""
-    out: list[str] = []
-    if isinstance(node, dict):
-        if "data" in node and "metadata" in node and isinstance(node["data"], str):
-            out.append(base64.b64decode(node["data"]).decode("utf-8", "replace"))
-        for v in node.values():
-            out += _decoded_payloads(v)
-    elif isinstance(node, list):
-        for v in node:
-            out += _decoded_payloads(v)
-    return out
 
 
 async def test_incremental_edits_on_both_sides_and_a_delete(temporal_env, urls, provider):

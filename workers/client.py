@@ -64,16 +64,20 @@ async def connect_checked(target: str, *, timeout: float = 10.0) -> Client:
 async def start_sync(client: Client, connection_id: str, org_id: str, provider: str, *,
                      poll_interval_s: float = 300.0, task_queue: str = TASK_QUEUE,
                      heartbeat_timeout_s: float = 60.0, reason: str = "connect",
-                     org_poll_interval_s: float | None = None) -> WorkflowHandle:
+                     org_poll_interval_s: float | None = None, kinds: list[str] | None = None) -> WorkflowHandle:
     """Start (or wake, if already running) the workflow of one mailbox, and make sure its
-    organisation's workflow runs (it reads the platform for every mailbox of the org)."""
+    organisation's workflow runs (it reads the platform for every mailbox of the org).
+
+    `kinds`: what this mailbox syncs (default: contacts); fixed for a running workflow.
+    The organisation's workflow, when this starts it, reads the platform for the same kinds."""
     await start_org_sync(client, org_id, task_queue=task_queue, reason="mailbox",
                          poll_interval_s=org_poll_interval_s or poll_interval_s,
-                         heartbeat_timeout_s=heartbeat_timeout_s)
+                         heartbeat_timeout_s=heartbeat_timeout_s, kinds=kinds)
     return await client.start_workflow(
         MailboxSyncWorkflow.run,
         MailboxSyncInput(connection_id=connection_id, org_id=org_id, provider=provider,
-                         poll_interval_s=poll_interval_s, heartbeat_timeout_s=heartbeat_timeout_s),
+                         poll_interval_s=poll_interval_s, heartbeat_timeout_s=heartbeat_timeout_s,
+                         **({"kinds": kinds} if kinds else {})),
         id=workflow_id(connection_id),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,

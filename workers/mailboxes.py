@@ -47,3 +47,18 @@ def _static_mailbox(info: ConnectionInfo) -> MailboxContacts | None:
     if not token:
         return None
     return registry.get(info.provider).static_contacts(settings.get("endpoint"), token, **_tuning(settings))
+
+
+class MailBuilder:
+    """`MailFactory`: a connection's mail connector, fetching what its logging policy
+    allows (`MailFetchOptions`: in metadata-only mode no body is ever requested)."""
+
+    def __init__(self, credentials: CredentialFactory) -> None:
+        self.credentials = credentials
+
+    def __call__(self, info: ConnectionInfo, options):
+        settings = info.settings or {}
+        provider = registry.get(info.provider)
+        if settings.get("token"):
+            return provider.static_mail(settings, settings["token"], info.connection_id, options)
+        return provider.mail(self.credentials, info.connection_id, settings, options)

@@ -19,7 +19,8 @@ from temporalio.worker import Worker
 
 from activities.boundary import ScrubFailures
 from activities.connection import ConnectionActivities
-from activities.kinds import KINDS
+from activities.kinds import build_pipelines
+from activities.mail import MailFactory
 from activities.pipeline import KindPipeline, MailboxFactory
 from activities.reviews import ReviewActivities
 from activities.subscriptions import SubscriptionActivities
@@ -27,7 +28,7 @@ from store.db import make_engine, migrate, session_factory
 from store.vault import KeyRing, TokenVault, VaultConfigError
 from workers.client import TemporalUnreachable, connect_checked
 from connectors.credentials import ProviderConfig
-from workers.mailboxes import MailboxBuilder
+from workers.mailboxes import MailBuilder, MailboxBuilder
 from telemetry import setup_tracing
 from workers.temporal_client import TASK_QUEUE
 from workflows.mailbox_sync import MailboxSyncWorkflow
@@ -55,7 +56,8 @@ NO_KEY_HINT = ("generate one with: python -c \"from store.vault import generate_
 
 
 def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory | None = None, *,
-                     keyring: KeyRing | None = None, webhook_base_url: str | None = None) -> Activities:
+                     keyring: KeyRing | None = None, webhook_base_url: str | None = None,
+                     mail_for: MailFactory | None = None) -> Activities:
     """The worker's activities. `keyring` defaults to CONCORD_VAULT_KEYS; without either this
     raises VaultConfigError: a throwaway key would fail every cycle with VaultKeyMissing later."""
     migrate(store_url)
@@ -66,8 +68,7 @@ def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory |
     builder = MailboxBuilder(sessions, vault, providers)
     mailboxes = mailbox_for or builder
     return Activities(
-        pipelines={name: KindPipeline(sessions, rules, adapter(crm_url), mailboxes)
-                   for name, (rules, adapter) in KINDS.items()},
+        pipelines=build_pipelines(sessions, crm_url, mailboxes, mail_for or MailBuilder(builder.credentials)),
         reviews=ReviewActivities(sessions),
         connection=ConnectionActivities(sessions, vault, providers, credentials=builder.credentials),
         subscriptions=SubscriptionActivities(
