@@ -24,7 +24,7 @@ while another mailbox's first write of the same message is under way.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from activities.errors import to_application_error
@@ -50,7 +50,7 @@ from sync.mail.capture import capture
 from sync.mail.policy import MailPolicy
 from sync.mail.rules import classify
 from sync.mail.threads import ThreadIdentity, message_key, thread_identity, weak_keys
-from sync.mail.visibility import to_log
+from sync.mail.visibility import most_restrictive, to_log
 from telemetry import activity_span
 
 MailFactory = Callable[[ConnectionInfo, MailFetchOptions], MailboxMail]
@@ -71,6 +71,8 @@ class MailContext:
     connected_at: float
     #: the connected user's own addresses (never a lead, never a participant to match)
     own: frozenset[str]
+    #: other connected mailboxes of the organisation: address -> their visibility level
+    colleagues: dict[str, str] = field(default_factory=dict)
 
 
 def _chunks(seq: Sequence, n: int = LOOKUP_CHUNK):
@@ -97,7 +99,16 @@ class MailPipeline(KindPipeline):
         policy = MailPolicy.for_user((org.settings or {}).get("mail", {}), (info.settings or {}).get("mail", {}))
         own = {info.account_ref.lower()} if "@" in (info.account_ref or "") else set()
         own |= {str(a).lower() for a in (info.settings or {}).get("aliases", [])}
-        return MailContext(info, policy, float(conn.created_at), frozenset(own))
+        colleagues = {}
+        for other in repo.list_connections(s, org_id=info.org_id):
+            if other.id != connection_id and "@" in (other.account_ref or "") and other.status != "disconnected":
+                try:
+                    level = MailPolicy.for_user((org.settings or {}).get("mail", {}),
+                                                (other.settings or {}).get("mail", {})).visibility
+                except ValueError:
+                    continue  # their settings are refused where they apply; here they add nothing
+                colleagues[other.account_ref.lower()] = level
+        return MailContext(info, policy, float(conn.created_at), frozenset(own), colleagues)
 
     def _options(self, ctx: MailContext) -> MailFetchOptions:
         folders = tuple((ctx.info.settings or {}).get("mail", {}).get("folders", ("inbox", "sentitems")))
@@ -282,7 +293,11 @@ class MailPipeline(KindPipeline):
             thread = ThreadIdentity(key=found_key or thread.key, weak=True)
         found = associate(msg, people=people, accounts=lookups["accounts"], opportunities=lookups["opportunities"],
                           policy=policy, own_emails=set(ctx.own))
-        log = to_log(msg, key=key, thread=thread, level=policy.visibility, users=(ctx.info.user_id,),
+        # Connected colleagues on the message will contribute their copy: the most
+        # restrictive of their levels applies from the first write, not once they sync.
+        level = most_restrictive(policy.visibility, *(ctx.colleagues[a.email] for a in msg.participants()
+                                                        if a.email in ctx.colleagues))
+        log = to_log(msg, key=key, thread=thread, level=level, users=(ctx.info.user_id,),
                      associations=found.chosen, attachments_enabled=policy.attachments)
         return {"outcome": "apply", "op": "log", "rule": verdict.rule, "message_key": key, "log": log.model_dump(mode="json"),
                 "captures": [p.model_dump(mode="json") for p in captured],

@@ -35,6 +35,8 @@ from store.vault import KeyRing, generate_key
 from workers import client as api
 from workers.cli import default_store_url, default_temporal, exit_process
 from workers.devstack import DevServer
+from workers.mail_demo import MailStages
+from workers.mail_scenario import MailScenario
 from workers.scenario import MailboxDriver, Scenario, build_scenario, connect_mailbox, make_mailbox
 from telemetry import setup_tracing
 from workers.temporal_client import TASK_QUEUE, connect
@@ -46,6 +48,10 @@ STATE_DIR = Path(".concord")
 CONNECTION = "demo-google-1"
 DEMO_ORG = "org_demo"
 MS_CONNECTION = "demo-microsoft-1"
+#: the email-logging stages run in an organisation of their own, four mailboxes
+MAIL_ORG = "org_mail_demo"
+MAIL_PREFIX = "demo-mail"
+MAIL_USERS = ("ann", "bob", "cy", "dee")
 #: How long a previous run's workflow may take to stop once cancelled.
 CANCEL_WAIT_S = 10.0
 #: The body of the platform webhook the demo suggests trying (a CRM change).
@@ -180,7 +186,7 @@ def concord(*words: str, temporal: str, store_url: str | None = None) -> str:
 
 
 def print_stack(dev: DevServer, app: RunningServer, mailboxes: dict[str, MailboxDriver], sc: Scenario,
-                store_url: str, crm_url: str, webhook_key: bytes) -> None:
+                store_url: str, crm_url: str, webhook_key: bytes, mail_sc: MailScenario | None = None) -> None:
     hooks = app.base_url.rstrip("/") + "/webhooks"
     say("\nThe stack keeps running until Ctrl-C:")
     say(f"   Temporal dev server  {dev.target}   UI {dev.ui_url}"
@@ -189,11 +195,17 @@ def print_stack(dev: DevServer, app: RunningServer, mailboxes: dict[str, Mailbox
     say(f"   HTTP app (webhooks)  {hooks}/...")
     for cid, mailbox in mailboxes.items():
         say(f"   {mailbox.provider:<9} emulator   {mailbox.server.base_url}  (connection {cid})")
+    if mail_sc is not None:
+        say(f"   Gmail emulator       {mail_sc.servers[0].base_url}  (Ann, Cy)")
+        for server, who in zip(mail_sc.servers[1:], [w for w, p in mail_sc.people.items() if p.provider != "google"]):
+            say(f"   Graph emulator       {server.base_url}  ({who.capitalize()})")
     say(f"   store {store_url}, CRM {crm_url}")
     say("\nIn the Temporal UI:")
     for cid in mailboxes:
         say(f"   {dev.ui_url}/namespaces/default/workflows/{quote(workflow_id(cid), safe='')}")
     say(f"   filter: ConcordOrgId = '{sc.org_id}'   (search attributes: ConcordOrgId, ConcordProvider, ConcordStatus)")
+    if mail_sc is not None:
+        say(f"   email logging: ConcordOrgId = '{mail_sc.org_id}'  (each mailbox's state query has a 'mail' section)")
 
     t = dev.target
     say("\nTry, in another terminal in this directory:")
@@ -256,7 +268,8 @@ async def cancel_previous_runs(client: Client) -> list[WorkflowHandle]:
     workflow records that it stopped). Asked before this run's worker polls, so a wake-up
     or poll timer they kept while no worker ran is not served as a cycle first."""
     running = []
-    for wid in (workflow_id(CONNECTION), workflow_id(MS_CONNECTION), org_workflow_id(DEMO_ORG)):
+    mail = [workflow_id(f"{MAIL_PREFIX}-{who}") for who in MAIL_USERS] + [org_workflow_id(MAIL_ORG)]
+    for wid in (workflow_id(CONNECTION), workflow_id(MS_CONNECTION), org_workflow_id(DEMO_ORG), *mail):
         handle = client.get_workflow_handle(wid)
         try:
             if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
@@ -311,6 +324,7 @@ async def run(port: int, fresh: bool, once: bool) -> None:
     dev = DevServer(port=port, db_path=STATE_DIR / "temporal.db", announce=lambda m: say(f"-- {m}"))
     await dev.astart()
     mailboxes: dict[str, MailboxDriver] = {}
+    mail_sc: MailScenario | None = None
     app: RunningServer | None = None
     try:
         say(f"-- Temporal dev server at {dev.target}, UI at {dev.ui_url}")
@@ -334,6 +348,10 @@ async def run(port: int, fresh: bool, once: bool) -> None:
             await scenario(client, sc, mailboxes)
             for cid in mailboxes:
                 print_waiting(sc.sessions, cid)
+            say("\n-- email logging: organisation " + MAIL_ORG + ", Ann and Cy on Gmail, Bob and Dee on Microsoft 365 "
+                "(emulators), the CRM knowing Pat Prospect of Northwind")
+            mail_sc = MailScenario(store_url, crm_url, org_id=MAIL_ORG, connection_prefix=MAIL_PREFIX)
+            await MailStages(client, mail_sc, say).run()
             if once:
                 say("\n`make demo` (without --once) keeps the stack running to look at it in the Temporal UI.")
                 return
@@ -342,13 +360,15 @@ async def run(port: int, fresh: bool, once: bool) -> None:
                                            org_signal=lazy_temporal_signal(dev.target, build=temporal_org_signal),
                                            platform_master_key=webhook_key, admin_token=admin_token)
             app = serve(create_app([router]))
-            print_stack(dev, app, mailboxes, sc, store_url, crm_url, webhook_key)
+            print_stack(dev, app, mailboxes, sc, store_url, crm_url, webhook_key, mail_sc)
             await asyncio.Event().wait()  # until Ctrl-C or SIGTERM cancels this task
     finally:
         if app is not None:
             app.stop()
         for mailbox in mailboxes.values():
             mailbox.server.stop()
+        if mail_sc is not None:
+            mail_sc.close()
         await asyncio.to_thread(dev.stop)
 
 

@@ -24,6 +24,7 @@ from emulators.graph import create_app as graph_app
 from emulators.server import RunningServer, serve
 from platforms.reference_crm import ReferenceCrmMail
 from platforms.reference_crm.service import ReferenceCrm
+from activities.pipeline import mailbox_progress, mailbox_stream
 from store import repo
 from store.db import make_engine, migrate, session_factory
 
@@ -63,7 +64,11 @@ def message(sender: str, to: list[str], subject: str, body: str, *, cc: list[str
 
 
 class MailScenario:
-    def __init__(self, store_url: str, crm_url: str, *, org_id: str | None = None) -> None:
+    def __init__(self, store_url: str, crm_url: str, *, org_id: str | None = None,
+                 connection_prefix: str | None = None) -> None:
+        """`connection_prefix`: fixed connection ids (`<prefix>-ann`, ...), which a kept store
+        (the demo's `--keep`) already holds: they are pointed at this run's emulators."""
+        self.connection_prefix = connection_prefix
         self.org_id = org_id or f"org-{uuid.uuid4().hex[:8]}"
         migrate(store_url)
         self.sessions = session_factory(make_engine(store_url))
@@ -98,10 +103,18 @@ class MailScenario:
             server = serve(graph_app(graph))
             self.servers.append(server)
             settings = {"endpoint": server.base_url, "token": token, "mail": p.mail}
-        p.connection_id = f"mail-{p.user_id}-{uuid.uuid4().hex[:6]}"
+        p.connection_id = (f"{self.connection_prefix}-{p.user_id}" if self.connection_prefix
+                           else f"mail-{p.user_id}-{uuid.uuid4().hex[:6]}")
         with self.sessions.begin() as s:
-            repo.create_connection(s, id=p.connection_id, org_id=self.org_id, user_id=p.user_id, provider=p.provider,
-                                   account_ref=p.email, settings=settings)
+            if repo.get_connection(s, p.connection_id) is None:
+                repo.create_connection(s, id=p.connection_id, org_id=self.org_id, user_id=p.user_id,
+                                       provider=p.provider, account_ref=p.email, settings=settings)
+            else:
+                # the previous run's emulators are gone, and their cursors with them
+                repo.set_connection_settings(s, p.connection_id, settings)
+                repo.set_connection_status(s, p.connection_id, "active")
+                repo.set_cursor(s, p.connection_id, mailbox_stream("mail"), None)
+                repo.set_cursor(s, p.connection_id, mailbox_progress("mail"), None)
 
     def deliver(self, who: str, raw: bytes, *, sent: bool = False) -> str:
         """A message arrives in (or is sent from) one person's mailbox; its id there."""
@@ -124,6 +137,14 @@ class MailScenario:
     # -- the platform ----------------------------------------------------------------
     def _seed_crm(self) -> None:
         org = self.org_id
+        known = {a.name: a for a in self.crm.list_accounts(org)}
+        if "Northwind Traders" in known:  # a kept CRM (the demo's --keep): the same records
+            self.northwind, self.contoso_east, self.contoso_west = (
+                known["Northwind Traders"], known["Contoso East"], known["Contoso West"])
+            self.pat = self.crm.get_contact(org, self.platform.people_by_email(
+                org, ["pat@northwind.example"])["pat@northwind.example"][0].id)
+            self.deal = next(o for o in self.platform.open_opportunities(org, [self.pat.id])[self.pat.id])
+            return
         self.northwind = self.crm.create_account(org, "Northwind Traders", "northwind.example")
         self.pat = self.crm.user_create(org, "ann", given_name="Pat", family_name="Prospect",
                                         emails=["pat@northwind.example", "pat.prospect@gmail.com"])
