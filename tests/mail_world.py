@@ -74,3 +74,90 @@ class MailWorld:
                 return True
             cycles()
         return check()
+
+
+class GmailProvider:
+    """Mailboxes on one Gmail emulator (a token per user), read by the real GmailMail."""
+
+    def __init__(self) -> None:
+        from emulators.gmail import GmailState, create_app
+        from emulators.server import serve
+
+        self.state = GmailState(enforce_quota=False)
+        self.server = serve(create_app(self.state))
+        self._tokens: dict[str, str] = {}
+
+    def _token(self, user: str) -> str:
+        if user not in self._tokens:
+            self._tokens[user] = f"t-{uuid.uuid4().hex[:8]}"
+            self.state.add_token(self._tokens[user], user)
+        return self._tokens[user]
+
+    def deliver(self, user: str, raw: bytes, *, sent: bool = False, labels: tuple[str, ...] = ()) -> str:
+        self._token(user)
+        return self.state.deliver(user, raw, labels=labels, sent=sent)
+
+    def add_label(self, user: str, mid: str, label: str) -> None:
+        self.state.add_label(user, mid, label)
+
+    def remove_label(self, user: str, mid: str, label: str) -> None:
+        self.state.remove_label(user, mid, label)
+
+    def delete(self, user: str, mid: str) -> None:
+        self.state.delete(user, mid)
+
+    def expire(self, user: str) -> None:
+        self.state.expire_history(user)
+
+    def connector(self, user: str, options: MailFetchOptions):
+        from connectors.gmail_mail import GmailMail
+
+        return GmailMail.for_emulator(self.server.base_url, token=self._token(user), options=options, account=user)
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+class GraphProvider:
+    """Mailboxes on Graph emulators (Graph's /me is one mailbox: a server per user), read
+    by the real GraphMail."""
+
+    def __init__(self) -> None:
+        self._boxes: dict[str, tuple[Any, Any]] = {}
+
+    def _box(self, user: str):
+        if user not in self._boxes:
+            from emulators.graph import GraphState, create_app
+            from emulators.server import serve
+
+            state = GraphState(tokens={"t"})
+            self._boxes[user] = (state, serve(create_app(state)))
+        return self._boxes[user]
+
+    def deliver(self, user: str, raw: bytes, *, sent: bool = False, labels: tuple[str, ...] = ()) -> str:
+        return self._box(user)[0].mail.deliver(raw, folder="sentitems" if sent else "inbox", categories=labels)
+
+    def add_label(self, user: str, mid: str, label: str) -> None:
+        self._box(user)[0].mail.add_category(mid, label)
+
+    def remove_label(self, user: str, mid: str, label: str) -> None:
+        self._box(user)[0].mail.remove_category(mid, label)
+
+    def delete(self, user: str, mid: str) -> None:
+        self._box(user)[0].mail.delete(mid)
+
+    def expire(self, user: str) -> None:
+        self._box(user)[0].mail.expire_delta_tokens()
+
+    def connector(self, user: str, options: MailFetchOptions):
+        from connectors.graph_mail import GraphMail
+
+        return GraphMail(self._box(user)[1].base_url, lambda: "t", options=options, mailbox_key=user)
+
+    def close(self) -> None:
+        for _, server in self._boxes.values():
+            server.stop()
+
+
+def provider_named(name: str):
+    return {"memory": MemoryMailProvider, "gmail": GmailProvider, "graph": GraphProvider}[name]()

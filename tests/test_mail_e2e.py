@@ -8,6 +8,7 @@ CRM user would, then scans every workflow's history for subjects, addresses and 
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
@@ -75,6 +76,15 @@ async def test_email_logging_stages_on_the_dev_server(temporal_env, urls):
             text = "\n".join(printed)
             for stage in ("mail 1", "mail 2", "mail 3", "mail 4", "mail 5"):
                 assert f"== {stage}" in text
+
+            # nobody's level is "full": no body was fetched, so none is in the store or the CRM
+            bodies = ["Our budget is 48k", "We can do 45k", "private words", "meet Lee", "see attached"]
+            for engine in (sc.sessions.kw["bind"], sc.crm.engine):
+                with engine.connect() as conn:
+                    for table in engine.dialect.get_table_names(conn):
+                        rows = conn.exec_driver_sql(f'SELECT * FROM "{table}"').fetchall()
+                        dump = json.dumps([tuple(r) for r in rows], default=str)
+                        assert not [b for b in bodies if b in dump], table
 
             # nothing in any history: no subject, no address, no body
             handles = [f"mailbox-sync/{cid}" for cid in sc.connections.values()] + [f"org-sync/{sc.org_id}"]

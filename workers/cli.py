@@ -5,7 +5,7 @@
     concord wake CONN                   wake it now
     concord state CONN                  print its live sync state (JSON)
     concord resolve CONN REVIEW CHOICE  answer an open review: a conflict takes mailbox|platform,
-                                        a duplicate link|create|ignore
+                                        a duplicate link|create|ignore, an association attach|ignore
     concord pause|resume|retry|approve-deletes CONN
     concord dev-server [--port 7233]    run the Temporal dev server (UI on port + 1000)
     concord api [--port 8080]           run the HTTP app: webhooks and OAuth connect (needs CONCORD_VAULT_KEYS)
@@ -42,7 +42,7 @@ DEFAULT_TEMPORAL = "127.0.0.1:7233"
 DEFAULT_STORE_URL = "sqlite:///.concord/store.db"
 PROVIDERS = registry.names()
 #: What `concord resolve` offers; "merged" carries field values, so it goes through the API.
-CLI_CHOICES = tuple(c for kind in api.CHOICES.values() for c in kind if c != "merged")
+CLI_CHOICES = tuple(dict.fromkeys(c for kind in api.CHOICES.values() for c in kind if c != "merged"))
 #: Signal commands: what each does (its help) and the client API call it makes.
 SIGNALS = {
     "wake": ("wake it now: a sync cycle starts at once", lambda c, cid: api.wake(c, cid, "cli")),
@@ -71,6 +71,20 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
+
+
+#: the kinds a mailbox can sync today (calendar is not built yet)
+SYNCABLE_KINDS = ("contacts", "mail")
+
+
+def _kinds(value: str) -> list[str]:
+    """`contacts,mail` -> ["contacts", "mail"]; an unknown kind is refused by argparse."""
+    kinds = [k.strip() for k in value.split(",") if k.strip()]
+    unknown = [k for k in kinds if k not in SYNCABLE_KINDS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(f"unknown kind {', '.join(unknown) or repr(value)} "
+                                         f"(known: {', '.join(SYNCABLE_KINDS)})")
+    return kinds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -104,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("provider", choices=PROVIDERS, metavar="PROVIDER", help=" or ".join(PROVIDERS))
     s.add_argument("--poll", type=float, default=300.0, metavar="SECONDS",
                    help="poll interval, the safety net beside webhooks (default: %(default)s)")
+    s.add_argument("--kinds", type=_kinds, default=None, metavar="KIND[,KIND]",
+                   help=f"what the mailbox syncs, of {', '.join(SYNCABLE_KINDS)} (default: contacts)")
     store(s)
     for name, (what, _call) in SIGNALS.items():
         connection(command(name, what))
@@ -119,12 +135,14 @@ def _parser() -> argparse.ArgumentParser:
     r = command("reviews", "open conflict and duplicate reviews with the values to choose between (JSON)")
     connection(r)
     store(r)
-    r = command("resolve", "answer an open review: a conflict takes mailbox|platform, a duplicate link|create|ignore")
+    r = command("resolve", "answer an open review: a conflict takes mailbox|platform, a duplicate "
+                           "link|create|ignore, a logged message's association attach|ignore")
     connection(r)
     r.add_argument("review_id", type=int, metavar="REVIEW", help="the review id (see `concord reviews CONN`)")
     r.add_argument("choice", choices=CLI_CHOICES, metavar="CHOICE",
                    help="conflict: mailbox or platform (whose values win); duplicate: link (same person), "
-                        "create (a different person) or ignore (do not sync it). Merged values: "
+                        "create (a different person) or ignore (do not sync it); association: attach "
+                        "(every record the review lists) or ignore (none). Merged values: "
                         "workers.client.resolve(..., 'merged', fields)")
     store(r)
     return p
@@ -235,7 +253,7 @@ async def _workflow_command(args) -> None:
     cid = args.connection_id
     try:
         if args.cmd == "start":
-            await api.start_sync(client, cid, args.org_id, args.provider, poll_interval_s=args.poll)
+            await api.start_sync(client, cid, args.org_id, args.provider, poll_interval_s=args.poll, kinds=args.kinds)
         elif args.cmd == "state":
             print((await api.state(client, cid)).model_dump_json(indent=2))
         elif args.cmd == "resolve":

@@ -134,11 +134,15 @@ class MailStages:
         bulk_row = self.item("ann", o.bulk_item)
         self.say(f"   a newsletter (List-Unsubscribe, Precedence: bulk): {bulk_row.status}, rule {bulk_row.rule!r}")
         people = sc.platform.people_by_email(sc.org_id, ["jane.doe@newco.example"]).get("jane.doe@newco.example", [])
-        if people:
+        if people and people[0].kind == "lead":
             lead = people[0]
             o.lead_id = lead.id
             self.say(f"   Ann writes to Jane Doe, unknown to the CRM: lead {lead.id} {lead.name!r} captured "
                      "(capture rule 'sent'), the mail logged on it:")
+            self.show(o.intro_id)
+        elif people:  # a kept CRM (--keep): an earlier run captured and converted her
+            self.say(f"   Ann writes to Jane Doe, a contact since an earlier run converted her lead "
+                     f"({people[0].id}): the mail is logged on the contact:")
             self.show(o.intro_id)
         if o.review_id is not None:
             self.say(f"   answering review {o.review_id} with 'attach' (signal 'resolve': review id and choice only)")
