@@ -69,6 +69,8 @@ COSTS: dict[str, int] = {
     "users.history.list": 2,
     "users.messages.list": 5,
     "users.messages.get": 5,
+    "users.watch": 100,  # UNCONFIRMED (PROVIDERS.md A)
+    "users.stop": 1,  # UNCONFIRMED
 }
 USER_UNITS_PER_MINUTE = 15_000
 HISTORY_TYPES = ["messageAdded", "messageDeleted", "labelAdded", "labelRemoved"]
@@ -433,6 +435,26 @@ class GmailMail:
     def get(self, external_id: str) -> SideRecord:
         """The message now; a tombstone when Gmail no longer has it."""
         return self._records([(external_id, False)], self._batch_get([external_id]))[0]
+
+    # ---- push (users.watch) ----------------------------------------------------------------
+
+    def address(self) -> str:
+        """The mailbox's address (getProfile): what a Pub/Sub push names it by."""
+        profile = self._execute("users.getProfile", self._users.getProfile(userId=self.user_id))
+        return str(profile.get("emailAddress") or "")
+
+    def watch(self, topic: str, label_ids: Sequence[str] = ()) -> dict[str, Any]:
+        """Start (or renew: same topic) pushing this mailbox's changes to a Pub/Sub topic.
+
+        Returns `{"historyId", "expiration"}` (epoch ms, as a string; 7 days out). A
+        different topic while a watch is active is refused (400): `stop_watch` first."""
+        body: dict[str, Any] = {"topicName": topic}
+        if label_ids:
+            body.update(labelIds=list(label_ids), labelFilterBehavior="include")
+        return self._execute("users.watch", self._users.watch(userId=self.user_id, body=body))
+
+    def stop_watch(self) -> None:
+        self._execute("users.stop", self._users.stop(userId=self.user_id))
 
 
 def coalesce(history: Sequence[dict]) -> dict[str, bool]:

@@ -3,8 +3,8 @@
 A `Provider` says everything the rest of the code used to decide with
 `if provider == "google"`: how its OAuth connector is built from the deployment's
 `ProviderConfig`, how its contacts connector is built (vault tokens, or a static
-emulator token), where its API lives, which push subscription carries its contact
-changes (if any), which subscription kinds its mailboxes may hold, and whether a
+emulator token), where its API lives, which push subscription each kind of data
+needs (`push`: contacts, mail; none: the poll timer only), which subscription kinds its mailboxes may hold, and whether a
 grant can be revoked at the provider or only forgotten.
 
 Subscription kinds (the `subscriptions.provider` column) name what a push
@@ -67,7 +67,7 @@ CALENDAR_ENDPOINT = "https://www.googleapis.com/calendar/v3/"
 GRAPH_ENDPOINT = "https://graph.microsoft.com/"
 GOOGLE_PEOPLE_ENDPOINT = "https://people.googleapis.com/"
 
-#: Graph change notifications (contacts today)
+#: Graph change notifications (contacts and messages)
 GRAPH_SUBSCRIPTION = SubscriptionKind("microsoft", "/webhooks/graph", _graph_stop)
 #: Gmail users.watch, pushed through Pub/Sub
 GMAIL_WATCH = SubscriptionKind("google_gmail", "/webhooks/gmail", _gmail_stop)
@@ -75,6 +75,31 @@ GMAIL_WATCH = SubscriptionKind("google_gmail", "/webhooks/gmail", _gmail_stop)
 CALENDAR_CHANNEL = SubscriptionKind("google_calendar", "/webhooks/calendar", _calendar_stop)
 
 SUBSCRIPTION_KINDS: dict[str, SubscriptionKind] = {k.name: k for k in (GRAPH_SUBSCRIPTION, GMAIL_WATCH, CALENDAR_CHANNEL)}
+
+
+@dataclass(frozen=True)
+class PushNeed:
+    """The push subscription one kind of data needs at one provider; `subscriptions.maintain`
+    keeps one live per (connection, need).
+
+    `mode` says how it is kept:
+
+    - "subscription" (Graph): created with a clientState secret and a lifecycle URL under
+      the public base URL, renewed in place before it expires, subscribed again when the
+      provider removed it. Rows are told apart by `resource` (a mailbox may hold a
+      contacts and a messages subscription at once).
+    - "watch" (Gmail users.watch): one per mailbox, issued again (same topic) once a day,
+      keyed by the sha256 of the mailbox's address, no secret (Pub/Sub push is
+      authenticated at the endpoint); the target is a Pub/Sub topic, not our URL.
+
+    The calls are the kind's own connector's (`Provider.push["mail"]`: the mail
+    connector's `create_subscription` or `watch`).
+    """
+
+    kind: SubscriptionKind
+    mode: str
+    #: what the subscription watches; for "subscription" mode also what tells its rows apart
+    resource: str | None = None
 
 
 def subscription_kind(name: str) -> SubscriptionKind:
@@ -142,12 +167,24 @@ def _microsoft_static_contacts(endpoint: str | None, token: str, **tuning):
     return GraphContacts(endpoint or GRAPH_ENDPOINT, lambda: token, **tuning)
 
 
+#: a pacing wait heartbeats this often (as activities.pacing's waits do)
+_HEARTBEAT_EVERY_S = 2.0
+
+
 def _heartbeat_sleep(seconds: float) -> None:
     """A pacing wait inside an activity: heartbeating, so a minute of quota waiting is not
-    taken for a lost worker."""
-    from activities.pacing import _sleep_heartbeating
+    taken for a lost worker. (Connectors sit below activities: temporalio directly, not
+    activities.pacing.)"""
+    import time
 
-    _sleep_heartbeating(seconds, tuple)
+    from temporalio import activity
+
+    end = time.monotonic() + seconds
+    in_activity = activity.in_activity()
+    while (left := end - time.monotonic()) > 0:
+        if in_activity:
+            activity.heartbeat()
+        time.sleep(min(left, _HEARTBEAT_EVERY_S))
 
 
 def _google_mail(credentials, connection_id: str, settings: dict, options, **tuning):
@@ -200,6 +237,8 @@ class Provider:
     static_mail: Callable[..., Any]
     #: the push subscription that carries contact changes; None: the poll timer only
     contacts_push: SubscriptionKind | None
+    #: the push each kind of data needs ("contacts", "mail", ...); a kind not named: poll only
+    push: dict[str, PushNeed]
     #: the subscription kinds this provider's mailboxes may hold (stopped on disconnect)
     subscription_kinds: tuple[SubscriptionKind, ...]
     #: True: the grant can be revoked at the provider; False: only our copy of the tokens can go
@@ -215,6 +254,7 @@ GOOGLE = Provider(
     mail=_google_mail,
     static_mail=_google_static_mail,
     contacts_push=None,  # People API has no push for contacts
+    push={"mail": PushNeed(GMAIL_WATCH, "watch")},
     subscription_kinds=(GMAIL_WATCH, CALENDAR_CHANNEL),
     revokes=True,
 )
@@ -228,6 +268,8 @@ MICROSOFT = Provider(
     mail=_microsoft_mail,
     static_mail=_microsoft_static_mail,
     contacts_push=GRAPH_SUBSCRIPTION,
+    push={"contacts": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/contacts"),
+          "mail": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/messages")},
     subscription_kinds=(GRAPH_SUBSCRIPTION,),
     revokes=False,  # the Microsoft identity platform has no revocation endpoint
 )

@@ -39,7 +39,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 
 #: Demo tooling inside `workers/`: it may use the emulators (and nothing in production imports it).
-DEMO_MODULES = {"workers.demo", "workers.scenario"}
+DEMO_MODULES = {"workers.demo", "workers.scenario", "workers.mail_scenario", "workers.mail_demo"}
 NOT_PRODUCTION = ("emulators", "bench", "tests")
 
 PROVIDER_LITERAL = re.compile(r"^(google|microsoft)(_[a-z]+)?$")
@@ -49,7 +49,7 @@ LITERALS_ALLOWED = (
     re.compile(r"^connectors/(google|graph|oauth|gmail)_[a-z_]+\.py$"),
     re.compile(r"^store/schema\.py$"),  # CHECK constraints: data
     re.compile(r"^store/migrations/"),  # frozen history: data
-    re.compile(r"^workers/(demo|scenario)\.py$"),  # demo scenario data
+    re.compile(r"^workers/(demo|scenario|mail_scenario|mail_demo)\.py$"),  # demo scenario data
     re.compile(r"^(emulators|bench|tests)/"),
 )
 
@@ -159,13 +159,14 @@ def test_production_entry_points_load_no_emulator():
     """The same, at run time: what a worker, the CLI and the HTTP app load."""
     code = (
         "import sys, pkgutil, importlib\n"
+        f"DEMO = {sorted(DEMO_MODULES)!r}\n"
         "import workers.worker, workers.cli, workers.client, workers.devstack, api.app\n"
         "for pkg in ('activities', 'connectors', 'store', 'sync', 'models', 'workflows', 'platforms', 'api'):\n"
         "    p = importlib.import_module(pkg)\n"
         "    for m in pkgutil.walk_packages(p.__path__, pkg + '.'):\n"
         "        if '.migrations' not in m.name:\n"
         "            importlib.import_module(m.name)\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'emulators' or m in ('workers.demo', 'workers.scenario')))\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'emulators' or m in DEMO))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -193,6 +194,11 @@ def test_registry_names_match_the_store_constraints():
     for provider in registry.PROVIDERS.values():
         assert registry.get(provider.name) is provider
         assert provider.contacts_push is None or provider.contacts_push in provider.subscription_kinds
+        # the push table names only kinds its mailboxes may hold (so disconnect stops them)
+        assert all(need.kind in provider.subscription_kinds for need in provider.push.values())
+        assert all(need.mode in ("subscription", "watch") for need in provider.push.values())
+        contacts = provider.push.get("contacts")
+        assert (contacts.kind if contacts else None) is provider.contacts_push
 
 
 def test_unknown_provider_is_one_clear_error():

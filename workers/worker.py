@@ -57,9 +57,11 @@ NO_KEY_HINT = ("generate one with: python -c \"from store.vault import generate_
 
 def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory | None = None, *,
                      keyring: KeyRing | None = None, webhook_base_url: str | None = None,
-                     mail_for: MailFactory | None = None) -> Activities:
+                     mail_for: MailFactory | None = None, gmail_topic: str | None = None) -> Activities:
     """The worker's activities. `keyring` defaults to CONCORD_VAULT_KEYS; without either this
-    raises VaultConfigError: a throwaway key would fail every cycle with VaultKeyMissing later."""
+    raises VaultConfigError: a throwaway key would fail every cycle with VaultKeyMissing later.
+    `webhook_base_url` (CONCORD_PUBLIC_URL) is where Graph posts notifications; `gmail_topic`
+    (CONCORD_GMAIL_TOPIC, `projects/P/topics/T`) is where Gmail watches publish."""
     migrate(store_url)
     engine = make_engine(store_url)
     sessions = session_factory(engine)
@@ -67,12 +69,14 @@ def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory |
     providers = ProviderConfig.from_env()
     builder = MailboxBuilder(sessions, vault, providers)
     mailboxes = mailbox_for or builder
+    mails = mail_for or MailBuilder(builder.credentials)
     return Activities(
-        pipelines=build_pipelines(sessions, crm_url, mailboxes, mail_for or MailBuilder(builder.credentials)),
+        pipelines=build_pipelines(sessions, crm_url, mailboxes, mails),
         reviews=ReviewActivities(sessions),
         connection=ConnectionActivities(sessions, vault, providers, credentials=builder.credentials),
         subscriptions=SubscriptionActivities(
-            sessions, mailboxes, webhook_base_url=webhook_base_url or os.environ.get("CONCORD_PUBLIC_URL")),
+            sessions, mailboxes, webhook_base_url=webhook_base_url or os.environ.get("CONCORD_PUBLIC_URL"),
+            mail_for=mails, gmail_topic=gmail_topic or os.environ.get("CONCORD_GMAIL_TOPIC")),
     )
 
 
