@@ -8,6 +8,7 @@ CRM user would, then scans every workflow's history for subjects, addresses and 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 
@@ -16,8 +17,9 @@ import pytest
 from models.mail_log import Association
 from tests.e2e_rig import throwaway_keyring
 from tests.history_scan import found_in, history_text
+from workers import client as api
 from workers.mail_demo import MailStages
-from workers.mail_scenario import MailScenario
+from workers.mail_scenario import MailScenario, message
 from workers.temporal_client import TASK_QUEUE
 from workers.worker import build_activities, make_worker
 
@@ -27,6 +29,10 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def urls(tmp_path):
     return f"sqlite:///{tmp_path/'store.db'}", f"sqlite:///{tmp_path/'crm.db'}"
+
+
+async def stages_state(env, sc):
+    return await api.state(env.client, sc.connections["ann"])
 
 
 async def test_email_logging_stages_on_the_dev_server(temporal_env, urls):
@@ -76,6 +82,32 @@ async def test_email_logging_stages_on_the_dev_server(temporal_env, urls):
             text = "\n".join(printed)
             for stage in ("mail 1", "mail 2", "mail 3", "mail 4", "mail 5"):
                 assert f"== {stage}" in text
+
+            # an error path: the CRM loses its activities table while Ann's next message is
+            # written (the database error quotes the INSERT and its parameters); the attempt
+            # fails, is retried, and succeeds once the table is back
+            failing, failing_id = message("Pat Prospect <pat@northwind.example>", [sc.address("ann")],
+                                          "Quarterly numbers", "revenue up")
+            o.secrets += ["Quarterly numbers", "revenue up"]
+            sc.deliver("ann", failing)
+            with sc.crm.engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE crm_email_activities RENAME TO crm_email_activities_away")
+            handle = temporal_env.client.get_workflow_handle(f"mailbox-sync/{sc.connections['ann']}")
+            before = (await stages_state(temporal_env, sc)).cycles
+            await api.wake(temporal_env.client, sc.connections["ann"], "test")
+            for _ in range(300):
+                pending = (await handle.describe()).raw_description.pending_activities
+                if any(p.attempt > 1 and p.activity_type.name == "mail.write" for p in pending):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("mail.write never failed")
+            with sc.crm.engine.begin() as conn:
+                conn.exec_driver_sql("ALTER TABLE crm_email_activities_away RENAME TO crm_email_activities")
+            await api.wait_settled(temporal_env.client, sc.connections["ann"], before, timeout=120)
+            assert act(failing_id) is not None
+            history = history_text(await handle.fetch_history())
+            assert "lastFailure" in history, "the scan must cover a failed attempt"
 
             # nobody's level is "full": no body was fetched, so none is in the store or the CRM
             bodies = ["Our budget is 48k", "We can do 45k", "private words", "meet Lee", "see attached"]
