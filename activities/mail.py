@@ -499,8 +499,11 @@ class MailPipeline(KindPipeline):
         return getattr(err, "code", "error")
 
     def handle_rejections(self, ref: CycleRef) -> RejectionSummary:
-        """Rejections are settled inside write (a fix rule for captures, then quarantine)."""
-        return RejectionSummary()
+        """Rejections are settled inside write (a fix rule for a capture, then quarantine);
+        this step reports what this cycle's writes quarantined, for the cycle's counts."""
+        with self.sessions() as s:
+            failed = repo.actions_by_status(s, ref.connection_id, ["failed"], cycle_id=ref.cycle_id, kind=self.kind)
+        return RejectionSummary(quarantined=len(failed))
 
 
 def _company_fallback(email: str) -> str:

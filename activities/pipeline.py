@@ -610,6 +610,8 @@ def summarize_kind(sessions, connection_id: str, kind: str) -> StoreSummary:
                      for q in raw["quarantined"]],
         quarantined_count=raw["quarantined_total"],
         quarantined_by_code=raw["quarantined_by_code"],
+        skipped_by_rule=raw["skipped_by_rule"],
+        open_association_count=raw["open_reviews"].get("association", 0),
     )
 
 

@@ -82,6 +82,10 @@ class StoreSummary(BaseModel):
     quarantined_count: int = 0
     #: codes of all quarantined items, counted (not cut like the id list)
     quarantined_by_code: dict[str, int] = Field(default_factory=dict)
+    #: items skipped, by the named rule that skipped them (mail: bulk, internal_only, ...)
+    skipped_by_rule: dict[str, int] = Field(default_factory=dict)
+    #: logged messages whose association waits for a person (mail)
+    open_association_count: int = 0
 
 
 class CycleCounts(BaseModel):

@@ -1028,10 +1028,14 @@ def sync_state_summary(s: Session, connection_id: str, quarantined_limit: int = 
         sa.select(items.c.error_code, sa.func.count()).where(*in_quarantine).group_by(items.c.error_code)
     ):
         by_code[code or ""] = by_code.get(code or "", 0) + n
+    skipped = (items.c.connection_id == connection_id, items.c.kind == kind, items.c.status == "skipped")
+    by_rule = {rule or "": int(n) for rule, n in s.execute(
+        sa.select(items.c.rule, sa.func.count()).where(*skipped).group_by(items.c.rule))}
     return {
         "items": item_counts,
         "open_reviews": review_counts,
         "quarantined_by_code": by_code,
+        "skipped_by_rule": by_rule,
         "links": count_links(s, connection_id, kind=kind),
         "actions": action_counts,
         "quarantined_total": item_counts["quarantined"],

@@ -137,6 +137,8 @@ def test_skips_are_named_and_counted(world):
     assert all(got[mid].status == "skipped" for mid in ids)
     assert out["plan"].rules["bulk"] == 1
     assert world.activities() == []
+    # each rule counted where the state query shows it
+    assert world.pipeline.summarize(cid).skipped_by_rule == {"bulk": 1, "internal_only": 1, "no_known_participant": 1}
 
 
 def test_sent_mail_to_an_unknown_person_captures_a_lead_and_received_does_not(world):
@@ -290,3 +292,39 @@ def test_the_claim_has_one_winner_under_a_race(pg_url):
     holders = {c.claimed_by for c in got}
     assert len(holders) == 1
     assert sum(1 for cid, c in zip(conns, got) if c.held_by(cid)) == 1
+
+
+def test_platform_refusals_are_fixed_by_a_rule_or_quarantined_alone(world):
+    """A lead without a company is fixed from the domain (a named rule); an activity the
+    platform refuses is quarantined with its code, and the others in the batch are logged."""
+    from platforms.reference_crm.mail_rules import MailRule
+
+    world.crm.mail.configure_rules(world.org, [
+        MailRule.required("lead.company required", "lead", "company"),
+        MailRule.max_count("at most 2 records", "email_activity", "associations", 2),
+    ])
+    acc = world.crm.create_account(world.org, "Prospect Inc", "prospect.example")
+    _contact(world, "pat@prospect.example")
+    _contact(world, "kim@other.example", given="Kim", family="Other")
+    cid = world.connect(ME)
+    lead_mail, lead_mid = make_raw(sender=f"Ann <{ME}>", to="Solo Person <solo@gmail.com>")
+    many, many_mid = make_raw(to=ME, sender="Pat <pat@prospect.example>", subject="many records")  # contact+account
+    crowded, crowded_mid = make_raw(sender="Pat <pat@prospect.example>", to=f"{ME}, Kim <kim@other.example>")
+    world.provider.deliver(ME, lead_mail, sent=True)
+    world.provider.deliver(ME, many)
+    bad = world.provider.deliver(ME, crowded)
+    out = world.cycle(cid)
+    # the free-mail lead got a company by the fix rule, and its mail is logged on it
+    lead = world.platform.people_by_email(world.org, ["solo@gmail.com"])["solo@gmail.com"][0]
+    assert lead.kind == "lead"
+    assert any(a.object_id == lead.id for a in world.activity(lead_mid).associations)
+    assert world.activity(many_mid) is not None and acc.id in {a.object_id for a in world.activity(many_mid).associations}
+    # Pat's contact and account plus Kim's contact: three records, over the platform's limit
+    row = world.items(cid)[bad]
+    assert (row.status, row.error_code) == ("quarantined", "validation:associations")
+    assert world.activity(crowded_mid) is None
+    assert world.pipeline.handle_rejections(__import__("models.workflow", fromlist=["CycleRef"]).CycleRef(
+        connection_id=cid, cycle_id="none")).quarantined == 0
+    summary = world.pipeline.summarize(cid)
+    assert summary.quarantined_by_code == {"validation:associations": 1}
+    assert out["write"].rejected == 1

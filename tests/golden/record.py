@@ -155,6 +155,27 @@ async def org_workflow(tmp: Path) -> dict:
         await env.shutdown()
 
 
+async def mail_logging(tmp: Path) -> dict:
+    """A mailbox syncing mail (kinds ["mail"]) through the demo's stages: shared thread,
+    an association review answered by signal, a label added later, a lead conversion
+    read by the organisation's workflow. Returns Ann's mailbox history."""
+    from workers.mail_demo import MailStages
+    from workers.mail_scenario import MailScenario
+
+    env = await _env()
+    urls = f"sqlite:///{tmp / 'store4.db'}", f"sqlite:///{tmp / 'crm4.db'}"
+    sc = MailScenario(*urls)
+    tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
+    try:
+        async with make_worker(env.client, build_activities(*urls, keyring=throwaway_keyring()), task_queue=tq):
+            await MailStages(env.client, sc, lambda _line: None, task_queue=tq, poll_interval_s=3600).run()
+            handle = env.client.get_workflow_handle(f"mailbox-sync/{sc.connections['ann']}")
+            return (await handle.fetch_history()).to_json_dict()
+    finally:
+        sc.close()
+        await env.shutdown()
+
+
 async def main_async(out: Path, release: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -163,6 +184,7 @@ async def main_async(out: Path, release: str) -> None:
             "microsoft_every_signal": await every_signal(tmp / "m", "microsoft") if (tmp / "m").mkdir() is None else None,
             "continue_as_new": await continue_as_new(tmp),
             "org_workflow": await org_workflow(tmp),
+            "mail_logging": await mail_logging(tmp),
         }
     for name, doc in recorded.items():
         path = out / f"{release}__{name}.json"
