@@ -286,20 +286,29 @@ class MailPipeline(KindPipeline):
         if not verdict.log:
             return {"outcome": "skip", "status": "skipped", "rule": verdict.rule, "message_key": key}
         thread = thread_identity(msg, policy.own_domains)
+        keys = weak_keys(msg, policy.own_domains)
         if thread.weak:
-            # a thread recognised by subject and participants: join one already logged in
-            # this time bucket or the next, so copies read a day apart still meet
-            found_key = mail_store.existing_thread(s, ctx.info.org_id, weak_keys(msg, policy.own_domains))
+            # a reply without references: it joins a thread logged under the same subject
+            # and participants in its time bucket or the neighbouring one (a weaker match,
+            # flagged on the activity)
+            found_key = mail_store.existing_thread(s, ctx.info.org_id, keys)
             thread = ThreadIdentity(key=found_key or thread.key, weak=True)
         found = associate(msg, people=people, accounts=lookups["accounts"], opportunities=lookups["opportunities"],
                           policy=policy, own_emails=set(ctx.own))
+        # the product team's own objects (a project, a ticket), through the adapter's hook
+        on_message = [p for a in msg.participants() for p in people.get(a.email, ())]
+        custom = tuple(Association.model_validate(c) if not isinstance(c, Association) else c
+                       for c in self.platform.custom_associations(ctx.info.org_id, msg, on_message))
+        if custom:
+            found = found.model_copy(update={"chosen": tuple(dict.fromkeys(found.chosen + custom))})
         # Connected colleagues on the message will contribute their copy: the most
         # restrictive of their levels applies from the first write, not once they sync.
         level = most_restrictive(policy.visibility, *(ctx.colleagues[a.email] for a in msg.participants()
                                                         if a.email in ctx.colleagues))
         log = to_log(msg, key=key, thread=thread, level=level, users=(ctx.info.user_id,),
                      associations=found.chosen, attachments_enabled=policy.attachments)
-        return {"outcome": "apply", "op": "log", "rule": verdict.rule, "message_key": key, "log": log.model_dump(mode="json"),
+        return {"outcome": "apply", "op": "log", "rule": verdict.rule, "message_key": key, "weak_key": keys[0],
+                "log": log.model_dump(mode="json"),
                 "captures": [p.model_dump(mode="json") for p in captured],
                 "ambiguities": [a.model_dump(mode="json") for a in found.ambiguities]}
 
@@ -339,7 +348,7 @@ class MailPipeline(KindPipeline):
                 extra = tuple(Association(object_type=p.kind, object_id=pid) for p, pid in captured.get(a.id, []))
                 log = log.model_copy(update={"associations": tuple(dict.fromkeys(log.associations + extra))})
                 c = mail_store.claim(s, org, log.key, thread_key=log.thread_key, weak_thread=log.weak_thread,
-                                     connection_id=cid, visibility=log.visibility)
+                                     connection_id=cid, visibility=log.visibility, weak_key=d.get("weak_key"))
                 if c.held_by(cid):
                     to_log.append((a, log, True))
                 elif c.activity_id:

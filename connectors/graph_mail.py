@@ -22,7 +22,9 @@ Choices that are not obvious from the protocol:
   fields win (from, recipients, internetMessageId, subject, sent/received times,
   categories as labels, the followed folder, conversationId as the thread, direction
   "sent" for Sent Items). Problems the headers alone raised but Graph's fields settle
-  (no Message-ID header but an internetMessageId) are dropped. A message Graph keeps
+  except a missing Message-ID: Exchange then assigns an internetMessageId of its own,
+  different in each mailbox, so the id synthesized from the headers (the same for every
+  copy, flagged) is kept. A message Graph keeps
   without headers (Exchange does so for Sent Items) still gets its identity and
   people, and its References / In-Reply-To from the MAPI extended properties (one
   `$batch` per 20 such messages, see `_with_thread_headers`).
@@ -450,9 +452,12 @@ class GraphMail:
         problems = set(base.problems)
         update: dict[str, Any] = {}
         mid = item.get("internetMessageId")
-        if isinstance(mid, str) and "@" in mid:
+        assigned = bool(headers) and base.synthesized_id
+        if isinstance(mid, str) and "@" in mid and not assigned:
             update["message_id"] = mid
             update["synthesized_id"] = False
+        # Headers without a Message-ID: Exchange made up the internetMessageId, different in
+        # every mailbox. The id synthesized from the headers is the one all copies share.
         sender = _address(item.get("from")) or _address(item.get("sender"))
         if sender is not None:
             update["sender"] = sender
@@ -474,7 +479,7 @@ class GraphMail:
         if str(item.get("@odata.type") or "").lower().endswith("eventmessage"):
             update["calendar_invite"] = True
         for problem, field in _SETTLED_BY_GRAPH.items():
-            if problem in problems and item.get(field):
+            if problem in problems and item.get(field) and not (assigned and field == "internetMessageId"):
                 problems.discard(problem)
         if self.options.bodies:
             body = item.get("body") if isinstance(item.get("body"), dict) else {}

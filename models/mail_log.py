@@ -81,6 +81,8 @@ class EmailLog(BaseModel):
     thread_key: str
     #: True when the thread was recognised only by subject, participants and time
     weak_thread: bool = False
+    #: True when the message had no Message-ID and `key` was derived from its headers
+    synthesized_key: bool = False
     visibility: Visibility
     subject: str | None = None
     body_text: str | None = None

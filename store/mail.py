@@ -38,7 +38,7 @@ def _claim(row) -> Claim:
 
 
 def claim(s: Session, org_id: str, message_key: str, *, thread_key: str, weak_thread: bool,
-          connection_id: str, visibility: str) -> Claim:
+          connection_id: str, visibility: str, weak_key: str | None = None) -> Claim:
     """Claim a message for this mailbox, or learn who already holds it.
 
     Commit right after: the claim only decides a race once it is visible to others.
@@ -46,7 +46,7 @@ def claim(s: Session, org_id: str, message_key: str, *, thread_key: str, weak_th
     now = time.time()
     stmt = _insert(s, mail_claims).values(
         org_id=org_id, message_key=message_key, thread_key=thread_key, weak_thread=weak_thread,
-        claimed_by=connection_id, activity_id=None, visibility=visibility, status="claimed",
+        weak_key=weak_key, claimed_by=connection_id, activity_id=None, visibility=visibility, status="claimed",
         created_at=now, updated_at=now,
     ).on_conflict_do_nothing(index_elements=[mail_claims.c.org_id, mail_claims.c.message_key])
     s.execute(stmt)
@@ -90,15 +90,17 @@ def release(s: Session, org_id: str, message_key: str, connection_id: str) -> bo
     return bool(res.rowcount)
 
 
-def existing_thread(s: Session, org_id: str, thread_keys: Sequence[str]) -> str | None:
-    """The first of `thread_keys` the organisation already logs a thread under (weak keys
-    are tried for a time bucket and its neighbour)."""
-    if not thread_keys:
-        return None
-    rows = s.execute(sa.select(mail_claims.c.thread_key).where(
-        mail_claims.c.org_id == org_id, mail_claims.c.thread_key.in_(list(thread_keys))).distinct()).scalars().all()
-    found = set(rows)
-    return next((k for k in thread_keys if k in found), None)
+def existing_thread(s: Session, org_id: str, weak_keys: Sequence[str]) -> str | None:
+    """The thread a reply without references belongs to: one logged under the same
+    subject and participants in its time bucket (or the neighbouring one), tried in
+    order; the oldest such message's thread when several are."""
+    for key in weak_keys:
+        row = s.execute(sa.select(mail_claims.c.thread_key).where(
+            mail_claims.c.org_id == org_id, mail_claims.c.weak_key == key).order_by(mail_claims.c.created_at)
+            .limit(1)).first()
+        if row is not None:
+            return row.thread_key
+    return None
 
 
 def record_sightings(s: Session, org_id: str, connection_id: str, rows: Iterable[dict]) -> None:

@@ -313,6 +313,8 @@ mail_claims = sa.Table(
     sa.Column("message_key", sa.String, primary_key=True),
     sa.Column("thread_key", sa.String, nullable=False),
     sa.Column("weak_thread", sa.Boolean, nullable=False),
+    #: subject, participants and time bucket: how a reply without references finds this thread
+    sa.Column("weak_key", sa.String, nullable=True),
     sa.Column("claimed_by", sa.String, nullable=False),
     sa.Column("activity_id", sa.String, nullable=True),
     sa.Column("visibility", sa.String, nullable=True),
@@ -320,6 +322,7 @@ mail_claims = sa.Table(
     sa.Column("created_at", Epoch, nullable=False),
     sa.Column("updated_at", Epoch, nullable=False),
     sa.Index("ix_mail_claims_org_id_thread_key", "org_id", "thread_key"),
+    sa.Index("ix_mail_claims_org_id_weak_key", "org_id", "weak_key"),
 )
 
 mail_sightings = sa.Table(

@@ -328,3 +328,57 @@ def test_platform_refusals_are_fixed_by_a_rule_or_quarantined_alone(world):
     summary = world.pipeline.summarize(cid)
     assert summary.quarantined_by_code == {"validation:associations": 1}
     assert out["write"].rejected == 1
+
+
+def test_a_reply_without_references_joins_its_thread_as_a_weaker_match(world):
+    """Some clients drop References and In-Reply-To: the reply still lands in the thread of
+    the message it answers (same subject, same people, days apart), flagged as weak."""
+    _contact(world, "pat@prospect.example")
+    ann, bob = world.connect(ME), world.connect(BOB)
+    root, root_mid = make_raw(sender="Pat <pat@prospect.example>", to=ME, subject="Budget for Q3")
+    world.provider.deliver(ME, root)
+    world.cycle(ann)
+    reply, reply_mid = make_raw(sender=f"Ann <{ME}>", to="Pat <pat@prospect.example>", subject="RE: Budget for Q3")
+    world.provider.deliver(ME, reply, sent=True)
+    other, other_mid = make_raw(sender="Pat <pat@prospect.example>", to=ME, subject="Re: Something else")
+    world.provider.deliver(ME, other)
+    world.cycle(ann)
+    assert world.activity(root_mid).thread_key == root_mid and not world.activity(root_mid).weak_thread
+    assert world.activity(reply_mid).thread_key == root_mid and world.activity(reply_mid).weak_thread
+    assert world.activity(other_mid).thread_key != root_mid
+
+
+def test_a_message_without_message_id_is_logged_once_under_a_flagged_synthesized_key(world):
+    _contact(world, "pat@prospect.example")
+    ann, bob = world.connect(ME), world.connect(BOB)
+    raw, _ = make_raw(sender="Pat <pat@prospect.example>", to=f"{ME}, {BOB}", subject="No id here")
+    raw = b"\n".join(line for line in raw.split(b"\n") if not line.lower().startswith(b"message-id:"))
+    world.provider.deliver(ME, raw)
+    world.provider.deliver(BOB, raw)
+    world.cycle(ann)
+    world.cycle(bob)
+    acts = world.activities()
+    assert len(acts) == 1, "both copies derive the same key"
+    assert acts[0].synthesized_key and set(acts[0].users) == {"ann", "bob"}
+
+
+def test_custom_objects_come_through_the_adapters_hook(tmp_path):
+    """A product team attaches mail to its own objects (here: a project named in the subject)."""
+    from platforms.reference_crm import ReferenceCrmMail
+
+    def projects(org_id, message, people):
+        return [Association(object_type="project", object_id="p-42")] if "[P-42]" in message.subject else []
+
+    world = MailWorld(f"sqlite:///{tmp_path/'s.db'}", f"sqlite:///{tmp_path/'c.db'}",
+                      org_settings={"visibility": "subject"})
+    world.pipeline.platform = ReferenceCrmMail(world.crm, custom_associations=projects)
+    pat = _contact(world, "pat@prospect.example")
+    cid = world.connect(ME)
+    tagged, tagged_mid = make_raw(to=ME, subject="[P-42] kickoff")
+    plain, plain_mid = make_raw(to=ME, subject="lunch")
+    world.provider.deliver(ME, tagged)
+    world.provider.deliver(ME, plain)
+    world.cycle(cid)
+    assert Association(object_type="project", object_id="p-42") in world.activity(tagged_mid).associations
+    assert Association(object_type="contact", object_id=pat.id) in world.activity(tagged_mid).associations
+    assert all(a.object_type != "project" for a in world.activity(plain_mid).associations)

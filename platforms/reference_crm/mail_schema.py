@@ -92,6 +92,7 @@ email_activities = sa.Table(
     sa.Column("idem_key", sa.String(512), nullable=False),
     sa.Column("thread_key", sa.String(512), nullable=False, default=""),
     sa.Column("weak_thread", sa.Boolean, nullable=False, default=False),
+    sa.Column("synthesized_key", sa.Boolean, nullable=False, default=False),
     sa.Column("visibility", sa.String(16), nullable=False),
     sa.Column("subject", sa.Text, nullable=True),
     sa.Column("body_text", sa.Text, nullable=True),

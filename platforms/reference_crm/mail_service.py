@@ -107,6 +107,8 @@ class EmailActivity:
     updated_at: float
     users: tuple[str, ...] = ()
     associations: tuple[Association, ...] = ()
+    #: the message had no Message-ID: `key` was derived from its headers
+    synthesized_key: bool = False
 
 
 def _contact_person(r: Any) -> Person:
@@ -476,7 +478,8 @@ class CrmMail:
         now = time.time()
         inserted = conn.execute(m.insert_for(conn)(ea).values(
             id=f"crm_e_{uuid.uuid4().hex[:20]}", org_id=org_id, idem_key=log.key, thread_key=log.thread_key,
-            weak_thread=log.weak_thread, visibility=log.visibility, subject=subject, body_text=body,
+            weak_thread=log.weak_thread, synthesized_key=log.synthesized_key, visibility=log.visibility,
+            subject=subject, body_text=body,
             sender=log.sender, recipients=list(log.recipients), occurred_at=log.occurred_at,
             direction=log.direction, attachments=list(log.attachments), created_at=now, updated_at=now,
         ).on_conflict_do_nothing(index_elements=["org_id", "idem_key"]).returning(ea.c.id))
@@ -589,6 +592,7 @@ class CrmMail:
             recipients=tuple(r.recipients or ()), occurred_at=r.occurred_at, direction=r.direction,
             attachments=tuple(r.attachments or ()), created_at=float(r.created_at), updated_at=float(r.updated_at),
             users=tuple(users.get(r.id, ())), associations=tuple(assoc.get(r.id, ())),
+            synthesized_key=bool(r.synthesized_key),
         ) for r in rows]
 
     @_db_errors

@@ -63,6 +63,7 @@ def to_log(
         key=key,
         thread_key=thread.key,
         weak_thread=thread.weak,
+        synthesized_key=msg.synthesized_id,
         visibility=level,
         subject=msg.subject if allows(level, "subject") else None,
         body_text=msg.body_text if full else None,

@@ -22,6 +22,7 @@ def upgrade() -> None:
         sa.Column("message_key", sa.String(), nullable=False),
         sa.Column("thread_key", sa.String(), nullable=False),
         sa.Column("weak_thread", sa.Boolean(), nullable=False),
+        sa.Column("weak_key", sa.String(), nullable=True),
         sa.Column("claimed_by", sa.String(), nullable=False),
         sa.Column("activity_id", sa.String(), nullable=True),
         sa.Column("visibility", sa.String(), nullable=True),
@@ -31,6 +32,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("org_id", "message_key", name="pk_mail_claims"),
     )
     op.create_index("ix_mail_claims_org_id_thread_key", "mail_claims", ["org_id", "thread_key"])
+    op.create_index("ix_mail_claims_org_id_weak_key", "mail_claims", ["org_id", "weak_key"])
     op.create_table(
         "mail_sightings",
         sa.Column("connection_id", sa.String(), nullable=False),
@@ -48,5 +50,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_mail_sightings_org_id_message_key", table_name="mail_sightings")
     op.drop_table("mail_sightings")
+    op.drop_index("ix_mail_claims_org_id_weak_key", table_name="mail_claims")
     op.drop_index("ix_mail_claims_org_id_thread_key", table_name="mail_claims")
     op.drop_table("mail_claims")
