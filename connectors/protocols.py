@@ -196,3 +196,43 @@ class PlatformMail(Protocol):
     def move_emails(self, org_id: str, lead_id: str, to: Sequence[Any]) -> int:
         """Re-attach every activity associated with a converted lead to `to` (Associations);
         idempotent; returns how many activities moved."""
+
+
+class MailboxSend(Protocol):
+    """Sending through a connected mailbox (Gmail `messages.send`; Graph draft then send).
+
+    `raw` is the complete RFC 5322 message Concord built (stdlib `email`), carrying the
+    Message-ID it chose and, for a reply, In-Reply-To and References. The connector keeps
+    that Message-ID: it is how `find_sent` recognises a message an earlier attempt sent.
+    Permanent refusals raise `models.errors.SendRejected` (with its reason); rate limits
+    RateLimited; anything else that may or may not have sent raises Transient, and the
+    caller looks in Sent before trying again.
+    """
+
+    provider: str
+
+    def send(self, raw: bytes, *, reply_to_message_id: str | None = None) -> Any:
+        """Send; returns `models.send.SentRef`. For a reply, `reply_to_message_id` (the
+        parent's normalised Message-ID) lets the provider thread it (Gmail threadId)."""
+
+    def find_sent(self, message_id: str) -> Any:
+        """The `SentRef` of the message with this Message-ID in the mailbox's Sent items
+        (Gmail `rfc822msgid:`, Graph `internetMessageId` filter), or None."""
+
+
+class PlatformOutbox(Protocol):
+    """A platform's outbox (reference: platforms/reference_crm). Items are reported in a
+    feed like records; state changes are idempotent (the same state twice is one)."""
+
+    def outbox_since(self, org_id: str, cursor: str | None, limit: int = 500) -> tuple[list[Any], str | None]:
+        """Outbox items (`OutgoingMessage`) queued or changed after `cursor`, oldest first,
+        and the next cursor; CursorExpired for a cursor it never issued."""
+
+    def get_outgoing(self, org_id: str, item_ids: Sequence[str]) -> list[Any]:
+        """Current state of these items; unknown ids are absent."""
+
+    def set_outgoing_state(self, org_id: str, item_id: str, state: str, *, reason: str | None = None,
+                           message_id: str | None = None, provider_message_id: str | None = None,
+                           provider_thread_id: str | None = None) -> Any:
+        """Move an item to `state` (see models.send.OutboxState); returns the item. A sent or
+        failed item is final: a later move is refused with ValidationRejected."""

@@ -88,6 +88,21 @@ class ValidationRejected(ConnectorError):
         self.rule = rule
 
 
+class SendRejected(ConnectorError):
+    """The provider refused to send this message for good: trying again sends nothing.
+
+    `reason` is a short code shown on the outbox item: invalid_recipient, rejected,
+    too_large, quota_exceeded (a daily limit, for this message: retried the next day
+    only by a person)."""
+
+    code = "send_rejected"
+    retryable = False
+
+    def __init__(self, message: str = "", *, reason: str = "rejected", detail: dict | None = None) -> None:
+        super().__init__(message, detail=detail)
+        self.reason = reason
+
+
 class NotFound(ConnectorError):
     code = "not_found"
     retryable = False
