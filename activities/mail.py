@@ -44,6 +44,7 @@ from models.mail_log import Association, Conversion, EmailLog, NewPerson, Person
 from models.workflow import CycleRef, FetchResult, OrgReadResult, PlanSummary, RejectionSummary, WriteSummary
 from store import cycle, mirror, repo
 from store import mail as mail_store
+from store import outbox as outbox_store
 from sync.kinds.mail import MAIL
 from sync.mail.associate import associate
 from sync.mail.capture import capture
@@ -192,12 +193,19 @@ class MailPipeline(KindPipeline):
                         if (r.side, r.external_id) not in busy and r.side == "mailbox"]
                 records = {r.external_id: _staged(r, self.rules) for r in rows}
                 seen = mail_store.sightings(s, cid, list(records))
+                # messages the platform sent (two-way send), and replies to them: their record
+                ids = {m for r in records.values() if r.content is not None
+                       for m in (r.content.message_id, *r.content.references, *r.content.in_reply_to)}
+                sent_from = {mid: Association(object_type=row.record_type, object_id=row.record_id)
+                             for mid, row in outbox_store.by_message_ids(s, ctx.info.org_id, ids).items()
+                             if row.record_type and row.record_id}
                 answered = {row.mailbox_id: row for row in cycle.active_reviews(s, cid, kind=self.kind)
                             if row.kind == "association" and row.status == "resolved" and row.mailbox_id}
             try:
                 lookups = self._lookups(ctx, [r.content for r in records.values() if r.content and not r.deleted])
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
+            lookups["sent_from"] = sent_from
             planned, outcomes, sightings = [], [], []
             summary = PlanSummary()
             now = time.time()
@@ -279,6 +287,10 @@ class MailPipeline(KindPipeline):
                 return {"outcome": "apply", "op": "remove", "rule": "label_removed", "message_key": key}
             return {"outcome": "skip", "status": "skipped", "rule": "already_logged", "message_key": key}
         captured = capture(msg, policy, known=set(people), own_user_emails=set(ctx.own), owner=ctx.info.user_id)
+        if key in lookups["sent_from"]:
+            # written on the platform and sent through this mailbox: logged on its record
+            # whatever the capture rules say (it is the platform's own message)
+            verdict = verdict.model_copy(update={"log": True, "rule": "logged_sent_from_platform", "action": "log"})
         if not verdict.log and verdict.rule == "no_known_participant" and captured:
             # mail to people the platform does not know yet, which the capture rules make
             # known: logged on the leads (or contacts) created for them
@@ -295,6 +307,11 @@ class MailPipeline(KindPipeline):
             thread = ThreadIdentity(key=found_key or thread.key, weak=True)
         found = associate(msg, people=people, accounts=lookups["accounts"], opportunities=lookups["opportunities"],
                           policy=policy, own_emails=set(ctx.own))
+        # the record a platform-sent message was written on, for it and for the replies to it
+        records = tuple(dict.fromkeys(lookups["sent_from"][m] for m in (key, *msg.references, *msg.in_reply_to)
+                                      if m in lookups["sent_from"]))
+        if records:
+            found = found.model_copy(update={"chosen": tuple(dict.fromkeys(records + found.chosen))})
         # the product team's own objects (a project, a ticket), through the adapter's hook
         on_message = [p for a in msg.participants() for p in people.get(a.email, ())]
         custom = tuple(Association.model_validate(c) if not isinstance(c, Association) else c

@@ -337,3 +337,36 @@ mail_sightings = sa.Table(
     sa.Column("updated_at", Epoch, nullable=False),
     sa.Index("ix_mail_sightings_org_id_message_key", "org_id", "message_key"),
 )
+
+# --- two-way send: each outbox item Concord sends, and the Message-ID it chose ---------
+#
+# The Message-ID is written here before the first attempt; `attempts` is raised before
+# each call to the provider, so an attempt that finds it above zero looks in the
+# mailbox's Sent items for that Message-ID before sending (exactly once across crashes).
+# `lease_until` keeps a second attempt from starting while one may still be sending.
+# The message itself (recipients, subject, body) stays on the platform: read at send time.
+
+outbox_sends = sa.Table(
+    "outbox_sends",
+    metadata,
+    sa.Column("org_id", sa.String, primary_key=True),
+    sa.Column("item_id", sa.String, primary_key=True),
+    sa.Column("connection_id", sa.String, nullable=True),
+    sa.Column("user_id", sa.String, nullable=False),
+    sa.Column("message_id", sa.String, nullable=True),
+    sa.Column("state", sa.String, nullable=False),
+    sa.Column("reason", sa.String, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_until", Epoch, nullable=True),
+    sa.Column("send_at", Epoch, nullable=True),
+    sa.Column("record_type", sa.String, nullable=True),
+    sa.Column("record_id", sa.String, nullable=True),
+    sa.Column("provider_message_id", sa.String, nullable=True),
+    sa.Column("provider_thread_id", sa.String, nullable=True),
+    sa.Column("queued_at", Epoch, nullable=False),
+    sa.Column("sent_at", Epoch, nullable=True),
+    sa.Column("updated_at", Epoch, nullable=False),
+    sa.UniqueConstraint("message_id", name="uq_outbox_sends_message_id"),
+    sa.Index("ix_outbox_sends_connection_id_state", "connection_id", "state"),
+    sa.Index("ix_outbox_sends_org_id_user_id_state", "org_id", "user_id", "state"),
+)

@@ -31,7 +31,7 @@ EXPECTED_TABLES = {
     "vault_tokens",
     "subscriptions",
 }
-HEAD = "0007"
+HEAD = "0008"
 
 
 @pytest.fixture
