@@ -53,12 +53,19 @@ def _org(table: Table, quick: bool, pg: bool) -> None:
     org.run(table, pg=pg, say=table.note, **kwargs)
 
 
+def _mail(table: Table, quick: bool, pg: bool) -> None:
+    from bench import mail
+
+    mail.run(table, quick=quick, pg=pg, say=table.note)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Table, bool, bool], None]]] = {
     "matching": ("duplicate detection: blocking index vs all-pairs, precision/recall", _matching),
     "sync": ("contacts sync through Temporal, the People emulator and the reference CRM", _sync),
     "webhooks": ("webhook intake: accepted notifications per second on one core", _webhooks),
     "push": ("Graph notification POST -> CRM write latency, through webhooks and Temporal", _push),
     "org": ("the platform read once per organisation: 50 mailboxes, 10,000 records, per change", _org),
+    "mail": ("email logging: Gmail backfill and quota, exactly once, pacing, push -> CRM latency", _mail),
 }
 
 

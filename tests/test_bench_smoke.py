@@ -47,3 +47,29 @@ def test_quick_sync_bench_prints_its_table():
     assert _figure(summary, "incremental.edits_landed") == 20
     assert _figure(summary, "latency.runs") == 5
     assert _figure(summary, "baseline.comparison_ratio") > 1
+
+
+def test_quick_mail_bench_prints_its_table():
+    """Email logging: backfill through the pipeline steps on the Gmail emulator, then
+    push latency on the dev server. Behaviour, not speed: everything that should be
+    logged is logged once with the right users, pacing keeps 429s at zero while an
+    unpaced listing collects them, and batching spends fewer calls than the naive gets."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "mail"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=150,
+    )
+    output = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{output[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "=== mail:" in output and "=== summary: python -m bench --quick mail ===" in output
+
+    summary = output.split("=== summary:", 1)[1]
+    for name in ("mail.backfill.msgs_per_s", "mail.backfill.units_per_logged", "mail.baseline.naive_units_per_msg",
+                 "mail.baseline.naive_calls_per_msg", "mail.push_to_visible.p50", "mail.push_to_visible.p95",
+                 "mail.graph_notification_to_visible.p95"):
+        assert _figure(summary, name) > 0
+    assert _figure(summary, "mail.logged_exactly_once") == 1
+    assert _figure(summary, "mail.429s_paced") == 0
+    assert _figure(summary, "mail.429s_unpaced") > 0
+    assert _figure(summary, "mail.backfill.calls_saved_vs_naive") > 1
+    assert _figure(summary, "mail.push.runs") == 5
