@@ -237,6 +237,7 @@ def test_cancel(crm):
     ({"cc": ["@nobody"]}, "cc"),
     ({"attachments": [{"filename": "a.bin", "data_b64": "%%%"}]}, "attachments"),
     ({"attachments": [{"filename": " ", "data_b64": b64(b"x")}]}, "attachments"),
+    ({"record": ("contact",)}, "record"),
 ])
 def test_built_in_checks_name_the_field(crm, kw, field):
     with pytest.raises(ValidationRejected) as exc:

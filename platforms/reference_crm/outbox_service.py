@@ -153,8 +153,11 @@ def _record(value: Any) -> Association | None:
         return value
     if isinstance(value, Mapping):
         return Association.model_validate(value)
-    object_type, object_id = value
-    return Association(object_type=object_type, object_id=object_id)
+    try:
+        object_type, object_id = value
+        return Association(object_type=object_type, object_id=object_id)
+    except (TypeError, ValueError):
+        raise ValidationRejected("record must be (object_type, object_id)", field="record") from None
 
 
 def reply_subject(subject: str | None) -> str:
