@@ -3,6 +3,7 @@
 from platforms.reference_crm.adapter import ReferenceCrmContacts
 from platforms.reference_crm.mail_adapter import ReferenceCrmMail
 from platforms.reference_crm.mail_rules import MailRule
+from platforms.reference_crm.outbox_adapter import ReferenceCrmOutbox
 from platforms.reference_crm.rules import Rule, Violation, register_check
 from platforms.reference_crm.service import Account, CrmContact, IdempotencyKeyReused, ReferenceCrm
 
@@ -14,6 +15,7 @@ __all__ = [
     "ReferenceCrm",
     "ReferenceCrmContacts",
     "ReferenceCrmMail",
+    "ReferenceCrmOutbox",
     "Rule",
     "Violation",
     "register_check",

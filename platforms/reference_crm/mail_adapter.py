@@ -17,6 +17,10 @@ What the write results hold:
   visibility too, for callers that look at the record only.
 - remove_emails: a tombstone (deleted=True) whose external_id is the removed
   activity's id, or the key itself when no activity had it.
+
+Mail going the other way (messages CRM users queue for Concord to send from their
+mailbox) is a protocol of its own, PlatformOutbox: `ReferenceCrmOutbox` in
+outbox_adapter.py, over the same ReferenceCrm (`crm.outbox`).
 """
 
 from __future__ import annotations

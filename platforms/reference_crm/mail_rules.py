@@ -22,8 +22,12 @@ OBJECT_FIELDS: dict[str, frozenset[str]] = {
     "lead": frozenset({"given_name", "family_name", "company", "emails", "owner_id"}),
     "email_activity": frozenset({"subject", "body_text", "sender", "recipients", "thread_key",
                                  "associations", "users", "attachments"}),
+    # An outbox item (outbox_service): to/cc/bcc and recipients (all three) are address
+    # lists, attachments its file names, attachment_bytes the decoded total size.
+    "outgoing": frozenset({"to", "cc", "bcc", "recipients", "subject", "html", "text", "attachments",
+                           "attachment_bytes", "user_id", "reply_to_key"}),
 }
-KINDS = ("required", "max_length", "max_count", "format", "allowed_values")
+KINDS = ("required", "max_length", "max_count", "format", "allowed_values", "max_value")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,11 @@ class MailRule:
     @classmethod
     def max_count(cls, name: str, obj: str, field: str, max_count: int) -> "MailRule":
         return cls(name, obj, "max_count", field, {"max": int(max_count)})
+
+    @classmethod
+    def max_value(cls, name: str, obj: str, field: str, max_value: float) -> "MailRule":
+        """A numeric ceiling (an outgoing message's attachment_bytes): sizes are not lengths."""
+        return cls(name, obj, "max_value", field, {"max": max_value})
 
     @classmethod
     def format(cls, name: str, obj: str, field: str, pattern: str) -> "MailRule":
@@ -75,7 +84,7 @@ def validate_definition(rule: MailRule) -> None:
         raise Fatal(f"rule {rule.name!r}: unknown rule kind {rule.kind!r}")
     if rule.field not in OBJECT_FIELDS[rule.object]:
         raise Fatal(f"rule {rule.name!r}: unknown field {rule.field!r}")
-    if rule.kind in ("max_length", "max_count") and int(rule.params.get("max", -1)) < 0:
+    if rule.kind in ("max_length", "max_count", "max_value") and float(rule.params.get("max", -1)) < 0:
         raise Fatal(f"rule {rule.name!r}: max must be >= 0")
     if rule.kind == "format":
         try:
@@ -108,6 +117,10 @@ def check(rule: MailRule, values: Mapping[str, Any]) -> ValidationRejected | Non
         limit = int(rule.params["max"])
         if len(items) > limit:
             msg = f"field {f!r} has more than {limit} entries"
+    elif rule.kind == "max_value":
+        limit = rule.params["max"]
+        if any(float(v) > float(limit) for v in items):
+            msg = f"field {f!r} is larger than {limit}"
     elif rule.kind == "format":
         pattern = re.compile(rule.params["pattern"])
         if any(not pattern.fullmatch(str(v)) for v in items):

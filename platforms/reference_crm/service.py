@@ -29,6 +29,7 @@ from models.errors import Fatal, NotFound, PreconditionFailed, Transient, Valida
 from models.contact import FIELDS, Contact, ContactRecord
 from models.record import SideRecord
 from platforms.reference_crm import mail_schema
+from platforms.reference_crm import outbox_schema  # noqa: F401  (its table joins create_all)
 from platforms.reference_crm import rules as rules_mod
 from platforms.reference_crm import schema as t
 from platforms.reference_crm.rules import Rule
@@ -162,6 +163,13 @@ class ReferenceCrm:
         from platforms.reference_crm.mail_service import CrmMail
 
         return CrmMail(self)
+
+    @functools.cached_property
+    def outbox(self) -> "Any":
+        """Mail users queue for Concord to send from their mailbox: outbox_service.CrmOutbox."""
+        from platforms.reference_crm.outbox_service import CrmOutbox
+
+        return CrmOutbox(self)
 
     # ---------------------------------------------------------------- plumbing
 
