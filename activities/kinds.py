@@ -11,10 +11,13 @@ from __future__ import annotations
 from typing import Callable
 
 from activities.mail import MailFactory, MailPipeline
+from activities.send import SendPipeline
+from models.mail import MailFetchOptions
 from activities.pipeline import KindPipeline, MailboxFactory
 from connectors.protocols import PlatformSide
 from platforms.reference_crm.adapter import ReferenceCrmContacts
 from platforms.reference_crm.mail_adapter import ReferenceCrmMail
+from platforms.reference_crm.outbox_adapter import ReferenceCrmOutbox
 from sync.kinds import KindRules
 from sync.kinds.contacts import CONTACTS
 
@@ -25,11 +28,15 @@ KINDS: dict[str, tuple[KindRules, Callable[[str], PlatformSide]]] = {
 }
 
 
-def build_pipelines(sessions, crm_url: str, mailboxes: MailboxFactory, mail_for: MailFactory | None) -> dict[str, KindPipeline]:
-    """Every kind the worker runs: the record kinds, and mail (logged one way, its own
-    steps over the same activity names) when a mail connector factory is given."""
-    pipelines: dict[str, KindPipeline] = {name: KindPipeline(sessions, rules, adapter(crm_url), mailboxes)
-                                          for name, (rules, adapter) in KINDS.items()}
+def build_pipelines(sessions, crm_url: str, mailboxes: MailboxFactory, mail_for: MailFactory | None) -> dict:
+    """Every kind the worker runs: the record kinds, and mail and send (their own steps
+    over the same activity names) when a mail connector factory is given."""
+    pipelines: dict = {name: KindPipeline(sessions, rules, adapter(crm_url), mailboxes)
+                       for name, (rules, adapter) in KINDS.items()}
     if mail_for is not None:
-        pipelines["mail"] = MailPipeline(sessions, ReferenceCrmMail(crm_url), mail_for)
+        platform = ReferenceCrmMail(crm_url)
+        pipelines["mail"] = MailPipeline(sessions, platform, mail_for)
+        # the mail connectors send too (MailboxSend): built without fetch options
+        pipelines["send"] = SendPipeline(sessions, ReferenceCrmOutbox(crm_url), platform,
+                                         lambda info: mail_for(info, MailFetchOptions()))
     return pipelines

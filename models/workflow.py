@@ -147,7 +147,7 @@ class AnswerOutcome(BaseModel):
 
 #: the order kinds run in within a cycle (contacts first: mail and calendar associate
 #: with the people it links); a kind not named here runs after these, as configured
-KIND_ORDER: tuple[str, ...] = ("contacts", "mail", "calendar")
+KIND_ORDER: tuple[str, ...] = ("contacts", "mail", "send", "calendar")
 
 
 def ordered_kinds(kinds: list[str]) -> list[str]:

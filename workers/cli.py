@@ -74,7 +74,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: the kinds a mailbox can sync today (calendar is not built yet)
-SYNCABLE_KINDS = ("contacts", "mail")
+SYNCABLE_KINDS = ("contacts", "mail", "send")
 
 
 def _kinds(value: str) -> list[str]:
