@@ -54,6 +54,7 @@ class _Sender:
     info: ConnectionInfo
     address: Address
     policy: MailPolicy
+    status: str = "active"
 
 
 class SendPipeline:
@@ -82,7 +83,7 @@ class SendPipeline:
             policy = MailPolicy.for_user((org.settings or {}).get("mail", {}), settings.get("mail", {}))
         except ValueError:
             policy = MailPolicy()
-        return _Sender(info, address, policy)
+        return _Sender(info, address, policy, conn.status)
 
     # -- the organisation's read of the outbox ----------------------------------
     def read_platform(self, org_id: str) -> OrgReadResult:
@@ -184,6 +185,15 @@ class SendPipeline:
             sender = self._sender(s, ref.connection_id)
             waiting = outbox_store.waiting_for(s, sender.info.org_id, sender.info.user_id, time.time())
         if not waiting:
+            return summary
+        if sender.status != "active":
+            # a mailbox that cannot send now holds its outbox; the items say why
+            reason = HOLD_REASONS.get(sender.status, "mailbox_inactive")
+            with self.sessions.begin() as s:
+                outbox_store.hold(s, sender.info.org_id, [r.item_id for r in waiting], reason)
+            for r in waiting:
+                self._tell(sender.info.org_id, r.item_id, "held", reason=reason)
+            summary.deferred = len(waiting)
             return summary
         mailbox = self.send_for(sender.info)
         with activity_span("send.write", connection_id=ref.connection_id) as span:

@@ -18,12 +18,20 @@ from email import policy as email_policy
 from email.utils import parsedate_to_datetime
 
 from connectors.protocols import DeltaPage
-from models.errors import CursorExpired
-from models.mail import MailFetchOptions
+from email.utils import getaddresses
+
+from models.errors import CursorExpired, SendRejected, Transient
+from models.mail import MailFetchOptions, normalize_message_id
+from models.send import SentRef
 from models.record import SideRecord
 from sync.mail.content import METADATA_HEADERS, from_headers, parse_raw
 
 PAGE = 50
+
+
+def _message_id(raw: bytes) -> str:
+    parsed = email.message_from_bytes(raw, policy=email_policy.compat32)
+    return normalize_message_id(parsed["Message-ID"] or "")
 
 
 @dataclass
@@ -53,6 +61,7 @@ class MemoryMailProvider:
         self._hid = 100
         self._mid = 0
         self.calls = 0
+        self._send_faults: list[bool] = []
 
     def box(self, user: str) -> _Box:
         return self._boxes.setdefault(user.lower(), _Box(user.lower()))
@@ -98,6 +107,18 @@ class MemoryMailProvider:
         with self._lock:
             box = self.box(user)
             box.oldest_kept = self._hid + 1
+
+    def fail_sends(self, count: int = 1, *, after_store: bool = True) -> None:
+        """The next `count` sends fail with a 5xx: after storing the message (sent, but the
+        caller sees an error) or before (nothing sent)."""
+        self._send_faults = [after_store] * count
+
+    def sent_by(self, user: str, message_id: str) -> list[str]:
+        """Ids of the user's sent messages carrying this Message-ID (duplicates show as several)."""
+        with self._lock:
+            box = self.box(user)
+            return [m.id for m in box.messages.values()
+                    if "SENT" in m.labels and _message_id(m.raw) == message_id]
 
     def connector(self, user: str, options: MailFetchOptions) -> "MemoryMail":
         return MemoryMail(self, user.lower(), options)
@@ -154,6 +175,43 @@ class MemoryMail:
             head = max([after] + [h for h, _ in changed])
             records = [self._record(box.messages.get(m), m) for m in sorted(latest, key=latest.get)]
             return DeltaPage(records, cursor=str(head))
+
+    def send(self, raw: bytes, *, reply_to_message_id: str | None = None) -> SentRef:
+        """Into the sender's Sent (threaded with its parent) and the recipients' inboxes."""
+        self._calls += 1
+        parsed = email.message_from_bytes(raw, policy=email_policy.default)
+        rcpts = [a.lower() for _, a in getaddresses([str(parsed[h]) for h in ("To", "Cc", "Bcc") if parsed[h]])
+                 if a or _]
+        if not rcpts or any("@" not in a or a.endswith(".invalid") for a in rcpts):
+            raise SendRejected("invalid recipient", reason="invalid_recipient")
+        if len(raw) > 25_000_000:
+            raise SendRejected("too large", reason="too_large")
+        fault = self.p._send_faults.pop(0) if self.p._send_faults else None
+        if fault is False:
+            raise Transient("injected 503 before storing")
+        mid = self.p.deliver(self.user, raw, sent=True)
+        with self.p._lock:
+            box = self.p.box(self.user)
+            parent = next((m for m in box.messages.values()
+                           if reply_to_message_id and _message_id(m.raw) == reply_to_message_id), None)
+            if parent is not None:
+                box.messages[mid].thread = parent.thread
+            thread = box.messages[mid].thread
+        for a in rcpts:
+            if a in self.p._boxes and a != self.user:
+                self.p.deliver(a, raw)
+        if fault is True:
+            raise Transient("injected 503 after storing")
+        return SentRef(provider_message_id=mid, provider_thread_id=thread)
+
+    def find_sent(self, message_id: str) -> SentRef | None:
+        self._calls += 1
+        with self.p._lock:
+            box = self.p.box(self.user)
+            for m in box.messages.values():
+                if "SENT" in m.labels and _message_id(m.raw) == message_id:
+                    return SentRef(provider_message_id=m.id, provider_thread_id=m.thread)
+        return None
 
     def get(self, external_id: str) -> SideRecord:
         with self.p._lock:
