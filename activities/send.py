@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from activities.errors import to_application_error
+from activities.pacing import _sleep_heartbeating
 from activities.pipeline import ConnectionInfo, _heartbeat, as_activity
 from connectors.protocols import MailboxSend, PlatformMail, PlatformOutbox
 from models.errors import ConnectorError, CursorExpired, Fatal, SendRejected, ValidationRejected
@@ -40,8 +41,10 @@ from telemetry import activity_span
 KIND = "send"
 SendFactory = Callable[[ConnectionInfo], MailboxSend]
 
-#: an attempt's claim on an item: a second attempt waits this long before it looks in Sent
-LEASE_S = 120.0
+#: an attempt's claim on an item, longer than a provider call can last (the connectors
+#: time out after 30 s): a later attempt waits it out before it looks in Sent, so it never
+#: looks while a lost attempt's call may still land
+LEASE_S = 45.0
 #: the outbox feed is read by a mailbox only when the organisation's reader is this stale
 READER_SILENT_S = 900.0
 #: why an item waits, by the connection's status
@@ -231,10 +234,9 @@ class SendPipeline:
             return "sent"
         with self.sessions.begin() as s:
             mid = outbox_store.choose_message_id(s, org, item_id, new_message_id(item_id, sender.address.email))
-        with self.sessions.begin() as s:
-            before = outbox_store.begin_attempt(s, org, item_id, sender.info.connection_id, self.lease_s)
+        before = self._take(org, item_id, sender.info.connection_id)
         if before is None:
-            return "deferred"  # another attempt holds it: it may be sending right now
+            return "deferred"  # another attempt keeps renewing it: leave it to that one
         self._tell(org, item_id, "sending", message_id=mid)
         raw = self._compose(sender, item, mid)
         sent: SentRef | None = mailbox.find_sent(mid) if before > 0 else None
@@ -260,6 +262,17 @@ class SendPipeline:
                    provider_thread_id=sent.provider_thread_id)
         self._log(sender, item, raw)
         return "sent"
+
+    def _take(self, org: str, item_id: str, connection_id: str, tries: int = 3) -> int | None:
+        """Take the item's lease, waiting out one a lost attempt left (heartbeating)."""
+        for _ in range(tries):
+            with self.sessions.begin() as s:
+                before = outbox_store.begin_attempt(s, org, item_id, connection_id, self.lease_s)
+                left = outbox_store.lease_left(s, org, item_id) if before is None else 0.0
+            if before is not None:
+                return before
+            _sleep_heartbeating(left + 0.05, tuple)
+        return None
 
     def _compose(self, sender: _Sender, item: OutgoingMessage, mid: str) -> bytes:
         references: list[str] = []

@@ -60,9 +60,9 @@ def waiting_for(s: Session, org_id: str, user_id: str, now: float, limit: int = 
     """Items this user's mailbox should send now (scheduled ones once due), oldest first."""
     due = sa.or_(outbox_sends.c.state.in_(("queued", "held")),
                  sa.and_(outbox_sends.c.state == "scheduled", outbox_sends.c.send_at <= now),
-                 # an attempt that ended without a word (a lost worker): once its lease is
-                 # out, the next attempt looks in Sent first
-                 sa.and_(outbox_sends.c.state == "sending", outbox_sends.c.lease_until < now))
+                 # an attempt that ended without a word (a lost worker): the next attempt
+                 # waits its lease out, then looks in Sent first
+                 outbox_sends.c.state == "sending")
     return list(s.execute(sa.select(outbox_sends).where(
         outbox_sends.c.org_id == org_id, outbox_sends.c.user_id == user_id, due)
         .order_by(outbox_sends.c.queued_at).limit(limit)))
@@ -75,6 +75,13 @@ def users_waiting(s: Session, org_id: str, item_ids: Iterable[str]) -> set[str]:
     return set(s.execute(sa.select(outbox_sends.c.user_id).where(
         outbox_sends.c.org_id == org_id, outbox_sends.c.item_id.in_(ids),
         outbox_sends.c.state.in_(WAITING))).scalars())
+
+
+def lease_left(s: Session, org_id: str, item_id: str) -> float:
+    """Seconds until another attempt's lease on this item runs out (0: none)."""
+    until = s.execute(sa.select(outbox_sends.c.lease_until).where(
+        outbox_sends.c.org_id == org_id, outbox_sends.c.item_id == item_id)).scalar()
+    return max(0.0, (until or 0.0) - time.time())
 
 
 def get(s: Session, org_id: str, item_id: str):
