@@ -281,9 +281,11 @@ class GraphMail:
         Graph refuses requests over 4 MB, so attachments over 3 MB (and then the biggest
         others, while the base64 MIME would still pass 4 MB) are taken out of the MIME
         and uploaded to the draft through upload sessions. A failure before `/send` is
-        cleaned up (the draft deleted) and nothing was sent; a permanent refusal of
-        `/send` deletes the draft too. A 5xx or lost connection on `/send` leaves the
-        draft alone: it may have been sent, and the caller looks in Sent Items.
+        cleaned up (the draft deleted) and nothing was sent; a refusal of `/send` (a
+        SendRejected, or a 429: throttled requests are not processed) deletes the draft
+        too. A 5xx or lost connection on `/send` leaves the draft alone: it may have
+        been sent, and the caller looks in Sent Items (a draft that was not sent stays
+        in Drafts; the retry makes a new one).
         """
         msg = email.message_from_bytes(raw, policy=email_policy.default)
         uploads = _take_out_attachments(msg)
@@ -303,7 +305,7 @@ class GraphMail:
             self._request("POST", f"/me/messages/{quote(did, safe='')}/send")
         except ConnectorError as exc:
             out = _send_error(exc)
-            if isinstance(out, SendRejected):
+            if isinstance(out, (SendRejected, RateLimited)):  # refused before submission: not sent
                 self._discard(did)
             raise out from exc
         return SentRef(provider_message_id=did, provider_thread_id=str(draft.get("conversationId") or "") or None)

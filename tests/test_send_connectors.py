@@ -381,11 +381,14 @@ def test_graph_the_upload_url_refuses_a_bearer(graph):
     assert httpx.put(url, content=b"cd", headers={"Content-Range": "bytes 2-3/4"}).status_code == 201
 
 
-def test_graph_a_refused_send_leaves_no_draft_behind(graph):
+def test_graph_a_refused_or_throttled_send_leaves_no_draft_behind(graph):
     h = GraphSendHarness(*graph)
     with pytest.raises(SendRejected):
         h.connector().send(bytes(outgoing(to="nobody")))
-    assert h.drafts() == 0
+    h.throttle_next_send(3)
+    with pytest.raises(RateLimited):
+        h.connector().send(bytes(outgoing()))
+    assert h.drafts() == 0 and h.sent_count() == 0
 
 
 def test_graph_a_post_over_4mb_is_refused_by_the_emulator(graph):
