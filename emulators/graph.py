@@ -1264,6 +1264,9 @@ def create_app(state: GraphState | None = None) -> FastAPI:
             if "accepted_tokens" in body:
                 tokens = body["accepted_tokens"]
                 state.accepted_tokens = None if tokens is None else set(tokens)
+            for key in ("send_limit_per_day", "max_message_bytes"):
+                if "mail_" + key in body:
+                    setattr(state.mail, key, int(body["mail_" + key]))
             if "request_budget" in body:
                 rb = body["request_budget"]
                 state.request_budget = None if rb is None else (int(rb[0]), float(rb[1]))
