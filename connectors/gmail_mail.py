@@ -21,6 +21,30 @@ Why the shapes below:
   `num_retries=0` and failures leave as `models.errors` classes, translated as in
   `connectors.google_people`.
 
+Sending (`MailboxSend`, two-way send):
+
+- `send` posts `{"raw": base64url, "threadId"}` as JSON (no media upload: that keeps
+  https with only host and port swapped, PROVIDERS.md 0). Gmail keeps the raw
+  message's Message-ID, which Concord chose before the first attempt; `find_sent`
+  looks it up with `rfc822msgid:<id> in:sent`, and that lookup is what makes a retry
+  after an ambiguous failure exactly-once. A reply names the parent's thread: one
+  `messages.list(q="rfc822msgid:<parent>")` (5 units) gives its threadId; Gmail joins
+  it only when References/In-Reply-To and the subject also match, which the caller's
+  MIME already does. A parent not in this mailbox (or a thread deleted between the
+  look-up and the send: 404) sends unthreaded rather than failing.
+- 100 units per send are paced through the same UnitBudget as reads.
+- Errors: 400 naming a To/Cc/Bcc header -> SendRejected("invalid_recipient"); 413 or
+  a 400 about size -> SendRejected("too_large") (a raw over 35 MB is refused before
+  any call); other 400 -> SendRejected("rejected"); 429/403 rate -> RateLimited
+  (retry_after from Retry-After or "Retry after <time>", not capped for sends);
+  5xx, timeouts, dropped connections -> Transient (may have sent: look in Sent).
+- The daily sending limit is SendRejected("quota_exceeded"), not RateLimited: the
+  refusal means "not before tomorrow", and a message the user wrote now must not go
+  out a day later on its own without anyone seeing that it waited (models.errors:
+  quota_exceeded is retried by a person). It is recognised by Gmail's wording
+  ("sending limit" in the error) or, as the wording is UNCONFIRMED, by a retry time
+  more than `DAILY_LIMIT_AFTER_S` away. `detail["retry_after"]` keeps the time.
+
 Not thread-safe: one instance per activity invocation (httplib2.Http is not).
 """
 
@@ -44,7 +68,7 @@ from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
 
-from connectors.google_people import translate_http_error
+from connectors.google_people import _error_body, _retry_after, translate_http_error
 from connectors.protocols import DeltaPage
 from connectors.translation import untranslatable
 from models.errors import (
@@ -55,10 +79,12 @@ from models.errors import (
     NotFound,
     RateLimited,
     ReauthRequired,
+    SendRejected,
     Transient,
     ValidationRejected,
 )
-from models.mail import MailFetchOptions, MailMessage
+from models.mail import MailFetchOptions, MailMessage, normalize_message_id
+from models.send import SentRef
 from models.record import SideRecord
 from sync.mail.content import METADATA_HEADERS, from_headers, parse_raw
 
@@ -71,7 +97,12 @@ COSTS: dict[str, int] = {
     "users.messages.get": 5,
     "users.watch": 100,  # UNCONFIRMED (PROVIDERS.md A)
     "users.stop": 1,  # UNCONFIRMED
+    "users.messages.send": 100,
 }
+#: messages.send's documented maximum message size
+MAX_SEND_BYTES = 35 * 1024 * 1024
+#: a rate limit whose retry time is further away than this is the daily sending limit
+DAILY_LIMIT_AFTER_S = 3600.0
 USER_UNITS_PER_MINUTE = 15_000
 HISTORY_TYPES = ["messageAdded", "messageDeleted", "labelAdded", "labelRemoved"]
 SYSTEM_LABELS = frozenset({
@@ -183,6 +214,44 @@ def _retry_after_from_message(message: str) -> float | None:
     return min(900.0, max(0.0, when - time.time()))
 
 
+def _retry_at_from_message(message: str) -> float | None:
+    match = re.search(r"Retry after (\d{4}-\d\d-\d\dT[\d:.]+Z)", message or "")
+    if not match:
+        return None
+    try:
+        return max(0.0, datetime.fromisoformat(match.group(1).replace("Z", "+00:00")).timestamp() - time.time())
+    except ValueError:
+        return None
+
+
+def translate_send(err: HttpError) -> ConnectorError:
+    """A messages.send refusal -> SendRejected with its reason, RateLimited, or what
+    `translate` says (5xx: Transient, the message may have gone out)."""
+    status = int(getattr(err.resp, "status", 0) or 0)
+    body = _error_body(err)
+    texts = [str(body.get("message") or "")] + [str(e.get("message") or "") for e in body.get("errors") or []
+                                                 if isinstance(e, dict)]
+    text = " ".join(texts)
+    lowered = text.lower()
+    detail = {"http_status": status, "message": text[:300]}
+    if status == 413 or (status == 400 and ("too large" in lowered or "size" in lowered)):
+        return SendRejected(text or "message too large", reason="too_large", detail=detail)
+    if status == 400 and re.search(r"invalid (to|cc|bcc|from)? ?header|recipient", lowered):
+        return SendRejected(text, reason="invalid_recipient", detail=detail)
+    if status == 400:
+        return SendRejected(text or "refused", reason="rejected", detail=detail)
+    out = translate(err)
+    if isinstance(out, RateLimited):
+        wait = _retry_after(err.resp)
+        if wait is None:
+            wait = _retry_at_from_message(text)
+        out.retry_after = wait
+        if "sending limit" in lowered or (wait is not None and wait > DAILY_LIMIT_AFTER_S):
+            return SendRejected(text or "daily sending limit", reason="quota_exceeded",
+                                detail={**detail, "retry_after": wait})
+    return out
+
+
 def translate(err: HttpError, *, history: bool = False) -> ConnectorError:
     """One HttpError -> one recovery class; a history.list 404 (or a refused
     startHistoryId) means the cursor is gone, so the caller lists again."""
@@ -195,7 +264,7 @@ def translate(err: HttpError, *, history: bool = False) -> ConnectorError:
 
 
 class GmailMail:
-    """One Gmail mailbox, read-only. See the module docstring."""
+    """One Gmail mailbox: its mail read, and mail sent through it. See the module docstring."""
 
     provider = "google"
 
@@ -435,6 +504,54 @@ class GmailMail:
     def get(self, external_id: str) -> SideRecord:
         """The message now; a tombstone when Gmail no longer has it."""
         return self._records([(external_id, False)], self._batch_get([external_id]))[0]
+
+    # ---- send (MailboxSend) -----------------------------------------------------------------
+
+    def send(self, raw: bytes, *, reply_to_message_id: str | None = None) -> SentRef:
+        """Send `raw` as it is (its Message-ID kept); a reply joins the parent's thread."""
+        if len(raw) > MAX_SEND_BYTES:
+            raise SendRejected(f"message is {len(raw)} bytes, over Gmail's {MAX_SEND_BYTES}", reason="too_large",
+                               detail={"size": len(raw)})
+        body: dict[str, Any] = {"raw": base64.urlsafe_b64encode(raw).decode("ascii")}
+        if reply_to_message_id:
+            parent = self._by_message_id(reply_to_message_id, sent_only=False)
+            if parent is not None and parent.provider_thread_id:
+                body["threadId"] = parent.provider_thread_id
+        try:
+            sent = self._send(body)
+        except NotFound:
+            if "threadId" not in body:
+                raise
+            # the thread was deleted after the look-up: Gmail would start a new one anyway
+            sent = self._send({"raw": body["raw"]})
+        return SentRef(provider_message_id=str(sent["id"]), provider_thread_id=str(sent.get("threadId") or "") or None)
+
+    def _send(self, body: dict[str, Any]) -> dict:
+        self._pay(COSTS["users.messages.send"])
+        request = self._users.messages().send(userId=self.user_id, body=body)
+        try:
+            return self._transport(lambda: request.execute(num_retries=0)) or {}
+        except HttpError as err:
+            if int(getattr(err.resp, "status", 0) or 0) == 404:
+                raise NotFound("thread not found") from err
+            raise translate_send(err) from err
+
+    def find_sent(self, message_id: str) -> SentRef | None:
+        """The message with this Message-ID in Sent, or None: one messages.list (5 units)."""
+        return self._by_message_id(message_id, sent_only=True)
+
+    def _by_message_id(self, message_id: str, *, sent_only: bool) -> SentRef | None:
+        mid = normalize_message_id(message_id)
+        if not mid:
+            return None
+        q = f"rfc822msgid:{mid}" + (" in:sent" if sent_only else "")
+        body = self._execute("users.messages.list",
+                             self._users.messages().list(userId=self.user_id, q=q, maxResults=10,
+                                                         includeSpamTrash=not sent_only))
+        for m in body.get("messages") or []:
+            if isinstance(m, dict) and m.get("id"):
+                return SentRef(provider_message_id=str(m["id"]), provider_thread_id=str(m.get("threadId") or "") or None)
+        return None
 
     # ---- push (users.watch) ----------------------------------------------------------------
 

@@ -47,12 +47,26 @@ Choices that are not obvious from the protocol:
   `resyncRequired` -> CursorExpired; 429 -> RateLimited(retry_after); 5xx and
   timeouts -> Transient; 401 -> AuthExpired; 403 -> ReauthRequired. A cursor or page
   token that is not ours (not our JSON) is CursorExpired too: listing again is the cure.
+
+Sending (`MailboxSend`, see `send`): a draft created from Concord's own MIME, big
+attachments uploaded to it, then `/send`; `find_sent` filters Sent Items on
+internetMessageId. Error mapping for sends: 400 ErrorInvalidRecipients ->
+SendRejected("invalid_recipient"); 413 / ErrorMessageSizeExceeded ->
+SendRejected("too_large"); ErrorSubmissionQuotaExceeded (the daily recipient limit),
+or a 429 whose Retry-After is over an hour away -> SendRejected("quota_exceeded")
+(the same choice as Gmail's, see `connectors.gmail_mail`); other 429 ->
+RateLimited(retry_after); other 400 -> SendRejected("rejected"); 5xx and transport
+errors -> Transient (the message may have gone: look in Sent first).
 """
 
 from __future__ import annotations
 
+import base64
+import email
 import json
 import threading
+from email import policy as email_policy
+from email.message import Message
 from typing import Any, Callable, Sequence
 from urllib.parse import quote, urlencode
 
@@ -60,8 +74,9 @@ import httpx
 
 from connectors.graph_contacts import IMMUTABLE, _dedupe, _expiry, _parse_time, _shared_semaphore, error_for
 from connectors.protocols import DeltaPage
-from models.errors import ConnectorError, CursorExpired, NotFound, Transient
-from models.mail import Address, MailFetchOptions, MailMessage
+from models.errors import ConnectorError, CursorExpired, NotFound, RateLimited, SendRejected, Transient
+from models.mail import Address, MailFetchOptions, MailMessage, normalize_message_id
+from models.send import SentRef
 from models.record import SideRecord
 from sync.mail.content import from_headers, html_to_text
 
@@ -85,6 +100,15 @@ REFERENCES_PROP = "String 0x1039"
 IN_REPLY_TO_PROP = "String 0x1042"
 
 MailRecord = SideRecord[MailMessage]
+
+#: attachments above this go through an upload session (Graph's documented threshold)
+UPLOAD_THRESHOLD = 3 * 1024 * 1024
+#: Graph refuses a request body over 4 MB; the base64 MIME of a draft must stay under it
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+#: upload chunk: a multiple of 320 KiB under Graph's 4 MB chunk limit
+CHUNK_BYTES = 10 * 320 * 1024
+#: a throttle further away than this is the daily sending limit
+DAILY_LIMIT_AFTER_S = 3600.0
 
 
 def _iso(ts: float) -> str:
@@ -166,15 +190,20 @@ class GraphMail:
             fields.append("body")
         return ",".join(fields)
 
-    def _request(self, method: str, url: str, *, params: dict[str, str] | None = None, body: Any = None) -> httpx.Response:
-        """One HTTP call under the mailbox's in-flight budget; errors become ConnectorErrors."""
+    def _request(self, method: str, url: str, *, params: dict[str, str] | None = None, body: Any = None,
+                 text: bytes | None = None) -> httpx.Response:
+        """One HTTP call under the mailbox's in-flight budget; errors become ConnectorErrors.
+        `text` goes as a text/plain body (a base64 MIME message)."""
         hdrs = {
             "Authorization": f"Bearer {self._token_provider()}",
             "Prefer": f"{IMMUTABLE}, odata.maxpagesize={self.page_size}",
             "Accept": "application/json",
         }
         content = None
-        if body is not None:
+        if text is not None:
+            content = text
+            hdrs["Content-Type"] = "text/plain"
+        elif body is not None:
             content = json.dumps(body, ensure_ascii=True).encode("ascii")
             hdrs["Content-Type"] = "application/json"
         if not url.startswith(("http://", "https://")):
@@ -236,6 +265,103 @@ class GraphMail:
         names = self._folder_map()
         rec = self.item_to_record(item, names.get(str(item.get("parentFolderId") or ""), item.get("parentFolderId")))
         return self._with_thread_headers([rec], [rec.external_id] if not item.get("internetMessageHeaders") else [])[0]
+
+    # ------------------------------------------------------------------ send
+
+    def send(self, raw: bytes, *, reply_to_message_id: str | None = None) -> SentRef:
+        """Send `raw` keeping its Message-ID: draft from MIME, big attachments uploaded, /send.
+
+        Why a draft from MIME and not sendMail JSON or createReply: both make Exchange
+        choose its own Message-ID, and then `find_sent` could never recognise a message
+        an earlier attempt sent, which is what makes a retry after an ambiguous failure
+        send exactly once. Threading rides on the MIME's References and In-Reply-To
+        (Exchange puts the draft in the conversation they name), so
+        `reply_to_message_id` needs no call here.
+
+        Graph refuses requests over 4 MB, so attachments over 3 MB (and then the biggest
+        others, while the base64 MIME would still pass 4 MB) are taken out of the MIME
+        and uploaded to the draft through upload sessions. A failure before `/send` is
+        cleaned up (the draft deleted) and nothing was sent; a refusal of `/send` (a
+        SendRejected, or a 429: throttled requests are not processed) deletes the draft
+        too. A 5xx or lost connection on `/send` leaves the draft alone: it may have
+        been sent, and the caller looks in Sent Items (a draft that was not sent stays
+        in Drafts; the retry makes a new one).
+        """
+        msg = email.message_from_bytes(raw, policy=email_policy.default)
+        uploads = _take_out_attachments(msg)
+        mime = msg.as_bytes(policy=email_policy.SMTP) if uploads else raw
+        try:
+            draft = self._request("POST", "/me/messages", text=base64.b64encode(mime)).json()
+        except ConnectorError as exc:
+            raise _send_error(exc) from exc
+        did = str(draft["id"])
+        try:
+            for part in uploads:
+                self._upload(did, part)
+        except ConnectorError as exc:
+            self._discard(did)
+            raise _send_error(exc) from exc
+        try:
+            self._request("POST", f"/me/messages/{quote(did, safe='')}/send")
+        except ConnectorError as exc:
+            out = _send_error(exc)
+            if isinstance(out, (SendRejected, RateLimited)):  # refused before submission: not sent
+                self._discard(did)
+            raise out from exc
+        return SentRef(provider_message_id=did, provider_thread_id=str(draft.get("conversationId") or "") or None)
+
+    def _upload(self, message_id: str, part: Message) -> None:
+        data = part.get_payload(decode=True) or b""
+        item: dict[str, Any] = {"attachmentType": "file", "name": part.get_filename() or "attachment",
+                                "size": len(data), "contentType": part.get_content_type()}
+        cid = str(part.get("Content-ID") or "").strip().strip("<>")
+        if (part.get_content_disposition() or "") == "inline" or cid:
+            item.update(isInline=True, contentId=cid or None)
+        session = self._request("POST", f"/me/messages/{quote(message_id, safe='')}/attachments/createUploadSession",
+                                body={"AttachmentItem": item}).json()
+        url = str(session["uploadUrl"])
+        for start in range(0, len(data), CHUNK_BYTES):
+            chunk = data[start : start + CHUNK_BYTES]
+            # a pre-authenticated URL: the bearer must not go with it
+            hdrs = {"Content-Range": f"bytes {start}-{start + len(chunk) - 1}/{len(data)}",
+                    "Content-Type": "application/octet-stream"}
+            with self._sem:
+                with self._lock:
+                    self._calls += 1
+                try:
+                    resp = self._client.put(url, content=chunk, headers=hdrs)
+                except httpx.TimeoutException as exc:
+                    raise Transient(f"graph upload timeout ({type(exc).__name__})") from exc
+                except httpx.TransportError as exc:
+                    raise Transient(f"graph upload transport error ({type(exc).__name__})") from exc
+            if resp.status_code >= 400:
+                try:
+                    err_body = resp.json()
+                except ValueError:
+                    err_body = None
+                raise error_for(resp.status_code, resp.headers, err_body)
+
+    def _discard(self, message_id: str) -> None:
+        """Best effort: a draft nobody will send must not stay in the user's Drafts."""
+        try:
+            self._request("POST", f"/me/messages/{quote(message_id, safe='')}/permanentDelete")
+        except ConnectorError:
+            pass
+
+    def find_sent(self, message_id: str) -> SentRef | None:
+        """The message with this Message-ID in Sent Items, or None (one GET)."""
+        mid = normalize_message_id(message_id)
+        if not mid:
+            return None
+        literal = f"<{mid}>".replace("'", "''")
+        body = self._request("GET", "/me/mailFolders('sentitems')/messages",
+                             params={"$filter": f"internetMessageId eq '{literal}'",
+                                     "$select": "id,conversationId,internetMessageId", "$top": "5"}).json()
+        for item in body.get("value") or []:
+            if isinstance(item, dict) and item.get("id"):
+                return SentRef(provider_message_id=str(item["id"]),
+                               provider_thread_id=str(item.get("conversationId") or "") or None)
+        return None
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -493,3 +619,43 @@ class GraphMail:
         update["problems"] = tuple(sorted(problems))
         # re-validated so the model's normalisers apply to the overlaid values
         return MailMessage.model_validate({**base.model_dump(), **update})
+
+
+def _take_out_attachments(msg: Message) -> list[Message]:
+    """Remove from `msg` the attachment parts that must be uploaded; returns them.
+
+    Over UPLOAD_THRESHOLD always; then the biggest remaining while the base64 of the
+    MIME would still pass MAX_REQUEST_BYTES."""
+    parts = [p for p in msg.walk() if not p.is_multipart() and p is not msg
+             and (p.get_filename() or (p.get_content_disposition() or "") == "attachment")]
+    sized = sorted(((len(p.get_payload(decode=True) or b""), n, p) for n, p in enumerate(parts)), key=lambda t: (-t[0], t[1]))
+    chosen = [p for size, _, p in sized if size > UPLOAD_THRESHOLD]
+    rest = [(size, p) for size, _, p in sized if size <= UPLOAD_THRESHOLD]
+
+    def strip(targets: list[Message]) -> None:
+        for container in msg.walk():
+            payload = container.get_payload() if container.is_multipart() else None
+            if isinstance(payload, list):
+                container.set_payload([p for p in payload if not any(p is t for t in targets)])
+
+    strip(chosen)
+    while rest and len(msg.as_bytes(policy=email_policy.SMTP)) * 4 // 3 + 4 > MAX_REQUEST_BYTES:
+        chosen.append(rest.pop(0)[1])
+        strip(chosen)
+    return chosen
+
+
+def _send_error(exc: ConnectorError) -> ConnectorError:
+    """A refused `/send` -> the recovery class a sender needs (module docstring)."""
+    status = int(exc.detail.get("status") or 0)
+    code = str(exc.detail.get("code") or "").lower()
+    wait = exc.retry_after if isinstance(exc, RateLimited) else None
+    if code == "errorsubmissionquotaexceeded" or (status == 429 and wait is not None and wait > DAILY_LIMIT_AFTER_S):
+        return SendRejected(exc.message, reason="quota_exceeded", detail={**exc.detail, "retry_after": wait})
+    if code == "errorinvalidrecipients":
+        return SendRejected(exc.message, reason="invalid_recipient", detail=exc.detail)
+    if status == 413 or code in ("errormessagesizeexceeded", "requestentitytoolarge"):
+        return SendRejected(exc.message, reason="too_large", detail=exc.detail)
+    if status == 400:
+        return SendRejected(exc.message, reason="rejected", detail=exc.detail)
+    return exc

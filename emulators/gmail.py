@@ -16,6 +16,27 @@ behaviour is UNCONFIRMED or left open it is a setting, not a guess:
 - `history_empty_pages`: how many empty pages (with a `nextPageToken`) start every
   history round, to prove a client does not stop at an empty page.
 - `push_history_id_as_string`: the push envelope's historyId as a string or a number.
+- `send_limit_per_day` (default 2,000, Workspace's daily sending limit): messages a
+  user may send in a rolling 24 hours. Over it: 429 userRateLimitExceeded, "Retry
+  after <when the oldest send leaves the window>" in the message and a Retry-After
+  header, and "Daily user sending limit exceeded." as the error item's message (the
+  wording Google's sending-limit pages use; the API's exact text is UNCONFIRMED).
+- `max_message_bytes` (default 35 MB, the documented messages.send maximum): a larger
+  raw message is refused with 413 "Request Entity Too Large" (reason
+  `uploadTooLarge`), as Google's front end refuses an oversized request before the API
+  reads it. Tests lower it rather than posting 35 MB.
+- `fail_sends(count, status, when)`: the ambiguous case a sender must survive. With
+  `when="after"` the message is stored (SENT, delivered) and then the call answers
+  500/503, so the client saw an error for mail that went out; `when="before"` fails
+  it without storing anything.
+
+messages.send keeps the raw message's own Message-ID (what `rfc822msgid:` finds),
+joins the `threadId` it names only on Gmail's documented terms (References or
+In-Reply-To naming a message of that thread, matching subject; else a new thread; a
+threadId the user does not have is 404), refuses malformed recipients (400 "Invalid
+To header", likewise Cc/Bcc), and delivers a copy to every recipient who is another
+user of this emulator (INBOX, threaded by References, Bcc header dropped), so a
+colleague's mailbox sees the message as Gmail would deliver it.
 
 Several mailboxes per app (keyed by address); a bearer token maps to one of them
 ("me"), the static `emulator-token` to the default user. Deliberate simplifications:
@@ -76,6 +97,9 @@ DEFAULT_COSTS: dict[str, int] = {
     "users.messages.delete": 10,
     "users.messages.send": 100,
 }
+DEFAULT_SEND_LIMIT_PER_DAY = 2_000
+DEFAULT_MAX_MESSAGE_BYTES = 35 * 1024 * 1024
+DAY_S = 86_400.0
 QUOTA_WINDOW_S = 60.0
 NOT_FOUND_MESSAGE = "Requested entity was not found."
 FAULT_KINDS = ("429", "403_rate", "500", "503", "401")
@@ -93,10 +117,13 @@ class ApiError(Exception):
         self.domain = domain
         self.status = status
         self.headers = headers or {}
+        #: the `errors[0].message` when it differs from the top-level message
+        self.body_item_message: str | None = None
 
     def body(self) -> dict:
         err: dict[str, Any] = {"code": self.code, "message": self.message,
-                               "errors": [{"message": self.message, "domain": self.domain, "reason": self.reason}]}
+                               "errors": [{"message": self.body_item_message or self.message, "domain": self.domain,
+                                           "reason": self.reason}]}
         if self.status:
             err["status"] = self.status
         return {"error": err}
@@ -175,6 +202,13 @@ def _untoken(token: str) -> dict:
 
 _SUBJECT_PREFIX = re.compile(r"^\s*((re|fwd?|aw|wg)\s*(\[\d+\])?\s*:\s*)+", re.IGNORECASE)
 _MSGID = re.compile(r"<([^<>\s]+)>")
+
+
+def _norm_msgid(value: str) -> str:
+    """Gmail finds `rfc822msgid:` with or without brackets and whatever the domain's case."""
+    v = str(value or "").strip().strip("<>")
+    left, at, right = v.rpartition("@")
+    return f"{left}@{right.lower()}" if at else v
 
 
 def normalize_subject(subject: str) -> str:
@@ -305,6 +339,7 @@ class Mailbox:
     watch: dict | None = None
     spent: deque = field(default_factory=deque)  # (time, units) in the rolling window
     next_label: int = 1
+    sends: deque = field(default_factory=deque)  # times of messages sent in the last 24 hours
 
 
 class GmailState:
@@ -331,6 +366,8 @@ class GmailState:
         push_history_id_as_string: bool = False,
         record_responses: bool = False,
         access_token_lifetime: int = 3600,
+        send_limit_per_day: int = DEFAULT_SEND_LIMIT_PER_DAY,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self._lock = threading.RLock()
         self._clock = clock or time.time
@@ -351,6 +388,10 @@ class GmailState:
         self.record_responses = record_responses
         self.responses: list[bytes] = []
         self.access_token_lifetime = access_token_lifetime
+        self.send_limit_per_day = int(send_limit_per_day)
+        self.max_message_bytes = int(max_message_bytes)
+        #: scripted send failures: [remaining, status, "before" | "after"]
+        self._send_faults: list[list] = []
         self.token_validator: Callable[[str], bool] | None = None
         self._access_tokens: dict[str, tuple[float, str]] = {}
         self._mailboxes: dict[str, Mailbox] = {}
@@ -382,7 +423,7 @@ class GmailState:
 
     def configure(self, **settings: Any) -> None:
         allowed = {"quota_per_minute", "enforce_quota", "rate_limit_status", "history_gap", "history_empty_pages",
-                   "push_history_id_as_string", "record_responses"}
+                   "push_history_id_as_string", "record_responses", "send_limit_per_day", "max_message_bytes"}
         with self._lock:
             for key, value in settings.items():
                 if key == "costs":
@@ -402,6 +443,25 @@ class GmailState:
     def clear_faults(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._send_faults.clear()
+
+    def fail_sends(self, count: int = 1, *, status: int = 500, when: str = "after") -> None:
+        """The next `count` messages.send calls answer `status` (500 or 503); "after":
+        once the message is stored and delivered (sent, but the client sees an error),
+        "before": without storing it."""
+        if status not in (500, 503) or when not in ("before", "after"):
+            raise ValueError("status must be 500 or 503 and when 'before' or 'after'")
+        with self._lock:
+            self._send_faults.append([int(count), status, when])
+
+    def _take_send_fault(self) -> tuple[int, str] | None:
+        for f in self._send_faults:
+            if f[0] > 0:
+                f[0] -= 1
+                self.faults_served += 1
+                self._send_faults = [x for x in self._send_faults if x[0] > 0]
+                return f[1], f[2]
+        return None
 
     def _take_fault(self, method: str) -> ApiError | None:
         with self._lock:
@@ -824,9 +884,19 @@ class GmailState:
             raw = b64url_decode(raw_b64)
         except Exception:
             raise bad_request("Invalid value for ByteString: raw") from None
+        if len(raw) > self.max_message_bytes:
+            raise ApiError(413, "Request Entity Too Large", reason="uploadTooLarge", status="INVALID_ARGUMENT")
         parsed = email.message_from_bytes(raw, policy=email_policy.compat32)
-        if not any(parsed.get(h) for h in ("To", "Cc", "Bcc")):
+        recipients = _recipients(parsed)
+        if not recipients:
             raise bad_request("Invalid To header")
+        thread_hint = body.get("threadId")
+        if thread_hint and not any(m.thread_id == thread_hint for m in box.messages.values()):
+            raise not_found()
+        self._check_send_limit(box)
+        fault = self._take_send_fault()
+        if fault is not None and fault[1] == "before":
+            raise fault_error(str(fault[0]))
         extra = b""
         if not parsed.get("Message-ID"):
             extra += f"Message-ID: <{secrets.token_hex(12)}@mail.gmail.com>\r\n".encode()
@@ -834,12 +904,31 @@ class GmailState:
             extra += ("Date: " + email.utils.format_datetime(datetime.fromtimestamp(self.now(), tz=timezone.utc)) + "\r\n").encode()
         if not parsed.get("From"):
             extra += f"From: {box.email}\r\n".encode()
-        thread_hint = body.get("threadId")
-        if thread_hint and not any(m.thread_id == thread_hint for m in box.messages.values()):
-            raise not_found()
-        msg = self._store(box, extra + raw, {"SENT"}, int(self.now() * 1000), thread_hint=thread_hint,
-                          sending=True)
+        now_ms = int(self.now() * 1000)
+        msg = self._store(box, extra + raw, {"SENT"}, now_ms, thread_hint=thread_hint, sending=True)
+        box.sends.append(self.now())
+        delivered = _without_bcc(extra + raw)
+        for addr in dict.fromkeys(recipients):
+            other = self._mailboxes.get(addr)
+            if other is not None and other is not box:
+                self._store(other, delivered, {"INBOX", "UNREAD"}, now_ms)
+        if fault is not None:
+            raise fault_error(str(fault[0]))
         return {"id": msg.id, "threadId": msg.thread_id, "labelIds": sorted(msg.label_ids)}
+
+    def _check_send_limit(self, box: Mailbox) -> None:
+        """The rolling-24-hour sending limit; the refusal says when a send fits again."""
+        now = self.now()
+        while box.sends and box.sends[0] <= now - DAY_S:
+            box.sends.popleft()
+        if len(box.sends) < self.send_limit_per_day:
+            return
+        self.rate_limited += 1
+        retry_at = box.sends[0] + DAY_S
+        err = rate_limited(429, retry_at)
+        err.body_item_message = "Daily user sending limit exceeded."
+        err.headers["Retry-After"] = str(max(1, int(retry_at - now + 0.999)))
+        raise err
 
     def messages_modify(self, box: Mailbox, q: dict, message_id: str, body: dict) -> dict:
         add = list((body or {}).get("addLabelIds") or [])
@@ -881,6 +970,41 @@ class GmailState:
         elif fmt == "full":
             out["payload"] = _payload(msg.parse(), "", msg.id)
         return out
+
+
+_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[^@\s<>(),;:\"\[\]]+\.[^@\s<>(),;:\"\[\]]+$")
+
+
+def _recipients(parsed: Message) -> list[str]:
+    """Every To/Cc/Bcc address, lower-cased; a malformed one refuses the send with
+    Gmail's "Invalid <Header> header"."""
+    out: list[str] = []
+    for header in ("To", "Cc", "Bcc"):
+        values = [str(v) for v in parsed.get_all(header, [])]
+        if not values:
+            continue
+        pairs = email.utils.getaddresses(values)
+        if not pairs or any(not _ADDRESS.match(addr) for _, addr in pairs):
+            raise bad_request(f"Invalid {header} header")
+        out += [addr.lower() for _, addr in pairs]
+    return out
+
+
+def _without_bcc(raw: bytes) -> bytes:
+    """What recipients get: the message without its Bcc header (and its folded lines)."""
+    head, sep, rest = raw.partition(b"\r\n\r\n")
+    if not sep:
+        head, sep, rest = raw.partition(b"\n\n")
+    nl = b"\r\n" if sep == b"\r\n\r\n" else b"\n"
+    kept: list[bytes] = []
+    skipping = False
+    for line in head.split(nl):
+        if line[:1] in (b" ", b"\t") and skipping:
+            continue
+        skipping = line.lower().startswith(b"bcc:")
+        if not skipping:
+            kept.append(line)
+    return nl.join(kept) + sep + rest
 
 
 def _header_text(value: Any) -> str:
@@ -992,8 +1116,8 @@ def _query_matcher(query: str, box: Mailbox) -> Callable[[_Msg], bool]:
             ms = _epoch(value) * 1000
             tests.append((lambda m, ms=ms: m.internal_date_ms > ms) if key == "after" else (lambda m, ms=ms: m.internal_date_ms < ms))
         elif key == "rfc822msgid":
-            wanted = value.strip("<>")
-            tests.append(lambda m, w=wanted: m.message_id == w)
+            wanted = _norm_msgid(value)
+            tests.append(lambda m, w=wanted: _norm_msgid(m.message_id) == w)
         elif key in ("label", "in", "is"):
             if key == "in" and value.lower() == "anywhere":
                 continue
@@ -1234,6 +1358,12 @@ def create_app(state: GmailState | None = None) -> FastAPI:
         b = await request.json()
         return admin(lambda: state.inject_fault(b["kind"], b.get("method", "any"), int(b.get("count", 1)),
                                                 retry_after=b.get("retry_after")))
+
+    @app.post("/_emulator/send_faults")
+    async def send_faults(request: Request) -> Response:
+        b = await request.json()
+        return admin(lambda: state.fail_sends(int(b.get("count", 1)), status=int(b.get("status", 500)),
+                                              when=str(b.get("when", "after"))))
 
     @app.delete("/_emulator/faults")
     async def clear() -> Response:

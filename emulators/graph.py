@@ -162,6 +162,8 @@ class SubRequest:
     body: Any
     base_url: str  # e.g. "http://127.0.0.1:1234"
     in_batch: bool = False
+    #: the body as sent when it is not JSON (a MIME message posted as text/plain)
+    raw: bytes = b""
 
 
 @dataclass
@@ -264,6 +266,9 @@ class GraphState:
         #: Replaces the HTTP validation handshake: (url, token) -> True when valid.
         self.handshake: Callable[[str, str], bool] | None = None
         self.require_https_notification_url: bool = False
+        #: Graph refuses a request body over 4 MB (the reason attachments go through
+        #: upload sessions); None lifts the limit
+        self.max_request_bytes: int | None = 4 * 1024 * 1024
 
         # data
         self.folders: dict[str, str] = {DEFAULT_FOLDER_ID: "Contacts"}
@@ -1158,8 +1163,12 @@ def create_app(state: GraphState | None = None) -> FastAPI:
                 if fault.status:
                     return _json_response(state._fault_response(fault))
             raw = await request.body()
+            if state.max_request_bytes is not None and len(raw) > state.max_request_bytes:
+                return _json_response(_error(413, "RequestEntityTooLarge",
+                                             "The maximum request length supported is 4MB."))
             body = None
-            if raw:
+            is_text = request.headers.get("content-type", "").lower().startswith("text/plain")
+            if raw and not is_text:
                 try:
                     body = json.loads(raw)
                 except ValueError:
@@ -1171,6 +1180,7 @@ def create_app(state: GraphState | None = None) -> FastAPI:
                 headers={k.lower(): v for k, v in request.headers.items()},
                 body=body,
                 base_url=str(request.base_url).rstrip("/"),
+                raw=raw if is_text else b"",
             )
             if path.rstrip("/") == "$batch" and request.method == "POST":
                 res = await run_in_threadpool(state.batch, sub)
@@ -1245,6 +1255,7 @@ def create_app(state: GraphState | None = None) -> FastAPI:
             "etag_mismatch_status",
             "validate_subscriptions",
             "require_https_notification_url",
+            "max_request_bytes",
         }
         with state.lock:
             for k, v in body.items():
@@ -1253,9 +1264,36 @@ def create_app(state: GraphState | None = None) -> FastAPI:
             if "accepted_tokens" in body:
                 tokens = body["accepted_tokens"]
                 state.accepted_tokens = None if tokens is None else set(tokens)
+            for key in ("send_limit_per_day", "max_message_bytes"):
+                if "mail_" + key in body:
+                    setattr(state.mail, key, int(body["mail_" + key]))
             if "request_budget" in body:
                 rb = body["request_budget"]
                 state.request_budget = None if rb is None else (int(rb[0]), float(rb[1]))
+        return EscapedJSONResponse({"ok": True})
+
+    @app.put("/_upload/{token}")
+    async def upload(token: str, request: Request) -> Response:
+        """An attachment upload session's pre-authenticated URL (not under /v1.0: Graph
+        hands out a URL on another host, and a request to it must not carry the bearer)."""
+        chunk = await request.body()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        with state.lock:
+            state.requests_total += 1
+            state.request_log.append({"method": "PUT", "path": "/_upload/" + token, "query": {},
+                                      "prefer": "", "in_batch": False, "content_range": headers.get("content-range", ""),
+                                      "bytes": len(chunk)})
+        res = await run_in_threadpool(state.mail.upload_chunk, token, headers, chunk)
+        return _json_response(res)
+
+    @app.post("/_emulator/mail/send_faults")
+    async def mail_send_faults(request: Request) -> Response:
+        body = await request.json()
+        try:
+            state.mail.fail_sends(int(body.get("count", 1)), status=int(body.get("status", 500)),
+                                  when=str(body.get("when", "after")))
+        except ValueError as exc:
+            return EscapedJSONResponse({"error": str(exc)}, status_code=400)
         return EscapedJSONResponse({"ok": True})
 
     @app.get("/_emulator/stats")

@@ -27,8 +27,38 @@ throttling, request log and stats. It reproduces what a mail connector must surv
 
 Messages enter through `deliver(raw)`: RFC 822 bytes parsed with the stdlib `email`
 package into Graph's fields, `receivedDateTime` backdated from the Date header.
-`store_message(fields, folder)` is the single entry point for new messages, so a
-`POST /me/sendMail` (a message JSON saved to Sent Items) is a small addition later.
+`store_message(fields, folder)` is the single entry point for new messages.
+
+Sending, as a client that must send exactly once sees it:
+
+- `POST /me/messages` with `Content-Type: text/plain` and a base64 MIME body creates a
+  draft in Drafts that keeps the MIME's Message-ID as `internetMessageId` and joins
+  the conversation its References root names (201, the message). JSON drafts are not
+  emulated. The whole request is limited to 4 MB (`GraphState.max_request_bytes`),
+  which is why big attachments go through:
+- `POST /me/messages/{id}/attachments/createUploadSession` `{"AttachmentItem":
+  {attachmentType, name, size, contentType, isInline, contentId}}` -> 201 with an
+  `uploadUrl` (outside `/v1.0`, refused with 401 if it carries a bearer, as a
+  pre-authenticated URL is), then `PUT` chunks of at most 4 MB with `Content-Range:
+  bytes a-b/total`: 200 and `nextExpectedRanges` until the last, 201 on completion.
+  A chunk that does not start where the last ended is 416; the request log records
+  each PUT with its range.
+- `GET /me/messages/{id}/attachments` lists attachments with `contentBytes`.
+- `POST /me/messages/{id}/send` -> 202: the draft moves to Sent Items (immutable id
+  kept, headers dropped as for every Sent Items copy). Refusals: no or malformed
+  recipients 400 `ErrorInvalidRecipients`; MIME plus attachments over
+  `max_message_bytes` (default 35 MB, Exchange Online's default MaxSendSize) 413
+  `ErrorMessageSizeExceeded`; over `send_limit_per_day` recipients in a rolling 24
+  hours (default 10,000: Exchange counts recipients in a rolling day) 429
+  `ErrorSubmissionQuotaExceeded` with Retry-After until the window frees (the code
+  Graph uses for this is UNCONFIRMED). Throttling (429 + Retry-After) comes from the
+  state's faults (`inject_fault(429, path="/send$")`) and request budget.
+  `fail_sends(count, status, when)`: "after" moves the message to Sent Items and then
+  answers 500/503 (sent, but the client saw an error), "before" fails untouched.
+  Delivery to other mailboxes is not emulated (one mailbox per server).
+- `GET /me/mailFolders('sentitems')/messages?$filter=internetMessageId eq '<id>'`
+  (also `/me/messages`): the Sent lookup; `$select` and `$top` honoured, no other
+  filter.
 """
 
 from __future__ import annotations
@@ -40,6 +70,8 @@ import hashlib
 import html as html_lib
 import re
 import secrets
+import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email import policy as email_policy
@@ -85,6 +117,11 @@ IN_REPLY_TO_PROP = "String 0x1042"
 _EXPAND_PROPS = re.compile(r"^\s*singleValueExtendedProperties\s*\(\s*\$filter\s*=(.*)\)\s*$", re.IGNORECASE)
 _FILTER = re.compile(r"^\s*receivedDateTime\s+(ge|gt)\s+(\S+)\s*$", re.IGNORECASE)
 _FOLDER_SEG = r"mailFolders(?:\('([^']+)'\)|/([^/]+))"
+_MSGID_FILTER = re.compile(r"^\s*internetMessageId\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE)
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$", re.IGNORECASE)
+_ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[^@\s<>(),;:\"\[\]]+\.[^@\s<>(),;:\"\[\]]+$")
+MAX_CHUNK = 4 * 1024 * 1024
+DAY_S = 86_400.0
 
 
 @dataclass
@@ -163,12 +200,18 @@ def parse_rfc822(raw: bytes) -> dict[str, Any]:
     except Exception:
         sent = None
     content_type, content, calendar, attachments = "text", "", False, False
+    files: list[dict[str, Any]] = []
     try:
         for part in msg.walk():
             if part.get_content_type() == "text/calendar":
                 calendar = True
             if part.get_filename() or (part.get_content_disposition() or "") == "attachment":
                 attachments = True
+                if not part.is_multipart():
+                    data = part.get_payload(decode=True) or b""
+                    cid = str(part.get("Content-ID") or "").strip().strip("<>")
+                    files.append(_attachment(str(part.get_filename() or "attachment"), part.get_content_type(), data,
+                                             inline=(part.get_content_disposition() or "") == "inline", content_id=cid))
         body_part = msg.get_body(preferencelist=("html", "plain"))
         if body_part is not None:
             content = str(body_part.get_content())
@@ -202,7 +245,13 @@ def parse_rfc822(raw: bytes) -> dict[str, Any]:
         "_references": (get("References") or get("In-Reply-To")).split(),
         "_props": {k: v for k, v in ((REFERENCES_PROP, get("References")), (IN_REPLY_TO_PROP, get("In-Reply-To"))) if v},
         "_calendar": calendar,
+        "_attachments": files,
     }
+
+
+def _attachment(name: str, content_type: str, data: bytes, *, inline: bool = False, content_id: str = "") -> dict[str, Any]:
+    return {"id": _new_id("AAMkAGatt"), "name": name, "contentType": content_type or "application/octet-stream",
+            "size": len(data), "isInline": inline, "contentId": content_id or None, "bytes": data}
 
 
 class MailStore:
@@ -232,6 +281,16 @@ class MailStore:
         #: (headers are written in transport); True gives them anyway
         self.headers_in_sent_items = False
         self.notification_errors: list[str] = []
+        #: recipients the mailbox may send to in a rolling 24 hours
+        self.send_limit_per_day = 10_000
+        #: MIME plus attachments a sent message may weigh (Exchange Online's default MaxSendSize)
+        self.max_message_bytes = 35 * 1024 * 1024
+        self._sends: deque[tuple[float, int]] = deque()
+        #: scripted send failures: [remaining, status, "before" | "after"]
+        self._send_faults: list[list] = []
+        #: upload session token -> {message, item, received bytes}
+        self._uploads: dict[str, dict[str, Any]] = {}
+        self.clock = time.time
 
     # ------------------------------------------------------------------ test control
 
@@ -369,6 +428,193 @@ class MailStore:
             self._rounds.clear()
             return n
 
+    def fail_sends(self, count: int = 1, *, status: int = 500, when: str = "after") -> None:
+        """The next `count` sends answer `status` (500/503); "after": once the message is
+        in Sent Items (it went out, the client saw an error), "before": untouched."""
+        if status not in (500, 502, 503, 504) or when not in ("before", "after"):
+            raise ValueError("status must be 5xx and when 'before' or 'after'")
+        with self.lock:
+            self._send_faults.append([int(count), status, when])
+
+    def attachments(self, message_id: str) -> list[dict[str, Any]]:
+        """The message's attachments with their bytes (tests check they arrived whole)."""
+        with self.lock:
+            return [dict(a) for a in self._require(message_id).data.get("_attachments") or []]
+
+    def sent_count(self) -> int:
+        with self.lock:
+            return sum(n for _, n in self._sends)
+
+    # ------------------------------------------------------------------ sending
+
+    def _create_draft(self, req: SubRequest) -> SubResponse:
+        if not req.raw:
+            return _error(400, "ErrorInvalidRequest",
+                          "This emulator creates drafts from MIME only (Content-Type: text/plain, base64 MIME).")
+        try:
+            mime = base64.b64decode(b"".join(req.raw.split()), validate=True)
+        except (ValueError, TypeError):
+            return _error(400, "ErrorMimeContentInvalidBase64String", "Invalid base64 string for MIME content.")
+        fields = parse_rfc822(mime)
+        fields["isDraft"] = True
+        fields["_mime"] = mime
+        fields["receivedDateTime"] = _iso(_now())
+        iid = self.store_message(fields, "drafts")
+        with self.lock:
+            return SubResponse(201, {}, self._render(self._require(iid), immutable=_prefers_immutable(req.headers),
+                                                     select=None))
+
+    def _create_upload_session(self, req: SubRequest, message_id: str) -> SubResponse:
+        body = req.body if isinstance(req.body, dict) else {}
+        item = body.get("AttachmentItem") or body.get("attachmentItem")
+        if not isinstance(item, dict) or not item.get("name") or not isinstance(item.get("size"), int) or item["size"] <= 0:
+            return _error(400, "ErrorInvalidRequest", "AttachmentItem with name and a positive size is required.")
+        if str(item.get("attachmentType") or "file").lower() != "file":
+            return _error(400, "ErrorInvalidRequest", "Only file attachments can be uploaded.")
+        with self.lock:
+            m = self._lookup(message_id)
+            if m is None:
+                return _error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+            if not m.data.get("isDraft"):
+                return _error(400, "ErrorInvalidOperation", "Attachments can only be added to a draft.")
+            token = secrets.token_urlsafe(24)
+            expires = _iso(datetime.fromtimestamp(self.clock() + 6 * 3600, timezone.utc))
+            self._uploads[token] = {"message": m.immutable_id, "item": dict(item), "data": bytearray(), "expires": expires}
+        return SubResponse(201, {}, {
+            "@odata.context": f"{req.base_url}/v1.0/$metadata#microsoft.graph.uploadSession",
+            "uploadUrl": f"{req.base_url}/_upload/{token}",
+            "expirationDateTime": expires,
+            "nextExpectedRanges": ["0-"],
+        })
+
+    def upload_chunk(self, token: str, headers: dict[str, str], chunk: bytes) -> SubResponse:
+        if headers.get("authorization"):
+            return _error(401, "InvalidAuthenticationToken", "An upload URL is pre-authenticated: send no Authorization header.")
+        with self.lock:
+            up = self._uploads.get(token)
+            if up is None:
+                return _error(404, "ErrorItemNotFound", "The upload session was not found or has expired.")
+            mm = _CONTENT_RANGE.match(headers.get("content-range", ""))
+            if mm is None:
+                return _error(400, "ErrorInvalidRequest", "Content-Range header is required: bytes start-end/total.")
+            start, end, total = (int(g) for g in mm.groups())
+            size = int(up["item"]["size"])
+            if total != size:
+                return _error(400, "ErrorInvalidRequest", f"Content-Range total {total} differs from the session size {size}.")
+            if end < start or end - start + 1 != len(chunk):
+                return _error(400, "ErrorInvalidRequest", "Content-Range does not match the body length.")
+            if len(chunk) > MAX_CHUNK:
+                return _error(413, "RequestEntityTooLarge", "A chunk may be at most 4 MB.")
+            if start != len(up["data"]) or end >= size:
+                return SubResponse(416, {}, {"error": {"code": "ErrorInvalidRange",
+                                                      "message": "The range does not follow the bytes received."},
+                                             "nextExpectedRanges": [f"{len(up['data'])}-"]})
+            up["data"] += chunk
+            if len(up["data"]) < size:
+                return SubResponse(200, {}, {"expirationDateTime": up["expires"],
+                                             "nextExpectedRanges": [f"{len(up['data'])}-"]})
+            del self._uploads[token]
+            m = self._lookup(up["message"])
+            if m is None:
+                return _error(404, "ErrorItemNotFound", "The message of this upload session is gone.")
+            item = up["item"]
+            att = _attachment(str(item["name"]), str(item.get("contentType") or "application/octet-stream"),
+                              bytes(up["data"]), inline=bool(item.get("isInline")), content_id=str(item.get("contentId") or ""))
+            att["uploaded"] = True
+            m.data.setdefault("_attachments", []).append(att)
+            m.data["hasAttachments"] = True
+            self._changed(m)
+            location = f"/v1.0/me/messages('{m.immutable_id}')/attachments('{att['id']}')"
+        return SubResponse(201, {"Location": location}, None)
+
+    def _list_attachments(self, message_id: str) -> SubResponse:
+        with self.lock:
+            m = self._lookup(message_id)
+            if m is None:
+                return _error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+            value = [{"@odata.type": "#microsoft.graph.fileAttachment", "id": a["id"], "name": a["name"],
+                      "contentType": a["contentType"], "size": a["size"], "isInline": a["isInline"],
+                      "contentId": a["contentId"], "contentBytes": base64.b64encode(a["bytes"]).decode("ascii")}
+                     for a in m.data.get("_attachments") or []]
+        return SubResponse(200, {}, {"value": value})
+
+    def _send(self, req: SubRequest, message_id: str) -> SubResponse:
+        with self.lock:
+            m = self._lookup(message_id)
+            if m is None:
+                return _error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+            if not m.data.get("isDraft"):
+                return _error(400, "ErrorInvalidOperation", "Only a draft can be sent.")
+            addrs = [r["emailAddress"]["address"] for key in ("toRecipients", "ccRecipients", "bccRecipients")
+                     for r in m.data.get(key) or []]
+            bad = [a for a in addrs if not _ADDRESS.match(a)]
+            if not addrs or bad:
+                detail = f"Recipient '{bad[0]}' is not resolved." if bad else "A message can't be sent because it contains no recipients."
+                return _error(400, "ErrorInvalidRecipients", f"At least one recipient isn't valid., {detail}")
+            size = len(m.data.get("_mime") or b"") + sum(a["size"] for a in m.data.get("_attachments") or []
+                                                           if a.get("uploaded"))
+            if size > self.max_message_bytes:
+                return _error(413, "ErrorMessageSizeExceeded",
+                              f"The message exceeds the maximum supported size ({size} > {self.max_message_bytes} bytes).")
+            now = self.clock()
+            while self._sends and self._sends[0][0] <= now - DAY_S:
+                self._sends.popleft()
+            used = sum(n for _, n in self._sends)
+            if used + len(addrs) > self.send_limit_per_day:
+                free, wait = used + len(addrs) - self.send_limit_per_day, DAY_S
+                for t, n in self._sends:
+                    free -= n
+                    wait = t + DAY_S - now
+                    if free <= 0:
+                        break
+                self.state.throttled += 1
+                return _error(429, "ErrorSubmissionQuotaExceeded",
+                              "The sender has exceeded the recipient rate limit for the day.",
+                              {"Retry-After": str(max(1, int(wait + 0.999)))})
+            fault = None
+            for f in self._send_faults:
+                if f[0] > 0:
+                    f[0] -= 1
+                    fault = (f[1], f[2])
+                    break
+            self._send_faults = [f for f in self._send_faults if f[0] > 0]
+            if fault is not None and fault[1] == "before":
+                return _error(fault[0], "ErrorInternalServerError", "Injected failure before sending.")
+            self._sends.append((now, len(addrs)))
+            m.data["isDraft"] = False
+            m.data["sentDateTime"] = _iso(_now())
+            m.data["receivedDateTime"] = m.data["sentDateTime"]
+            if not self.headers_in_sent_items:
+                m.data["internetMessageHeaders"] = None
+            ident = m.immutable_id
+        self.move(ident, "sentitems")
+        if fault is not None:
+            return _error(fault[0], "ErrorInternalServerError", "Injected failure after sending.")
+        return SubResponse(202, {}, None)
+
+    def _folder_messages(self, req: SubRequest, folder: str | None) -> SubResponse:
+        """A folder's (or the mailbox's) messages; `$filter` only on internetMessageId."""
+        immutable = _prefers_immutable(req.headers)
+        wanted: str | None = None
+        if req.query.get("$filter"):
+            mm = _MSGID_FILTER.match(req.query["$filter"])
+            if mm is None:
+                return _error(400, "ErrorInvalidUrlQueryFilter", "The query filter contains one or more invalid nodes.")
+            wanted = mm.group(1).replace("''", "'")
+        select = [s.strip() for s in req.query["$select"].split(",") if s.strip()] if req.query.get("$select") else None
+        top = int(req.query["$top"]) if req.query.get("$top", "").isdigit() else self.state.default_page_size
+        with self.lock:
+            fid = None
+            if folder is not None:
+                fid = self.folder_id(folder)
+                if fid is None:
+                    return _error(404, "ErrorItemNotFound", "The specified folder could not be found in the store.")
+            hits = [m for m in sorted(self._messages.values(), key=lambda m: m.created, reverse=True)
+                    if not m.deleted and (fid is None or m.folder_id == fid)
+                    and (wanted is None or str(m.data.get("internetMessageId") or "").lower() == wanted.lower())]
+            value = [self._render(m, immutable=immutable, select=select) for m in hits[:top]]
+        return SubResponse(200, {}, {"@odata.context": f"{req.base_url}/v1.0/$metadata#Collection(message)", "value": value})
+
     # ------------------------------------------------------------------ internals
 
     def _require(self, message_id: str) -> _Message:
@@ -420,7 +666,7 @@ class MailStore:
             "categories": list(d.get("categories") or []),
             "receivedDateTime": d.get("receivedDateTime"),
             "sentDateTime": d.get("sentDateTime"),
-            "hasAttachments": bool(d.get("hasAttachments")),
+            "hasAttachments": bool(d.get("hasAttachments") or d.get("_attachments")),
             "internetMessageId": d.get("internetMessageId"),
             "subject": d.get("subject") or "",
             "bodyPreview": d.get("bodyPreview") or "",
@@ -428,7 +674,7 @@ class MailStore:
             "parentFolderId": snap["folder_id"],
             "conversationId": d.get("conversationId"),
             "isRead": False,
-            "isDraft": False,
+            "isDraft": bool(d.get("isDraft")),
             "webLink": f"https://outlook.office365.com/owa/?ItemID={quote(snap['rest_id'], safe='')}",
             "inferenceClassification": "focused",
             "body": copy.deepcopy(d.get("body") or {"contentType": "text", "content": ""}),
@@ -575,6 +821,18 @@ class MailStore:
                 if fid is None or m != "GET":
                     return _error(404, "ErrorItemNotFound", "The specified object was not found in the store.")
                 return SubResponse(200, {}, self._folder_json(fid))
+        if path == "/me/messages" and m == "POST":
+            return self._create_draft(req)
+        if path == "/me/messages" and m == "GET":
+            return self._folder_messages(req, None)
+        if (mm := re.fullmatch(r"/me/" + _FOLDER_SEG + r"/messages", path, re.IGNORECASE)) and m == "GET":
+            return self._folder_messages(req, mm.group(1) or mm.group(2))
+        if (mm := re.fullmatch(r"/me/messages/([^/]+)/attachments/createUploadSession", path, re.IGNORECASE)) and m == "POST":
+            return self._create_upload_session(req, mm.group(1))
+        if (mm := re.fullmatch(r"/me/messages/([^/]+)/attachments", path, re.IGNORECASE)) and m == "GET":
+            return self._list_attachments(mm.group(1))
+        if (mm := re.fullmatch(r"/me/messages/([^/]+)/send", path, re.IGNORECASE)) and m == "POST":
+            return self._send(req, mm.group(1))
         if mm := re.fullmatch(r"/me/(?:" + _FOLDER_SEG + r"/)?messages/([^/]+)(?:/(move|permanentDelete))?", path, re.IGNORECASE):
             return self._item(req, mm.group(3), mm.group(4))
         return _error(400, "BadRequest", f"Unsupported request: {m} {path}")
