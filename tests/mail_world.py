@@ -109,6 +109,17 @@ class GmailProvider:
     def expire(self, user: str) -> None:
         self.state.expire_history(user)
 
+    def fail_sends(self, count: int = 1, *, after_store: bool = True) -> None:
+        self.state.fail_sends(count, status=503, when="after" if after_store else "before")
+
+    def sent_by(self, user: str, message_id: str) -> list[str]:
+        """The user's sent messages carrying this Message-ID, read from the emulator itself."""
+        from models.mail import normalize_message_id
+
+        box = self.state.mailbox(user)
+        return [m.id for m in list(box.messages.values())
+                if "SENT" in m.label_ids and normalize_message_id(m.message_id) == message_id]
+
     def connector(self, user: str, options: MailFetchOptions):
         from connectors.gmail_mail import GmailMail
 
@@ -148,6 +159,19 @@ class GraphProvider:
 
     def expire(self, user: str) -> None:
         self._box(user)[0].mail.expire_delta_tokens()
+
+    def fail_sends(self, count: int = 1, *, after_store: bool = True) -> None:
+        for state, _ in self._boxes.values():
+            state.mail.fail_sends(count, status=503, when="after" if after_store else "before")
+
+    def sent_by(self, user: str, message_id: str) -> list[str]:
+        from models.mail import normalize_message_id
+
+        mail = self._box(user)[0].mail
+        sent = mail.folder_id("sentitems")
+        return [m.immutable_id for m in list(mail._messages.values())
+                if not m.deleted and m.folder_id == sent
+                and normalize_message_id(m.data.get("internetMessageId")) == message_id]
 
     def connector(self, user: str, options: MailFetchOptions):
         from connectors.graph_mail import GraphMail

@@ -182,7 +182,7 @@ class MemoryMail:
         parsed = email.message_from_bytes(raw, policy=email_policy.default)
         rcpts = [a.lower() for _, a in getaddresses([str(parsed[h]) for h in ("To", "Cc", "Bcc") if parsed[h]])
                  if a or _]
-        if not rcpts or any("@" not in a or a.endswith(".invalid") for a in rcpts):
+        if not rcpts or any("@" not in a or "." not in a.rpartition("@")[2] for a in rcpts):
             raise SendRejected("invalid recipient", reason="invalid_recipient")
         if len(raw) > 25_000_000:
             raise SendRejected("too large", reason="too_large")

@@ -108,7 +108,8 @@ def test_a_reply_written_on_the_platform_is_threaded_under_the_logged_message(wo
 
 def test_an_invalid_recipient_fails_the_item_with_its_reason_and_is_never_retried(world):
     cid = world.connect(ME)
-    item = world.queue(to=[Address(email="nobody@nowhere.invalid")])
+    # the platform takes it; the provider refuses a domain without a dot at send time
+    item = world.queue(to=[Address(email="nobody@nowhere")])
     out = world.send_cycle(cid)
     assert out["write"].rejected == 1
     got = world.item(item.id)
