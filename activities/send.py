@@ -31,6 +31,7 @@ from models.workflow import CycleRef, FetchResult, OrgReadResult, PlanSummary, R
 from store import mail as mail_store
 from store import mirror, repo
 from store import outbox as outbox_store
+from sync.mail.associate import associate
 from sync.mail.compose import compose, new_message_id
 from sync.mail.content import parse_raw
 from sync.mail.policy import MailPolicy
@@ -292,9 +293,14 @@ class SendPipeline:
         recipients = [a.email for a in msg.participants() if a.email != sender.address.email]
         people = {e: [p if isinstance(p, Person) else Person.model_validate(p) for p in found]
                   for e, found in self.platform.people_by_email(org, recipients).items()} if recipients else {}
-        assoc = [Association(object_type=p.kind, object_id=p.id) for ps in people.values() for p in ps]
-        assoc += [Association(object_type="account", object_id=p.account_id)
-                  for ps in people.values() for p in ps if p.account_id]
+        contact_ids = sorted({p.id for ps in people.values() for p in ps if p.kind == "contact"})
+        opportunities = self.platform.open_opportunities(org, contact_ids) if contact_ids else {}
+        # the same association rules as logged mail; what is ambiguous is left to the
+        # record it was written on (the mail kind's copy opens no second review)
+        found = associate(msg, people=people, accounts={}, opportunities=opportunities,
+                          policy=sender.policy.model_copy(update={"ambiguity": "none"}),
+                          own_emails={sender.address.email})
+        assoc = list(found.chosen)
         if item.record is not None:
             assoc.insert(0, item.record)
         thread = thread_identity(msg, sender.policy.own_domains)

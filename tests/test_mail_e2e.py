@@ -78,9 +78,29 @@ async def test_email_logging_stages_on_the_dev_server(temporal_env, urls):
             assert Association(object_type="contact", object_id=o.converted_contact) in moved
             assert Association(object_type="lead", object_id=o.lead_id) not in moved
 
+            # send 1: the CRM reply went out through Ann's Gmail, in Pat's thread, logged once on the record
+            reply = stages.outgoing(o.reply_item)
+            assert reply.state == "sent" and reply.message_id == o.reply_message_id
+            ann_box = sc.gmail.mailbox(sc.people["ann"].email)
+            thread_of = {m.message_id.strip("<>"): m.thread_id for m in list(ann_box.messages.values())}
+            assert reply.provider_thread_id == thread_of[o.first_id]
+            sent_copies = [m for m in list(ann_box.messages.values())
+                           if "SENT" in m.label_ids and m.message_id.strip("<>") == o.reply_message_id]
+            assert len(sent_copies) == 1
+            logged = [a for a in sc.crm.mail.list_email_activities(sc.org_id) if a.key == o.reply_message_id]
+            assert len(logged) == 1 and pat <= set(logged[0].associations)
+            assert logged[0].thread_key == o.first_id
+            # Pat's answer to it lands on the same record, in the same thread
+            answer = act(o.pat_answer_id)
+            assert Association(object_type="contact", object_id=sc.pat.id) in answer.associations
+            assert answer.thread_key == o.first_id
+            # send 2: the mistyped address failed for good, with its reason
+            bad = stages.outgoing(o.bad_item)
+            assert (bad.state, bad.reason) == ("failed", "invalid_recipient")
+
             # the demo printed each stage
             text = "\n".join(printed)
-            for stage in ("mail 1", "mail 2", "mail 3", "mail 4", "mail 5"):
+            for stage in ("mail 1", "mail 2", "mail 3", "mail 4", "mail 5", "send 1", "send 2"):
                 assert f"== {stage}" in text
 
             # an error path: the CRM loses its activities table while Ann's next message is

@@ -36,8 +36,16 @@ class Observed:
     label_rule_before: str = ""
     private_id: str = ""
     converted_contact: str = ""
+    reply_item: str = ""
+    reply_message_id: str = ""
+    pat_answer_id: str = ""
+    bad_item: str = ""
     #: strings that must never appear in workflow history
     secrets: list[str] = field(default_factory=list)
+
+
+#: what the scenario's mailboxes sync: their mail, and the platform's outbox
+KINDS = ["mail", "send"]
 
 
 class MailStages:
@@ -54,7 +62,7 @@ class MailStages:
     async def start(self) -> None:
         kwargs = {"task_queue": self.task_queue} if self.task_queue else {}
         for who, cid in self.sc.connections.items():
-            await api.start_sync(self.client, cid, self.sc.org_id, self.sc.people[who].provider, kinds=["mail"],
+            await api.start_sync(self.client, cid, self.sc.org_id, self.sc.people[who].provider, kinds=KINDS,
                                  poll_interval_s=self.poll_interval_s, **kwargs)
         for cid in self.sc.connections.values():
             await api.wait_for_cycles(self.client, cid, 1, timeout=120)
@@ -92,6 +100,7 @@ class MailStages:
         await self.label_later()
         await self.private_thread()
         await self.conversion()
+        await self.two_way_send()
         return self.seen
 
     async def shared_thread(self) -> None:
@@ -197,3 +206,36 @@ class MailStages:
         self.say(f"\n== mail 5: the CRM converts lead {o.lead_id} to contact {conv.contact_id}; "
                  "the organisation's workflow moves its mail:")
         self.show(o.intro_id)
+
+    async def two_way_send(self) -> None:
+        sc, o = self.sc, self.seen
+        outbox = sc.crm.outbox
+        item = outbox.reply(sc.org_id, "ann", o.first_id, text="Thanks Pat, 46k works for us.",
+                            user_email=sc.people["ann"].email)
+        o.reply_item = item.id
+        o.secrets += ["46k works for us"]
+        await self.sync("ann")
+        sent = self.outgoing(item.id)
+        o.reply_message_id = sent.message_id or ""
+        self.say("\n== send 1: Ann replies to Pat from the CRM record; it goes out through her Gmail")
+        self.say(f"   outbox item {item.id}: {sent.state}, Gmail message {sent.provider_message_id} in thread "
+                 f"{sent.provider_thread_id} (the thread of Pat's first message), logged once on the record:")
+        self.show(o.reply_message_id)
+        answer, o.pat_answer_id = message("Pat Prospect <pat@northwind.example>", [sc.address("ann")],
+                                          "Re: Renewal pricing", "Deal. Send the contract.",
+                                          references=[o.first_id, o.reply_message_id])
+        o.secrets += ["Deal. Send the contract."]
+        sc.deliver("ann", answer)
+        await self.sync("ann")
+        self.say("   Pat answers; Ann's mailbox logs it on the same record:")
+        self.show(o.pat_answer_id)
+        bad = outbox.queue(sc.org_id, "ann", to=[{"email": "pat@northwind", "name": "Typo"}], subject="Contract",
+                           text="attached")
+        o.bad_item = bad.id
+        await self.sync("ann")
+        failed = self.outgoing(bad.id)
+        self.say(f"\n== send 2: a message to a mistyped address: outbox item {bad.id} {failed.state}, "
+                 f"reason {failed.reason!r} (never retried)")
+
+    def outgoing(self, item_id: str):
+        return self.sc.crm.outbox.get(self.sc.org_id, item_id)

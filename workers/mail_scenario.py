@@ -96,13 +96,14 @@ class MailScenario:
         token = f"token-{p.user_id}-{uuid.uuid4().hex[:6]}"
         if p.provider == "google":
             self.gmail.add_token(token, p.email)
-            settings = {"gmail_endpoint": self.servers[0].base_url, "token": token, "mail": p.mail, "kinds": ["mail"]}
+            settings = {"gmail_endpoint": self.servers[0].base_url, "token": token, "mail": p.mail,
+                        "kinds": ["mail", "send"]}
         else:
             graph = GraphState(tokens={token})
             self.graphs[p.user_id] = graph
             server = serve(graph_app(graph))
             self.servers.append(server)
-            settings = {"endpoint": server.base_url, "token": token, "mail": p.mail, "kinds": ["mail"]}
+            settings = {"endpoint": server.base_url, "token": token, "mail": p.mail, "kinds": ["mail", "send"]}
         p.connection_id = (f"{self.connection_prefix}-{p.user_id}" if self.connection_prefix
                            else f"mail-{p.user_id}-{uuid.uuid4().hex[:6]}")
         with self.sessions.begin() as s:
