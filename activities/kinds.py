@@ -8,10 +8,11 @@ workflow are shared. The workflow runs the kinds a connection enables
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 from activities.mail import MailFactory, MailPipeline
-from activities.send import SendPipeline
+from activities.send import LEASE_S, SendPipeline
 from models.mail import MailFetchOptions
 from activities.pipeline import KindPipeline, MailboxFactory
 from connectors.protocols import PlatformSide
@@ -38,5 +39,6 @@ def build_pipelines(sessions, crm_url: str, mailboxes: MailboxFactory, mail_for:
         pipelines["mail"] = MailPipeline(sessions, platform, mail_for)
         # the mail connectors send too (MailboxSend): built without fetch options
         pipelines["send"] = SendPipeline(sessions, ReferenceCrmOutbox(crm_url), platform,
-                                         lambda info: mail_for(info, MailFetchOptions()))
+                                         lambda info: mail_for(info, MailFetchOptions()),
+                                         lease_s=float(os.environ.get("CONCORD_SEND_LEASE_S", LEASE_S)))
     return pipelines
