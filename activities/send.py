@@ -328,7 +328,7 @@ class SendPipeline:
         with self.sessions() as s:
             conn = repo.get_connection(s, connection_id)
             by_state = outbox_store.counts(s, conn.org_id, conn.user_id) if conn is not None else {}
-        return StoreSummary(items=by_state)
+        return StoreSummary(outbox=by_state)
 
     def activities(self) -> list:
         steps = (self.fetch_mailbox, self.fetch_platform, self.plan, self.write, self.handle_rejections,

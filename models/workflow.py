@@ -86,6 +86,8 @@ class StoreSummary(BaseModel):
     skipped_by_rule: dict[str, int] = Field(default_factory=dict)
     #: logged messages whose association waits for a person (mail)
     open_association_count: int = 0
+    #: the platform's outbox items this mailbox sends, by state (send)
+    outbox: dict[str, int] = Field(default_factory=dict)
 
 
 class CycleCounts(BaseModel):

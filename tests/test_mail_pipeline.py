@@ -230,6 +230,12 @@ def test_an_ambiguous_association_waits_in_review_and_the_answer_attaches(world)
     assert item.status == "applied" and item.review_id is not None
     act = world.activity(mid)
     assert not {x.object_id for x in act.associations} & {a1.id, a2.id}
+    # what a person sees (`concord reviews CONN`): the reason and the records to choose from
+    from workers import client as api
+
+    (review,) = api.open_reviews(world.sessions, cid)
+    assert review["kind"] == "association" and review["detail"]["reason"] == "domain_shared_by_accounts"
+    assert {o["object_id"] for o in review["detail"]["options"]} == {a1.id, a2.id}
     from store import cycle as store_cycle
     with world.sessions.begin() as s:
         assert store_cycle.resolve_review_and_reopen(s, cid, item.review_id, "attach")

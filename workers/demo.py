@@ -205,6 +205,8 @@ def print_stack(dev: DevServer, app: RunningServer, mailboxes: dict[str, Mailbox
         say(f"   {dev.ui_url}/namespaces/default/workflows/{quote(workflow_id(cid), safe='')}")
     say(f"   filter: ConcordOrgId = '{sc.org_id}'   (search attributes: ConcordOrgId, ConcordProvider, ConcordStatus)")
     if mail_sc is not None:
+        say(f"   {dev.ui_url}/namespaces/default/workflows/"
+            f"{quote(workflow_id(mail_sc.connections['ann']), safe='')}  (email logging and send)")
         say(f"   email logging: ConcordOrgId = '{mail_sc.org_id}'  (each mailbox's state query has a 'mail' section)")
 
     t = dev.target
@@ -218,6 +220,11 @@ def print_stack(dev: DevServer, app: RunningServer, mailboxes: dict[str, Mailbox
             say(f"   {concord('resolve', cid, *example, temporal=t, store_url=store_url)}")
     headers = platform_headers(derived_platform_secrets(webhook_key)(sc.org_id), WEBHOOK_BODY.encode())
     say(f"   {concord('org-state', sc.org_id, temporal=t)}")
+    if mail_sc is not None:
+        ann = mail_sc.connections["ann"]
+        say(f"   {concord('state', ann, temporal=t)}   # Ann's mailbox: 'mail' and 'send' sections")
+        say(f"   {concord('reviews', ann, temporal=t, store_url=store_url)}   # association reviews, if any wait")
+        say(f"   {concord('org-state', mail_sc.org_id, temporal=t)}   # outbox and lead conversions read")
     say("   # a CRM change arrives as a signed platform webhook: it wakes the organisation's workflow,")
     say("   # which reads the CRM once and wakes only the mailboxes whose records changed")
     say("   # (signed now: it is accepted once, within 5 minutes; replays are refused):")

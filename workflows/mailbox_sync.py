@@ -532,6 +532,11 @@ def _summed(stores: list[StoreSummary]) -> StoreSummary:
             out.items[status] = out.items.get(status, 0) + n
         for code, n in st.quarantined_by_code.items():
             out.quarantined_by_code[code] = out.quarantined_by_code.get(code, 0) + n
+        for rule, n in st.skipped_by_rule.items():
+            out.skipped_by_rule[rule] = out.skipped_by_rule.get(rule, 0) + n
+        for state, n in st.outbox.items():
+            out.outbox[state] = out.outbox.get(state, 0) + n
+        out.open_association_count += st.open_association_count
         out.links += st.links
         out.open_conflict_count += st.open_conflict_count
         out.open_duplicate_count += st.open_duplicate_count
