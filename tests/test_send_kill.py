@@ -25,6 +25,7 @@ from models.mail import Address, normalize_message_id
 from platforms.reference_crm.service import ReferenceCrm
 from store import repo
 from store.db import make_engine, migrate, session_factory
+from tests.history_scan import found_in, history_text
 from tests.test_chaos import Workers, running_activity
 from workers import client as api
 
@@ -100,6 +101,12 @@ async def test_two_hundred_sends_under_worker_kills_go_out_exactly_once(temporal
             assert not duplicates, f"{user}: sent more than once: {len(duplicates)}"
             assert not lost, f"{user}: never sent: {len(lost)}"
             assert sum(sent.values()) == ITEMS_PER_MAILBOX
+        # the failed attempts (503s, lost workers) are in history: without subject, body or address
+        texts = [history_text(await h.fetch_history()) for h in handles]
+        assert any("lastFailure" in t or "activityTaskFailedEventAttributes" in t for t in texts)
+        needles = [f"Offer {i}" for i in range(ITEMS_PER_MAILBOX)] + [f"offer number {i}" for i in (0, 7, 42)]
+        needles += [f"client{i}@client.example" for i in range(ITEMS_PER_MAILBOX)] + ["ann@acme.example"]
+        assert not found_in("\n".join(texts), needles)
         print(f"kills: {workers.kills} ({dict(killed)}); ambiguous 503s per mailbox: {AMBIGUOUS_FAILURES}")
     finally:
         workers.stop()
