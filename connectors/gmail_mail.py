@@ -63,7 +63,7 @@ from google.oauth2.credentials import Credentials
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
 
-from connectors.google_api import api_root, build_service, can_refresh, emulator_credentials, transport
+from connectors.google_api import GoogleConnector, api_root, build_service, can_refresh, transport
 from connectors.google_people import _error_body, _retry_after, translate_http_error
 from connectors.protocols import DeltaPage
 from connectors.translation import untranslatable
@@ -235,7 +235,7 @@ def translate(err: HttpError, *, history: bool = False) -> ConnectorError:
     return out
 
 
-class GmailMail:
+class GmailMail(GoogleConnector):
     """One Gmail mailbox: its mail read, and mail sent through it. See the module docstring."""
 
     provider = "google"
@@ -276,20 +276,6 @@ class GmailMail:
         self._can_refresh = can_refresh(credentials)
         self._service, self._authed, self._http = build_service("gmail", "v1", self.base_url, credentials, timeout=timeout)
         self._labels: dict[str, str] | None = None
-
-    @classmethod
-    def for_emulator(cls, base_url: str, *, token: str | None = None, refresh_token: str = "emulator-refresh",
-                     client_id: str = "emulator-client", client_secret: str = "emulator-secret",
-                     **kwargs: Any) -> "GmailMail":
-        """Against emulators.gmail: a static bearer token, or a refresh through its /token."""
-        base = api_root(base_url)
-        creds = emulator_credentials(base, token=token, refresh_token=refresh_token, client_id=client_id,
-                                     client_secret=client_secret)
-        return cls(base, creds, **kwargs)
-
-    @property
-    def calls_made(self) -> int:
-        return self._http.count
 
     @property
     def _users(self) -> Any:

@@ -9,7 +9,7 @@ stays with its connector: each API refuses in its own words).
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Self
 
 import google_auth_httplib2
 import httplib2
@@ -63,13 +63,30 @@ def can_refresh(credentials: Credentials) -> bool:
     return bool(getattr(credentials, "refresh_token", None))
 
 
-def emulator_credentials(base: str, *, token: str | None, refresh_token: str, client_id: str,
-                         client_secret: str) -> Credentials:
-    """A static bearer token, or a refresh through the emulator's /token (`base` ends in "/")."""
-    if token is not None:
-        return Credentials(token=token)
-    return Credentials(token=None, refresh_token=refresh_token, client_id=client_id,
-                       client_secret=client_secret, token_uri=base + "token")
+class GoogleConnector:
+    """What the Google connectors share: the call count of their http, and how to reach an emulator.
+
+    A subclass takes `(base_url, credentials, **options)` and sets `self._http` (a CountingHttp).
+    """
+
+    _http: CountingHttp
+
+    @classmethod
+    def for_emulator(cls, base_url: str, *, token: str | None = None, refresh_token: str = "emulator-refresh",
+                     client_id: str = "emulator-client", client_secret: str = "emulator-secret",
+                     **kwargs: Any) -> Self:
+        """Against one of emulators' Google APIs: a static bearer token, or a refresh through its /token."""
+        base = api_root(base_url)
+        if token is not None:
+            creds = Credentials(token=token)
+        else:
+            creds = Credentials(token=None, refresh_token=refresh_token, client_id=client_id,
+                                client_secret=client_secret, token_uri=base + "token")
+        return cls(base, creds, **kwargs)
+
+    @property
+    def calls_made(self) -> int:
+        return self._http.count
 
 
 def transport(fn: Callable[[], Any], *, refusal_is_auth_expired: bool = False) -> Any:

@@ -55,7 +55,7 @@ from models.errors import (
     Transient,
     ValidationRejected,
 )
-from connectors.google_api import api_root, build_service, emulator_credentials, transport
+from connectors.google_api import GoogleConnector, api_root, build_service, transport
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from connectors.translation import untranslatable
 from models.contact import Contact, ContactRecord
@@ -328,7 +328,7 @@ def _split(items: Sequence[WriteRequest], size: int) -> list[list[WriteRequest]]
 # ---- transport ----------------------------------------------------------------------------
 
 
-class GooglePeopleContacts:
+class GooglePeopleContacts(GoogleConnector):
     """A Google mailbox's contacts. See the module docstring for the write strategy."""
 
     provider = "google"
@@ -340,27 +340,6 @@ class GooglePeopleContacts:
         self.page_size = page_size
         self.batch_updates = batch_updates
         self._service, _, self._http = build_service("people", "v1", self.base_url, credentials, timeout=timeout)
-
-    @classmethod
-    def for_emulator(
-        cls,
-        base_url: str,
-        *,
-        token: str | None = None,
-        refresh_token: str = "emulator-refresh",
-        client_id: str = "emulator-client",
-        client_secret: str = "emulator-secret",
-        **kwargs: Any,
-    ) -> "GooglePeopleContacts":
-        """Against emulators.google_people: a static bearer token, or a refresh through its /token."""
-        base = api_root(base_url)
-        creds = emulator_credentials(base, token=token, refresh_token=refresh_token, client_id=client_id,
-                                     client_secret=client_secret)
-        return cls(base, creds, **kwargs)
-
-    @property
-    def calls_made(self) -> int:
-        return self._http.count
 
     # ---- plumbing ----------------------------------------------------------------------
 
