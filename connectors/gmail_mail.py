@@ -53,36 +53,22 @@ from __future__ import annotations
 import base64
 import json
 import re
-import socket
 import threading
 import time
 from collections import deque
 from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence
 
-import google_auth_httplib2
-import httplib2
-from google.auth import exceptions as auth_exceptions
 from google.oauth2.credentials import Credentials
-from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
 
+from connectors.google_api import GoogleConnector, api_root, build_service, can_refresh, transport
 from connectors.google_people import _error_body, _retry_after, translate_http_error
 from connectors.protocols import DeltaPage
 from connectors.translation import untranslatable
-from models.errors import (
-    AuthExpired,
-    ConnectorError,
-    CursorExpired,
-    Fatal,
-    NotFound,
-    RateLimited,
-    ReauthRequired,
-    SendRejected,
-    Transient,
-    ValidationRejected,
-)
+from models.errors import (ConnectorError, CursorExpired, Fatal, NotFound, RateLimited, SendRejected, Transient,
+                           ValidationRejected)
 from models.mail import MailFetchOptions, MailMessage, normalize_message_id
 from models.send import SentRef
 from models.record import SideRecord
@@ -188,20 +174,6 @@ class UnitBudget:
             self._spent += units
 
 
-class _CountingHttp(httplib2.Http):
-    """httplib2 that counts requests to Gmail (token refreshes are not counted)."""
-
-    def __init__(self, *, exclude_prefix: str | None, timeout: float) -> None:
-        super().__init__(timeout=timeout)
-        self.count = 0
-        self._exclude = exclude_prefix
-
-    def request(self, uri, method="GET", *args, **kwargs):  # type: ignore[override]
-        if not (self._exclude and str(uri).startswith(self._exclude)):
-            self.count += 1
-        return super().request(uri, method, *args, **kwargs)
-
-
 def _retry_after_from_message(message: str) -> float | None:
     """Gmail's userRateLimitExceeded says "Retry after <RFC 3339>" in its message."""
     match = re.search(r"Retry after (\d{4}-\d\d-\d\dT[\d:.]+Z)", message or "")
@@ -263,7 +235,7 @@ def translate(err: HttpError, *, history: bool = False) -> ConnectorError:
     return out
 
 
-class GmailMail:
+class GmailMail(GoogleConnector):
     """One Gmail mailbox: its mail read, and mail sent through it. See the module docstring."""
 
     provider = "google"
@@ -290,7 +262,7 @@ class GmailMail:
             raise ValueError("page_size must be between 1 and 500")
         if not 1 <= batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}")
-        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.base_url = api_root(base_url)
         self.user_id = user_id
         self.options = options or MailFetchOptions()
         self.page_size = page_size
@@ -301,34 +273,9 @@ class GmailMail:
             budget = UnitBudget.shared(f"{self.base_url}|{account}", **settings) if account else UnitBudget(**settings)
         self.budget = budget
         self.units_spent = 0
-        self._can_refresh = bool(getattr(credentials, "refresh_token", None))
-        self._http = _CountingHttp(exclude_prefix=getattr(credentials, "token_uri", None), timeout=timeout)
-        self._authed = google_auth_httplib2.AuthorizedHttp(
-            credentials,
-            http=self._http,
-            refresh_status_codes=(401,) if self._can_refresh else (),
-            max_refresh_attempts=1,
-        )
-        self._service = build("gmail", "v1", http=self._authed, static_discovery=True, cache_discovery=False,
-                              client_options={"api_endpoint": self.base_url})
+        self._can_refresh = can_refresh(credentials)
+        self._service, self._authed, self._http = build_service("gmail", "v1", self.base_url, credentials, timeout=timeout)
         self._labels: dict[str, str] | None = None
-
-    @classmethod
-    def for_emulator(cls, base_url: str, *, token: str | None = None, refresh_token: str = "emulator-refresh",
-                     client_id: str = "emulator-client", client_secret: str = "emulator-secret",
-                     **kwargs: Any) -> "GmailMail":
-        """Against emulators.gmail: a static bearer token, or a refresh through its /token."""
-        base = base_url if base_url.endswith("/") else base_url + "/"
-        if token is not None:
-            creds = Credentials(token=token)
-        else:
-            creds = Credentials(token=None, refresh_token=refresh_token, client_id=client_id,
-                                client_secret=client_secret, token_uri=base + "token")
-        return cls(base, creds, **kwargs)
-
-    @property
-    def calls_made(self) -> int:
-        return self._http.count
 
     @property
     def _users(self) -> Any:
@@ -342,20 +289,7 @@ class GmailMail:
         self.units_spent += units
 
     def _transport(self, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except auth_exceptions.RefreshError as err:
-            if not self._can_refresh:
-                raise AuthExpired("access token refused and cannot be refreshed") from err
-            if getattr(err, "retryable", False):
-                raise Transient("token refresh failed transiently") from err
-            raise ReauthRequired("token refresh was refused") from err
-        except auth_exceptions.TransportError as err:
-            raise Transient(f"token endpoint unreachable: {type(err).__name__}") from err
-        except (socket.timeout, TimeoutError) as err:
-            raise Transient("request timed out") from err
-        except (ConnectionError, httplib2.HttpLib2Error, OSError) as err:
-            raise Transient(f"connection failed: {type(err).__name__}") from err
+        return transport(fn, refusal_is_auth_expired=not self._can_refresh)
 
     def _execute(self, method: str, request: Any, *, history: bool = False) -> dict:
         self._pay(COSTS[method])

@@ -36,16 +36,11 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable, Iterable, Sequence
 
-import google_auth_httplib2
-import httplib2
-from google.auth import exceptions as auth_exceptions
 from google.oauth2.credentials import Credentials
-from googleapiclient.discovery import build
 from googleapiclient.errors import HttpError
 
 from models.errors import (
@@ -60,6 +55,7 @@ from models.errors import (
     Transient,
     ValidationRejected,
 )
+from connectors.google_api import GoogleConnector, api_root, build_service, transport
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from connectors.translation import untranslatable
 from models.contact import Contact, ContactRecord
@@ -332,21 +328,7 @@ def _split(items: Sequence[WriteRequest], size: int) -> list[list[WriteRequest]]
 # ---- transport ----------------------------------------------------------------------------
 
 
-class _CountingHttp(httplib2.Http):
-    """httplib2 that counts requests to the People API (token refreshes are not counted)."""
-
-    def __init__(self, *, exclude_prefix: str | None, timeout: float) -> None:
-        super().__init__(timeout=timeout)
-        self.count = 0
-        self._exclude = exclude_prefix
-
-    def request(self, uri, method="GET", *args, **kwargs):  # type: ignore[override]
-        if not (self._exclude and str(uri).startswith(self._exclude)):
-            self.count += 1
-        return super().request(uri, method, *args, **kwargs)
-
-
-class GooglePeopleContacts:
+class GooglePeopleContacts(GoogleConnector):
     """A Google mailbox's contacts. See the module docstring for the write strategy."""
 
     provider = "google"
@@ -354,73 +336,18 @@ class GooglePeopleContacts:
     def __init__(self, base_url: str, credentials: Credentials, *, page_size: int = 1000, timeout: float = 30.0, batch_updates: bool = True) -> None:
         if not 1 <= page_size <= 1000:
             raise ValueError("page_size must be between 1 and 1000")
-        self.base_url = base_url if base_url.endswith("/") else base_url + "/"
+        self.base_url = api_root(base_url)
         self.page_size = page_size
         self.batch_updates = batch_updates
-        self._http = _CountingHttp(exclude_prefix=getattr(credentials, "token_uri", None), timeout=timeout)
-        can_refresh = bool(getattr(credentials, "refresh_token", None))
-        authed = google_auth_httplib2.AuthorizedHttp(
-            credentials,
-            http=self._http,
-            # Static tokens cannot refresh: let the 401 reach us as AuthExpired.
-            refresh_status_codes=(401,) if can_refresh else (),
-            max_refresh_attempts=1,
-        )
-        self._service = build(
-            "people",
-            "v1",
-            http=authed,
-            static_discovery=True,
-            cache_discovery=False,
-            client_options={"api_endpoint": self.base_url},
-        )
-
-    @classmethod
-    def for_emulator(
-        cls,
-        base_url: str,
-        *,
-        token: str | None = None,
-        refresh_token: str = "emulator-refresh",
-        client_id: str = "emulator-client",
-        client_secret: str = "emulator-secret",
-        **kwargs: Any,
-    ) -> "GooglePeopleContacts":
-        """Against emulators.google_people: a static bearer token, or a refresh through its /token."""
-        base = base_url if base_url.endswith("/") else base_url + "/"
-        if token is not None:
-            creds = Credentials(token=token)
-        else:
-            creds = Credentials(
-                token=None,
-                refresh_token=refresh_token,
-                client_id=client_id,
-                client_secret=client_secret,
-                token_uri=base + "token",
-            )
-        return cls(base, creds, **kwargs)
-
-    @property
-    def calls_made(self) -> int:
-        return self._http.count
+        self._service, _, self._http = build_service("people", "v1", self.base_url, credentials, timeout=timeout)
 
     # ---- plumbing ----------------------------------------------------------------------
 
     def _execute(self, request: Any) -> dict:
         try:
-            return request.execute(num_retries=0) or {}
+            return transport(lambda: request.execute(num_retries=0)) or {}
         except HttpError as err:
             raise translate_http_error(err) from err
-        except auth_exceptions.RefreshError as err:
-            if getattr(err, "retryable", False):
-                raise Transient("token refresh failed transiently") from err
-            raise ReauthRequired("token refresh was refused") from err
-        except auth_exceptions.TransportError as err:
-            raise Transient(f"token endpoint unreachable: {type(err).__name__}") from err
-        except (socket.timeout, TimeoutError) as err:
-            raise Transient("request timed out") from err
-        except (ConnectionError, httplib2.HttpLib2Error, OSError) as err:
-            raise Transient(f"connection failed: {type(err).__name__}") from err
 
     @property
     def _people(self) -> Any:

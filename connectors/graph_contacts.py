@@ -48,29 +48,17 @@ Choices that are not obvious from the protocol:
 
 from __future__ import annotations
 
-import email.utils
 import json
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence
 from urllib.parse import quote, urlencode
 
 import httpx
 
-from models.errors import (
-    AuthExpired,
-    ConnectorError,
-    CursorExpired,
-    Fatal,
-    NotFound,
-    PreconditionFailed,
-    RateLimited,
-    ReauthRequired,
-    Transient,
-    ValidationRejected,
-)
+from models.errors import ConnectorError, PreconditionFailed, Transient
+from connectors.graph_http import GraphConnection, error_for
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from connectors.translation import untranslatable
 from models.contact import Contact, ContactRecord
@@ -85,66 +73,6 @@ SELECT_FIELDS = (
     "givenName,surname,emailAddresses,businessPhones,mobilePhone,homePhones,"
     "companyName,jobTitle,personalNotes,changeKey,lastModifiedDateTime,parentFolderId"
 )
-_CURSOR_CODES = {"syncstatenotfound", "resyncrequired", "syncstateinvalid"}
-
-_SEMAPHORES: dict[str, threading.BoundedSemaphore] = {}
-_SEMAPHORES_LOCK = threading.Lock()
-
-
-def _shared_semaphore(key: str, size: int) -> threading.BoundedSemaphore:
-    """One in-flight budget per mailbox, shared by every instance in this process."""
-    with _SEMAPHORES_LOCK:
-        sem = _SEMAPHORES.get(key)
-        if sem is None:
-            sem = _SEMAPHORES[key] = threading.BoundedSemaphore(size)
-        return sem
-
-
-def _retry_after(headers: Any) -> float | None:
-    value = (headers or {}).get("Retry-After") or (headers or {}).get("retry-after")
-    if value is None:
-        return None
-    value = str(value).strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def error_for(status: int, headers: Any, body: Any) -> ConnectorError:
-    """Translate one Graph error answer (top-level or `$batch` sub-response)."""
-    err = body.get("error") if isinstance(body, dict) else None
-    code = str((err or {}).get("code") or "") if isinstance(err, dict) else ""
-    message = str((err or {}).get("message") or "") if isinstance(err, dict) else ""
-    detail = {"status": status, "code": code}
-    text = f"graph {status} {code}".strip()
-    if status == 410 or code.lower() in _CURSOR_CODES:
-        return CursorExpired(text, detail=detail)
-    if status == 429:
-        return RateLimited(text, retry_after=_retry_after(headers), detail=detail)
-    if status == 503 and _retry_after(headers) is not None:
-        return RateLimited(text, retry_after=_retry_after(headers), detail=detail)
-    if status >= 500:
-        return Transient(text, detail=detail)
-    if status == 401:
-        return AuthExpired(text, detail=detail)
-    if status == 403:
-        return ReauthRequired(text, detail=detail)
-    if status in (409, 412):
-        return PreconditionFailed(text, detail=detail)
-    if status == 400:
-        # The message names the offending property; it never carries contact values.
-        return ValidationRejected(f"{text}: {message}"[:300], rule=code or None, detail=detail)
-    if status == 404:
-        return NotFound(text, detail=detail)
-    return Fatal(text, detail=detail)
-
-
 def _parse_time(value: Any) -> float | None:
     if not value:
         return None
@@ -297,7 +225,7 @@ def contact_to_item(contact: Contact, current: dict[str, Any] | None = None, mar
     return body
 
 
-class GraphContacts:
+class GraphContacts(GraphConnection):
     """Contacts of one Microsoft 365 mailbox (`provider = "microsoft"`)."""
 
     provider = "microsoft"
@@ -314,41 +242,19 @@ class GraphContacts:
         timeout: float = 30.0,
         mailbox_key: str | None = None,
     ) -> None:
-        root = base_url.rstrip("/")
-        self.base = root if root.endswith("/v1.0") else root + "/v1.0"
-        self._token_provider = token_provider
-        self._own_client = client is None
-        self._client = client or httpx.Client(timeout=timeout, trust_env=False)
-        self.max_concurrency = max(1, int(max_concurrency))
-        self._sem = (
-            _shared_semaphore(mailbox_key, self.max_concurrency)
-            if mailbox_key
-            else threading.BoundedSemaphore(self.max_concurrency)
-        )
+        super().__init__(base_url, token_provider, client=client, timeout=timeout,
+                         max_concurrency=max_concurrency, mailbox_key=mailbox_key)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
         self.folder_id = folder_id
         self.page_size = page_size
-        self._calls = 0
-        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ plumbing
-
-    @property
-    def calls_made(self) -> int:
-        return self._calls
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-        if self._own_client:
-            self._client.close()
-
-    def __enter__(self) -> "GraphContacts":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+        super().close()
 
     def _collection_path(self) -> str:
         if self.folder_id:
@@ -373,24 +279,7 @@ class GraphContacts:
             content = json.dumps(body, ensure_ascii=True).encode("ascii")
             hdrs["Content-Type"] = "application/json"
         hdrs.update(headers or {})
-        if not url.startswith(("http://", "https://")):
-            url = self.base + url
-        with self._sem:
-            with self._lock:
-                self._calls += 1
-            try:
-                resp = self._client.request(method, url, params=params, content=content, headers=hdrs)
-            except httpx.TimeoutException as exc:
-                raise Transient(f"graph timeout ({type(exc).__name__})") from exc
-            except httpx.TransportError as exc:
-                raise Transient(f"graph transport error ({type(exc).__name__})") from exc
-        if resp.status_code >= 400:
-            try:
-                body = resp.json()
-            except ValueError:
-                body = None
-            raise error_for(resp.status_code, resp.headers, body)
-        return resp
+        return self._send(method, url, params=params, content=content, headers=hdrs)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -645,30 +534,7 @@ class GraphContacts:
         Contacts subscriptions live at most 10,080 minutes; the default (about three
         days) leaves room for a renewal job that runs daily.
         """
-        body: dict[str, Any] = {
-            "changeType": change_type,
-            "notificationUrl": notification_url,
-            "resource": self._collection_path().lstrip("/"),
-            "expirationDateTime": _expiry(minutes),
-            "clientState": client_state,
-        }
-        if lifecycle_url:
-            body["lifecycleNotificationUrl"] = lifecycle_url
-        return self._request("POST", "/subscriptions", body=body).json()
-
-    def renew_subscription(self, subscription_id: str, *, minutes: int = 4230) -> dict[str, Any]:
-        return self._request(
-            "PATCH", f"/subscriptions/{quote(subscription_id, safe='')}", body={"expirationDateTime": _expiry(minutes)}
-        ).json()
-
-    def delete_subscription(self, subscription_id: str) -> None:
-        """Remove a subscription; one already gone counts as removed."""
-        try:
-            self._request("DELETE", f"/subscriptions/{quote(subscription_id, safe='')}")
-        except NotFound:
-            pass
-
-
-def _expiry(minutes: int) -> str:
-    when = datetime.now(timezone.utc) + timedelta(minutes=minutes)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.0000000Z")
+        return self._subscribe(
+            self._collection_path().lstrip("/"), notification_url, client_state,
+            minutes=minutes, change_type=change_type, lifecycle_url=lifecycle_url,
+        )

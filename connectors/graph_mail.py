@@ -43,7 +43,7 @@ Choices that are not obvious from the protocol:
   entry wins; an older version or a pre-delete replay never overrides). Across pages
   a replay reaches the caller again, which is harmless: records are keyed by id and
   the last one wins.
-- Errors as in `connectors.graph_contacts.error_for`: 410 / `syncStateNotFound` /
+- Errors as in `connectors.graph_http.error_for`: 410 / `syncStateNotFound` /
   `resyncRequired` -> CursorExpired; 429 -> RateLimited(retry_after); 5xx and
   timeouts -> Transient; 401 -> AuthExpired; 403 -> ReauthRequired. A cursor or page
   token that is not ours (not our JSON) is CursorExpired too: listing again is the cure.
@@ -64,7 +64,6 @@ from __future__ import annotations
 import base64
 import email
 import json
-import threading
 from email import policy as email_policy
 from email.message import Message
 from typing import Any, Callable, Sequence
@@ -72,9 +71,10 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
-from connectors.graph_contacts import IMMUTABLE, _dedupe, _expiry, _parse_time, _shared_semaphore, error_for
+from connectors.graph_contacts import IMMUTABLE, _dedupe, _parse_time
+from connectors.graph_http import GraphConnection, error_for
 from connectors.protocols import DeltaPage
-from models.errors import ConnectorError, CursorExpired, NotFound, RateLimited, SendRejected, Transient
+from models.errors import ConnectorError, CursorExpired, RateLimited, SendRejected, Transient
 from models.mail import Address, MailFetchOptions, MailMessage, normalize_message_id
 from models.send import SentRef
 from models.record import SideRecord
@@ -132,7 +132,7 @@ def _addresses(values: Any) -> tuple[Address, ...] | None:
     return tuple(a for a in (_address(v) for v in values) if a is not None)
 
 
-class GraphMail:
+class GraphMail(GraphConnection):
     """Mail of one Microsoft 365 mailbox (`provider = "microsoft"`), read-only."""
 
     provider = "microsoft"
@@ -149,40 +149,16 @@ class GraphMail:
         max_concurrency: int = 4,
         mailbox_key: str | None = None,
     ) -> None:
-        root = base_url.rstrip("/")
-        self.base = root if root.endswith("/v1.0") else root + "/v1.0"
         self.options = options or MailFetchOptions()
         if not self.options.folders:
             raise ValueError("GraphMail needs at least one folder to follow")
-        self._token_provider = token_provider
-        self._own_client = client is None
-        self._client = client or httpx.Client(timeout=timeout, trust_env=False)
+        super().__init__(base_url, token_provider, client=client, timeout=timeout,
+                         max_concurrency=max_concurrency, mailbox_key=mailbox_key)
         self.page_size = page_size
-        self._sem = (
-            _shared_semaphore(mailbox_key, max(1, max_concurrency))
-            if mailbox_key
-            else threading.BoundedSemaphore(max(1, max_concurrency))
-        )
-        self._calls = 0
-        self._lock = threading.Lock()
         #: folder id -> well-known name or the id the options name it by
         self._folder_names: dict[str, str] | None = None
 
     # ------------------------------------------------------------------ plumbing
-
-    @property
-    def calls_made(self) -> int:
-        return self._calls
-
-    def close(self) -> None:
-        if self._own_client:
-            self._client.close()
-
-    def __enter__(self) -> "GraphMail":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _select(self) -> str:
         fields = list(BASE_SELECT)
@@ -206,24 +182,7 @@ class GraphMail:
         elif body is not None:
             content = json.dumps(body, ensure_ascii=True).encode("ascii")
             hdrs["Content-Type"] = "application/json"
-        if not url.startswith(("http://", "https://")):
-            url = self.base + url
-        with self._sem:
-            with self._lock:
-                self._calls += 1
-            try:
-                resp = self._client.request(method, url, params=params, content=content, headers=hdrs)
-            except httpx.TimeoutException as exc:
-                raise Transient(f"graph timeout ({type(exc).__name__})") from exc
-            except httpx.TransportError as exc:
-                raise Transient(f"graph transport error ({type(exc).__name__})") from exc
-        if resp.status_code >= 400:
-            try:
-                err_body = resp.json()
-            except ValueError:
-                err_body = None
-            raise error_for(resp.status_code, resp.headers, err_body)
-        return resp
+        return self._send(method, url, params=params, content=content, headers=hdrs)
 
     # ------------------------------------------------------------------ reads
 
@@ -325,21 +284,7 @@ class GraphMail:
             # a pre-authenticated URL: the bearer must not go with it
             hdrs = {"Content-Range": f"bytes {start}-{start + len(chunk) - 1}/{len(data)}",
                     "Content-Type": "application/octet-stream"}
-            with self._sem:
-                with self._lock:
-                    self._calls += 1
-                try:
-                    resp = self._client.put(url, content=chunk, headers=hdrs)
-                except httpx.TimeoutException as exc:
-                    raise Transient(f"graph upload timeout ({type(exc).__name__})") from exc
-                except httpx.TransportError as exc:
-                    raise Transient(f"graph upload transport error ({type(exc).__name__})") from exc
-            if resp.status_code >= 400:
-                try:
-                    err_body = resp.json()
-                except ValueError:
-                    err_body = None
-                raise error_for(resp.status_code, resp.headers, err_body)
+            self._send("PUT", url, content=chunk, headers=hdrs, what="graph upload")
 
     def _discard(self, message_id: str) -> None:
         """Best effort: a draft nobody will send must not stay in the user's Drafts."""
@@ -381,28 +326,8 @@ class GraphMail:
         whole mailbox is the simplest resource. Sent with ImmutableId, so the ids in
         notifications are the ids records are keyed by.
         """
-        body: dict[str, Any] = {
-            "changeType": change_type,
-            "notificationUrl": notification_url,
-            "resource": resource,
-            "expirationDateTime": _expiry(minutes),
-            "clientState": client_state,
-        }
-        if lifecycle_url:
-            body["lifecycleNotificationUrl"] = lifecycle_url
-        return self._request("POST", "/subscriptions", body=body).json()
-
-    def renew_subscription(self, subscription_id: str, *, minutes: int = 4230) -> dict[str, Any]:
-        return self._request(
-            "PATCH", f"/subscriptions/{quote(subscription_id, safe='')}", body={"expirationDateTime": _expiry(minutes)}
-        ).json()
-
-    def delete_subscription(self, subscription_id: str) -> None:
-        """Remove a subscription; one already gone counts as removed."""
-        try:
-            self._request("DELETE", f"/subscriptions/{quote(subscription_id, safe='')}")
-        except NotFound:
-            pass
+        return self._subscribe(resource, notification_url, client_state,
+                               minutes=minutes, change_type=change_type, lifecycle_url=lifecycle_url)
 
     # ------------------------------------------------------------------ cursor and page token
 

@@ -68,6 +68,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from emulators.admin_routes import add_config_clock_stats
 from emulators.google_people import MethodOverride
 from emulators.json_response import EscapedJSONResponse
 
@@ -1369,19 +1370,7 @@ def create_app(state: GmailState | None = None) -> FastAPI:
     async def clear() -> Response:
         return admin(state.clear_faults)
 
-    @app.post("/_emulator/config")
-    async def config(request: Request) -> Response:
-        b = await request.json()
-        return admin(lambda: state.configure(**b))
-
-    @app.post("/_emulator/clock/advance")
-    async def advance(request: Request) -> Response:
-        b = await request.json()
-        return admin(lambda: state.advance_clock(float(b["seconds"])))
-
-    @app.get("/_emulator/stats")
-    async def stats() -> Response:
-        return admin(state.stats)
+    add_config_clock_stats(app, state, admin)
 
     @app.post("/_emulator/reset_stats")
     async def reset() -> Response:

@@ -52,6 +52,7 @@ from urllib.parse import parse_qs
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from emulators.admin_routes import add_config_clock_stats
 from emulators.json_response import EscapedJSONResponse
 
 # Fields a client may write (the updatePersonFields vocabulary of people.v1).
@@ -1072,19 +1073,7 @@ def create_app(state: PeopleState | None = None) -> FastAPI:
         b = await request.json()
         return admin(lambda: {"resourceName": state.relink(b["resourceName"])})
 
-    @app.post("/_emulator/config")
-    async def config(request: Request) -> Response:
-        b = await request.json()
-        return admin(lambda: state.configure(**b))
-
-    @app.post("/_emulator/clock/advance")
-    async def advance(request: Request) -> Response:
-        b = await request.json()
-        return admin(lambda: state.advance_clock(float(b["seconds"])))
-
-    @app.get("/_emulator/stats")
-    async def stats() -> Response:
-        return admin(state.stats)
+    add_config_clock_stats(app, state, admin)
 
     @app.get("/_emulator/persons")
     async def persons() -> Response:

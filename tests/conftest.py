@@ -69,6 +69,16 @@ def db_url(request, tmp_path):
     return request.getfixturevalue("pg_url")
 
 
+@pytest.fixture
+def crm(db_url):
+    """The reference CRM on each backend (the reference CRM tests' `crm`)."""
+    from platforms.reference_crm import ReferenceCrm
+
+    service = ReferenceCrm(db_url)
+    yield service
+    service.engine.dispose()
+
+
 # --- Temporal -------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

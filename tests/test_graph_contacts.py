@@ -24,19 +24,17 @@ from models.errors import (
 )
 from connectors.graph_contacts import GraphContacts, _dedupe
 from connectors.protocols import WriteRequest
-from emulators.graph import DEFAULT_FOLDER_ID, GraphState, create_app
+from emulators.graph import DEFAULT_FOLDER_ID, GraphState
 from emulators.server import serve
+from tests.graph_emulator import TOKEN, running_graph
 from models.contact import Contact
 
-TOKEN = "emulator-token"
 
 
 @pytest.fixture
 def graph():
-    state = GraphState(tokens={TOKEN}, seed=7)
-    server = serve(create_app(state))
-    yield state, server.base_url
-    server.stop()
+    with running_graph(seed=7) as running:
+        yield running
 
 
 @pytest.fixture

@@ -15,13 +15,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from connectors.graph_mail import GraphMail
-from emulators.graph import GraphState, create_app
+from emulators.graph import GraphState
 from emulators.server import serve
+from tests.graph_emulator import TOKEN, running_graph
 from models.errors import CursorExpired, NotFound, RateLimited
 from models.mail import MailFetchOptions
 from tests.mail_contract import BODIES, META, MailContract, content, drain, latest, make_raw
 
-TOKEN = "emulator-token"
 USER = "me@acme.example"
 
 
@@ -61,10 +61,8 @@ class GraphHarness:
 
 @pytest.fixture
 def graph():
-    state = GraphState(tokens={TOKEN}, seed=11)
-    server = serve(create_app(state))
-    yield state, server.base_url
-    server.stop()
+    with running_graph(seed=11) as running:
+        yield running
 
 
 @pytest.fixture

@@ -20,13 +20,6 @@ ORG, OTHER = "org_a", "org_b"
 
 
 @pytest.fixture
-def crm(db_url):
-    service = ReferenceCrm(db_url)
-    yield service
-    service.engine.dispose()
-
-
-@pytest.fixture
 def adapter(crm) -> ReferenceCrmOutbox:
     return ReferenceCrmOutbox(crm)
 

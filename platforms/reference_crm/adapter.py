@@ -14,16 +14,13 @@ that crashed after committing.
 
 from __future__ import annotations
 
-import threading
 from typing import Sequence
 
-from sqlalchemy.engine import Engine
-
-from models.errors import ConnectorError, CursorExpired, Fatal, NotFound, PreconditionFailed, Transient
+from models.errors import CursorExpired, Fatal, NotFound, PreconditionFailed
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from models.contact import ContactRecord
 from models.record import SideRecord
-from platforms.reference_crm.service import ReferenceCrm
+from platforms.reference_crm.adapter_common import CrmAdapter, feed_position, write_each
 
 
 def _tombstone(external_id: str) -> SideRecord:
@@ -40,23 +37,8 @@ def _expected_version(etag: str | None) -> int | None:
         raise PreconditionFailed("etag not recognised") from None
 
 
-class ReferenceCrmContacts:
+class ReferenceCrmContacts(CrmAdapter):
     """PlatformContacts over a ReferenceCrm (or a database URL / engine holding one)."""
-
-    provider = "reference_crm"
-
-    def __init__(self, engine_or_url: Engine | str | ReferenceCrm) -> None:
-        self.crm = engine_or_url if isinstance(engine_or_url, ReferenceCrm) else ReferenceCrm(engine_or_url)
-        self._calls = 0
-        self._lock = threading.Lock()
-
-    @property
-    def calls_made(self) -> int:
-        return self._calls
-
-    def _count(self) -> None:
-        with self._lock:
-            self._calls += 1
 
     def changes_since(self, org_id: str, cursor: str | None, limit: int = 500) -> DeltaPage:
         """One page of the feed. `cursor` is always set (resume point after this page);
@@ -65,12 +47,7 @@ class ReferenceCrmContacts:
         raises CursorExpired: the caller resyncs instead of missing changes.
         """
         self._count()
-        try:
-            after = int(cursor) if cursor else None
-        except ValueError:
-            raise CursorExpired("cursor not recognised") from None
-        if after is not None and after < 0:
-            raise CursorExpired("cursor not recognised")
+        after = feed_position(cursor)
         recs, new_cursor = self.crm.changes_since(org_id, after, limit)
         if not recs and after and after > self.crm.feed_head(org_id):
             raise CursorExpired("cursor ahead of this organisation's feed")
@@ -88,42 +65,33 @@ class ReferenceCrmContacts:
 
     def upsert_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         self._count()
-        share = 1.0 / max(len(requests), 1)
-        results: list[WriteResult] = []
-        for req in requests:
-            try:
-                if req.content is None:
-                    raise Fatal("upsert without a contact")
-                if req.external_id is None:
-                    rec = self.crm.create_contact(org_id, req.content, owner_id=req.owner,
-                                                  idempotency_key=req.key, actor="sync")
-                else:
-                    rec = self.crm.update_contact(org_id, req.external_id, req.content, owner_id=req.owner,
-                                                  expected_version=_expected_version(req.etag),
-                                                  idempotency_key=req.key, actor="sync")
-                results.append(WriteResult(key=req.key, record=rec.to_side_record(), calls=share))
-            except Transient:
-                raise  # the database, not the item: retry the batch (idempotency keys make it safe)
-            except ConnectorError as exc:
-                results.append(WriteResult(key=req.key, error=exc, calls=share))
-        return results
+
+        def upsert(req: WriteRequest) -> SideRecord:
+            if req.content is None:
+                raise Fatal("upsert without a contact")
+            if req.external_id is None:
+                rec = self.crm.create_contact(org_id, req.content, owner_id=req.owner,
+                                              idempotency_key=req.key, actor="sync")
+            else:
+                rec = self.crm.update_contact(org_id, req.external_id, req.content, owner_id=req.owner,
+                                              expected_version=_expected_version(req.etag),
+                                              idempotency_key=req.key, actor="sync")
+            return rec.to_side_record()
+
+        return write_each(requests, upsert)
 
     def delete_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         """Deletes; an id that is gone (or never existed here) counts as deleted."""
         self._count()
-        share = 1.0 / max(len(requests), 1)
-        results: list[WriteResult] = []
-        for req in requests:
+
+        def delete(req: WriteRequest) -> SideRecord:
+            if not req.external_id:
+                raise Fatal("delete without an external id")
             try:
-                if not req.external_id:
-                    raise Fatal("delete without an external id")
                 rec = self.crm.delete_contact(org_id, req.external_id, idempotency_key=req.key,
                                               expected_version=_expected_version(req.etag), actor="sync")
-                results.append(WriteResult(key=req.key, record=rec.to_side_record(), calls=share))
             except NotFound:
-                results.append(WriteResult(key=req.key, record=_tombstone(req.external_id or ""), calls=share))
-            except Transient:
-                raise  # the database, not the item: retry the batch (idempotency keys make it safe)
-            except ConnectorError as exc:
-                results.append(WriteResult(key=req.key, error=exc, calls=share))
-        return results
+                return _tombstone(req.external_id)
+            return rec.to_side_record()
+
+        return write_each(requests, delete)

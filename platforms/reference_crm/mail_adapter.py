@@ -25,15 +25,15 @@ outbox_adapter.py, over the same ReferenceCrm (`crm.outbox`).
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable, Sequence
 
 from sqlalchemy.engine import Engine
 
 from connectors.protocols import WriteRequest, WriteResult
-from models.errors import ConnectorError, CursorExpired, Fatal, Transient
+from models.errors import ConnectorError, CursorExpired, Fatal
 from models.mail_log import AccountRef, Association, Conversion, EmailLog, NewPerson, OpportunityRef, Person
 from models.record import SideRecord
+from platforms.reference_crm.adapter_common import CrmAdapter, feed_position, write_each
 from platforms.reference_crm.mail_service import CrmMail
 from platforms.reference_crm.service import ReferenceCrm
 
@@ -41,26 +41,14 @@ from platforms.reference_crm.service import ReferenceCrm
 CustomHook = Callable[[str, Any, Sequence[Any]], Sequence[Association]]
 
 
-class ReferenceCrmMail:
+class ReferenceCrmMail(CrmAdapter):
     """PlatformMail over a ReferenceCrm (or a database URL / engine holding one)."""
-
-    provider = "reference_crm"
 
     def __init__(self, engine_or_url: Engine | str | ReferenceCrm, *, custom_associations: CustomHook | None = None,
                  ) -> None:
-        self.crm = engine_or_url if isinstance(engine_or_url, ReferenceCrm) else ReferenceCrm(engine_or_url)
+        super().__init__(engine_or_url)
         self.mail: CrmMail = self.crm.mail
         self._custom = custom_associations
-        self._calls = 0
-        self._lock = threading.Lock()
-
-    @property
-    def calls_made(self) -> int:
-        return self._calls
-
-    def _count(self) -> None:
-        with self._lock:
-            self._calls += 1
 
     # ---------------------------------------------------------------- lookups
 
@@ -90,24 +78,18 @@ class ReferenceCrmMail:
         """Idempotent by WriteRequest.key. An address someone already holds yields that
         person's id (etag "existing") rather than a duplicate person."""
         self._count()
-        share = 1.0 / max(len(requests), 1)
-        results: list[WriteResult] = []
-        for req in requests:
-            try:
-                if req.content is None:
-                    raise Fatal("create request without a person")
-                new = NewPerson.model_validate(req.content)
-                if req.owner and not new.owner:
-                    new = new.model_copy(update={"owner": req.owner})
-                person, created = self.mail.create_person(org_id, new, idempotency_key=req.key, actor="sync")
-                rec = SideRecord[Person](side="platform", external_id=person.id, content=person,
-                                         etag="created" if created else "existing", owner=person.owner)
-                results.append(WriteResult(key=req.key, record=rec, calls=share))
-            except Transient:
-                raise  # the database, not the item: retry the batch (idempotency keys make it safe)
-            except ConnectorError as exc:
-                results.append(WriteResult(key=req.key, error=exc, calls=share))
-        return results
+
+        def create(req: WriteRequest) -> SideRecord:
+            if req.content is None:
+                raise Fatal("create request without a person")
+            new = NewPerson.model_validate(req.content)
+            if req.owner and not new.owner:
+                new = new.model_copy(update={"owner": req.owner})
+            person, created = self.mail.create_person(org_id, new, idempotency_key=req.key, actor="sync")
+            return SideRecord[Person](side="platform", external_id=person.id, content=person,
+                                      etag="created" if created else "existing", owner=person.owner)
+
+        return write_each(requests, create)
 
     def log_emails(self, org_id: str, logs: Sequence[EmailLog]) -> list[WriteResult]:
         """One transaction, one savepoint per item: a rejected item fails alone. See the
@@ -138,12 +120,7 @@ class ReferenceCrmMail:
         """Oldest first; the cursor returned is always set (resume point). A cursor this CRM
         never issued (not a number, negative, or ahead of the feed) raises CursorExpired."""
         self._count()
-        try:
-            after = int(cursor) if cursor else 0
-        except ValueError:
-            raise CursorExpired("cursor not recognised") from None
-        if after < 0:
-            raise CursorExpired("cursor not recognised")
+        after = feed_position(cursor)
         found, last = self.mail.conversions_since(org_id, after, limit)
         if not found and after > self.mail.conversions_head(org_id):
             raise CursorExpired("cursor ahead of this organisation's conversions")

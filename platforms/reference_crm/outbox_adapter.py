@@ -11,35 +11,23 @@ HTTP endpoint would.
 
 from __future__ import annotations
 
-import threading
 from typing import Sequence
 
 from sqlalchemy.engine import Engine
 
 from models.errors import CursorExpired
 from models.send import OutgoingMessage
+from platforms.reference_crm.adapter_common import CrmAdapter, feed_position
 from platforms.reference_crm.outbox_service import CrmOutbox
 from platforms.reference_crm.service import ReferenceCrm
 
 
-class ReferenceCrmOutbox:
+class ReferenceCrmOutbox(CrmAdapter):
     """PlatformOutbox over a ReferenceCrm (or a database URL / engine holding one)."""
 
-    provider = "reference_crm"
-
     def __init__(self, engine_or_url: Engine | str | ReferenceCrm) -> None:
-        self.crm = engine_or_url if isinstance(engine_or_url, ReferenceCrm) else ReferenceCrm(engine_or_url)
+        super().__init__(engine_or_url)
         self.outbox: CrmOutbox = self.crm.outbox
-        self._calls = 0
-        self._lock = threading.Lock()
-
-    @property
-    def calls_made(self) -> int:
-        return self._calls
-
-    def _count(self) -> None:
-        with self._lock:
-            self._calls += 1
 
     def outbox_since(self, org_id: str, cursor: str | None, limit: int = 500) -> tuple[list[OutgoingMessage], str]:
         """Oldest change first, each item once in its latest state; the cursor returned is
@@ -47,12 +35,7 @@ class ReferenceCrmOutbox:
         never issued (not a number, negative, or ahead of the outbox) raises
         CursorExpired, so the caller rereads from the start instead of skipping items."""
         self._count()
-        try:
-            after = int(cursor) if cursor else 0
-        except ValueError:
-            raise CursorExpired("cursor not recognised") from None
-        if after < 0:
-            raise CursorExpired("cursor not recognised")
+        after = feed_position(cursor)
         items, last = self.outbox.changes_since(org_id, after, max(int(limit), 1))
         if not items and after > self.outbox.feed_head(org_id):
             raise CursorExpired("cursor ahead of this organisation's outbox")
