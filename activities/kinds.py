@@ -8,11 +8,10 @@ workflow are shared. The workflow runs the kinds a connection enables
 
 from __future__ import annotations
 
-import os
 from typing import Callable
 
 from activities.mail import MailFactory, MailPipeline
-from activities.send import LEASE_S, SendPipeline
+from activities.send import SendPipeline
 from models.mail import MailFetchOptions
 from activities.pipeline import KindPipeline, MailboxFactory
 from connectors.protocols import PlatformSide
@@ -21,6 +20,7 @@ from platforms.reference_crm.mail_adapter import ReferenceCrmMail
 from platforms.reference_crm.outbox_adapter import ReferenceCrmOutbox
 from sync.kinds import KindRules
 from sync.kinds.contacts import CONTACTS
+import settings
 
 #: record kinds synced both ways: kind name -> (its rules, the reference platform's adapter
 #: for it, built from the platform's URL)
@@ -40,5 +40,5 @@ def build_pipelines(sessions, crm_url: str, mailboxes: MailboxFactory, mail_for:
         # the mail connectors send too (MailboxSend): built without fetch options
         pipelines["send"] = SendPipeline(sessions, ReferenceCrmOutbox(crm_url), platform,
                                          lambda info: mail_for(info, MailFetchOptions()),
-                                         lease_s=float(os.environ.get("CONCORD_SEND_LEASE_S", LEASE_S)))
+                                         lease_s=settings.load().send_lease_s)
     return pipelines

@@ -10,14 +10,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import time
 from typing import Iterable
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, FastAPI
+from pydantic import SecretStr
 
+import settings
 from api import access_log
 from api.connect import ConnectDeps, InvalidRequest, connect_router, temporal_on_connected
 from api.webhooks import (
@@ -32,7 +33,6 @@ from api.webhooks import (
     store_org_lookup,
     webhook_router,
 )
-from connectors.id_tokens import GOOGLE_CERTS_URL
 
 log = logging.getLogger("concord.api")
 
@@ -101,32 +101,36 @@ def production_app() -> FastAPI:
     from store.vault import KeyRing, VaultConfigError
 
     access_log.install()
-    env = os.environ
-    if not env.get("CONCORD_VAULT_KEYS"):
+    try:
+        config = settings.load()
+    except settings.SettingsError as e:
+        raise ConfigError(str(e)) from None
+    if config.vault_keys is None:
         raise ConfigError("CONCORD_VAULT_KEYS is not set (kid:base64key,...; the token vault's keys); not starting")
     try:
-        keyring = KeyRing.from_env()
+        keyring = KeyRing.from_env(config)
     except VaultConfigError as e:
         raise ConfigError(f"CONCORD_VAULT_KEYS: {e}") from None
-    connect_key = _hex_key(env, "CONCORD_CONNECT_KEY", "signs the connect links", required=True)
-    platform_key = _hex_key(env, "CONCORD_PLATFORM_WEBHOOK_KEY", "derives the platforms' signing keys")
-    admin_token = env.get("CONCORD_ADMIN_TOKEN") or None
+    connect_key = _hex_key(config.connect_key, "CONCORD_CONNECT_KEY", "signs the connect links", required=True)
+    platform_key = _hex_key(config.platform_webhook_key, "CONCORD_PLATFORM_WEBHOOK_KEY",
+                            "derives the platforms' signing keys")
+    admin_token = config.admin_token.get_secret_value() if config.admin_token else None
     if admin_token is not None and len(admin_token) < 16:
         raise ConfigError("CONCORD_ADMIN_TOKEN must be at least 16 characters")
-    pubsub = _pubsub_from_env(env)
+    pubsub = _pubsub_from_env(config)
 
-    url = env.get("CONCORD_STORE_URL")
+    url = config.store_url
     migrate(url)
     sessions = session_factory(make_engine(url))
-    temporal = (env.get("CONCORD_TEMPORAL", "127.0.0.1:7233"), env.get("CONCORD_TEMPORAL_NAMESPACE", "default"))
+    temporal = (config.temporal, config.temporal_namespace)
     router, _deps = build_webhooks(sessions, lazy_temporal_signal(*temporal),
                                    org_signal=lazy_temporal_signal(*temporal, build=temporal_org_signal),
                                    pubsub=pubsub, platform_master_key=platform_key, admin_token=admin_token)
-    return create_app([router, _connect_router_from_env(sessions, url, keyring, connect_key)])
+    return create_app([router, _connect_router_from_env(sessions, url, keyring, connect_key, config)])
 
 
-def _hex_key(env, name: str, purpose: str, *, required: bool = False) -> bytes | None:
-    value = env.get(name)
+def _hex_key(secret: SecretStr | None, name: str, purpose: str, *, required: bool = False) -> bytes | None:
+    value = secret.get_secret_value() if secret is not None else None
     if not value:
         if required:
             raise ConfigError(f"{name} is not set (hex; it {purpose}); not starting")
@@ -140,16 +144,16 @@ def _hex_key(env, name: str, purpose: str, *, required: bool = False) -> bytes |
     return key
 
 
-def _pubsub_from_env(env) -> PubSubPushAuth | None:
-    if env.get("CONCORD_PUBSUB_PUSH_TOKEN"):
+def _pubsub_from_env(config: settings.Settings) -> PubSubPushAuth | None:
+    if config.pubsub_push_token is not None:
         log.warning("CONCORD_PUBSUB_PUSH_TOKEN is ignored: Gmail pushes are authenticated by their OIDC token "
                     "(CONCORD_PUBSUB_AUDIENCE, CONCORD_PUBSUB_SERVICE_ACCOUNT)")
-    audience, account = env.get("CONCORD_PUBSUB_AUDIENCE"), env.get("CONCORD_PUBSUB_SERVICE_ACCOUNT")
+    audience, account = config.pubsub_audience, config.pubsub_service_account
     if not audience and not account:
         return None  # Gmail pushes are refused
     if not audience or not account:
         raise ConfigError("CONCORD_PUBSUB_AUDIENCE and CONCORD_PUBSUB_SERVICE_ACCOUNT go together")
-    return PubSubPushAuth(audience, account, certs_url=env.get("CONCORD_PUBSUB_CERTS_URL") or GOOGLE_CERTS_URL)
+    return PubSubPushAuth(audience, account, certs_url=config.pubsub_certs_url)
 
 
 def signed_start_authorizer(key: bytes, *, now=time.time):
@@ -188,7 +192,7 @@ def start_link(base_url: str, provider: str, org_id: str, user_id: str, key: byt
     return f"{base_url.rstrip('/')}/connect/{provider}/start?{query}"
 
 
-def _connect_router_from_env(sessions, url, keyring, connect_key: bytes):
+def _connect_router_from_env(sessions, url, keyring, connect_key: bytes, config: settings.Settings):
     from store.db import make_engine
     from store.pending_flows import StorePendingFlows
     from store.vault import TokenVault
@@ -200,13 +204,12 @@ def _connect_router_from_env(sessions, url, keyring, connect_key: bytes):
 
     async def on_connected(c) -> None:
         if "fn" not in state:
-            client = await connect(os.environ.get("CONCORD_TEMPORAL", "127.0.0.1:7233"),
-                                   os.environ.get("CONCORD_TEMPORAL_NAMESPACE", "default"))
+            client = await connect(config.temporal, config.temporal_namespace)
             state["fn"] = temporal_on_connected(client)
         await state["fn"](c)
 
     return connect_router(ConnectDeps(
         sessions=sessions, vault=vault, pending=StorePendingFlows(sessions, vault.keyring),
-        providers=ProviderConfig.from_env(), on_connected=on_connected,
+        providers=ProviderConfig.from_env(config), on_connected=on_connected,
         authorize_start=signed_start_authorizer(connect_key),
     ))

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -46,6 +45,7 @@ from connectors.oauth_google import (
     HttpOptions,
     PendingFlow,
 )
+import settings
 from connectors import registry
 from connectors.oauth_microsoft import MicrosoftOAuth
 from store import repo
@@ -82,20 +82,21 @@ class ProviderConfig:
     timeout: float = 30.0
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "ProviderConfig":
-        e = os.environ if env is None else env
+    def from_env(cls, config: settings.Settings | None = None) -> "ProviderConfig":
+        """From the deployment's settings (`config`, else as the environment has them now)."""
+        s = config or settings.load()
         return cls(
-            google_client_id=e.get("CONCORD_GOOGLE_CLIENT_ID", ""),
-            google_client_secret=e.get("CONCORD_GOOGLE_CLIENT_SECRET", ""),
-            google_auth_uri=e.get("CONCORD_GOOGLE_AUTH_URI", GOOGLE_AUTH_URI),
-            google_token_uri=e.get("CONCORD_GOOGLE_TOKEN_URI", GOOGLE_TOKEN_URI),
-            google_revoke_uri=e.get("CONCORD_GOOGLE_REVOKE_URI", GOOGLE_REVOKE_URI),
-            google_certs_uri=e.get("CONCORD_GOOGLE_CERTS_URI", GOOGLE_CERTS_URL),
-            ms_client_id=e.get("CONCORD_MS_CLIENT_ID", ""),
-            ms_client_secret=e.get("CONCORD_MS_CLIENT_SECRET", ""),
-            ms_authority=e.get("CONCORD_MS_AUTHORITY", DEFAULT_MS_AUTHORITY),
-            public_url=e.get("CONCORD_PUBLIC_URL", "http://127.0.0.1:8000/"),
-            ca_file=e.get("CONCORD_OAUTH_CA_FILE") or None,
+            google_client_id=s.google_client_id,
+            google_client_secret=s.google_client_secret.get_secret_value(),
+            google_auth_uri=s.google_auth_uri,
+            google_token_uri=s.google_token_uri,
+            google_revoke_uri=s.google_revoke_uri,
+            google_certs_uri=s.google_certs_uri,
+            ms_client_id=s.ms_client_id,
+            ms_client_secret=s.ms_client_secret.get_secret_value(),
+            ms_authority=s.ms_authority,
+            public_url=s.public_url or cls.public_url,
+            ca_file=s.oauth_ca_file,
         )
 
     def with_settings(self, settings: dict | None) -> "ProviderConfig":

@@ -8,7 +8,6 @@ that the workflow's state queries can read while a batch is being staged.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -16,6 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+import settings
 
 DEFAULT_URL = "sqlite:///.concord/store.db"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -31,7 +32,8 @@ _MIGRATE_LOCK = threading.Lock()
 
 
 def default_url() -> str:
-    return os.environ.get("CONCORD_STORE_URL") or DEFAULT_URL
+    """CONCORD_STORE_URL, else the embedded SQLite store."""
+    return settings.load().store_url
 
 
 def _normalise(url: str | URL) -> URL:

@@ -39,6 +39,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy.orm import Session
 
+import settings
 from models.errors import Fatal
 
 ENV_VAR = "CONCORD_VAULT_KEYS"
@@ -136,11 +137,12 @@ class KeyRing:
         return cls(entries)
 
     @classmethod
-    def from_env(cls, var: str = ENV_VAR) -> "KeyRing":
-        text = os.environ.get(var)
-        if not text:
-            raise VaultConfigError(f"{var} is not set (expected 'k2:<base64>,k1:<base64>')")
-        return cls.parse(text)
+    def from_env(cls, config: settings.Settings | None = None) -> "KeyRing":
+        """The key ring in CONCORD_VAULT_KEYS (`config`, else the settings as the environment has them)."""
+        secret = (config or settings.load()).vault_keys
+        if secret is None:
+            raise VaultConfigError(f"{ENV_VAR} is not set (expected 'k2:<base64>,k1:<base64>')")
+        return cls.parse(secret.get_secret_value())
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "KeyRing":

@@ -1,16 +1,20 @@
 """Tracing setup for workers, starters and tests.
 
 One global tracer provider per process (OpenTelemetry allows only one), with
-the exporter picked by environment so the same code runs in the demo, in tests
-and against a collector:
+the exporter picked by the standard OpenTelemetry variables (read through
+`settings`; CONCORD_OTEL_EXPORTER still works as a fallback alias of
+OTEL_TRACES_EXPORTER) so the same code runs in the demo, in tests and against a
+collector:
 
-    CONCORD_OTEL_EXPORTER=console  (default) spans as one JSON line each, on stdout
-                                   or appended to CONCORD_OTEL_FILE so the demo's
-                                   own output stays readable
-    CONCORD_OTEL_EXPORTER=otlp     opentelemetry-exporter-otlp, endpoint from the
-                                   standard OTEL_EXPORTER_OTLP_ENDPOINT (and
-                                   OTEL_EXPORTER_OTLP_PROTOCOL=grpc for gRPC)
-    CONCORD_OTEL_EXPORTER=none     spans are made but not exported
+    OTEL_TRACES_EXPORTER=console  (default) spans as one JSON line each, on stdout
+                                  or appended to CONCORD_OTEL_FILE so the demo's
+                                  own output stays readable
+    OTEL_TRACES_EXPORTER=otlp     opentelemetry-exporter-otlp, endpoint from the
+                                  standard OTEL_EXPORTER_OTLP_ENDPOINT (and
+                                  OTEL_EXPORTER_OTLP_PROTOCOL=grpc for gRPC)
+    OTEL_TRACES_EXPORTER=none     spans are made but not exported
+
+OTEL_SERVICE_NAME, when set, names the service instead of the entry point's name.
 
 Span attributes are ids and counts only: traces leave the process and are not
 encrypted, so contact fields, subjects and addresses must never reach them.
@@ -37,6 +41,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status, StatusCode
 
+import settings
 from models.errors import ConnectorError, Fatal
 
 __all__ = [
@@ -47,7 +52,9 @@ __all__ = [
     "setup_tracing",
 ]
 
-ENV_EXPORTER = "CONCORD_OTEL_EXPORTER"
+ENV_EXPORTER = "OTEL_TRACES_EXPORTER"
+#: The older name, read when OTEL_TRACES_EXPORTER is unset.
+ENV_EXPORTER_ALIAS = "CONCORD_OTEL_EXPORTER"
 ENV_FILE = "CONCORD_OTEL_FILE"
 TRACER_NAME = "concord.activities"
 
@@ -63,7 +70,7 @@ def _one_line(span: ReadableSpan) -> str:
     return span.to_json(indent=None) + os.linesep
 
 
-def _global_provider(service_name: str) -> TracerProvider:
+def _global_provider(service_name: str, config: settings.Settings) -> TracerProvider:
     """The process's SDK provider, created and installed on first use.
 
     If something else already installed an SDK provider we add to it rather
@@ -76,15 +83,14 @@ def _global_provider(service_name: str) -> TracerProvider:
     if isinstance(current, TracerProvider):
         _provider = current
     else:
-        _provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+        name = config.otel_service_name or service_name
+        _provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
         trace.set_tracer_provider(_provider)
     return _provider
 
 
-def _otlp_exporter() -> SpanExporter:
-    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
-        "OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"
-    )
+def _otlp_exporter(config: settings.Settings) -> SpanExporter:
+    protocol = config.otel_exporter_otlp_protocol
     try:
         if protocol == "grpc":
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -99,13 +105,13 @@ def _otlp_exporter() -> SpanExporter:
     return OTLPSpanExporter()
 
 
-def _env_processor() -> tuple[object, object | None]:
-    """(attachment key, span processor or None) for the exporter the environment names."""
-    kind = (os.environ.get(ENV_EXPORTER) or "console").strip().lower()
+def _env_processor(config: settings.Settings) -> tuple[object, object | None]:
+    """(attachment key, span processor or None) for the exporter the settings name."""
+    kind = config.otel_traces_exporter.strip().lower()
     if kind == "none":
         return ("none",), None
     if kind == "console":
-        path = os.environ.get(ENV_FILE) or None
+        path = config.otel_file
         key = ("console", os.path.abspath(path) if path else None)
         if key in _attached:
             return key, None
@@ -118,28 +124,29 @@ def _env_processor() -> tuple[object, object | None]:
             exporter = ConsoleSpanExporter(formatter=_one_line)
         return key, SimpleSpanProcessor(exporter)
     if kind == "otlp":
-        key = ("otlp", os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        key = ("otlp", config.otel_exporter_otlp_endpoint)
         if key in _attached:
             return key, None
-        return key, BatchSpanProcessor(_otlp_exporter())
-    raise Fatal(f"{ENV_EXPORTER} must be console, otlp or none, not {kind!r}")
+        return key, BatchSpanProcessor(_otlp_exporter(config))
+    raise Fatal(f"{ENV_EXPORTER} (or {ENV_EXPORTER_ALIAS}) must be console, otlp or none, not {kind!r}")
 
 
 def setup_tracing(service_name: str = "concord", exporter: SpanExporter | None = None) -> TracerProvider:
     """Install tracing once per process and return the provider.
 
     With `exporter`, that exporter is attached (synchronously, so tests see
-    spans as soon as they end) instead of the one the environment names.
+    spans as soon as they end) instead of the one the settings name.
     Calling again with the same settings or the same exporter object attaches
     nothing new, so every entry point may call this without doubling spans.
     """
     with _lock:
-        provider = _global_provider(service_name)
+        config = settings.load()
+        provider = _global_provider(service_name, config)
         if exporter is not None:
             key: object = ("object", id(exporter))
             processor: object | None = None if key in _attached else SimpleSpanProcessor(exporter)
         else:
-            key, processor = _env_processor()
+            key, processor = _env_processor(config)
         if processor is not None and key not in _attached:
             provider.add_span_processor(processor)  # type: ignore[arg-type]
             _attached.add(key)

@@ -2,7 +2,9 @@
 
 Order, lowest first: models <- sync <- store <- connectors (and platforms) <-
 activities <- workers; telemetry sits on models only; workflows use models,
-workflows, temporalio and the standard library only. Emulators are demo, test and
+workflows, temporalio and the standard library only. `settings` (the deployment
+settings, the one reader of the environment) imports nothing of ours, and every
+package but models, sync and workflows may read it. Emulators are demo, test and
 bench tooling: no production module imports them.
 
 Provider names ("google", "microsoft", and subscription kinds such as
@@ -23,18 +25,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-OURS = ("models", "sync", "telemetry", "store", "connectors", "platforms", "activities", "workers", "workflows",
+OURS = ("settings", "models", "sync", "telemetry", "store", "connectors", "platforms", "activities", "workers", "workflows",
         "api", "emulators", "bench", "tests")
 
 #: Of our packages, what each may import (besides itself).
 ALLOWED: dict[str, set[str]] = {
+    "settings": set(),
     "models": set(),
     "sync": {"models"},
-    "telemetry": {"models"},
-    "store": {"models", "sync"},
-    "connectors": {"models", "sync", "telemetry", "store"},
-    "platforms": {"models", "sync", "telemetry", "store", "connectors"},
-    "activities": {"models", "sync", "telemetry", "store", "connectors", "platforms"},
+    "telemetry": {"settings", "models"},
+    "store": {"settings", "models", "sync"},
+    "connectors": {"settings", "models", "sync", "telemetry", "store"},
+    "platforms": {"settings", "models", "sync", "telemetry", "store", "connectors"},
+    "activities": {"settings", "models", "sync", "telemetry", "store", "connectors", "platforms"},
     "workflows": {"models"},
 }
 
@@ -118,7 +121,7 @@ def test_packages_import_downward_only():
 
 
 def test_activities_and_lower_never_import_workers_or_api():
-    lower = {"models", "sync", "telemetry", "store", "connectors", "platforms", "activities"}
+    lower = {"settings", "models", "sync", "telemetry", "store", "connectors", "platforms", "activities"}
 
     def rule(name: str, mod: str) -> str | None:
         if name.split(".")[0] in lower and mod.split(".")[0] in ("workers", "api", "workflows"):
@@ -161,7 +164,7 @@ def test_production_entry_points_load_no_emulator():
         "import sys, pkgutil, importlib\n"
         f"DEMO = {sorted(DEMO_MODULES)!r}\n"
         "import workers.worker, workers.cli, workers.client, workers.devstack, api.app\n"
-        "for pkg in ('activities', 'connectors', 'store', 'sync', 'models', 'workflows', 'platforms', 'api'):\n"
+        "for pkg in ('settings', 'activities', 'connectors', 'store', 'sync', 'models', 'workflows', 'platforms', 'api'):\n"
         "    p = importlib.import_module(pkg)\n"
         "    for m in pkgutil.walk_packages(p.__path__, pkg + '.'):\n"
         "        if '.migrations' not in m.name:\n"

@@ -33,12 +33,12 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+import settings
 from connectors import registry
 from workers import client as api
 from workers.devstack import add_server_arguments
 from workers.temporal_client import TASK_QUEUE
 
-DEFAULT_TEMPORAL = "127.0.0.1:7233"
 DEFAULT_STORE_URL = "sqlite:///.concord/store.db"
 PROVIDERS = registry.names()
 #: What `concord resolve` offers; "merged" carries field values, so it goes through the API.
@@ -55,11 +55,11 @@ SIGNALS = {
 
 
 def default_temporal() -> str:
-    return os.environ.get("CONCORD_TEMPORAL", DEFAULT_TEMPORAL)
+    return settings.load().temporal
 
 
 def default_store_url() -> str:
-    return os.environ.get("CONCORD_STORE_URL", DEFAULT_STORE_URL)
+    return settings.load().store_url
 
 
 class CliError(Exception):
@@ -326,6 +326,9 @@ def run(argv: list[str] | None = None) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help, or a one-line usage error
         return exc.code if isinstance(exc.code, int) else 2
+    except settings.SettingsError as exc:  # a setting of the wrong type
+        print(f"concord: {exc}", file=sys.stderr)
+        return 2
     prog = f"concord {args.cmd}"
     try:
         return _dispatch(args)

@@ -25,6 +25,7 @@ from urllib.parse import quote
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
+import settings
 from api.app import build_webhooks, create_app
 from api.webhooks import derived_platform_secrets, lazy_temporal_signal, platform_headers, temporal_org_signal
 from models.errors import Fatal
@@ -440,8 +441,12 @@ async def scenario(client, sc: Scenario, mailboxes: dict[str, MailboxDriver]) ->
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        config = settings.load()
+    except settings.SettingsError as exc:
+        sys.exit(f"demo: {exc}")
     parser = argparse.ArgumentParser(description="Concord demo on the embedded default")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("CONCORD_TEMPORAL_PORT", "7233")),
+    parser.add_argument("--port", type=int, default=config.temporal_port,
                         help="Temporal frontend port (default: $CONCORD_TEMPORAL_PORT or 7233)")
     parser.add_argument("--keep", action="store_true", help="keep the store and CRM of the previous run")
     parser.add_argument("--once", action="store_true",

@@ -11,12 +11,12 @@ import argparse
 import asyncio
 import concurrent.futures
 import logging
-import os
 import sys
 from dataclasses import dataclass
 
 from temporalio.worker import Worker
 
+import settings
 from activities.boundary import ScrubFailures
 from activities.connection import ConnectionActivities
 from activities.kinds import build_pipelines
@@ -62,11 +62,12 @@ def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory |
     raises VaultConfigError: a throwaway key would fail every cycle with VaultKeyMissing later.
     `webhook_base_url` (CONCORD_PUBLIC_URL) is where Graph posts notifications; `gmail_topic`
     (CONCORD_GMAIL_TOPIC, `projects/P/topics/T`) is where Gmail watches publish."""
+    config = settings.load()
     migrate(store_url)
     engine = make_engine(store_url)
     sessions = session_factory(engine)
-    vault = TokenVault(engine, keyring or KeyRing.from_env())
-    providers = ProviderConfig.from_env()
+    vault = TokenVault(engine, keyring or KeyRing.from_env(config))
+    providers = ProviderConfig.from_env(config)
     builder = MailboxBuilder(sessions, vault, providers)
     mailboxes = mailbox_for or builder
     mails = mail_for or MailBuilder(builder.credentials)
@@ -75,8 +76,8 @@ def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory |
         reviews=ReviewActivities(sessions),
         connection=ConnectionActivities(sessions, vault, providers, credentials=builder.credentials),
         subscriptions=SubscriptionActivities(
-            sessions, mailboxes, webhook_base_url=webhook_base_url or os.environ.get("CONCORD_PUBLIC_URL"),
-            mail_for=mails, gmail_topic=gmail_topic or os.environ.get("CONCORD_GMAIL_TOPIC")),
+            sessions, mailboxes, webhook_base_url=webhook_base_url or config.public_url,
+            mail_for=mails, gmail_topic=gmail_topic or config.gmail_topic),
     )
 
 
@@ -103,15 +104,19 @@ async def serve(target: str, store_url: str, crm_url: str, task_queue: str = TAS
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        config = settings.load()
+    except settings.SettingsError as exc:
+        sys.exit(str(exc))
     parser = argparse.ArgumentParser(description="Run a Concord sync worker")
-    parser.add_argument("--temporal", default=os.environ.get("CONCORD_TEMPORAL", "127.0.0.1:7233"))
-    parser.add_argument("--store-url", default=os.environ.get("CONCORD_STORE_URL", "sqlite:///.concord/store.db"))
-    parser.add_argument("--crm-url", default=os.environ.get("CONCORD_CRM_URL", "sqlite:///.concord/crm.db"))
+    parser.add_argument("--temporal", default=config.temporal)
+    parser.add_argument("--store-url", default=config.store_url)
+    parser.add_argument("--crm-url", default=config.crm_url)
     parser.add_argument("--task-queue", default=TASK_QUEUE)
     args = parser.parse_args(argv)
     # Refuse to start rather than run cycles that all fail on tokens nobody can open.
     try:
-        keyring = KeyRing.from_env()
+        keyring = KeyRing.from_env(config)
     except VaultConfigError as exc:
         sys.exit(f"{exc}; {NO_KEY_HINT}")
     try:
