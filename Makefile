@@ -12,13 +12,15 @@ BENCH_ARGS ?=
 # `make demo DEMO_ARGS=--once` runs the scenario and stops (CI); `--keep`, `--port N` too.
 DEMO_ARGS ?=
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean lock
 
-$(STAMP): pyproject.toml
+# The versions CI and the image use: requirements-test.lock pins every package (a
+# dependency added to pyproject.toml since the last `make lock` still resolves, unpinned).
+$(STAMP): pyproject.toml requirements-test.lock
 	@test -n "$(PYTHON_BOOT)" || { echo "Python >= 3.11 is needed"; exit 1; }
 	$(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c requirements-test.lock -e '.[test,otlp]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -34,3 +36,15 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .concord .pytest_cache .hypothesis
+
+# Re-pin after changing dependencies in pyproject.toml: requirements.lock is the runtime
+# (the image, with the otlp extra), requirements-test.lock adds the test extra (CI, make install).
+PIP_COMPILE_ARGS := -q --strip-extras --no-emit-index-url --no-emit-find-links
+# The image's Python (Dockerfile: python:3.11-slim): markers resolve for it.
+LOCK_PYTHON ?= python3.11
+lock:
+	$(LOCK_PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q pip-tools
+	.venv-lock/bin/pip-compile $(PIP_COMPILE_ARGS) --extra otlp -o requirements.lock pyproject.toml
+	.venv-lock/bin/pip-compile $(PIP_COMPILE_ARGS) --extra otlp --extra test -o requirements-test.lock pyproject.toml
+	rm -rf .venv-lock

@@ -126,7 +126,10 @@ def production_app() -> FastAPI:
     router, _deps = build_webhooks(sessions, lazy_temporal_signal(*temporal),
                                    org_signal=lazy_temporal_signal(*temporal, build=temporal_org_signal),
                                    pubsub=pubsub, platform_master_key=platform_key, admin_token=admin_token)
-    return create_app([router, _connect_router_from_env(sessions, url, keyring, connect_key, config)])
+    from api.health import health_router
+
+    return create_app([router, _connect_router_from_env(sessions, url, keyring, connect_key, config),
+                       health_router(sessions)])
 
 
 def _hex_key(secret: SecretStr | None, name: str, purpose: str, *, required: bool = False) -> bytes | None:

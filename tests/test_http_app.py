@@ -121,3 +121,25 @@ def test_access_log_keeps_secrets_in_urls_out(tmp_path):
     assert '"POST /webhooks/gmail?token=[redacted] HTTP/1.1" 403' in log
     assert '"POST /webhooks/graph?validationToken=[redacted] HTTP/1.1" 200' in log
     assert "exp=1&sig=[redacted]" in log and "%74oken=[redacted]" in log
+
+
+def test_healthz_answers_when_the_store_does(tmp_path, monkeypatch):
+    """GET /healthz on the deployed app: 200 while the store answers, 503 (no details) when it does not."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    from api.app import create_app
+    from api.health import health_router
+
+    for key, value in _env(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    with TestClient(production_app()) as http:
+        r = http.get("/healthz")
+    assert (r.status_code, r.json()) == (200, {"status": "ok"})
+
+    dead = sessionmaker(create_engine(f"postgresql+psycopg://nobody@127.0.0.1:{free_port()}/none",
+                                      connect_args={"connect_timeout": 2}))
+    with TestClient(create_app([health_router(dead)])) as http:
+        r = http.get("/healthz")
+    assert r.status_code == 503 and r.json() == {"status": "unavailable", "store": "unreachable"}

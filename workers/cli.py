@@ -11,6 +11,9 @@
     concord api [--port 8080]           run the HTTP app: webhooks and OAuth connect (needs CONCORD_VAULT_KEYS)
     concord disconnect CONN             stop syncing a mailbox, revoke its tokens, keep what was synced
     concord quarantine|reviews CONN     what waits for a person, with messages and values (from the store)
+    concord setup                       prepare a deployment (databases, migrations, CRM tables, search
+                                        attributes), idempotently; waits for Temporal and the databases
+    concord health [--http URL]         exit 0 when Temporal and the store answer (a container healthcheck)
 
 A wrong argument, an unreachable server, an unknown connection or review, or a
 workflow with no worker gives one line on stderr and a non-zero exit.
@@ -40,6 +43,7 @@ from workers.devstack import add_server_arguments
 from workers.temporal_client import TASK_QUEUE
 
 DEFAULT_STORE_URL = "sqlite:///.concord/store.db"
+DEFAULT_CRM_URL = "sqlite:///.concord/crm.db"
 PROVIDERS = registry.names()
 #: What `concord resolve` offers; "merged" carries field values, so it goes through the API.
 CLI_CHOICES = tuple(dict.fromkeys(c for kind in api.CHOICES.values() for c in kind if c != "merged"))
@@ -145,6 +149,23 @@ def _parser() -> argparse.ArgumentParser:
                         "(every record the review lists) or ignore (none). Merged values: "
                         "workers.client.resolve(..., 'merged', fields)")
     store(r)
+    su = command("setup", "prepare a deployment, idempotently: wait for Temporal and the databases, create "
+                          "the store's and the CRM's databases if missing, migrate the store, create the CRM "
+                          "tables, register the Concord search attributes")
+    store(su)
+    su.add_argument("--crm-url", default=os.environ.get("CONCORD_CRM_URL", DEFAULT_CRM_URL), metavar="URL",
+                    help="the reference CRM's database (default: $CONCORD_CRM_URL or %(default)s)")
+    su.add_argument("--namespace", default=os.environ.get("CONCORD_TEMPORAL_NAMESPACE", "default"),
+                    help="the Temporal namespace (default: $CONCORD_TEMPORAL_NAMESPACE or %(default)s)")
+    su.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
+                    help="how long to wait for Temporal and the databases (default: %(default)s)")
+    h = command("health", "exit 0 when Temporal serves the namespace and the store answers, else one line "
+                          "and exit 1 (a container healthcheck)")
+    store(h)
+    h.add_argument("--namespace", default=os.environ.get("CONCORD_TEMPORAL_NAMESPACE", "default"),
+                   help="the Temporal namespace (default: $CONCORD_TEMPORAL_NAMESPACE or %(default)s)")
+    h.add_argument("--http", action="append", metavar="URL", help="also require 200 from this URL (repeatable)")
+    h.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="per check (default: %(default)s)")
     return p
 
 
@@ -285,6 +306,24 @@ def _run_api(args) -> None:
     uvicorn.run("api.app:production_app", factory=True, host=args.host, port=args.port)
 
 
+def _deploy_command(args) -> int:
+    from workers import deploy
+
+    if args.cmd == "setup":
+        try:
+            deploy.setup(store_url=args.store_url, crm_url=args.crm_url, temporal=args.temporal,
+                         namespace=args.namespace, wait_s=args.wait, say=lambda m: print(m, flush=True))
+        except deploy.NotReady as exc:
+            raise CliError(str(exc)) from None
+        return 0
+    problems = deploy.health(temporal=args.temporal, store_url=args.store_url, namespace=args.namespace,
+                             http=args.http, timeout=args.timeout)
+    if problems:
+        raise CliError("; ".join(problems))
+    print("ok")
+    return 0
+
+
 def _dispatch(args) -> int:
     if args.cmd == "worker":
         from workers.worker import main as worker_main
@@ -301,6 +340,8 @@ def _dispatch(args) -> int:
     if args.cmd in ("org-state", "org-wake"):
         asyncio.run(_org_command(args))
         return 0
+    if args.cmd in ("setup", "health"):
+        return _deploy_command(args)
     if hasattr(args, "store_url"):
         args.sessions = _store(args.store_url)
     if args.cmd in ("quarantine", "reviews"):
