@@ -23,6 +23,7 @@ COPY workflows ./workflows
 COPY activities ./activities
 COPY workers ./workers
 COPY telemetry ./telemetry
+COPY settings ./settings
 COPY sync ./sync
 COPY connectors ./connectors
 COPY store ./store

@@ -153,16 +153,16 @@ def _parser() -> argparse.ArgumentParser:
                           "the store's and the CRM's databases if missing, migrate the store, create the CRM "
                           "tables, register the Concord search attributes")
     store(su)
-    su.add_argument("--crm-url", default=os.environ.get("CONCORD_CRM_URL", DEFAULT_CRM_URL), metavar="URL",
+    su.add_argument("--crm-url", default=settings.load().crm_url, metavar="URL",
                     help="the reference CRM's database (default: $CONCORD_CRM_URL or %(default)s)")
-    su.add_argument("--namespace", default=os.environ.get("CONCORD_TEMPORAL_NAMESPACE", "default"),
+    su.add_argument("--namespace", default=settings.load().temporal_namespace,
                     help="the Temporal namespace (default: $CONCORD_TEMPORAL_NAMESPACE or %(default)s)")
     su.add_argument("--wait", type=float, default=120.0, metavar="SECONDS",
                     help="how long to wait for Temporal and the databases (default: %(default)s)")
     h = command("health", "exit 0 when Temporal serves the namespace and the store answers, else one line "
                           "and exit 1 (a container healthcheck)")
     store(h)
-    h.add_argument("--namespace", default=os.environ.get("CONCORD_TEMPORAL_NAMESPACE", "default"),
+    h.add_argument("--namespace", default=settings.load().temporal_namespace,
                    help="the Temporal namespace (default: $CONCORD_TEMPORAL_NAMESPACE or %(default)s)")
     h.add_argument("--http", action="append", metavar="URL", help="also require 200 from this URL (repeatable)")
     h.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="per check (default: %(default)s)")
