@@ -11,6 +11,9 @@
     concord api [--port 8080]           run the HTTP app: webhooks and OAuth connect (needs CONCORD_VAULT_KEYS)
     concord disconnect CONN             stop syncing a mailbox, revoke its tokens, keep what was synced
     concord quarantine|reviews CONN     what waits for a person, with messages and values (from the store)
+    concord reconcile CONN [--json]     compare both ends now (through the worker); print the stored report
+    concord export (--connection CONN | --org ORG) --format csv|json [--out FILE]
+    concord erase --org ORG --email ADDRESS [--mailbox-policy keep|delete]
 
 A wrong argument, an unreachable server, an unknown connection or review, or a
 workflow with no worker gives one line on stderr and a non-zero exit.
@@ -145,7 +148,15 @@ def _parser() -> argparse.ArgumentParser:
                         "(every record the review lists) or ignore (none). Merged values: "
                         "workers.client.resolve(..., 'merged', fields)")
     store(r)
+    _add_data_commands(command, connection, store)
     return p
+
+
+def _add_data_commands(command, connection, store) -> None:
+    """reconcile, export, erase (see workers/data_commands.py)."""
+    from workers import data_commands
+
+    data_commands.add_arguments(command, connection, store)
 
 
 # --- the pieces commands share -------------------------------------------------------
@@ -303,6 +314,10 @@ def _dispatch(args) -> int:
         return 0
     if hasattr(args, "store_url"):
         args.sessions = _store(args.store_url)
+    if args.cmd in ("reconcile", "export", "erase"):
+        from workers import data_commands
+
+        return data_commands.dispatch(args)
     if args.cmd in ("quarantine", "reviews"):
         read = api.quarantined if args.cmd == "quarantine" else api.open_reviews
         print(json.dumps(read(args.sessions, args.connection_id), indent=2, default=str))

@@ -280,3 +280,51 @@ def open_reviews(sessions, connection_id: str) -> list[dict]:
         return [{"review_id": int(r.id), "kind": r.kind, "mailbox_id": r.mailbox_id, "platform_id": r.platform_id,
                  "fields": list(r.fields or []), "detail": dict(r.detail or {}), "since": r.created_at}
                 for r in repo.open_reviews(s, connection_id)]
+
+
+# --- reconciliation: both ends compared independently (workflows/reconcile.py) ---------
+
+async def start_reconcile(client: Client, org_id: str, *, interval_s: float = 86_400.0,
+                          kinds: list[str] | None = None, task_queue: str = TASK_QUEUE,
+                          run_first: bool = False) -> WorkflowHandle:
+    """Start (or leave running) the organisation's scheduled reconciliation, `reconcile/<org_id>`:
+    every `interval_s` it compares both ends of each active connection, stores a report per
+    connection and kind, and re-stages what policy allows."""
+    from models.reconcile import ReconcileInput
+    from workflows.reconcile import ReconcileWorkflow, workflow_id as reconcile_workflow_id
+
+    return await client.start_workflow(
+        ReconcileWorkflow.run,
+        ReconcileInput(org_id=org_id, interval_s=interval_s, run_first=run_first,
+                       **({"kinds": kinds} if kinds else {})),
+        id=reconcile_workflow_id(org_id), task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
+    )
+
+
+async def reconcile_now(client: Client, sessions, connection_id: str, *, kinds: list[str] | None = None,
+                        repair: bool = True, task_queue: str = TASK_QUEUE) -> dict:
+    """Reconcile one connection now (a one-off run of the reconciliation workflow) and
+    return its reports as stored (values included: they come from the store, not history).
+
+    Raises UnknownConnection for an id the store does not hold."""
+    import uuid
+
+    from models.reconcile import ReconcileInput
+    from store import reconcile as reports
+    from workflows.reconcile import ReconcileWorkflow
+
+    with sessions() as s:
+        _known(s, connection_id)
+        org_id = repo.get_connection(s, connection_id).org_id
+        kinds = kinds or list((repo.get_connection(s, connection_id).settings or {}).get("kinds") or ["contacts"])
+    run = await client.execute_workflow(
+        ReconcileWorkflow.run,
+        ReconcileInput(org_id=org_id, connection_ids=[connection_id], once=True, kinds=kinds, repair=repair),
+        id=f"reconcile-now/{connection_id}/{uuid.uuid4().hex[:8]}", task_queue=task_queue,
+    )
+    with sessions() as s:
+        rows = [reports.get_report(s, r.report_id) for r in run.results if r.report_id is not None]
+    return {"connection_id": connection_id, "org_id": org_id, "failed": run.failed, "totals": run.totals(),
+            "reports": [reports.report_json(r) for r in rows if r is not None]}
