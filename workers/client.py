@@ -328,3 +328,27 @@ async def reconcile_now(client: Client, sessions, connection_id: str, *, kinds: 
         rows = [reports.get_report(s, r.report_id) for r in run.results if r.report_id is not None]
     return {"connection_id": connection_id, "org_id": org_id, "failed": run.failed, "totals": run.totals(),
             "reports": [reports.report_json(r) for r in rows if r is not None]}
+
+
+# --- a person's data: export and erase --------------------------------------------------
+
+def erase_person(sessions, platform, mailbox_for, org_id: str, email: str, *, mailbox_policy: str = "keep"):
+    """Erase a person (GDPR) from the store and the platform, and from the mailboxes only
+    with mailbox_policy "delete"; see activities/erase.py. Returns an `EraseResult`
+    (counts and a keyed hash of the address)."""
+    from activities.erase import erase_person as erase
+
+    return erase(sessions, platform, mailbox_for, org_id, email, mailbox_policy=mailbox_policy)
+
+
+def export_chunks(sessions, *, connection_id: str | None = None, org_id: str | None = None, fmt: str = "json"):
+    """A connection's or organisation's links, items and audit log as streamed text (csv or json).
+
+    Raises UnknownConnection for a connection or organisation the store does not hold."""
+    from store import export
+
+    scope = export.Scope(connection_id=connection_id, org_id=org_id)
+    if not export.exists(sessions, scope):
+        what = f"connection {connection_id}" if connection_id else f"organisation {org_id}"
+        raise UnknownConnection(f"no {what} in the store")
+    return export.chunks(sessions, scope, fmt)
