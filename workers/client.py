@@ -319,14 +319,15 @@ async def reconcile_now(client: Client, sessions, connection_id: str, *, kinds: 
         _known(s, connection_id)
         org_id = repo.get_connection(s, connection_id).org_id
         kinds = kinds or list((repo.get_connection(s, connection_id).settings or {}).get("kinds") or ["contacts"])
+    wid = f"reconcile-now/{connection_id}/{uuid.uuid4().hex[:8]}"
     run = await client.execute_workflow(
         ReconcileWorkflow.run,
         ReconcileInput(org_id=org_id, connection_ids=[connection_id], once=True, kinds=kinds, repair=repair),
-        id=f"reconcile-now/{connection_id}/{uuid.uuid4().hex[:8]}", task_queue=task_queue,
+        id=wid, task_queue=task_queue,
     )
     with sessions() as s:
         rows = [reports.get_report(s, r.report_id) for r in run.results if r.report_id is not None]
-    return {"connection_id": connection_id, "org_id": org_id, "failed": run.failed, "totals": run.totals(),
+    return {"connection_id": connection_id, "org_id": org_id, "workflow_id": wid, "failed": run.failed, "totals": run.totals(),
             "reports": [reports.report_json(r) for r in rows if r is not None]}
 
 
@@ -352,3 +353,11 @@ def export_chunks(sessions, *, connection_id: str | None = None, org_id: str | N
         what = f"connection {connection_id}" if connection_id else f"organisation {org_id}"
         raise UnknownConnection(f"no {what} in the store")
     return export.chunks(sessions, scope, fmt)
+
+
+async def reconcile_state(client: Client, org_id: str, *, rpc_timeout: timedelta = QUERY_TIMEOUT):
+    """The scheduled reconciliation's state: runs, the last run's counts, the next run's time."""
+    from workflows.reconcile import ReconcileWorkflow, workflow_id as reconcile_workflow_id
+
+    return await client.get_workflow_handle(reconcile_workflow_id(org_id)).query(ReconcileWorkflow.state,
+                                                                                 rpc_timeout=rpc_timeout)
