@@ -28,15 +28,16 @@ def add_arguments(command, connection, store) -> None:
     store(r)
     e = command("export", "export a connection's or organisation's synced data and audit log (CSV or JSON)")
     which = e.add_mutually_exclusive_group(required=True)
-    which.add_argument("--connection", metavar="CONN")
-    which.add_argument("--org", metavar="ORG")
-    e.add_argument("--format", choices=("csv", "json"), required=True)
+    which.add_argument("--connection", metavar="CONN", help="export this connection's data")
+    which.add_argument("--org", metavar="ORG", help="export every connection of this organisation, and its audit log")
+    e.add_argument("--format", choices=("csv", "json"), required=True,
+                   help="json: one document with links, items, audit_log; csv: one table with a section column")
     e.add_argument("--out", metavar="FILE", help="write here instead of standard output")
     store(e)
     x = command("erase", "erase a person (by address) from the store and the platform; the mailboxes "
                          "only with --mailbox-policy delete")
-    x.add_argument("--org", required=True, metavar="ORG")
-    x.add_argument("--email", required=True, metavar="ADDRESS")
+    x.add_argument("--org", required=True, metavar="ORG", help="the organisation the person is erased from")
+    x.add_argument("--email", required=True, metavar="ADDRESS", help="the person's address (case does not matter)")
     x.add_argument("--mailbox-policy", choices=("keep", "delete"), default="keep",
                    help="keep (default): the users' mailboxes are not touched; delete: their contacts go too")
     x.add_argument("--crm-url", default=os.environ.get("CONCORD_CRM_URL", "sqlite:///.concord/crm.db"),
