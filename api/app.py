@@ -91,7 +91,7 @@ def production_app() -> FastAPI:
 
     Required: CONCORD_VAULT_KEYS (the token vault's key ring), CONCORD_CONNECT_KEY
     (hex, signs connect links). Optional: CONCORD_PLATFORM_WEBHOOK_KEY (hex, at
-    least 16 bytes), CONCORD_ADMIN_TOKEN (reads /webhooks/stats),
+    least 16 bytes), CONCORD_ADMIN_TOKEN (reads /webhooks/stats and /admin/export),
     CONCORD_PUBSUB_AUDIENCE + CONCORD_PUBSUB_SERVICE_ACCOUNT (+ CONCORD_PUBSUB_CERTS_URL)
     for Gmail pushes, CONCORD_STORE_URL, CONCORD_TEMPORAL (default 127.0.0.1:7233,
     as the worker), CONCORD_TEMPORAL_NAMESPACE, and ProviderConfig's OAuth settings.
@@ -126,10 +126,11 @@ def production_app() -> FastAPI:
     router, _deps = build_webhooks(sessions, lazy_temporal_signal(*temporal),
                                    org_signal=lazy_temporal_signal(*temporal, build=temporal_org_signal),
                                    pubsub=pubsub, platform_master_key=platform_key, admin_token=admin_token)
+    from api.export import export_router
     from api.health import health_router
 
     return create_app([router, _connect_router_from_env(sessions, url, keyring, connect_key, config),
-                       health_router(sessions)])
+                       health_router(sessions), export_router(sessions, admin_token)])
 
 
 def _hex_key(secret: SecretStr | None, name: str, purpose: str, *, required: bool = False) -> bytes | None:

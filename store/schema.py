@@ -370,3 +370,26 @@ outbox_sends = sa.Table(
     sa.Index("ix_outbox_sends_connection_id_state", "connection_id", "state"),
     sa.Index("ix_outbox_sends_org_id_user_id_state", "org_id", "user_id", "state"),
 )
+
+# --- reconciliation: what an independent comparison of both ends found ------------------
+#
+# One row per (connection, kind) reconciliation run. `counts` is what the workflow sees
+# (numbers only); `findings` holds the details a person acts on, values included (field
+# values of differing pairs), which never cross workflow history.
+
+reconcile_reports = sa.Table(
+    "reconcile_reports",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("org_id", sa.String, nullable=False),
+    sa.Column("connection_id", sa.String, nullable=True),
+    sa.Column("kind", sa.String, nullable=False),
+    sa.Column("status", sa.String, nullable=False),
+    sa.Column("started_at", Epoch, nullable=False),
+    sa.Column("finished_at", Epoch, nullable=False),
+    sa.Column("counts", sa.JSON, nullable=False),
+    sa.Column("findings", sa.JSON, nullable=False),
+    sa.Index("ix_reconcile_reports_org_id_finished_at", "org_id", "finished_at"),
+    sa.Index("ix_reconcile_reports_connection_id_finished_at", "connection_id", "finished_at"),
+    sqlite_autoincrement=True,
+)

@@ -31,7 +31,7 @@ EXPECTED_TABLES = {
     "vault_tokens",
     "subscriptions",
 }
-HEAD = "0008"
+HEAD = "0009"
 
 
 @pytest.fixture

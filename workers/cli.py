@@ -14,6 +14,9 @@
     concord setup                       prepare a deployment (databases, migrations, CRM tables, search
                                         attributes), idempotently; waits for Temporal and the databases
     concord health [--http URL]         exit 0 when Temporal and the store answer (a container healthcheck)
+    concord reconcile CONN [--json]     compare both ends now (through the worker); print the stored report
+    concord export (--connection CONN | --org ORG) --format csv|json [--out FILE]
+    concord erase --org ORG --email ADDRESS [--mailbox-policy keep|delete]
 
 A wrong argument, an unreachable server, an unknown connection or review, or a
 workflow with no worker gives one line on stderr and a non-zero exit.
@@ -166,7 +169,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="the Temporal namespace (default: $CONCORD_TEMPORAL_NAMESPACE or %(default)s)")
     h.add_argument("--http", action="append", metavar="URL", help="also require 200 from this URL (repeatable)")
     h.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS", help="per check (default: %(default)s)")
+    _add_data_commands(command, connection, store)
     return p
+
+
+def _add_data_commands(command, connection, store) -> None:
+    """reconcile, export, erase (see workers/data_commands.py)."""
+    from workers import data_commands
+
+    data_commands.add_arguments(command, connection, store)
 
 
 # --- the pieces commands share -------------------------------------------------------
@@ -344,6 +355,10 @@ def _dispatch(args) -> int:
         return _deploy_command(args)
     if hasattr(args, "store_url"):
         args.sessions = _store(args.store_url)
+    if args.cmd in ("reconcile", "export", "erase"):
+        from workers import data_commands
+
+        return data_commands.dispatch(args)
     if args.cmd in ("quarantine", "reviews"):
         read = api.quarantined if args.cmd == "quarantine" else api.open_reviews
         print(json.dumps(read(args.sessions, args.connection_id), indent=2, default=str))

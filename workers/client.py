@@ -280,3 +280,84 @@ def open_reviews(sessions, connection_id: str) -> list[dict]:
         return [{"review_id": int(r.id), "kind": r.kind, "mailbox_id": r.mailbox_id, "platform_id": r.platform_id,
                  "fields": list(r.fields or []), "detail": dict(r.detail or {}), "since": r.created_at}
                 for r in repo.open_reviews(s, connection_id)]
+
+
+# --- reconciliation: both ends compared independently (workflows/reconcile.py) ---------
+
+async def start_reconcile(client: Client, org_id: str, *, interval_s: float = 86_400.0,
+                          kinds: list[str] | None = None, task_queue: str = TASK_QUEUE,
+                          run_first: bool = False) -> WorkflowHandle:
+    """Start (or leave running) the organisation's scheduled reconciliation, `reconcile/<org_id>`:
+    every `interval_s` it compares both ends of each active connection, stores a report per
+    connection and kind, and re-stages what policy allows."""
+    from models.reconcile import ReconcileInput
+    from workflows.reconcile import ReconcileWorkflow, workflow_id as reconcile_workflow_id
+
+    return await client.start_workflow(
+        ReconcileWorkflow.run,
+        ReconcileInput(org_id=org_id, interval_s=interval_s, run_first=run_first,
+                       **({"kinds": kinds} if kinds else {})),
+        id=reconcile_workflow_id(org_id), task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        search_attributes=TypedSearchAttributes([SearchAttributePair(ORG_ID, org_id)]),
+    )
+
+
+async def reconcile_now(client: Client, sessions, connection_id: str, *, kinds: list[str] | None = None,
+                        repair: bool = True, task_queue: str = TASK_QUEUE) -> dict:
+    """Reconcile one connection now (a one-off run of the reconciliation workflow) and
+    return its reports as stored (values included: they come from the store, not history).
+
+    Raises UnknownConnection for an id the store does not hold."""
+    import uuid
+
+    from models.reconcile import ReconcileInput
+    from store import reconcile as reports
+    from workflows.reconcile import ReconcileWorkflow
+
+    with sessions() as s:
+        _known(s, connection_id)
+        org_id = repo.get_connection(s, connection_id).org_id
+        kinds = kinds or list((repo.get_connection(s, connection_id).settings or {}).get("kinds") or ["contacts"])
+    wid = f"reconcile-now/{connection_id}/{uuid.uuid4().hex[:8]}"
+    run = await client.execute_workflow(
+        ReconcileWorkflow.run,
+        ReconcileInput(org_id=org_id, connection_ids=[connection_id], once=True, kinds=kinds, repair=repair),
+        id=wid, task_queue=task_queue,
+    )
+    with sessions() as s:
+        rows = [reports.get_report(s, r.report_id) for r in run.results if r.report_id is not None]
+    return {"connection_id": connection_id, "org_id": org_id, "workflow_id": wid, "failed": run.failed, "totals": run.totals(),
+            "reports": [reports.report_json(r) for r in rows if r is not None]}
+
+
+# --- a person's data: export and erase --------------------------------------------------
+
+def erase_person(sessions, platform, mailbox_for, org_id: str, email: str, *, mailbox_policy: str = "keep"):
+    """Erase a person (GDPR) from the store and the platform, and from the mailboxes only
+    with mailbox_policy "delete"; see activities/erase.py. Returns an `EraseResult`
+    (counts and a keyed hash of the address)."""
+    from activities.erase import erase_person as erase
+
+    return erase(sessions, platform, mailbox_for, org_id, email, mailbox_policy=mailbox_policy)
+
+
+def export_chunks(sessions, *, connection_id: str | None = None, org_id: str | None = None, fmt: str = "json"):
+    """A connection's or organisation's links, items and audit log as streamed text (csv or json).
+
+    Raises UnknownConnection for a connection or organisation the store does not hold."""
+    from store import export
+
+    scope = export.Scope(connection_id=connection_id, org_id=org_id)
+    if not export.exists(sessions, scope):
+        what = f"connection {connection_id}" if connection_id else f"organisation {org_id}"
+        raise UnknownConnection(f"no {what} in the store")
+    return export.chunks(sessions, scope, fmt)
+
+
+async def reconcile_state(client: Client, org_id: str, *, rpc_timeout: timedelta = QUERY_TIMEOUT):
+    """The scheduled reconciliation's state: runs, the last run's counts, the next run's time."""
+    from workflows.reconcile import ReconcileWorkflow, workflow_id as reconcile_workflow_id
+
+    return await client.get_workflow_handle(reconcile_workflow_id(org_id)).query(ReconcileWorkflow.state,
+                                                                                 rpc_timeout=rpc_timeout)

@@ -22,6 +22,7 @@ from activities.connection import ConnectionActivities
 from activities.kinds import build_pipelines
 from activities.mail import MailFactory
 from activities.pipeline import KindPipeline, MailboxFactory
+from activities.reconcile import ReconcileActivities
 from activities.reviews import ReviewActivities
 from activities.subscriptions import SubscriptionActivities
 from store.db import make_engine, migrate, session_factory
@@ -33,6 +34,7 @@ from telemetry import setup_tracing
 from workers.temporal_client import TASK_QUEUE
 from workflows.mailbox_sync import MailboxSyncWorkflow
 from workflows.org_sync import OrgSyncWorkflow
+from workflows.reconcile import ReconcileWorkflow
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,14 @@ class Activities:
     reviews: ReviewActivities
     connection: ConnectionActivities
     subscriptions: SubscriptionActivities
+    #: reconciliation (both ends compared independently); built from `pipelines` when not given
+    reconcile: ReconcileActivities | None = None
 
     def all(self) -> list:
         steps = [a for p in self.pipelines.values() for a in p.activities()]
-        return steps + self.reviews.activities() + self.connection.all() + self.subscriptions.all()
+        reconcile = self.reconcile or ReconcileActivities(self.reviews.sessions, self.pipelines)
+        return (steps + self.reviews.activities() + self.connection.all() + self.subscriptions.all()
+                + reconcile.all())
 
 
 #: Said when the vault key is missing: a worker without it could read no token.
@@ -87,7 +93,7 @@ def make_worker(client, activities: Activities, *, task_queue: str = TASK_QUEUE,
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[MailboxSyncWorkflow, OrgSyncWorkflow],
+        workflows=[MailboxSyncWorkflow, OrgSyncWorkflow, ReconcileWorkflow],
         activities=activities.all() + list(extra_activities or []),
         activity_executor=concurrent.futures.ThreadPoolExecutor(max_workers=max_threads),
         max_concurrent_activities=max_threads,
