@@ -29,8 +29,7 @@ from store import repo
 MAILBOX_POLICIES = ("keep", "delete")
 
 
-def address_hash(org_id: str, address: str) -> str:
-    return hmac.new(org_id.encode(), address.strip().casefold().encode(), hashlib.sha256).hexdigest()
+address_hash = store_erase.address_hash
 
 
 class EraseFailed(RuntimeError):
@@ -130,6 +129,7 @@ def erase_person(sessions, platform, mailbox_for, org_id: str, address: str, *, 
     # -- the store, and the audit entry without personal data -----------------------------
     with sessions.begin() as s:
         result.store = store_erase.purge(s, org_id, needle, found, set(platform_ids))
+        store_erase.remember(s, org_id, result.address_hash)
         repo.audit(s, org_id=org_id, op="delete", detail={
             "erase": {"address_sha256": result.address_hash, "mailbox_policy": mailbox_policy,
                       "platform_deleted": result.platform_deleted, "mailbox_deleted": result.mailbox_deleted,

@@ -49,6 +49,7 @@ from models.workflow import (
     WriteSummary,
 )
 from store import cycle, mirror, repo
+from store import erase as store_erase
 from sync.kinds import KindRules
 from sync.planner import LinkState, PlanInput, Review, plan
 from sync.policy import SyncSettings
@@ -392,6 +393,7 @@ class KindPipeline:
     def plan(self, ref: CycleRef, approve_mass_delete: bool = False) -> PlanSummary:
         with activity_span(f"{self.kind}.plan", connection_id=ref.connection_id) as span, keep_alive():
             b = self._load_batch(ref)
+            erased = self._drop_erased(ref, b)
             candidates = self._candidates(b)
             result = plan(PlanInput(
                 mailbox=b.mailbox, platform=b.platform, settings=b.settings, rules=self.rules,
@@ -399,8 +401,11 @@ class KindPipeline:
                 platform_candidates=candidates, neighbour_links=b.neighbours,
                 link_count=b.link_count, approve_mass_delete=approve_mass_delete,
             ))
-            summary = PlanSummary(planned=len(result.decisions), outcomes=result.counts(),
+            summary = PlanSummary(planned=len(result.decisions) + erased, outcomes=result.counts(),
                                   guard_tripped=result.guard_tripped, held_deletes=result.held_deletes)
+            if erased:
+                summary.outcomes["skip"] = summary.outcomes.get("skip", 0) + erased
+                summary.rules["erased_person"] = erased
             for d in result.decisions:
                 summary.rules[d.rule] = summary.rules.get(d.rule, 0) + 1
             with self.sessions.begin() as s:
@@ -408,6 +413,26 @@ class KindPipeline:
                                    b.by_mailbox, b.by_platform)
             span.set(**{"planned": summary.planned, **{f"outcome.{k}": v for k, v in summary.outcomes.items()}})
         return summary
+
+    def _drop_erased(self, ref: CycleRef, b: "_Batch") -> int:
+        """Unlinked mailbox records holding an address erased from this organisation (GDPR)
+        are skipped, named, so a contact the erase left in the mailbox never brings the
+        person back to the platform."""
+        new = {mid: rec for mid, rec in b.mailbox.items()
+               if mid not in b.by_mailbox and rec.content is not None and getattr(rec.content, "emails", ())}
+        if not new:
+            return 0
+        with self.sessions.begin() as s:
+            erased = store_erase.erased_among(s, b.info.org_id, {e for r in new.values() for e in r.content.emails})
+            gone = [mid for mid, rec in new.items() if erased & set(rec.content.emails)]
+            cycle.set_item_outcomes_by_key(s, ref.connection_id, [
+                {"side": "mailbox", "external_id": mid, "status": "skipped", "rule": "erased_person"} for mid in gone],
+                kind=self.kind)
+            # what the mailbox still holds of the person is not kept here either
+            cycle.forget_records(s, ref.connection_id, "mailbox", gone, kind=self.kind)
+        for mid in gone:
+            del b.mailbox[mid]
+        return len(gone)
 
     def _load_batch(self, ref: CycleRef) -> "_Batch":
         """Open items (minus those an unfinished action still holds) and what the store knows about them."""

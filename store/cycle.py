@@ -196,3 +196,14 @@ def get_links(s: Session, link_ids: Iterable[int]) -> dict[int, object]:
     if not ids:
         return {}
     return {int(r.id): r for r in s.execute(sa.select(links).where(links.c.id.in_(ids)))}
+
+
+def forget_records(s: Session, connection_id: str, side: str, external_ids: Iterable[str], *,
+                   kind: str = "contacts") -> None:
+    """Keep only the ids of these staged items, none of their content (an erased person)."""
+    ids = list(external_ids)
+    for i in range(0, len(ids), 500):
+        for ext in ids[i:i + 500]:
+            s.execute(sa.update(items).where(items.c.connection_id == connection_id, items.c.kind == kind,
+                                             items.c.side == side, items.c.external_id == ext)
+                      .values(record={"side": side, "external_id": ext}, updated_at=time.time()))

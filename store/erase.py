@@ -11,6 +11,7 @@ anywhere in a row's JSON, so a note or a review detail quoting it is found too.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -153,3 +154,31 @@ def purge(s: Session, org_id: str, address: str, found: Found, platform_ids: set
         bump("audit_redacted", s.execute(sa.update(audit_log).where(audit_log.c.id.in_(redact[i:i + CHUNK]))
                                          .values(detail=REDACTED)).rowcount)
     return counts
+
+
+def address_hash(org_id: str, address: str) -> str:
+    """The only trace of an erased address: an HMAC keyed by the organisation."""
+    import hashlib
+    import hmac
+
+    return hmac.new(org_id.encode(), address.strip().casefold().encode(), hashlib.sha256).hexdigest()
+
+
+def remember(s: Session, org_id: str, digest: str) -> None:
+    from store.repo import _insert
+    from store.schema import erased_addresses
+
+    s.execute(_insert(s, erased_addresses).values(org_id=org_id, address_hash=digest, at=time.time())
+              .on_conflict_do_nothing(index_elements=[erased_addresses.c.org_id, erased_addresses.c.address_hash]))
+
+
+def erased_among(s: Session, org_id: str, addresses) -> set[str]:
+    """The addresses among these that were erased in this organisation."""
+    from store.schema import erased_addresses
+
+    by_hash = {address_hash(org_id, a): a for a in addresses if a}
+    if not by_hash:
+        return set()
+    found = s.execute(sa.select(erased_addresses.c.address_hash).where(
+        erased_addresses.c.org_id == org_id, erased_addresses.c.address_hash.in_(list(by_hash)))).scalars()
+    return {by_hash[h] for h in found}

@@ -393,3 +393,17 @@ reconcile_reports = sa.Table(
     sa.Index("ix_reconcile_reports_connection_id_finished_at", "connection_id", "finished_at"),
     sqlite_autoincrement=True,
 )
+
+# --- GDPR erase: who was erased, as a keyed hash of the address -----------------------
+#
+# A mailbox contact left in place (erase keeps the user's mailbox unless asked) must not
+# bring the person back to the platform on a later cycle; planning skips records holding
+# an erased address. Only the HMAC (keyed by the organisation) is kept.
+
+erased_addresses = sa.Table(
+    "erased_addresses",
+    metadata,
+    sa.Column("org_id", sa.String, primary_key=True),
+    sa.Column("address_hash", sa.String, primary_key=True),
+    sa.Column("at", Epoch, nullable=False),
+)

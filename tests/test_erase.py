@@ -39,9 +39,6 @@ async def test_erase_keeps_the_mailbox_by_default_and_deletes_it_when_asked(temp
     store_url, crm_url = urls
     async with rig(temporal_env, store_url, crm_url, provider="google") as r:
         await r.start()
-        # Settled: the echoes of the first cycle's own mailbox writes are read. (An echo still
-        # in the mailbox's delta after an erase, like any later change of a kept contact or a
-        # full resync, would bring the person back: no suppression list yet, see the report.)
         await r.cycle()
         links = r.links()
         mailbox = r.mailbox_contacts()
@@ -63,9 +60,13 @@ async def test_erase_keeps_the_mailbox_by_default_and_deletes_it_when_asked(temp
         assert len(entries) == 1 and entries[0].detail["erase"]["address_sha256"] == res.address_hash
         assert entries[0].detail["erase"]["mailbox_policy"] == "keep"
 
-        # Sync goes on: the platform's deletion is read, nothing comes back, no trace returns.
+        # Sync goes on: the platform's deletion is read, nothing comes back, no trace returns,
+        # even when the user then edits the contact the erase left in the mailbox.
         await r.cycle()
+        r.sc.mailbox.edit(m1, job_title="Still here")
+        st = await r.cycle()
         assert _traces(r.sc.sessions, addr1) == []
+        assert st.store.skipped_by_rule.get("erased_person") == 1
         assert m1 in r.mailbox_contacts()
         assert not [c for c in r.crm_contacts().values() if addr1.casefold() in {e.casefold() for e in c.emails}]
 

@@ -31,7 +31,7 @@ EXPECTED_TABLES = {
     "vault_tokens",
     "subscriptions",
 }
-HEAD = "0009"
+HEAD = "0010"
 
 
 @pytest.fixture
