@@ -57,6 +57,20 @@ def test_figures_fold_cycles_in_order():
     assert "0 of 0 succeeded" in render_status(old)
 
 
+def test_prometheus_port_comes_from_the_environment(monkeypatch):
+    from models.errors import Fatal
+    from telemetry.metrics import ENV_PROMETHEUS_PORT, prometheus_port
+
+    monkeypatch.delenv(ENV_PROMETHEUS_PORT, raising=False)
+    assert prometheus_port() is None
+    monkeypatch.setenv(ENV_PROMETHEUS_PORT, " 9464 ")
+    assert prometheus_port() == 9464
+    for bad in ("metrics", "0", "70000"):
+        monkeypatch.setenv(ENV_PROMETHEUS_PORT, bad)
+        with pytest.raises(Fatal):
+            prometheus_port()
+
+
 def _points(reader, connection_id: str) -> dict[str, list]:
     """metric name -> data points of this connection."""
     out: dict[str, list] = {}

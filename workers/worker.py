@@ -29,6 +29,7 @@ from store.vault import KeyRing, TokenVault, VaultConfigError
 from workers.client import TemporalUnreachable, connect_checked
 from connectors.credentials import ProviderConfig
 from workers.mailboxes import MailBuilder, MailboxBuilder
+from models.errors import Fatal
 from telemetry import setup_tracing
 from telemetry.metrics import install_health_listener, setup_metrics
 from workers.temporal_client import TASK_QUEUE
@@ -120,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         asyncio.run(serve(args.temporal, args.store_url, args.crm_url, args.task_queue, keyring=keyring))
     except TemporalUnreachable as exc:
+        sys.exit(str(exc))
+    except Fatal as exc:  # a telemetry setting it cannot honour (CONCORD_PROMETHEUS_PORT without the extra)
         sys.exit(str(exc))
     except KeyboardInterrupt:
         pass
