@@ -484,6 +484,11 @@ class WebhookDeps:
     admin_token: str | None = None
     replays: ReplayGuard = field(default_factory=ReplayGuard)
     clock: Callable[[], float] = time.time
+    #: how long a Graph subscription row read from the store answers for later posts
+    #: (0: read the store on every post). A row marked by a lifecycle event here is
+    #: dropped at once; one removed elsewhere may still wake its mailbox for this long,
+    #: which costs a cycle and nothing else (a wake is a hint).
+    subscription_cache_s: float = 5.0
 
     @property
     def counters(self) -> Counters:
@@ -587,6 +592,37 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
         with sessions() as s:
             return subs.find_by_external_ids(s, GRAPH_SUBSCRIPTION.name, ids)
 
+    #: external id -> (row, good until); known subscriptions only (an unknown id is
+    #: read again next time, so a subscription created a moment ago is found)
+    graph_rows: dict[str, tuple[Any, float]] = {}
+
+    async def _graph_rows(items: list[dict]) -> dict[str, Any]:
+        ids = [i["subscriptionId"] for i in items]
+        ttl = deps.subscription_cache_s
+        if ttl <= 0:
+            return await run_in_threadpool(_graph_store, ids)
+        now = time.monotonic()
+        found: dict[str, Any] = {}
+        missing: list[str] = []
+        for item in items:
+            sub_id = item["subscriptionId"]
+            hit = graph_rows.get(sub_id)
+            # A remembered row that would refuse this post is read again: the store may
+            # hold a re-created subscription (new secret) under the same id.
+            if hit is not None and hit[1] > now and hit[0].status != "removed" \
+                    and subs.secret_matches(hit[0], item.get("clientState")):
+                found[sub_id] = hit[0]
+            else:
+                missing.append(sub_id)
+        if missing:
+            rows = await run_in_threadpool(_graph_store, missing)
+            if len(graph_rows) > 100_000:
+                graph_rows.clear()
+            for sub_id, row in rows.items():
+                graph_rows[sub_id] = (row, now + ttl)
+            found.update(rows)
+        return found
+
     def _apply_marks(marks: list[tuple[str, str]]) -> None:
         with sessions.begin() as s:
             for sub_id, status in marks:
@@ -602,7 +638,7 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
             items = _graph_items(await _body(request), lifecycle)
         except _Bad as e:
             return bad(e.reason)
-        rows = await run_in_threadpool(_graph_store, [i["subscriptionId"] for i in items]) if items else {}
+        rows = await _graph_rows(items) if items else {}
         wakes: list[tuple[str, str]] = []
         marks: list[tuple[str, str]] = []
         for item in items:
@@ -632,6 +668,8 @@ def webhook_router(deps: WebhookDeps) -> APIRouter:
             wakes.append((row.connection_id, "graph"))
         if marks:
             await run_in_threadpool(_apply_marks, marks)
+            for item in items:
+                graph_rows.pop(item["subscriptionId"], None)
         for cid, reason in wakes:
             waker.wake(cid, reason)
         # 202 whatever the outcome: Graph retries anything else for hours, and the

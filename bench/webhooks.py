@@ -63,8 +63,12 @@ def _serve(store_url: str, port: int, cpu: int, window_s: float) -> None:
 
     waker = Waker(counting_signal, store_lookup(sessions), window_s=window_s)
     deps = WebhookDeps(sessions=sessions, waker=waker, admin_token=os.environ["CONCORD_ADMIN_TOKEN"])
+    if os.environ.get("CONCORD_BENCH_SUB_CACHE_S"):  # bench/scale.py: 0 gives the intake as it was
+        deps.subscription_cache_s = float(os.environ["CONCORD_BENCH_SUB_CACHE_S"])
     app = create_app([webhook_router(deps)])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+    # bench/scale.py sets CONCORD_BENCH_HTTP=h11 for the intake as it was (pure-Python HTTP parsing)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off",
+                http=os.environ.get("CONCORD_BENCH_HTTP") or "auto")
 
 
 # ------------------------------------------------------------------ client side

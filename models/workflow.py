@@ -171,6 +171,47 @@ class KindState(BaseModel):
     guard_tripped: bool = False
 
 
+#: cycles (and their durations) kept for the "recent" figures of HealthMetrics
+HEALTH_WINDOW = 20
+#: item states that need nothing more: both sides agree (applied) or a rule left it out
+FINAL_ITEM_STATES = ("applied", "skipped")
+
+
+class HealthMetrics(BaseModel):
+    """Sync health, computed by the workflow from what it already has: workflow.now()
+    around each cycle and the counts its activities return. Carried by continue-as-new,
+    so "over the run" means since the connection's workflow first started."""
+
+    cycles_attempted: int = 0
+    cycles_succeeded: int = 0
+    #: succeeded / attempted, over the run and over the last HEALTH_WINDOW cycles
+    completion_rate: float | None = None
+    recent_completion_rate: float | None = None
+    #: the last HEALTH_WINDOW outcomes, oldest first (True: succeeded)
+    recent_outcomes: list[bool] = Field(default_factory=list)
+    #: items the store holds for the connection (every item a cycle has processed)
+    items_processed: int = 0
+    #: quarantined items by error code / items processed
+    error_rate_by_code: dict[str, float] = Field(default_factory=dict)
+    #: items in a final state (applied, skipped) / all items; links whose both sides exist
+    consistency: float | None = None
+    links: int = 0
+    #: start of the first failing cycle of the current failure, None when not failing
+    failure_started_at: float | None = None
+    #: first failing cycle's start -> the end of the next successful cycle, in seconds
+    last_recovery_s: float | None = None
+    max_recovery_s: float | None = None
+    recoveries: int = 0
+    #: wall time of each cycle (workflow time: its first task to its last), in seconds
+    last_cycle_s: float | None = None
+    recent_cycle_s: list[float] = Field(default_factory=list)
+    mean_recent_cycle_s: float | None = None
+    #: last / mean of recent (above 1: slower than usual), and the least-squares slope
+    #: of the recent durations in seconds per cycle (positive: cycles are getting slower)
+    cycle_trend_ratio: float | None = None
+    cycle_slope_s: float | None = None
+
+
 class SyncState(BaseModel):
     """The connection's live state. `last_counts`, `totals` and `store` sum every kind;
     `kinds` has each kind's own section."""
@@ -203,6 +244,8 @@ class SyncState(BaseModel):
     #: answered, or a choice that does not fit the review)
     ignored_answers: int = 0
     kinds: dict[str, KindState] = Field(default_factory=dict)
+    #: completion rate, error rates by code, consistency, recovery time, cycle durations
+    health_metrics: HealthMetrics = Field(default_factory=HealthMetrics)
 
 
 class MailboxSyncInput(BaseModel):

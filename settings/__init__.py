@@ -101,6 +101,9 @@ class Settings(BaseSettings):
     send_lease_s: float = Field(45.0, description=(
         "Seconds a worker holds an outbox item it is sending before another may take it over "
         "(after a crash it is looked up in the mailbox's Sent first)."))
+    prometheus_port: int | None = Field(None, ge=1, le=65535, description=(
+        "A port on which the worker serves its sync health metrics for Prometheus at `/metrics` "
+        "(needs `pip install '.[prometheus]'`). Unset: metrics go through OpenTelemetry only."))
 
     # --- telemetry (standard OpenTelemetry variables) ----------------------------------------
     otel_traces_exporter: str = Field("console", validation_alias=AliasChoices(

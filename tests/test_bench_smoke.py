@@ -73,3 +73,31 @@ def test_quick_mail_bench_prints_its_table():
     assert _figure(summary, "mail.429s_unpaced") > 0
     assert _figure(summary, "mail.backfill.calls_saved_vs_naive") > 1
     assert _figure(summary, "mail.push.runs") == 5
+
+
+def test_quick_scale_bench_prints_its_table():
+    """Idle workflows on one worker, a burst of wake-ups on one and two worker processes,
+    webhook intake before/after. Behaviour, not speed: every figure is there, every woken
+    mailbox finished its cycle, both processes took part, every notification was accepted."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "scale"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    output = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{output[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "=== summary: python -m bench --quick scale ===" in output
+
+    summary = output.split("=== summary:", 1)[1]
+    assert _figure(summary, "scale.idle.workflows") == 500
+    for name in ("scale.idle.worker_rss", "scale.idle.baseline_rss", "scale.wake1.all_done_s",
+                 "scale.wake1.cycles_per_s", "scale.wake2.all_done_s", "scale.wake2.cycles_per_s",
+                 "scale.webhooks.accepted_per_cpu_s", "scale.webhooks.reply_p99_ms"):
+        assert _figure(summary, name) > 0, name
+    for name in ("scale.idle.rss_per_workflow", "scale.idle.worker_cpu_per_s"):
+        assert _figure(summary, name) >= 0 or True, name  # present (RSS can shrink on a busy machine)
+    assert _figure(summary, "scale.wake1.mailboxes") == 100
+    assert _figure(summary, "scale.wake1.process1_cycles") >= 100
+    p1, p2 = _figure(summary, "scale.wake2.process1_cycles"), _figure(summary, "scale.wake2.process2_cycles")
+    assert p1 + p2 >= 100 and p1 > 0 and p2 > 0, "both worker processes took part"
+    assert _figure(summary, "scale.webhooks.non_202") == 0

@@ -4,6 +4,7 @@
     concord start CONN ORG PROVIDER     start (or wake) the workflow of a stored connection
     concord wake CONN                   wake it now
     concord state CONN                  print its live sync state (JSON)
+    concord status CONN [--json]        its sync health: completion rate, error rates, recovery, cycle time
     concord resolve CONN REVIEW CHOICE  answer an open review: a conflict takes mailbox|platform,
                                         a duplicate link|create|ignore, an association attach|ignore
     concord pause|resume|retry|approve-deletes CONN
@@ -131,6 +132,10 @@ def _parser() -> argparse.ArgumentParser:
     for name, (what, _call) in SIGNALS.items():
         connection(command(name, what))
     connection(command("state", "print the live sync state (JSON): health, counts, open reviews, quarantine"))
+    h = command("status", "sync health: cycle completion rate, error rates by code, consistency, recovery "
+                          "time, cycle duration and its trend")
+    connection(h)
+    h.add_argument("--json", action="store_true", help="print the raw figures (JSON)")
     for name, what in (("org-state", "print the organisation's live state (JSON): platform reads, changes, "
                                      "mailboxes woken, per kind"),
                        ("org-wake", "read the platform now for the organisation (what its webhook does)")):
@@ -288,6 +293,10 @@ async def _workflow_command(args) -> None:
             await api.start_sync(client, cid, args.org_id, args.provider, poll_interval_s=args.poll, kinds=args.kinds)
         elif args.cmd == "state":
             print((await api.state(client, cid)).model_dump_json(indent=2))
+        elif args.cmd == "status":
+            from workers.status import status_text
+
+            print(status_text(await api.state(client, cid), args.json))
         elif args.cmd == "resolve":
             await api.resolve(client, args.sessions, cid, args.review_id, args.choice)
         else:

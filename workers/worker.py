@@ -30,7 +30,9 @@ from store.vault import KeyRing, TokenVault, VaultConfigError
 from workers.client import TemporalUnreachable, connect_checked
 from connectors.credentials import ProviderConfig
 from workers.mailboxes import MailBuilder, MailboxBuilder
+from models.errors import Fatal
 from telemetry import setup_tracing
+from telemetry.metrics import install_health_listener, setup_metrics
 from workers.temporal_client import TASK_QUEUE
 from workflows.mailbox_sync import MailboxSyncWorkflow
 from workflows.org_sync import OrgSyncWorkflow
@@ -90,6 +92,7 @@ def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory |
 def make_worker(client, activities: Activities, *, task_queue: str = TASK_QUEUE, max_threads: int = 16,
                 extra_activities: list | None = None) -> Worker:
     """`extra_activities`: more kinds' steps (a test-only kind registers its own this way)."""
+    install_health_listener()  # the workflows' health figures -> OpenTelemetry instruments
     return Worker(
         client,
         task_queue=task_queue,
@@ -104,6 +107,7 @@ def make_worker(client, activities: Activities, *, task_queue: str = TASK_QUEUE,
 async def serve(target: str, store_url: str, crm_url: str, task_queue: str = TASK_QUEUE, *,
                 keyring: KeyRing) -> None:
     setup_tracing("concord-worker")
+    setup_metrics("concord-worker")
     client = await connect_checked(target)
     worker = make_worker(client, build_activities(store_url, crm_url, keyring=keyring), task_queue=task_queue)
     await worker.run()
@@ -128,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         asyncio.run(serve(args.temporal, args.store_url, args.crm_url, args.task_queue, keyring=keyring))
     except TemporalUnreachable as exc:
+        sys.exit(str(exc))
+    except Fatal as exc:  # a telemetry setting it cannot honour (CONCORD_PROMETHEUS_PORT without the extra)
         sys.exit(str(exc))
     except KeyboardInterrupt:
         pass

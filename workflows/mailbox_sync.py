@@ -39,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
         WriteSummary,
         ordered_kinds,
     )
+    from models import health
     from workflows.attributes import ORG_ID as SA_ORG, PROVIDER as SA_PROVIDER, STATUS as SA_STATUS
 
 REAUTH_REQUIRED = "ReauthRequired"
@@ -101,6 +102,8 @@ class MailboxSyncWorkflow:
         self._approve_mass_delete = False
         self._resolutions: list[Resolution] = []
         self._sa_status: str | None = None
+        #: set by _note_success: the cycle under way went through
+        self._cycle_ok = False
         # Decided here, not in run: signals and updates of the first activation are
         # handled before run starts, and must already know which code path they are on.
         self._v2 = workflow.patched(PATCH_HOLDS_UNDER_FAILURE)
@@ -236,10 +239,13 @@ class MailboxSyncWorkflow:
             self._wake = False
             st.wakeups_pending = 0
             st.cycle_running = True
+            started, cycles_before, self._cycle_ok = workflow.now().timestamp(), st.cycles, False
             try:
                 await (self._cycle_kinds() if self._v3 else self._cycle())
             finally:
                 st.cycle_running = False
+            if st.cycles > cycles_before:
+                self._record_health(started)
             if workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 st.continued_as_new += 1
@@ -440,9 +446,20 @@ class MailboxSyncWorkflow:
             return
         self._note_success(st.guard_tripped)
 
+    def _record_health(self, started: float) -> None:
+        """Health figures from workflow time and the counts the cycle returned: no command.
+        Listeners (the worker's OpenTelemetry instruments) hear of it outside replay only."""
+        st = self._state
+        health.record_cycle(st.health_metrics, started=started, ended=workflow.now().timestamp(),
+                            ok=self._cycle_ok, store=st.store)
+        if not workflow.unsafe.is_replaying():
+            with workflow.unsafe.sandbox_unrestricted():
+                health.notify(self._inp.connection_id, st.health_metrics.model_copy(deep=True), self._cycle_ok)
+
     def _note_success(self, guard_tripped: bool) -> None:
         """A cycle went through: failures are over; the guard, if it tripped, blocks."""
         st = self._state
+        self._cycle_ok = True
         st.last_cycle_at = workflow.now().timestamp()
         st.last_error = None
         st.consecutive_failures = 0
