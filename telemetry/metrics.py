@@ -23,7 +23,6 @@ A Prometheus endpoint is served when `prometheus_port()` names a port
 
 from __future__ import annotations
 
-import os
 import threading
 
 from opentelemetry import metrics
