@@ -59,6 +59,12 @@ def _mail(table: Table, quick: bool, pg: bool) -> None:
     mail.run(table, quick=quick, pg=pg, say=table.note)
 
 
+def _send(table: Table, quick: bool, pg: bool) -> None:
+    from bench import send
+
+    send.run(table, quick=quick, pg=pg, say=table.note)
+
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Table, bool, bool], None]]] = {
     "matching": ("duplicate detection: blocking index vs all-pairs, precision/recall", _matching),
     "sync": ("contacts sync through Temporal, the People emulator and the reference CRM", _sync),
@@ -66,6 +72,7 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Table, bool, bool], None]]] = {
     "push": ("Graph notification POST -> CRM write latency, through webhooks and Temporal", _push),
     "org": ("the platform read once per organisation: 50 mailboxes, 10,000 records, per change", _org),
     "mail": ("email logging: Gmail backfill and quota, exactly once, pacing, push -> CRM latency", _mail),
+    "send": ("two-way send: outbox -> Sent latency, exactly once under worker kills, vs a naive sender", _send),
 }
 
 
