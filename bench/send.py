@@ -27,6 +27,12 @@ Every item is written on a CRM contact (its record), to that contact.
    counted per Message-ID: `send.dup_under_kills` and `send.lost_under_kills`.
 
 Sending limits are raised on both emulators (a day's limit is not what this measures).
+Gmail's per-user quota is not: the connector paces sends to 15,000 units a minute (100
+a send). Known at full size (first full run): past ~135 Gmail sends in a minute the
+pacing wait outlasts the emulator's HTTP keep-alive, the next send fails with
+BrokenPipeError (Transient), and the burst stalled at 200 of 500 Gmail items for
+over 15 minutes; the burst and the kill run therefore stop at a deadline and report
+what was sent by then instead of failing.
 
     python -m bench [--quick] [--pg] send
 """
@@ -207,12 +213,18 @@ async def _start(client, rig: Rig, tq: str, *, poll: float, heartbeat: float) ->
                              poll_interval_s=poll, org_poll_interval_s=poll, heartbeat_timeout_s=heartbeat)
 
 
-async def _until_final(rig: Rig, n: int, timeout: float, what: str) -> None:
+async def _until_final(rig: Rig, n: int, timeout: float, what: str, say: Callable[[str], None] | None = None) -> int:
+    """Wait until n items are sent or failed; raise at the deadline, or (with `say`) say so
+    and return how many are, so the figures report what was sent by then."""
     deadline = time.monotonic() + timeout
     while (done := await asyncio.to_thread(rig.final)) < n:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: only {done} of {n} items sent or failed in {timeout:.0f} s")
+            if say is None:
+                raise RuntimeError(f"{what}: only {done} of {n} items sent or failed in {timeout:.0f} s")
+            say(f"{what}: only {done} of {n} items sent or failed after {timeout:.0f} s; figures on what was sent")
+            return done
         await asyncio.sleep(0.05)
+    return done
 
 
 # ---------------------------------------------------------------------------- phases
@@ -267,14 +279,18 @@ async def _burst(report: Report, client, rig: Rig, tq: str, n: int, say: Callabl
         for provider in PROVIDERS:
             rig.queue(provider, i)
     await api.wake_org(client, rig.org, "outbox")
-    await _until_final(rig, 2 * n, 120 + 2 * n, "burst")
+    await _until_final(rig, 2 * n, 120 + n / 2, "burst", say)
     await asyncio.sleep(0.05)
     items = {i.id: i for i in rig.crm.outbox.list(rig.org)}
     outcome = rig.outcome()
     rates = {}
     for provider, ids in rig.items.items():
-        last = max(rig.watch.first[normalize_message_id(items[i].message_id)] for i in ids)
-        rates[provider] = n / (last - t0)
+        seen = [rig.watch.first[m] for i in ids if items[i].message_id
+                and (m := normalize_message_id(items[i].message_id)) in rig.watch.first]
+        last = max(seen) if seen else time.time()
+        rates[provider] = len(seen) / (last - t0)
+        if len(seen) < n:
+            report(f"send.{provider}.burst_unsent", n - len(seen), "", "items not in Sent by the deadline")
         o = outcome[provider]
         report(f"send.{provider}.pipeline_sends_per_s", rates[provider], "msg/s",
                f"{n} queued at once, one wake, no faults: first queue() -> last in Sent "
@@ -394,10 +410,11 @@ async def _kills(report: Report, client, rig: Rig, target: str, tmp: Path, n: in
         await _start(client, rig, tq, poll=5, heartbeat=5)
         await api.wake_org(client, rig.org, "outbox")
         handles = [client.get_workflow_handle(f"mailbox-sync/{rig.cid(u)}") for u, _ in PROVIDERS.values()]
-        deadline = time.monotonic() + 300 + 2 * n
+        deadline = time.monotonic() + 240 + n / 2
         while (done := await asyncio.to_thread(rig.final)) < 2 * n:
             if time.monotonic() > deadline:
-                raise RuntimeError(f"kills: only {done} of {2 * n} items final after {worker.kills} kills")
+                say(f"kills: only {done} of {2 * n} items final after {worker.kills} kills; the rest count as lost")
+                break
             if worker.kills < max_kills and "send.write" in [await _running(h) for h in handles]:
                 await asyncio.sleep(rng.uniform(0.05, 0.6))  # a random point of the sends
                 worker.kill()
