@@ -101,3 +101,29 @@ def test_quick_scale_bench_prints_its_table():
     p1, p2 = _figure(summary, "scale.wake2.process1_cycles"), _figure(summary, "scale.wake2.process2_cycles")
     assert p1 + p2 >= 100 and p1 > 0 and p2 > 0, "both worker processes took part"
     assert _figure(summary, "scale.webhooks.non_202") == 0
+
+
+def test_quick_send_bench_prints_its_table():
+    """Two-way send on the dev server: latency figures for both providers, the pipeline
+    sends nothing twice and loses nothing under worker kills, while the naive loop's
+    blind retries duplicate every ambiguous 503."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "send"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=150,
+    )
+    output = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{output[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "=== send:" in output and "=== summary: python -m bench --quick send ===" in output
+
+    summary = output.split("=== summary:", 1)[1]
+    for provider in ("gmail", "graph"):
+        for name in ("outbox_to_sent.p50", "outbox_to_sent.p95", "to_logged.p95", "pipeline_sends_per_s"):
+            assert _figure(summary, f"send.{provider}.{name}") > 0
+        assert _figure(summary, f"send.baseline.{provider}.naive_sends_per_s") > 0
+        assert _figure(summary, f"send.{provider}.pipeline_dups") == 0
+        assert _figure(summary, f"send.baseline.{provider}.naive_dups") == 3  # one per injected 503-after-stored
+    assert _figure(summary, "send.size.items_per_mailbox") == 40
+    assert _figure(summary, "send.kills") >= 1
+    assert _figure(summary, "send.dup_under_kills") == 0
+    assert _figure(summary, "send.lost_under_kills") == 0
