@@ -174,6 +174,10 @@ class UnitBudget:
             self._spent += units
 
 
+#: a pacing wait longer than this outlives a server's keep-alive: reconnect after it
+IDLE_CONNECTION_S = 5.0
+
+
 def _retry_after_from_message(message: str) -> float | None:
     """Gmail's userRateLimitExceeded says "Retry after <RFC 3339>" in its message."""
     match = re.search(r"Retry after (\d{4}-\d\d-\d\dT[\d:.]+Z)", message or "")
@@ -285,8 +289,22 @@ class GmailMail(GoogleConnector):
 
     def _pay(self, units: int) -> None:
         if self.pacing:
+            before = self.budget.waited_s
             self.budget.spend(units)
+            if self.budget.waited_s - before > IDLE_CONNECTION_S:
+                self._drop_connections()
         self.units_spent += units
+
+    def _drop_connections(self) -> None:
+        """After a quota wait of a minute the pooled keep-alive connection is long closed by
+        the server; writing to it fails (BrokenPipe) and a send would be an attempt lost.
+        Open a fresh one instead."""
+        for conn in list(getattr(self._http, "connections", {}).values()):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        getattr(self._http, "connections", {}).clear()
 
     def _transport(self, fn: Callable[[], Any]) -> Any:
         return transport(fn, refusal_is_auth_expired=not self._can_refresh)

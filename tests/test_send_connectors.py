@@ -399,3 +399,34 @@ def test_graph_a_post_over_4mb_is_refused_by_the_emulator(graph):
     resp = httpx.post(base.rstrip("/") + "/v1.0/me/messages", content=base64.b64encode(raw),
                       headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "text/plain"})
     assert resp.status_code == 413
+
+
+def test_gmail_send_after_a_quota_wait_opens_a_fresh_connection():
+    """A minute of quota waiting outlives the server's keep-alive (uvicorn: 5 s here): the
+    pooled connection is dead, and writing a send to it failed with BrokenPipe, an attempt
+    lost for every wait. After a long wait the connector reconnects."""
+    import time as _time
+
+    from connectors.gmail_mail import GmailMail, UnitBudget
+    from emulators.gmail import GmailState, create_app
+    from emulators.server import serve
+    from models.mail import MailFetchOptions
+    from tests.mail_contract import make_raw
+
+    state = GmailState(enforce_quota=False)
+    server = serve(create_app(state))
+    now = [1000.0]
+
+    def wait(delay: float) -> None:
+        _time.sleep(6.0)  # really idle past the keep-alive; the budget's clock jumps the rest
+        now[0] += delay
+
+    try:
+        budget = UnitBudget(150, headroom=1.0, clock=lambda: now[0], wait=wait)
+        gmail = GmailMail.for_emulator(server.base_url, token="emulator-token", options=MailFetchOptions(),
+                                       budget=budget)
+        first = gmail.send(make_raw(to="x@y.example")[0])
+        second = gmail.send(make_raw(to="x@y.example")[0])  # waits for the window, then sends
+        assert budget.waited_s >= 59 and first.provider_message_id != second.provider_message_id
+    finally:
+        server.stop()
