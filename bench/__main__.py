@@ -59,17 +59,16 @@ def _mail(table: Table, quick: bool, pg: bool) -> None:
     mail.run(table, quick=quick, pg=pg, say=table.note)
 
 
-<<<<<<< HEAD
 def _scale(table: Table, quick: bool, pg: bool) -> None:
     from bench import scale
 
     scale.run(table, quick=quick, say=table.note)
-=======
+
+
 def _send(table: Table, quick: bool, pg: bool) -> None:
     from bench import send
 
     send.run(table, quick=quick, pg=pg, say=table.note)
->>>>>>> send-bench
 
 
 BENCHMARKS: dict[str, tuple[str, Callable[[Table, bool, bool], None]]] = {
@@ -79,12 +78,9 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Table, bool, bool], None]]] = {
     "push": ("Graph notification POST -> CRM write latency, through webhooks and Temporal", _push),
     "org": ("the platform read once per organisation: 50 mailboxes, 10,000 records, per change", _org),
     "mail": ("email logging: Gmail backfill and quota, exactly once, pacing, push -> CRM latency", _mail),
-<<<<<<< HEAD
     "scale": ("10,000 idle mailboxes on one worker, 1,000 woken at once on 1 and 2 workers, webhook intake "
               "per CPU-second", _scale),
-=======
     "send": ("two-way send: outbox -> Sent latency, exactly once under worker kills, vs a naive sender", _send),
->>>>>>> send-bench
 }
 
 
