@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from connectors.protocols import WriteRequest
 from models.errors import ConnectorError
+from activities.listing import full_listing
 from store import erase as store_erase
 from store import repo
 
@@ -51,18 +52,7 @@ class EraseResult:
 
 
 def _full_listing(list_page) -> list:
-    out: dict = {}
-    token = None
-    while True:
-        page = list_page(token)
-        for rec in page.records:
-            if rec.deleted:
-                out.pop(rec.external_id, None)
-            else:
-                out[rec.external_id] = rec
-        if page.next_page is None:
-            return list(out.values())
-        token = page.next_page
+    return list(full_listing(list_page).values())
 
 
 def _holds(rec, needle: str) -> bool:

@@ -22,7 +22,7 @@ import time
 from temporalio import activity
 
 from activities.errors import to_application_error
-from activities.pacing import Pacer
+from activities.listing import full_listing
 from activities.pipeline import KindPipeline, as_activity
 from models.errors import ConnectorError, Fatal
 from models.reconcile import ReconcileCounts, ReconcileRequest
@@ -54,41 +54,11 @@ class ReconcileActivities:
     # -- reading both ends --------------------------------------------------------
     @staticmethod
     def _list_mailbox(mailbox, wait) -> dict:
-        out: dict = {}
-        page_token = None
-        pages = 0
-        pacer = Pacer(lambda: (pages,), sleep=wait)
-        while True:
-            page = pacer.idempotent(mailbox.list_changes, None, page_token)
-            pages += 1
-            for rec in page.records:
-                if rec.deleted:
-                    out.pop(rec.external_id, None)
-                else:
-                    out[rec.external_id] = rec
-            if page.next_page is None:
-                return out
-            page_token = page.next_page
-            _heartbeat(pages)
+        return full_listing(lambda token: mailbox.list_changes(None, token), wait=wait)
 
     @staticmethod
     def _list_platform(platform, org_id: str, wait) -> dict:
-        out: dict = {}
-        cursor = None
-        pages = 0
-        pacer = Pacer(lambda: (pages,), sleep=wait)
-        while True:
-            page = pacer.idempotent(platform.changes_since, org_id, cursor)
-            pages += 1
-            for rec in page.records:
-                if rec.deleted:
-                    out.pop(rec.external_id, None)
-                else:
-                    out[rec.external_id] = rec
-            if page.next_page is None:
-                return out
-            cursor = page.next_page
-            _heartbeat(pages)
+        return full_listing(lambda cursor: platform.changes_since(org_id, cursor), wait=wait)
 
     # -- one run ------------------------------------------------------------------
     def run(self, req: ReconcileRequest) -> ReconcileCounts:
