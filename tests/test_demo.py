@@ -113,7 +113,7 @@ async def test_demo_keeps_the_stack_up_and_its_printed_commands_work(tmp_path):
         out = "".join(lines)
         commands = [shlex.split(ln.strip()) for ln in lines if ln.strip().split(" ", 1)[0].endswith("concord")]
         assert {c[c.index(f"127.0.0.1:{port}") + 1] for c in commands} == {"state", "reviews", "quarantine", "resolve",
-                                                                       "org-state"}
+                                                                       "org-state", "status"}
         env = _env()
         for argv in commands:
             res = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)

@@ -223,9 +223,12 @@ def print_stack(dev: DevServer, app: RunningServer, mailboxes: dict[str, Mailbox
     say(f"   {concord('org-state', sc.org_id, temporal=t)}")
     if mail_sc is not None:
         ann = mail_sc.connections["ann"]
-        say(f"   {concord('state', ann, temporal=t)}   # Ann's mailbox: 'mail' and 'send' sections")
-        say(f"   {concord('reviews', ann, temporal=t, store_url=store_url)}   # association reviews, if any wait")
-        say(f"   {concord('org-state', mail_sc.org_id, temporal=t)}   # outbox and lead conversions read")
+        say("   # email logging and send: the state of a mailbox (its mail and send sections), what")
+        say("   # waits for a person there, and the organisation's reads of the outbox and conversions:")
+        say(f"   {concord('state', ann, temporal=t)}")
+        say(f"   {concord('status', ann, '--json', temporal=t)}")
+        say(f"   {concord('reviews', ann, temporal=t, store_url=store_url)}")
+        say(f"   {concord('org-state', mail_sc.org_id, temporal=t)}")
     say("   # a CRM change arrives as a signed platform webhook: it wakes the organisation's workflow,")
     say("   # which reads the CRM once and wakes only the mailboxes whose records changed")
     say("   # (signed now: it is accepted once, within 5 minutes; replays are refused):")
