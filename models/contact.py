@@ -15,8 +15,9 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from models.record import SideRecord, content_hash
 
 
-SCALAR_FIELDS: tuple[str, ...] = ("given_name", "family_name", "company", "job_title", "notes")
-SET_FIELDS: tuple[str, ...] = ("emails", "phones")
+SCALAR_FIELDS: tuple[str, ...] = ("given_name", "family_name", "company", "job_title", "notes", "prefix",
+                                   "middle_name", "suffix", "nickname", "department", "birthday")
+SET_FIELDS: tuple[str, ...] = ("emails", "phones", "addresses", "websites", "custom")
 FIELDS: tuple[str, ...] = SCALAR_FIELDS + SET_FIELDS
 
 
@@ -31,6 +32,36 @@ def _unique(value: object, *, key) -> tuple[str, ...]:
         if v:
             chosen.setdefault(key(v), v)
     return tuple(sorted(chosen.values()))
+
+
+class PostalAddress(BaseModel):
+    """A postal address as its parts; `type` is home, work or other.
+
+    Orderable (by its fields) so a contact's addresses are a sorted set like its emails.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str = "other"
+    street: str = ""
+    city: str = ""
+    region: str = ""
+    postal_code: str = ""
+    country: str = ""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> str:
+        return "" if value is None else str(value).strip()
+
+    def _order(self) -> tuple[str, ...]:
+        return (self.type, self.street, self.city, self.region, self.postal_code, self.country)
+
+    def __lt__(self, other: "PostalAddress") -> bool:
+        return self._order() < other._order()
+
+    def is_empty(self) -> bool:
+        return not any((self.street, self.city, self.region, self.postal_code, self.country))
 
 
 class Contact(BaseModel):
@@ -50,6 +81,17 @@ class Contact(BaseModel):
     company: str = ""
     job_title: str = ""
     notes: str = ""
+    prefix: str = ""
+    middle_name: str = ""
+    suffix: str = ""
+    nickname: str = ""
+    department: str = ""
+    #: ISO date "YYYY-MM-DD", or "--MM-DD" when the year is unknown (vCard's form)
+    birthday: str = ""
+    addresses: tuple[PostalAddress, ...] = ()
+    websites: tuple[str, ...] = ()
+    #: custom fields as "name=value", one per name
+    custom: tuple[str, ...] = ()
 
     @field_validator("emails", mode="before")
     @classmethod
@@ -63,10 +105,37 @@ class Contact(BaseModel):
         # The same digits in another layout are the same number.
         return _unique(value, key=lambda v: "".join(ch for ch in v if ch.isdigit()) or v)
 
+    @field_validator("addresses", mode="before")
+    @classmethod
+    def _addresses(cls, value: object) -> tuple:
+        if value is None:
+            return ()
+        items = [a if isinstance(a, PostalAddress) else PostalAddress.model_validate(a) for a in value]
+        return tuple(sorted({a for a in items if not a.is_empty()}))
+
+    @field_validator("websites", mode="before")
+    @classmethod
+    def _websites(cls, value: object) -> tuple[str, ...]:
+        return _unique(value, key=lambda v: v.casefold().rstrip("/"))
+
+    @field_validator("custom", mode="before")
+    @classmethod
+    def _custom(cls, value: object) -> tuple[str, ...]:
+        # one value per custom field name
+        return _unique(value, key=lambda v: v.partition("=")[0].strip().casefold())
+
     @field_validator(*SCALAR_FIELDS, mode="before")
     @classmethod
     def _strip(cls, value: object) -> str:
         return "" if value is None else str(value).strip()
+
+    def email_addresses(self) -> tuple[str, ...]:
+        """The addresses alone (what matching and mail association compare)."""
+        return self.emails
+
+    def phone_numbers(self) -> tuple[str, ...]:
+        """The numbers alone, as typed."""
+        return self.phones
 
     def display_name(self) -> str:
         return " ".join(p for p in (self.given_name, self.family_name) if p)

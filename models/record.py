@@ -27,7 +27,10 @@ def other_side(side: Side) -> Side:
 
 def content_hash(content: BaseModel) -> str:
     """Stable digest of a record's content; recognises our own writes echoing back."""
-    payload = json.dumps(content.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    # Fields at their default are left out, so adding a field to a canonical model does
+    # not change the hash of every record already synced (which would look like an edit
+    # on both sides of every link).
+    payload = json.dumps(content.model_dump(mode="json", exclude_defaults=True), sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 

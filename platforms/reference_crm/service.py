@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from models.errors import Fatal, NotFound, PreconditionFailed, Transient, ValidationRejected
-from models.contact import FIELDS, Contact, ContactRecord
+from models.contact import Contact, ContactRecord
 from models.record import SideRecord
 from platforms.reference_crm import mail_schema
 from platforms.reference_crm import outbox_schema  # noqa: F401  (its table joins create_all)
@@ -55,6 +55,10 @@ class IdempotencyKeyReused(Fatal):
     """The same idempotency key came back with a different request: a caller bug."""
 
     code = "idempotency_key_reused"
+
+
+#: the contact fields this platform's table holds (the others are left untouched here)
+STORED_FIELDS: tuple[str, ...] = ("given_name", "family_name", "company", "job_title", "notes", "emails", "phones")
 
 
 def company_key(name: str) -> str:
@@ -273,7 +277,8 @@ class ReferenceCrm:
             if err is not None:
                 raise err
         account_id = self._link_account(conn, org_id, contact)
-        values = {f: (list(getattr(contact, f)) if f in ("emails", "phones") else getattr(contact, f)) for f in FIELDS}
+        values = {f: (list(getattr(contact, f)) if f in ("emails", "phones") else getattr(contact, f))
+                  for f in STORED_FIELDS}
         now = time.time()
         if existing is None:
             seq = self._next_seq(conn, org_id, None, "create", actor)
