@@ -74,8 +74,10 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dateutil.rrule import rrulestr
+from dateutil.rrule import rrulestr, rruleset
 from fastapi import FastAPI, Request
+from icalendar.parser import Contentline
+from icalendar.prop import vDDDTypes
 from fastapi.responses import Response
 
 from emulators.admin_routes import add_config_clock_stats
@@ -266,15 +268,40 @@ def _recurrence_lines(value: Any) -> list[str]:
 
 
 def rule_set(start: When, lines: list[str]):
-    """dateutil's rruleset for a master: zoned in its own zone, all-day in naive dates."""
+    """dateutil's rruleset for a master: zoned in its own zone, all-day in naive dates.
+
+    RRULE / EXRULE go through dateutil; RDATE / EXDATE values are read with icalendar
+    (dateutil refuses `VALUE=DATE`, which all-day series need)."""
     if start.all_day:
         dtstart = datetime.combine(start.value, dtime(0))  # type: ignore[arg-type]
-        # a UTC UNTIL beside a date DTSTART: compare in wall-clock time (as RFC 5545 allows)
-        lines = [re.sub(r"(UNTIL=\d{8}(?:T\d{6})?)Z", r"\1", ln) if ln.upper().startswith(("RRULE", "EXRULE")) else ln
-                 for ln in lines]
     else:
         dtstart = start.value
-    return rrulestr("\n".join(lines), dtstart=dtstart, forceset=True), dtstart
+    rules = rruleset()
+    for line in lines:
+        name, params, value = Contentline(line).parts()
+        name = name.upper()
+        if name in ("RRULE", "EXRULE"):
+            text = str(value)
+            if start.all_day:  # a UTC UNTIL beside a date DTSTART: compare in wall-clock time
+                text = re.sub(r"(UNTIL=\d{8}(?:T\d{6})?)Z", r"\1", text)
+            rule = rrulestr(text, dtstart=dtstart)
+            (rules.rrule if name == "RRULE" else rules.exrule)(rule)
+            continue
+        tzid = params.get("TZID")
+        for part in str(value).split(","):
+            parsed = vDDDTypes.from_ical(part.strip(), timezone=tzid) if tzid else vDDDTypes.from_ical(part.strip())
+            if isinstance(parsed, datetime):
+                if start.all_day:
+                    parsed = datetime.combine(parsed.date(), dtime(0))
+                elif parsed.tzinfo is None:
+                    parsed = parsed.replace(tzinfo=dtstart.tzinfo)  # floating: the master's zone
+            elif isinstance(parsed, date):
+                parsed = datetime.combine(parsed, dtime(0)) if start.all_day else \
+                    datetime.combine(parsed, dtstart.timetz())
+            else:
+                raise ValueError("unsupported recurrence value")
+            (rules.rdate if name == "RDATE" else rules.exdate)(parsed)
+    return rules, dtstart
 
 
 def _instant(key: str, start: When) -> datetime:
@@ -292,7 +319,7 @@ def occurs(start: When, lines: list[str], key: str) -> bool:
         if start.all_day != (len(key) == 8):
             return False
         found = rules.between(at - timedelta(seconds=1), at + timedelta(seconds=1), inc=True)
-    except (ValueError, TypeError):
+    except Exception:  # a rule stored before it was validated this way: no instance, not a 500
         return False
     return any(abs((f - at).total_seconds()) < 1 for f in found)
 
@@ -618,7 +645,7 @@ class CalendarState:
                 rules, _ = rule_set(start, recurrence)
                 for _i, _d in zip(range(3), rules):
                     pass
-            except (ValueError, TypeError, KeyError):
+            except Exception:  # any refusal of dateutil or icalendar is the client's bad rule
                 raise bad_request("Invalid recurrence rule.") from None
         attendees = out.get("attendees")
         if attendees is not None:

@@ -1,0 +1,428 @@
+"""The Google Calendar connector against the Calendar emulator on a real port.
+
+Everything goes through google-api-python-client (discovery, batch, errors) as
+against Google; only the endpoint differs (`api_endpoint` = `.../calendar/v3/`).
+These tests pin what a calendar connector is judged on: a sync-token delta, a 410
+resync without duplicates, series with moved, edited and cancelled instances that
+come back as they were written, all-day dates, etags, markers, push channels, and an
+emulator that answers bad input with 400s.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import httpx
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from google.oauth2.credentials import Credentials
+from googleapiclient.discovery import build
+from hypothesis import given, settings, strategies as st
+
+from connectors.google_calendar import (GoogleCalendar, read_recurrence, read_time, write_recurrence,
+                                        write_time)
+from connectors.protocols import WriteRequest
+from emulators.google_calendar import CalendarState, create_app
+from emulators.server import serve
+from models.errors import CursorExpired, PreconditionFailed
+from models.event import Event, instance_key
+
+USER = "me@acme.example"
+OTHER = "bob@acme.example"
+TZ = "Europe/Paris"
+
+
+@pytest.fixture
+def emu():
+    state = CalendarState(default_user=USER, time_zone=TZ)
+    state.add_token("bob-token", OTHER)
+    server = serve(create_app(state))
+    yield state, server.base_url
+    server.stop()
+
+
+def connector(base: str, token: str = "emulator-token", **kw) -> GoogleCalendar:
+    # a fresh account per connector: nothing cached by an earlier one helps it
+    return GoogleCalendar.for_emulator(base + "calendar/v3/", token=token, account=uuid.uuid4().hex, **kw)
+
+
+def raw_client(base: str, token: str = "emulator-token"):
+    return build("calendar", "v3", credentials=Credentials(token=token), static_discovery=True,
+                 cache_discovery=False, client_options={"api_endpoint": base + "calendar/v3/"})
+
+
+def drain(cal: GoogleCalendar, cursor: str | None):
+    records, page = [], None
+    while True:
+        result = cal.list_changes(cursor, page)
+        records.extend(result.records)
+        if result.next_page is None:
+            return records, result.cursor
+        page = result.next_page
+
+
+def timed(summary: str, day: int, hour: int = 9, **extra) -> dict:
+    start = datetime(2026, 12, day, hour, tzinfo=ZoneInfo(TZ))
+    return {"summary": summary, "start": {"dateTime": start.isoformat(), "timeZone": TZ},
+            "end": {"dateTime": (start + timedelta(hours=1)).isoformat(), "timeZone": TZ}, **extra}
+
+
+def by_key(records):
+    return {r.content.key: r for r in records if r.content is not None}
+
+
+def create(cal: GoogleCalendar, *events: Event, markers=None):
+    results = cal.create_many([WriteRequest(key=f"k{i}", content=e, marker=(markers or {}).get(i))
+                               for i, e in enumerate(events)])
+    assert [r.error for r in results] == [None] * len(events)
+    return [r.record for r in results]
+
+
+# ---- delta -----------------------------------------------------------------------------------------
+
+
+def test_full_listing_then_delta_reports_only_what_changed(emu):
+    state, base = emu
+    ids = [state.put_event(USER, timed(f"meeting {d}", d))["id"] for d in range(1, 6)]
+    cal = connector(base, page_size=2)
+    first, cursor = drain(cal, None)
+    assert sorted(r.external_id for r in first) == sorted(ids)
+    assert cal.calls_made == 3  # 5 events, pages of 2
+    assert first[0].content.start_tz == TZ and first[0].content.start.endswith("T09:00:00")
+
+    svc = raw_client(base)
+    svc.events().patch(calendarId="primary", eventId=ids[1], body={"summary": "renamed"}).execute()
+    svc.events().delete(calendarId="primary", eventId=ids[3]).execute()
+    before = cal.calls_made
+    delta, cursor2 = drain(cal, cursor)
+    assert cal.calls_made - before == 1
+    assert {r.external_id: (r.deleted, r.content.title if r.content else None) for r in delta} == {
+        ids[1]: (False, "renamed"), ids[3]: (True, None)}
+    again, _ = drain(cal, cursor2)
+    assert again == []
+
+
+def test_expired_token_is_cursor_expired_and_a_resync_has_no_duplicates(emu):
+    state, base = emu
+    cal = connector(base, page_size=3)
+    master, = create(cal, Event(title="weekly", start="2026-12-07T09:00:00", end="2026-12-07T10:00:00",
+                                start_tz=TZ, end_tz=TZ, rrule="FREQ=WEEKLY;COUNT=6", organizer=USER))
+    uid = master.content.uid
+    moved = Event(uid=uid, recurrence_id=instance_key(datetime(2026, 12, 14, 9, tzinfo=ZoneInfo(TZ))),
+                  title="weekly", start="2026-12-14T11:00:00", end="2026-12-14T12:00:00", start_tz=TZ, end_tz=TZ,
+                  organizer=USER)
+    create(cal, moved)
+    for d in (2, 3, 4):
+        state.put_event(USER, timed(f"single {d}", d))
+    first, cursor = drain(cal, None)
+    state.expire_sync_tokens(USER)
+    with pytest.raises(CursorExpired):
+        cal.list_changes(cursor)
+    resync, new_cursor = drain(cal, None)
+    keys = [r.content.key for r in resync]
+    assert len(keys) == len(set(keys)) == len(first) == 5
+    assert set(keys) == {r.content.key for r in first}
+    assert {r.external_id for r in resync} == {r.external_id for r in first}
+    assert drain(cal, new_cursor)[0] == []
+
+
+# ---- series --------------------------------------------------------------------------------------------
+
+
+def test_series_with_moved_edited_and_cancelled_instances_round_trips(emu):
+    state, base = emu
+    cal = connector(base)
+    paris = ZoneInfo(TZ)
+    exdate = instance_key(datetime(2027, 1, 4, 9, tzinfo=paris))
+    master = Event(title="standup", description="daily notes", location="room 1", organizer=USER,
+                   start="2026-12-07T09:00:00", end="2026-12-07T09:30:00", start_tz=TZ, end_tz=TZ,
+                   rrule="FREQ=WEEKLY;BYDAY=MO;UNTIL=20270301T000000Z", exdates=(exdate,),
+                   attendees=(USER, OTHER), responses=(f"{USER}=accepted", f"{OTHER}=tentative"),
+                   transparency="transparent", visibility="private")
+    rec, = create(cal, master)
+    uid = rec.content.uid
+    assert rec.content == master.model_copy(update={"uid": uid})
+
+    def key(day: int, month: int = 12, year: int = 2026) -> str:
+        return instance_key(datetime(year, month, day, 9, tzinfo=paris))
+
+    moved = master.model_copy(update={"uid": uid, "recurrence_id": key(14), "rrule": "", "exdates": (),
+                                      "start": "2026-12-15T14:00:00", "end": "2026-12-15T14:30:00"})
+    edited = master.model_copy(update={"uid": uid, "recurrence_id": key(21), "rrule": "", "exdates": (),
+                                       "title": "standup (retro)", "start": "2026-12-21T09:00:00",
+                                       "end": "2026-12-21T09:30:00"})
+    cancelled = Event(uid=uid, recurrence_id=key(28), status="cancelled")
+    written = create(cal, moved, edited, cancelled)
+    assert [r.content for r in written] == [moved, edited, cancelled]
+
+    listed, _ = drain(connector(base), None)
+    got = by_key(listed)
+    assert set(got) == {master.model_copy(update={"uid": uid}).key, moved.key, edited.key, cancelled.key}
+    assert got[f"{uid}|"].content == master.model_copy(update={"uid": uid})
+    assert got[moved.key].content == moved
+    assert got[edited.key].content == edited
+    assert got[cancelled.key].content == cancelled
+    assert got[cancelled.key].external_id == f"{rec.external_id}_{key(28)}"
+
+    # on the wire: Google's shapes
+    items = raw_client(base).events().list(calendarId="primary").execute()["items"]
+    wire = {i["id"]: i for i in items}
+    assert set(wire[f"{rec.external_id}_{key(28)}"]) <= {"kind", "etag", "id", "status", "recurringEventId",
+                                                         "originalStartTime"}
+    assert wire[rec.external_id]["iCalUID"] == f"{rec.external_id}@google.com"
+    assert "EXDATE;TZID=Europe/Paris:20270104T090000" in wire[rec.external_id]["recurrence"]
+    assert wire[f"{rec.external_id}_{key(14)}"]["originalStartTime"]["timeZone"] == TZ
+
+
+def test_cancelled_instance_in_a_delta_gets_its_series_uid_with_one_batched_get(emu):
+    state, base = emu
+    master = state.put_event(USER, {**timed("series", 7), "recurrence": ["RRULE:FREQ=DAILY;COUNT=10"],
+                                    "iCalUID": "imported-123@example.org"})
+    cal = connector(base)
+    _, cursor = drain(cal, None)
+    svc = raw_client(base)
+    for day in (8, 9):
+        iid = f"{master['id']}_{instance_key(datetime(2026, 12, day, 9, tzinfo=ZoneInfo(TZ)))}"
+        svc.events().delete(calendarId="primary", eventId=iid).execute()
+    fresh = connector(base)  # knows nothing of the master
+    delta, _ = drain(fresh, cursor)
+    assert {(r.content.uid, r.content.status) for r in delta} == {("imported-123@example.org", "cancelled")}
+    assert len(delta) == 2
+    assert fresh.calls_made == 2  # the list, then one get of the master for both instances
+
+    svc.events().delete(calendarId="primary", eventId=master["id"]).execute()
+    gone, _ = drain(fresh, cursor)
+    assert all(r.deleted for r in gone) and {r.external_id for r in gone} >= {master["id"]}
+
+
+def test_all_day_events_and_series_keep_their_dates(emu):
+    _, base = emu
+    cal = connector(base)
+    single = Event(title="offsite", start="2026-12-10", end="2026-12-12", organizer=USER)
+    series = Event(title="payday", start="2026-12-01", end="2026-12-02", rrule="FREQ=MONTHLY;COUNT=12",
+                   exdates=("20270201",), rdates=("20261224",), organizer=USER)
+    recs = create(cal, single, series)
+    exception = Event(uid=recs[1].content.uid, recurrence_id="20270301", title="payday (moved)",
+                      start="2027-03-02", end="2027-03-03", organizer=USER)
+    create(cal, exception)
+    got = by_key(drain(connector(base), None)[0])
+    assert got[f"{recs[0].content.uid}|"].content == single.model_copy(update={"uid": recs[0].content.uid})
+    assert got[f"{recs[1].content.uid}|"].content == series.model_copy(update={"uid": recs[1].content.uid})
+    assert got[exception.key].content == exception
+    assert got[exception.key].external_id == f"{recs[1].external_id}_20270301"
+
+
+# ---- concurrency, markers ---------------------------------------------------------------------------------
+
+
+def test_stale_etag_is_precondition_failed_and_a_fresh_one_writes(emu):
+    _, base = emu
+    cal = connector(base)
+    rec, = create(cal, Event(title="a", start="2026-12-07T09:00:00", end="2026-12-07T10:00:00", start_tz=TZ,
+                             organizer=USER))
+    raw_client(base).events().patch(calendarId="primary", eventId=rec.external_id, body={"location": "x"}).execute()
+    edit = rec.content.model_copy(update={"title": "b"})
+    stale = cal.update_many([WriteRequest(key="u", content=edit, external_id=rec.external_id, etag=rec.etag)])
+    assert isinstance(stale[0].error, PreconditionFailed)
+    gone = cal.delete_many([WriteRequest(key="d", external_id=rec.external_id, etag=rec.etag)])
+    assert isinstance(gone[0].error, PreconditionFailed)
+    current = cal.get(rec.external_id)
+    assert current.content.title == "a" and current.content.location == "x"
+    ok = cal.update_many([WriteRequest(key="u", content=edit, external_id=rec.external_id, etag=current.etag)])
+    assert ok[0].error is None and ok[0].record.content.title == "b" and ok[0].record.etag != current.etag
+    deleted = cal.delete_many([WriteRequest(key="d", external_id=rec.external_id, etag=ok[0].record.etag)])
+    assert deleted[0].error is None and deleted[0].record.deleted
+    again = cal.delete_many([WriteRequest(key="d", external_id=rec.external_id)])
+    assert again[0].error is None and again[0].record.deleted
+    assert cal.get(rec.external_id).deleted
+
+
+def test_markers_find_a_create_whose_answer_was_lost(emu):
+    _, base = emu
+    cal = connector(base)
+    ev = Event(title="from the platform", start="2026-12-07T09:00:00", end="2026-12-07T10:00:00", start_tz=TZ,
+               organizer=USER)
+    rec, = create(cal, ev, markers={0: "act-1"})
+    create(cal, ev.model_copy(update={"title": "other"}), markers={0: "act-2"})
+    after_crash = connector(base)
+    found = after_crash.find_by_markers(["act-1", "act-3", "act-2"])
+    assert set(found) == {"act-1", "act-2"}
+    assert found["act-1"].external_id == rec.external_id and found["act-1"].content.title == "from the platform"
+    assert after_crash.calls_made == 1  # all markers in one batch call
+
+
+def test_writes_are_batched(emu):
+    state, base = emu
+    cal = connector(base)
+    events = [Event(title=f"e{i}", start="2026-12-07T09:00:00", end="2026-12-07T10:00:00", start_tz=TZ,
+                    organizer=USER) for i in range(60)]
+    recs = create(cal, *events)
+    assert cal.calls_made == 2  # 50 + 10
+    assert len({r.external_id for r in recs}) == 60
+    results = cal.delete_many([WriteRequest(key=str(i), external_id=r.external_id) for i, r in enumerate(recs)])
+    assert all(r.error is None for r in results) and cal.calls_made == 4
+    assert state.stats()["events"][USER] == 0
+
+
+# ---- invitations ----------------------------------------------------------------------------------------------
+
+
+def test_an_invitation_is_the_same_uid_in_both_calendars_and_an_answer_reaches_the_organizer(emu):
+    state, base = emu
+    state.calendar(OTHER, TZ)
+    copies = state.invite(USER, timed("planning", 9, attendees=[{"email": USER, "responseStatus": "accepted"},
+                                                                {"email": OTHER}]))
+    assert copies[USER]["iCalUID"] == copies[OTHER]["iCalUID"]
+    assert copies[USER]["id"] != copies[OTHER]["id"]
+    assert copies[OTHER]["organizer"] == {"email": USER}
+    assert [a.get("self") for a in copies[OTHER]["attendees"] if a["email"] == OTHER] == [True]
+
+    bob = connector(base, token="bob-token")
+    mine = drain(bob, None)[0]
+    assert len(mine) == 1 and mine[0].content.organizer == USER
+    answer = mine[0].content.with_response(OTHER, "accepted")
+    res = bob.update_many([WriteRequest(key="a", content=answer, external_id=mine[0].external_id,
+                                        etag=mine[0].etag)])
+    assert res[0].error is None
+    organizer_view = drain(connector(base), None)[0]
+    assert organizer_view[0].content.response_of(OTHER) == "accepted"
+    assert organizer_view[0].content.uid == mine[0].content.uid
+
+
+# ---- push -------------------------------------------------------------------------------------------------------
+
+
+def wait_for(predicate, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def test_watch_posts_sync_then_exists_with_the_channel_headers_and_stop_ends_it(emu):
+    state, base = emu
+    received: list[dict] = []
+    lock = threading.Lock()
+    receiver = FastAPI()
+
+    @receiver.post("/webhooks/calendar")
+    async def hook(request: Request) -> Response:
+        with lock:
+            received.append({k.lower(): v for k, v in request.headers.items()})
+        return Response(status_code=200)
+
+    server = serve(receiver)
+    try:
+        cal = connector(base)
+        sub = cal.create_subscription(server.base_url + "webhooks/calendar", "s3cret", minutes=60)
+        assert sub["id"] and sub["resource"] and sub["expirationDateTime"].endswith("Z")
+        first = wait_for(lambda: list(received))
+        assert first[0]["x-goog-resource-state"] == "sync"
+        assert first[0]["x-goog-channel-id"] == sub["id"]
+        assert first[0]["x-goog-channel-token"] == "s3cret"
+        assert first[0]["x-goog-resource-id"] == sub["resource"]
+        assert first[0]["x-goog-message-number"] == "1"
+        state.put_event(USER, timed("new", 3))
+        second = wait_for(lambda: received[1:])
+        assert second[0]["x-goog-resource-state"] == "exists"
+        assert second[0]["x-goog-message-number"] == "2"
+        assert second[0]["x-goog-channel-id"] == sub["id"]
+
+        cal.stop_channel(sub["id"], sub["resource"])
+        sent = len(state.notifications)
+        state.put_event(USER, timed("after stop", 4))
+        assert len(state.notifications) == sent  # recorded at send time: no message was queued
+        cal.stop_channel(sub["id"], sub["resource"])  # stopping twice is fine
+    finally:
+        server.stop()
+
+
+# ---- the emulator refuses bad input with 400s ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method,path,params,body", [
+    ("POST", "calendars/primary/events", {}, b"{not json"),
+    ("POST", "calendars/primary/events", {}, b'{"summary": "no times"}'),
+    ("POST", "calendars/primary/events", {}, b'{"start": {"dateTime": "2026-12-07T09:00:00", "timeZone": "Mars/Base"},'
+                                             b' "end": {"dateTime": "2026-12-07T10:00:00", "timeZone": "UTC"}}'),
+    ("POST", "calendars/primary/events", {}, b'{"start": {"date": "2026-12-08"}, "end": {"date": "2026-12-07"}}'),
+    ("POST", "calendars/primary/events", {}, b'{"start": {"date": "2026-12-07"}, "end": {"date": "2026-12-08"},'
+                                             b' "recurrence": ["RRULE:FREQ=SOMETIMES"]}'),
+    ("POST", "calendars/primary/events", {}, b'{"start": {"date": "2026-12-07"}, "end": {"date": "2026-12-08"},'
+                                             b' "attendees": [{"email": 5}]}'),
+    ("POST", "calendars/primary/events", {}, b'[1, 2]'),
+    ("POST", "calendars/primary/events", {}, b'{"id": "UPPER_case!", "start": {"date": "2026-12-07"},'
+                                             b' "end": {"date": "2026-12-08"}}'),
+    ("GET", "calendars/primary/events", {"maxResults": "abc"}, b""),
+    ("GET", "calendars/primary/events", {"pageToken": "garbage"}, b""),
+    ("GET", "calendars/primary/events", {"syncToken": "x", "timeMin": "2026-01-01T00:00:00Z"}, b""),
+    ("GET", "calendars/primary/events", {"syncToken": "x", "privateExtendedProperty": "a=b"}, b""),
+    ("GET", "calendars/primary/events", {"orderBy": "startTime"}, b""),
+    ("GET", "calendars/primary/events", {"showDeleted": "maybe"}, b""),
+    ("POST", "calendars/primary/events/watch", {}, b'{"id": "c1", "type": "carrier_pigeon", "address": "x"}'),
+    ("POST", "channels/stop", {}, b'{"id": 1}'),
+])
+def test_bad_input_is_a_400_not_a_500(emu, method, path, params, body):
+    _, base = emu
+    r = httpx.request(method, base + "calendar/v3/" + path, params=params, content=body,
+                      headers={"Authorization": "Bearer emulator-token", "Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["errors"][0]["reason"]
+
+
+def test_sync_token_rules_on_the_wire(emu):
+    state, base = emu
+    svc = raw_client(base)
+    page = svc.events().list(calendarId="primary", maxResults=5000).execute()
+    assert "nextSyncToken" in page and "nextPageToken" not in page
+    state.expire_sync_tokens()
+    r = httpx.get(base + "calendar/v3/calendars/primary/events", params={"syncToken": page["nextSyncToken"]},
+                  headers={"Authorization": "Bearer emulator-token"})
+    assert r.status_code == 410
+    assert r.json()["error"]["errors"][0] == {"domain": "calendar", "reason": "fullSyncRequired",
+                                              "message": r.json()["error"]["message"]}
+
+
+# ---- translation (pure) ------------------------------------------------------------------------------------------
+
+ZONES = st.sampled_from(["Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Lord_Howe", "UTC"])
+WALL = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2040, 1, 1)).map(
+    lambda d: d.replace(microsecond=0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(wall=WALL, tz=ZONES)
+def test_time_written_then_read_keeps_wall_clock_and_zone(wall, tz):
+    # a wall clock that does not exist (DST gap) or exists twice is written as Python
+    # resolves it (fold=0); reading gives back the same instant
+    written = write_time(wall.isoformat(), tz, "UTC")
+    text, zone_name = read_time(written, "UTC")
+    assert zone_name == tz
+    back = datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(tz))
+    assert back.astimezone(ZoneInfo("UTC")) == wall.replace(tzinfo=ZoneInfo(tz)).astimezone(ZoneInfo("UTC"))
+
+
+@settings(max_examples=100, deadline=None)
+@given(tz=ZONES, days=st.lists(st.integers(min_value=1, max_value=400), min_size=1, max_size=5, unique=True),
+       all_day=st.booleans())
+def test_exdates_and_rdates_survive_recurrence_lines(tz, days, all_day):
+    start = datetime(2026, 3, 2, 9, 30)
+    if all_day:
+        keys = tuple(instance_key((start + timedelta(days=d)).date()) for d in days)
+        ev = Event(start="2026-03-02", end="2026-03-03", rrule="FREQ=DAILY", exdates=keys, rdates=keys[:1])
+        master_tz = ""
+    else:
+        keys = tuple(instance_key((start + timedelta(days=d)).replace(tzinfo=ZoneInfo(tz))) for d in days)
+        ev = Event(start=start.isoformat(), end=(start + timedelta(hours=1)).isoformat(), start_tz=tz,
+                   rrule="FREQ=DAILY", exdates=keys, rdates=keys[:1])
+        master_tz = tz
+    rrule, exdates, rdates, problems = read_recurrence(write_recurrence(ev, "UTC"), master_tz)
+    assert (rrule, tuple(sorted(exdates)), tuple(rdates), problems) == ("FREQ=DAILY", ev.exdates, ev.rdates[:1], [])
