@@ -105,6 +105,9 @@ def translate(err: HttpError, *, listing_with_token: bool = False) -> ConnectorE
         return PreconditionFailed("event changed since it was read", detail=detail)
     if status == 409:
         return ValidationRejected("event id already exists", rule="duplicate", detail=detail)
+    if status == 403 and "forbiddenForNonOrganizer" in reasons:
+        # an attendee's copy: only its own answer may change (this item only)
+        return ValidationRejected("only the organizer can change this event", rule="organizer_only", detail=detail)
     out = translate_http_error(err)
     if listing_with_token and status == 400 and "sync token" in str(body.get("message") or "").lower():
         return CursorExpired("sync token refused", detail=detail)
@@ -491,6 +494,7 @@ class GoogleCalendar(GoogleConnector):
         """Build each item's call, send them batched, attribute calls; a whole-call failure
         fails its items and leaves the later ones unsent with the same error."""
         prepared: list[tuple[WriteRequest, tuple[str, Any] | WriteResult]] = []
+        looked_up = self.calls_made
         for r in requests:
             try:
                 prepared.append((r, build(r)))
@@ -498,20 +502,24 @@ class GoogleCalendar(GoogleConnector):
                 prepared.append((r, WriteResult(key=r.key, error=err, calls=0.0)))
         results: dict[int, WriteResult] = {id(r): p for r, p in prepared if isinstance(p, WriteResult)}
         calls = [(r, p) for r, p in prepared if not isinstance(p, WriteResult)]
+        # look-ups made while building (an exception's series id) are shared by every item
+        lookup_share = (self.calls_made - looked_up) / len(requests) if requests else 0.0
+        for res in results.values():
+            res.calls += lookup_share
         chunks = _split(calls, self.batch_size)
         for index, chunk in enumerate(chunks):
             before = self.calls_made
             try:
                 answers = self._batch([(f"r{n}", call[1]) for n, (_, call) in enumerate(chunk)])
             except ConnectorError as err:
-                share = (self.calls_made - before) / len(chunk)
+                share = (self.calls_made - before) / len(chunk) + lookup_share
                 for r, _ in chunk:
                     results[id(r)] = WriteResult(key=r.key, error=err, calls=share)
                 for later in chunks[index + 1:]:
                     for r, _ in later:
-                        results[id(r)] = WriteResult(key=r.key, error=err, calls=0.0)
+                        results[id(r)] = WriteResult(key=r.key, error=err, calls=lookup_share)
                 break
-            share = (self.calls_made - before) / len(chunk)
+            share = (self.calls_made - before) / len(chunk) + lookup_share
             for n, (r, _) in enumerate(chunk):
                 answer = answers.get(f"r{n}", Transient("batch returned no answer for this item"))
                 result = finish(r, answer)
@@ -525,7 +533,14 @@ class GoogleCalendar(GoogleConnector):
         return request
 
     def _instance_id(self, ev: Event) -> str:
-        """The id of the instance an exception replaces: `{masterId}_{key}`."""
+        """The id of the instance an exception replaces: `{masterId}_{key}`.
+
+        Google has no "this and following" exception: its UI splits the series in two
+        (the first one's RRULE ends, a new series starts). A THISANDFUTURE write is
+        refused for this item; the caller splits the series itself."""
+        if ev.range:
+            raise ValidationRejected("Google Calendar has no this-and-following exceptions; split the series",
+                                     field="range", rule="this_and_future")
         master = self._master_id(ev.uid)
         key = ev.recurrence_id
         value = parse_instance_key(key)

@@ -45,6 +45,9 @@ UNCONFIRMED, hence configurable (`configure(...)`):
   instance fields; default) or `full` (its last content with status cancelled).
 - `https_only_webhooks`: Google requires an https address for events.watch; off by
   default so tests can receive on plain http.
+- `attendee_edits`: what an attendee's change of content on its copy (title, times,
+  other people's answers) gets: "refuse" (403 `forbiddenForNonOrganizer`, default) or
+  "local" (kept on that copy only). Its own `responseStatus` always goes through.
 
 Deliberate simplifications: one calendar per user ("primary", or the user's address);
 no ACLs, calendarList, reminders, conference data, attachments or free/busy; `q`
@@ -390,7 +393,7 @@ class CalendarState:
                  access_token_lifetime: int = 3600, sync_token_max_age: float = 30 * 86400,
                  invalid_sync_token_status: int = 410, deleted_shape: str = "minimal",
                  https_only_webhooks: bool = False, propagate_invitations: bool = True,
-                 expand_horizon_days: int = 365, push: Callable[[str, dict[str, str]], Any] | None = None) -> None:
+                 expand_horizon_days: int = 365, attendee_edits: str = "refuse", push: Callable[[str, dict[str, str]], Any] | None = None) -> None:
         self._lock = threading.RLock()
         self.clock = clock
         self._offset = 0.0
@@ -406,6 +409,8 @@ class CalendarState:
         self.https_only_webhooks = https_only_webhooks
         self.propagate_invitations = propagate_invitations
         self.expand_horizon_days = expand_horizon_days
+        #: "refuse" (403 forbiddenForNonOrganizer) or "local" (kept on the attendee's copy only)
+        self.attendee_edits = attendee_edits
         #: push(address, headers) instead of an HTTP POST (tests that want no receiver)
         self.push = push
         self.calendars: dict[str, Calendar] = {}
@@ -430,7 +435,7 @@ class CalendarState:
 
     def configure(self, **settings: Any) -> None:
         allowed = {"sync_token_max_age", "invalid_sync_token_status", "deleted_shape", "https_only_webhooks",
-                   "propagate_invitations", "expand_horizon_days", "access_token_lifetime"}
+                   "propagate_invitations", "expand_horizon_days", "access_token_lifetime", "attendee_edits"}
         unknown = set(settings) - allowed
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
@@ -438,6 +443,8 @@ class CalendarState:
             raise ValueError("invalid_sync_token_status must be 400 or 410")
         if settings.get("deleted_shape", "minimal") not in ("minimal", "full"):
             raise ValueError("deleted_shape must be minimal or full")
+        if settings.get("attendee_edits", "refuse") not in ("refuse", "local"):
+            raise ValueError("attendee_edits must be refuse or local")
         with self._lock:
             for k, v in settings.items():
                 setattr(self, k, v)
@@ -757,6 +764,7 @@ class CalendarState:
                 base = {k: v for k, v in self._virtual_or_master_copy(cal, master, stored).items() if k in WRITABLE}
             payload = _merge(base, payload)
         body = self._clean_input(cal, payload)
+        self._check_organizer_only(cal, stored, body)
         if stored.body.get("recurringEventId"):
             return self._write_instance(cal, stored, body)
         body["id"] = stored.id
@@ -773,6 +781,30 @@ class CalendarState:
         cal.events[stored.id] = new
         self._touch(cal, new)
         return new
+
+    def _check_organizer_only(self, cal: Calendar, stored: Stored, body: dict) -> None:
+        """On an attendee's copy only that attendee's answer (and its own private bits) may
+        change; content and other people's answers are the organizer's (403
+        forbiddenForNonOrganizer), unless `attendee_edits` is "local"."""
+        organizer = ((stored.body.get("organizer") or {}).get("email") or "").lower()
+        if self.attendee_edits == "local" or not organizer or organizer == cal.owner or stored.cancelled_exception:
+            return
+        current = stored.body
+        changed = [k for k in ("summary", "description", "location", "recurrence")
+                   if (body.get(k) or None) != (current.get(k) or None)]
+        changed += [k for k in ("start", "end") if read_when(body[k], k).key() != read_when(current[k], k).key()]
+        if (body.get("status") or "confirmed") != (current.get("status") or "confirmed"):
+            changed.append("status")
+
+        def answers(b: dict) -> dict:
+            return {a["email"]: a.get("responseStatus") or "needsAction" for a in b.get("attendees") or []
+                    if a.get("email") != cal.owner}
+
+        if answers(body) != answers(current):
+            changed.append("attendees")
+        if changed:
+            raise ApiError(403, "The operation can only be performed by the organizer of the event.",
+                           reason="forbiddenForNonOrganizer")
 
     def _virtual_or_master_copy(self, cal: Calendar, master: Stored, stored: Stored) -> dict:
         """A cancelled instance patched back to life starts from the master's content."""

@@ -426,3 +426,148 @@ def test_exdates_and_rdates_survive_recurrence_lines(tz, days, all_day):
         master_tz = tz
     rrule, exdates, rdates, problems = read_recurrence(write_recurrence(ev, "UTC"), master_tz)
     assert (rrule, tuple(sorted(exdates)), tuple(rdates), problems) == ("FREQ=DAILY", ev.exdates, ev.rdates[:1], [])
+
+
+# ---- more wire behaviour -------------------------------------------------------------------------------------------
+
+
+def test_a_change_during_pagination_is_not_lost(emu):
+    state, base = emu
+    ids = [state.put_event(USER, timed(f"m{d}", d))["id"] for d in range(1, 6)]
+    cal = connector(base, page_size=2)
+    page = cal.list_changes(None)
+    seen = {r.external_id for r in page.records}
+    svc = raw_client(base)
+    later = next(i for i in ids if i not in seen)
+    svc.events().patch(calendarId="primary", eventId=later, body={"summary": "edited mid-round"}).execute()
+    records = list(page.records)
+    while page.next_page:
+        page = cal.list_changes(None, page.next_page)
+        records.extend(page.records)
+    delta, _ = drain(cal, page.cursor)
+    titles = {r.external_id: r.content.title for r in records + delta}  # later records win
+    assert set(titles) == set(ids)
+    assert titles[later] == "edited mid-round"
+    assert later in {r.external_id for r in delta}
+
+
+def test_instance_keys_follow_the_zone_across_dst(emu):
+    _, base = emu
+    cal = connector(base)
+    master, = create(cal, Event(title="weekly", start="2027-03-15T09:00:00", end="2027-03-15T10:00:00", start_tz=TZ,
+                                end_tz=TZ, rrule="FREQ=WEEKLY;COUNT=6", organizer=USER))
+    before_dst = instance_key(datetime(2027, 3, 22, 9, tzinfo=ZoneInfo(TZ)))
+    after_dst = instance_key(datetime(2027, 4, 5, 9, tzinfo=ZoneInfo(TZ)))
+    assert (before_dst, after_dst) == ("20270322T080000Z", "20270405T070000Z")
+    edits = [Event(uid=master.content.uid, recurrence_id=k, title="moved", start=s, end=e, start_tz=TZ, end_tz=TZ,
+                   organizer=USER)
+             for k, s, e in ((before_dst, "2027-03-22T10:00:00", "2027-03-22T11:00:00"),
+                             (after_dst, "2027-04-05T10:00:00", "2027-04-05T11:00:00"))]
+    recs = create(cal, *edits)
+    assert [r.external_id for r in recs] == [f"{master.external_id}_{before_dst}", f"{master.external_id}_{after_dst}"]
+    got = by_key(drain(connector(base), None)[0])
+    assert [got[e.key].content for e in edits] == edits
+    # an instance the series does not have is refused, not invented
+    wrong = edits[0].model_copy(update={"recurrence_id": "20270322T090000Z"})
+    result = cal.create_many([WriteRequest(key="w", content=wrong)])
+    assert result[0].error is not None and result[0].error.code == "not_found"
+
+
+def test_organizer_edits_reach_the_attendee_copy_and_deletion_removes_it(emu):
+    state, base = emu
+    state.calendar(OTHER, TZ)
+    copies = state.invite(USER, {**timed("weekly sync", 7), "recurrence": ["RRULE:FREQ=WEEKLY;COUNT=4"],
+                                 "attendees": [{"email": USER}, {"email": OTHER}]})
+    uid = copies[USER]["iCalUID"]
+    bob = connector(base, token="bob-token")
+    _, bob_cursor = drain(bob, None)
+    ada = connector(base)
+    k14, k21 = (instance_key(datetime(2026, 12, d, 9, tzinfo=ZoneInfo(TZ))) for d in (14, 21))
+    master = drain(ada, None)[0][0].content
+    edited = master.model_copy(update={"recurrence_id": k14, "rrule": "", "title": "weekly sync (demo)",
+                                       "start": "2026-12-14T09:00:00", "end": "2026-12-14T10:00:00"})
+    create(ada, edited, Event(uid=uid, recurrence_id=k21, status="cancelled"))
+    delta, bob_cursor = drain(bob, bob_cursor)
+    got = by_key(delta)
+    assert got[f"{uid}|{k14}"].content.title == "weekly sync (demo)"
+    assert got[f"{uid}|{k21}"].content.status == "cancelled"
+    assert got[f"{uid}|{k14}"].external_id.startswith(copies[OTHER]["id"] + "_")
+
+    ada.delete_many([WriteRequest(key="d", external_id=copies[USER]["id"])])
+    gone, _ = drain(bob, bob_cursor)
+    assert gone and all(r.deleted for r in gone)
+    assert copies[OTHER]["id"] in {r.external_id for r in gone}
+
+
+def test_an_attendee_content_edit_is_refused_for_that_item_only(emu):
+    state, base = emu
+    state.calendar(OTHER, TZ)
+    state.invite(USER, timed("review", 9, attendees=[{"email": OTHER}]))
+    state.put_event(OTHER, timed("bob's own", 10))
+    bob = connector(base, token="bob-token")
+    copy_, own = sorted(drain(bob, None)[0], key=lambda r: r.content.title)[::-1]
+    assert copy_.content.title == "review" and own.content.title == "bob's own"
+    results = bob.update_many([
+        WriteRequest(key="a", content=copy_.content.model_copy(update={"title": "my title"}),
+                     external_id=copy_.external_id),
+        WriteRequest(key="b", content=own.content.model_copy(update={"title": "renamed"}), external_id=own.external_id),
+    ])
+    assert results[0].error is not None and getattr(results[0].error, "rule", None) == "organizer_only"
+    assert results[1].error is None and results[1].record.content.title == "renamed"
+    state.configure(attendee_edits="local")
+    again = bob.update_many([WriteRequest(key="a", content=copy_.content.model_copy(update={"title": "my title"}),
+                                          external_id=copy_.external_id)])
+    assert again[0].error is None
+    assert drain(connector(base), None)[0][0].content.title == "review"  # the organizer's copy is untouched
+
+
+def test_provider_refusals_become_recovery_classes(emu):
+    from models.errors import AuthExpired, RateLimited, Transient, ValidationRejected
+
+    state, base = emu
+    cal = connector(base)
+    state.inject_fault("429", "list")
+    with pytest.raises(RateLimited):
+        cal.list_changes(None)
+    state.inject_fault("503", "list")
+    with pytest.raises(Transient):
+        cal.list_changes(None)
+    ev = Event(title="x", start="2026-12-07T09:00:00", end="2026-12-07T10:00:00", start_tz=TZ)
+    state.inject_fault("403_rate", "insert")
+    results = cal.create_many([WriteRequest(key="a", content=ev), WriteRequest(key="b", content=ev)])
+    assert isinstance(results[0].error, RateLimited) and results[1].error is None  # one batch, per-item answers
+    bad = ev.model_copy(update={"end": "2026-12-07T08:00:00"})
+    refused = cal.create_many([WriteRequest(key="c", content=bad), WriteRequest(key="d", content=ev)])
+    assert isinstance(refused[0].error, ValidationRejected) and refused[1].error is None
+    split = ev.model_copy(update={"uid": "u@x", "recurrence_id": "20261207T080000Z", "range": "THISANDFUTURE"})
+    assert cal.create_many([WriteRequest(key="t", content=split)])[0].error.rule == "this_and_future"
+    with pytest.raises(AuthExpired):
+        connector(base, token="nobody").list_changes(None)
+
+
+def test_times_without_a_zone_read_in_the_calendar_zone(emu):
+    state, base = emu
+    state.put_event(USER, {"summary": "offset only", "start": {"dateTime": "2026-12-07T09:00:00+01:00"},
+                           "end": {"dateTime": "2026-12-07T10:00:00+01:00"}})
+    cal = connector(base)
+    rec, = drain(cal, None)[0]
+    assert (rec.content.start, rec.content.start_tz) == ("2026-12-07T09:00:00", TZ)
+    # Google has no floating times: a floating event is written in the calendar's zone
+    floating, = create(cal, Event(title="floating", start="2026-12-08T09:00:00", end="2026-12-08T10:00:00"))
+    assert (floating.content.start, floating.content.start_tz) == ("2026-12-08T09:00:00", TZ)
+
+
+def test_single_events_expand_a_series_without_its_master(emu):
+    state, base = emu
+    master = state.put_event(USER, {**timed("daily", 7), "recurrence": ["RRULE:FREQ=DAILY;COUNT=5"]})
+    svc = raw_client(base)
+    k = [instance_key(datetime(2026, 12, d, 9, tzinfo=ZoneInfo(TZ))) for d in range(7, 12)]
+    svc.events().delete(calendarId="primary", eventId=f"{master['id']}_{k[1]}").execute()
+    svc.events().patch(calendarId="primary", eventId=f"{master['id']}_{k[2]}", body={"summary": "moved"}).execute()
+    items = svc.events().list(calendarId="primary", singleEvents=True, orderBy="startTime",
+                              timeMin="2026-12-01T00:00:00Z", timeMax="2027-01-01T00:00:00Z").execute()["items"]
+    assert [i["id"] for i in items] == [f"{master['id']}_{x}" for x in (k[0], k[2], k[3], k[4])]
+    assert all(i["recurringEventId"] == master["id"] and i["iCalUID"] == master["iCalUID"] for i in items)
+    assert items[1]["summary"] == "moved"
+    plain = svc.events().list(calendarId="primary").execute()["items"]
+    assert {i["id"] for i in plain} == {master["id"], f"{master['id']}_{k[1]}", f"{master['id']}_{k[2]}"}
