@@ -319,6 +319,14 @@ class GoogleCalendar(GoogleConnector):
     def calendar_tz(self) -> str:
         return _ZONE_CACHE.get(self.scope, "UTC")
 
+    def _need_zone(self, needed: bool) -> None:
+        """Learn the calendar's zone (calendars.get, once per process and calendar) before
+        reading a time that has no zone of its own or writing a floating one: reading it
+        as UTC here and in the calendar's zone after a listing would look like an edit."""
+        if needed and self.scope not in _ZONE_CACHE:
+            body = self._execute(self._service.calendars().get(calendarId=self.calendar_id))
+            _ZONE_CACHE[self.scope] = str(body.get("timeZone") or "UTC")
+
     @property
     def _events(self) -> Any:
         return self._service.events()
@@ -401,6 +409,8 @@ class GoogleCalendar(GoogleConnector):
         return self._records([item])[0]
 
     def _records(self, items: list[dict]) -> list[SideRecord]:
+        self._need_zone(any(isinstance(i.get(k), dict) and i[k].get("dateTime") and not i[k].get("timeZone")
+                            for i in items for k in ("start", "end", "originalStartTime")))
         for item in items:
             if item.get("recurrence") or not item.get("recurringEventId"):
                 if item.get("id") and item.get("iCalUID"):
@@ -495,6 +505,8 @@ class GoogleCalendar(GoogleConnector):
         fails its items and leaves the later ones unsent with the same error."""
         prepared: list[tuple[WriteRequest, tuple[str, Any] | WriteResult]] = []
         looked_up = self.calls_made
+        self._need_zone(any(isinstance(r.content, Event) and not r.content.start_tz and len(r.content.start) > 10
+                            for r in requests))
         for r in requests:
             try:
                 prepared.append((r, build(r)))

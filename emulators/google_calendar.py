@@ -49,8 +49,9 @@ UNCONFIRMED, hence configurable (`configure(...)`):
   other people's answers) gets: "refuse" (403 `forbiddenForNonOrganizer`, default) or
   "local" (kept on that copy only). Its own `responseStatus` always goes through.
 
-Deliberate simplifications: one calendar per user ("primary", or the user's address);
-no ACLs, calendarList, reminders, conference data, attachments or free/busy; `q`
+Deliberate simplifications: one calendar per user ("primary", or the user's address),
+of which calendars.get reports only id, summary and timeZone; no events.instances,
+ACLs, calendarList, reminders, conference data, attachments or free/busy; `q`
 matches summary, description and location case-insensitively; tombstones are kept
 forever.
 """
@@ -109,7 +110,7 @@ WRITABLE = ("summary", "description", "location", "start", "end", "recurrence", 
 SHARED_CONTENT = ("summary", "description", "location", "start", "end", "recurrence", "status", "transparency",
                   "visibility", "attendees", "sequence", "extendedProperties.shared", "guestsCanModify")
 FAULT_KINDS = ("429", "403_rate", "500", "503", "401")
-OPS = ("list", "get", "insert", "update", "patch", "delete", "watch", "stop", "any")
+OPS = ("list", "get", "insert", "update", "patch", "delete", "watch", "stop", "any")  # calendars.get counts as "get"
 
 
 class ApiError(Exception):
@@ -383,6 +384,20 @@ class Calendar:
     #: tokens issued before this epoch are refused (410)
     epoch: int = 0
     resource_id: str = field(default_factory=lambda: secrets.token_urlsafe(18))
+    #: (iCalUID, original start key or "") -> event id: finds a meeting's copy without a scan
+    by_uid: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: master id -> ids of its exceptions
+    exceptions: dict[str, set[str]] = field(default_factory=dict)
+
+    def put(self, stored: Stored) -> None:
+        """Store an event and index it (an id's iCalUID and original start never change)."""
+        self.events[stored.id] = stored
+        uid = stored.body.get("iCalUID")
+        if uid:
+            self.by_uid[(uid, _orig_key(stored.body))] = stored.id
+        master = stored.body.get("recurringEventId")
+        if master:
+            self.exceptions.setdefault(master, set()).add(stored.id)
 
 
 class CalendarState:
@@ -557,10 +572,9 @@ class CalendarState:
             out = {cal.owner: self._render(cal, stored)}
             uid = stored.body["iCalUID"]
             for other in self.calendars.values():
-                if other is not cal:
-                    for s in other.events.values():
-                        if s.body.get("iCalUID") == uid and not s.body.get("recurringEventId"):
-                            out[other.owner] = self._render(other, s)
+                found = _copy_in(other, uid, "") if other is not cal else None
+                if found is not None:
+                    out[other.owner] = self._render(other, found)
             return out
 
     def expire_sync_tokens(self, user: str | None = None) -> None:
@@ -724,7 +738,7 @@ class CalendarState:
         body["iCalUID"] = uid.strip() if uid else f"{event_id}@google.com"
         body["created"] = rfc3339(self.now())
         stored = Stored(body=self._finish(cal, body, organizer or {"email": cal.owner, "self": True}), seq=0)
-        cal.events[event_id] = stored
+        cal.put(stored)
         self._touch(cal, stored)
         return stored
 
@@ -740,7 +754,7 @@ class CalendarState:
         body["created"] = stored.body.get("created") or rfc3339(self.now())
         new = Stored(body=self._finish(cal, body, stored.body.get("organizer") or {"email": cal.owner, "self": True}),
                      seq=stored.seq)
-        cal.events[stored.id] = new
+        cal.put(new)
         self._touch(cal, new)
         return new
 
@@ -750,7 +764,7 @@ class CalendarState:
                            "originalStartTime": stored.body["originalStartTime"],
                            "iCalUID": stored.body.get("iCalUID") or cal.events[stored.body["recurringEventId"]].body["iCalUID"]},
                      seq=stored.seq)
-        cal.events[stored.id] = new
+        cal.put(new)
         self._touch(cal, new)
         return new
 
@@ -778,7 +792,7 @@ class CalendarState:
             return cal.events[stored.id]
         new = Stored(body=self._finish(cal, body, stored.body.get("organizer") or {"email": cal.owner, "self": True}),
                      seq=stored.seq)
-        cal.events[stored.id] = new
+        cal.put(new)
         self._touch(cal, new)
         return new
 
@@ -826,8 +840,9 @@ class CalendarState:
         body["status"] = "cancelled"
         stored.deleted = True
         self._touch(cal, stored)
-        for other in list(cal.events.values()):
-            if other.body.get("recurringEventId") == stored.id and not other.deleted:
+        for other_id in sorted(cal.exceptions.get(stored.id, ())):
+            other = cal.events[other_id]
+            if not other.deleted:
                 other.deleted = True
                 other.body["status"] = "cancelled"
                 self._touch(cal, other)
@@ -901,7 +916,7 @@ class CalendarState:
                 body.update(id=instance_id, iCalUID=uid, recurringEventId=copy_master.id,
                             originalStartTime=stored.body["originalStartTime"], created=rfc3339(self.now()))
                 new = Stored(body=self._finish(other, body, {"email": cal.owner}), seq=0)
-                other.events[instance_id] = new
+                other.put(new)
                 self._touch(other, new)
                 continue
             body = _shared_content(stored.body, existing.body if existing else None)
@@ -910,7 +925,7 @@ class CalendarState:
             else:
                 body.update(id=existing.id, iCalUID=uid, created=existing.body.get("created"))
             new = Stored(body=self._finish(other, body, {"email": cal.owner}), seq=0)
-            other.events[body["id"]] = new
+            other.put(new)
             self._touch(other, new)
 
     # ---- dispatch targets ---------------------------------------------------------------------------------
@@ -1160,10 +1175,7 @@ class CalendarState:
         import httpx
 
         while True:
-            try:
-                address, headers = self._outbox.get(timeout=5)
-            except queue.Empty:
-                return
+            address, headers = self._outbox.get()
             try:
                 if self.push is not None:
                     self.push(address, headers)
@@ -1201,10 +1213,8 @@ def _orig_key(body: dict) -> str:
 
 
 def _copy_in(cal: Calendar, uid: Any, key: str) -> Stored | None:
-    for s in cal.events.values():
-        if s.body.get("iCalUID") == uid and _orig_key(s.body) == key:
-            return s
-    return None
+    event_id = cal.by_uid.get((uid, key)) if isinstance(uid, str) else None
+    return cal.events.get(event_id) if event_id else None
 
 
 def _shared_content(source: dict, existing: dict | None) -> dict:
@@ -1285,6 +1295,7 @@ _ROUTES: list[tuple[str, re.Pattern, str]] = [
     ("PATCH", re.compile(r"^/calendar/v3/calendars/([^/]+)/events/([^/]+)$"), "events.patch"),
     ("DELETE", re.compile(r"^/calendar/v3/calendars/([^/]+)/events/([^/]+)$"), "events.delete"),
     ("POST", re.compile(r"^/calendar/v3/channels/stop$"), "channels.stop"),
+    ("GET", re.compile(r"^/calendar/v3/calendars/([^/]+)$"), "calendars.get"),
 ]
 
 
@@ -1319,7 +1330,10 @@ def dispatch(state: CalendarState, method: str, path: str, query: dict[str, list
                 status, result = state.channels_stop(payload, user)
                 return status, result, {}
             cal = state._resolve(args[0], user)
-            if name == "events.list":
+            if name == "calendars.get":
+                status, result = 200, {"kind": "calendar#calendar", "etag": f'"{cal.epoch}"', "id": cal.owner,
+                                       "summary": cal.owner, "timeZone": cal.time_zone}
+            elif name == "events.list":
                 status, result = state.events_list(cal, query)
             elif name == "events.insert":
                 status, result = state.events_insert(cal, query, payload, headers)

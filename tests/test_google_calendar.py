@@ -571,3 +571,15 @@ def test_single_events_expand_a_series_without_its_master(emu):
     assert items[1]["summary"] == "moved"
     plain = svc.events().list(calendarId="primary").execute()["items"]
     assert {i["id"] for i in plain} == {master["id"], f"{master['id']}_{k[1]}", f"{master['id']}_{k[2]}"}
+
+
+def test_a_get_in_a_new_process_reads_zoneless_times_as_the_listing_did(emu):
+    state, base = emu
+    made = state.put_event(USER, {"summary": "offset only", "start": {"dateTime": "2026-12-07T09:00:00+01:00"},
+                                  "end": {"dateTime": "2026-12-07T10:00:00+01:00"}})
+    listed = drain(connector(base), None)[0][0]
+    fresh = connector(base)  # no listing yet: it asks the calendar for its zone once
+    assert fresh.get(made["id"]).content == listed.content
+    assert fresh.calls_made == 2
+    fresh.get(made["id"])
+    assert fresh.calls_made == 3
