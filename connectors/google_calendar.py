@@ -67,7 +67,6 @@ MARKER_KEY = "concordMarker"
 #: Google's advice for Calendar batches (the client allows 1000)
 MAX_BATCH = 50
 UTC = timezone.utc
-_ID = re.compile(r"[a-v0-9]{5,1024}")
 
 #: master event id -> iCalUID, per calendar (an iCalUID never changes, so it may outlive a round)
 _UID_CACHE: dict[str, str] = {}

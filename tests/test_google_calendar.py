@@ -583,3 +583,35 @@ def test_a_get_in_a_new_process_reads_zoneless_times_as_the_listing_did(emu):
     assert fresh.calls_made == 2
     fresh.get(made["id"])
     assert fresh.calls_made == 3
+
+
+def test_admin_routes_over_http(emu):
+    state, base = emu
+    admin = httpx.Client(base_url=base + "_emulator/", timeout=10)
+    assert admin.post("users", json={"user": "carol@acme.example", "token": "carol-token",
+                                     "time_zone": "America/New_York"}).json() == {
+        "user": "carol@acme.example", "timeZone": "America/New_York"}
+    made = admin.post("events", json={"user": USER, "events": [timed("a", 1), timed("b", 2)]}).json()["items"]
+    assert [m["summary"] for m in made] == ["a", "b"]
+    copies = admin.post("invite", json={"organizer": USER, "event": timed(
+        "meet", 3, attendees=[{"email": "carol@acme.example"}])}).json()
+    assert set(copies) == {USER, "carol@acme.example"}
+    carol = connector(base, token="carol-token")
+    rec, = drain(carol, None)[0]
+    assert rec.content.uid == copies[USER]["iCalUID"] and rec.content.start_tz == TZ
+    _, cursor = drain(connector(base), None)
+    assert admin.post("expire_sync_tokens", json={"user": USER}).status_code == 200
+    with pytest.raises(CursorExpired):
+        connector(base).list_changes(cursor)
+    assert admin.post("events", json={"user": USER}).status_code == 400  # no event
+    assert admin.post("events", json={"user": USER, "event": {"summary": "no times"}}).status_code == 400
+    assert admin.post("config", json={"deleted_shape": "weird"}).status_code == 400
+    assert admin.get("stats").json()["events"][USER] == 3
+
+
+@pytest.mark.parametrize("status", [400, 410])
+def test_a_token_google_never_issued_is_cursor_expired_either_way(emu, status):
+    state, base = emu
+    state.configure(invalid_sync_token_status=status)
+    with pytest.raises(CursorExpired):
+        connector(base).list_changes("not-a-token")
