@@ -1075,6 +1075,10 @@ class CalendarState:
             elif s.body.get("recurringEventId") or not s.body.get("recurrence"):
                 if s.cancelled_exception and not (is_delta or show_deleted):
                     continue
+                if not s.deleted and not s.cancelled_exception:
+                    start, end = read_when(s.body["start"], "start"), read_when(s.body["end"], "end")
+                    if _utc(end, cal) <= w_lo or _utc(start, cal) >= w_hi:
+                        continue
                 out.append(self._render(cal, s))
         if _one(q, "orderBy") == "startTime":
             out.sort(key=lambda b: _sort_start(b, cal))
