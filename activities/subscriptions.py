@@ -20,6 +20,12 @@ Two ways of keeping one (`PushNeed.mode`):
   (what api/webhooks.py looks a push up by) and carries the topic: a new topic stops
   the old watch first (Gmail refuses a second topic while one is active).
 
+- Calendar `events.watch` channels (PushNeed mode "subscription", built by
+  `calendar_for`): a channel's token is the row's secret and its resourceId the row's
+  resource (what `channels/stop` needs). Channels cannot be extended: the connector's
+  `renew_subscription` answers NotFound, so a channel near its end is replaced by a
+  new one.
+
 Notifications are only a hint: the poll timer still runs, so a dropped notification
 costs latency, never data.
 """

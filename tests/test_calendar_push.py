@@ -15,12 +15,12 @@ import time
 import pytest
 
 from activities.subscriptions import SubscriptionActivities
-from connectors import registry
 from emulators.google_calendar import CalendarState, create_app
 from emulators.server import serve
 from store import repo
 from store import subscriptions as subs
 from tests.test_webhooks import make_world, wait_for, world  # noqa: F401 - fixtures
+from workers.mailboxes import CalendarBuilder
 
 USER = "ada@analytical.example"
 
@@ -35,10 +35,6 @@ def calendar():
         server.stop()
 
 
-def _calendar_for(info):
-    return registry.get(info.provider).static_calendar(info.settings, info.settings["token"], info.connection_id)
-
-
 def _unused(info):
     raise AssertionError("contacts connector not expected")
 
@@ -49,7 +45,7 @@ def test_calendar_channel_created_wakes_the_mailbox_and_is_replaced_before_expir
     with world.sessions.begin() as s:
         repo.create_connection(s, id="g-cal", org_id="org1", user_id="u", provider="google", account_ref="acct-g-cal",
                                settings=settings)
-    acts = SubscriptionActivities(world.sessions, _unused, calendar_for=_calendar_for, webhook_base_url=world.base)
+    acts = SubscriptionActivities(world.sessions, _unused, calendar_for=CalendarBuilder(None), webhook_base_url=world.base)
 
     counts = acts.maintain("g-cal")
     assert {k: v for k, v in counts.items() if v} == {"created": 1}

@@ -62,3 +62,22 @@ class MailBuilder:
         if settings.get("token"):
             return provider.static_mail(settings, settings["token"], info.connection_id, options)
         return provider.mail(self.credentials, info.connection_id, settings, options)
+
+
+class CalendarBuilder:
+    """A connection's calendar connector (`MailboxSide[Event]`): vault tokens, or the static
+    emulator `token`; the API at settings `calendar_endpoint` (Google: ending in
+    `calendar/v3/`), `calendar_page_size` events per listing page."""
+
+    def __init__(self, credentials: CredentialFactory) -> None:
+        self.credentials = credentials
+
+    def __call__(self, info: ConnectionInfo):
+        settings = info.settings or {}
+        provider = registry.get(info.provider)
+        tuning: dict[str, Any] = {}
+        if settings.get("calendar_page_size"):
+            tuning["page_size"] = int(settings["calendar_page_size"])
+        if settings.get("token"):
+            return provider.static_calendar(settings, settings["token"], info.connection_id, **tuning)
+        return provider.calendar(self.credentials, info.connection_id, settings, **tuning)

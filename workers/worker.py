@@ -29,7 +29,7 @@ from store.db import make_engine, migrate, session_factory
 from store.vault import KeyRing, TokenVault, VaultConfigError
 from workers.client import TemporalUnreachable, connect_checked
 from connectors.credentials import ProviderConfig
-from workers.mailboxes import MailBuilder, MailboxBuilder
+from workers.mailboxes import CalendarBuilder, MailBuilder, MailboxBuilder
 from models.errors import Fatal
 from telemetry import setup_tracing
 from telemetry.metrics import install_health_listener, setup_metrics
@@ -85,7 +85,8 @@ def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory |
         connection=ConnectionActivities(sessions, vault, providers, credentials=builder.credentials),
         subscriptions=SubscriptionActivities(
             sessions, mailboxes, webhook_base_url=webhook_base_url or config.public_url,
-            mail_for=mails, gmail_topic=gmail_topic or config.gmail_topic),
+            mail_for=mails, gmail_topic=gmail_topic or config.gmail_topic,
+            calendar_for=CalendarBuilder(builder.credentials)),
     )
 
 
