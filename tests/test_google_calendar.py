@@ -616,3 +616,42 @@ def test_a_token_google_never_issued_is_cursor_expired_either_way(emu, status):
     state.configure(invalid_sync_token_status=status)
     with pytest.raises(CursorExpired):
         connector(base).list_changes("not-a-token")
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=12),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+EVENT_KEYS = st.sampled_from(["summary", "start", "end", "recurrence", "attendees", "status", "id", "iCalUID",
+                              "extendedProperties", "transparency", "visibility", "sequence", "originalStartTime"])
+WHEN = st.fixed_dictionaries({}, optional={"date": st.sampled_from(["2026-12-07", "2026-13-01", "x", 5]),
+                                           "dateTime": st.sampled_from(["2026-12-07T09:00:00", "2026-12-07T09:00:00Z",
+                                                                        "2026-12-07T25:00:00+01:00", "", None]),
+                                           "timeZone": st.sampled_from(["Europe/Paris", "Nowhere/City", "", 3])})
+BODIES = st.dictionaries(EVENT_KEYS, JSON | WHEN | st.lists(st.sampled_from(
+    ["RRULE:FREQ=DAILY", "RRULE:FREQ=WEEKLY;UNTIL=20270101", "EXDATE:2026", "RDATE;VALUE=DATE:20261209",
+     "EXDATE;TZID=Nowhere:20261207T090000", "DTSTART:20261207"]), max_size=3), max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(body=BODIES, op=st.sampled_from(["insert", "patch", "update", "list"]),
+       params=st.dictionaries(st.sampled_from(["maxResults", "syncToken", "pageToken", "showDeleted", "singleEvents",
+                                               "orderBy", "timeMin", "timeMax", "privateExtendedProperty", "iCalUID"]),
+                              st.text(max_size=10), max_size=3))
+def test_the_emulator_never_answers_500_to_what_a_client_sends(body, op, params):
+    import json as _json
+
+    from emulators.google_calendar import dispatch
+
+    state = CalendarState(default_user=USER, time_zone=TZ)
+    series = state.put_event(USER, {**timed("s", 7), "recurrence": ["RRULE:FREQ=DAILY;COUNT=3"]})
+    auth = {"authorization": "Bearer emulator-token"}
+    path = "/calendar/v3/calendars/primary/events"
+    target = f"{path}/{series['id']}_{instance_key(datetime(2026, 12, 8, 9, tzinfo=ZoneInfo(TZ)))}"
+    raw = _json.dumps(body).encode()
+    if op == "insert":
+        status, _, _ = dispatch(state, "POST", path, {}, auth, raw)
+    elif op == "list":
+        status, _, _ = dispatch(state, "GET", path, {k: [v] for k, v in params.items()}, auth, b"")
+    else:
+        status, _, _ = dispatch(state, "PATCH" if op == "patch" else "PUT", target, {}, auth, raw)
+    assert status in (200, 400, 403, 404, 409, 410, 412)
