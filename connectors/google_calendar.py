@@ -33,6 +33,12 @@ Why the shapes below:
   accepts before the exception exists; its cancellation is a DELETE of that id.
 - Our marker lives in `extendedProperties.private.concordMarker`; `find_by_markers`
   asks `privateExtendedProperty=` for each marker, all in one batch call per 50.
+- The organizer of an event we create is the calendar's owner (Google sets it; an
+  Event's `organizer` is not written). Guests hear of creates, edits and cancellations
+  as `send_updates` says (Google's `sendUpdates`: "all" by default, so the provider
+  sends the invitations). On an attendee's copy Google lets only that attendee's answer
+  change: a content edit there is refused (403 forbiddenForNonOrganizer), reported as
+  ValidationRejected(rule="organizer_only") for that item.
 - Retries belong to Temporal: `num_retries=0`, failures leave as `models.errors`.
 
 Not thread-safe: one instance per activity invocation (httplib2.Http is not).
@@ -292,7 +298,7 @@ class GoogleCalendar(GoogleConnector):
 
     def __init__(self, base_url: str, credentials: Credentials, *, calendar_id: str = "primary",
                  page_size: int = MAX_PAGE_SIZE, batch_size: int = MAX_BATCH, account: str | None = None,
-                 time_zone: str | None = None, timeout: float = 30.0) -> None:
+                 time_zone: str | None = None, send_updates: str = "all", timeout: float = 30.0) -> None:
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}")
         if not 1 <= batch_size <= MAX_BATCH:
@@ -300,6 +306,9 @@ class GoogleCalendar(GoogleConnector):
         self.base_url = api_root(base_url)
         root = self.base_url[: -len("calendar/v3/")] if self.base_url.endswith("calendar/v3/") else self.base_url
         self.batch_uri = root + "batch/calendar/v3"
+        if send_updates not in ("all", "externalOnly", "none"):
+            raise ValueError("send_updates must be all, externalOnly or none")
+        self.send_updates = send_updates
         self.calendar_id = calendar_id
         self.page_size = page_size
         self.batch_size = batch_size
@@ -596,13 +605,15 @@ class GoogleCalendar(GoogleConnector):
             if ev.recurrence_id:
                 iid = ids[id(r)] = self._instance_id(ev)
                 if ev.status == "cancelled":
-                    return r.key, self._events.delete(calendarId=self.calendar_id, eventId=iid)
+                    return r.key, self._events.delete(calendarId=self.calendar_id, eventId=iid,
+                                                      sendUpdates=self.send_updates)
                 body = event_to_google(ev, self.calendar_tz, marker=r.marker)
-                return r.key, self._events.patch(calendarId=self.calendar_id, eventId=iid, body=body)
+                return r.key, self._events.patch(calendarId=self.calendar_id, eventId=iid, body=body,
+                                                 sendUpdates=self.send_updates)
             if ev.status == "cancelled":
                 raise ValidationRejected("a cancelled event cannot be created", field="status")
             body = event_to_google(ev, self.calendar_tz, marker=r.marker, insert=True)
-            return r.key, self._events.insert(calendarId=self.calendar_id, body=body)
+            return r.key, self._events.insert(calendarId=self.calendar_id, body=body, sendUpdates=self.send_updates)
 
         def finish(r: WriteRequest, answer: dict | ConnectorError) -> WriteResult:
             ev: Event = r.content
@@ -618,10 +629,12 @@ class GoogleCalendar(GoogleConnector):
         def build(r: WriteRequest) -> tuple[str, Any]:
             ev: Event = r.content
             if ev.status == "cancelled":
-                req = self._events.delete(calendarId=self.calendar_id, eventId=r.external_id)
+                req = self._events.delete(calendarId=self.calendar_id, eventId=r.external_id,
+                                          sendUpdates=self.send_updates)
             else:
                 req = self._events.patch(calendarId=self.calendar_id, eventId=r.external_id,
-                                         body=event_to_google(ev, self.calendar_tz, marker=r.marker))
+                                         body=event_to_google(ev, self.calendar_tz, marker=r.marker),
+                                         sendUpdates=self.send_updates)
             return r.key, self._with_etag(req, r.etag)
 
         def finish(r: WriteRequest, answer: dict | ConnectorError) -> WriteResult:
@@ -642,8 +655,8 @@ class GoogleCalendar(GoogleConnector):
 
     def _delete(self, requests: list[WriteRequest]) -> list[WriteResult]:
         def build(r: WriteRequest) -> tuple[str, Any]:
-            return r.key, self._with_etag(self._events.delete(calendarId=self.calendar_id, eventId=r.external_id),
-                                          r.etag)
+            return r.key, self._with_etag(self._events.delete(calendarId=self.calendar_id, eventId=r.external_id,
+                                                              sendUpdates=self.send_updates), r.etag)
 
         def finish(r: WriteRequest, answer: dict | ConnectorError) -> WriteResult:
             if isinstance(answer, ConnectorError) and not isinstance(answer, NotFound):

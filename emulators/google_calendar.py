@@ -432,6 +432,8 @@ class CalendarState:
         self.channels: dict[str, Channel] = {}
         self.notifications: list[dict[str, str]] = []
         self.calls: Counter = Counter()
+        #: writes by their `sendUpdates` ("" when absent): who Google would have emailed
+        self.send_updates: Counter = Counter()
         self.batches = 0
         self.batch_sizes: list[int] = []
         self._faults: list[list] = []
@@ -1329,6 +1331,11 @@ def dispatch(state: CalendarState, method: str, path: str, query: dict[str, list
             except ValueError:
                 raise bad_request("Parse Error", "parseError") from None
         args = [unquote(g) for g in match.groups()]
+        if name in ("events.insert", "events.update", "events.patch", "events.delete"):
+            notify = _one(query, "sendUpdates")
+            if notify not in (None, "all", "externalOnly", "none"):
+                raise bad_request("Invalid value for: sendUpdates")
+            state.send_updates[notify or ""] += 1
         with state._lock:
             if name == "channels.stop":
                 status, result = state.channels_stop(payload, user)

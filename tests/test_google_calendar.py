@@ -655,3 +655,18 @@ def test_the_emulator_never_answers_500_to_what_a_client_sends(body, op, params)
     else:
         status, _, _ = dispatch(state, "PATCH" if op == "patch" else "PUT", target, {}, auth, raw)
     assert status in (200, 400, 403, 404, 409, 410, 412)
+
+
+def test_a_platform_event_with_a_guest_reaches_the_guest_and_google_sends_the_invitation(emu):
+    state, base = emu
+    state.calendar(OTHER, TZ)
+    cal = connector(base)
+    rec, = create(cal, Event(title="kickoff", start="2026-12-07T09:00:00", end="2026-12-07T10:00:00", start_tz=TZ,
+                             end_tz=TZ, attendees=(USER, OTHER), organizer=USER))
+    assert state.send_updates == {"all": 1}
+    theirs, = drain(connector(base, token="bob-token"), None)[0]
+    assert theirs.content.uid == rec.content.uid and theirs.external_id != rec.external_id
+    assert theirs.content.response_of(OTHER) == "needsAction"
+    quiet = connector(base, send_updates="none")
+    quiet.delete_many([WriteRequest(key="d", external_id=rec.external_id)])
+    assert state.send_updates == {"all": 1, "none": 1}
