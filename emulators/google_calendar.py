@@ -1390,7 +1390,8 @@ def handle_batch(state: CalendarState, content_type: str, body: bytes, outer_aut
     boundary = "batch_" + secrets.token_hex(12)
     chunks: list[bytes] = []
     for part in parts:
-        content_id = str(part.get("Content-ID") or "").strip()
+        # a long Content-ID arrives folded over two lines: unfold it (" + " must survive)
+        content_id = " ".join(str(part.get("Content-ID") or "").split())
         inner = part.get_payload(decode=False)
         if isinstance(inner, list):
             inner = inner[0].as_string()

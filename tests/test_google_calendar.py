@@ -670,3 +670,23 @@ def test_a_platform_event_with_a_guest_reaches_the_guest_and_google_sends_the_in
     quiet = connector(base, send_updates="none")
     quiet.delete_many([WriteRequest(key="d", external_id=rec.external_id)])
     assert state.send_updates == {"all": 1, "none": 1}
+
+
+def test_a_busy_delta_round_costs_about_one_call_per_page_not_per_event(emu):
+    state, base = emu
+    masters = [state.put_event(USER, {**timed(f"series {n}", 1 + n), "recurrence": ["RRULE:FREQ=DAILY;COUNT=30"]})
+               for n in range(5)]
+    _, cursor = drain(connector(base), None)
+    svc = raw_client(base)
+    for n, m in enumerate(masters):  # 4 cancelled instances per series, via Google
+        for day in range(4):
+            when = datetime(2026, 12, 2 + n + day, 9, tzinfo=ZoneInfo(TZ))
+            svc.events().delete(calendarId="primary", eventId=f"{m['id']}_{instance_key(when)}").execute()
+    for n in range(180):
+        state.put_event(USER, timed(f"new {n}", 1 + n % 28))
+    fresh = connector(base)
+    delta, _ = drain(fresh, cursor)
+    assert len(delta) == 200
+    assert sum(1 for r in delta if r.content and r.content.status == "cancelled") == 20
+    assert fresh.calls_made == 2  # one page, one batch get for the five series' UIDs
+    assert fresh.calls_made / len(delta) <= 1.1
