@@ -898,7 +898,8 @@ class CalendarState:
             if other is None or other is skip:
                 continue
             existing = _copy_in(other, uid, key)
-            if stored.deleted:
+            dropped = not key and email not in emails  # taken off the guest list: the copy goes
+            if stored.deleted or dropped:
                 if existing is not None and not existing.deleted:
                     self._delete(other, existing)
                 continue

@@ -499,6 +499,20 @@ def test_organizer_edits_reach_the_attendee_copy_and_deletion_removes_it(emu):
     assert copies[OTHER]["id"] in {r.external_id for r in gone}
 
 
+def test_a_guest_taken_off_the_list_loses_the_copy(emu):
+    state, base = emu
+    state.calendar(OTHER, TZ)
+    copies = state.invite(USER, timed("1:1", 9, attendees=[{"email": USER}, {"email": OTHER}]))
+    bob = connector(base, token="bob-token")
+    _, cursor = drain(bob, None)
+    ada = connector(base)
+    mine, = drain(ada, None)[0]
+    solo = mine.content.model_copy(update={"attendees": (USER,), "responses": ()})
+    assert ada.update_many([WriteRequest(key="u", content=solo, external_id=mine.external_id)])[0].error is None
+    delta, _ = drain(bob, cursor)
+    assert [(r.external_id, r.deleted) for r in delta] == [(copies[OTHER]["id"], True)]
+
+
 def test_an_attendee_content_edit_is_refused_for_that_item_only(emu):
     state, base = emu
     state.calendar(OTHER, TZ)
