@@ -560,9 +560,19 @@ class CalendarState:
     # ---- admin: content the user made in Google's own UI ------------------------------------------------
 
     def put_event(self, user: str | None, event: dict) -> dict:
+        """An event the user made in Google's UI (reaching its guests' calendars here), or,
+        with `organizer: {"email"}` of someone else, an invitation from outside."""
         with self._lock:
             cal = self.calendar(user)
-            return self._render(cal, self._insert(cal, copy.deepcopy(event)))
+            event = copy.deepcopy(event)
+            organizer = event.pop("organizer", None)
+            if organizer is not None:
+                if not isinstance(organizer, dict) or not isinstance(organizer.get("email"), str):
+                    raise bad_request("Invalid value for: organizer")
+                organizer = {"email": organizer["email"].strip().lower()}
+            stored = self._insert(cal, event, organizer=organizer)
+            self._after_write(cal, stored)
+            return self._render(cal, stored)
 
     def invite(self, organizer: str, event: dict) -> dict[str, dict]:
         """The organizer's meeting, and a copy in each attendee's calendar that exists here

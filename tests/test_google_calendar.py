@@ -704,3 +704,16 @@ def test_a_busy_delta_round_costs_about_one_call_per_page_not_per_event(emu):
     assert sum(1 for r in delta if r.content and r.content.status == "cancelled") == 20
     assert fresh.calls_made == 2  # one page, one batch get for the five series' UIDs
     assert fresh.calls_made / len(delta) <= 1.1
+
+
+def test_an_invitation_from_outside_is_an_attendee_copy(emu):
+    state, base = emu
+    state.put_event(USER, timed("vendor call", 9, organizer={"email": "Sales@Vendor.example"},
+                                attendees=[{"email": "sales@vendor.example", "responseStatus": "accepted"},
+                                           {"email": USER}]))
+    rec, = drain(connector(base), None)[0]
+    assert rec.content.organizer == "sales@vendor.example"
+    wire = raw_client(base).events().get(calendarId="primary", eventId=rec.external_id).execute()
+    assert "self" not in wire["organizer"]
+    assert [a for a in wire["attendees"] if a.get("self")] == [{"email": USER, "responseStatus": "needsAction",
+                                                                 "self": True}]
