@@ -152,10 +152,9 @@ def adopt(mine: Event, theirs: Event, me: str) -> Event:
     if is_attendee_copy(mine, me):
         return attendee_merge(None, mine, theirs, me)
     merged = three_way_merge(None, mine, theirs, "mailbox_wins").merged
-    answers = {r.partition("=")[0]: r for r in theirs.responses}
-    answers.update({r.partition("=")[0]: r for r in mine.responses})
-    return merged.model_copy(update={"responses": tuple(sorted(answers.values())),
-                                     "project": mine.project or theirs.project})
+    # an answer either copy has seen beats "needsAction" (Event keeps one per person)
+    return Event.model_validate({**merged.model_dump(), "responses": theirs.responses + mine.responses,
+                                 "project": mine.project or theirs.project})
 
 
 class CalendarPipeline(KindPipeline):
