@@ -18,7 +18,7 @@ from connectors.protocols import PlatformSide, WriteRequest
 from models.errors import CursorExpired, NotFound, PreconditionFailed, ValidationRejected
 from models.event import Event, instance_key
 from platforms.reference_crm import IdempotencyKeyReused, PmRule, ReferenceCrm, ReferenceCrmCalendar
-from platforms.reference_crm.pm_expand import derive_instance, expand
+from platforms.reference_crm.pm_expand import derive_instance, occurrence_of, unedited_instances
 from sync.calendar.recurrence import instance_keys, occurrence_starts
 
 ORG, OTHER = "org_a", "org_b"
@@ -120,6 +120,44 @@ def test_series_with_moved_edited_cancelled_and_split_round_trips(world, flavour
     by_id = {r.external_id: r for r in adapter.get_many(ORG, [r.external_id for r in records])}
     assert canonical(by_id.values()) == {e.key: e for e in written}
     assert all(r.owner == "user_1" for r in feed)
+
+
+SHAPES = {
+    # an all-day series: keys are dates; an exception moved by a day
+    "all_day": (Event(uid="allday@x", title="Release day", start="2027-01-05", end="2027-01-06",
+                      rrule="FREQ=WEEKLY;COUNT=6"),
+                [("20270112", {"start": "2027-01-13", "end": "2027-01-14"}),
+                 ("20270119", {"status": "cancelled"})]),
+    # a floating series: keys are wall clocks; one instance retitled, one split
+    "floating": (Event(uid="float@x", title="Stretch", start="2027-01-04T07:30:00", end="2027-01-04T07:45:00",
+                       rrule="FREQ=DAILY;INTERVAL=2"),
+                 [("20270106T073000", {"title": "Long stretch", "end": "2027-01-06T08:15:00"}),
+                  ("20270112T073000", {"range": "THISANDFUTURE", "start": "2027-01-12T08:00:00",
+                                       "end": "2027-01-12T08:15:00"})]),
+}
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+@pytest.mark.parametrize("exceptions_first", [False, True])
+def test_all_day_and_floating_series_round_trip_in_any_write_order(world, flavour, shape, exceptions_first):
+    _, cal, adapter, project = world
+    master, edits = SHAPES[shape]
+    master = master.model_copy(update={"project": project})
+    excs = []
+    for key, change in edits:
+        occ = derive_instance(master, occurrence_of(master, key))
+        assert occ is not None and occ.recurrence_id == key
+        excs.append(occ.model_copy(update=change))
+    written = [*excs, master] if exceptions_first else [master, *excs]
+    write(adapter, written)
+    feed, _ = drain(adapter)
+    assert canonical(feed) == {e.key: e for e in written} and len(feed) == len(written)
+    if flavour == "singles":
+        lo, hi = cal.settings(ORG).window()
+        rows = instance_rows(cal, master.uid)
+        assert set(rows) == set(instance_keys(master, lo, hi)) | {k for k, _ in edits}
+        assert all(r.series_id == cal.find_by_key(ORG, master.uid).id for r in rows.values())
+        assert {k for k, r in rows.items() if r.edited} == {k for k, _ in edits}
 
 
 def test_singles_expands_the_series_over_the_horizon_around_its_exceptions(pm_crm):
@@ -421,7 +459,7 @@ def test_unedited_instances_keep_the_wall_clock_and_duration_of_their_series(fre
     master = Event(uid="p@x", start=start.isoformat(), end=end.isoformat(), start_tz=tz, end_tz=tz,
                    rrule=f"FREQ={freq};COUNT=40")
     lo, hi = datetime(2025, 1, 1, tzinfo=timezone.utc), datetime(2029, 1, 1, tzinfo=timezone.utc)
-    got = expand(master, (), lo, hi)
+    got = unedited_instances(master, (), lo, hi)
     assert list(got) == instance_keys(master, lo, hi)
     for occ in occurrence_starts(master, lo, hi):
         inst = got[instance_key(occ)]

@@ -111,7 +111,7 @@ def derive_instance(master: Event, occurrence: date | datetime, splits: Sequence
     })
 
 
-def expand(master: Event, splits: Sequence[Event], window_start: datetime,
+def unedited_instances(master: Event, splits: Sequence[Event], window_start: datetime,
            window_end: datetime) -> dict[str, Event]:
     """Every unedited instance of the series in [window_start, window_end), by instance
     key. Keys of exceptions are included too (the caller keeps its edited rows)."""

@@ -43,7 +43,7 @@ from models.event import Event, EventRecord
 from platforms.reference_crm import pm_rules
 from platforms.reference_crm import pm_schema as pm
 from platforms.reference_crm import schema as t
-from platforms.reference_crm.pm_expand import derive_instance, expand, occurrence_of
+from platforms.reference_crm.pm_expand import derive_instance, occurrence_of, unedited_instances
 from platforms.reference_crm.pm_rules import PmRule
 from platforms.reference_crm.service import IdempotencyKeyReused, _db_errors, _fingerprint
 
@@ -283,7 +283,7 @@ class CrmCalendar:
             master = Event(**series.event)
             splits = [Event(**r.event) for r in rows if r.edited and r.event.get("range") == "THISANDFUTURE"]
             lo, hi = settings.window()
-            wanted = expand(master, splits, lo, hi)
+            wanted = unedited_instances(master, splits, lo, hi)
         added = 0
         held = set()
         for r in rows:
@@ -319,7 +319,7 @@ class CrmCalendar:
             # This platform has to expand a series itself; one it cannot expand it refuses.
             try:
                 lo = datetime(2000, 1, 1, tzinfo=timezone.utc)
-                expand(event, (), lo, lo + timedelta(days=1))
+                unedited_instances(event, (), lo, lo + timedelta(days=1))
             except Exception:  # dateutil reports a bad rule with several exception types
                 raise ValidationRejected("the platform cannot expand this recurrence", field="rrule",
                                          rule="recurrence the platform can expand") from None
