@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from connectors.protocols import PlatformSide, WriteRequest
-from models.errors import CursorExpired, NotFound, PreconditionFailed, ValidationRejected
+from models.errors import CursorExpired, Fatal, NotFound, PreconditionFailed, ValidationRejected
 from models.event import Event, instance_key
 from platforms.reference_crm import IdempotencyKeyReused, PmRule, ReferenceCrm, ReferenceCrmCalendar
 from platforms.reference_crm.pm_expand import derive_instance, occurrence_of, unedited_instances
@@ -486,3 +486,18 @@ def test_a_split_shifts_exactly_the_later_instances(split_at, shift_h):
         expect = occ + timedelta(hours=shift_h) if i >= split_at else occ
         assert inst.title == ("B" if i >= split_at else "A")
         assert inst.start_value().replace(tzinfo=None) == expect.replace(tzinfo=None)
+
+
+def test_flavour_is_fixed_once_events_exist_and_singles_refuses_what_it_cannot_expand(world, flavour):
+    _, cal, adapter, project = world
+    bad = weekly(project, uid="bad@x", rrule="FREQ=FORTNIGHTLY")
+    [res] = adapter.upsert_many(ORG, [WriteRequest(key="bad", content=bad)])
+    if flavour == "singles":
+        assert isinstance(res.error, ValidationRejected) and res.error.field == "rrule"
+    else:
+        assert res.error is None  # native stores the series as it is: expanding is the mailbox's job
+    write(adapter, [weekly(project)])
+    other = "singles" if flavour == "native" else "native"
+    with pytest.raises(Fatal):
+        cal.configure(ORG, other, now=NOW.timestamp())
+    assert cal.settings(ORG).flavour == flavour
