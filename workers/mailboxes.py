@@ -65,9 +65,8 @@ class MailBuilder:
 
 
 class CalendarBuilder:
-    """A connection's calendar connector (`MailboxSide[Event]`): vault tokens, or the static
-    emulator `token`; the API at settings `calendar_endpoint` (Google: ending in
-    `calendar/v3/`), `calendar_page_size` events per listing page."""
+    """`MailboxFactory` for the calendar kind: a connection's calendar connector (Google
+    Calendar, Microsoft Graph events), on vault tokens or an emulator's static token."""
 
     def __init__(self, credentials: CredentialFactory) -> None:
         self.credentials = credentials
@@ -75,9 +74,6 @@ class CalendarBuilder:
     def __call__(self, info: ConnectionInfo):
         settings = info.settings or {}
         provider = registry.get(info.provider)
-        tuning: dict[str, Any] = {}
-        if settings.get("calendar_page_size"):
-            tuning["page_size"] = int(settings["calendar_page_size"])
         if settings.get("token"):
-            return provider.static_calendar(settings, settings["token"], info.connection_id, **tuning)
-        return provider.calendar(self.credentials, info.connection_id, settings, **tuning)
+            return provider.static_calendar(settings, settings["token"], info.account_ref)
+        return provider.calendar(self.credentials, info.connection_id, settings)
