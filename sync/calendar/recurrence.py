@@ -105,9 +105,11 @@ def _rule_set(master: Event) -> tuple[rruleset, bool, tzinfo | None]:
     base = _base_rule(master, dtstart, all_day, tz)
     if base is not None:
         rules.rrule(base)
-    # DTSTART is always the first instance, even when the RRULE would not produce it
-    # (RFC 5545 3.8.5.3; Google and recurring-ical-events agree); dateutil leaves it out.
-    rules.rdate(dtstart)
+    # DTSTART is the first instance even when the RRULE would not produce it (RFC 5545
+    # 3.8.5.3, as recurring-ical-events reads it), unless an UNTIL before it ends the
+    # series before it starts; dateutil leaves it out.
+    if base is None or base._until is None or base._until >= dtstart:  # noqa: SLF001
+        rules.rdate(dtstart)
     for key in master.rdates:
         rules.rdate(_from_key(key, all_day, tz))
     for key in master.exdates:
