@@ -69,8 +69,11 @@ def _rule_text(master: Event, all_day: bool, tz: tzinfo | None) -> str:
                 if len(value) == 8 and not all_day:
                     value += "T235959"
             elif not value.endswith("Z"):
-                local = (datetime.strptime(value, "%Y%m%d").replace(hour=23, minute=59, second=59)
-                         if len(value) == 8 else datetime.strptime(value, "%Y%m%dT%H%M%S"))
+                try:
+                    local = (datetime.strptime(value, "%Y%m%d").replace(hour=23, minute=59, second=59)
+                             if len(value) == 8 else datetime.strptime(value, "%Y%m%dT%H%M%S"))
+                except ValueError as exc:
+                    raise RecurrenceError("the series' UNTIL is not a date or a date-time") from exc
                 value = instance_key(local.replace(tzinfo=tz))
             part = f"UNTIL={value}"
         if part.strip():
