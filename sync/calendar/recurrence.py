@@ -454,7 +454,7 @@ def split_this_and_future(master: Event, at_key: str,
     rrule_text = master.rrule
     base = _base_rule(master, dtstart, all_day, tz)
     if base is not None and base._count is not None:  # noqa: SLF001 - where dateutil keeps COUNT
-        done = len(base.between(dtstart, at, inc=False))
+        done = sum(1 for v in base.between(dtstart, at, inc=True) if v < at)
         rrule_text = _with_rule(rrule_text, count=max(1, base._count - done))  # noqa: SLF001
     new_master = first.model_copy(update={
         "uid": split_uid(master.uid, _key_of(at, all_day)), "recurrence_id": "", "range": "",
