@@ -18,8 +18,9 @@ so the score combines, with every number explained by a value-free reason:
 Without people on either side the score stays below the automatic threshold: a
 title and a time alone send a pair to review.
 
-Blocking keys: the UID (with its RECURRENCE-ID) and the start date with a day either
-side, so records that may match share a key and the index is never all-pairs.
+Blocking keys: the UID (with its RECURRENCE-ID) and the days the event covers, with a
+day either side, so records that may match share a key and the index is never
+all-pairs.
 """
 
 from __future__ import annotations
@@ -183,28 +184,44 @@ def score(a: Event, b: Event) -> MatchScore:
 # --- candidate search -------------------------------------------------------------
 
 
-def _start_day(e: Event) -> date | None:
-    """The start's date: UTC for zoned times, the wall date for floating and all-day ones."""
-    value = e.start_value()
-    if value is None:
-        return None
+#: an event is keyed on at most this many days (a months-long "vacation" block is not
+#: worth a key per day; such pairs are still found by their first weeks)
+MAX_KEYED_DAYS = 31
+
+
+def _day(value: date | datetime) -> date:
+    """A time's date: UTC for zoned times, the wall date for floating and all-day ones."""
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).date() if value.tzinfo else value.date()
     return value
 
 
+def _covered_days(e: Event) -> list[date]:
+    start = e.start_value()
+    if start is None:
+        return []
+    first = _day(start)
+    end = e.end_value()
+    last = _day(end) if end is not None else first
+    if not isinstance(start, datetime) and last > first:
+        last -= timedelta(days=1)  # an all-day end is exclusive
+    days = max(0, min((last - first).days, MAX_KEYED_DAYS - 1))
+    return [first + timedelta(days=d) for d in range(days + 1)]
+
+
 def event_keys(e: Event) -> set[str]:
     """Blocking keys: events that may be duplicates share at least one.
 
-    The start date is keyed with a day either side, which covers a floating or
-    all-day event against a zoned one (their dates differ by at most a day) and
-    leaves no pair that could score above review without a shared key.
+    Every day an event covers is a key, with a day either side: a pair can only
+    reach review when its times overlap (see `score`), and overlapping events share
+    a covered day; the extra day covers a floating or all-day event against a zoned
+    one, whose dates differ by at most a day. So the index misses no pair the
+    all-pairs search would send to review (tests/test_calendar_rules.py checks it).
     """
     keys: set[str] = set()
     if e.uid:
         keys.add(f"uid:{e.uid}|{e.recurrence_id}")
-    day = _start_day(e)
-    if day is not None:
+    for day in _covered_days(e):
         keys.update(f"day:{(day + timedelta(days=d)).isoformat()}" for d in (-1, 0, 1))
     return keys
 
