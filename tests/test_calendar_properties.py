@@ -128,6 +128,7 @@ def _vevent(start, end, rule, rdates, exdates) -> Calendar:
     cal.add("version", "2.0")
     ev = VEvent()
     ev.add("uid", "series@example.org")
+    ev.add("summary", "t")
     ev.add("dtstart", start)
     ev.add("dtend", end)
     ev.add("rrule", rule)
@@ -201,3 +202,83 @@ def test_the_generator_reaches_every_shape():
     collect()
     assert {"DAILY", "WEEKLY", "MONTHLY", "YEARLY", "all_day", "zoned", "floating", "COUNT", "UNTIL",
             "BYDAY", "BYMONTHDAY", "BYMONTH", "INTERVAL", "RDATE"} <= seen
+
+
+# --- exceptions and windows ----------------------------------------------------
+
+
+def _override(start: date | datetime, key_value: date | datetime, *, shift: timedelta, length: timedelta,
+              title: str, cancelled: bool, future: bool) -> VEvent:
+    ov = VEvent()
+    ov.add("uid", "series@example.org")
+    params = {"RANGE": "THISANDFUTURE"} if future else {}
+    ov.add("recurrence-id", key_value, parameters=params)
+    ov.add("dtstart", key_value + shift)
+    ov.add("dtend", key_value + shift + length)
+    ov.add("summary", title)
+    if cancelled:
+        ov.add("status", "CANCELLED")
+    return ov
+
+
+@st.composite
+def overrides(draw, n_instances: int, all_day: bool):
+    picks = draw(st.lists(st.integers(0, max(0, n_instances - 1)), max_size=3, unique=True))
+    out = []
+    for i in picks:
+        if all_day:
+            shift, length = timedelta(days=draw(st.integers(-3, 3))), timedelta(days=draw(st.integers(1, 2)))
+        else:
+            shift = timedelta(minutes=draw(st.integers(-3 * 24 * 4, 3 * 24 * 4)) * 15)
+            length = timedelta(minutes=draw(st.integers(0, 16)) * 15)
+        out.append((i, shift, length, draw(st.sampled_from(["t", "edited"])),
+                    draw(st.integers(0, 4)) == 0, draw(st.integers(0, 3)) == 0))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(series(), st.data())
+def test_exceptions_and_windows_match_recurring_ical_events(case, data):
+    """Moved, edited, cancelled and THISANDFUTURE overrides, seen through a random window."""
+    start, end, rule, rdates, _ = case
+    tz = start.tzinfo if isinstance(start, datetime) else None
+    tz_name = tz.key if tz else ""
+    all_day = not isinstance(start, datetime)
+    master = Event(uid="series@example.org", title="t", start=_text(start), end=_text(end), start_tz=tz_name,
+                   end_tz=tz_name, rrule=_rrule_text(rule), rdates=tuple(instance_key(v) for v in rdates))
+    originals = sorted(_theirs(_vevent(start, end, rule, rdates, [])), key=lambda t: t[1])
+    assume(originals)
+    cal = _vevent(start, end, rule, rdates, [])
+    ours_ex: list[Event] = []
+    for i, shift, length, title, cancelled, future in data.draw(overrides(len(originals), all_day)):
+        key = originals[i][0]
+        value = _exdate_value(key, start)
+        if tz is not None:
+            # moved instances land on times that exist once (RFC 5545 reading of the rest is tested above)
+            assume(_exists((value + shift).replace(tzinfo=None), tz))
+            assume(_exists((value + shift + length).replace(tzinfo=None), tz))
+        ov = _override(start, value, shift=shift, length=length, title=title, cancelled=cancelled, future=future)
+        cal.add_component(ov)
+        ours_ex.append(Event(uid=master.uid, recurrence_id=key, range="THISANDFUTURE" if future else "",
+                             title=title, status="cancelled" if cancelled else "confirmed",
+                             start=_text(value + shift), end=_text(value + shift + length),
+                             start_tz=tz_name, end_tz=tz_name))
+    first, last = originals[0][1], originals[-1][2]
+    lo = first + timedelta(hours=data.draw(st.integers(-48, 24 * 40)))
+    hi = lo + timedelta(hours=data.draw(st.integers(1, 24 * 400)))
+    assume(lo < last + timedelta(days=5))
+
+    theirs = set()
+    for inst in recurring_ical_events.of(cal).between(lo, hi):
+        if str(inst.get("STATUS", "")).upper() == "CANCELLED":
+            continue
+        theirs.add((instance_key(inst["RECURRENCE-ID"].dt), _utc(inst["DTSTART"].dt), _utc(inst["DTEND"].dt),
+                    str(inst.get("SUMMARY"))))
+    ours = {(i.recurrence_id, _utc(i.start_value()), _utc(i.end_value()), i.title)  # type: ignore[arg-type]
+            for i in expand(master, ours_ex, lo, hi)}
+    if any(e.range for e in ours_ex):
+        # recurring-ical-events labels the instances a THISANDFUTURE override derives
+        # with the override's own RECURRENCE-ID: compare those by their times and content
+        assert len({k for k, *_ in ours}) == len(ours)
+        ours, theirs = {t[1:] for t in ours}, {t[1:] for t in theirs}
+    assert ours == theirs
