@@ -29,7 +29,7 @@ ZONES = ["Europe/Paris", "America/New_York", "Australia/Sydney", "Asia/Kolkata",
 DST_CHANGES = [date(2026, 3, 29), date(2026, 10, 25), date(2026, 3, 8), date(2026, 11, 1), date(2026, 4, 5),
                date(2026, 10, 4), date(2026, 9, 27)]
 DAYS = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"]
-WINDOW = (datetime(2023, 1, 1, tzinfo=timezone.utc), datetime(2040, 1, 1, tzinfo=timezone.utc))
+WINDOW = (datetime(2023, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
 
 
 def _exists(wall: datetime, tz: ZoneInfo) -> bool:
@@ -282,3 +282,66 @@ def test_exceptions_and_windows_match_recurring_ical_events(case, data):
         assert len({k for k, *_ in ours}) == len(ours)
         ours, theirs = {t[1:] for t in ours}, {t[1:] for t in theirs}
     assert ours == theirs
+
+
+# --- series edits keep every instance --------------------------------------------
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(series(), st.data())
+def test_a_split_series_has_exactly_the_instances_of_the_original(case, data):
+    """Split "this and following" without moving anything: the two series together
+    have the original's instances, the new one from the split on, and the exceptions
+    handed to the new series still remove theirs."""
+    from sync.calendar.recurrence import exceptions_after_split, split_this_and_future
+
+    start, end, rule, rdates, exdate_picks = case
+    tz_name = start.tzinfo.key if isinstance(start, datetime) and start.tzinfo else ""
+    master = Event(uid="series@example.org", title="t", start=_text(start), end=_text(end), start_tz=tz_name,
+                   end_tz=tz_name, rrule=_rrule_text(rule), rdates=tuple(instance_key(v) for v in rdates))
+    original = expand(master, [], *WINDOW)
+    assume(len(original) >= 2)
+    at = original[data.draw(st.integers(1, len(original) - 1))]
+    cancelled = [Event(uid=master.uid, recurrence_id=original[i].recurrence_id, status="cancelled")
+                 for i in exdate_picks if i < len(original)]
+    old, new = split_this_and_future(master, at.recurrence_id, {"title": "renamed"})
+    assert old is not None and new.uid != master.uid
+    kept, moved = exceptions_after_split(cancelled, master, at.recurrence_id, new)
+
+    def times(events):
+        return [(_utc(e.start_value()), _utc(e.end_value())) for e in events]  # type: ignore[arg-type]
+
+    before = expand(old, kept, *WINDOW)
+    after = expand(new, moved, *WINDOW)
+    assert times(before + after) == times(expand(master, cancelled, *WINDOW))
+    assert all(e.title == "t" for e in before) and all(e.title == "renamed" for e in after)
+    assert all(_utc(e.start_value()) < _utc(at.start_value()) for e in before)  # type: ignore[arg-type]
+
+
+@settings(max_examples=100, deadline=None)
+@given(series(), st.sampled_from(ZONES + [""]))
+def test_a_series_moved_to_another_zone_keeps_every_instances_wall_clock(case, new_zone):
+    from sync.calendar.recurrence import series_changes_zone
+
+    start, end, rule, rdates, _ = case
+    assume(isinstance(start, datetime))
+    tz_name = start.tzinfo.key if start.tzinfo else ""
+    master = Event(uid="series@example.org", title="t", start=_text(start), end=_text(end), start_tz=tz_name,
+                   end_tz=tz_name, rrule=_rrule_text(rule), rdates=tuple(instance_key(v) for v in rdates))
+    everything = (datetime(2020, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc))
+    before = expand(master, [], *everything)
+    moved, _ = series_changes_zone(master, new_zone)
+    after = expand(moved, [], *everything)
+
+    def exists_in_both(e: Event) -> bool:
+        # the nominal wall clock (the series' time of day on the instance's date; RDATEs
+        # have their own), before a DST gap moved it
+        wall = datetime.fromisoformat(e.start)
+        nominal = [wall] if wall.time() == start.time() else [wall, datetime.combine(wall.date(), start.time())]
+        return all(_exists(w, ZoneInfo(z)) for z in (tz_name, new_zone) if z for w in nominal)
+
+    assert len(before) == len(after)
+    for b, a in zip(before, after):
+        if exists_in_both(b):  # a wall clock in a DST gap of the new zone moves forward
+            assert a.start == b.start
+    assert all(e.start_tz == new_zone for e in after)

@@ -418,6 +418,14 @@ def _key_at_wall(wall: datetime, all_day: bool, tz: tzinfo | None) -> str:
     return instance_key(_real_wall(wall, tz).replace(tzinfo=tz))
 
 
+def _split_anchor(base: rrule | None, at: datetime) -> datetime | None:
+    """Where the new series of a split at `at` starts: `at` itself when the rule has it,
+    else the rule's next instance; None when the rule has no instance left."""
+    if base is None:
+        return None
+    return base.after(at, inc=True)
+
+
 def split_this_and_future(master: Event, at_key: str,
                           changes: Mapping[str, object] | None = None) -> tuple[Event | None, Event]:
     """Edit a series "this and following" from the instance `at_key`: (old part, new series).
@@ -451,24 +459,42 @@ def split_this_and_future(master: Event, at_key: str,
         values = (_from_key(k, all_day, tz) for k in keys)
         return tuple(_key_at_wall(_wall(v, tz) + shift, all_day, tz) for v in values if _utc(v) >= at_utc)
 
-    rrule_text = master.rrule
     base = _base_rule(master, dtstart, all_day, tz)
-    if base is not None and base._count is not None:  # noqa: SLF001 - where dateutil keeps COUNT
+    anchor = _split_anchor(base, at)
+    rrule_text = master.rrule if anchor is not None else ""
+    rdates = later(master.rdates)
+    if anchor is not None and anchor != at:
+        # The split instance is an RDATE off the rule's pattern: the new series starts at
+        # the rule's next instance (keeping its phase: INTERVAL counts from DTSTART) and
+        # keeps the split instance as an RDATE.
+        rdates = rdates + later([_key_of(at, all_day)])
+        first = first.model_copy(update=_times(first, _wall(anchor, tz) + shift, _wall_duration(first), all_day, tz))
+    if base is not None and anchor is not None and base._count is not None:  # noqa: SLF001 - dateutil's COUNT
         done = sum(1 for v in base.between(dtstart, at, inc=True) if v < at)
         rrule_text = _with_rule(rrule_text, count=max(1, base._count - done))  # noqa: SLF001
     new_master = first.model_copy(update={
         "uid": split_uid(master.uid, _key_of(at, all_day)), "recurrence_id": "", "range": "",
         "rrule": changes.get("rrule", rrule_text),
         "exdates": changes.get("exdates", later(master.exdates)),
-        "rdates": changes.get("rdates", later(master.rdates)),
+        "rdates": changes.get("rdates", rdates),
     })
     if rules.before(at) is None:
         return None, new_master.model_copy(update={"uid": master.uid})
+    # An UNTIL the rule already has that ends it sooner stays; so does a COUNT that ends
+    # it before the split (a COUNT and an UNTIL cannot be combined).
+    ends_sooner = base is not None and base.after(at, inc=True) is None
     truncated = master.model_copy(update={
-        "rrule": _with_rule(master.rrule, until=_until_before(at, all_day, tz), count=None) if master.rrule else "",
+        "rrule": master.rrule if ends_sooner or not master.rrule
+        else _with_rule(master.rrule, until=_until_before(at, all_day, tz), count=None),
         "exdates": tuple(k for k in master.exdates if _utc(_from_key(k, all_day, tz)) < at_utc),
         "rdates": tuple(k for k in master.rdates if _utc(_from_key(k, all_day, tz)) < at_utc),
     })
+    if _utc(dtstart) >= at_utc:
+        # Only RDATEs before DTSTART remain: the earliest becomes the old part's start.
+        earliest = min(_from_key(k, all_day, tz) for k in truncated.rdates)
+        truncated = truncated.model_copy(update={
+            "rrule": "", "rdates": tuple(k for k in truncated.rdates if _from_key(k, all_day, tz) != earliest),
+            **_times(master, _wall(earliest, tz), _wall_duration(master), all_day, tz)})
     return truncated, new_master
 
 
@@ -479,9 +505,10 @@ def exceptions_after_split(exceptions: Iterable[Event], master: Event, at_key: s
     The new series' exceptions get its UID and their `recurrence_id` moved by the same
     wall-clock shift as the series' start, so they still name their instance.
     """
-    _, all_day, tz = _series_frame(master)
+    dtstart, all_day, tz = _series_frame(master)
     at = _from_key(at_key, all_day, tz)
-    shift = _shift(new_master, at, all_day, tz)
+    anchor = _split_anchor(_base_rule(master, dtstart, all_day, tz), at)
+    shift = _shift(new_master, anchor if anchor is not None else at, all_day, tz)
     kept, moved = [], []
     for ex in exceptions:
         if ex.uid != master.uid or not ex.recurrence_id:
