@@ -220,7 +220,8 @@ def test_the_planner_opens_a_conflict_for_a_time_changed_on_both_sides_under_pla
     out = plan(PlanInput(mailbox={"mb-1": m}, platform={"pl-1": p}, settings=SyncSettings(policy="platform_wins"),
                          rules=CALENDAR, links_by_mailbox={"mb-1": link}, links_by_platform={"pl-1": link}))
     (d,) = out.decisions
-    assert d.outcome == "conflict" and set(d.fields) == {"start", "end"}
+    assert d.outcome == "conflict" and d.rule == "manual_fields" and set(d.fields) == {"start", "end"}
+    assert not d.writes
 
 
 def test_contacts_merge_is_unchanged_by_manual_fields():

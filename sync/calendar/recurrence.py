@@ -156,10 +156,6 @@ def _utc(value: date | datetime) -> datetime:
     return datetime.combine(value, time(0), tzinfo=timezone.utc)
 
 
-def _bound(value: date | datetime) -> datetime:
-    return _utc(value)
-
-
 def _in_series_terms(value: datetime, all_day: bool, tz: tzinfo | None) -> datetime:
     """A UTC bound as the series' rule can compare it (naive on the wall clock if floating)."""
     return value.replace(tzinfo=None) if (all_day or tz is None) else value
@@ -249,8 +245,8 @@ def occurrence_starts(master: Event, window_start: datetime, window_end: datetim
     in wall-clock time (its UTC clock), as RFC 5545 has floating times follow the viewer.
     """
     rules, all_day, tz = _rule_set(master)
-    lo = _in_series_terms(_bound(window_start), all_day, tz)
-    hi = _in_series_terms(_bound(window_end), all_day, tz)
+    lo = _in_series_terms(_utc(window_start), all_day, tz)
+    hi = _in_series_terms(_utc(window_end), all_day, tz)
     found = rules.between(lo, hi - timedelta(microseconds=1), inc=True)
     return [d.date() if all_day else d for d in found]
 
@@ -318,7 +314,7 @@ def expand(master: Event, exceptions: Iterable[Event], window_start: datetime,
     delta and gives them the fields it changed. Sorted by start, then key.
     """
     rules, all_day, tz = _rule_set(master)
-    lo, hi = _bound(window_start), _bound(window_end)
+    lo, hi = _utc(window_start), _utc(window_end)
     single: dict[str, Event] = {}
     future: dict[str, Event] = {}
     for ex in exceptions:
