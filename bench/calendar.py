@@ -1,0 +1,681 @@
+"""Calendar: initial sync throughput, provider calls per changed event, meetings once, push latency.
+
+One organisation; each connected calendar holds `events` listed events (single events,
+series masters and their exceptions), `series` of them series. 30% of each calendar's
+meetings are shared with a colleague: the organizer's meeting and, in the attendee's
+calendar, Google's copy of it (its own event id, the same iCalUID) — mailbox i shares
+15% of its meetings with i+1 (it organizes them) and 15% with i-1 (it is invited).
+Every fifth series has a moved and a cancelled instance (exceptions, keyed by
+(UID, RECURRENCE-ID)). The platform is the reference PM calendar, "native" flavour
+(series and exceptions stored as they are).
+
+Initial sync (no Temporal: the real calendar pipeline's steps in the workflow's order,
+the organisation's platform read first, one mailbox after another, a new connector per
+step as the worker builds, like tests/calendar_world.py): the Google Calendar emulator
+on a real port reached through google-api-python-client, its calendars filled through
+its Python state API (no per-event HTTP). Measured in the same run:
+
+- the naive baseline: the same connector with page_size=1 and batch_size=1 (one event
+  per HTTP call) listing a sample calendar;
+- `meetings_once`: from the platform, one live record per (uid, recurrence_id) that
+  any calendar holds, shared meetings included, and no record for anything else.
+
+Steady state (same world, after the initial sync): changes a person makes one at a
+time (retitle, move, cancel an instance, edit one instance, add, delete, edit a shared
+meeting as its organizer, a platform user's edit), each followed by the cycles a push
+would start (every calendar the change reached); then a burst of changes per calendar
+synced in one cycle each. Provider calls are every HTTP call the pipeline's connectors
+made (listing, look-ups, batched writes), per changed event: per calendar event the
+provider reports changed (a shared meeting's edit changes the organizer's and the
+attendee's events) plus per platform edit. Beside each, the naive client on the same
+delta: page_size=1, batch_size=1.
+
+Latency (Temporal dev server, the real worker activities, the real webhook app): an
+events.watch channel opened by the connector on the webhook app's /webhooks/calendar;
+the emulator posts its `exists` notification on each change; timed from the change in
+the calendar until the platform record shows it.
+
+    python -m bench [--quick] calendar
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+from zoneinfo import ZoneInfo
+
+Report = Callable[..., None]
+
+DOMAIN = "acme.example"
+SEED = 23
+#: full size (the brief's): 10 calendars x 5,000 events, 500 of them series
+FULL = {"mailboxes": 10, "events": 5_000, "series": 500, "rounds": 40, "burst": 100}
+QUICK = {"mailboxes": 3, "events": 300, "series": 30, "rounds": 12, "burst": 15}
+SHARED = 0.30
+ZONES = ("Europe/Paris", "America/New_York", "Asia/Tokyo", "UTC", "Europe/London")
+UTC = timezone.utc
+SYLLABLES = ("ka", "lo", "mi", "ter", "vun", "sa", "do", "rel", "pix", "an", "bo", "quel", "ti", "ras", "fen",
+             "gu", "ny", "zor", "wel", "cha", "ib", "om", "ush", "et", "yar", "dri", "spo", "lum", "hak", "ve")
+
+
+# ---------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Meeting:
+    """A single event or a series, organized by one calendar, maybe copied into another."""
+
+    n: int
+    organizer: int
+    attendee: int | None
+    series: bool
+    exceptions: bool
+    all_day: bool
+    body: dict
+    slot: tuple[int, int] = (0, 0)
+    #: the organizer's event id once seeded (the attendee's copy has its own)
+    ids: dict[int, str] = field(default_factory=dict)
+    uid: str = ""
+    first: datetime | None = None
+
+
+class Corpus:
+    """Meetings per calendar; seeding them into the emulator through its state API."""
+
+    def __init__(self, mailboxes: int, events: int, series: int, *, seed: int = SEED) -> None:
+        self.rng = random.Random(seed)
+        self.users = [f"u{i}" for i in range(mailboxes)]
+        self.today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        sharing = mailboxes > 1
+        k_series = int(round(series * SHARED / 2)) if sharing else 0
+        own_series = series - 2 * k_series
+        # exceptions: every fifth series (moved + cancelled instance), counted in each calendar that holds it
+        exc_per_mailbox = 2 * (math.ceil(own_series / 5) + 2 * math.ceil(k_series / 5))
+        singles = events - series - exc_per_mailbox
+        if singles < 0:
+            raise ValueError("too many series for that many events")
+        k_singles = int(round(singles * SHARED / 2)) if sharing else 0
+        own_singles = singles - 2 * k_singles
+        self.meetings: list[Meeting] = []
+        for i in range(mailboxes):
+            nxt = (i + 1) % mailboxes if sharing else None
+            for kind, own, shared in (("series", own_series, k_series), ("single", own_singles, k_singles)):
+                for j in range(own + shared):
+                    attendee = nxt if j >= own else None
+                    is_series = kind == "series"
+                    idx = j if j < own else j - own
+                    n = len(self.meetings)
+                    self.meetings.append(Meeting(n=n, organizer=i, attendee=attendee, series=is_series,
+                                                 exceptions=is_series and idx % 5 == 0,
+                                                 all_day=not is_series and n % 20 == 0, body={}))
+        self._slots()
+        for m in self.meetings:
+            m.body = self._body(m)
+
+    def address(self, i: int) -> str:
+        return f"{self.users[i]}@{DOMAIN}"
+
+    def _slots(self) -> None:
+        """Each calendar's meetings in hours of their own: a person's calendar rarely holds
+        two meetings at once, and two events at the same time, with the same people and
+        alike titles, are what the duplicate search is for. A shared meeting takes an hour
+        free in both calendars; an all-day event a day of its own. Hours are UTC instants."""
+        hours = [(d, h) for d in range(-120, 365) for h in range(6, 20)]
+        free = []
+        for _ in self.users:
+            order = hours[:]
+            self.rng.shuffle(order)
+            days = list(range(-120, 365))
+            self.rng.shuffle(days)
+            free.append({"order": order, "taken": set(), "days": days, "pos": 0})
+        for m in self.meetings:
+            if m.all_day:
+                m.slot = (free[m.organizer]["days"].pop(), 0)
+                continue
+            holders = [m.organizer] + ([m.attendee] if m.attendee is not None else [])
+            mine = free[m.organizer]
+            while True:
+                if mine["pos"] >= len(mine["order"]):
+                    raise ValueError("more meetings than hours in a calendar: fewer events per calendar")
+                slot = mine["order"][mine["pos"]]
+                mine["pos"] += 1
+                if all(slot not in free[h]["taken"] for h in holders):
+                    break
+            for h in holders:
+                free[h]["taken"].add(slot)
+            m.slot = slot
+
+    def _word(self) -> str:
+        """A made-up word (a codename): titles of different meetings share little, as real ones do."""
+        return "".join(self.rng.choice(SYLLABLES) for _ in range(self.rng.randint(2, 3))).capitalize()
+
+    def _body(self, m: Meeting) -> dict:
+        rng = self.rng
+        tz = ZONES[m.n % len(ZONES)]
+        attendees = [{"email": self.address(m.organizer), "responseStatus": "accepted"}]
+        if m.attendee is not None:
+            attendees.append({"email": self.address(m.attendee), "responseStatus": rng.choice(
+                ["accepted", "needsAction", "tentative"])})
+        if rng.random() < 0.5:
+            attendees.append({"email": f"guest{m.n}@client{m.n % 37}.example"})
+        body: dict[str, Any] = {"summary": f"{self._word()} {self._word()}",
+                                "description": f"agenda {m.n}", "location": f"Room {m.n % 17}",
+                                "attendees": attendees}
+        day, hour = m.slot
+        if m.all_day:
+            d = (self.today + timedelta(days=day)).date()
+            body["start"], body["end"] = {"date": d.isoformat()}, {"date": (d + timedelta(days=1)).isoformat()}
+            return body
+        at = self.today + timedelta(days=day, hours=hour)  # arithmetic in UTC: a wall clock may repeat
+        local = at.astimezone(ZoneInfo(tz))
+        length = timedelta(minutes=rng.choice([30, 45, 60]))
+        body["start"] = {"dateTime": local.isoformat(), "timeZone": tz}
+        body["end"] = {"dateTime": (at + length).astimezone(ZoneInfo(tz)).isoformat(), "timeZone": tz}
+        if m.series:
+            m.first = local
+            freq = rng.choice(["WEEKLY", "WEEKLY", "DAILY"])
+            body["recurrence"] = [f"RRULE:FREQ={freq};COUNT={rng.randint(6, 20)}"]
+        return body
+
+    def seed(self, google) -> None:
+        """Every meeting into its organizer's calendar (Google copies it into the
+        attendee's), then the exceptions, through the emulator's state API."""
+        for m in self.meetings:
+            if m.attendee is None:
+                ev = google.put_event(self.address(m.organizer), m.body)
+                m.ids[m.organizer] = ev["id"]
+            else:
+                copies = google.invite(self.address(m.organizer), m.body)
+                m.ids[m.organizer] = copies[self.address(m.organizer)]["id"]
+                m.ids[m.attendee] = copies[self.address(m.attendee)]["id"]
+                ev = copies[self.address(m.organizer)]
+            m.uid = ev["iCalUID"]
+            if m.exceptions:
+                edit_instance(google, self.address(m.organizer), instance_id(m, 1), moved_times(m, 1, 2))
+                cancel_instance(google, self.address(m.organizer), instance_id(m, 2))
+
+
+def occurrence(m: Meeting, k: int) -> datetime:
+    """The k-th start of a series (aware, in the series' zone), by dateutil as Google expands it."""
+    from dateutil.rrule import rrulestr
+
+    rule = rrulestr(m.body["recurrence"][0].removeprefix("RRULE:"), dtstart=m.first)
+    return list(rule[:k + 1])[k]
+
+
+def instance_id(m: Meeting, k: int) -> str:
+    """Google's id of the k-th instance: `{masterId}_{original start in UTC}`."""
+    return f"{m.ids[m.organizer]}_{occurrence(m, k).astimezone(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+
+
+def moved_times(m: Meeting, k: int, hours: int) -> dict:
+    """The k-th instance's start and end, `hours` later."""
+    tz = ZoneInfo(m.body["start"]["timeZone"])
+    start = occurrence(m, k).astimezone(UTC) + timedelta(hours=hours)
+    length = datetime.fromisoformat(m.body["end"]["dateTime"]) - datetime.fromisoformat(m.body["start"]["dateTime"])
+    return {"start": {"dateTime": start.astimezone(tz).isoformat(), "timeZone": tz.key},
+            "end": {"dateTime": (start + length).astimezone(tz).isoformat(), "timeZone": tz.key}}
+
+
+def edit_instance(google, user: str, iid: str, patch: dict) -> dict:
+    """What the user does in Google's UI to one event or instance (the emulator's own write path)."""
+    with google._lock:
+        return google.events_update(google.calendar(user), {}, iid, patch, {}, merge=True)[1]
+
+
+def cancel_instance(google, user: str, iid: str) -> None:
+    """The user deletes an event, or one instance of a series, in Google's UI."""
+    with google._lock:
+        google.events_delete(google.calendar(user), {}, iid, {})
+
+
+# ---------------------------------------------------------------------------- the world
+
+
+class World:
+    """The emulator on a real port, the store, the PM calendar, the pipeline; a connector
+    per step (as the worker builds them), each kept so its HTTP calls can be summed."""
+
+    def __init__(self, tmp: Path, corpus: Corpus) -> None:
+        from activities.calendar import CalendarPipeline
+        from emulators.google_calendar import CalendarState, create_app
+        from emulators.server import serve
+        from platforms.reference_crm.pm_adapter import ReferenceCrmCalendar
+        from platforms.reference_crm.service import ReferenceCrm
+        from store import repo
+        from store.db import make_engine, migrate, session_factory
+        from sync.kinds.calendar import CALENDAR
+
+        self.corpus = corpus
+        store_url, crm_url = f"sqlite:///{tmp / 'store.db'}", f"sqlite:///{tmp / 'crm.db'}"
+        migrate(store_url)
+        self.sessions = session_factory(make_engine(store_url))
+        self.crm = ReferenceCrm(crm_url)
+        self.platform = ReferenceCrmCalendar(self.crm)
+        self.org = f"org-{uuid.uuid4().hex[:8]}"
+        self.crm.calendar.configure(self.org, "native")
+        self.google = CalendarState(default_user=f"nobody@{DOMAIN}", time_zone="Europe/Paris")
+        self.server = serve(create_app(self.google))
+        self.endpoint = self.server.base_url + "calendar/v3/"
+        self.built: list = []
+        self.pipeline = CalendarPipeline(self.sessions, CALENDAR, self.platform, self._connector, wait=lambda *a: None)
+        self.tokens: dict[str, str] = {}
+        self.cids: list[str] = []
+        with self.sessions.begin() as s:
+            repo.create_org(s, self.org, "Acme", {})
+            for i, user in enumerate(corpus.users):
+                address = corpus.address(i)
+                token = f"tok-{user}-{uuid.uuid4().hex[:6]}"
+                self.google.add_token(token, address)
+                self.google.calendar(address, ZONES[i % len(ZONES)])
+                self.tokens[address] = token
+                cid = f"cal-{user}-{uuid.uuid4().hex[:6]}"
+                self.cids.append(cid)
+                repo.create_connection(s, id=cid, org_id=self.org, user_id=user, provider="google",
+                                       account_ref=address, settings={"token": token,
+                                                                      "calendar_endpoint": self.endpoint})
+
+    def _connector(self, info):
+        from connectors.google_calendar import GoogleCalendar
+
+        conn = GoogleCalendar.for_emulator(self.endpoint, token=info.settings["token"], account=info.connection_id)
+        self.built.append(conn)
+        return conn
+
+    def naive(self, i: int):
+        """One event per HTTP call: listing pages of one, writes one per call."""
+        from connectors.google_calendar import GoogleCalendar
+
+        return GoogleCalendar.for_emulator(self.endpoint, token=self.tokens[self.corpus.address(i)], page_size=1,
+                                           batch_size=1, account=f"naive-{uuid.uuid4().hex[:6]}")
+
+    def calls(self) -> int:
+        return sum(c.calls_made for c in self.built)
+
+    def cycle(self, i: int, steps: dict | None = None) -> dict:
+        """One cycle of calendar i, as the workflow runs it (the organisation's platform read first)."""
+        from models.workflow import CycleRef
+
+        ref = CycleRef(connection_id=self.cids[i], cycle_id=f"c-{uuid.uuid4().hex[:8]}")
+        p = self.pipeline
+        out: dict = {}
+        for name, fn in (("read_platform", lambda: p.read_platform(self.org)), ("fetch_mailbox", lambda: p.fetch_mailbox(ref)),
+                         ("fetch_platform", lambda: p.fetch_platform(ref)), ("plan", lambda: p.plan(ref)),
+                         ("write", lambda: p.write(ref)), ("handle_rejections", lambda: p.handle_rejections(ref))):
+            t0 = time.perf_counter()
+            out[name] = fn()
+            if steps is not None:
+                steps[name] += time.perf_counter() - t0
+        return out
+
+    def cursor(self, i: int) -> str | None:
+        from activities.pipeline import mailbox_stream
+        from store import repo
+
+        with self.sessions() as s:
+            return repo.get_cursor(s, self.cids[i], mailbox_stream("calendar"))
+
+    def seqs(self) -> list[int]:
+        return [self.google.calendar(self.corpus.address(i)).seq for i in range(len(self.corpus.users))]
+
+    def changed_since(self, before: list[int]) -> list[int]:
+        """Per calendar, how many of its events changed since `before` (its sequence numbers)."""
+        out = []
+        with self.google._lock:
+            for i, lo in enumerate(before):
+                cal = self.google.calendar(self.corpus.address(i))
+                out.append(sum(1 for st in cal.events.values() if st.seq > lo))
+        return out
+
+    def records(self) -> dict[tuple[str, str], list]:
+        """(uid, recurrence_id) -> the platform's live records holding it (a duplicate shows as two)."""
+        latest: dict[str, Any] = {}
+        cursor = None
+        while True:
+            page = self.platform.changes_since(self.org, cursor, limit=5_000)
+            latest.update({r.external_id: r for r in page.records})
+            cursor = page.cursor
+            if page.next_page is None:
+                break
+        out: dict[tuple[str, str], list] = defaultdict(list)
+        for r in latest.values():
+            if not r.deleted and r.content is not None:
+                out[(r.content.uid, r.content.recurrence_id)].append(r)
+        return out
+
+    def expected(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """What the calendars hold, by (iCalUID, RECURRENCE-ID): every key, and those in more than one calendar."""
+        from connectors.google_calendar import original_key
+
+        holders: dict[tuple[str, str], int] = defaultdict(int)
+        with self.google._lock:
+            for cal in self.google.calendars.values():
+                for st in cal.events.values():
+                    if st.deleted or not st.body.get("iCalUID"):
+                        continue
+                    orig = st.body.get("originalStartTime")
+                    key = original_key(orig, cal.time_zone) if orig else ""
+                    holders[(st.body["iCalUID"], key)] += 1
+        return set(holders), {k for k, n in holders.items() if n > 1}
+
+    def close(self) -> None:
+        self.server.stop()
+
+
+# ---------------------------------------------------------------------------- initial sync
+
+
+def initial(report: Report, w: World, say: Callable[[str], None], naive_sample: int) -> None:
+    corpus = w.corpus
+    n = len(corpus.users)
+    counts = w.google.stats()["events"]
+    listed = []
+    with w.google._lock:
+        for i in range(n):
+            cal = w.google.calendar(corpus.address(i))
+            listed.append(sum(1 for st in cal.events.values() if not st.deleted))
+    total = sum(listed)
+    series = sum(1 for m in corpus.meetings if m.series) + sum(1 for m in corpus.meetings if m.series and m.attendee is not None)
+    shared = sum(1 for m in corpus.meetings if m.attendee is not None)
+    report("calendar.size.mailboxes", n, "", "Google Calendar emulator, one organisation, platform flavour native")
+    report("calendar.size.events", total, "", f"listed events (singles, series masters, exceptions); "
+                                              f"{min(listed):,}-{max(listed):,} per calendar")
+    report("calendar.size.series", series, "", f"series masters over all calendars ({series // max(1, n):,} per calendar)")
+    report("calendar.size.shared_meetings", shared, "", f"meetings in two calendars (organizer + attendee); "
+                                                        f"{2 * shared / max(1, total):.0%} of events are copies of one")
+    del counts
+
+    # -- the naive baseline: one event per HTTP call, on a sample calendar
+    naive = w.naive(0)
+    got, page, cursor = 0, None, None
+    t0 = time.perf_counter()
+    while got < naive_sample:
+        pg = naive.list_changes(cursor, page)
+        got += len(pg.records)
+        page = pg.next_page
+        if page is None:
+            break
+    naive_s = time.perf_counter() - t0
+    naive_calls = naive.calls_made / max(1, got)
+
+    # -- the pipeline: every calendar's first cycle, one after another
+    google_before = sum(w.google.stats()["calls"].values())
+    calls_before = w.calls()
+    steps: dict[str, float] = defaultdict(float)
+    t0 = time.perf_counter()
+    summary: dict[str, int] = defaultdict(int)
+    for i in range(n):
+        out = w.cycle(i, steps)
+        wr = out["write"]
+        summary["created"] += sum(wr.created.values())
+        summary["updated"] += sum(wr.updated.values())
+        summary["linked"] += wr.linked
+        summary["deferred"] += wr.deferred
+        summary["rejected"] += wr.rejected
+        say(f"calendar {i + 1}/{n} synced at {time.perf_counter() - t0:.1f}s "
+            f"(fetched {out['fetch_mailbox'].fetched:,}, created {sum(wr.created.values()):,}, linked {wr.linked:,})")
+    elapsed = time.perf_counter() - t0
+    calls = w.calls() - calls_before
+    google_calls = sum(w.google.stats()["calls"].values()) - google_before
+    report("calendar.initial.seconds", elapsed, "s", ", ".join(f"{k} {v:.1f}s" for k, v in steps.items()))
+    report("calendar.initial.events_per_s", total / elapsed, "events/s",
+           f"{total:,} calendar events into the platform, calendars one after another, SQLite")
+    report("calendar.initial.writes", summary["created"], "platform creates",
+           ", ".join(f"{k} {v:,}" for k, v in summary.items() if k != "created"))
+    report("calendar.initial.calls", calls, "HTTP", f"{calls / total:.4f} per event "
+                                                    f"({google_calls:,} API operations the emulator served)")
+    report("calendar.baseline.naive_calls_per_event", naive_calls, "HTTP",
+           f"page_size=1 listing {got:,} events of one calendar")
+    report("calendar.baseline.naive_list_events_per_s", got / naive_s, "events/s",
+           f"listing alone, beside the pipeline's fetch_mailbox {total / max(1e-9, steps['fetch_mailbox']):,.0f} events/s")
+    report("calendar.initial.calls_saved_vs_naive", naive_calls / max(1e-9, calls / total), "x",
+           "HTTP calls per event: naive / pipeline")
+    exactly_once(report, w, "calendar")
+
+
+def exactly_once(report: Report, w: World, prefix: str) -> None:
+    expected, shared = w.expected()
+    recs = w.records()
+    once = sum(1 for k in expected if len(recs.get(k, ())) == 1)
+    shared_once = sum(1 for k in shared if len(recs.get(k, ())) == 1)
+    missing = sum(1 for k in expected if k not in recs)
+    dups = sum(1 for k in expected if len(recs.get(k, ())) > 1)
+    extra = sum(1 for k in recs if k not in expected)
+    report(f"{prefix}.meetings_once", once / max(1, len(expected)), "",
+           f"{once:,}/{len(expected):,} (uid, recurrence_id) held by a calendar have one platform record (goal 1.0); "
+           f"missing {missing:,}, duplicated {dups:,}, records for nothing {extra:,}")
+    report(f"{prefix}.shared_meetings_once", shared_once / max(1, len(shared)), "",
+           f"{shared_once:,}/{len(shared):,} keys in two calendars")
+
+
+# ---------------------------------------------------------------------------- steady state
+
+#: what a person does in a calendar, one at a time, in this order
+MAILBOX_CHANGES = ("retitle", "move", "cancel_instance", "edit_instance", "add", "shared_edit", "answer", "delete")
+
+
+class Changes:
+    """Changes a person makes in Google Calendar (through the emulator's own write path),
+    each on a meeting not touched before, so every change is a real one."""
+
+    def __init__(self, w: World) -> None:
+        self.w = w
+        self.rng = random.Random(SEED + 1)
+        self.used: set[int] = set()
+        self.added = 0
+
+    def _pick(self, i: int, *, series: bool, shared: bool | None = None, attendee: bool = False,
+              timed: bool = False) -> Meeting:
+        for m in self.w.corpus.meetings:
+            if m.n in self.used or m.series != series:
+                continue
+            if attendee:
+                if m.attendee != i:
+                    continue
+            elif m.organizer != i or (shared is not None and (m.attendee is not None) != shared):
+                continue
+            if timed and "dateTime" not in m.body["start"]:
+                continue
+            if series and m.exceptions:
+                continue
+            self.used.add(m.n)
+            return m
+        raise RuntimeError("the corpus ran out of meetings to change; raise --size events")
+
+    def make(self, kind: str, i: int) -> None:
+        g, c = self.w.google, self.w.corpus
+        me = c.address(i)
+        if kind == "retitle":
+            m = self._pick(i, series=False, shared=False)
+            edit_instance(g, me, m.ids[i], {"summary": f"{m.body['summary']} (renamed)"})
+        elif kind == "move":
+            m = self._pick(i, series=False, shared=False, timed=True)
+            edit_instance(g, me, m.ids[i], {k: {"dateTime": (datetime.fromisoformat(m.body[k]["dateTime"]).astimezone(UTC)
+                                                             + timedelta(hours=1)).isoformat(),
+                                                "timeZone": m.body[k]["timeZone"]} for k in ("start", "end")})
+        elif kind == "cancel_instance":
+            m = self._pick(i, series=True, shared=False)
+            cancel_instance(g, me, instance_id(m, 3))
+        elif kind == "edit_instance":
+            m = self._pick(i, series=True)
+            edit_instance(g, me, instance_id(m, 4), {"summary": f"{m.body['summary']} (one week only)"})
+        elif kind == "add":
+            self.added += 1
+            day = c.today + timedelta(days=self.rng.randint(1, 60), hours=self.rng.randint(8, 17))
+            g.put_event(me, {"summary": f"New meeting {self.added}", "start": {"dateTime": day.isoformat(),
+                                                                              "timeZone": "UTC"},
+                             "end": {"dateTime": (day + timedelta(hours=1)).isoformat(), "timeZone": "UTC"}})
+        elif kind == "shared_edit":
+            m = self._pick(i, series=False, shared=True)
+            edit_instance(g, me, m.ids[i], {"location": "Room 42 (moved)"})
+        elif kind == "answer":
+            m = self._pick(i, series=False, attendee=True)
+            mine = g.event(me, m.ids[i])
+            answers = [dict(a, responseStatus="declined" if a["email"] == me else a.get("responseStatus"))
+                       for a in mine.get("attendees") or []]
+            edit_instance(g, me, m.ids[i], {"attendees": [{k: v for k, v in a.items() if k in (
+                "email", "responseStatus", "optional", "displayName")} for a in answers]})
+        elif kind == "delete":
+            m = self._pick(i, series=False, shared=False)
+            cancel_instance(g, me, m.ids[i])
+        else:
+            raise ValueError(kind)
+
+    def platform_edit(self, i: int, recs: dict) -> None:
+        """A platform user retitles a meeting calendar i organizes (the pipeline writes it to Google)."""
+        m = self._pick(i, series=False, shared=None)
+        (rec,) = recs[(m.uid, "")]
+        self.w.crm.calendar.user_edit(self.w.org, rec.external_id, title=f"{m.body['summary']} (from the platform)")
+
+
+@dataclass
+class Tally:
+    changed: int = 0
+    calls: int = 0
+    cycles: int = 0
+    naive: int = 0
+    writes: int = 0
+
+
+def settle(w: World, todo: set[int], seen: list[int], tally: Tally, *, rounds: int = 4) -> None:
+    """The cycles pushes would start: each calendar whose events changed since its last
+    cycle (the person's change, Google's copy of it, or an echo of our own write), and
+    the calendars the platform read wakes. The naive client lists the same delta first."""
+    from models.workflow import CycleRef  # noqa: F401 - keeps the import cost out of the timings
+
+    for _ in range(rounds):
+        now = w.seqs()
+        todo |= {i for i, s in enumerate(now) if s > seen[i]}
+        if not todo:
+            return
+        for i in sorted(todo):
+            tally.naive += naive_delta(w, i)
+            seen[i] = w.seqs()[i]
+            before = w.calls()
+            out = w.cycle(i)
+            tally.calls += w.calls() - before
+            tally.cycles += 1
+            wr = out["write"]
+            writes = sum(d.get("mailbox", 0) for d in (wr.created, wr.updated, wr.deleted))
+            tally.writes += writes
+            tally.naive += writes  # one write per call
+        todo = set()
+
+
+def naive_delta(w: World, i: int) -> int:
+    """HTTP calls of one event per call over the delta calendar i's next cycle will read."""
+    from models.errors import CursorExpired
+
+    naive = w.naive(i)
+    cursor, page = w.cursor(i), None
+    try:
+        while True:
+            pg = naive.list_changes(cursor, page)
+            page = pg.next_page
+            if page is None:
+                return naive.calls_made
+    except CursorExpired:
+        return naive.calls_made
+
+
+def steady(report: Report, w: World, say: Callable[[str], None], rounds: int, burst: int) -> None:
+    n = len(w.corpus.users)
+    changes = Changes(w)
+    seen = w.seqs()
+    # settle first: whatever the initial sync left (echoes, deferred claims)
+    warm = Tally()
+    settle(w, set(range(n)), seen, warm)
+
+    one = Tally()
+    per_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    t0 = time.perf_counter()
+    for r in range(rounds):
+        kind = MAILBOX_CHANGES[r % len(MAILBOX_CHANGES)]
+        i = (r // len(MAILBOX_CHANGES) + r) % n
+        before = w.seqs()
+        changes.make(kind, i)
+        changed = sum(w.changed_since(before))
+        t = Tally(changed=changed)
+        settle(w, set(), seen, t)
+        for f in ("changed", "calls", "cycles", "naive", "writes"):
+            setattr(one, f, getattr(one, f) + getattr(t, f))
+        per_kind[kind][0] += t.calls
+        per_kind[kind][1] += t.changed
+    one_s = time.perf_counter() - t0
+    report("calendar.steady.calls_per_changed", one.calls / max(1, one.changed), "HTTP",
+           f"{one.calls:,} provider calls / {one.changed:,} changed calendar events, one change per push, "
+           f"{rounds} changes, {one.cycles} cycles (goal <= 1.1)")
+    report("calendar.steady.by_change", ", ".join(f"{k} {c}/{e}" for k, (c, e) in per_kind.items()), "",
+           "calls/changed events per kind of change")
+    report("calendar.steady.cycle_ms", 1000 * one_s / max(1, one.cycles), "ms", "mean cycle, incl. the naive listing")
+    report("calendar.baseline.naive_steady_calls_per_changed", one.naive / max(1, one.changed), "HTTP",
+           "one event per call on the same deltas (+1 per provider write)")
+
+    # a platform user's edits: the pipeline writes each to Google, whose copies echo back
+    plat = Tally()
+    recs = w.records()
+    edits = max(2, rounds // 4)
+    for r in range(edits):
+        changes.platform_edit(r % n, recs)
+        plat.changed += 1
+        woken = w.pipeline.read_platform(w.org).woken
+        settle(w, {w.cids.index(c) for c in woken if c in w.cids}, seen, plat)
+    report("calendar.steady.platform_edit_calls", plat.calls / max(1, plat.changed), "HTTP",
+           f"per platform edit: {plat.writes:,} batched writes to Google and the listings of their echoes, "
+           f"{plat.cycles} cycles for {edits} edits")
+
+    # a burst: many changes in every calendar, then one push's worth of cycles
+    b = Tally()
+    before = w.seqs()
+    for i in range(n):
+        for k in range(burst):
+            changes.make(MAILBOX_CHANGES[k % len(MAILBOX_CHANGES)], i)
+    b.changed = sum(w.changed_since(before))
+    t0 = time.perf_counter()
+    settle(w, set(), seen, b)
+    burst_s = time.perf_counter() - t0
+    report("calendar.burst.calls_per_changed", b.calls / max(1, b.changed), "HTTP",
+           f"{b.calls:,} calls / {b.changed:,} changed events ({burst} changes per calendar), {b.cycles} cycles")
+    report("calendar.burst.events_per_s", b.changed / max(1e-9, burst_s), "events/s", "changed events synced")
+    report("calendar.baseline.naive_burst_calls_per_changed", b.naive / max(1, b.changed), "HTTP",
+           "one event per call on the same deltas")
+    report("calendar.burst.calls_saved_vs_naive", b.naive / max(1, b.calls), "x", "naive calls / pipeline calls")
+    exactly_once(report, w, "calendar.after_changes")
+
+
+# ---------------------------------------------------------------------------- entry
+
+
+def backfill_and_steady(report: Report, *, mailboxes: int, events: int, series: int, rounds: int, burst: int,
+                        say: Callable[[str], None], naive_sample: int) -> None:
+    corpus = Corpus(mailboxes, events, series)
+    with tempfile.TemporaryDirectory(prefix="concord-bench-calendar-") as tmp:
+        w = World(Path(tmp), corpus)
+        try:
+            t0 = time.perf_counter()
+            corpus.seed(w.google)
+            say(f"seeded {len(corpus.meetings):,} meetings into {mailboxes} calendars through the emulator's state "
+                f"API in {time.perf_counter() - t0:.1f}s")
+            initial(report, w, say, naive_sample)
+            steady(report, w, say, rounds, burst)
+        finally:
+            w.close()
+
+
+def run(report: Report = print, *, quick: bool = False, say: Callable[[str], None] = print,
+        size: dict | None = None, latency_runs: int | None = None, latency: bool = True) -> None:
+    size = dict(size or (QUICK if quick else FULL))
+    if size.get("mailboxes", 0) > 0:
+        backfill_and_steady(report, say=say, naive_sample=size.get("events", 1000) if quick else 1_000, **size)
+    if latency:
+        asyncio.run(_latency(report, latency_runs or (5 if quick else 30), say))
