@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--pg] [--against REV] [NAME ...]`: run the benchmarks and print their figures.
+"""`python -m bench [--quick] [--pg] [--size K=N,...] [--against REV] [NAME ...]`: run the benchmarks and print their figures.
 
 Benchmarks print figures, each next to the simplest baseline measured in the same
 run; they are not timed tests and fail only when the system under them does.
@@ -71,6 +71,15 @@ def _send(table: Table, quick: bool, pg: bool) -> None:
     send.run(table, quick=quick, pg=pg, say=table.note)
 
 
+def _calendar(table: Table, quick: bool, pg: bool) -> None:
+    from bench import calendar
+
+    calendar.run(table, quick=quick, say=table.note, size=calendar.parse_size(OPTIONS.get("size"), quick))
+
+
+#: options some benchmarks take (main fills them from the command line)
+OPTIONS: dict[str, str | None] = {}
+
 BENCHMARKS: dict[str, tuple[str, Callable[[Table, bool, bool], None]]] = {
     "matching": ("duplicate detection: blocking index vs all-pairs, precision/recall", _matching),
     "sync": ("contacts sync through Temporal, the People emulator and the reference CRM", _sync),
@@ -81,6 +90,8 @@ BENCHMARKS: dict[str, tuple[str, Callable[[Table, bool, bool], None]]] = {
     "scale": ("10,000 idle mailboxes on one worker, 1,000 woken at once on 1 and 2 workers, webhook intake "
               "per CPU-second", _scale),
     "send": ("two-way send: outbox -> Sent latency, exactly once under worker kills, vs a naive sender", _send),
+    "calendar": ("calendar: initial sync, provider calls per changed event, meetings once, push -> platform "
+                 "latency, vs one event per call", _calendar),
 }
 
 
@@ -89,8 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help=f"benchmarks to run (default: all): {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="scale sizes down for a smoke run")
     parser.add_argument("--pg", action="store_true", help="PostgreSQL at 127.0.0.1:5432 where a benchmark supports it")
+    parser.add_argument("--size", metavar="K=N,...",
+                        help="calendar sizes over the default (full, or quick with --quick), e.g. "
+                             "mailboxes=10,events=1000,series=100,rounds=40,burst=100")
     parser.add_argument("--against", metavar="REV", help="also run the benchmarks of this git revision, for before/after")
     args = parser.parse_args(argv)
+    OPTIONS["size"] = args.size
 
     unknown = [n for n in args.names if n not in BENCHMARKS]
     if unknown:

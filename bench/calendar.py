@@ -672,6 +672,17 @@ def backfill_and_steady(report: Report, *, mailboxes: int, events: int, series: 
             w.close()
 
 
+def parse_size(text: str | None, quick: bool) -> dict:
+    """`--size mailboxes=10,events=1000` over the quick or full sizes."""
+    size = dict(QUICK if quick else FULL)
+    for part in filter(None, (text or "").split(",")):
+        key, _, value = part.partition("=")
+        if key.strip() not in size:
+            raise ValueError(f"unknown size {key!r}; choose from {', '.join(size)}")
+        size[key.strip()] = int(value)
+    return size
+
+
 def run(report: Report = print, *, quick: bool = False, say: Callable[[str], None] = print,
         size: dict | None = None, latency_runs: int | None = None, latency: bool = True) -> None:
     size = dict(size or (QUICK if quick else FULL))
@@ -679,3 +690,169 @@ def run(report: Report = print, *, quick: bool = False, say: Callable[[str], Non
         backfill_and_steady(report, say=say, naive_sample=size.get("events", 1000) if quick else 1_000, **size)
     if latency:
         asyncio.run(_latency(report, latency_runs or (5 if quick else 30), say))
+
+
+# ---------------------------------------------------------------------------- latency
+
+
+async def _latency(report: Report, runs: int, say: Callable[[str], None]) -> None:
+    """Calendar push -> platform record, on the dev server with the real worker and webhook app."""
+    import httpx  # noqa: F401 - the emulator posts its pings with it
+    from temporalio.testing import WorkflowEnvironment
+
+    from api.app import create_app
+    from api.webhooks import Waker, WebhookDeps, store_lookup, temporal_signal, webhook_router
+    from bench.report import percentile
+    from connectors.registry import CALENDAR_CHANNEL
+    from emulators.google_calendar import CalendarState
+    from emulators.google_calendar import create_app as calendar_app
+    from emulators.server import free_port, serve
+    from platforms.reference_crm.service import ReferenceCrm
+    from store import repo
+    from store import subscriptions as subs
+    from store.db import make_engine, migrate, session_factory
+    from store.vault import KeyRing, generate_key
+    from workers import client as api
+    from workers.devstack import find_temporal_cli, search_attribute_args
+    from workers.temporal_client import DATA_CONVERTER, TASK_QUEUE
+    from workers.worker import build_activities, make_worker
+
+    tmp = Path(tempfile.mkdtemp(prefix="concord-bench-calendar-push-"))
+    store_url, crm_url = f"sqlite:///{tmp / 'store.db'}", f"sqlite:///{tmp / 'crm.db'}"
+    migrate(store_url)
+    sessions = session_factory(make_engine(store_url))
+    crm = ReferenceCrm(crm_url)
+    org = f"org-{uuid.uuid4().hex[:8]}"
+    crm.calendar.configure(org, "native")
+    google = CalendarState(default_user=f"nobody@{DOMAIN}", time_zone="Europe/Paris")
+    gserver = serve(calendar_app(google))
+    env = await WorkflowEnvironment.start_local(dev_server_existing_path=find_temporal_cli(),
+                                                data_converter=DATA_CONVERTER,
+                                                dev_server_extra_args=["--log-level", "error", *search_attribute_args()])
+    tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
+    poll = 3600.0
+    waker = Waker(temporal_signal(env.client, task_queue=tq, poll_interval_s=poll), store_lookup(sessions), window_s=1.0)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    hooks = serve(create_app([webhook_router(WebhookDeps(sessions=sessions, waker=waker))]), port=port)
+    people = {"ann": f"ann@{DOMAIN}", "bob": f"bob@{DOMAIN}"}
+    cids: dict[str, str] = {}
+    try:
+        with sessions.begin() as s:
+            repo.create_org(s, org, "Acme", {})
+            for name, address in people.items():
+                token = f"tok-{name}-{uuid.uuid4().hex[:6]}"
+                google.add_token(token, address)
+                google.calendar(address, "Europe/Paris")
+                cids[name] = f"cal-{name}-{uuid.uuid4().hex[:6]}"
+                repo.create_connection(s, id=cids[name], org_id=org, user_id=name, provider="google",
+                                       account_ref=address,
+                                       settings={"token": token, "calendar_endpoint": gserver.base_url + "calendar/v3/",
+                                                 "kinds": ["calendar"]})
+        # something to sync from the start: a week of Ann's meetings, some with Bob
+        today = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        for k in range(20):
+            at = today + timedelta(days=1 + k // 4, hours=2 * (k % 4))
+            body = {"summary": f"Warm-up {k}", "start": {"dateTime": at.isoformat(), "timeZone": "UTC"},
+                    "end": {"dateTime": (at + timedelta(hours=1)).isoformat(), "timeZone": "UTC"}}
+            if k % 2:
+                body["attendees"] = [{"email": people["ann"]}, {"email": people["bob"]}]
+                google.invite(people["ann"], body)
+            else:
+                google.put_event(people["ann"], body)
+
+        # the worker opens the events.watch channels itself (subscriptions.maintain) on our webhook app
+        acts = build_activities(store_url, crm_url, keyring=KeyRing.parse(f"bench:{generate_key()}"),
+                                webhook_base_url=base)
+        async with make_worker(env.client, acts, task_queue=tq):
+            for name in people:
+                await api.start_sync(env.client, cids[name], org, "google", kinds=["calendar"], poll_interval_s=poll,
+                                     task_queue=tq)
+            for name in people:
+                await api.wait_for_cycles(env.client, cids[name], 1, timeout=120)
+            deadline = time.monotonic() + 60
+            while True:
+                with sessions() as s:
+                    rows = [r for c in cids.values() for r in subs.list_for_connection(s, c, status="active")
+                            if r.provider == CALENDAR_CHANNEL.name]
+                if len(rows) == len(cids):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the worker opened no events.watch channel within 60 s")
+                await asyncio.sleep(0.1)
+            say(f"events.watch channels open: {len(google.channels)}; first cycles done")
+            await asyncio.sleep(1.1)
+
+            async def visible(check: Callable[[], bool], started: float, what: str) -> float:
+                while not await asyncio.to_thread(check):
+                    if time.perf_counter() - started > 30:
+                        raise RuntimeError(f"{what}: not on the platform within 30 s ({waker.counters})")
+                    await asyncio.sleep(0.005)
+                return time.perf_counter() - started
+
+            def record_titled(uid: str, title: str) -> Callable[[], bool]:
+                def check() -> bool:
+                    rec = crm.calendar.find_by_key(org, uid, "")
+                    return rec is not None and not rec.deleted and rec.event.title == title
+                return check
+
+            new_lat, edit_lat, shared_lat = [], [], []
+            for i in range(runs + 1):  # the first is a warm-up, not counted
+                at = today + timedelta(days=10 + i, hours=3)
+                times = {"start": {"dateTime": at.isoformat(), "timeZone": "UTC"},
+                         "end": {"dateTime": (at + timedelta(hours=1)).isoformat(), "timeZone": "UTC"}}
+                # a new event in Ann's calendar
+                started = time.perf_counter()
+                ev = google.put_event(people["ann"], {"summary": f"Push {i}", **times})
+                lat = await visible(record_titled(ev["iCalUID"], f"Push {i}"), started, "new event")
+                if i:
+                    new_lat.append(lat)
+                await asyncio.sleep(1.1)  # outside the Waker's coalescing window: one wake per push
+                # Ann retitles it
+                started = time.perf_counter()
+                edit_instance(google, people["ann"], ev["id"], {"summary": f"Push {i} (renamed)"})
+                lat = await visible(record_titled(ev["iCalUID"], f"Push {i} (renamed)"), started, "edit")
+                if i:
+                    edit_lat.append(lat)
+                await asyncio.sleep(1.1)
+                # Ann invites Bob: both calendars push, both cycles race for the one record
+                started = time.perf_counter()
+                copies = google.invite(people["ann"], {"summary": f"Shared {i}", **times,
+                                                       "attendees": [{"email": people["ann"]},
+                                                                     {"email": people["bob"]}]})
+                uid = copies[people["ann"]]["iCalUID"]
+                lat = await visible(record_titled(uid, f"Shared {i}"), started, "shared meeting")
+                if i:
+                    shared_lat.append(lat)
+                await asyncio.sleep(1.1)
+            # both calendars' cycles have run for the shared meetings: still one record each
+            await asyncio.sleep(2.0)
+            keys: dict[tuple[str, str], int] = defaultdict(int)
+            for ev in crm.calendar.list_events(org):
+                if ev.is_record and not ev.deleted:
+                    keys[(ev.event.uid, ev.event.recurrence_id)] += 1
+            dups = sum(1 for n in keys.values() if n > 1)
+            every = new_lat + edit_lat + shared_lat
+            report("calendar.push.runs", len(every), "",
+                   f"{len(new_lat)} new, {len(edit_lat)} edited, {len(shared_lat)} shared (two calendars pushing) "
+                   "events; one change, one push, on the dev server")
+            report("calendar.push_to_visible.p50", statistics.median(every), "s",
+                   "change in Google Calendar -> events.watch ping to /webhooks/calendar -> record on the platform")
+            report("calendar.push_to_visible.p95", percentile(every, 95), "s", "goal <= 1 s")
+            report("calendar.push_to_visible.max", max(every), "s")
+            report("calendar.push.new_p95", percentile(new_lat, 95), "s")
+            report("calendar.push.edit_p95", percentile(edit_lat, 95), "s")
+            report("calendar.push.shared_p95", percentile(shared_lat, 95), "s", "the first of two pushes to land")
+            report("calendar.push.duplicates", dups, "", "platform records sharing a (uid, recurrence_id) after the "
+                                                         "shared meetings' two cycles (goal 0)")
+            report("calendar.baseline.poll_only_mean_s", poll / 2, "s",
+                   f"no push: mean wait for the poll timer ({poll:,.0f} s); "
+                   f"{(poll / 2) / statistics.median(every):,.0f}x the push p50")
+            c = waker.counters
+            report("calendar.push.webhook_signals_sent", getattr(c, "signals_sent", 0), "",
+                   f"accepted={getattr(c, 'accepted', 0)}")
+    finally:
+        await waker.aclose()
+        hooks.stop()
+        gserver.stop()
+        await env.shutdown()
