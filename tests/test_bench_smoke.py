@@ -127,3 +127,35 @@ def test_quick_send_bench_prints_its_table():
     assert _figure(summary, "send.kills") >= 1
     assert _figure(summary, "send.dup_under_kills") == 0
     assert _figure(summary, "send.lost_under_kills") == 0
+
+
+def test_quick_calendar_bench_prints_its_table():
+    """Calendar: initial sync through the pipeline steps on the Calendar emulator, steady
+    state and a burst, then push latency on the dev server. Behaviour, not speed: every
+    meeting held by a calendar is one platform record (shared ones too, also after the
+    changes), a change read one per push costs about one call, a burst far fewer than
+    the naive one event per call, and every push run landed."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--size", "mailboxes=2,events=120,series=12,rounds=8,burst=8,push=2",
+         "calendar"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=150,
+    )
+    output = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{output[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert "=== calendar:" in output
+
+    summary = output.split("=== summary:", 1)[1]
+    for name in ("calendar.initial.seconds", "calendar.initial.events_per_s", "calendar.steady.calls_per_changed",
+                 "calendar.burst.calls_per_changed", "calendar.baseline.naive_calls_per_event",
+                 "calendar.push_to_visible.p50", "calendar.push_to_visible.p95"):
+        assert _figure(summary, name) > 0, name
+    assert _figure(summary, "calendar.size.events") == 240
+    assert _figure(summary, "calendar.meetings_once") == 1
+    assert _figure(summary, "calendar.shared_meetings_once") == 1
+    assert _figure(summary, "calendar.after_changes.meetings_once") == 1
+    assert _figure(summary, "calendar.steady.calls_per_changed") <= 1.1
+    assert _figure(summary, "calendar.burst.calls_saved_vs_naive") > 1
+    assert _figure(summary, "calendar.baseline.naive_calls_per_event") >= 1
+    assert _figure(summary, "calendar.push.runs") == 6
+    assert _figure(summary, "calendar.push.duplicates") == 0
