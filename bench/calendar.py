@@ -61,7 +61,7 @@ SEED = 23
 #: full size (the brief's): 10 calendars x 5,000 events, 500 of them series
 #: (rounds: changes made one per push; burst: changes per calendar synced at once; push: latency runs)
 FULL = {"mailboxes": 10, "events": 5_000, "series": 500, "rounds": 40, "burst": 100, "push": 30}
-QUICK = {"mailboxes": 3, "events": 300, "series": 30, "rounds": 12, "burst": 15, "push": 5}
+QUICK = {"mailboxes": 3, "events": 200, "series": 20, "rounds": 8, "burst": 10, "push": 3}
 SHARED = 0.30
 ZONES = ("Europe/Paris", "America/New_York", "Asia/Tokyo", "UTC", "Europe/London")
 UTC = timezone.utc

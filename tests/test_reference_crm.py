@@ -356,3 +356,15 @@ def test_unreachable_database_is_transient():
         crm.get_contact(ORG, "crm_c_1")
     with pytest.raises(Transient):
         ReferenceCrmContacts(crm).upsert_many(ORG, [WriteRequest(key="k", content=person("Ann"))])
+
+
+def test_a_file_database_commits_in_wal_without_an_fsync_per_write(tmp_path):
+    """The reference platform is a stand-in: its commits must not cost an fsync each
+    (WAL with synchronous=NORMAL, as the store), or every benchmark measures the disk."""
+    from platforms.reference_crm.schema import make_engine
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'crm.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    engine.dispose()
