@@ -49,7 +49,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
@@ -379,7 +379,6 @@ class World:
 def initial(report: Report, w: World, say: Callable[[str], None], naive_sample: int) -> None:
     corpus = w.corpus
     n = len(corpus.users)
-    counts = w.google.stats()["events"]
     listed = []
     with w.google._lock:
         for i in range(n):
@@ -394,7 +393,6 @@ def initial(report: Report, w: World, say: Callable[[str], None], naive_sample: 
     report("calendar.size.series", series, "", f"series masters over all calendars ({series // max(1, n):,} per calendar)")
     report("calendar.size.shared_meetings", shared, "", f"meetings in two calendars (organizer + attendee); "
                                                         f"{2 * shared / max(1, total):.0%} of events are copies of one")
-    del counts
 
     # -- the naive baseline: one event per HTTP call, on a sample calendar
     naive = w.naive(0)
@@ -552,8 +550,6 @@ def settle(w: World, todo: set[int], seen: list[int], tally: Tally, *, rounds: i
     """The cycles pushes would start: each calendar whose events changed since its last
     cycle (the person's change, Google's copy of it, or an echo of our own write), and
     the calendars the platform read wakes. The naive client lists the same delta first."""
-    from models.workflow import CycleRef  # noqa: F401 - keeps the import cost out of the timings
-
     for _ in range(rounds):
         now = w.seqs()
         todo |= {i for i, s in enumerate(now) if s > seen[i]}
@@ -727,7 +723,6 @@ async def _cycles(client, cids: dict[str, str]) -> dict:
 
 async def _latency(report: Report, runs: int, say: Callable[[str], None]) -> None:
     """Calendar push -> platform record, on the dev server with the real worker and webhook app."""
-    import httpx  # noqa: F401 - the emulator posts its pings with it
     from temporalio.testing import WorkflowEnvironment
 
     from api.app import create_app
