@@ -80,7 +80,7 @@ def _dateutil_dates(rrule: str, start: date | datetime, z: ZoneInfo | None, unti
     return [d.date() for d in found if d.date() < until]
 
 
-HORIZON = date(2031, 1, 1)
+HORIZON = date(2030, 1, 1)
 
 
 # ----------------------------------------------------------------------------- pattern -> RRULE -> pattern
@@ -121,21 +121,26 @@ def rrules(draw) -> str:
         parts.append(f"INTERVAL={draw(st.integers(1, 3))}")
     by = draw(st.sampled_from(["none", "byday", "bymonthday", "ordinal", "setpos", "last", "clamp"]))
     days = draw(st.lists(_DAY, min_size=1, max_size=4, unique=True))
+    month = draw(st.integers(1, 12)) if freq == "YEARLY" and draw(st.booleans()) else None
+    # a day the month never has (February 30th) would send dateutil looking until year 9999
+    longest = {2: 29, 4: 30, 6: 30, 9: 30, 11: 30}.get(month or 1, 31)
     if by == "byday":
         parts.append("BYDAY=" + ",".join(days))
     elif by == "bymonthday":
-        parts.append(f"BYMONTHDAY={draw(st.integers(1, 31))}")
+        parts.append(f"BYMONTHDAY={draw(st.integers(1, longest))}")
     elif by == "ordinal":
         parts.append(f"BYDAY={draw(st.sampled_from([1, 2, 3, 4, 5, -1, -2]))}{days[0]}")
+    elif by == "setpos" and freq in ("DAILY", "WEEKLY"):  # one candidate per period: never a 4th
+        parts.append("BYDAY=" + ",".join(days) + ";BYSETPOS=1")
     elif by == "setpos":
         parts += ["BYDAY=" + ",".join(days), f"BYSETPOS={draw(st.sampled_from([1, 2, 4, -1, 3]))}"]
     elif by == "last":
         parts.append("BYMONTHDAY=-1")
     elif by == "clamp":
-        top = draw(st.integers(29, 31))
+        top = draw(st.integers(29, max(29, longest)))
         parts += ["BYMONTHDAY=" + ",".join(str(d) for d in range(28, top + 1)), "BYSETPOS=-1"]
-    if freq == "YEARLY" and draw(st.booleans()):
-        parts.append(f"BYMONTH={draw(st.integers(1, 12))}")
+    if month is not None:
+        parts.append(f"BYMONTH={month}")
     if draw(st.booleans()):
         parts.append(f"WKST={draw(_DAY)}")
     end = draw(st.sampled_from(["none", "count", "until"]))
@@ -147,7 +152,7 @@ def rrules(draw) -> str:
     return ";".join(parts)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(rrules(), st.dates(min_value=date(2026, 1, 1), max_value=date(2026, 12, 31)), starts)
 def test_an_rrule_graph_accepts_keeps_its_instances_and_one_it_cannot_is_a_named_problem(rrule, start, when):
     zone, at = when
