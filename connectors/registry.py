@@ -219,6 +219,32 @@ def _microsoft_static_mail(settings: dict, token: str, account: str, options, **
                      **tuning)
 
 
+def _calendar_window(settings: dict) -> dict:
+    """The calendar delta window from connection settings (`calendar_days_back` / `_ahead`)."""
+    out = {}
+    for key, arg in (("calendar_days_back", "days_back"), ("calendar_days_ahead", "days_ahead")):
+        if isinstance(settings.get(key), int) and settings[key] >= 0:
+            out[arg] = settings[key]
+    return out
+
+
+def _microsoft_calendar(credentials, connection_id: str, settings: dict, **tuning):
+    from connectors.credentials import PresentedToken, RefreshOn401
+    from connectors.graph_calendar import GraphCalendar
+
+    presented = PresentedToken(credentials.token_source(connection_id, provider=MICROSOFT.name, settings=settings))
+    graph = GraphCalendar(settings.get("endpoint") or GRAPH_ENDPOINT, presented, mailbox_key=connection_id,
+                          address=settings.get("address"), **_calendar_window(settings), **tuning)
+    return RefreshOn401(graph, presented)
+
+
+def _microsoft_static_calendar(settings: dict, token: str, account: str, **tuning):
+    from connectors.graph_calendar import GraphCalendar
+
+    return GraphCalendar(settings.get("endpoint") or GRAPH_ENDPOINT, lambda: token, mailbox_key=account,
+                         address=settings.get("address"), **_calendar_window(settings), **tuning)
+
+
 @dataclass(frozen=True)
 class Provider:
     """One mailbox provider. `name` is what connections, routes and search attributes carry."""
@@ -243,6 +269,10 @@ class Provider:
     subscription_kinds: tuple[SubscriptionKind, ...]
     #: True: the grant can be revoked at the provider; False: only our copy of the tokens can go
     revokes: bool
+    #: (CredentialFactory, connection id, settings, **tuning) -> MailboxSide[Event] on vault tokens
+    calendar: Callable[..., Any] | None = None
+    #: (settings, static token, account, **tuning) -> MailboxSide[Event] (emulators and the demo only)
+    static_calendar: Callable[..., Any] | None = None
 
 
 GOOGLE = Provider(
@@ -269,9 +299,12 @@ MICROSOFT = Provider(
     static_mail=_microsoft_static_mail,
     contacts_push=GRAPH_SUBSCRIPTION,
     push={"contacts": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/contacts"),
-          "mail": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/messages")},
+          "mail": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/messages"),
+          "calendar": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/events")},
     subscription_kinds=(GRAPH_SUBSCRIPTION,),
     revokes=False,  # the Microsoft identity platform has no revocation endpoint
+    calendar=_microsoft_calendar,
+    static_calendar=_microsoft_static_calendar,
 )
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (GOOGLE, MICROSOFT)}
