@@ -340,6 +340,8 @@ class CalendarStore:
                 self.users[key] = UserCalendar(key, user_id or str(uuid.uuid4()), name or key.split("@")[0])
             if token:
                 self.token_users[token] = key
+                if self.state.accepted_tokens is not None:
+                    self.state.accepted_tokens.add(token)  # the user's own bearer token
             return self.users[key]
 
     def user(self, address: str | None = None) -> UserCalendar:
