@@ -51,6 +51,7 @@ import base64
 import calendar as cal_lib
 import copy
 import hashlib
+import json
 import re
 import secrets
 import uuid
@@ -60,10 +61,15 @@ from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
+from fastapi import Request
+from fastapi.responses import Response
 from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
+
+from starlette.concurrency import run_in_threadpool
 
 from emulators.graph import (TENANT_ID, USER_ID, SubRequest, SubResponse, _error, _iso, _max_page_size,
                              _new_change_key, _new_id, _now)
+from emulators.json_response import EscapedJSONResponse
 
 if TYPE_CHECKING:  # pragma: no cover
     from emulators.graph import GraphState
@@ -1085,17 +1091,9 @@ def _not_found() -> SubResponse:
 
 def add_calendar_routes(app: Any, state: "GraphState") -> None:
     """`/_emulator/calendar/...`: users, seed, user edits and deletes, invitations, answers."""
-    from fastapi import Request
-    from fastapi.responses import Response
-    from starlette.concurrency import run_in_threadpool
-
-    from emulators.json_response import EscapedJSONResponse
-
     cal = state.calendar
 
     async def _body(request: Request) -> dict[str, Any]:
-        import json
-
         raw = await request.body()
         try:
             body = json.loads(raw) if raw else {}

@@ -454,3 +454,40 @@ def test_bad_patches_and_unknown_ids_never_500(graph):
         assert c.delete("/me/events/nope").status_code == 404
         assert c.post("/me/events", content=b"{not json", headers={"Content-Type": "application/json"}).status_code == 400
         assert c.get("/users/nobody@x.test/events").status_code == 404
+
+
+def test_admin_routes_steer_calendars_over_http(graph):
+    state, base = graph
+    with httpx.Client(base_url=base.rstrip("/")) as admin:
+        assert admin.post("/_emulator/calendar/users", json={"address": "dan@contoso.example", "token": "dan-token"}
+                          ).status_code == 200
+        (eid,) = admin.post("/_emulator/calendar/seed", json={"events": [_single("Sync", "2026-12-03")]}).json()["ids"]
+        copies = admin.post(f"/_emulator/calendar/events/{eid}/invite",
+                            json={"attendees": ["dan@contoso.example"]}).json()["copies"]
+        dan_copy = copies["dan@contoso.example"]
+        assert admin.post(f"/_emulator/calendar/events/{dan_copy}/respond",
+                          json={"user": "dan@contoso.example", "response": "declined"}).json() == {"ok": True}
+        assert admin.post(f"/_emulator/calendar/events/{eid}/edit", json={"changes": {"subject": "Sync!"}}).status_code == 200
+        dans = _conn(base, token="dan-token", address="dan@contoso.example")
+        (rec,), cursor = _round(dans, None)
+        assert (rec.content.title, rec.content.response_of("dan@contoso.example")) == ("Sync", "declined")
+        assert admin.post("/_emulator/expire-delta", json={"status": 410}).json()["expired"] >= 1
+        with pytest.raises(CursorExpired):
+            dans.list_changes(cursor)
+        # bad admin input is a 400, not a crash
+        assert admin.post("/_emulator/calendar/seed", content=b"[1]").status_code == 400
+        assert admin.post("/_emulator/calendar/seed", json={"events": [{"subject": "no times"}]}).status_code == 400
+        assert admin.post("/_emulator/calendar/events/nope/edit", json={"changes": {}}).status_code == 400
+        assert admin.post(f"/_emulator/calendar/events/{eid}/respond", json={"user": DEFAULT_USER,
+                                                                            "response": "maybe"}).status_code == 400
+
+
+def test_a_lone_surrogate_in_a_title_is_stored_and_served_escaped(graph, conn):
+    _, base = graph
+    raw = ('{"subject": "A\\ud800B", "start": {"dateTime": "2026-12-03T09:00:00", "timeZone": "UTC"},'
+           ' "end": {"dateTime": "2026-12-03T10:00:00", "timeZone": "UTC"}}')
+    with httpx.Client(base_url=base.rstrip("/") + "/v1.0", headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        resp = c.post("/me/events", content=raw.encode("ascii"), headers={"Content-Type": "application/json"})
+        assert resp.status_code == 201 and "\\ud800" in resp.text
+    (rec,) = _round(conn, None)[0]
+    assert rec.content.title == "A\ud800B"
