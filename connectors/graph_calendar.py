@@ -279,7 +279,10 @@ class GraphCalendar(GraphConnection):
         if master_rec.content is None:
             return [master_rec]
         master: Event = master_rec.content
-        instances = self._all_instances(self._body_of(instances_answer))
+        try:
+            instances = self._all_instances(self._body_of(instances_answer))
+        except NotFound:
+            return [master_rec]  # deleted between the two reads: its removals follow
         return [master_rec] + self._instance_records(master_id, master, instances, window)
 
     def _all_instances(self, first: dict[str, Any]) -> list[dict[str, Any]]:

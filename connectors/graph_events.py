@@ -149,8 +149,11 @@ def item_to_event(item: dict[str, Any], *, uid: str | None = None, all_day_serie
         answer = ((a.get("status") or {}).get("response") if isinstance(a, dict) else None) or "none"
         responses.append(f"{addr}={_RESPONSE_IN.get(answer, 'needsAction')}")
     if owner_address and item.get("isOrganizer") is False:
+        # the owner's own answer is authoritative on their copy; the attendee list may be stale
+        me = owner_address.lower()
         own = (item.get("responseStatus") or {}).get("response") or "none"
-        responses.append(f"{owner_address.lower()}={_RESPONSE_IN.get(own, 'needsAction')}")
+        responses = [r for r in responses if r.partition("=")[0] != me]
+        responses.append(f"{me}={_RESPONSE_IN.get(own, 'needsAction')}")
     return Event(
         uid=uid if uid is not None else str(item.get("iCalUId") or ""),
         recurrence_id=recurrence_id,

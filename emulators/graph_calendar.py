@@ -334,6 +334,7 @@ class CalendarStore:
         self.auto_notify = True
         self.notification_errors: list[str] = []
         self.default_page_size = 50
+        self._expansions: dict[tuple, list[date]] = {}
         self.add_user(DEFAULT_USER, user_id=USER_ID, name="Emulated User")
 
     # ------------------------------------------------------------------ test control
@@ -397,15 +398,16 @@ class CalendarStore:
             org = self.user(organizer)
             src = org.items[event_id]
             out = {}
-            for addr in attendees:
-                u = self.add_user(addr)
-                copy_id = self._copy_series(org, src, u)
-                out[u.address] = copy_id
+            invitees = [self.add_user(addr) for addr in attendees]
+            for u in invitees:
                 existing = {a["emailAddress"]["address"].lower() for a in src.data.get("attendees") or []}
                 if u.address not in existing:
                     src.data.setdefault("attendees", []).append(
                         {"type": "required", "status": {"response": "none", "time": "0001-01-01T00:00:00Z"},
                          "emailAddress": {"name": u.name, "address": u.address}})
+            src.change_key, src.modified = _new_change_key(), _now()
+            for u in invitees:
+                out[u.address] = self._copy_series(org, src, u)
             return out
 
     def _copy_series(self, org: UserCalendar, src: _Item, u: UserCalendar) -> str:
@@ -680,12 +682,22 @@ class CalendarStore:
                      is_organizer=master.is_organizer, organizer=master.organizer, response=master.response,
                      master_id=master.id, original_start=ostart)
 
+    def _dates(self, master: _Item, first: date, until: date) -> list[date]:
+        """`expand_pattern` for a master, cached per version (a delta call expands every series)."""
+        key = (master.id, master.change_key, first, until)
+        hit = self._expansions.get(key)
+        if hit is None:
+            if len(self._expansions) > 50_000:
+                self._expansions.clear()
+            hit = self._expansions[key] = expand_pattern(master.data["recurrence"], first, until)
+        return hit
+
     def _series_instances(self, u: UserCalendar, master: _Item, window: tuple[datetime, datetime]) -> list[_Item]:
         ws, we = window
         out: list[_Item] = []
         if master.start.all_day:
             first, duration = master.start.value, master.end.value - master.start.value
-            for d in expand_pattern(master.data["recurrence"], first, we.date() + timedelta(days=1)):
+            for d in self._dates(master, first, we.date() + timedelta(days=1)):
                 key = _okey(datetime.combine(d, time(0), tzinfo=timezone.utc))
                 if key in master.cancelled or key in master.exceptions:
                     continue
@@ -696,7 +708,7 @@ class CalendarStore:
             z = master.start.value.tzinfo
             wall = master.start.value.replace(tzinfo=None)
             duration = master.end.value - master.start.value
-            for d in expand_pattern(master.data["recurrence"], wall.date(), we.astimezone(z).date() + timedelta(days=2)):
+            for d in self._dates(master, wall.date(), we.astimezone(z).date() + timedelta(days=2)):
                 s = datetime.combine(d, wall.time()).replace(tzinfo=z)
                 key = _okey(s)
                 if key in master.cancelled or key in master.exceptions:
