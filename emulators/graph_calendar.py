@@ -94,6 +94,7 @@ READ_ONLY = {"id", "changeKey", "createdDateTime", "lastModifiedDateTime", "iCal
              "originalStart", "isOrganizer", "organizer", "isCancelled", "responseStatus", "webLink",
              "originalStartTimeZone", "originalEndTimeZone", "bodyPreview"}
 _WINDOWS_LOWER = {k.lower(): v for k, v in WINDOWS_TO_OLSON.items()}
+_WINDOWS_NAME = {k.lower(): k for k in WINDOWS_TO_OLSON}
 _GOLDEN = {v: k for k, v in sorted(WINDOWS_TO_OLSON.items(), reverse=True)}
 
 
@@ -184,9 +185,7 @@ def _render_when(w: When, out_zone: str | None) -> dict[str, str]:
 
 def _windows_label(label: str) -> str:
     """What Graph reports in originalStartTimeZone: the Windows name when there is one."""
-    if label.lower() in _WINDOWS_LOWER:
-        return next(k for k in WINDOWS_TO_OLSON if k.lower() == label.lower())
-    return _GOLDEN.get(label, label)
+    return _WINDOWS_NAME.get(label.lower()) or _GOLDEN.get(label, label)
 
 
 # ------------------------------------------------------------------------ recurrence
