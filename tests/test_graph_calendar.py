@@ -491,3 +491,20 @@ def test_a_lone_surrogate_in_a_title_is_stored_and_served_escaped(graph, conn):
         assert resp.status_code == 201 and "\\ud800" in resp.text
     (rec,) = _round(conn, None)[0]
     assert rec.content.title == "A\ud800B"
+
+
+def test_a_series_across_a_dst_change_keeps_its_wall_clock_and_keys_instances_in_utc(graph, conn):
+    state, _ = graph
+    cal = state.calendar
+    (mid,) = cal.seed([{"subject": "Spring", "start": _when("2027-03-15T09:00:00"), "end": _when("2027-03-15T10:00:00"),
+                        "recurrence": {"pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday"]},
+                                       "range": {"type": "endDate", "startDate": "2027-03-15",
+                                                 "endDate": "2027-03-29"}}}])
+    inst = cal.instances(mid, datetime(2027, 3, 1, tzinfo=timezone.utc), datetime(2027, 4, 30, tzinfo=timezone.utc))
+    assert [i["originalStart"] for i in inst] == ["2027-03-15T08:00:00Z", "2027-03-22T08:00:00Z", "2027-03-29T07:00:00Z"]
+    cal.user_delete(inst[2]["id"])  # after the clocks went forward: 09:00 Paris is 07:00 UTC
+    records = _round(conn, None)[0]
+    got = {r.content.recurrence_id: r.content for r in records}
+    assert set(got) == {"", "20270329T070000Z"}
+    assert got[""].rrule == "FREQ=WEEKLY;BYDAY=MO;WKST=SU;UNTIL=20270329T070000Z"
+    assert (got["20270329T070000Z"].status, got["20270329T070000Z"].start) == ("cancelled", "2027-03-29T09:00:00")
