@@ -26,10 +26,13 @@ Choices that are not obvious from the protocol:
   current content, a 404 is a tombstone. A removed occurrence's tombstone names an id
   no record has (harmless). A deleted series shows only as removed occurrences: its
   master's deletion is seen by the next full listing, not by the delta.
-- Writes, one item at a time (each a few calls, counted in `WriteResult.calls`):
-  singles and masters are POSTed (our marker in a single-value extended property) and
-  PATCHed / DELETEd with `If-Match` (412 -> PreconditionFailed). An exception is
-  written by finding its master by `iCalUId` and the instance by `originalStart`
+- Writes: a write that is one Graph call goes in a JSON `$batch` (20 per call, the
+  call's cost shared in `WriteResult.calls`; a 429 inside the batch fails that item
+  alone, a failed `$batch` call every item in it): singles and masters are POSTed
+  (our marker in a single-value extended property), singles, masters and exceptions
+  PATCHed / DELETEd with `If-Match` (412 -> PreconditionFailed). The rest go one by
+  one after them (so an exception finds a series created in the same call): an
+  exception is created by finding its master by `iCalUId` and the instance by `originalStart`
   (instances in a small window around it, then the whole sync window), then PATCHing
   the instance (Graph makes it an exception) or DELETEing it (cancelled). A master's
   EXDATEs are cancelled the same way after it is written. A cancelled instance cannot
@@ -381,16 +384,85 @@ class GraphCalendar(GraphConnection):
     # ------------------------------------------------------------------ writes
 
     def create_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
-        # masters before exceptions, so an exception written in the same batch finds its series
-        order = sorted(range(len(requests)), key=lambda i: bool(getattr(requests[i].content, "recurrence_id", "")))
-        results: dict[int, WriteResult] = {i: self._one(requests[i], "create") for i in order}
-        return [results[i] for i in range(len(requests))]
+        return self._write(requests, "create")
 
     def update_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
-        return [self._one(r, "update") for r in requests]
+        return self._write(requests, "update")
 
     def delete_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
-        return [self._one(r, "delete") for r in requests]
+        return self._write(requests, "delete")
+
+    def _write(self, requests: Sequence[WriteRequest], op: str) -> list[WriteResult]:
+        """Plain writes (one Graph item each) in `$batch` calls of 20; the others (exceptions
+        created or cancelled, EXDATEs, synthetic cancelled ids) one by one, after the plain
+        ones so an exception finds a series created in the same call."""
+        results: dict[int, WriteResult] = {}
+        plain: dict[int, dict[str, Any]] = {}
+        later: list[int] = []
+        for i, r in enumerate(requests):
+            bad = r.malformed(op)
+            if bad is not None:
+                results[i] = WriteResult(key=r.key, error=bad, calls=0.0)
+                continue
+            try:
+                sub = self._plain_sub(r, op)
+            except ConnectorError as exc:
+                results[i] = WriteResult(key=r.key, error=exc, calls=0.0)
+                continue
+            if sub is None:
+                later.append(i)
+            else:
+                plain[i] = sub
+        order = list(plain)
+        for start in range(0, len(order), BATCH_MAX):
+            chunk = order[start: start + BATCH_MAX]
+            try:
+                answers: list[Any] = self._batch([plain[i] for i in chunk])
+            except ConnectorError as exc:  # the whole call failed: each item shares it
+                answers = [exc] * len(chunk)
+            for i, answer in zip(chunk, answers):
+                results[i] = self._plain_result(requests[i], op, answer, 1.0 / len(chunk))
+        for i in later:
+            results[i] = self._one(requests[i], op)
+        return [results[i] for i in range(len(requests))]
+
+    def _plain_sub(self, r: WriteRequest, op: str) -> dict[str, Any] | None:
+        """The `$batch` sub-request of a write that is one Graph call, or None for the others."""
+        ext = r.external_id or ""
+        if CANCELLED in ext:
+            return None
+        headers = {"If-Match": r.etag} if r.etag else {}
+        if op == "delete":
+            return {"method": "DELETE", "url": f"/me/events/{quote(ext, safe='')}", "headers": headers}
+        ev: Event = r.content
+        if ev.exdates and ev.rrule:
+            return None
+        if op == "create":
+            if ev.recurrence_id:
+                return None
+            return {"method": "POST", "url": "/me/events",
+                    "body": event_to_body(ev, marker=r.marker, marker_property=MARKER_PROPERTY_ID)}
+        if ev.recurrence_id and ev.status == "cancelled":
+            return None
+        return {"method": "PATCH", "url": f"/me/events/{quote(ext, safe='')}", "headers": headers,
+                "body": event_to_body(ev, instance=bool(ev.recurrence_id))}
+
+    def _plain_result(self, r: WriteRequest, op: str, answer: Any, share: float) -> WriteResult:
+        if isinstance(answer, ConnectorError):
+            return WriteResult(key=r.key, error=answer, calls=share)
+        status, body = int(answer.get("status") or 0), answer.get("body")
+        if op == "delete" and (status < 300 or status == 404):  # already gone counts as deleted
+            return WriteResult(key=r.key, record=EventRecord(side="mailbox", external_id=r.external_id or "",
+                                                             deleted=True), calls=share)
+        if status >= 300:
+            return WriteResult(key=r.key, error=error_for(status, answer.get("headers") or {}, body), calls=share)
+        if not isinstance(body, dict):
+            return WriteResult(key=r.key, error=Transient("graph $batch answer without a body"), calls=share)
+        ev: Event = r.content
+        if body.get("type") == "exception":
+            return WriteResult(key=r.key, record=self._record(body, uid=ev.uid,
+                                                              all_day_series=len(ev.recurrence_id) == 8), calls=share)
+        return WriteResult(key=r.key, record=self._record(body), calls=share)
 
     def _one(self, r: WriteRequest, op: str) -> WriteResult:
         bad = r.malformed(op)

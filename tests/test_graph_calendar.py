@@ -348,10 +348,16 @@ def test_throttling_is_rate_limited_with_retry_after(graph, conn):
         conn.list_changes(None)
     assert err.value.retry_after == 7
     assert _round(conn, None)[0]  # the next try goes through
-    state.inject_fault(429, count=1, retry_after=3, method="POST", path="^/me/events$")
     ev = Event(title="Y", start="2026-12-09T09:00:00", end="2026-12-09T10:00:00", start_tz="Europe/Paris")
-    (res,) = conn.create_many([WriteRequest(key="y", content=ev)])
-    assert isinstance(res.error, RateLimited) and res.error.retry_after == 3
+    # one item of a $batch throttled: that item alone fails, with its own Retry-After
+    state.inject_fault(429, count=1, retry_after=3, method="POST", path="^/me/events$", where="batch_item")
+    res = conn.create_many([WriteRequest(key=f"y{i}", content=ev) for i in range(3)])
+    assert [isinstance(r.error, RateLimited) for r in res].count(True) == 1
+    assert next(r.error.retry_after for r in res if r.error) == 3
+    # the whole $batch call throttled: every item in it gets the error
+    state.inject_fault(429, count=1, retry_after=5, method="POST", path="batch")
+    res = conn.create_many([WriteRequest(key=f"z{i}", content=ev) for i in range(2)])
+    assert all(isinstance(r.error, RateLimited) and r.error.retry_after == 5 for r in res)
 
 
 # --------------------------------------------------------------------------- several users
