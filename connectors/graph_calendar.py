@@ -37,6 +37,9 @@ Choices that are not obvious from the protocol:
   the instance (Graph makes it an exception) or DELETEing it (cancelled). A master's
   EXDATEs are cancelled the same way after it is written. A cancelled instance cannot
   be restored in Graph: such an update is ValidationRejected.
+- On an attendee's copy (the connector knows its owner's `address` and the event's
+  organizer is someone else) an update writes only the owner's answer (`accept`,
+  `tentativelyAccept`, `decline`, sent to the organizer); content is the organizer's.
 - Graph assigns `iCalUId` itself: a created event comes back with Graph's UID, not
   the one asked for (the caller links by the returned record).
 - Errors as in `connectors.graph_http.error_for` (410 / syncStateNotFound /
@@ -442,7 +445,7 @@ class GraphCalendar(GraphConnection):
                 return None
             return {"method": "POST", "url": "/me/events",
                     "body": event_to_body(ev, marker=r.marker, marker_property=MARKER_PROPERTY_ID)}
-        if ev.recurrence_id and ev.status == "cancelled":
+        if (ev.recurrence_id and ev.status == "cancelled") or self._is_attendee_copy(ev):
             return None
         return {"method": "PATCH", "url": f"/me/events/{quote(ext, safe='')}", "headers": headers,
                 "body": event_to_body(ev, instance=bool(ev.recurrence_id))}
@@ -493,6 +496,8 @@ class GraphCalendar(GraphConnection):
             if ev.status == "cancelled":
                 return EventRecord(side="mailbox", external_id=ext, content=ev)
             raise ValidationRejected("graph cannot restore a cancelled occurrence", rule="cancelled_instance_restore")
+        if self._is_attendee_copy(ev):
+            return self._respond(ext, ev)
         headers = {"If-Match": r.etag} if r.etag else None
         if ev.recurrence_id and ev.status == "cancelled":
             self._request("DELETE", f"/me/events/{quote(ext, safe='')}", headers=headers)
@@ -516,6 +521,18 @@ class GraphCalendar(GraphConnection):
             except NotFound:
                 pass  # already gone counts as deleted
         return EventRecord(side="mailbox", external_id=ext, deleted=True)
+
+    def _is_attendee_copy(self, ev: Event) -> bool:
+        return bool(self.address and ev.organizer and ev.organizer != self.address)
+
+    def _respond(self, ext: str, ev: Event) -> SideRecord:
+        """On an attendee's copy only the owner's answer is written (Graph sends it to the
+        organizer); content edits belong to the organizer's copy and are not pushed from here."""
+        action = {"accepted": "accept", "tentative": "tentativelyAccept", "declined": "decline"}.get(
+            ev.response_of(self.address or "") or "")
+        if action is not None:
+            self._request("POST", f"/me/events/{quote(ext, safe='')}/{action}", body={"sendResponse": True})
+        return self.get(ext)
 
     # exceptions and cancelled instances -----------------------------------------------
 

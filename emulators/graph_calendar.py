@@ -39,7 +39,8 @@ calendar connector must survive (PROVIDERS.md sections D and G):
   UNCONFIRMED for Graph).
 - `@odata.etag` / `If-Match` on PATCH and DELETE (412 on mismatch), single-value
   extended properties with the documented `$filter` and `$expand`, `$filter=iCalUId eq`,
-  `/me/events/{id}/instances?startDateTime=&endDateTime=`, subscriptions on
+  `/me/events/{id}/instances?startDateTime=&endDateTime=`, an attendee's
+  `/me/events/{id}/accept|tentativelyAccept|decline` (400 for the organizer), subscriptions on
   `me/events` (the state's subscription store; notifications posted as changes happen).
 - bad input is a 400 with Graph's error body (`RequestBodyRead`, `ErrorInvalidRequest`,
   `TimeZoneNotSupportedException`, `ErrorInvalidRecurrence`...), never a 500.
@@ -525,6 +526,9 @@ class CalendarStore:
             if mm := re.fullmatch(r"/me/events/([^/]+)/instances", path):
                 return self._instances(u, mm.group(1), req) if m == "GET" else _error(
                     405, "ErrorInvalidRequest", "Method not allowed.")
+            if mm := re.fullmatch(r"/me/events/([^/]+)/(accept|tentativelyAccept|decline)", path, re.IGNORECASE):
+                return self._answer(u, mm.group(1), mm.group(2).lower(), req) if m == "POST" else _error(
+                    405, "ErrorInvalidRequest", "Method not allowed.")
             if mm := re.fullmatch(r"/me/events/([^/]+)", path):
                 if m == "GET":
                     return self._get(u, mm.group(1), req)
@@ -948,6 +952,22 @@ class CalendarStore:
             ident = item.id
         self._notify(u, ident, "updated")
         return SubResponse(200, {}, out)
+
+    def _answer(self, u: UserCalendar, event_id: str, action: str, req: SubRequest) -> SubResponse:
+        """An attendee accepts, tentatively accepts or declines their copy (202, no body)."""
+        if req.body is not None and not isinstance(req.body, dict):
+            raise BadInput("RequestBodyRead", "The request body must be a JSON object.")
+        with self.lock:
+            item = u.items.get(event_id)
+            if item is None:
+                return _not_found()
+            if item.is_organizer:
+                return _error(400, "ErrorInvalidRequest", "You can't respond to this meeting because you're the "
+                                                          "meeting organizer.")
+        response = {"accept": "accepted", "tentativelyaccept": "tentativelyAccepted", "decline": "declined"}[action]
+        self.respond(u.address, event_id, response)
+        self._notify(u, event_id, "updated")
+        return SubResponse(202, {}, None)
 
     def _delete(self, u: UserCalendar, event_id: str, req: SubRequest) -> SubResponse:
         with self.lock:

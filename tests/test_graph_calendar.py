@@ -514,3 +514,23 @@ def test_a_series_across_a_dst_change_keeps_its_wall_clock_and_keys_instances_in
     assert set(got) == {"", "20270329T070000Z"}
     assert got[""].rrule == "FREQ=WEEKLY;BYDAY=MO;WKST=SU;UNTIL=20270329T070000Z"
     assert (got["20270329T070000Z"].status, got["20270329T070000Z"].start) == ("cancelled", "2027-03-29T09:00:00")
+
+
+def test_an_attendee_copy_writes_only_its_owners_answer(graph):
+    state, base = graph
+    cal = state.calendar
+    cal.add_user("erin@contoso.example", token="erin-token")
+    (mid,) = cal.seed([_single("Board", "2026-12-10")])
+    copy_id = cal.invite(mid, ["erin@contoso.example"])["erin@contoso.example"]
+    erin = _conn(base, token="erin-token", address="erin@contoso.example")
+    rec = erin.get(copy_id)
+    assert rec.content.response_of("erin@contoso.example") == "needsAction"
+    wanted = rec.content.with_response("erin@contoso.example", "accepted").model_copy(update={"title": "Mine now"})
+    (res,) = erin.update_many([WriteRequest(key="r", external_id=copy_id, etag=rec.etag, content=wanted)])
+    assert res.error is None
+    assert res.record.content.response_of("erin@contoso.example") == "accepted"
+    assert res.record.content.title == "Board"  # the attendee's copy pushes no content
+    organizer_view = _conn(base, address=DEFAULT_USER).get(mid).content
+    assert organizer_view.response_of("erin@contoso.example") == "accepted"
+    with httpx.Client(base_url=base.rstrip("/") + "/v1.0", headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        assert c.post(f"/me/events/{mid}/accept", json={}).status_code == 400  # the organizer cannot answer
