@@ -558,6 +558,10 @@ class GraphCalendar(GraphConnection):
         return None
 
     def _write_instance(self, ev: Event) -> SideRecord:
+        if ev.range:  # before any call, as event_to_body would for a live one
+            raise ValidationRejected("graph calendar cannot hold a this-and-following exception",
+                                     rule="thisandfuture_unsupported")
+        body = event_to_body(ev, instance=True) if ev.status != "cancelled" else None
         master = self._master_by_uid(ev.uid)
         inst = self._find_instance(master, ev.recurrence_id)
         cancelled_id = f"{master['id']}{CANCELLED}{ev.recurrence_id}"
@@ -571,7 +575,6 @@ class GraphCalendar(GraphConnection):
         if inst is None:
             raise ValidationRejected("graph series has no such instance (cancelled or outside the series)",
                                      rule="instance_missing")
-        body = event_to_body(ev, instance=True)
         item = self._request("PATCH", f"/me/events/{quote(str(inst['id']), safe='')}", body=body).json()
         return self._record(item, uid=str(master.get("iCalUId") or ev.uid), all_day_series=bool(master.get("isAllDay")))
 

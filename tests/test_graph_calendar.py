@@ -214,10 +214,15 @@ def test_all_day_events_are_dates_without_a_zone_both_ways(graph, conn):
 
 
 def test_windows_zone_names_are_read_as_iana_and_written_as_windows(graph, conn):
-    state, _ = graph
+    state, base = graph
     state.calendar.seed([_single("Sydney", "2026-12-03", "AUS Eastern Standard Time"),
                          _single("Delhi", "2026-12-04", "India Standard Time")])
     got = {r.content.title: (r.content.start, r.content.start_tz) for r in _round(conn, None)[0]}
+    # a client asking for another zone gets that zone's wall clock and its name back
+    with httpx.Client(base_url=base.rstrip("/") + "/v1.0", headers={"Authorization": f"Bearer {TOKEN}"}) as c:
+        first = c.get("/me/events", headers={"Prefer": 'outlook.timezone="Pacific Standard Time"'}).json()["value"][0]
+    assert first["start"] == {"dateTime": "2026-12-02T14:00:00.0000000", "timeZone": "Pacific Standard Time"}
+    assert first["originalStartTimeZone"] == "AUS Eastern Standard Time"
     # CLDR's golden zone for India keeps the older IANA name (a link to Asia/Kolkata)
     assert got == {"Sydney": ("2026-12-03T09:00:00", "Australia/Sydney"), "Delhi": ("2026-12-04T09:00:00", "Asia/Calcutta")}
     ev = Event(title="Paris", start="2026-12-08T15:00:00", end="2026-12-08T16:00:00", start_tz="Europe/Paris",
@@ -332,6 +337,8 @@ def test_what_graph_cannot_hold_is_refused_by_name_without_a_call(conn):
         "rdate_unsupported": base.model_copy(update={"rrule": "FREQ=DAILY", "rdates": ("20261220T080000Z",)}),
         "rrule_part_unsupported": base.model_copy(update={"rrule": "FREQ=DAILY;BYHOUR=9,15"}),
         "rrule_monthday_past_28": base.model_copy(update={"rrule": "FREQ=MONTHLY;BYMONTHDAY=30"}),
+        "thisandfuture_unsupported": base.model_copy(update={"uid": "u1", "recurrence_id": "20261209T080000Z",
+                                                             "range": "THISANDFUTURE"}),
     }
     before = conn.calls_made
     results = conn.create_many([WriteRequest(key=k, content=e) for k, e in cases.items()])

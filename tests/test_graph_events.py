@@ -71,3 +71,12 @@ def test_an_event_written_to_graph_reads_back_the_same(ev):
             "start_tz", "end_tz", "rrule", "attendees", "status")
     assert {k: getattr(back, k) for k in same} == {k: getattr(ev, k) for k in same}
     assert back.uid  # Graph assigned one
+
+
+def test_times_in_any_zone_graph_answers_in_are_read_as_the_events_own_wall_clock():
+    item = {"type": "singleInstance", "iCalUId": "u", "subject": "s", "isAllDay": False,
+            "start": {"dateTime": "2026-12-03T00:00:00.0000000", "timeZone": "Pacific Standard Time"},
+            "end": {"dateTime": "2026-12-03T01:30:00.0000000", "timeZone": "Pacific Standard Time"},
+            "originalStartTimeZone": "Romance Standard Time", "originalEndTimeZone": "Romance Standard Time"}
+    ev = item_to_event(item)
+    assert (ev.start, ev.end, ev.start_tz) == ("2026-12-03T09:00:00", "2026-12-03T10:30:00", "Europe/Paris")
