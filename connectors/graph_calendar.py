@@ -22,8 +22,10 @@ Choices that are not obvious from the protocol:
   no item for it; writing to that id is answered here). An exception moved out of
   the window looks the same (limitation: the window cannot show where it went).
 - `@removed` entries: an item can leave the window without being deleted, so removed
-  ids are read back (GETs in the same `$batch`); one still there is reported with its
-  current content, a 404 is a tombstone. A removed occurrence's tombstone names an id
+  ids are read back (GETs in the same `$batch`); a single still there is reported with
+  its current content, a 404 is a tombstone. An exception moved out of the window is
+  read back the same way: its series is read (again) knowing it, so its slot is not a
+  cancelled instance (a tombstone withdraws one an earlier page of the round gave). A removed occurrence's tombstone names an id
   no record has (harmless). A deleted series shows only as removed occurrences: its
   master's deletion is seen by the next full listing, not by the delta.
 - Writes: a write that is one Graph call goes in a JSON `$batch` (20 per call, the
@@ -232,34 +234,51 @@ class GraphCalendar(GraphConnection):
                 series.append(str(item["seriesMasterId"]))
             else:
                 out[str(item.get("id") or "")] = _problem_record(item, TranslationProblem("event_type_unknown"))
-        wanted = [m for m in dict.fromkeys(series) if _digest(m) not in seen]
-        subs: list[dict[str, Any]] = []
-        for m in wanted:
-            subs.append({"method": "GET", "url": f"/me/events/{quote(m, safe='')}"})
-            subs.append({"method": "GET", "url": self._instances_url(m, window)})
-        for rid in removed:
-            subs.append({"method": "GET", "url": f"/me/events/{quote(rid, safe='')}"})
-        answers = self._batch(subs) if subs else []
-        late_series: list[str] = []
-        for n, m in enumerate(wanted):
-            seen.add(_digest(m))
-            for rec in self._series_records(m, answers[2 * n], answers[2 * n + 1], window):
-                out[rec.external_id] = rec
+        wanted = self._unseen(series, seen)
+        answers = self._batch(self._series_gets(wanted, window) + [
+            {"method": "GET", "url": f"/me/events/{quote(rid, safe='')}"} for rid in removed]) if wanted or removed else []
+        outside: dict[str, list[dict[str, Any]]] = {}
         for rid, answer in zip(removed, answers[2 * len(wanted):]):
             try:
                 item = self._body_of(answer)
             except NotFound:
-                out.setdefault(rid, SideRecord[Event](side="mailbox", external_id=rid, deleted=True))
+                out.setdefault(rid, EventRecord(side="mailbox", external_id=rid, deleted=True))
                 continue
             if item.get("type") == "singleInstance":
                 out[rid] = self._record(item)  # it left the window, it was not deleted
-            elif item.get("seriesMasterId") and _digest(str(item["seriesMasterId"])) not in seen:
-                late_series.append(str(item["seriesMasterId"]))
-        if late_series:
-            for rec in self._page_records([{"type": "occurrence", "id": "", "seriesMasterId": m} for m in late_series],
-                                          window, seen):
-                out[rec.external_id] = rec
+            elif item.get("seriesMasterId"):  # an instance moved out of the window: its series changed
+                outside.setdefault(str(item["seriesMasterId"]), []).append(item)
+        out.update(self._series_from(wanted, answers[: 2 * len(wanted)], window, seen, outside))
+        # re-read even a series an earlier page of this round read: it took the slot of an
+        # instance moved out of the window for a cancelled one (corrected by a tombstone)
+        again = [m for m in outside if m not in wanted]
+        if again:
+            out.update(self._series_from(again, self._batch(self._series_gets(again, window)), window, seen, outside))
         return list(out.values())
+
+    @staticmethod
+    def _unseen(master_ids: list[str], seen: set[str]) -> list[str]:
+        return [m for m in dict.fromkeys(master_ids) if _digest(m) not in seen]
+
+    def _series_gets(self, master_ids: list[str], window: tuple[datetime, datetime]) -> list[dict[str, Any]]:
+        """Per series: its master, then its instances in the window (answers in that order)."""
+        subs: list[dict[str, Any]] = []
+        for m in master_ids:
+            subs.append({"method": "GET", "url": f"/me/events/{quote(m, safe='')}"})
+            subs.append({"method": "GET", "url": self._instances_url(m, window)})
+        return subs
+
+    def _series_from(self, master_ids: list[str], answers: list[Any], window: tuple[datetime, datetime],
+                     seen: set[str], outside: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, SideRecord]:
+        """Records of each series; `outside`: instances known to lie outside the window (read back
+        after an `@removed`), so their slots are not taken for cancelled ones."""
+        out: dict[str, SideRecord] = {}
+        for n, m in enumerate(master_ids):
+            seen.add(_digest(m))
+            for rec in self._series_records(m, answers[2 * n], answers[2 * n + 1], window,
+                                            (outside or {}).get(m, [])):
+                out[rec.external_id] = rec
+        return out
 
     def _instances_url(self, master_id: str, window: tuple[datetime, datetime]) -> str:
         q = urlencode({"startDateTime": _iso(window[0]), "endDateTime": _iso(window[1]), "$top": str(INSTANCES_PAGE)},
@@ -276,7 +295,7 @@ class GraphCalendar(GraphConnection):
                            etag=item.get("@odata.etag"), updated_at=_updated_at(item))
 
     def _series_records(self, master_id: str, master_answer: Any, instances_answer: Any,
-                        window: tuple[datetime, datetime]) -> list[SideRecord]:
+                        window: tuple[datetime, datetime], outside: list[dict[str, Any]] = ()) -> list[SideRecord]:
         try:
             master_item = self._body_of(master_answer)
         except NotFound:
@@ -289,7 +308,16 @@ class GraphCalendar(GraphConnection):
             instances = self._all_instances(self._body_of(instances_answer))
         except NotFound:
             return [master_rec]  # deleted between the two reads: its removals follow
-        return [master_rec] + self._instance_records(master_id, master, instances, window)
+        known = {str(i.get("id")) for i in instances}
+        instances += [i for i in outside if str(i.get("id")) not in known]
+        records = self._instance_records(master_id, master, instances, window)
+        for item in outside:
+            try:
+                key = original_key(item, master.all_day)
+            except TranslationProblem:
+                continue
+            records.append(EventRecord(side="mailbox", external_id=f"{master_id}{CANCELLED}{key}", deleted=True))
+        return [master_rec] + records
 
     def _all_instances(self, first: dict[str, Any]) -> list[dict[str, Any]]:
         items = list(first.get("value") or [])

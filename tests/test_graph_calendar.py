@@ -541,3 +541,23 @@ def test_an_attendee_copy_writes_only_its_owners_answer(graph):
     assert organizer_view.response_of("erin@contoso.example") == "accepted"
     with httpx.Client(base_url=base.rstrip("/") + "/v1.0", headers={"Authorization": f"Bearer {TOKEN}"}) as c:
         assert c.post(f"/me/events/{mid}/accept", json={}).status_code == 400  # the organizer cannot answer
+
+
+@pytest.mark.parametrize("page_size", [2, 50])  # its series read on an earlier page of the round, or the same
+def test_an_exception_moved_out_of_the_window_is_reported_where_it_went_not_as_cancelled(graph, page_size):
+    state, base = graph
+    conn = _conn(base, page_size=page_size)
+    cal = state.calendar
+    master_id, master = _series_with_changes(state)
+    _, cursor = _round(conn, None)
+    inst = cal.instances(master_id, datetime(2026, 12, 1, tzinfo=timezone.utc), datetime(2027, 2, 1, tzinfo=timezone.utc))
+    moved = next(i for i in inst if i["type"] == "exception" and i["originalStart"] == "2026-12-14T08:00:00Z")
+    cal.user_edit(moved["id"], {"start": _when("2027-08-02T09:00:00"), "end": _when("2027-08-02T09:30:00")})
+    records, _ = _round(conn, cursor)
+    final = {r.external_id: r for r in records}  # the caller keeps the last state of each id
+    got = {r.content.recurrence_id: r.content for r in final.values() if r.content}
+    assert not final.get(f"{master_id}{CANCELLED}20261214T080000Z") or final[
+        f"{master_id}{CANCELLED}20261214T080000Z"].deleted
+    assert got["20261214T080000Z"].status == "confirmed"
+    assert got["20261214T080000Z"].start == "2027-08-02T09:00:00"
+    assert got["20261228T080000Z"].status == "cancelled"  # the really cancelled one stays so
