@@ -561,3 +561,13 @@ def test_an_exception_moved_out_of_the_window_is_reported_where_it_went_not_as_c
     assert got["20261214T080000Z"].status == "confirmed"
     assert got["20261214T080000Z"].start == "2027-08-02T09:00:00"
     assert got["20261228T080000Z"].status == "cancelled"  # the really cancelled one stays so
+
+
+def test_replays_and_empty_pages_inside_a_round_change_nothing(graph, conn):
+    state, base = graph
+    state.calendar.seed([_single(f"Call {i}", f"2026-12-{i + 2:02d}") for i in range(6)])
+    _series_with_changes(state)
+    clean = _round(_conn(base), None)[0]
+    state.delta_replays, state.delta_empty_pages = 4, 2
+    noisy = _round(conn, None)[0]
+    assert {r.external_id: r.content for r in noisy} == {r.external_id: r.content for r in clean}
