@@ -4,7 +4,7 @@ A `Provider` says everything the rest of the code used to decide with
 `if provider == "google"`: how its OAuth connector is built from the deployment's
 `ProviderConfig`, how its contacts connector is built (vault tokens, or a static
 emulator token), where its API lives, which push subscription each kind of data
-needs (`push`: contacts, mail; none: the poll timer only), which subscription kinds its mailboxes may hold, and whether a
+needs (`push`: contacts, mail, calendar; none: the poll timer only), which subscription kinds its mailboxes may hold, and whether a
 grant can be revoked at the provider or only forgotten.
 
 Subscription kinds (the `subscriptions.provider` column) name what a push
@@ -219,8 +219,27 @@ def _microsoft_static_mail(settings: dict, token: str, account: str, options, **
                      **tuning)
 
 
+def _google_calendar(credentials, connection_id: str, settings: dict, **tuning):
+    from connectors.google_calendar import GoogleCalendar
+
+    creds = credentials.google_credentials(connection_id, settings)
+    return GoogleCalendar(settings.get("calendar_endpoint") or CALENDAR_ENDPOINT, creds, account=connection_id,
+                          **tuning)
+
+
+def _google_static_calendar(settings: dict, token: str, account: str, **tuning):
+    from connectors.google_calendar import GoogleCalendar
+
+    return GoogleCalendar.for_emulator(settings.get("calendar_endpoint") or CALENDAR_ENDPOINT, token=token,
+                                       account=account, **tuning)
+
+
+def _no_calendar(*args: Any, **kwargs: Any):
+    raise Fatal("this provider has no calendar connector yet")
+
+
 def _calendar_window(settings: dict) -> dict:
-    """The calendar delta window from connection settings (`calendar_days_back` / `_ahead`)."""
+    """Graph's calendar delta window from connection settings (`calendar_days_back` / `_ahead`)."""
     out = {}
     for key, arg in (("calendar_days_back", "days_back"), ("calendar_days_ahead", "days_ahead")):
         if isinstance(settings.get(key), int) and settings[key] >= 0:
@@ -234,15 +253,16 @@ def _microsoft_calendar(credentials, connection_id: str, settings: dict, **tunin
 
     presented = PresentedToken(credentials.token_source(connection_id, provider=MICROSOFT.name, settings=settings))
     graph = GraphCalendar(settings.get("endpoint") or GRAPH_ENDPOINT, presented, mailbox_key=connection_id,
-                          address=settings.get("address"), **_calendar_window(settings), **tuning)
+                          address=settings.get("email"), **_calendar_window(settings), **tuning)
     return RefreshOn401(graph, presented)
 
 
 def _microsoft_static_calendar(settings: dict, token: str, account: str, **tuning):
     from connectors.graph_calendar import GraphCalendar
 
+    address = settings.get("email") or (account if "@" in (account or "") else None)
     return GraphCalendar(settings.get("endpoint") or GRAPH_ENDPOINT, lambda: token, mailbox_key=account,
-                         address=settings.get("address"), **_calendar_window(settings), **tuning)
+                         address=address, **_calendar_window(settings), **tuning)
 
 
 @dataclass(frozen=True)
@@ -270,9 +290,9 @@ class Provider:
     #: True: the grant can be revoked at the provider; False: only our copy of the tokens can go
     revokes: bool
     #: (CredentialFactory, connection id, settings, **tuning) -> MailboxSide[Event] on vault tokens
-    calendar: Callable[..., Any] | None = None
+    calendar: Callable[..., Any] = _no_calendar
     #: (settings, static token, account, **tuning) -> MailboxSide[Event] (emulators and the demo only)
-    static_calendar: Callable[..., Any] | None = None
+    static_calendar: Callable[..., Any] = _no_calendar
 
 
 GOOGLE = Provider(
@@ -284,9 +304,13 @@ GOOGLE = Provider(
     mail=_google_mail,
     static_mail=_google_static_mail,
     contacts_push=None,  # People API has no push for contacts
-    push={"mail": PushNeed(GMAIL_WATCH, "watch")},
+    # Calendar channels are kept like Graph subscriptions (a public URL and a secret, the
+    # channel token); the row's resource is the channel's resourceId, which channels/stop needs.
+    push={"mail": PushNeed(GMAIL_WATCH, "watch"), "calendar": PushNeed(CALENDAR_CHANNEL, "subscription")},
     subscription_kinds=(GMAIL_WATCH, CALENDAR_CHANNEL),
     revokes=True,
+    calendar=_google_calendar,
+    static_calendar=_google_static_calendar,
 )
 
 MICROSOFT = Provider(
