@@ -1015,6 +1015,8 @@ class GraphState:
         if not path.startswith("/"):
             path = "/" + path
         headers = {str(k).lower(): str(v) for k, v in (r.get("headers") or {}).items()}
+        if outer.headers.get("authorization"):  # whose mailbox `/me` is inside the batch
+            headers["authorization"] = outer.headers["authorization"]
         if "body" in r and r["body"] is not None and "content-type" not in headers:
             return _error(400, "BadRequest", "Write request id : " + str(r.get("id")) + " does not contain Content-Type header or body.")
         with self.lock:

@@ -571,3 +571,14 @@ def test_replays_and_empty_pages_inside_a_round_change_nothing(graph, conn):
     state.delta_replays, state.delta_empty_pages = 4, 2
     noisy = _round(conn, None)[0]
     assert {r.external_id: r.content for r in noisy} == {r.external_id: r.content for r in clean}
+
+
+def test_batched_writes_land_in_the_calendar_of_the_token_that_sent_them(graph):
+    state, base = graph
+    state.calendar.add_user("fay@contoso.example", token="fay-token")
+    fay = _conn(base, token="fay-token", address="fay@contoso.example")
+    ev = Event(title="Fay's", start="2026-12-09T09:00:00", end="2026-12-09T10:00:00", start_tz="Europe/Paris")
+    (res,) = fay.create_many([WriteRequest(key="f", content=ev)])
+    assert res.error is None
+    assert res.record.external_id in state.calendar.user("fay@contoso.example").items
+    assert not state.calendar.user().items
