@@ -7,7 +7,12 @@ Choices that are not obvious from the protocol:
   moment a full listing starts) is fixed for the whole round and every later delta
   round: it lives in the cursor, compact JSON `{"v", "ws", "we", "link"}` holding the
   `@odata.deltaLink` exactly as Graph gave it. A new window comes with the next full
-  listing (no cursor, or CursorExpired). Events wholly outside it are not seen.
+  listing (no cursor, or CursorExpired). Changes to events wholly outside the window
+  are not seen by delta rounds; a full listing still lists them: after the window's
+  delta it pages through `/me/events` (singles and masters of every date, 1,000 a
+  call), because the caller takes "not listed by a full listing" for "deleted" and an
+  event a year away is not deleted. (Exceptions of a series outside the window are
+  not listed: limitation.)
 - calendarView expands series: it lists singles, occurrences and exceptions, never
   masters. Records are singles, series masters, exceptions and cancelled instances;
   ordinary occurrences are not records (the master's RRULE stands for them). A page
@@ -77,14 +82,39 @@ BATCH_MAX = 20
 PREFER_UTC = 'outlook.timezone="UTC"'
 CANCELLED = "/cancelled/"
 INSTANCES_PAGE = 1000
+LISTING_PAGE = 1000
 
 
 def _iso(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _compact(state: dict[str, Any]) -> str:
+    return json.dumps(state, separators=(",", ":"))
+
+
 def _digest(master_id: str) -> str:
     return hashlib.sha256(master_id.encode()).hexdigest()[:10]
+
+
+def _in_window(ev: Event, window: tuple[datetime, datetime]) -> bool:
+    """Whether calendarView over `window` listed this single, or an instance of this series."""
+    if ev.rrule:
+        try:
+            return bool(instance_keys(ev, *window))
+        except ValueError:
+            return False
+    start, end = ev.start_value(), ev.end_value()
+    if start is None or end is None:
+        return False
+    lo, hi = (_as_utc(start), _as_utc(end))
+    return lo < window[1] and (hi > window[0] or (hi == lo and lo >= window[0]))
+
+
+def _as_utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc) if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
 
 
 def _problem_record(item: Any, exc: Exception) -> SideRecord:
@@ -194,11 +224,14 @@ class GraphCalendar(GraphConnection):
             state = self._read_state(page_token or cursor or "")
             ws = datetime.fromisoformat(state["ws"].replace("Z", "+00:00"))
             we = datetime.fromisoformat(state["we"].replace("Z", "+00:00"))
+            full = bool(page_token and state.get("full"))
+            if page_token and state.get("phase") == "events":
+                return self._listing_page(state)
             seen = set(state.get("seen") or []) if page_token else set()
             resp = self._request("GET", state["link"], headers={"Prefer": f"{PREFER_UTC}, odata.maxpagesize={self.page_size}"})
         else:
             ws, we = self._window_now()
-            seen = set()
+            full, seen = True, set()
             resp = self._request("GET", "/me/calendarView/delta",
                                  params={"startDateTime": _iso(ws), "endDateTime": _iso(we)},
                                  headers={"Prefer": f"{PREFER_UTC}, odata.maxpagesize={self.page_size}"})
@@ -212,9 +245,32 @@ class GraphCalendar(GraphConnection):
         records = self._page_records(_dedupe(value), (ws, we), seen)
         base = {"v": 1, "ws": _iso(ws), "we": _iso(we)}
         if next_link:
-            return DeltaPage(records=records, next_page=json.dumps(dict(base, link=next_link, seen=sorted(seen)),
-                                                                   separators=(",", ":")))
-        return DeltaPage(records=records, cursor=json.dumps(dict(base, link=delta_link), separators=(",", ":")))
+            return DeltaPage(records=records, next_page=_compact(dict(base, link=next_link, seen=sorted(seen),
+                                                                       full=full)))
+        if full:  # then the events outside the window (see the module docstring)
+            return DeltaPage(records=records, next_page=_compact(dict(base, phase="events", delta=delta_link,
+                                                                       link=f"/me/events?$top={LISTING_PAGE}")))
+        return DeltaPage(records=records, cursor=_compact(dict(base, link=delta_link)))
+
+    def _listing_page(self, state: dict[str, Any]) -> DeltaPage:
+        """A page of `/me/events` (singles and masters, every date) at the end of a full listing."""
+        body = self._request("GET", state["link"]).json()
+        value = body.get("value")
+        if not isinstance(value, list) or not isinstance(state.get("delta"), str):
+            raise Transient("graph events page without a value array")
+        window = (datetime.fromisoformat(state["ws"].replace("Z", "+00:00")),
+                  datetime.fromisoformat(state["we"].replace("Z", "+00:00")))
+        records = []
+        for item in value:
+            if isinstance(item, dict) and item.get("type") in ("singleInstance", "seriesMaster"):
+                rec = self._record(item)
+                if rec.content is None or not _in_window(rec.content, window):
+                    records.append(rec)  # what the window's delta listed is not listed twice
+        base = {"v": 1, "ws": state["ws"], "we": state["we"]}
+        if body.get("@odata.nextLink"):
+            return DeltaPage(records=records, next_page=_compact(dict(base, phase="events", delta=state["delta"],
+                                                                       link=body["@odata.nextLink"])))
+        return DeltaPage(records=records, cursor=_compact(dict(base, link=state["delta"])))
 
     def _page_records(self, items: list[dict[str, Any]], window: tuple[datetime, datetime],
                       seen: set[str]) -> list[SideRecord]:

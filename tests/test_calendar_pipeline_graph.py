@@ -151,3 +151,17 @@ def test_a_platform_event_reaches_its_owners_calendar(world):
     assert [e.data.get("subject") for e in mine] == ["Site visit"]
     assert mine[0].data["attendees"][0]["emailAddress"]["address"] == CY
     assert mine[0].start.label == "Romance Standard Time"  # written with the Windows name
+
+
+def test_an_event_beyond_the_window_survives_a_full_resync(world):
+    ann = world.connect("ann")
+    world.cycle(ann)
+    start = soon(400, 14)  # further ahead than the connector's delta window
+    world.crm.calendar.user_create(world.org, "ann", title="Far", start=_wall(start),
+                                   end=_wall(start + timedelta(hours=1)), start_tz=TZ, end_tz=TZ)
+    world.settle(ann, rounds=2)
+    assert [r.content.title for r in world.records().values()] == ["Far"]
+    world.graph.expire_delta_tokens(410, "syncStateNotFound")
+    world.settle(ann, rounds=2)
+    assert [r.content.title for r in world.records().values()] == ["Far"]
+    assert [e.data["subject"] for e in world.graph.calendar.user(ANN).items.values()] == ["Far"]

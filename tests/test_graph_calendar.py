@@ -582,3 +582,23 @@ def test_batched_writes_land_in_the_calendar_of_the_token_that_sent_them(graph):
     assert res.error is None
     assert res.record.external_id in state.calendar.user("fay@contoso.example").items
     assert not state.calendar.user().items
+
+
+
+def test_a_full_listing_also_lists_events_outside_the_window_once(graph, conn):
+    state, _ = graph
+    cal = state.calendar
+    near, far = cal.seed([_single("Near", "2026-12-03"), _single("Far", "2028-06-01")])
+    (far_series,) = cal.seed([dict(_weekly("Far series"), start=_when("2028-01-03T09:00:00"),
+                                   end=_when("2028-01-03T09:30:00"),
+                                   recurrence={"pattern": {"type": "weekly", "interval": 1, "daysOfWeek": ["monday"]},
+                                               "range": {"type": "noEnd", "startDate": "2028-01-03"}})])
+    _series_with_changes(state)
+    records, cursor = _round(conn, None)
+    ids = [r.external_id for r in records]
+    assert len(ids) == len(set(ids))  # nothing listed twice
+    assert {near, far, far_series} <= set(ids)
+    # a delta round does not watch outside the window: the next full listing brings the change
+    cal.user_edit(far, {"subject": "Far, renamed"})
+    assert _round(conn, cursor)[0] == []
+    assert {r.external_id: r.content.title for r in _round(conn, None)[0]}[far] == "Far, renamed"
