@@ -602,3 +602,18 @@ def test_a_full_listing_also_lists_events_outside_the_window_once(graph, conn):
     cal.user_edit(far, {"subject": "Far, renamed"})
     assert _round(conn, cursor)[0] == []
     assert {r.external_id: r.content.title for r in _round(conn, None)[0]}[far] == "Far, renamed"
+
+
+def test_users_paths_name_a_calendar_and_its_links_keep_naming_it(graph):
+    state, base = graph
+    state.calendar.add_user("gus@contoso.example")
+    state.calendar.seed([_single(f"G{i}", f"2026-12-0{i + 1}") for i in range(3)], user="gus@contoso.example")
+    state.calendar.seed([_single("Default user's", "2026-12-02")])
+    with httpx.Client(base_url=base.rstrip("/") + "/v1.0", headers={"Authorization": f"Bearer {TOKEN}",
+                                                                     "Prefer": "odata.maxpagesize=2"}) as c:
+        body = c.get("/users/gus@contoso.example/calendarView/delta",
+                     params={"startDateTime": "2026-11-01T00:00:00Z", "endDateTime": "2027-01-01T00:00:00Z"}).json()
+        subjects = [v["subject"] for v in body["value"]]
+        assert "/users/gus@contoso.example/calendarView/delta?$skiptoken=" in body["@odata.nextLink"]
+        subjects += [v["subject"] for v in c.get(body["@odata.nextLink"]).json()["value"]]
+    assert subjects == ["G0", "G1", "G2"]
