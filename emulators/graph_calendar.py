@@ -16,8 +16,10 @@ calendar connector must survive (PROVIDERS.md sections D and G):
   the original start; an occurrence's `changeKey` is its master's (Exchange keeps no
   state per occurrence), so editing or cancelling anything in a series re-reports its
   occurrences in the next delta (UNCONFIRMED detail, the natural reading).
-- `iCalUId` differs per instance, as Graph documents ("different for each occurrence
-  in a recurring series"): only the master carries the series' UID.
+- `iCalUId` is Graph's to assign (read-only) and differs per instance, as Graph
+  documents ("different for each occurrence in a recurring series"): only the master
+  carries the series' UID. `GET /me/events` lists singles and masters only.
+- `$batch` sub-requests act for the mailbox of the call's bearer token.
 - PATCH on an occurrence turns it into an `exception` (`originalStart` kept); DELETE on
   an occurrence or exception cancels that instance: it leaves the view and the master
   keeps it cancelled (v1.0 exposes no `cancelledOccurrences`; they show as missing
@@ -42,6 +44,9 @@ calendar connector must survive (PROVIDERS.md sections D and G):
   `/me/events/{id}/instances?startDateTime=&endDateTime=`, an attendee's
   `/me/events/{id}/accept|tentativelyAccept|decline` (400 for the organizer), subscriptions on
   `me/events` (the state's subscription store; notifications posted as changes happen).
+- admin (Python on `state.calendar`, and `/_emulator/calendar/...` over HTTP): users
+  with their tokens, seed, user edits and deletes (as in Outlook), `invite`,
+  `respond`, `organizer_cancel` (attendee copies get `isCancelled`).
 - bad input is a 400 with Graph's error body (`RequestBodyRead`, `ErrorInvalidRequest`,
   `TimeZoneNotSupportedException`, `ErrorInvalidRecurrence`...), never a 500.
 """

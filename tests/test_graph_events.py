@@ -6,7 +6,7 @@ quickly; tests/test_graph_calendar.py covers the same path over real HTTP.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
@@ -80,3 +80,34 @@ def test_times_in_any_zone_graph_answers_in_are_read_as_the_events_own_wall_cloc
             "originalStartTimeZone": "Romance Standard Time", "originalEndTimeZone": "Romance Standard Time"}
     ev = item_to_event(item)
     assert (ev.start, ev.end, ev.start_tz) == ("2026-12-03T09:00:00", "2026-12-03T10:30:00", "Europe/Paris")
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.text(max_size=12),
+                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                     max_leaves=8)
+_when_json = st.fixed_dictionaries({"dateTime": st.one_of(st.text(max_size=25), st.sampled_from(
+    ["2026-12-01T09:00:00", "9999-12-31T23:59:59", "0001-01-01T00:00:00", "2026-02-30T09:00:00"])),
+    "timeZone": st.one_of(st.text(max_size=10), st.sampled_from(["UTC", "Romance Standard Time", "Etc/GMT+14"]))})
+_bodies = st.one_of(_json, st.fixed_dictionaries({"subject": _json, "start": st.one_of(_when_json, _json),
+                                                  "end": st.one_of(_when_json, _json)},
+                                                 optional={"isAllDay": _json, "recurrence": _json,
+                                                           "attendees": _json, "showAs": _json, "body": _json,
+                                                           "location": _json, "singleValueExtendedProperties": _json}))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_bodies, st.sampled_from(["POST", "PATCH", "GET"]), st.dictionaries(
+    st.sampled_from(["startDateTime", "endDateTime", "$filter", "$top", "$skip", "$expand"]), st.text(max_size=20)))
+def test_no_client_input_gets_a_500(body, method, query):
+    (eid,) = STATE.calendar.seed([{"subject": "x", "start": {"dateTime": "2026-12-01T09:00:00", "timeZone": "UTC"},
+                                   "end": {"dateTime": "2026-12-01T10:00:00", "timeZone": "UTC"},
+                                   "recurrence": {"pattern": {"type": "daily", "interval": 1},
+                                                  "range": {"type": "numbered", "startDate": "2026-12-01",
+                                                            "numberOfOccurrences": 3}}}])
+    occurrence = STATE.calendar.instances(eid, datetime(2026, 11, 1, tzinfo=timezone.utc),
+                                          datetime(2027, 1, 1, tzinfo=timezone.utc))[1]["id"]
+    for path in ("/me/events", f"/me/events/{eid}", f"/me/events/{occurrence}", f"/me/events/{eid}/instances",
+                 "/me/calendarView/delta"):
+        req = SubRequest(method, path, dict(query), {"authorization": "Bearer t"}, body, "http://emulator")
+        res = STATE.calendar.dispatch(req, path)
+        assert res.status < 500, (path, res.body)
