@@ -70,11 +70,14 @@ class CalendarStages:
             self.say(f"   {label or 'event'}: not on the platform")
             return
         e: Event = rec.content
-        when = f"{e.start} {e.start_tz}".strip() if e.status != "cancelled" else "cancelled"
-        what = f"{e.title!r}" if e.status != "cancelled" else "(instance cancelled)"
+        head = f"   {label + ': ' if label else ''}{rec.external_id}"
+        if e.status == "cancelled":
+            self.say(f"{head} cancelled (the instance of {e.recurrence_id})")
+            return
         extra = f", rule {e.rrule}" if e.rrule else ""
+        project = self.sc.project_names.get(e.project, e.project or "none")
         answers = ", ".join(r.replace("=", ": ") for r in e.responses)
-        self.say(f"   {label + ': ' if label else ''}{rec.external_id} {what} at {when}{extra}"
+        self.say(f"{head} {e.title!r} at {e.start} {e.start_tz}{extra}, project {project}"
                  f"{', answers ' + answers if answers else ''}")
 
     # -- the stages ----------------------------------------------------------------

@@ -147,6 +147,7 @@ class CalendarScenario:
         projects = {name: pid for pid, name in cal.list_projects(self.org_id).items()}
         self.general = projects.get("General") or cal.create_project(self.org_id, "General")
         self.launch = projects.get("Launch") or cal.create_project(self.org_id, "Launch")
+        self.project_names = {self.general: "General", self.launch: "Launch"}
         cal.configure_rules(self.org_id, [PmRule.project_required(), PmRule.end_after_start(),
                                           PmRule.max_duration("at most 8 hours", minutes=480)])
         return flavour
