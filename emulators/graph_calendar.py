@@ -431,6 +431,20 @@ class CalendarStore:
             new.exceptions[key] = ex.id
         return new.id
 
+    def receive_invitation(self, user: str, body: dict[str, Any], *, uid: str, organizer: str) -> str:
+        """An invitation from an organizer elsewhere (another provider) reaches this user:
+        Outlook adds the meeting with the organizer's iCalUId, `isOrganizer: false`, no
+        answer yet. Returns the copy's id."""
+        u = self.user(user)
+        item = self._create(u, copy.deepcopy(body), notify=False)
+        with self.lock:
+            item.uid = uid
+            item.is_organizer, item.response = False, "none"
+            item.organizer = {"emailAddress": {"name": organizer.split("@")[0], "address": organizer.lower()}}
+            item.change_key, item.modified = _new_change_key(), _now()
+        self._notify(u, item.id, "created")
+        return item.id
+
     def respond(self, user: str, event_id: str, response: str) -> None:
         """An attendee answers: their copy's responseStatus and the organizer's attendee entry."""
         if response not in RESPONSES:

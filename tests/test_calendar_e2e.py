@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 
+from store import calendar as claims
 from tests.e2e_rig import throwaway_keyring
 from tests.history_scan import found_in, history_text
 from workers import client as api
@@ -50,6 +51,12 @@ async def test_calendar_stages_on_the_dev_server(temporal_env, tmp_path, flavour
             assert meeting == [(o.meeting_uid, "")]
             m = recs[(o.meeting_uid, "")].content
             assert m.title == "Pricing workshop" and m.response_of(sc.people["cy"].email) == "accepted"
+            assert m.response_of(sc.people["bob"].email) == "tentative"  # from Outlook
+            # each meeting instance a calendar brought was claimed once, by the record that holds it
+            mailbox_made = [(uid, ""), (uid, keys[1]), (uid, keys[2]), (uid, keys[3]), (o.meeting_uid, "")]
+            with sc.sessions() as s:
+                held = claims.claims_for(s, sc.org_id, mailbox_made)
+            assert {k: c.platform_id for k, c in held.items()} == {k: recs[k].external_id for k in mailbox_made}
 
             # 3. the platform's event is in Ann's calendar, and Google invited Cy
             anns = [e for e in sc.calendar_events("ann") if e.title == "Customer site visit"]

@@ -118,16 +118,20 @@ class CalendarStages:
 
     async def shared_meeting(self) -> None:
         sc, o = self.sc, self.seen
-        o.meeting_uid = uid = sc.invite("ann", "Pricing workshop", soon(3, 14), 1.5, ["cy"])
+        o.meeting_uid = uid = sc.invite("ann", "Pricing workshop", soon(3, 14), 1.5, ["cy", "bob"])
         o.secrets += ["Pricing workshop"]
-        await self.sync("cy", "ann")
-        self.say("\n== calendar 2: Ann invites Cy; the meeting is on both calendars (one iCalUID)")
+        await asyncio.gather(*(api.sync_now(self.client, sc.org_id, sc.connections[w], timeout=120)
+                               for w in ("bob", "cy", "ann")))
+        self.say("\n== calendar 2: Ann (Google) invites Cy (Google) and Bob (Microsoft 365); the meeting is on "
+                 "three calendars with one iCalUID")
         same = [k for k in sc.records() if k[0] == uid]
-        self.say(f"   Cy's calendar synced first, then Ann's: {len(same)} platform record for the meeting")
+        self.say(f"   the three calendars synced at the same moment: {len(same)} platform record for the meeting")
         self.show((uid, ""), "meeting")
         sc.answer("cy", uid, "accepted")
-        await self.sync("cy")
-        self.say("   Cy accepts in his calendar; his copy adds only his answer:")
+        sc.answer("bob", uid, "tentative")
+        await self.sync("cy", "bob")
+        self.say("   Cy accepts in Google Calendar, Bob answers tentatively in Outlook; each copy adds only "
+                 "its owner's answer:")
         self.show((uid, ""), "meeting")
 
     async def platform_event(self) -> None:

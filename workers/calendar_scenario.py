@@ -4,7 +4,8 @@ whose project-management platform schedules work, for the demo and the tests.
 Three connected calendars on emulators reached through the real client libraries:
 Ann and Cy on Google Calendar (one emulator, a token each; invitations between them
 land in both calendars with one iCalUID, as in one Google Workspace domain) and Bob on
-Microsoft 365 (Graph emulator). The platform is the reference PM calendar, in the
+Microsoft 365 (the Graph emulator, reached with httpx; Ann's invitations reach his
+Outlook calendar with her iCalUID, as an invitation by mail would). The platform is the reference PM calendar, in the
 flavour asked for ("native" series and exceptions, or "singles": series expanded
 over a horizon). Its rules: an event needs a project (the organisation's fix files it
 under "General"), and none lasts more than 8 hours (no fix: such an event waits in
@@ -20,9 +21,12 @@ from zoneinfo import ZoneInfo
 
 from activities.pipeline import mailbox_progress, mailbox_stream
 from connectors.google_calendar import GoogleCalendar
+from connectors.graph_calendar import GraphCalendar
 from connectors.protocols import WriteRequest
 from emulators.google_calendar import CalendarState
 from emulators.google_calendar import create_app as google_calendar_app
+from emulators.graph import GraphState
+from emulators.graph import create_app as graph_app
 from emulators.server import RunningServer, serve
 from models.errors import Fatal
 from models.event import Event
@@ -69,10 +73,12 @@ class CalendarScenario:
         self.crm = ReferenceCrm(crm_url)
         self.platform = ReferenceCrmCalendar(self.crm)
         self.google = CalendarState(default_user=f"ann@{DOMAIN}", time_zone=TZ)
-        self.servers: list[RunningServer] = [serve(google_calendar_app(self.google))]
+        self.graph = GraphState(tokens=set())
+        self.servers: list[RunningServer] = [serve(google_calendar_app(self.google)), serve(graph_app(self.graph))]
         self.people = {
             "ann": Person("Ann Archer", f"ann@{DOMAIN}", "ann", "google"),
             "cy": Person("Cy Cole", f"cy@{DOMAIN}", "cy", "google"),
+            "bob": Person("Bob Baker", f"bob@{DOMAIN}", "bob", "microsoft"),
         }
         self.flavour = self._seed_platform(flavour)
         with self.sessions.begin() as s:
@@ -84,10 +90,16 @@ class CalendarScenario:
     # -- the calendars -------------------------------------------------------------
     def _connect(self, p: Person) -> None:
         p.token = f"token-{p.user_id}-{uuid.uuid4().hex[:6]}"
-        self.google.add_token(p.token, p.email)
-        self.google.calendar(p.email, TZ)
-        settings = {"calendar_endpoint": self.servers[0].base_url + "calendar/v3/", "token": p.token,
-                    "kinds": KINDS, "sync": {"fix_rules": [f"default_project={self.general}"]}}
+        sync = {"fix_rules": [f"default_project={self.general}"]}
+        if p.provider == "google":
+            self.google.add_token(p.token, p.email)
+            self.google.calendar(p.email, TZ)
+            settings = {"calendar_endpoint": self.servers[0].base_url + "calendar/v3/", "token": p.token,
+                        "kinds": KINDS, "sync": sync}
+        else:
+            self.graph.calendar.add_user(p.email, token=p.token, name=p.name)
+            settings = {"endpoint": self.servers[1].base_url, "token": p.token, "email": p.email,
+                        "kinds": KINDS, "sync": sync}
         p.connection_id = (f"{self.connection_prefix}-{p.user_id}" if self.connection_prefix
                            else f"cal-{p.user_id}-{uuid.uuid4().hex[:6]}")
         with self.sessions.begin() as s:
@@ -101,11 +113,14 @@ class CalendarScenario:
                 repo.set_cursor(s, p.connection_id, mailbox_stream("calendar"), None)
                 repo.set_cursor(s, p.connection_id, mailbox_progress("calendar"), None)
 
-    def ui(self, who: str) -> GoogleCalendar:
+    def ui(self, who: str):
         """What a person does in their calendar's own UI, through its API (a client of its own)."""
         p = self.people[who]
-        return GoogleCalendar.for_emulator(self.servers[0].base_url + "calendar/v3/", token=p.token,
-                                           account=f"ui-{uuid.uuid4().hex[:6]}")
+        if p.provider == "google":
+            return GoogleCalendar.for_emulator(self.servers[0].base_url + "calendar/v3/", token=p.token,
+                                               account=f"ui-{uuid.uuid4().hex[:6]}")
+        token = p.token
+        return GraphCalendar(self.servers[1].base_url, lambda: token, address=p.email)
 
     def write(self, who: str, *events: Event) -> list:
         """Create events in a person's calendar as they would in its UI; the records."""
@@ -123,7 +138,17 @@ class CalendarScenario:
                 "attendees": [{"email": self.people[organizer].email, "responseStatus": "accepted"}]
                 + [{"email": self.people[g].email} for g in guests]}
         copies = self.google.invite(self.people[organizer].email, body)
-        return copies[self.people[organizer].email]["iCalUID"]
+        uid = copies[self.people[organizer].email]["iCalUID"]
+        for g in guests:  # a guest on Microsoft 365 gets it by mail; Outlook files it with the same UID
+            if self.people[g].provider != "google":
+                self.graph.calendar.receive_invitation(self.people[g].email, {
+                    "subject": title,
+                    "start": {"dateTime": wall(start), "timeZone": TZ},
+                    "end": {"dateTime": wall(start + timedelta(hours=hours)), "timeZone": TZ},
+                    "attendees": [{"emailAddress": {"address": a["email"]}, "type": "required"}
+                                  for a in body["attendees"]]},
+                    uid=uid, organizer=self.people[organizer].email)
+        return uid
 
     def answer(self, who: str, uid: str, response: str) -> None:
         """A guest answers the invitation in their calendar."""
