@@ -225,3 +225,19 @@ def test_a_this_and_following_edit_on_the_platform_splits_the_series_everywhere(
 
     assert instances(mine) == instances([r.content for r in recs.values()])
     assert len(instances(mine)) == 5  # 6 weekly, one cancelled: 3 before the split, 2 after (moved an hour)
+
+
+def test_an_expired_sync_token_resyncs_with_no_duplicates(world):
+    ann, cy = world.connect("ann"), world.connect("cy")
+    uid, keys = _weekly_with_exceptions(world)
+    meeting = _meeting(world)
+    world.settle(ann, cy, rounds=2)
+    before = {k: r.external_id for k, r in world.records().items()}
+    world.google.expire_sync_tokens()  # Google answers the next list with 410 fullSyncRequired
+    results = [world.cycle(cid) for cid in (ann, cy)]
+    assert all(r["fetch"].full_resync for r in results)
+    after = {k: r.external_id for k, r in world.records().items()}
+    assert after == before  # the same records: nothing created twice, nothing deleted
+    assert (meeting, "") in after and (uid, keys[1]) in after
+    for r in results:
+        assert sum(r["write"].created.values()) == sum(r["write"].deleted.values()) == 0
