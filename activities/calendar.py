@@ -29,6 +29,7 @@ from models.event import Event
 from models.plan import Decision, Write
 from models.workflow import OrgReadResult
 from store import calendar as claims
+from sync.calendar.recurrence import RecurrenceError, split_this_and_future
 from sync.calendar.roles import CalendarRulesFor, attendee_merge, is_attendee_copy, restrict_attendee_writes
 from sync.kinds import KindRules
 from sync.merge import three_way_merge
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 #: leaving its copy for the next cycle (the claimer writes in the same seconds)
 CLAIM_WAIT_S = 15.0
 CLAIM_POLL_S = 0.2
+#: what a "this and following" edit carries into the new series
+SPLIT_FIELDS: tuple[str, ...] = ("title", "description", "location", "status", "transparency", "visibility",
+                                 "start", "end", "start_tz", "end_tz", "project", "attendees", "responses")
 #: how far ahead a single-events platform holds a series' instances
 HORIZON_DAYS = 90
 #: the horizon is rolled forward once it is this much shorter than HORIZON_DAYS
@@ -168,8 +172,49 @@ class CalendarPipeline(KindPipeline):
         out = []
         for d in decisions:
             rec = b.mailbox.get(d.mailbox_id or "")
-            out.append(restrict_attendee_writes(d, me, rec.content if rec is not None else None))
+            d = restrict_attendee_writes(d, me, rec.content if rec is not None else None)
+            p = b.platform.get(d.platform_id or "")
+            if (d.outcome == "apply" and p is not None and not p.deleted and p.content is not None
+                    and p.content.range.upper() == "THISANDFUTURE" and not d.mailbox_id):
+                d = self._split(b.info.org_id, p) or d
+            out.append(d)
         return out
+
+    def _split(self, org_id: str, exception) -> Decision | None:
+        """A "this and following" edit made on the platform, as the providers make it:
+        the series ends before the instance and a new series (a derived UID) carries
+        the edit on. Neither Google nor Microsoft holds a THISANDFUTURE exception, so the
+        platform is rewritten to the same shape first; the next cycles bring the shorter
+        series and the new one to every calendar as ordinary records."""
+        get_master = getattr(self.platform, "series_master", None)
+        ex: Event = exception.content
+        master = get_master(org_id, ex.uid) if get_master is not None else None
+        if master is None or master.content is None or not master.content.is_series:
+            return None  # nothing to split against: the exception is synced as it is
+        changes = {f: getattr(ex, f) for f in SPLIT_FIELDS}
+        try:
+            truncated, new_series = split_this_and_future(master.content, ex.recurrence_id, changes)
+        except RecurrenceError:
+            return None
+        writes: list[Write] = []
+        if ex.status == "cancelled":  # "cancel this and following": the series just ends
+            if truncated is not None:
+                writes.append(Write[Event](side="platform", op="update", external_id=master.external_id,
+                                           content=truncated, etag=master.etag))
+            else:
+                writes.append(Write[Event](side="platform", op="delete", external_id=master.external_id,
+                                           etag=master.etag))
+        elif truncated is None:  # split at the first instance: the whole series is edited
+            writes.append(Write[Event](side="platform", op="update", external_id=master.external_id,
+                                       content=new_series, etag=master.etag))
+        else:
+            writes += [Write[Event](side="platform", op="update", external_id=master.external_id,
+                                    content=truncated, etag=master.etag),
+                       Write[Event](side="platform", op="create", content=new_series)]
+        writes.append(Write[Event](side="platform", op="delete", external_id=exception.external_id,
+                                   etag=exception.etag))
+        return Decision[Event](outcome="apply", rule="this_and_future_split", platform_id=exception.external_id,
+                               writes=writes)
 
     def read_platform(self, org_id: str) -> OrgReadResult:
         """The organisation's periodic read; first rolls a single-events platform's

@@ -238,6 +238,33 @@ def _no_calendar(*args: Any, **kwargs: Any):
     raise Fatal("this provider has no calendar connector yet")
 
 
+def _calendar_window(settings: dict) -> dict:
+    """Graph's calendar delta window from connection settings (`calendar_days_back` / `_ahead`)."""
+    out = {}
+    for key, arg in (("calendar_days_back", "days_back"), ("calendar_days_ahead", "days_ahead")):
+        if isinstance(settings.get(key), int) and settings[key] >= 0:
+            out[arg] = settings[key]
+    return out
+
+
+def _microsoft_calendar(credentials, connection_id: str, settings: dict, **tuning):
+    from connectors.credentials import PresentedToken, RefreshOn401
+    from connectors.graph_calendar import GraphCalendar
+
+    presented = PresentedToken(credentials.token_source(connection_id, provider=MICROSOFT.name, settings=settings))
+    graph = GraphCalendar(settings.get("endpoint") or GRAPH_ENDPOINT, presented, mailbox_key=connection_id,
+                          address=settings.get("email"), **_calendar_window(settings), **tuning)
+    return RefreshOn401(graph, presented)
+
+
+def _microsoft_static_calendar(settings: dict, token: str, account: str, **tuning):
+    from connectors.graph_calendar import GraphCalendar
+
+    address = settings.get("email") or (account if "@" in (account or "") else None)
+    return GraphCalendar(settings.get("endpoint") or GRAPH_ENDPOINT, lambda: token, mailbox_key=account,
+                         address=address, **_calendar_window(settings), **tuning)
+
+
 @dataclass(frozen=True)
 class Provider:
     """One mailbox provider. `name` is what connections, routes and search attributes carry."""
@@ -296,9 +323,12 @@ MICROSOFT = Provider(
     static_mail=_microsoft_static_mail,
     contacts_push=GRAPH_SUBSCRIPTION,
     push={"contacts": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/contacts"),
-          "mail": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/messages")},
+          "mail": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/messages"),
+          "calendar": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/events")},
     subscription_kinds=(GRAPH_SUBSCRIPTION,),
     revokes=False,  # the Microsoft identity platform has no revocation endpoint
+    calendar=_microsoft_calendar,
+    static_calendar=_microsoft_static_calendar,
 )
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (GOOGLE, MICROSOFT)}

@@ -187,3 +187,57 @@ def test_a_platform_rule_is_answered_by_a_fix_or_a_visible_quarantine(tmp_path):
         assert len(quarantined) == 1 and quarantined[0].error_code == "validation_rejected:max 8 h"
     finally:
         w.close()
+
+
+def test_a_this_and_following_edit_on_the_platform_splits_the_series_everywhere(world):
+    ann = world.connect("ann")
+    uid, keys = _weekly_with_exceptions(world)
+    world.settle(ann, rounds=2)
+    master = world.records()[(uid, "")]
+    later = soon(7) + timedelta(weeks=4)
+    # a project manager moves the 5th meeting and every later one an hour later, renamed
+    world.crm.calendar.user_edit_instance(world.org, master.external_id, keys[4], range="THISANDFUTURE",
+                                          title="Weekly sync (new slot)",
+                                          start=(later + timedelta(hours=1)).replace(tzinfo=None).isoformat(),
+                                          end=(later + timedelta(hours=2)).replace(tzinfo=None).isoformat())
+    world.settle(ann, rounds=3)
+    recs = world.records()
+    assert not [r for r in recs.values() if r.content.range]  # no THISANDFUTURE record is left
+    old = recs[(uid, "")].content
+    new = [r.content for k, r in recs.items() if k[0] != uid and r.content.is_series]
+    assert "UNTIL=" in old.rrule and len(new) == 1
+    assert new[0].title == "Weekly sync (new slot)" and new[0].start.endswith("10:00:00")
+    # Ann's calendar holds the same two series, and the same instances as the platform
+    from sync.calendar.recurrence import expand
+    from datetime import datetime, timezone
+    window = (datetime.now(timezone.utc), datetime.now(timezone.utc) + timedelta(days=120))
+    ui = world.ui(ANN)
+    mine = [r.content for r in ui.list_changes(None).records if r.content is not None]
+
+    def instances(events):
+        masters = [e for e in events if e.is_series]
+        out = set()
+        for m in masters:
+            exs = [e for e in events if e.uid == m.uid and e.recurrence_id]
+            out |= {(i.title, i.start_value().astimezone(timezone.utc).isoformat()) for i in expand(m, exs, *window)
+                    if i.status != "cancelled"}
+        return out
+
+    assert instances(mine) == instances([r.content for r in recs.values()])
+    assert len(instances(mine)) == 5  # 6 weekly, one cancelled: 3 before the split, 2 after (moved an hour)
+
+
+def test_an_expired_sync_token_resyncs_with_no_duplicates(world):
+    ann, cy = world.connect("ann"), world.connect("cy")
+    uid, keys = _weekly_with_exceptions(world)
+    meeting = _meeting(world)
+    world.settle(ann, cy, rounds=2)
+    before = {k: r.external_id for k, r in world.records().items()}
+    world.google.expire_sync_tokens()  # Google answers the next list with 410 fullSyncRequired
+    results = [world.cycle(cid) for cid in (ann, cy)]
+    assert all(r["fetch"].full_resync for r in results)
+    after = {k: r.external_id for k, r in world.records().items()}
+    assert after == before  # the same records: nothing created twice, nothing deleted
+    assert (meeting, "") in after and (uid, keys[1]) in after
+    for r in results:
+        assert sum(r["write"].created.values()) == sum(r["write"].deleted.values()) == 0

@@ -108,6 +108,13 @@ class ReferenceCrmCalendar(CrmAdapter):
 
         return write_each(requests, delete)
 
+    def series_master(self, org_id: str, uid: str) -> SideRecord | None:
+        """The live series master (or single event) of a meeting, by its UID: a "this and
+        following" exception is split against it (activities/calendar.py)."""
+        self._count()
+        found = self.calendar.find_by_key(org_id, uid, "")
+        return found.to_side_record() if found is not None and not found.deleted else None
+
     def extend_horizon(self, org_id: str, until) -> int:
         """Roll a "singles" organisation's expansion horizon forward (the workflow's
         periodic call); a no-op for "native". Adds no feed entries."""
