@@ -60,9 +60,11 @@ DOMAIN = "acme.example"
 SEED = 23
 #: full size (the brief's): 10 calendars x 5,000 events, 500 of them series
 #: (rounds: changes made one per push; burst: changes per calendar synced at once; push: latency runs)
-FULL = {"mailboxes": 10, "events": 5_000, "series": 500, "rounds": 40, "burst": 100, "push": 30}
-QUICK = {"mailboxes": 3, "events": 200, "series": 20, "rounds": 8, "burst": 10, "push": 3}
+#: (graph: how many of the mailboxes are Microsoft 365 calendars, the others being Google)
+FULL = {"mailboxes": 10, "graph": 5, "events": 5_000, "series": 500, "rounds": 40, "burst": 100, "push": 30}
+QUICK = {"mailboxes": 3, "graph": 1, "events": 150, "series": 15, "rounds": 6, "burst": 6, "push": 2}
 SHARED = 0.30
+PROVIDER_NAMES = {"google": "Google Calendar", "graph": "Microsoft 365 (Graph)"}
 ZONES = ("Europe/Paris", "America/New_York", "Asia/Tokyo", "UTC", "Europe/London")
 UTC = timezone.utc
 SYLLABLES = ("ka", "lo", "mi", "ter", "vun", "sa", "do", "rel", "pix", "an", "bo", "quel", "ti", "ras", "fen",
@@ -93,9 +95,11 @@ class Meeting:
 class Corpus:
     """Meetings per calendar; seeding them into the emulator through its state API."""
 
-    def __init__(self, mailboxes: int, events: int, series: int, *, seed: int = SEED) -> None:
+    def __init__(self, mailboxes: int, events: int, series: int, *, graph: int = 0, seed: int = SEED) -> None:
         self.rng = random.Random(seed)
         self.users = [f"u{i}" for i in range(mailboxes)]
+        #: the last `graph` calendars are Microsoft 365 (Graph), the others Google
+        self.providers = ["google"] * (mailboxes - graph) + ["graph"] * graph
         self.today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         sharing = mailboxes > 1
         k_series = int(round(series * SHARED / 2)) if sharing else 0
@@ -114,10 +118,13 @@ class Corpus:
                 for j in range(own + shared):
                     attendee = nxt if j >= own else None
                     is_series = kind == "series"
+                    if is_series and attendee is not None and self.providers[attendee] != self.providers[i]:
+                        attendee = None  # across providers only single meetings are shared (see seed)
                     idx = j if j < own else j - own
                     n = len(self.meetings)
                     self.meetings.append(Meeting(n=n, organizer=i, attendee=attendee, series=is_series,
-                                                 exceptions=is_series and idx % 5 == 0,
+                                                 exceptions=is_series and idx % 5 == 0
+                                                 and self.providers[i] == "google",
                                                  all_day=not is_series and n % 20 == 0, body={}))
         self._slots()
         for m in self.meetings:
@@ -188,22 +195,65 @@ class Corpus:
             body["recurrence"] = [f"RRULE:FREQ={freq};COUNT={rng.randint(6, 20)}"]
         return body
 
-    def seed(self, google) -> None:
-        """Every meeting into its organizer's calendar (Google copies it into the
-        attendee's), then the exceptions, through the emulator's state API."""
+    def seed(self, google, graph) -> None:
+        """Every meeting into its organizer's calendar and its copy into the attendee's,
+        then the exceptions, through the emulators' state APIs.
+
+        Within a provider the emulator copies an invitation (Google: `invite`, Graph:
+        `invite`); across providers the attendee's copy arrives as an invitation from
+        outside with the organizer's UID (what the invitation e-mail makes of it).
+        Exceptions are made on Google series only (Graph series here are plain)."""
         for m in self.meetings:
-            if m.attendee is None:
-                ev = google.put_event(self.address(m.organizer), m.body)
-                m.ids[m.organizer] = ev["id"]
+            org, org_p = self.address(m.organizer), self.providers[m.organizer]
+            att = self.address(m.attendee) if m.attendee is not None else None
+            att_p = self.providers[m.attendee] if m.attendee is not None else None
+            if org_p == "google":
+                if att_p == "google":
+                    copies = google.invite(org, m.body)
+                    m.ids[m.attendee] = copies[att]["id"]
+                    ev = copies[org]
+                else:
+                    ev = google.put_event(org, m.body)
+                m.ids[m.organizer], m.uid = ev["id"], ev["iCalUID"]
+                if att_p == "graph":
+                    m.ids[m.attendee] = graph.calendar.receive_invitation(att, graph_body(m.body, m.first), uid=m.uid,
+                                                                          organizer=org)
             else:
-                copies = google.invite(self.address(m.organizer), m.body)
-                m.ids[m.organizer] = copies[self.address(m.organizer)]["id"]
-                m.ids[m.attendee] = copies[self.address(m.attendee)]["id"]
-                ev = copies[self.address(m.organizer)]
-            m.uid = ev["iCalUID"]
+                (eid,) = graph.calendar.seed([graph_body(m.body, m.first)], user=org)
+                m.ids[m.organizer] = eid
+                m.uid = graph.calendar.user(org).items[eid].uid
+                if att_p == "graph":
+                    m.ids[m.attendee] = graph.calendar.invite(eid, [att], organizer=org)[att]
+                elif att_p == "google":
+                    m.ids[m.attendee] = google.put_event(att, {**m.body, "iCalUID": m.uid,
+                                                               "organizer": {"email": org}})["id"]
             if m.exceptions:
                 edit_instance(google, self.address(m.organizer), instance_id(m, 1), moved_times(m, 1, 2))
                 cancel_instance(google, self.address(m.organizer), instance_id(m, 2))
+
+
+def graph_body(body: dict, first: datetime | None) -> dict:
+    """A Google event body as Outlook would hold the same meeting (Graph's shape)."""
+    out: dict[str, Any] = {"subject": body["summary"], "body": {"contentType": "text", "content": body["description"]},
+                           "location": {"displayName": body["location"]},
+                           "attendees": [{"emailAddress": {"address": a["email"]}, "type": "required"}
+                                         for a in body["attendees"]]}
+    if "date" in body["start"]:
+        out["isAllDay"] = True
+        out["start"] = {"dateTime": f"{body['start']['date']}T00:00:00", "timeZone": "UTC"}
+        out["end"] = {"dateTime": f"{body['end']['date']}T00:00:00", "timeZone": "UTC"}
+        return out
+    for k in ("start", "end"):
+        wall = datetime.fromisoformat(body[k]["dateTime"]).replace(tzinfo=None).isoformat()
+        out[k] = {"dateTime": wall, "timeZone": body[k]["timeZone"]}
+    if body.get("recurrence"):
+        rule = dict(p.split("=", 1) for p in body["recurrence"][0].removeprefix("RRULE:").split(";"))
+        pattern: dict[str, Any] = {"type": "daily" if rule["FREQ"] == "DAILY" else "weekly", "interval": 1}
+        if rule["FREQ"] == "WEEKLY":
+            pattern["daysOfWeek"] = [first.strftime("%A").lower()]
+        out["recurrence"] = {"pattern": pattern, "range": {"type": "numbered", "startDate": first.date().isoformat(),
+                                                           "numberOfOccurrences": int(rule["COUNT"])}}
+    return out
 
 
 def occurrence(m: Meeting, k: int) -> datetime:
@@ -250,6 +300,8 @@ class World:
     def __init__(self, tmp: Path, corpus: Corpus) -> None:
         from activities.calendar import CalendarPipeline
         from emulators.google_calendar import CalendarState, create_app
+        from emulators.graph import GraphState
+        from emulators.graph import create_app as graph_app
         from emulators.server import serve
         from platforms.reference_crm.pm_adapter import ReferenceCrmCalendar
         from platforms.reference_crm.service import ReferenceCrm
@@ -268,6 +320,9 @@ class World:
         self.google = CalendarState(default_user=f"nobody@{DOMAIN}", time_zone="Europe/Paris")
         self.server = serve(create_app(self.google))
         self.endpoint = self.server.base_url + "calendar/v3/"
+        self.graph = GraphState(tokens=set())
+        self.graph.calendar.auto_notify = False  # no subscriptions here; the steady state reads deltas itself
+        self.graph_server = serve(graph_app(self.graph))
         self.built: list = []
         self.pipeline = CalendarPipeline(self.sessions, CALENDAR, self.platform, self._connector, wait=lambda *a: None)
         self.tokens: dict[str, str] = {}
@@ -277,28 +332,40 @@ class World:
             for i, user in enumerate(corpus.users):
                 address = corpus.address(i)
                 token = f"tok-{user}-{uuid.uuid4().hex[:6]}"
-                self.google.add_token(token, address)
-                self.google.calendar(address, ZONES[i % len(ZONES)])
                 self.tokens[address] = token
                 cid = f"cal-{user}-{uuid.uuid4().hex[:6]}"
                 self.cids.append(cid)
-                repo.create_connection(s, id=cid, org_id=self.org, user_id=user, provider="google",
-                                       account_ref=address, settings={"token": token,
-                                                                      "calendar_endpoint": self.endpoint})
+                if corpus.providers[i] == "google":
+                    self.google.add_token(token, address)
+                    self.google.calendar(address, ZONES[i % len(ZONES)])
+                    settings = {"token": token, "calendar_endpoint": self.endpoint}
+                else:
+                    self.graph.calendar.add_user(address, token=token)
+                    settings = {"token": token, "endpoint": self.graph_server.base_url}
+                repo.create_connection(s, id=cid, org_id=self.org, user_id=user,
+                                       provider="google" if corpus.providers[i] == "google" else "microsoft",
+                                       account_ref=address, settings=settings)
+
+    def connector(self, i: int, *, account: str | None = None, **tuning):
+        from connectors.google_calendar import GoogleCalendar
+        from connectors.graph_calendar import GraphCalendar
+
+        address = self.corpus.address(i)
+        token = self.tokens[address]
+        if self.corpus.providers[i] == "google":
+            return GoogleCalendar.for_emulator(self.endpoint, token=token, account=account or self.cids[i], **tuning)
+        return GraphCalendar(self.graph_server.base_url, lambda: token, address=address,
+                             mailbox_key=account or self.cids[i], **tuning)
 
     def _connector(self, info):
-        from connectors.google_calendar import GoogleCalendar
-
-        conn = GoogleCalendar.for_emulator(self.endpoint, token=info.settings["token"], account=info.connection_id)
+        conn = self.connector(self.cids.index(info.connection_id))
         self.built.append(conn)
         return conn
 
     def naive(self, i: int):
-        """One event per HTTP call: listing pages of one, writes one per call."""
-        from connectors.google_calendar import GoogleCalendar
-
-        return GoogleCalendar.for_emulator(self.endpoint, token=self.tokens[self.corpus.address(i)], page_size=1,
-                                           batch_size=1, account=f"naive-{uuid.uuid4().hex[:6]}")
+        """One event per HTTP call: listing pages of one (Google: and writes one per call)."""
+        extra = {"batch_size": 1} if self.corpus.providers[i] == "google" else {}
+        return self.connector(i, account=f"naive-{uuid.uuid4().hex[:6]}", page_size=1, **extra)
 
     def calls(self) -> int:
         return sum(c.calls_made for c in self.built)
@@ -326,17 +393,34 @@ class World:
         with self.sessions() as s:
             return repo.get_cursor(s, self.cids[i], mailbox_stream("calendar"))
 
-    def seqs(self) -> list[int]:
-        return [self.google.calendar(self.corpus.address(i)).seq for i in range(len(self.corpus.users))]
+    def count(self, i: int) -> int:
+        """Events calendar i holds now: singles, series masters, exceptions (a cancelled instance too)."""
+        snap = self.snap(i)
+        if self.corpus.providers[i] == "google":
+            with self.google._lock:
+                events = self.google.calendar(self.corpus.address(i)).events
+                return sum(1 for k in snap if not events[k].deleted)
+        return len(snap)
 
-    def changed_since(self, before: list[int]) -> list[int]:
-        """Per calendar, how many of its events changed since `before` (its sequence numbers)."""
-        out = []
-        with self.google._lock:
-            for i, lo in enumerate(before):
-                cal = self.google.calendar(self.corpus.address(i))
-                out.append(sum(1 for st in cal.events.values() if st.seq > lo))
-        return out
+    def snap(self, i: int) -> dict[str, Any]:
+        """Calendar i's events as versions (Google: sequence numbers, Graph: change keys)."""
+        address = self.corpus.address(i)
+        if self.corpus.providers[i] == "google":
+            with self.google._lock:
+                return {k: st.seq for k, st in self.google.calendar(address).events.items()}
+        with self.graph.lock:
+            return {k: it.change_key for k, it in self.graph.calendar.user(address).items.items()}
+
+    def snaps(self) -> list[dict[str, Any]]:
+        return [self.snap(i) for i in range(len(self.corpus.users))]
+
+    @staticmethod
+    def diff(before: dict[str, Any], after: dict[str, Any]) -> int:
+        """Events added, changed or removed between two snapshots of a calendar."""
+        return sum(1 for k, v in after.items() if before.get(k) != v) + sum(1 for k in before if k not in after)
+
+    def changed_since(self, before: list[dict[str, Any]]) -> list[int]:
+        return [self.diff(b, self.snap(i)) for i, b in enumerate(before)]
 
     def records(self) -> dict[tuple[str, str], list]:
         """(uid, recurrence_id) -> the platform's live records holding it (a duplicate shows as two)."""
@@ -355,22 +439,26 @@ class World:
         return out
 
     def expected(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
-        """What the calendars hold, by (iCalUID, RECURRENCE-ID): every key, and those in more than one calendar."""
-        from connectors.google_calendar import original_key
-
+        """What the calendars hold, by (UID, RECURRENCE-ID): every key, and those in more than
+        one calendar. Read by a full listing of each calendar with a connector of its own
+        (not counted), so both providers' events are keyed as the pipeline keys them."""
         holders: dict[tuple[str, str], int] = defaultdict(int)
-        with self.google._lock:
-            for cal in self.google.calendars.values():
-                for st in cal.events.values():
-                    if st.deleted or not st.body.get("iCalUID"):
-                        continue
-                    orig = st.body.get("originalStartTime")
-                    key = original_key(orig, cal.time_zone) if orig else ""
-                    holders[(st.body["iCalUID"], key)] += 1
+        for i in range(len(self.corpus.users)):
+            conn = self.connector(i, account=f"check-{uuid.uuid4().hex[:6]}")
+            cursor, page = None, None
+            while True:
+                pg = conn.list_changes(cursor, page)
+                for r in pg.records:
+                    if not r.deleted and r.content is not None and r.content.uid:
+                        holders[(r.content.uid, r.content.recurrence_id)] += 1
+                page = pg.next_page
+                if page is None:
+                    break
         return set(holders), {k for k, n in holders.items() if n > 1}
 
     def close(self) -> None:
         self.server.stop()
+        self.graph_server.stop()
 
 
 # ---------------------------------------------------------------------------- initial sync
@@ -379,33 +467,35 @@ class World:
 def initial(report: Report, w: World, say: Callable[[str], None], naive_sample: int) -> None:
     corpus = w.corpus
     n = len(corpus.users)
-    listed = []
-    with w.google._lock:
-        for i in range(n):
-            cal = w.google.calendar(corpus.address(i))
-            listed.append(sum(1 for st in cal.events.values() if not st.deleted))
+    listed = [w.count(i) for i in range(n)]
     total = sum(listed)
+    kinds = {p: corpus.providers.count(p) for p in ("google", "graph") if p in corpus.providers}
     series = sum(1 for m in corpus.meetings if m.series) + sum(1 for m in corpus.meetings if m.series and m.attendee is not None)
     shared = sum(1 for m in corpus.meetings if m.attendee is not None)
-    report("calendar.size.mailboxes", n, "", "Google Calendar emulator, one organisation, platform flavour native")
+    report("calendar.size.mailboxes", n, "", " + ".join(f"{k} {PROVIDER_NAMES[p]}" for p, k in kinds.items())
+           + " calendars (emulators), one organisation, platform flavour native")
     report("calendar.size.events", total, "", f"listed events (singles, series masters, exceptions); "
                                               f"{min(listed):,}-{max(listed):,} per calendar")
     report("calendar.size.series", series, "", f"series masters over all calendars ({series // max(1, n):,} per calendar)")
     report("calendar.size.shared_meetings", shared, "", f"meetings in two calendars (organizer + attendee); "
                                                         f"{2 * shared / max(1, total):.0%} of events are copies of one")
 
-    # -- the naive baseline: one event per HTTP call, on a sample calendar
-    naive = w.naive(0)
-    got, page, cursor = 0, None, None
-    t0 = time.perf_counter()
-    while got < naive_sample:
-        pg = naive.list_changes(cursor, page)
-        got += len(pg.records)
-        page = pg.next_page
-        if page is None:
-            break
-    naive_s = time.perf_counter() - t0
-    naive_calls = naive.calls_made / max(1, got)
+    # -- the naive baseline: one event per HTTP call, on a sample calendar of each provider
+    naive_by: dict[str, tuple[int, int, float]] = {}
+    for p in kinds:
+        naive = w.naive(corpus.providers.index(p))
+        got, page = 0, None
+        t0 = time.perf_counter()
+        while got < naive_sample:
+            pg = naive.list_changes(None, page)
+            got += len(pg.records)
+            page = pg.next_page
+            if page is None:
+                break
+        naive_by[p] = (got, naive.calls_made, time.perf_counter() - t0)
+    got = sum(v[0] for v in naive_by.values())
+    naive_calls = sum(v[1] for v in naive_by.values()) / max(1, got)
+    naive_s = sum(v[2] for v in naive_by.values())
 
     # -- the pipeline: every calendar's first cycle, one after another
     google_before = sum(w.google.stats()["calls"].values())
@@ -434,7 +524,8 @@ def initial(report: Report, w: World, say: Callable[[str], None], naive_sample: 
     report("calendar.initial.calls", calls, "HTTP", f"{calls / total:.4f} per event "
                                                     f"({google_calls:,} API operations the emulator served)")
     report("calendar.baseline.naive_calls_per_event", naive_calls, "HTTP",
-           f"page_size=1 listing {got:,} events of one calendar")
+           "page_size=1 listing " + ", ".join(f"{g:,} records of a {PROVIDER_NAMES[p]} calendar ({c:,} calls)"
+                                              for p, (g, c, _) in naive_by.items()))
     report("calendar.baseline.naive_list_events_per_s", got / naive_s, "events/s",
            f"listing alone, beside the pipeline's fetch_mailbox {total / max(1e-9, steps['fetch_mailbox']):,.0f} events/s")
     report("calendar.initial.calls_saved_vs_naive", naive_calls / max(1e-9, calls / total), "x",
@@ -460,7 +551,10 @@ def exactly_once(report: Report, w: World, prefix: str) -> None:
 # ---------------------------------------------------------------------------- steady state
 
 #: what a person does in a calendar, one at a time, in this order
-MAILBOX_CHANGES = ("retitle", "move", "cancel_instance", "edit_instance", "add", "shared_edit", "answer", "delete")
+MAILBOX_CHANGES = {"google": ("retitle", "move", "cancel_instance", "edit_instance", "add", "shared_edit", "answer",
+                              "delete"),
+                   # Graph series here have no instance-level changes (see Corpus.seed)
+                   "graph": ("retitle", "move", "add", "shared_edit", "answer", "delete")}
 
 
 class Changes:
@@ -491,7 +585,47 @@ class Changes:
             return m
         raise RuntimeError("the corpus ran out of meetings to change; raise --size events")
 
-    def make(self, kind: str, i: int) -> None:
+    def make(self, i: int, k: int) -> str:
+        """The k-th change in calendar i (kinds in turn); its kind."""
+        kinds = MAILBOX_CHANGES[self.w.corpus.providers[i]]
+        kind = kinds[k % len(kinds)]
+        if self.w.corpus.providers[i] == "graph":
+            self._graph(kind, i)
+        else:
+            self._google(kind, i)
+        return kind
+
+    def _graph(self, kind: str, i: int) -> None:
+        cal, me = self.w.graph.calendar, self.w.corpus.address(i)
+        if kind == "retitle":
+            m = self._pick(i, series=False, shared=False)
+            cal.user_edit(m.ids[i], {"subject": f"{m.body['summary']} (renamed)"}, user=me)
+        elif kind == "move":
+            m = self._pick(i, series=False, shared=False, timed=True)
+            body = graph_body(m.body, m.first)
+            cal.user_edit(m.ids[i], {k: {"dateTime": (datetime.fromisoformat(body[k]["dateTime"])
+                                                      + timedelta(hours=1)).isoformat(),
+                                         "timeZone": body[k]["timeZone"]} for k in ("start", "end")}, user=me)
+        elif kind == "add":
+            self.added += 1
+            day = self.w.corpus.today + timedelta(days=self.rng.randint(1, 60), hours=self.rng.randint(8, 17))
+            cal.seed([{"subject": f"New meeting {self.added}",
+                       "start": {"dateTime": day.replace(tzinfo=None).isoformat(), "timeZone": "UTC"},
+                       "end": {"dateTime": (day + timedelta(hours=1)).replace(tzinfo=None).isoformat(),
+                               "timeZone": "UTC"}}], user=me)
+        elif kind == "shared_edit":
+            m = self._pick(i, series=False, shared=True)
+            cal.user_edit(m.ids[i], {"location": {"displayName": "Room 42 (moved)"}}, user=me)
+        elif kind == "answer":
+            m = self._pick(i, series=False, attendee=True)
+            cal.respond(me, m.ids[i], "declined")
+        elif kind == "delete":
+            m = self._pick(i, series=False, shared=False)
+            cal.user_delete(m.ids[i], user=me)
+        else:
+            raise ValueError(kind)
+
+    def _google(self, kind: str, i: int) -> None:
         g, c = self.w.google, self.w.corpus
         me = c.address(i)
         if kind == "retitle":
@@ -551,13 +685,12 @@ def settle(w: World, todo: set[int], seen: list[int], tally: Tally, *, rounds: i
     cycle (the person's change, Google's copy of it, or an echo of our own write), and
     the calendars the platform read wakes. The naive client lists the same delta first."""
     for _ in range(rounds):
-        now = w.seqs()
-        todo |= {i for i, s in enumerate(now) if s > seen[i]}
+        todo |= {i for i in range(len(seen)) if w.diff(seen[i], w.snap(i))}
         if not todo:
             return
         for i in sorted(todo):
             tally.naive += naive_delta(w, i)
-            seen[i] = w.seqs()[i]
+            seen[i] = w.snap(i)
             before = w.calls()
             out = w.cycle(i)
             tally.calls += w.calls() - before
@@ -588,7 +721,7 @@ def naive_delta(w: World, i: int) -> int:
 def steady(report: Report, w: World, say: Callable[[str], None], rounds: int, burst: int) -> None:
     n = len(w.corpus.users)
     changes = Changes(w)
-    seen = w.seqs()
+    seen = w.snaps()
     # settle first: whatever the initial sync left (echoes, deferred claims)
     warm = Tally()
     settle(w, set(range(n)), seen, warm)
@@ -597,10 +730,9 @@ def steady(report: Report, w: World, say: Callable[[str], None], rounds: int, bu
     per_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     t0 = time.perf_counter()
     for r in range(rounds):
-        kind = MAILBOX_CHANGES[r % len(MAILBOX_CHANGES)]
-        i = (r // len(MAILBOX_CHANGES) + r) % n
-        before = w.seqs()
-        changes.make(kind, i)
+        i = r % n
+        before = w.snaps()
+        kind = changes.make(i, r // n + i)
         changed = sum(w.changed_since(before))
         t = Tally(changed=changed)
         settle(w, set(), seen, t)
@@ -628,15 +760,15 @@ def steady(report: Report, w: World, say: Callable[[str], None], rounds: int, bu
         woken = w.pipeline.read_platform(w.org).woken
         settle(w, {w.cids.index(c) for c in woken if c in w.cids}, seen, plat)
     report("calendar.steady.platform_edit_calls", plat.calls / max(1, plat.changed), "HTTP",
-           f"per platform edit: {plat.writes:,} batched writes to Google and the listings of their echoes, "
+           f"per platform edit: {plat.writes:,} batched writes to the calendars and the listings of their echoes, "
            f"{plat.cycles} cycles for {edits} edits")
 
     # a burst: many changes in every calendar, then one push's worth of cycles
     b = Tally()
-    before = w.seqs()
+    before = w.snaps()
     for i in range(n):
         for k in range(burst):
-            changes.make(MAILBOX_CHANGES[k % len(MAILBOX_CHANGES)], i)
+            changes.make(i, k)
     b.changed = sum(w.changed_since(before))
     t0 = time.perf_counter()
     settle(w, set(), seen, b)
@@ -653,14 +785,14 @@ def steady(report: Report, w: World, say: Callable[[str], None], rounds: int, bu
 # ---------------------------------------------------------------------------- entry
 
 
-def backfill_and_steady(report: Report, *, mailboxes: int, events: int, series: int, rounds: int, burst: int,
-                        say: Callable[[str], None], naive_sample: int) -> None:
-    corpus = Corpus(mailboxes, events, series)
+def backfill_and_steady(report: Report, *, mailboxes: int, graph: int, events: int, series: int, rounds: int,
+                        burst: int, say: Callable[[str], None], naive_sample: int) -> None:
+    corpus = Corpus(mailboxes, events, series, graph=min(graph, mailboxes))
     with tempfile.TemporaryDirectory(prefix="concord-bench-calendar-") as tmp:
         w = World(Path(tmp), corpus)
         try:
             t0 = time.perf_counter()
-            corpus.seed(w.google)
+            corpus.seed(w.google, w.graph)
             say(f"seeded {len(corpus.meetings):,} meetings into {mailboxes} calendars through the emulator's state "
                 f"API in {time.perf_counter() - t0:.1f}s")
             initial(report, w, say, naive_sample)
@@ -685,7 +817,7 @@ def run(report: Report = print, *, quick: bool = False, say: Callable[[str], Non
     size = dict(size or (QUICK if quick else FULL))
     runs = latency_runs or size.pop("push", 5 if quick else 30)
     if size.get("mailboxes", 0) > 0:
-        backfill_and_steady(report, say=say, naive_sample=size.get("events", 1000) if quick else 1_000, **size)
+        backfill_and_steady(report, say=say, naive_sample=100 if quick else 1_000, **size)
     if latency and runs > 0:
         asyncio.run(_latency(report, runs, say))
 
