@@ -155,6 +155,27 @@ def test_the_index_agrees_with_the_all_pairs_search_on_everything_worth_a_review
             assert event_keys(probe) & event_keys(e)
 
 
+@settings(max_examples=300, deadline=None)
+@given(events(), events())
+def test_events_with_no_time_in_common_never_reach_review_so_the_index_may_skip_them(a, b):
+    """What lets `EventIndex.best` skip a candidate unscored: zoned and apart in UTC, another UID."""
+    from sync.calendar.matching import _APART_MAX, _apart, _utc_span
+
+    sa, sb = _utc_span(a), _utc_span(b)
+    if sa is not None and sb is not None and _apart(sa, sb) and a.uid != b.uid:
+        assert score(a, b).score <= _APART_MAX < T.review
+
+
+def test_a_busy_day_of_other_meetings_neither_hides_the_meeting_nor_a_moved_copy():
+    index: EventIndex[str] = EventIndex()
+    for h in range(0, 24):  # an organisation's day: a meeting every hour, alike titles, the same people
+        index.add(f"h{h}", meeting(uid=f"x{h}", start=f"2026-12-07T{h:02d}:00:00", end=f"2026-12-07T{h:02d}:30:00"))
+    index.add("moved", meeting(uid="same", start="2026-12-08T09:00:00", end="2026-12-08T10:00:00"))
+    assert index.best(meeting(uid="other", start="2026-12-07T14:00:00", end="2026-12-07T14:30:00"), T).key == "h14"
+    assert index.best(meeting(uid="same", start="2026-12-07T16:10:00", end="2026-12-07T16:20:00"), T).key == "moved"
+    assert index.best(meeting(uid="other", start="2026-12-07T14:40:00", end="2026-12-07T14:50:00"), T).kind == "none"
+
+
 # --- merge --------------------------------------------------------------------------
 
 

@@ -226,25 +226,51 @@ def event_keys(e: Event) -> set[str]:
     return keys
 
 
+def _utc_span(e: Event) -> tuple[datetime, datetime] | None:
+    """A zoned timed event's interval in UTC (as `time_overlap` reads it); None for a
+    floating or all-day one, whose reading depends on the other event."""
+    start = e.start_value()
+    if not isinstance(start, datetime) or start.tzinfo is None:
+        return None
+    end = e.end_value()
+    if isinstance(end, datetime) and end.tzinfo is None:
+        return None
+    return _timed_interval(e, e)
+
+
+def _apart(a: tuple[datetime, datetime], b: tuple[datetime, datetime]) -> bool:
+    """Whether `_iou` of the two intervals is 0 (no shared instant, not the same start)."""
+    return a[0] != b[0] and min(a[1], b[1]) <= max(a[0], b[0])
+
+
+#: a pair with no time in common scores at most this (`score`: s <= 0.25 * title)
+_APART_MAX = 0.25
+
+
 class EventIndex(Generic[K]):
     """Events by blocking key, for the planner's duplicate search (the MatchIndex protocol).
 
     Blocks larger than `max_block` are skipped at lookup, as for contacts: a day with
     thousands of events in one organisation would make the search quadratic, and the
     same meeting is still found by its UID. `capped_lookups` counts how often.
+
+    A day's block holds every event of the organisation on it, most at other hours: a
+    candidate with no time in common (both zoned, UTC intervals apart, another UID)
+    cannot reach review (`score` caps it at `_APART_MAX`), so `best` skips scoring it
+    (the calendar benchmark's plan step spent most of its time scoring such pairs).
     """
 
     def __init__(self, max_block: int = 512) -> None:
         self.max_block = max_block
         self.capped_lookups = 0
-        self._entries: dict[K, tuple[Event, frozenset[str]]] = {}
+        self._entries: dict[K, tuple[Event, frozenset[str], tuple[datetime, datetime] | None]] = {}
         self._blocks: dict[str, set[K]] = {}
 
     def add(self, key: K, event: Event) -> None:
         if key in self._entries:
             self.remove(key)
         keys = frozenset(event_keys(event))
-        self._entries[key] = (event, keys)
+        self._entries[key] = (event, keys, _utc_span(event))
         for bk in keys:
             self._blocks.setdefault(bk, set()).add(key)
 
@@ -280,8 +306,13 @@ class EventIndex(Generic[K]):
         excluded = set(exclude)
         best_key: K | None = None
         best: MatchScore | None = None
+        span = _utc_span(event) if thresholds.review > _APART_MAX else None
         for key in _sorted(self.candidates(event) - excluded):
-            ms = score(event, self._entries[key][0])
+            other, _, other_span = self._entries[key]
+            if (span is not None and other_span is not None and _apart(span, other_span)
+                    and not (event.uid and event.uid == other.uid)):
+                continue  # no time in common: below review whatever the title (see the class docstring)
+            ms = score(event, other)
             if best is None or ms.score > best.score:
                 best_key, best = key, ms
         if best is None:
