@@ -501,3 +501,26 @@ def test_flavour_is_fixed_once_events_exist_and_singles_refuses_what_it_cannot_e
     with pytest.raises(Fatal):
         cal.configure(ORG, other, now=NOW.timestamp())
     assert cal.settings(ORG).flavour == flavour
+
+
+def test_a_meeting_is_looked_up_by_its_key_through_the_unique_index_not_a_scan(tmp_path):
+    """The claim of a meeting and every write look it up by (uid, recurrence_id): on SQLite
+    that look-up must use the partial unique index, or each costs a scan of the
+    organisation's events (the calendar bench's writes slowed as the platform grew)."""
+    from sqlalchemy import event as sa_event
+
+    crm = ReferenceCrm(f"sqlite:///{tmp_path / 'crm.db'}")
+    seen: list[tuple[str, tuple]] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if "FROM pm_events" in statement and "uid" in statement:
+            seen.append((statement, parameters))
+
+    sa_event.listen(crm.engine, "before_cursor_execute", capture)
+    crm.calendar.find_by_key("org-1", "some-uid@example", "")
+    sa_event.remove(crm.engine, "before_cursor_execute", capture)
+    assert seen, "the look-up ran no query on pm_events"
+    with crm.engine.connect() as conn:
+        for statement, parameters in seen:
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters))
+            assert "ux_pm_events_meeting_key" in plan, plan
