@@ -522,7 +522,7 @@ def initial(report: Report, w: World, say: Callable[[str], None], naive_sample: 
     report("calendar.initial.writes", summary["created"], "platform creates",
            ", ".join(f"{k} {v:,}" for k, v in summary.items() if k != "created"))
     report("calendar.initial.calls", calls, "HTTP", f"{calls / total:.4f} per event "
-                                                    f"({google_calls:,} API operations the emulator served)")
+                                                    f"({google_calls:,} operations the Google emulator served, batches unpacked)")
     report("calendar.baseline.naive_calls_per_event", naive_calls, "HTTP",
            "page_size=1 listing " + ", ".join(f"{g:,} records of a {PROVIDER_NAMES[p]} calendar ({c:,} calls)"
                                               for p, (g, c, _) in naive_by.items()))
