@@ -1,39 +1,47 @@
 """Calendar: initial sync throughput, provider calls per changed event, meetings once, push latency.
 
-One organisation; each connected calendar holds `events` listed events (single events,
+One organisation of Google Calendar and Microsoft 365 calendars (`graph` of them on the
+Graph emulator, reached by GraphCalendar over httpx; the others on the Calendar emulator,
+reached by google-api-python-client); each calendar holds `events` events (single events,
 series masters and their exceptions), `series` of them series. 30% of each calendar's
-meetings are shared with a colleague: the organizer's meeting and, in the attendee's
-calendar, Google's copy of it (its own event id, the same iCalUID) — mailbox i shares
-15% of its meetings with i+1 (it organizes them) and 15% with i-1 (it is invited).
-Every fifth series has a moved and a cancelled instance (exceptions, keyed by
-(UID, RECURRENCE-ID)). The platform is the reference PM calendar, "native" flavour
-(series and exceptions stored as they are).
+meetings are shared with a colleague: the organizer's meeting and the provider's copy of
+it in the attendee's calendar (its own event id, the same UID) — mailbox i shares 15% of
+its meetings with i+1 (it organizes them) and 15% with i-1 (it is invited); across the
+two providers only single meetings are shared, the copy arriving as an invitation from
+outside. Every fifth Google series has a moved and a cancelled instance (exceptions,
+keyed by (UID, RECURRENCE-ID)). Each calendar's meetings take hours of their own (a
+person is rarely in two meetings at once; what is, is for the duplicate search). The
+platform is the reference PM calendar, "native" flavour (series and exceptions stored as
+they are). Calendars are filled through the emulators' Python state APIs (no per-event
+HTTP).
 
 Initial sync (no Temporal: the real calendar pipeline's steps in the workflow's order,
-the organisation's platform read first, one mailbox after another, a new connector per
-step as the worker builds, like tests/calendar_world.py): the Google Calendar emulator
-on a real port reached through google-api-python-client, its calendars filled through
-its Python state API (no per-event HTTP). Measured in the same run:
+the organisation's platform read first, one calendar after another, a new connector per
+step as the worker builds, like tests/calendar_world.py). Measured in the same run:
 
-- the naive baseline: the same connector with page_size=1 and batch_size=1 (one event
-  per HTTP call) listing a sample calendar;
-- `meetings_once`: from the platform, one live record per (uid, recurrence_id) that
-  any calendar holds, shared meetings included, and no record for anything else.
+- the naive baseline: each provider's connector with page_size=1 (and batch_size=1 on
+  Google), one event per HTTP call, listing a sample calendar;
+- `meetings_once`: from the platform, one live record per (uid, recurrence_id) that a
+  calendar holds (read through each provider's connector), shared meetings included,
+  and no record for anything else; again after the steady state's changes.
 
 Steady state (same world, after the initial sync): changes a person makes one at a
 time (retitle, move, cancel an instance, edit one instance, add, delete, edit a shared
-meeting as its organizer, a platform user's edit), each followed by the cycles a push
-would start (every calendar the change reached); then a burst of changes per calendar
-synced in one cycle each. Provider calls are every HTTP call the pipeline's connectors
-made (listing, look-ups, batched writes), per changed event: per calendar event the
-provider reports changed (a shared meeting's edit changes the organizer's and the
-attendee's events) plus per platform edit. Beside each, the naive client on the same
-delta: page_size=1, batch_size=1.
+meeting as its organizer, answer as an attendee), each followed by the cycles a push
+would start (every calendar whose events changed, echoes of our own writes included);
+a platform user's edits (written to the calendar, then their echoes); then a burst of
+changes per calendar synced in one round of cycles. Provider calls are every HTTP call
+the pipeline's connectors made (listings, look-ups, batched writes), per changed
+calendar event (an edit that reaches the attendee's copy changes two). Beside each, the
+naive client on the same deltas: one event per call (+1 call per provider write).
 
-Latency (Temporal dev server, the real worker activities, the real webhook app): an
-events.watch channel opened by the connector on the webhook app's /webhooks/calendar;
-the emulator posts its `exists` notification on each change; timed from the change in
-the calendar until the platform record shows it.
+Latency (Temporal dev server, the real worker activities, the real webhook app; Ann and
+Bob on Google, Cy on Microsoft 365): the worker opens the events.watch channels and the
+Graph subscription itself (subscriptions.maintain) on the webhook app; the Calendar
+emulator posts its `exists` pings to /webhooks/calendar and the Graph emulator its change
+notifications to /webhooks/graph as changes happen. Timed from the change in the calendar
+until the platform record shows it: a new event, an edit, a meeting in two Google
+calendars, a meeting across Google and Microsoft 365 (both push), an edit in Outlook.
 
     python -m bench [--quick] calendar
 """
@@ -234,10 +242,11 @@ class Corpus:
 
 def graph_body(body: dict, first: datetime | None) -> dict:
     """A Google event body as Outlook would hold the same meeting (Graph's shape)."""
-    out: dict[str, Any] = {"subject": body["summary"], "body": {"contentType": "text", "content": body["description"]},
-                           "location": {"displayName": body["location"]},
+    out: dict[str, Any] = {"subject": body["summary"],
+                           "body": {"contentType": "text", "content": body.get("description") or ""},
+                           "location": {"displayName": body.get("location") or ""},
                            "attendees": [{"emailAddress": {"address": a["email"]}, "type": "required"}
-                                         for a in body["attendees"]]}
+                                         for a in body.get("attendees") or []]}
     if "date" in body["start"]:
         out["isAllDay"] = True
         out["start"] = {"dateTime": f"{body['start']['date']}T00:00:00", "timeZone": "UTC"}
@@ -860,9 +869,11 @@ async def _latency(report: Report, runs: int, say: Callable[[str], None]) -> Non
     from api.app import create_app
     from api.webhooks import Waker, WebhookDeps, store_lookup, temporal_signal, webhook_router
     from bench.report import percentile
-    from connectors.registry import CALENDAR_CHANNEL
+    from connectors.registry import CALENDAR_CHANNEL, GRAPH_SUBSCRIPTION
     from emulators.google_calendar import CalendarState
     from emulators.google_calendar import create_app as calendar_app
+    from emulators.graph import GraphState
+    from emulators.graph import create_app as graph_app
     from emulators.server import free_port, serve
     from platforms.reference_crm.service import ReferenceCrm
     from store import repo
@@ -883,6 +894,8 @@ async def _latency(report: Report, runs: int, say: Callable[[str], None]) -> Non
     crm.calendar.configure(org, "native")
     google = CalendarState(default_user=f"nobody@{DOMAIN}", time_zone="Europe/Paris")
     gserver = serve(calendar_app(google))
+    graph = GraphState(tokens=set())
+    mserver = serve(graph_app(graph))
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=find_temporal_cli(),
                                                 data_converter=DATA_CONVERTER,
                                                 dev_server_extra_args=["--log-level", "error", *search_attribute_args()])
@@ -892,20 +905,24 @@ async def _latency(report: Report, runs: int, say: Callable[[str], None]) -> Non
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     hooks = serve(create_app([webhook_router(WebhookDeps(sessions=sessions, waker=waker))]), port=port)
-    people = {"ann": f"ann@{DOMAIN}", "bob": f"bob@{DOMAIN}"}
+    people = {"ann": f"ann@{DOMAIN}", "bob": f"bob@{DOMAIN}", "cy": f"cy@{DOMAIN}"}  # Cy on Microsoft 365
     cids: dict[str, str] = {}
+    tokens: dict[str, str] = {}
     try:
         with sessions.begin() as s:
             repo.create_org(s, org, "Acme", {})
             for name, address in people.items():
-                token = f"tok-{name}-{uuid.uuid4().hex[:6]}"
-                google.add_token(token, address)
-                google.calendar(address, "Europe/Paris")
+                token = tokens[name] = f"tok-{name}-{uuid.uuid4().hex[:6]}"
                 cids[name] = f"cal-{name}-{uuid.uuid4().hex[:6]}"
-                repo.create_connection(s, id=cids[name], org_id=org, user_id=name, provider="google",
-                                       account_ref=address,
-                                       settings={"token": token, "calendar_endpoint": gserver.base_url + "calendar/v3/",
-                                                 "kinds": ["calendar"]})
+                if name == "cy":
+                    graph.calendar.add_user(address, token=token)
+                    provider, settings = "microsoft", {"token": token, "endpoint": mserver.base_url, "email": address}
+                else:
+                    google.add_token(token, address)
+                    google.calendar(address, "Europe/Paris")
+                    provider, settings = "google", {"token": token, "calendar_endpoint": gserver.base_url + "calendar/v3/"}
+                repo.create_connection(s, id=cids[name], org_id=org, user_id=name, provider=provider,
+                                       account_ref=address, settings={**settings, "kinds": ["calendar"]})
         # something to sync from the start: a week of Ann's meetings, some with Bob
         today = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         for k in range(20):
@@ -923,21 +940,22 @@ async def _latency(report: Report, runs: int, say: Callable[[str], None]) -> Non
                                 webhook_base_url=base)
         async with make_worker(env.client, acts, task_queue=tq):
             for name in people:
-                await api.start_sync(env.client, cids[name], org, "google", kinds=["calendar"], poll_interval_s=poll,
-                                     task_queue=tq)
+                await api.start_sync(env.client, cids[name], org, "microsoft" if name == "cy" else "google",
+                                     kinds=["calendar"], poll_interval_s=poll, task_queue=tq)
             for name in people:
                 await api.wait_for_cycles(env.client, cids[name], 1, timeout=120)
             deadline = time.monotonic() + 60
             while True:
                 with sessions() as s:
                     rows = [r for c in cids.values() for r in subs.list_for_connection(s, c, status="active")
-                            if r.provider == CALENDAR_CHANNEL.name]
+                            if r.provider in (CALENDAR_CHANNEL.name, GRAPH_SUBSCRIPTION.name)]
                 if len(rows) == len(cids):
                     break
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the worker opened no events.watch channel within 60 s")
+                    raise RuntimeError("the worker opened no events.watch channel or Graph subscription within 60 s")
                 await asyncio.sleep(0.1)
-            say(f"events.watch channels open: {len(google.channels)}; first cycles done")
+            say(f"events.watch channels open: {len(google.channels)}, Graph subscriptions: "
+                f"{len(graph.calendar.subscription_users)}; first cycles done")
             await asyncio.sleep(1.1)
 
             async def visible(check: Callable[[], bool], started: float, what: str) -> float:
@@ -955,7 +973,7 @@ async def _latency(report: Report, runs: int, say: Callable[[str], None]) -> Non
                     return rec is not None and not rec.deleted and rec.event.title == title
                 return check
 
-            new_lat, edit_lat, shared_lat = [], [], []
+            new_lat, edit_lat, shared_lat, graph_lat = [], [], [], []
             for i in range(runs + 1):  # the first is a warm-up, not counted
                 at = today + timedelta(days=10 + i, hours=3)
                 times = {"start": {"dateTime": at.isoformat(), "timeZone": "UTC"},
@@ -986,6 +1004,36 @@ async def _latency(report: Report, runs: int, say: Callable[[str], None]) -> Non
                 if i:
                     shared_lat.append(lat)
                 await asyncio.sleep(1.1)
+                # Ann invites Cy, on Microsoft 365: her calendar pushes (events.watch), his posts a
+                # Graph change notification to /webhooks/graph as Outlook files the invitation
+                body = {"summary": f"Across {i}", **{k: {"dateTime": (datetime.fromisoformat(v["dateTime"])
+                                                                      + timedelta(hours=3)).isoformat(),
+                                                         "timeZone": "UTC"} for k, v in later.items()},
+                        "attendees": [{"email": people["ann"]}, {"email": people["cy"]}]}
+                started = time.perf_counter()
+                ev = google.put_event(people["ann"], body)
+                await asyncio.to_thread(graph.calendar.receive_invitation, people["cy"], graph_body(body, None),
+                                        uid=ev["iCalUID"], organizer=people["ann"])
+                lat = await visible(record_titled(ev["iCalUID"], f"Across {i}"), started, "meeting across providers")
+                if i:
+                    shared_lat.append(lat)
+                await asyncio.sleep(1.1)
+                # Cy retitles a meeting of his own in Outlook: a Graph notification alone
+                own = {k: {"dateTime": (datetime.fromisoformat(body[k]["dateTime"]) + timedelta(hours=2)).isoformat(),
+                           "timeZone": "UTC"} for k in ("start", "end")}  # not at the time of the meeting above
+                mine = await asyncio.to_thread(graph.calendar.seed, [graph_body(
+                    {"summary": f"Cy's {i}", **own, "attendees": [{"email": people["cy"]}]}, None)], people["cy"])
+                await asyncio.to_thread(graph.calendar.user_edit, mine[0], {"subject": f"Cy's {i}"}, people["cy"])
+                uid = graph.calendar.user(people["cy"]).items[mine[0]].uid
+                await visible(record_titled(uid, f"Cy's {i}"), time.perf_counter(), "a Graph event")
+                await asyncio.sleep(1.1)
+                started = time.perf_counter()
+                await asyncio.to_thread(graph.calendar.user_edit, mine[0], {"subject": f"Cy's {i} (renamed)"},
+                                        people["cy"])
+                lat = await visible(record_titled(uid, f"Cy's {i} (renamed)"), started, "Graph edit")
+                if i:
+                    graph_lat.append(lat)
+                await asyncio.sleep(1.1)
             # both calendars' cycles have run for the shared meetings: still one record each
             await asyncio.sleep(2.0)
             keys: dict[tuple[str, str], int] = defaultdict(int)
@@ -993,17 +1041,21 @@ async def _latency(report: Report, runs: int, say: Callable[[str], None]) -> Non
                 if ev.is_record and not ev.deleted:
                     keys[(ev.event.uid, ev.event.recurrence_id)] += 1
             dups = sum(1 for n in keys.values() if n > 1)
-            every = new_lat + edit_lat + shared_lat
+            every = new_lat + edit_lat + shared_lat + graph_lat
             report("calendar.push.runs", len(every), "",
-                   f"{len(new_lat)} new, {len(edit_lat)} edited, {len(shared_lat)} shared (two calendars pushing) "
-                   "events; one change, one push, on the dev server")
+                   f"{len(new_lat)} new, {len(edit_lat)} edited, {len(shared_lat)} shared (two calendars pushing: "
+                   f"Google + Google, Google + Microsoft 365), {len(graph_lat)} edited on Microsoft 365; "
+                   "one change, its pushes, on the dev server")
             report("calendar.push_to_visible.p50", statistics.median(every), "s",
-                   "change in Google Calendar -> events.watch ping to /webhooks/calendar -> record on the platform")
+                   "change in the calendar -> events.watch ping to /webhooks/calendar or Graph notification to "
+                   "/webhooks/graph -> record on the platform")
             report("calendar.push_to_visible.p95", percentile(every, 95), "s", "goal <= 1 s")
             report("calendar.push_to_visible.max", max(every), "s")
             report("calendar.push.new_p95", percentile(new_lat, 95), "s")
             report("calendar.push.edit_p95", percentile(edit_lat, 95), "s")
             report("calendar.push.shared_p95", percentile(shared_lat, 95), "s", "the first of two pushes to land")
+            report("calendar.push.graph_edit_p95", percentile(graph_lat, 95), "s",
+                   "Graph change notification POSTed to /webhooks/graph -> record on the platform")
             report("calendar.push.duplicates", dups, "", "platform records sharing a (uid, recurrence_id) after the "
                                                          "shared meetings' two cycles (goal 0)")
             report("calendar.baseline.poll_only_mean_s", poll / 2, "s",
@@ -1016,4 +1068,5 @@ async def _latency(report: Report, runs: int, say: Callable[[str], None]) -> Non
         await waker.aclose()
         hooks.stop()
         gserver.stop()
+        mserver.stop()
         await env.shutdown()
