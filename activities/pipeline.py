@@ -400,6 +400,7 @@ class KindPipeline:
                 links_by_mailbox=b.by_mailbox, links_by_platform=b.by_platform, reviews=b.reviews,
                 platform_candidates=candidates, neighbour_links=b.neighbours,
                 link_count=b.link_count, approve_mass_delete=approve_mass_delete,
+                mailbox_provider=b.info.provider,
             ))
             summary = PlanSummary(planned=len(result.decisions) + erased, outcomes=result.counts(),
                                   guard_tripped=result.guard_tripped, held_deletes=result.held_deletes)
@@ -423,8 +424,8 @@ class KindPipeline:
         if not new:
             return 0
         with self.sessions.begin() as s:
-            erased = store_erase.erased_among(s, b.info.org_id, {e for r in new.values() for e in r.content.emails})
-            gone = [mid for mid, rec in new.items() if erased & set(rec.content.emails)]
+            erased = store_erase.erased_among(s, b.info.org_id, {e for r in new.values() for e in r.content.email_addresses()})
+            gone = [mid for mid, rec in new.items() if erased & set(rec.content.email_addresses())]
             cycle.set_item_outcomes_by_key(s, ref.connection_id, [
                 {"side": "mailbox", "external_id": mid, "status": "skipped", "rule": "erased_person"} for mid in gone],
                 kind=self.kind)

@@ -267,8 +267,8 @@ def make_near_duplicate(contact: Contact, rng: random.Random) -> Contact:
     is findable with certainty.
     """
     given, family = contact.given_name, contact.family_name
-    emails = list(contact.emails)
-    phones = list(contact.phones)
+    emails = list(contact.email_addresses())
+    phones = list(contact.phone_numbers())
     company = contact.company
 
     emails = [_email_variant(rng, e) if rng.random() < 0.7 else e for e in emails]

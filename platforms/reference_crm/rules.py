@@ -94,7 +94,7 @@ def _phone_or_email_domain(contact: Contact, params: dict[str, Any]) -> Violatio
     if contact.phones:
         return None
     allowed = {d.strip().lower() for d in params.get("domains", ())}
-    if any(_email_domain(e) in allowed for e in contact.emails):
+    if any(_email_domain(e) in allowed for e in contact.email_addresses()):
         return None
     return Violation("emails", "a phone or an email at an allowed domain is required")
 
