@@ -128,6 +128,10 @@ class FieldMap:
     def platform_name(self, name: str) -> str:
         return self.rule(name).platform
 
+    def custom_names(self) -> list[str]:
+        """Custom fields the mapping names."""
+        return [r.field[len(CUSTOM_PREFIX):] for r in self.rules if r.field.startswith(CUSTOM_PREFIX)]
+
     def not_on_platform(self) -> frozenset[str]:
         return frozenset(r.field for r in self.rules if not r.platform)
 
@@ -189,21 +193,33 @@ def _graph_emails(values: tuple) -> dict:
     return {e: EmailAddress(address=e.address, name=e.name) for e in values}
 
 
-def _graph_phones(values: tuple) -> dict:
+#: Outlook's phone slots on a contact: one mobile, two business, two home
+GRAPH_PHONE_SLOTS = {"mobile": 1, "work": 2, "home": 2}
+
+
+def graph_phones(values: tuple) -> dict:
+    """Each number -> the typed number Graph holds it as, or None when its slots are full.
+
+    Graph keeps one mobile number; a further mobile, an "other" and an untyped number
+    are business phones there (from a platform they usually are work numbers).
+    """
     out: dict = {}
-    mobile_taken = False
-    for p in sorted(values):
-        if p.type == "mobile" and not mobile_taken:
-            out[p] = p
-            mobile_taken = True
-        elif p.type == "home":
-            out[p] = p
-        else:  # Graph keeps one mobile; any other number is a business phone there
-            out[p] = PhoneNumber(number=p.number, type="work")
+    used = {"mobile": 0, "work": 0, "home": 0}
+    ordered = sorted(values, key=lambda p: (p.type != "mobile", p.type != "home", p.type != "work", p._order()))
+    for p in ordered:
+        slot = p.type if p.type in ("mobile", "home") else "work"
+        if slot == "mobile" and used["mobile"] >= GRAPH_PHONE_SLOTS["mobile"]:
+            slot = "work"
+        if used[slot] >= GRAPH_PHONE_SLOTS[slot]:
+            out[p] = None
+            continue
+        used[slot] += 1
+        out[p] = PhoneNumber(number=p.number, type=slot)
     return out
 
 
-def _graph_addresses(values: tuple) -> dict:
+def graph_addresses(values: tuple) -> dict:
+    """Each address -> the one Graph holds in its home, business or other slot, or None."""
     out: dict = {}
     taken: set[str] = set()
     for a in sorted(values, key=lambda a: (a.type != "work", a.type != "home", a._order())):
@@ -213,7 +229,7 @@ def _graph_addresses(values: tuple) -> dict:
     return out
 
 
-def _one(values: tuple) -> dict:
+def first_only(values: tuple) -> dict:
     return {v: (v if i == 0 else None) for i, v in enumerate(sorted(values))}
 
 
@@ -222,17 +238,29 @@ def _dated(value: str) -> dict:
     return {value: value if value and not value.startswith("--") else None}
 
 
+def _named_only(names: frozenset[str]) -> Projection:
+    def project(values: tuple) -> dict:
+        return {c: (c if c.partition("=")[0].strip() in names else None) for c in values}
+    return project
+
+
 HOLDS: dict[str, Holds] = {
     "google": Holds(),
     "microsoft": Holds(projections={
-        "emails": _graph_emails, "phones": _graph_phones, "addresses": _graph_addresses,
-        "websites": _one, "birthday": _dated,
+        "emails": _graph_emails, "phones": graph_phones, "addresses": graph_addresses,
+        "websites": first_only, "birthday": _dated,
     }),
 }
 
 
-def holds_for(provider: str | None) -> Holds:
-    return HOLDS.get(provider or "", Holds())
+def holds_for(provider: str | None, fmap: FieldMap | None = None) -> Holds:
+    """What a mailbox of `provider` holds. Graph holds a custom field only when the mapping
+    names it: an extended property is found by its name, there is no listing them all."""
+    holds = HOLDS.get(provider or "", Holds())
+    if provider == "microsoft":
+        names = frozenset(fmap.custom_names()) if fmap is not None else frozenset()
+        holds = Holds(holds.missing, {**holds.projections, "custom": _named_only(names)})
+    return holds
 
 
 def platform_holds(fmap: FieldMap) -> Holds:

@@ -16,7 +16,7 @@ def _problems(contact: Contact, settings: SyncSettings) -> list[str]:
 
 
 def _align(base, mailbox, platform, settings: SyncSettings, mailbox_provider: str | None):
-    return fields.align(base, mailbox, platform, settings.field_map, mailbox_holds=fields.holds_for(mailbox_provider),
+    return fields.align(base, mailbox, platform, settings.field_map, mailbox_holds=fields.holds_for(mailbox_provider, settings.field_map),
                         platform_holds_=fields.platform_holds(settings.field_map))
 
 
