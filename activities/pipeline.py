@@ -216,9 +216,14 @@ class KindPipeline:
         if conn is None:
             raise to_application_error(Fatal(f"unknown connection {connection_id}"))
         org = repo.get_org(s, conn.org_id)
-        info = ConnectionInfo(conn.id, conn.org_id, conn.user_id, conn.provider, conn.account_ref, dict(conn.settings or {}))
         merged = {**(org.settings or {}), **(conn.settings or {}).get("sync", {})}
-        return info, SyncSettings.from_dict(merged, owner=conn.user_id)
+        settings = SyncSettings.from_dict(merged, owner=conn.user_id)
+        conn_settings = dict(conn.settings or {})
+        # the organisation's custom fields as this mailbox names them (connectors.registry passes them on)
+        conn_settings["custom_keys"] = {name: settings.field_map.mailbox_key(name, conn.provider)
+                                        for name in settings.field_map.custom_names()}
+        info = ConnectionInfo(conn.id, conn.org_id, conn.user_id, conn.provider, conn.account_ref, conn_settings)
+        return info, settings
 
     # -- fetch ---------------------------------------------------------------
     def fetch_mailbox(self, ref: CycleRef) -> FetchResult:

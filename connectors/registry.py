@@ -129,7 +129,8 @@ def _google_contacts(credentials, connection_id: str, settings: dict, **tuning):
     from connectors.google_people import GooglePeopleContacts
 
     creds = credentials.google_credentials(connection_id, settings)
-    return GooglePeopleContacts(settings.get("endpoint") or GOOGLE_PEOPLE_ENDPOINT, creds, **tuning)
+    return GooglePeopleContacts(settings.get("endpoint") or GOOGLE_PEOPLE_ENDPOINT, creds,
+                                custom_keys=settings.get("custom_keys"), **tuning)
 
 
 def _google_static_contacts(endpoint: str | None, token: str, **tuning):
@@ -157,7 +158,7 @@ def _microsoft_contacts(credentials, connection_id: str, settings: dict, **tunin
     source = credentials.token_source(connection_id, provider=MICROSOFT.name, settings=settings)
     presented = PresentedToken(source)
     graph = GraphContacts(settings.get("endpoint") or GRAPH_ENDPOINT, presented, mailbox_key=connection_id,
-                          **tuning)
+                          custom_keys=settings.get("custom_keys"), **tuning)
     return RefreshOn401(graph, presented)
 
 

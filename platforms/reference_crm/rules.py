@@ -124,7 +124,8 @@ def validate_definition(rule: Rule) -> None:
 
 def _values(contact: Contact, name: str) -> list[str]:
     value = getattr(contact, name)
-    return list(value) if name in SET_FIELDS else ([value] if value else [])
+    # a typed email or phone is checked as its address or number
+    return [str(v) for v in value] if name in SET_FIELDS else ([value] if value else [])
 
 
 def check(rule: Rule, contact: Contact) -> ValidationRejected | None:
