@@ -362,6 +362,12 @@ class GraphState:
             item = self._lookup(item_id)
             return None if item is None else self._render(item, immutable=True)
 
+    def properties(self, item_id: str) -> dict[str, Any]:
+        """The item's single-value extended properties, id -> value (our marker, custom fields)."""
+        with self.lock:
+            item = self._require(item_id)
+            return {p["id"]: p.get("value") for p in item.data.get("singleValueExtendedProperties") or []}
+
     def live_count(self, folder_id: str | None = None) -> int:
         with self.lock:
             return sum(1 for i in self._items.values() if not i.deleted and (folder_id is None or i.folder_id == folder_id))
