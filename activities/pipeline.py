@@ -48,6 +48,7 @@ from models.workflow import (
     StoreSummary,
     WriteSummary,
 )
+from connectors import registry
 from store import cycle, mirror, repo
 from store import erase as store_erase
 from sync.kinds import KindRules
@@ -194,6 +195,12 @@ def keep_alive(every_s: float = 2.0):
         thread.join(timeout=every_s + 1)
 
 
+def _mailbox_holds(provider: str, settings: SyncSettings):
+    """What this mailbox's contacts hold, as its provider's registry entry says (None: all)."""
+    entry = registry.PROVIDERS.get(provider)
+    return entry.contact_holds(settings.field_map) if entry is not None else None
+
+
 class KindPipeline:
     """One kind's cycle steps, bound to one store, the kind's platform adapter and a way
     to reach its records in each mailbox."""
@@ -220,7 +227,9 @@ class KindPipeline:
         settings = SyncSettings.from_dict(merged, owner=conn.user_id)
         conn_settings = dict(conn.settings or {})
         # the organisation's custom fields as this mailbox names them (connectors.registry passes them on)
-        conn_settings["custom_keys"] = {name: settings.field_map.mailbox_key(name, conn.provider)
+        provider = registry.PROVIDERS.get(conn.provider)
+        key_field = provider.custom_key_field if provider is not None else ""
+        conn_settings["custom_keys"] = {name: settings.field_map.mailbox_key(name, key_field)
                                         for name in settings.field_map.custom_names()}
         info = ConnectionInfo(conn.id, conn.org_id, conn.user_id, conn.provider, conn.account_ref, conn_settings)
         return info, settings
@@ -405,7 +414,7 @@ class KindPipeline:
                 links_by_mailbox=b.by_mailbox, links_by_platform=b.by_platform, reviews=b.reviews,
                 platform_candidates=candidates, neighbour_links=b.neighbours,
                 link_count=b.link_count, approve_mass_delete=approve_mass_delete,
-                mailbox_provider=b.info.provider,
+                mailbox_holds=_mailbox_holds(b.info.provider, b.settings),
             ))
             summary = PlanSummary(planned=len(result.decisions) + erased, outcomes=result.counts(),
                                   guard_tripped=result.guard_tripped, held_deletes=result.held_deletes)

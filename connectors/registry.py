@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from models.errors import Fatal
+from sync.fields import graph_holds, holds_everything
 
 
 class UnknownProvider(Fatal):
@@ -244,6 +245,10 @@ class Provider:
     subscription_kinds: tuple[SubscriptionKind, ...]
     #: True: the grant can be revoked at the provider; False: only our copy of the tokens can go
     revokes: bool
+    #: (FieldMap) -> what its contacts hold (`sync.fields.Holds`), for the sync core
+    contact_holds: Callable[..., Any] = holds_everything
+    #: the field-mapping rule attribute naming a custom field's key in its mailboxes
+    custom_key_field: str = ""
 
 
 GOOGLE = Provider(
@@ -258,6 +263,8 @@ GOOGLE = Provider(
     push={"mail": PushNeed(GMAIL_WATCH, "watch")},
     subscription_kinds=(GMAIL_WATCH, CALENDAR_CHANNEL),
     revokes=True,
+    contact_holds=holds_everything,
+    custom_key_field="people_key",
 )
 
 MICROSOFT = Provider(
@@ -273,6 +280,8 @@ MICROSOFT = Provider(
           "mail": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/messages")},
     subscription_kinds=(GRAPH_SUBSCRIPTION,),
     revokes=False,  # the Microsoft identity platform has no revocation endpoint
+    contact_holds=graph_holds,
+    custom_key_field="graph_property",
 )
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (GOOGLE, MICROSOFT)}

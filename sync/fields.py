@@ -135,11 +135,11 @@ class FieldMap:
     def not_on_platform(self) -> frozenset[str]:
         return frozenset(r.field for r in self.rules if not r.platform)
 
-    def mailbox_key(self, custom_name: str, provider: str) -> str:
-        """A custom field's key in a mailbox (People `userDefined` key, Graph property name)."""
+    def mailbox_key(self, custom_name: str, key_field: str) -> str:
+        """A custom field's key in a mailbox: the rule's `key_field` ("people_key",
+        "graph_property"; the provider's registry entry says which), or its own name."""
         r = self.rule(CUSTOM_PREFIX + custom_name)
-        key = r.people_key if provider == "google" else r.graph_property if provider == "microsoft" else ""
-        return key or custom_name
+        return str(getattr(r, key_field, "") or "") or custom_name
 
 
 def changed_rules(old: FieldMap, new: FieldMap) -> set[str]:
@@ -244,23 +244,20 @@ def _named_only(names: frozenset[str]) -> Projection:
     return project
 
 
-HOLDS: dict[str, Holds] = {
-    "google": Holds(),
-    "microsoft": Holds(projections={
+def holds_everything(fmap: FieldMap | None = None) -> Holds:
+    """A mailbox that holds every field as it is (Google People)."""
+    return Holds()
+
+
+def graph_holds(fmap: FieldMap | None = None) -> Holds:
+    """What a Microsoft 365 contact holds: untyped emails, phone and address slots, one
+    website, dated birthdays, and a custom field only when the mapping names it (an
+    extended property is found by its name; there is no listing them all)."""
+    names = frozenset(fmap.custom_names()) if fmap is not None else frozenset()
+    return Holds(projections={
         "emails": _graph_emails, "phones": graph_phones, "addresses": graph_addresses,
-        "websites": first_only, "birthday": _dated,
-    }),
-}
-
-
-def holds_for(provider: str | None, fmap: FieldMap | None = None) -> Holds:
-    """What a mailbox of `provider` holds. Graph holds a custom field only when the mapping
-    names it: an extended property is found by its name, there is no listing them all."""
-    holds = HOLDS.get(provider or "", Holds())
-    if provider == "microsoft":
-        names = frozenset(fmap.custom_names()) if fmap is not None else frozenset()
-        holds = Holds(holds.missing, {**holds.projections, "custom": _named_only(names)})
-    return holds
+        "websites": first_only, "birthday": _dated, "custom": _named_only(names),
+    })
 
 
 def platform_holds(fmap: FieldMap) -> Holds:
@@ -374,5 +371,5 @@ def outbound(content: Any, target: Side, fmap: FieldMap) -> Any:
     return out
 
 
-__all__ = ["Aligned", "FieldMap", "FieldRule", "Holds", "HOLDS", "align", "changed_rules", "holds_for",
+__all__ = ["Aligned", "FieldMap", "FieldRule", "Holds", "align", "changed_rules", "graph_holds", "holds_everything",
            "keep_for", "mapping_change_held", "mapping_change_impact", "outbound", "platform_holds", "restore"]

@@ -69,8 +69,9 @@ class PlanInput:
     link_count: int = 0
     #: a person approved the deletions the guard held
     approve_mass_delete: bool = False
-    #: the mailbox's provider ("google", "microsoft"): what it can hold (`sync.fields.HOLDS`)
-    mailbox_provider: str | None = None
+    #: what the mailbox can hold (`sync.fields.Holds`, from the provider's registry entry);
+    #: None: every field as it is
+    mailbox_holds: Any = None
 
 
 @dataclass
@@ -253,7 +254,7 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
     mailbox_now = m.content if m_changed and m and m.content else link.snapshot
     platform_now = p.content if p_changed and p and p.content else link.snapshot
     # What a side cannot hold is not a deletion; a change a direction blocks is masked, and named.
-    aligned = inp.rules.align(link.snapshot, mailbox_now, platform_now, settings, inp.mailbox_provider)
+    aligned = inp.rules.align(link.snapshot, mailbox_now, platform_now, settings, inp.mailbox_holds)
     mailbox_now, platform_now = aligned.mailbox, aligned.platform
     decided = _decided_fields(review, mailbox_now, platform_now)
     result = inp.rules.merge(
@@ -482,7 +483,7 @@ def _link_pair(m: SideRecord, p: SideRecord, inp: PlanInput, *, rule: str,
                decided: dict[str, str] | None = None) -> Decision:
     assert m.content is not None and p.content is not None
     settings = inp.settings
-    aligned = inp.rules.align(None, m.content, p.content, settings, inp.mailbox_provider)
+    aligned = inp.rules.align(None, m.content, p.content, settings, inp.mailbox_holds)
     result = inp.rules.merge(None, aligned.mailbox, aligned.platform, settings.policy,
                              mailbox_time=m.updated_at, platform_time=p.updated_at, decided=decided)
     if result.unresolved:

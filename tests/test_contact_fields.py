@@ -15,7 +15,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from models.contact import Contact, EmailAddress, PhoneNumber, PostalAddress
 from models.record import content_hash
 from sync import fields
-from sync.fields import FieldMap, align, holds_for, keep_for, outbound, restore
+from sync.fields import FieldMap, align, graph_holds, keep_for, outbound, restore
 from sync.kinds.contacts import CONTACTS
 from sync.merge import merge_sets
 from sync.planner import LinkState, PlanInput, plan
@@ -83,7 +83,7 @@ def test_typed_sets_merge_like_plain_sets(base, mine, theirs):
 # --- what a side holds ------------------------------------------------------------------
 
 
-GRAPH = holds_for("microsoft", FieldMap.from_dict({"custom:tier": {}}))
+GRAPH = graph_holds(FieldMap.from_dict({"custom:tier": {}}))
 
 
 def _as_graph_holds(c: Contact) -> Contact:
@@ -148,7 +148,8 @@ def test_field_map_parses_and_refuses_what_it_cannot_mean():
                                                "graph_property": "concordTier"}})
     assert fmap.platform_name("birthday") == "dob" and fmap.platform_name("company") == "company"
     assert fmap.direction("birthday") == "mailbox_to_platform" and fmap.direction("notes") == "two_way"
-    assert fmap.mailbox_key("tier", "google") == "Tier" and fmap.mailbox_key("tier", "microsoft") == "concordTier"
+    assert fmap.mailbox_key("tier", "people_key") == "Tier" and fmap.mailbox_key("tier", "graph_property") == "concordTier"
+    assert fmap.mailbox_key("source", "people_key") == "source"
     assert FieldMap.from_dict(fmap.to_dict()) == fmap
     with pytest.raises(ValueError):
         FieldMap.from_dict({"shoe_size": {}})
@@ -211,13 +212,13 @@ def test_writes_keep_what_does_not_flow_there_and_what_did_not_change():
 # --- through the planner ------------------------------------------------------------------
 
 
-def _linked(m=None, p=None, fmap=None, provider=None, snapshot=BASE):
+def _linked(m=None, p=None, fmap=None, holds=None, snapshot=BASE):
     lk = LinkState(1, "m1", "p1", snapshot, content_hash(snapshot), content_hash(snapshot))
     recs = lambda side, c: {f"{side[0]}1": CONTACTS.record(side=side, external_id=f"{side[0]}1", content=c)} if c else {}  # noqa: E731
     return PlanInput(rules=CONTACTS, mailbox=recs("mailbox", m), platform=recs("platform", p),
                      settings=SyncSettings(owner="u1", field_map=FieldMap.from_dict(fmap or {})),
                      links_by_mailbox={"m1": lk}, links_by_platform={"p1": lk}, link_count=1,
-                     mailbox_provider=provider)
+                     mailbox_holds=holds(FieldMap.from_dict(fmap or {})) if holds else None)
 
 
 def test_planner_a_blocked_change_alone_is_named_and_writes_nothing():
@@ -244,13 +245,13 @@ def test_planner_the_source_side_still_flows_and_overrides_the_blocked_side():
 
 def test_planner_what_graph_cannot_hold_erases_nothing_on_the_platform():
     rich = RICH
-    lk_input = _linked(m=_as_graph_holds(rich), provider="microsoft", snapshot=rich,
+    lk_input = _linked(m=_as_graph_holds(rich), holds=graph_holds, snapshot=rich,
                        fmap={"custom:tier": {}})
     [d] = plan(lk_input).decisions
     assert d.writes == [] and d.snapshot == rich
     # a real edit in Graph goes through, and the platform keeps what Graph cannot hold
     edited = _as_graph_holds(rich).model_copy(update={"job_title": "Countess"})
-    [d] = plan(_linked(m=edited, provider="microsoft", snapshot=rich, fmap={"custom:tier": {}})).decisions
+    [d] = plan(_linked(m=edited, holds=graph_holds, snapshot=rich, fmap={"custom:tier": {}})).decisions
     [w] = d.writes
     assert w.side == "platform" and w.content == rich.model_copy(update={"job_title": "Countess"})
 

@@ -24,7 +24,7 @@ from emulators.server import serve
 from models.contact import Contact
 from platforms.reference_crm import ReferenceCrm
 from platforms.reference_crm.adapter import ReferenceCrmContacts
-from sync.fields import FieldMap, holds_for, restore
+from sync.fields import FieldMap, graph_holds, restore
 from tests.test_contact_fields import RICH
 
 ORG = "org-fields"
@@ -99,7 +99,7 @@ def graph():
     server.stop()
 
 
-GRAPH_HOLDS = holds_for("microsoft", FieldMap.from_dict({"custom:tier": {}}))
+GRAPH_HOLDS = graph_holds(FieldMap.from_dict({"custom:tier": {}}))
 
 
 def test_graph_round_trips_what_it_holds_and_restore_gives_back_the_rest(graph):

@@ -36,7 +36,7 @@ def _no_fix(content: Any, field: str | None, rules: tuple[str, ...]) -> tuple[An
     return None
 
 
-def _as_is(base: Any, mailbox: Any, platform: Any, settings: SyncSettings, mailbox_provider: str | None) -> Aligned:
+def _as_is(base: Any, mailbox: Any, platform: Any, settings: SyncSettings, mailbox_holds: Any) -> Aligned:
     return Aligned(mailbox, platform, (), mailbox, platform)
 
 
@@ -57,7 +57,7 @@ class KindRules(Generic[T]):
     fix: Callable[[Any, str | None, tuple[str, ...]], tuple[Any, list[str]] | None] = field(default=_no_fix)
     #: both sides as the merge should see them, and the fields a direction blocked
     #: (contacts: `sync.fields.align`); the default takes them as reported
-    align: Callable[[Any, Any, Any, SyncSettings, str | None], Aligned] = field(default=_as_is)
+    align: Callable[[Any, Any, Any, SyncSettings, Any], Aligned] = field(default=_as_is)
     #: fields a write to a side leaves as that side holds them
     keep: Callable[[str, Any, Any, SyncSettings], tuple[str, ...]] = field(default=lambda side, base, merged, settings: ())
     #: a record as created on the other side (fields that do not flow there left empty)

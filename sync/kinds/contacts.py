@@ -15,8 +15,8 @@ def _problems(contact: Contact, settings: SyncSettings) -> list[str]:
     return contact_problems(contact, max_field_len=settings.max_field_len)
 
 
-def _align(base, mailbox, platform, settings: SyncSettings, mailbox_provider: str | None):
-    return fields.align(base, mailbox, platform, settings.field_map, mailbox_holds=fields.holds_for(mailbox_provider, settings.field_map),
+def _align(base, mailbox, platform, settings: SyncSettings, mailbox_holds: fields.Holds | None):
+    return fields.align(base, mailbox, platform, settings.field_map, mailbox_holds=mailbox_holds or fields.Holds(),
                         platform_holds_=fields.platform_holds(settings.field_map))
 
 
