@@ -264,3 +264,21 @@ def test_planner_a_create_leaves_out_what_does_not_flow_there():
     [d] = run(inp).decisions
     [w] = d.writes
     assert d.rule == "created_in_mailbox" and w.content.department == "" and d.snapshot == w.content
+
+
+# --- every generated person through both providers' translations ----------------------------
+
+
+@given(st.integers(0, 2**32))
+@hsettings(max_examples=15, deadline=None)
+def test_rich_people_survive_both_providers_translations(seed):
+    from connectors.google_people import contact_to_person, person_to_record
+    from connectors.graph_contacts import contact_to_item, item_to_record
+    from emulators.people_data import make_rich_people
+
+    holds = graph_holds(FieldMap.from_dict({"custom:tier": {}}))
+    for p in make_rich_people(20, seed):
+        assert person_to_record({"resourceName": "people/c1", **contact_to_person(p)}).content == p
+        item = {"id": "x", **contact_to_item(p, custom_keys={"tier": "tier"})}
+        read = item_to_record(item, {"tier": "tier"}).content
+        assert restore(read, p, holds) == p
