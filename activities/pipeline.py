@@ -195,7 +195,7 @@ def keep_alive(every_s: float = 2.0):
         thread.join(timeout=every_s + 1)
 
 
-def _mailbox_holds(provider: str, settings: SyncSettings):
+def mailbox_holds_of(provider: str, settings: SyncSettings):
     """What this mailbox's contacts hold, as its provider's registry entry says (None: all)."""
     entry = registry.PROVIDERS.get(provider)
     return entry.contact_holds(settings.field_map) if entry is not None else None
@@ -414,7 +414,7 @@ class KindPipeline:
                 links_by_mailbox=b.by_mailbox, links_by_platform=b.by_platform, reviews=b.reviews,
                 platform_candidates=candidates, neighbour_links=b.neighbours,
                 link_count=b.link_count, approve_mass_delete=approve_mass_delete,
-                mailbox_holds=_mailbox_holds(b.info.provider, b.settings),
+                mailbox_holds=mailbox_holds_of(b.info.provider, b.settings),
             ))
             summary = PlanSummary(planned=len(result.decisions) + erased, outcomes=result.counts(),
                                   guard_tripped=result.guard_tripped, held_deletes=result.held_deletes)
