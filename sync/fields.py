@@ -261,7 +261,15 @@ def graph_holds(fmap: FieldMap | None = None) -> Holds:
 
 
 def platform_holds(fmap: FieldMap) -> Holds:
-    return Holds(missing=frozenset(n for n in fmap.not_on_platform() if n in FIELDS))
+    """What the platform holds under the mapping: a field mapped to no platform field is
+    missing there, and so is a custom field mapped to none."""
+    missing = fmap.not_on_platform()
+    dropped = frozenset(n[len(CUSTOM_PREFIX):] for n in missing if n.startswith(CUSTOM_PREFIX))
+    projections: dict[str, Projection] = {}
+    if dropped:
+        projections["custom"] = lambda values: {c: (None if c.partition("=")[0].strip() in dropped else c)
+                                                for c in values}
+    return Holds(missing=frozenset(n for n in missing if n in FIELDS), projections=projections)
 
 
 def restore(content: Any, base: Any, holds: Holds) -> Any:

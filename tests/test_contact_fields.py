@@ -282,3 +282,20 @@ def test_rich_people_survive_both_providers_translations(seed):
         item = {"id": "x", **contact_to_item(p, custom_keys={"tier": "tier"})}
         read = item_to_record(item, {"tier": "tier"}).content
         assert restore(read, p, holds) == p
+
+
+def test_a_custom_field_the_platform_does_not_map_is_not_a_deletion_there():
+    fmap = FieldMap.from_dict({"custom:source": {"platform": ""}, "birthday": {"platform": ""}})
+    holds = fields.platform_holds(fmap)
+    on_platform = BASE.model_copy(update={"custom": ["tier=gold"]})
+    base = BASE.model_copy(update={"custom": ["tier=gold", "source=fair"], "birthday": "1990-01-02"})
+    assert restore(on_platform, base, holds) == base
+    assert restore(on_platform.model_copy(update={"custom": []}), base, holds).custom_fields() == {"source": "fair"}
+
+
+def test_a_birthday_no_side_can_hold_is_a_named_problem():
+    from sync.normalize import contact_problems
+
+    assert contact_problems(BASE.model_copy(update={"birthday": "--12-10"})) == []
+    [problem] = contact_problems(BASE.model_copy(update={"birthday": "10/12/1815"}))
+    assert problem.startswith("birthday") and "10/12" not in problem
