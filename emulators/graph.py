@@ -1,4 +1,4 @@
-"""A Microsoft Graph v1.0 emulator for the contacts and mail surfaces of one mailbox.
+"""A Microsoft Graph v1.0 emulator for the contacts, mail and calendar surfaces of a mailbox.
 
 It reproduces the behaviours a Graph connector must survive (PROVIDERS.md section D)
 rather than a happy path: opaque `$skiptoken`/`$deltatoken` links, replays and empty
@@ -11,7 +11,9 @@ handshake and change notifications.
 
 Mail (folders, messages, messages delta, subscriptions on messages) lives in
 `emulators.graph_mail`, mounted here as `GraphState.mail`: one server, one set of
-faults, throttling rules, request log and stats for both surfaces.
+faults, throttling rules, request log and stats for both surfaces. Calendars (several
+users, series, calendarView delta) live in `emulators.graph_calendar`, mounted the same
+way as `GraphState.calendar`.
 
 Everything a test needs to steer is on `GraphState` (Python) and mirrored under
 `/_emulator/` (HTTP) for out-of-process tools.
@@ -312,6 +314,10 @@ class GraphState:
 
         self.mail = MailStore(self)
 
+        from emulators.graph_calendar import CalendarStore  # the calendar surface, every user's
+
+        self.calendar = CalendarStore(self)
+
     # ------------------------------------------------------------------ admin API
 
     def add_folder(self, name: str) -> str:
@@ -383,7 +389,7 @@ class GraphState:
             self._skip_tokens.clear()
             self._rounds.clear()
             self._generation += 1
-            return n + self.mail.expire_delta_tokens(status, code)
+            return n + self.mail.expire_delta_tokens(status, code) + self.calendar.expire_delta_tokens(status, code)
 
     def inject_fault(self, status: int | None = 429, count: int = 1, **kwargs: Any) -> Fault:
         fault = Fault(status=status, count=count, **kwargs)
@@ -406,6 +412,7 @@ class GraphState:
                 "by_route": dict(self.by_route),
                 "live_contacts": self.live_count(),
                 "live_messages": self.mail.live_count(),
+                "live_events": self.calendar.live_count(),
                 "subscriptions": len(self.subscriptions),
             }
 
@@ -608,6 +615,8 @@ class GraphState:
         try:
             if self.mail.handles(path):
                 return self.mail.dispatch(req, path)
+            if self.calendar.handles(path):
+                return self.calendar.dispatch(req, path)
             if path == "/me/contacts/delta" and m == "GET":
                 return self._delta(req, DEFAULT_FOLDER_ID)
             if (mm := re.fullmatch(r"/me/contactFolders/([^/]+)/contacts/delta", path)) and m == "GET":
@@ -860,7 +869,7 @@ class GraphState:
         r = re.sub(r"^users/[^/]+", "me", r, flags=re.IGNORECASE)
         if r.lower() == "me/contacts":
             return True
-        if self.mail.accepts_resource(r):
+        if self.mail.accepts_resource(r) or self.calendar.accepts_resource(r):
             return True
         mm = re.fullmatch(r"me/contactFolders/([^/]+)/contacts", r, re.IGNORECASE)
         return bool(mm and mm.group(1) in self.folders)
@@ -939,6 +948,7 @@ class GraphState:
         with self.lock:
             self.subscriptions[sub["id"]] = sub
             self.subscription_immutable[sub["id"]] = _prefers_immutable(req.headers)
+            self.calendar.watch(sub["id"], str(body["resource"]), req)
         return SubResponse(201, {}, dict(sub))
 
     def _subscription(self, req: SubRequest, sub_id: str) -> SubResponse:
@@ -1027,6 +1037,8 @@ class GraphState:
         if not path.startswith("/"):
             path = "/" + path
         headers = {str(k).lower(): str(v) for k, v in (r.get("headers") or {}).items()}
+        if outer.headers.get("authorization"):  # whose mailbox `/me` is inside the batch
+            headers["authorization"] = outer.headers["authorization"]
         if "body" in r and r["body"] is not None and "content-type" not in headers:
             return _error(400, "BadRequest", "Write request id : " + str(r.get("id")) + " does not contain Content-Type header or body.")
         with self.lock:
@@ -1144,6 +1156,7 @@ def _route_label(path: str) -> str:
     p = re.sub(r"/contactFolders/[^/]+", "/contactFolders/{id}", p)
     p = re.sub(r"/subscriptions/[^/]+", "/subscriptions/{id}", p)
     p = re.sub(r"/messages/(?!delta)[^/]+", "/messages/{id}", p)
+    p = re.sub(r"/events/[^/]+", "/events/{id}", p)
     p = re.sub(r"/mailFolders(?:\('[^']*'\)|/[^/]+)", "/mailFolders/{id}", p)
     return p.split("?")[0]
 
@@ -1351,6 +1364,10 @@ def create_app(state: GraphState | None = None) -> FastAPI:
         except httpx.HTTPError as exc:
             return EscapedJSONResponse({"error": type(exc).__name__}, status_code=502)
         return EscapedJSONResponse({"receiver_status": status})
+
+    from emulators.graph_calendar import add_calendar_routes
+
+    add_calendar_routes(app, state)
 
     # ---------------------------------------------------------------- mail admin API
 

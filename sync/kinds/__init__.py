@@ -64,6 +64,8 @@ class KindRules(Generic[T]):
     outbound: Callable[[Any, str, SyncSettings], Any] = field(default=lambda content, target, settings: content)
     #: whether writing `merged` minus the kept fields changes what a side holds
     differs: Callable[[Any, Any, tuple[str, ...]], bool] = field(default=lambda seen, merged, keep: seen != merged)
+    #: fields a person settles when both sides changed them, whatever the policy (see sync.merge)
+    manual_fields: tuple[str, ...] = ()
 
     def hash(self, content: Any) -> str:
         return content_hash(content)
@@ -71,7 +73,7 @@ class KindRules(Generic[T]):
     def merge(self, base: Any, mailbox: Any, platform: Any, policy: Policy, *, mailbox_time: float | None = None,
               platform_time: float | None = None, decided: dict | None = None) -> MergeResult:
         return three_way_merge(base, mailbox, platform, policy, mailbox_time=mailbox_time,
-                               platform_time=platform_time, decided=decided)
+                               platform_time=platform_time, decided=decided, manual_fields=self.manual_fields)
 
     @cached_property
     def record(self) -> type[SideRecord]:
