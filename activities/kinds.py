@@ -20,6 +20,8 @@ from platforms.reference_crm.adapter import ReferenceCrmContacts
 from platforms.reference_crm.mail_adapter import ReferenceCrmMail
 from platforms.reference_crm.outbox_adapter import ReferenceCrmOutbox
 from platforms.reference_crm.pm_adapter import ReferenceCrmCalendar
+from store import repo
+from sync.fields import FieldMap
 from sync.kinds import KindRules
 from sync.kinds.calendar import CALENDAR
 from sync.kinds.contacts import CONTACTS
@@ -32,12 +34,23 @@ KINDS: dict[str, tuple[KindRules, Callable[[str], PlatformSide]]] = {
 }
 
 
+def org_field_maps(sessions) -> Callable[[str], FieldMap]:
+    """An organisation's field mapping, read from its settings when the platform adapter asks."""
+    def lookup(org_id: str) -> FieldMap:
+        with sessions() as s:
+            org = repo.get_org(s, org_id)
+            data = ((org.settings if org is not None else None) or {}).get("field_map")
+        return FieldMap.from_dict(data)
+    return lookup
+
+
 def build_pipelines(sessions, crm_url: str, mailboxes: MailboxFactory, mail_for: MailFactory | None,
                     calendar_for: MailboxFactory | None = None) -> dict:
     """Every kind the worker runs: the record kinds, mail and send (their own steps over
     the same activity names) when a mail connector factory is given, and the calendar
     (records too, with meeting claims and roles) when a calendar connector factory is."""
-    pipelines: dict = {name: KindPipeline(sessions, rules, adapter(crm_url), mailboxes)
+    pipelines: dict = {name: KindPipeline(sessions, rules, adapter(crm_url, field_maps=org_field_maps(sessions))
+                                          if adapter is ReferenceCrmContacts else adapter(crm_url), mailboxes)
                        for name, (rules, adapter) in KINDS.items()}
     if calendar_for is not None:
         pipelines["calendar"] = CalendarPipeline(sessions, CALENDAR, ReferenceCrmCalendar(crm_url), calendar_for)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from models.errors import Fatal
+from sync.fields import graph_holds, holds_everything
 
 
 class UnknownProvider(Fatal):
@@ -129,7 +130,8 @@ def _google_contacts(credentials, connection_id: str, settings: dict, **tuning):
     from connectors.google_people import GooglePeopleContacts
 
     creds = credentials.google_credentials(connection_id, settings)
-    return GooglePeopleContacts(settings.get("endpoint") or GOOGLE_PEOPLE_ENDPOINT, creds, **tuning)
+    return GooglePeopleContacts(settings.get("endpoint") or GOOGLE_PEOPLE_ENDPOINT, creds,
+                                custom_keys=settings.get("custom_keys"), **tuning)
 
 
 def _google_static_contacts(endpoint: str | None, token: str, **tuning):
@@ -157,7 +159,7 @@ def _microsoft_contacts(credentials, connection_id: str, settings: dict, **tunin
     source = credentials.token_source(connection_id, provider=MICROSOFT.name, settings=settings)
     presented = PresentedToken(source)
     graph = GraphContacts(settings.get("endpoint") or GRAPH_ENDPOINT, presented, mailbox_key=connection_id,
-                          **tuning)
+                          custom_keys=settings.get("custom_keys"), **tuning)
     return RefreshOn401(graph, presented)
 
 
@@ -293,6 +295,10 @@ class Provider:
     calendar: Callable[..., Any] = _no_calendar
     #: (settings, static token, account, **tuning) -> MailboxSide[Event] (emulators and the demo only)
     static_calendar: Callable[..., Any] = _no_calendar
+    #: (FieldMap) -> what its contacts hold (`sync.fields.Holds`), for the sync core
+    contact_holds: Callable[..., Any] = holds_everything
+    #: the field-mapping rule attribute naming a custom field's key in its mailboxes
+    custom_key_field: str = ""
 
 
 GOOGLE = Provider(
@@ -311,6 +317,8 @@ GOOGLE = Provider(
     revokes=True,
     calendar=_google_calendar,
     static_calendar=_google_static_calendar,
+    contact_holds=holds_everything,
+    custom_key_field="people_key",
 )
 
 MICROSOFT = Provider(
@@ -329,6 +337,8 @@ MICROSOFT = Provider(
     revokes=False,  # the Microsoft identity platform has no revocation endpoint
     calendar=_microsoft_calendar,
     static_calendar=_microsoft_static_calendar,
+    contact_holds=graph_holds,
+    custom_key_field="graph_property",
 )
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (GOOGLE, MICROSOFT)}

@@ -77,7 +77,15 @@ WRITABLE_FIELDS = {
     "birthday",
     "categories",
     "singleValueExtendedProperties",
+    "generation",
+    "homeAddress",
+    "businessAddress",
+    "otherAddress",
+    "businessHomePage",
 }
+#: physicalAddress: the parts Graph keeps
+ADDRESS_FIELDS = ("homeAddress", "businessAddress", "otherAddress")
+ADDRESS_PARTS = {"street", "city", "state", "countryOrRegion", "postalCode"}
 LIST_FIELDS = {"emailAddresses", "businessPhones", "homePhones", "categories"}
 READ_ONLY_FIELDS = {
     "id",
@@ -96,9 +104,10 @@ _MARKER_FILTER = re.compile(
     re.IGNORECASE,
 )
 _EXPAND_PROP = re.compile(
-    r"^\s*singleValueExtendedProperties\(\s*\$filter\s*=\s*id\s+eq\s+'((?:[^']|'')*)'\s*\)\s*$",
+    r"^\s*singleValueExtendedProperties\(\s*\$filter\s*=\s*((?:id\s+eq\s+'(?:[^']|'')*'\s*(?:\s+or\s+)?)+)\)\s*$",
     re.IGNORECASE,
 )
+_EXPAND_ID = re.compile(r"id\s+eq\s+'((?:[^']|'')*)'", re.IGNORECASE)
 
 
 def _now() -> datetime:
@@ -359,6 +368,12 @@ class GraphState:
             item = self._lookup(item_id)
             return None if item is None else self._render(item, immutable=True)
 
+    def properties(self, item_id: str) -> dict[str, Any]:
+        """The item's single-value extended properties, id -> value (our marker, custom fields)."""
+        with self.lock:
+            item = self._require(item_id)
+            return {p["id"]: p.get("value") for p in item.data.get("singleValueExtendedProperties") or []}
+
     def live_count(self, folder_id: str | None = None) -> int:
         with self.lock:
             return sum(1 for i in self._items.values() if not i.deleted and (folder_id is None or i.folder_id == folder_id))
@@ -558,6 +573,11 @@ class GraphState:
             "categories": list(d.get("categories") or []),
             "parentFolderId": item.folder_id,
             "birthday": d.get("birthday"),
+            "generation": d.get("generation"),
+            "businessHomePage": d.get("businessHomePage"),
+            "homeAddress": copy.deepcopy(d.get("homeAddress") or {}),
+            "businessAddress": copy.deepcopy(d.get("businessAddress") or {}),
+            "otherAddress": copy.deepcopy(d.get("otherAddress") or {}),
             "displayName": d.get("displayName") or " ".join(p for p in (given, surname) if p),
             "givenName": d.get("givenName"),
             "middleName": d.get("middleName"),
@@ -580,7 +600,8 @@ class GraphState:
         if with_props and props:
             out["singleValueExtendedProperties"] = copy.deepcopy(props)
         elif expand_prop:
-            hit = [p for p in props if p["id"].lower() == expand_prop.lower()]
+            wanted = {e.lower() for e in expand_prop.split("\n")}
+            hit = [p for p in props if p["id"].lower() in wanted]
             if hit:
                 out["singleValueExtendedProperties"] = copy.deepcopy(hit)
         return out
@@ -803,7 +824,8 @@ class GraphState:
         mm = _EXPAND_PROP.match(exp)
         if not mm:
             return _error(400, "BadRequest", "Unsupported $expand.")
-        return mm.group(1).replace("''", "'")
+        # one id, or several joined with "or" (Graph's filter on extended property ids)
+        return "\n".join(i.replace("''", "'") for i in _EXPAND_ID.findall(mm.group(1)))
 
     def _item(self, req: SubRequest, item_id: str) -> SubResponse:
         immutable = _prefers_immutable(req.headers)
@@ -1113,6 +1135,14 @@ def _validate_body(body: dict[str, Any]) -> SubResponse | None:
     for e in body.get("emailAddresses") or []:
         if not isinstance(e, dict) or "address" not in e:
             return _error(400, "ErrorInvalidArgument", "emailAddresses entries need an address.")
+    for key in ADDRESS_FIELDS:
+        value = body.get(key)
+        if value is not None and (not isinstance(value, dict) or set(value) - ADDRESS_PARTS):
+            return _error(400, "RequestBodyRead", f"Property '{key}' must be a physicalAddress.")
+    if body.get("mobilePhone") is not None and not isinstance(body["mobilePhone"], str):
+        return _error(400, "RequestBodyRead", "Property 'mobilePhone' must be a string.")
+    if body.get("birthday") is not None and not re.fullmatch(r"\d{4}-\d\d-\d\dT[0-9:.]+Z", str(body["birthday"])):
+        return _error(400, "RequestBodyRead", "Property 'birthday' must be a DateTimeOffset.")
     for p in body.get("singleValueExtendedProperties") or []:
         if not isinstance(p, dict) or not p.get("id"):
             return _error(400, "ErrorInvalidProperty", "Extended property id is required.")

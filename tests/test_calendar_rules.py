@@ -7,7 +7,7 @@ index must find every pair the all-pairs search would send to review.
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -258,6 +258,9 @@ def test_contacts_merge_is_unchanged_by_manual_fields():
     (meeting(start_tz="Europe/Atlantis"), "start_tz is not a known time zone"),
     (meeting(rrule="FREQ=FORTNIGHTLY"), "rrule cannot be parsed"),
     (meeting(rrule="FREQ=WEEKLY;UNTIL=next-week"), "rrule has an UNTIL that is not a date or a date-time"),
+    (meeting(rrule="FREQ=MINUTELY"), "rrule repeats more often than daily"),
+    # "31 February": dateutil would search for it until the year 9999 on every expansion
+    (meeting(rrule="FREQ=DAILY;BYMONTH=2;BYMONTHDAY=31"), "rrule has no instance in ten years"),
     (meeting(uid="", recurrence_id="20261207T130000Z"),
      "recurrence_id is set without a uid: an exception needs its series' uid"),
     (meeting(title="x" * 2000), "title is too long (2000 characters; the limit is 1000)"),
@@ -334,3 +337,30 @@ def test_rules_apply_in_order_and_only_for_the_field_the_platform_named():
     fixed, applied = CALENDAR.fix(broken, None, ("end_after_start", "default_project=P", "unknown_rule"))
     assert applied == ["end_after_start", "default_project"] and fixed.project == "P"
     assert CALENDAR.fix(broken, "title", ("end_after_start", "clamp_duration")) is None
+
+
+_rule_parts = st.sampled_from(["FREQ=DAILY", "FREQ=WEEKLY", "FREQ=MONTHLY", "FREQ=YEARLY", "FREQ=HOURLY",
+                               "FREQ=SOMETIMES", "INTERVAL=2", "INTERVAL=0", "INTERVAL=x", "COUNT=3", "COUNT=-1",
+                               "UNTIL=20270101", "UNTIL=20270101T000000Z", "UNTIL=20270101T000000", "UNTIL=2027",
+                               "BYDAY=MO,FR", "BYDAY=2TU", "BYDAY=XX", "BYMONTHDAY=31", "BYMONTHDAY=0",
+                               "BYMONTH=2", "BYMONTH=13", "BYSETPOS=-1", "WKST=SU", "X-NAME=1", "", "RRULE:FREQ=DAILY"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_rule_parts, max_size=4).map(lambda ps: ";".join(ps)),
+       st.sampled_from([("2026-12-07T09:00:00", "2026-12-07T10:00:00", "Europe/Paris"),
+                        ("2026-12-07T09:00:00", "2026-12-07T10:00:00", ""),
+                        ("2026-12-07", "2026-12-08", "")]))
+def test_an_event_without_problems_always_expands(rule, times):
+    """What `problems` lets through, the expander can read: nothing raises past quarantine."""
+    from sync.calendar.recurrence import RecurrenceError, expand
+
+    start, end, tz = times
+    event = meeting(start=start, end=end, start_tz=tz, end_tz=tz, rrule=rule)
+    window = (datetime(2026, 12, 1, tzinfo=timezone.utc), datetime(2027, 3, 1, tzinfo=timezone.utc))
+    if event_problems(event):
+        return
+    try:
+        expand(event, [], *window)
+    except RecurrenceError:
+        pytest.fail("an event without problems could not be expanded")

@@ -452,7 +452,7 @@ async def scenario(client, sc: Scenario, mailboxes: dict[str, MailboxDriver]) ->
     ms = make_mailbox("microsoft")
     mailboxes[MS_CONNECTION] = ms
     shared = sc.mailbox_contacts[names.index(pairs[4])]
-    ms_ids = ms.seed([shared.model_copy(update={"emails": tuple(e.upper() for e in shared.emails)}),
+    ms_ids = ms.seed([shared.model_copy(update={"emails": tuple(e.upper() for e in shared.email_addresses())}),
                       *make_people(5, seed=99)])
     connect_mailbox(sc.sessions, org_id=sc.org_id, connection_id=MS_CONNECTION, user_id="user_2", mailbox=ms)
     await api.start_sync(client, MS_CONNECTION, sc.org_id, "microsoft", poll_interval_s=600)

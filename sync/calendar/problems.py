@@ -10,9 +10,8 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 
-from dateutil.rrule import rrulestr
-
 from models.event import Event, parse_instance_key, zone
+from sync.calendar.recurrence import rrule_problem
 from sync.normalize import email_problem
 
 STATUSES = ("confirmed", "tentative", "cancelled")
@@ -41,23 +40,16 @@ def _time_problem(name: str, text: str) -> str | None:
 
 
 def _rrule_problem(event: Event) -> str | None:
-    """Whether dateutil can read the rule. Only its syntax is checked, on a floating
-    start: a UTC or local UNTIL is fine for any series (see sync.calendar.recurrence)."""
-    start = event.start_value()
-    if start is None:
-        return None  # reported as the start's problem
-    dtstart = datetime(start.year, start.month, start.day, getattr(start, "hour", 0), getattr(start, "minute", 0))
-    text = ";".join(p.strip()[:-1] if p.strip().upper().startswith("UNTIL=") and p.strip().upper().endswith("Z")
-                    else p for p in event.rrule.removeprefix("RRULE:").split(";"))
-    for part in text.split(";"):
+    """Whether the expander can read the rule (dateutil, with its UNTIL read for the
+    series' kind of start: see sync.calendar.recurrence)."""
+    for part in event.rrule.removeprefix("RRULE:").split(";"):
         name, _, value = part.partition("=")
         if name.strip().upper() == "UNTIL" and not _UNTIL.fullmatch(value.strip()):
             return "rrule has an UNTIL that is not a date or a date-time"
-    try:
-        rrulestr(text, dtstart=dtstart)
-    except (ValueError, TypeError, IndexError, KeyError):
-        return "rrule cannot be parsed"
-    return None
+    problem = rrule_problem(event)
+    if problem is None:
+        return None
+    return "rrule " + problem.removeprefix("the series' RRULE ")
 
 
 def _key_problem(name: str, key: str) -> str | None:

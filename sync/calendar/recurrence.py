@@ -26,12 +26,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import date, datetime, time, timedelta, timezone, tzinfo
 
-from dateutil.rrule import rrule, rruleset, rrulestr
+from dateutil.rrule import DAILY, rrule, rruleset, rrulestr
 from icalendar import vRecur
 
 from models.event import Event, instance_key, parse_instance_key, zone
 
 THISANDFUTURE = "THISANDFUTURE"
+#: a rule with no instance in this many years from its start is refused (see `_base_rule`)
+BARREN_YEARS = 10
 
 #: what an instance carries of its own: the rest it shares with its series
 _INSTANCE_FIELDS = frozenset({"uid", "recurrence_id", "range", "start", "end", "start_tz", "end_tz",
@@ -99,6 +101,16 @@ def _base_rule(master: Event, dtstart: datetime, all_day: bool, tz: tzinfo | Non
         raise RecurrenceError("the series' RRULE cannot be parsed") from exc
     if not isinstance(parsed, rrule):
         raise RecurrenceError("the series' RRULE holds more than one rule")
+    if parsed._freq > DAILY:  # noqa: SLF001 - dateutil keeps FREQ here
+        # No calendar provider repeats meetings hourly or finer; such a rule is junk and
+        # would expand to thousands of instances a window.
+        raise RecurrenceError("the series' RRULE repeats more often than daily")
+    horizon = dtstart + timedelta(days=366 * BARREN_YEARS)
+    bounded = parsed._until is not None and parsed._until <= horizon  # noqa: SLF001
+    if not bounded and parsed.replace(until=horizon, count=None).after(dtstart, inc=True) is None:
+        # dateutil looks for a first instance until the year 9999 (seconds of CPU per
+        # call): "31 February" is refused here, once, rather than on every expansion.
+        raise RecurrenceError("the series' RRULE has no instance in ten years")
     return parsed
 
 
@@ -144,6 +156,18 @@ def normalize_key(master: Event, key: str) -> str:
     """`key` in the series' one form: exceptions from a copy in another form still match."""
     _, all_day, tz = _series_frame(master)
     return _key_of(_from_key(key, all_day, tz), all_day)
+
+
+def rrule_problem(master: Event) -> str | None:
+    """Why the series' RRULE cannot be expanded (a value-free message), or None."""
+    if not master.rrule:
+        return None
+    try:
+        dtstart, all_day, tz = _series_frame(master)
+        _base_rule(master, dtstart, all_day, tz)
+    except RecurrenceError as exc:
+        return str(exc)
+    return None
 
 
 # --- times as instants and as strings ----------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from models.contact import Contact
+from sync import fields
 from sync.fixes import apply_fix_rules
 from sync.kinds import KindRules
 from sync.matching import CandidateIndex, score
@@ -14,6 +15,11 @@ def _problems(contact: Contact, settings: SyncSettings) -> list[str]:
     return contact_problems(contact, max_field_len=settings.max_field_len)
 
 
+def _align(base, mailbox, platform, settings: SyncSettings, mailbox_holds: fields.Holds | None):
+    return fields.align(base, mailbox, platform, settings.field_map, mailbox_holds=mailbox_holds or fields.Holds(),
+                        platform_holds_=fields.platform_holds(settings.field_map))
+
+
 CONTACTS: KindRules[Contact] = KindRules(
     name="contacts",
     model=Contact,
@@ -22,4 +28,8 @@ CONTACTS: KindRules[Contact] = KindRules(
     new_index=CandidateIndex,
     score=score,
     fix=apply_fix_rules,
+    align=_align,
+    keep=lambda side, base, merged, settings: fields.keep_for(side, base, merged, settings.field_map),
+    outbound=lambda content, target, settings: fields.outbound(content, target, settings.field_map),
+    differs=fields.differs,
 )
