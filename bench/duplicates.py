@@ -101,7 +101,7 @@ CORRUPTIONS: tuple[str, ...] = (
     "typo_given", "typo_family", "swap_names", "initial_given", "drop_middle", "replace_family",
     "nickname", "move_address", "drop_address", "reformat_phone", "new_phone", "drop_phone",
     "email_variant", "new_email", "drop_email", "birthday_no_year", "birthday_slip", "drop_birthday",
-    "drop_company",
+    "drop_company", "change_company", "identifiers_only",
 )
 
 
@@ -135,7 +135,7 @@ RATES: dict[str, float] = {
     "replace_family": 0.05, "nickname": 0.10, "move_address": 0.15, "drop_address": 0.08,
     "reformat_phone": 0.9, "new_phone": 0.08, "drop_phone": 0.12, "email_variant": 0.6, "new_email": 0.12,
     "drop_email": 0.10, "birthday_no_year": 0.05, "birthday_slip": 0.03, "drop_birthday": 0.08,
-    "drop_company": 0.2,
+    "drop_company": 0.2, "change_company": 0.08, "identifiers_only": 0.03,
 }
 
 
@@ -189,6 +189,12 @@ def _apply(kind: str, d: dict, rng: random.Random, cities: list) -> bool:
         d["birthday"] = ""
     elif kind == "drop_company" and d["company"]:
         d["company"] = ""
+    elif kind == "identifiers_only" and (d["emails"] or d["phones"]):
+        # What a mail client saves on its own: the address someone wrote from, no name.
+        d.update(given_name="", family_name="", middle_name="", nickname="", addresses=[], birthday="")
+    elif kind == "change_company" and d["company"]:
+        d["company"] = rng.choice(("Northwind Traders", "Contoso Ltd", "Fabrikam Inc.", "Globex", "Initech",
+                                   "Umbrella Corp.", "Hooli", "Vandelay Industries"))
     else:
         return False
     return True
@@ -210,11 +216,20 @@ class Workload:
     #: person -> their pool keys (two for the people the pool already holds twice)
     records_of: dict[int, list[str]] = field(default_factory=dict)
 
+    def project(self, fields: tuple[str, ...]) -> "Workload":
+        """The same world with only `fields` on every record."""
+        return Workload({k: project(c, fields) for k, c in self.pool.items()},
+                        [project(c, fields) for c in self.incoming], self.truth, self.person_of, self.records_of)
 
-def make_workload(existing: int, incoming: int, seed: int, fields: tuple[str, ...], *,
+
+def make_workload(existing: int, incoming: int, seed: int, fields: tuple[str, ...] | None = None, *,
                   duplicate_share: float = 0.2, pool_cluster_share: float = 0.03) -> Workload:
     """`existing` people in the pool (a few held twice: clusters) and `incoming` records,
-    `duplicate_share` of them corrupted copies of pool people, the rest new people."""
+    `duplicate_share` of them corrupted copies of pool people, the rest new people.
+
+    Corruption happens on the full records, so `Workload.project` gives each field
+    set the same duplicates.
+    """
     rng = random.Random(seed)
     n_dup = int(incoming * duplicate_share)
     people = make_population(existing + incoming - n_dup, seed)
@@ -224,12 +239,12 @@ def make_workload(existing: int, incoming: int, seed: int, fields: tuple[str, ..
     records_of: dict[int, list[str]] = {}
     for i in range(existing):
         key = f"crm-{i:06d}"
-        pool[key] = project(people[i], fields)
+        pool[key] = people[i]
         person_of[key] = i
         records_of[i] = [key]
     for j, i in enumerate(rng.sample(range(existing), int(existing * pool_cluster_share))):
         key = f"crm-dup-{j:05d}"
-        pool[key] = project(corrupt(people[i], rng, cities=cities)[0], fields)
+        pool[key] = corrupt(people[i], rng, cities=cities)[0]
         person_of[key] = i
         records_of[i].append(key)
     truth: dict[int, int] = {}
@@ -241,8 +256,9 @@ def make_workload(existing: int, incoming: int, seed: int, fields: tuple[str, ..
     for pos in range(incoming):
         if pos in slots:
             person = next(src)
-            out.append(project(corrupt(people[person], rng, cities=cities)[0], fields))
+            out.append(corrupt(people[person], rng, cities=cities)[0])
             truth[pos] = person
         else:
-            out.append(project(next(fresh), fields))
-    return Workload(pool, out, truth, person_of, records_of)
+            out.append(next(fresh))
+    world = Workload(pool, out, truth, person_of, records_of)
+    return world.project(fields) if fields is not None else world

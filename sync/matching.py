@@ -17,6 +17,14 @@ where they are not, and every one only lowers a score:
 - names alone never auto-link: without an agreeing email, phone, address or
   birthday a pair is at most `NAMES_ONLY_CAP` (review), and `corroborated` is
   False so `decide` never says auto even at an organisation's lower thresholds;
+- conversely, when both names agree and nothing else is there to contradict
+  them, a pair is at least `NAMES_AGREE_FLOOR` (review): the calibrated
+  probability is low where namesakes abound, but a person can tell, and a
+  silent second record is the worse outcome;
+- a shared email address is at least review (a shared mailbox under other
+  names is worth a look), and where a side has no name at all an agreeing email
+  or phone decides alone (`IDENTIFIER_ONLY`): the fitted email weight is
+  discounted for following the names, which a nameless record does not;
 - different given names (not a nickname, typo or initial of each other) are
   twins, spouses, a parent and child: they share a surname, an address, a
   landline, even a birthday. Such a pair is at most `OTHER_PERSON_CAP` (below
@@ -50,6 +58,11 @@ K = TypeVar("K", bound=Hashable)
 
 #: without an agreeing identifier (email, phone, address, birthday): review at most
 NAMES_ONLY_CAP = 0.85
+#: both names agree (exactly, as a nickname or a typo) and no other field disagrees: at
+#: least review, so that names-only records reach a person rather than being created twice
+NAMES_AGREE_FLOOR = 0.75
+#: an agreeing (email, phone) where a side has no name: the identifier alone decides
+IDENTIFIER_ONLY = (0.95, 0.90)
 #: different given names, or no shared blocking key: below the default review threshold
 OTHER_PERSON_CAP = 0.60
 
@@ -79,7 +92,7 @@ class Match(Generic[K]):
     reasons: tuple[str, ...]
 
 
-NO_MATCH_SCORE = MatchScore(0.0, (), False)
+NO_MATCH_SCORE = MatchScore(0.0, ())
 
 
 def decide(ms: MatchScore, thresholds: Thresholds) -> Literal["auto", "review", "none"]:
@@ -268,21 +281,36 @@ def probability(weight: float) -> float:
 
 
 _TABLES = tuple(W.WEIGHTS[f] for f in FIELDS)
-_IDENTIFYING = frozenset({(0, "agree"), (1, "agree"), (2, "agree"), (3, "agree"), (3, "month_day")})
+#: what corroborates names enough to auto-link. A birthday without its year does not:
+#: a common name has many namesakes, and one in 365 of them shares the day.
+_IDENTIFYING = frozenset({(0, "agree"), (1, "agree"), (2, "agree"), (3, "agree")})
 
 
-def _evaluate(a: NormalizedContact, b: NormalizedContact) -> tuple[float, tuple[str, ...], bool, bool, int]:
-    """(score, levels, swapped, corroborated, caps applied as bits): the work of `score_normalized`
-    without building reasons, which only the best candidate needs."""
+def _evaluate(a: NormalizedContact, b: NormalizedContact) -> tuple[float, tuple[str, ...], bool, bool, int, float]:
+    """(score, levels, swapped, corroborated, caps applied as bits, probability before the
+    caps and floors): the work of `score_normalized` without building reasons, which only
+    the best candidate needs."""
     levels, swapped = _levels(a, b)
     weight = 0.0
     for table, level in zip(_TABLES, levels):
         weight += table[level]
-    s = probability(weight)
+    s = raw = probability(weight)
     corroborated = ((0, levels[0]) in _IDENTIFYING or (1, levels[1]) in _IDENTIFYING
                     or (2, levels[2]) in _IDENTIFYING or (3, levels[3]) in _IDENTIFYING)
     caps = 0
+    if levels[0] == "agree":
+        # A shared mailbox is worth a person's look even under other names (info@).
+        s = max(s, NAMES_AGREE_FLOOR)
+    if not (a.has_name and b.has_name) and (levels[0] == "agree" or levels[1] == "agree"):
+        # No name on a side: nothing correlates with the identifier (the fitted scale
+        # discounts an email for following the names), so it counts in full.
+        s = max(s, IDENTIFIER_ONLY[0] if levels[0] == "agree" else IDENTIFIER_ONLY[1])
+        caps |= 32
     if not corroborated:
+        if (levels[4] in _NAME_AGREES and levels[5] in _NAME_AGREES and not _CONTRADICTED & set(levels)
+                and levels[6] != "disagree"):
+            s = max(s, NAMES_AGREE_FLOOR)
+            caps |= 16
         s = min(s, NAMES_ONLY_CAP)
         caps |= 1
     if levels[4] == "disagree":
@@ -294,14 +322,16 @@ def _evaluate(a: NormalizedContact, b: NormalizedContact) -> tuple[float, tuple[
     if a.keys.isdisjoint(b.keys):
         s = min(s, OTHER_PERSON_CAP)
         caps |= 4
-    return round(min(1.0, max(0.0, s)), 6), levels, swapped, corroborated, caps
+    return round(min(1.0, max(0.0, s)), 6), levels, swapped, corroborated, caps, raw
 
 
-_CAP_REASONS = ((1, "names_only"), (2, "other_given_name"), (4, "no_shared_key"), (8, "other_family_name"))
+_NAME_AGREES = frozenset({"exact", "nickname", "typo"})
+_CONTRADICTED = frozenset({"disagree"})
+_CAP_REASONS = ((32, "identifier_without_name"), (16, "names_agree_uncontradicted"), (1, "names_only"), (2, "other_given_name"), (4, "no_shared_key"), (8, "other_family_name"))
 
 
 def _as_score(evaluated: tuple[float, tuple[str, ...], bool, bool, int]) -> MatchScore:
-    s, levels, swapped, corroborated, caps = evaluated
+    s, levels, swapped, corroborated, caps, _raw = evaluated
     reasons = [f"{field}_{level}" for field, level in zip(FIELDS, levels) if level != "missing"]
     if swapped:
         reasons.append("name_swapped")
@@ -440,22 +470,27 @@ def _before(a: object, b: object) -> bool:
         return repr(a) < repr(b)
 
 
+def _rank(ms) -> tuple[float, float]:
+    # Capped scores can be equal while the evidence is not: the probability before the
+    # caps orders them (MatchScores from outside carry only their score).
+    return ms.score, getattr(ms, "raw", ms.score)
+
+
 def _pick(scored: Iterable[tuple[K, MatchScore]], thresholds: Thresholds,
           anchor=lambda k: k) -> Match[K]:
-    """The best cluster. Two different clusters (people) at the same best score is a
-    tie nothing in the records can settle: it goes to review (naming the first in
+    """The best cluster. Two different clusters (people) with the same best evidence is
+    a tie nothing in the records can settle: it goes to review (naming the first in
     key order, for a person to decide), never to auto."""
     best: dict[object, tuple[K, MatchScore]] = {}
     for key, ms in scored:
         a = anchor(key)
         held = best.get(a)
-        if held is None or ms.score > held[1].score or (ms.score == held[1].score and _before(key, held[0])):
+        if held is None or _rank(ms) > _rank(held[1]) or (_rank(ms) == _rank(held[1]) and _before(key, held[0])):
             best[a] = (key, ms)
     if not best:
         return Match("none", None, 0.0, ())
-    ranked = sorted(best.items(), key=lambda item: -item[1][1].score)
-    top = ranked[0][1][1].score
-    tied = [a for a, (_, ms) in ranked if ms.score == top]
+    top = max(_rank(ms) for _, ms in best.values())
+    tied = [a for a, (_, ms) in best.items() if _rank(ms) == top]
     first = tied[0]
     for a in tied[1:]:
         if _before(a, first):
@@ -499,7 +534,7 @@ def _other_person(a: NormalizedContact, b: NormalizedContact) -> bool:
     # The family names differ however read: capped unless an identifier agrees.
     if not a.phones.isdisjoint(b.phones):
         return False
-    if a.birthday is not None and b.birthday is not None and birthday_level(a, b) in ("agree", "month_day"):
+    if a.birthday is not None and b.birthday is not None and birthday_level(a, b) == "agree":
         return False
     # An address agrees only at the same house number.
     return a.house_numbers.isdisjoint(b.house_numbers) or address_level(a, b) != "agree"
@@ -508,12 +543,13 @@ def _other_person(a: NormalizedContact, b: NormalizedContact) -> bool:
 class _Scored:
     """A candidate's score with its reasons built only if it is the one returned."""
 
-    __slots__ = ("score", "corroborated", "_evaluated")
+    __slots__ = ("score", "corroborated", "raw", "_evaluated")
 
     def __init__(self, evaluated) -> None:
         self._evaluated = evaluated
         self.score = evaluated[0]
         self.corroborated = evaluated[3]
+        self.raw = evaluated[5]
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -551,6 +587,19 @@ def best_match(
 
 def match_all_pairs(contact: Contact, pool: Mapping[K, Contact], thresholds: Thresholds = Thresholds(),
                     region: str = DEFAULT_REGION) -> Match[K]:
-    """Score against every contact in `pool`: the quadratic baseline the index must agree with."""
+    """Score against every contact in `pool`: the quadratic baseline the index must agree with.
+
+    It skips the pairs `_other_person` proves capped below review, as the index
+    does, so the two differ only in which pairs blocking lets through.
+    """
     norm = normalized(contact, region)
-    return _pick(((key, score_normalized(norm, normalized(c, region))) for key, c in pool.items()), thresholds)
+    if not _identifiable(norm):
+        return Match("none", None, 0.0, ())
+    prune = thresholds.review > OTHER_PERSON_CAP
+    scored = []
+    for key, c in pool.items():
+        other = normalized(c, region)
+        if not _identifiable(other) or (prune and _other_person(norm, other)):
+            continue
+        scored.append((key, _Scored(_evaluate(norm, other))))
+    return _pick(scored, thresholds)

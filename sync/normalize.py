@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from threading import Lock
 
 import idna
+import jellyfish
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from nameparser import HumanName
@@ -345,11 +346,21 @@ def given_forms(name: str) -> frozenset[str]:
     return frozenset([name, *others[: MAX_NAME_FORMS - 1]])
 
 
+@lru_cache(maxsize=65536)
+def _related_names(name: str) -> frozenset[str]:
+    nn = _nicknamer()
+    return frozenset({name, *nn.canonicals_of(name), *nn.nicknames_of(name)})
+
+
+@lru_cache(maxsize=262144)
 def nickname_related(a: str, b: str) -> bool:
-    """Whether one given name is a nickname of the other (or both of one formal name)."""
+    """Whether one given name is a nickname of the other, or both of one formal name
+    (the whole table, not the capped forms blocking uses)."""
     if not a or not b or a == b or len(a) < 2 or len(b) < 2:
         return False
-    return not given_forms(a).isdisjoint(given_forms(b))
+    ra, rb = _related_names(a), _related_names(b)
+    return b in ra or a in rb or not (ra - {a}).isdisjoint(rb - {b}) and bool(
+        _nicknamer().canonicals_of(a) & _nicknamer().canonicals_of(b))
 
 
 # --- addresses and birthdays --------------------------------------------------
@@ -524,9 +535,11 @@ def _name_keys(first: str, last: str) -> set[str]:
     and its last two): a typo in one name leaves the keys built on the other's full
     spelling intact, and one typo cannot touch both ends of a name of four letters
     or more. Keys are made in both directions (given+family, family+given), so a
-    record with the fields swapped has the same set. The given name is used in its
-    nickname root (Bob -> robert) where it is the full part. `i:` (family + initial)
-    catches a given name reduced to its initial.
+    record with the fields swapped has the same set. `k:` pairs the family name with
+    each nickname form of the given name (Bob and Robert Smith both have
+    k:smith|robert), `i:` (family + initial) catches a given name reduced to its
+    initial, and `m:` (the metaphone codes of both names, sorted) names that sound
+    alike with more than one letter changed. At most 4 n:, 1 i:, 8 k:, 1 m: keys.
     """
     keys: set[str] = set()
     f, l = first.replace(" ", ""), last.replace(" ", "")
@@ -543,15 +556,22 @@ def _name_keys(first: str, last: str) -> set[str]:
             keys.update(f"k:{l}|{form}" for form in given_forms(first.split()[0]))
     if len(f) > 1 and len(l) > 1:
         keys.update(f"k:{f}|{form}" for form in given_forms(last.split()[0]))  # the fields swapped
+        # Sounds-alike in both names at once (Jon Smyth / John Smith), in either order.
+        keys.add("m:" + " ".join(sorted((_metaphone(first.split()[0]), _metaphone(l)))))
     return keys
+
+
+@lru_cache(maxsize=65536)
+def _metaphone(token: str) -> str:
+    return jellyfish.metaphone(token) or token
 
 
 def blocking_keys(contact: Contact, region: str = DEFAULT_REGION) -> set[str]:
     """Keys whose equality makes two contacts worth scoring (at most about 15).
 
-    e:<email>, p:<E.164>, a:<postcode>|<house number>, b:<birthday>,
-    bm:<month-day>|<initial>, d:<employer domain>|<last>, and the name keys of
-    `_name_keys`. `sync.matching.score` only reaches the review band when two
+    e:<email>, p:<E.164> (at most 3 of each), a:<postcode>|<house number> (at most 2),
+    b:<birthday>, bm:<month-day>|<initial>, d:<employer domain>|<last>, and the
+    name keys of `_name_keys` (n:, i:, k:, m:). `sync.matching.score` only reaches the review band when two
     contacts share a key, so the keys lose no pair that scoring would propose
     (blocks capped for size aside).
     """

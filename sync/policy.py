@@ -31,6 +31,10 @@ class SyncSettings:
     max_field_len: int = 1000
     #: named fix rules tried on a platform validation error before quarantining
     fix_rules: tuple[str, ...] = field(default_factory=tuple)
+    #: the region (ISO 3166 alpha-2) a phone number written without a country code is read
+    #: in, for matching: the organisation's country. Set it on the organisation, not on a
+    #: connection: the organisation's platform mirror is keyed with it.
+    phone_region: str = "US"
 
     @classmethod
     def from_dict(cls, data: dict | None, *, owner: str = "") -> "SyncSettings":
@@ -42,4 +46,16 @@ class SyncSettings:
         kwargs.setdefault("owner", owner)
         if kwargs.get("policy", "newest_wins") not in POLICIES:
             raise ValueError(f"unknown conflict policy {kwargs['policy']!r}")
+        if "phone_region" in kwargs:
+            kwargs["phone_region"] = _region(kwargs["phone_region"])
         return cls(**kwargs)
+
+
+def _region(value: object) -> str:
+    """An upper-case region phonenumbers knows; a wrong one would silently mis-read numbers."""
+    import phonenumbers
+
+    region = str(value or "").strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError("unknown phone region: use an ISO 3166 alpha-2 code such as US, GB or DE")
+    return region

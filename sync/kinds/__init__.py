@@ -50,6 +50,14 @@ class KindRules(Generic[T]):
     score: Callable[[Any, Any], MatchScore]
     #: named fixes for a platform's validation error on `field` (None: no rule applies)
     fix: Callable[[Any, str | None, tuple[str, ...]], tuple[Any, list[str]] | None] = field(default=_no_fix)
+    #: these rules as an organisation's settings adjust them (e.g. the region phone numbers
+    #: are read in, which changes blocking keys and scores); None: settings change nothing
+    bind: Callable[["KindRules", SyncSettings], "KindRules"] | None = None
+
+    def for_settings(self, settings: SyncSettings) -> "KindRules":
+        """The rules for one organisation: keys, scores and indexes must all be computed
+        the same way, or a record's stored keys would not meet its duplicate's."""
+        return self.bind(self, settings) if self.bind is not None else self
 
     def hash(self, content: Any) -> str:
         return content_hash(content)

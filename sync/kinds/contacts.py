@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from functools import lru_cache, partial
+
 from models.contact import Contact
 from sync.fixes import apply_fix_rules
 from sync.kinds import KindRules
 from sync.matching import CandidateIndex, score
-from sync.normalize import blocking_keys, contact_problems
+from sync.normalize import DEFAULT_REGION, blocking_keys, contact_problems
 from sync.policy import SyncSettings
 
 
 def _problems(contact: Contact, settings: SyncSettings) -> list[str]:
     return contact_problems(contact, max_field_len=settings.max_field_len)
+
+
+def _bind(rules: KindRules, settings: SyncSettings) -> KindRules:
+    return _for_region(rules, settings.phone_region)
+
+
+@lru_cache(maxsize=64)
+def _for_region(rules: KindRules, region: str) -> KindRules:
+    """National phone numbers ("(415) 555-0134", "020 7946 0958") are read in the
+    organisation's region: keys, scores and indexes all the same way."""
+    if region == DEFAULT_REGION:
+        return rules
+    return replace(rules, keys=partial(blocking_keys, region=region), score=partial(score, region=region),
+                   new_index=partial(CandidateIndex, region=region), bind=None)
 
 
 CONTACTS: KindRules[Contact] = KindRules(
@@ -22,4 +39,5 @@ CONTACTS: KindRules[Contact] = KindRules(
     new_index=CandidateIndex,
     score=score,
     fix=apply_fix_rules,
+    bind=_bind,
 )
