@@ -36,7 +36,7 @@ RANDOM_PAIRS = 200_000
 PLATT_QUERIES = 2_000
 
 LEVELS: dict[str, tuple[str, ...]] = {
-    "email": ("agree", "local", "disagree", "missing"),
+    "email": ("agree", "disagree", "missing"),
     "phone": ("agree", "disagree", "missing"),
     "address": ("agree", "street", "area", "disagree", "missing"),
     "birthday": ("agree", "month_day", "near", "disagree", "missing"),
@@ -56,7 +56,6 @@ ORDER: dict[str, tuple[tuple[str, str], ...]] = {
     "middle": (("exact", "initial"),),
     "birthday": (("agree", "month_day"), ("month_day", "near")),
     "address": (("agree", "street"), ("street", "area")),
-    "email": (("agree", "local"),),
 }
 
 OUT = Path(__file__).resolve().parent.parent / "sync" / "match_weights.py"

@@ -217,9 +217,23 @@ class Workload:
     records_of: dict[int, list[str]] = field(default_factory=dict)
 
     def project(self, fields: tuple[str, ...]) -> "Workload":
-        """The same world with only `fields` on every record."""
-        return Workload({k: project(c, fields) for k, c in self.pool.items()},
-                        [project(c, fields) for c in self.incoming], self.truth, self.person_of, self.records_of)
+        """The same world with only `fields` on every record.
+
+        An incoming record left empty (a nameless contact of only an email, in a
+        field set without emails) is dropped: the sync rejects empty contacts as
+        malformed, so no matcher sees it.
+        """
+        incoming: list[Contact] = []
+        truth: dict[int, int] = {}
+        for pos, c in enumerate(self.incoming):
+            p = project(c, fields)
+            if p.is_empty():
+                continue
+            if pos in self.truth:
+                truth[len(incoming)] = self.truth[pos]
+            incoming.append(p)
+        return Workload({k: project(c, fields) for k, c in self.pool.items()}, incoming, truth, self.person_of,
+                        self.records_of)
 
 
 def make_workload(existing: int, incoming: int, seed: int, fields: tuple[str, ...] | None = None, *,

@@ -113,13 +113,16 @@ def run(report: Report = print, *, existing: int = EXISTING, incoming: int = INC
     gc.collect()
     gc.freeze()
     rng = random.Random(seed + 1)
-    picks = sorted(rng.sample(range(incoming), min(sample, incoming)))
-    ap_picks = sorted(rng.sample(picks, min(all_pairs_sample, len(picks))))
 
     for name in configs:
         fields = CONFIGS[name]
         w = world.project(fields)
+        n_in = len(w.incoming)
+        picks = sorted(random.Random(seed + 1).sample(range(n_in), min(sample, n_in)))
+        ap_picks = sorted(rng.sample(picks, min(all_pairs_sample, len(picks))))
         p = f"matching.{name}"
+        if n_in < incoming:
+            emit(f"{p}.incoming_records", n_in, "", "records empty without these fields dropped")
         t0 = time.perf_counter()
         index: CandidateIndex[str] = CandidateIndex()
         for key, contact in w.pool.items():
@@ -131,17 +134,17 @@ def run(report: Report = print, *, existing: int = EXISTING, incoming: int = INC
         results = {i: best_match(c, index, thresholds) for i, c in enumerate(w.incoming)}
         match_s = time.perf_counter() - t0
         emit(f"{p}.index_build_s", build, "s", f"{len(w.pool):,} records")
-        emit(f"{p}.match_s", match_s, "s", f"{incoming:,} against {len(w.pool):,}")
+        emit(f"{p}.match_s", match_s, "s", f"{n_in:,} against {len(w.pool):,}")
         emit(f"{p}.total_s", build + match_s, "s", "build + match")
         for label, kinds in (("auto", {"auto"}), ("auto_or_review", {"auto", "review"})):
             precision, recall, f1 = _quality(results, w, kinds)
             emit(f"{p}.precision_{label}", precision)
             emit(f"{p}.recall_{label}", recall)
             emit(f"{p}.f1_{label}", f1)
-        completeness, mean_cands = _completeness(index, w, list(range(incoming)))
+        completeness, mean_cands = _completeness(index, w, list(range(n_in)))
         emit(f"{p}.pairs_completeness", completeness, "", "true partner among the candidates")
         emit(f"{p}.mean_candidates", mean_cands, "per record", f"all pairs: {len(w.pool):,}")
-        emit(f"{p}.review_share", sum(m.kind == "review" for m in results.values()) / incoming)
+        emit(f"{p}.review_share", sum(m.kind == "review" for m in results.values()) / n_in)
         emit(f"{p}.capped_lookups", index.capped_lookups, "", f"blocks over {index.max_block} skipped")
 
         # Baselines on a sample, with the matcher's own figures on the same sample.
@@ -156,7 +159,7 @@ def run(report: Report = print, *, existing: int = EXISTING, incoming: int = INC
             emit(f"{p}.sample_string_precision_{label}", precision, "", "token_sort_ratio >= 95 / 85")
             emit(f"{p}.sample_string_recall_{label}", recall)
         emit(f"{p}.sample_string_f1_auto_or_review", f1)
-        emit(f"{p}.sample_string_extrapolated_s", per_query * incoming, "s")
+        emit(f"{p}.sample_string_extrapolated_s", per_query * n_in, "s")
         t0 = time.perf_counter()
         naive = {i: match_all_pairs(w.incoming[i], w.pool, thresholds) for i in ap_picks}
         per_query = (time.perf_counter() - t0) / max(1, len(ap_picks))
@@ -164,7 +167,7 @@ def run(report: Report = print, *, existing: int = EXISTING, incoming: int = INC
         agree = sum((naive[i].kind, naive[i].key) == (results[i].kind, results[i].key) for i in ap_picks)
         emit(f"{p}.sample_all_pairs_precision_auto_or_review", precision, "", f"{len(ap_picks)} sampled records")
         emit(f"{p}.sample_all_pairs_recall_auto_or_review", recall)
-        emit(f"{p}.sample_all_pairs_extrapolated_s", per_query * incoming, "s")
+        emit(f"{p}.sample_all_pairs_extrapolated_s", per_query * n_in, "s")
         emit(f"{p}.index_agrees_with_all_pairs", agree / max(1, len(ap_picks)))
         if name == "names_addr_bday":
             met = all(figures[f"{p}.{k}"] >= v for k, v in GOALS.items()) and match_s < MATCH_SECONDS_GOAL

@@ -7,7 +7,7 @@ fitted by logistic regression on candidate pairs; a pair's score is the logistic
 SLOPE * (sum of its levels' weights) + INTERCEPT.
 
 Fellegi-Sunter log2(m/u) before the fit:
-    email: agree 17.436, local 5.644, disagree -3.141
+    email: agree 17.436, disagree -3.141
     phone: agree 16.95, disagree -3.507
     address: agree 17.071, street 4.966, area -1.896, disagree -2.815
     birthday: agree 17.085, month_day 8.332, near 0.699, disagree -7.323
@@ -17,7 +17,7 @@ Fellegi-Sunter log2(m/u) before the fit:
     company: agree 8.918, disagree -5.346
 
 m and u (counts) as measured, for review:
-    email: agree 0.887/0.0000, local 0.000/0.0001, disagree 0.113/0.9999, missing 0.000/0.0000
+    email: agree 0.887/0.0000, disagree 0.113/1.0000, missing 0.000/0.0000
     phone: agree 0.633/0.0000, disagree 0.058/0.6551, missing 0.309/0.3449
     address: agree 0.689/0.0000, street 0.000/0.0002, area 0.003/0.0186, disagree 0.112/0.7911, missing 0.195/0.1901
     birthday: agree 0.695/0.0000, month_day 0.079/0.0002, near 0.022/0.0135, disagree 0.000/0.8005, missing 0.204/0.1857
@@ -28,14 +28,14 @@ m and u (counts) as measured, for review:
 """
 
 WEIGHTS: dict[str, dict[str, float]] = {
-    'email': {'agree': 17.541, 'local': 2.812, 'disagree': -2.959, 'missing': 0.0},
-    'phone': {'agree': 16.747, 'disagree': -3.935, 'missing': 0.0},
-    'address': {'agree': 15.814, 'street': 4.966, 'area': -1.848, 'disagree': -2.619, 'missing': 0.0},
-    'birthday': {'agree': 16.697, 'month_day': 8.245, 'near': 0.68, 'disagree': -7.389, 'missing': 0.0},
-    'given': {'exact': 6.128, 'nickname': 4.358, 'typo': 5.489, 'initial': 4.315, 'disagree': -8.834, 'missing': 0.0},
-    'family': {'exact': 6.66, 'typo': 6.512, 'disagree': -4.659, 'missing': 0.0},
-    'middle': {'exact': 4.244, 'initial': 4.244, 'disagree': -4.114, 'missing': 0.0},
-    'company': {'agree': 8.821, 'disagree': -5.451, 'missing': 0.0},
+    'email': {'agree': 17.528, 'disagree': -3.045, 'missing': 0.0},
+    'phone': {'agree': 16.753, 'disagree': -3.466, 'missing': 0.0},
+    'address': {'agree': 15.799, 'street': 4.966, 'area': -1.85, 'disagree': -2.652, 'missing': 0.0},
+    'birthday': {'agree': 16.697, 'month_day': 8.243, 'near': 0.666, 'disagree': -7.39, 'missing': 0.0},
+    'given': {'exact': 6.202, 'nickname': 4.34, 'typo': 5.479, 'initial': 4.29, 'disagree': -8.843, 'missing': 0.0},
+    'family': {'exact': 6.686, 'typo': 6.501, 'disagree': -4.662, 'missing': 0.0},
+    'middle': {'exact': 4.238, 'initial': 4.238, 'disagree': -4.118, 'missing': 0.0},
+    'company': {'agree': 8.79, 'disagree': -5.355, 'missing': 0.0},
 }
 SLOPE = 1.0
-INTERCEPT = -13.8216
+INTERCEPT = -13.7962

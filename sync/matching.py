@@ -17,10 +17,15 @@ where they are not, and every one only lowers a score:
 - names alone never auto-link: without an agreeing email, phone, address or
   birthday a pair is at most `NAMES_ONLY_CAP` (review), and `corroborated` is
   False so `decide` never says auto even at an organisation's lower thresholds;
-- conversely, when both names agree and nothing else is there to contradict
-  them, a pair is at least `NAMES_AGREE_FLOOR` (review): the calibrated
-  probability is low where namesakes abound, but a person can tell, and a
-  silent second record is the worse outcome;
+- conversely, when both names agree on two records that hold nothing but names
+  (and employer), a pair is at least `NAMES_AGREE_FLOOR` (review): the
+  calibrated probability is low where namesakes abound, but there is nothing
+  else to go on and a person can tell. Records with other fields that happen
+  not to overlap get no floor: at 100,000 records, every common name has
+  namesakes whose other fields are simply absent;
+- a different family name (a marriage) is at most review, and only when two
+  identifiers agree (birthday and address, say); a different full birthday is
+  at most review;
 - a shared email address is at least review (a shared mailbox under other
   names is worth a look), and where a side has no name at all an agreeing email
   or phone decides alone (`IDENTIFIER_ONLY`): the fitted email weight is
@@ -58,8 +63,9 @@ K = TypeVar("K", bound=Hashable)
 
 #: without an agreeing identifier (email, phone, address, birthday): review at most
 NAMES_ONLY_CAP = 0.85
-#: both names agree (exactly, as a nickname or a typo) and no other field disagrees: at
-#: least review, so that names-only records reach a person rather than being created twice
+#: both names agree (exactly, as a nickname or a typo) on two records that hold nothing
+#: else: at least review, so that names-only records reach a person rather than being
+#: created twice
 NAMES_AGREE_FLOOR = 0.75
 #: an agreeing (email, phone) where a side has no name: the identifier alone decides
 IDENTIFIER_ONLY = (0.95, 0.90)
@@ -165,8 +171,8 @@ def email_level(a: NormalizedContact, b: NormalizedContact) -> str:
         return "missing"
     if not a.emails.isdisjoint(b.emails):
         return "agree"
-    if not a.locals.isdisjoint(b.locals):
-        return "local"  # john.smith@ at work and at home
+    # The same local part at another domain (john.smith@ at work and at home) is no
+    # evidence: local parts are made from names, so namesakes share them as often.
     return "disagree"
 
 
@@ -307,8 +313,8 @@ def _evaluate(a: NormalizedContact, b: NormalizedContact) -> tuple[float, tuple[
         s = max(s, IDENTIFIER_ONLY[0] if levels[0] == "agree" else IDENTIFIER_ONLY[1])
         caps |= 32
     if not corroborated:
-        if (levels[4] in _NAME_AGREES and levels[5] in _NAME_AGREES and not _CONTRADICTED & set(levels)
-                and levels[6] != "disagree"):
+        if (levels[4] in _NAME_AGREES and levels[5] in _NAME_AGREES and levels[6] != "disagree"
+                and not (_has_more(a) or _has_more(b))):
             s = max(s, NAMES_AGREE_FLOOR)
             caps |= 16
         s = min(s, NAMES_ONLY_CAP)
@@ -316,9 +322,18 @@ def _evaluate(a: NormalizedContact, b: NormalizedContact) -> tuple[float, tuple[
     if levels[4] == "disagree":
         s = min(s, NAMES_ONLY_CAP if levels[0] == "agree" else OTHER_PERSON_CAP)
         caps |= 2
-    if levels[5] == "disagree" and not corroborated:
-        s = min(s, OTHER_PERSON_CAP)
+    if levels[5] == "disagree":
+        # A changed family name (a marriage) is confirmed by a person, never linked alone,
+        # and proposed only on two agreeing identifiers: a given name and a birthday
+        # agree by chance often enough in a large pool.
+        agreeing = sum((i, levels[i]) in _IDENTIFYING for i in range(4))
+        s = min(s, NAMES_ONLY_CAP if agreeing >= 2 or levels[0] == "agree" else OTHER_PERSON_CAP)
         caps |= 8
+    if levels[3] == "disagree":
+        # Another full birthday: another person (a household member called by a
+        # nickname of this one's name), or a typo a person should see.
+        s = min(s, NAMES_ONLY_CAP)
+        caps |= 64
     if a.keys.isdisjoint(b.keys):
         s = min(s, OTHER_PERSON_CAP)
         caps |= 4
@@ -326,8 +341,15 @@ def _evaluate(a: NormalizedContact, b: NormalizedContact) -> tuple[float, tuple[
 
 
 _NAME_AGREES = frozenset({"exact", "nickname", "typo"})
+
+
+def _has_more(n: NormalizedContact) -> bool:
+    """Whether the record carries anything beyond names (and employer) to compare."""
+    return bool(n.emails or n.phones or n.addresses or n.birthday)
+
+
 _CONTRADICTED = frozenset({"disagree"})
-_CAP_REASONS = ((32, "identifier_without_name"), (16, "names_agree_uncontradicted"), (1, "names_only"), (2, "other_given_name"), (4, "no_shared_key"), (8, "other_family_name"))
+_CAP_REASONS = ((64, "other_birthday"), (32, "identifier_without_name"), (16, "names_agree_uncontradicted"), (1, "names_only"), (2, "other_given_name"), (4, "no_shared_key"), (8, "other_family_name"))
 
 
 def _as_score(evaluated: tuple[float, tuple[str, ...], bool, bool, int]) -> MatchScore:
@@ -364,7 +386,7 @@ class CandidateIndex(Generic[K]):
     key, rather than whichever member happened to score highest.
     """
 
-    def __init__(self, max_block: int = 256, region: str = DEFAULT_REGION) -> None:
+    def __init__(self, max_block: int = 100, region: str = DEFAULT_REGION) -> None:
         self.max_block = max_block
         self.region = region
         self.capped_lookups = 0

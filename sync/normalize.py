@@ -14,8 +14,15 @@ Choices worth knowing:
   a different mailbox, or the separator may be `-`; merging two people there costs
   more than missing a duplicate, which name + company scoring still sends to review.
   Yahoo's disposable addresses use `-` and a chosen base name, so Yahoo is excluded.
-- Blocking keys are few (about five per contact) because the CRM stores them in an
-  index table; each is exact-equality, so candidate lookup is a handful of probes.
+- Blocking keys are bounded (at most 25 per contact, about 12 in practice) because
+  the store keeps them in key tables (link_keys, mirror_keys); each is
+  exact-equality, so candidate lookup is a handful of probes. They are made to
+  survive a one-letter typo in either name, swapped given/family fields, a given
+  name cut to its initial, a nickname, and a replaced family name (through the
+  address, birthday, email and phone keys): see `blocking_keys`.
+- National phone numbers are read in the organisation's region
+  (`SyncSettings.phone_region`, default US); `normalized` and every key and score
+  take it as `region`.
 """
 
 from __future__ import annotations
