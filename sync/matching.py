@@ -23,9 +23,9 @@ where they are not, and every one only lowers a score:
   else to go on and a person can tell. Records with other fields that happen
   not to overlap get no floor: at 100,000 records, every common name has
   namesakes whose other fields are simply absent;
-- a different family name (a marriage) is at most review, and only when two
-  identifiers agree (birthday and address, say); a different full birthday is
-  at most review;
+- a different family name (a marriage) is at most review, and only on the same
+  home, a shared email or two agreeing identifiers; a different full birthday
+  is at most review;
 - a shared email address is at least review (a shared mailbox under other
   names is worth a look), and where a side has no name at all an agreeing email
   or phone decides alone (`IDENTIFIER_ONLY`): the fitted email weight is
@@ -324,10 +324,11 @@ def _evaluate(a: NormalizedContact, b: NormalizedContact) -> tuple[float, tuple[
         caps |= 2
     if levels[5] == "disagree":
         # A changed family name (a marriage) is confirmed by a person, never linked alone,
-        # and proposed only on two agreeing identifiers: a given name and a birthday
-        # agree by chance often enough in a large pool.
+        # and proposed only on the same home, a shared email, or two agreeing identifiers:
+        # a given name and a birthday agree by chance often enough in a large pool.
         agreeing = sum((i, levels[i]) in _IDENTIFYING for i in range(4))
-        s = min(s, NAMES_ONLY_CAP if agreeing >= 2 or levels[0] == "agree" else OTHER_PERSON_CAP)
+        proposed = agreeing >= 2 or levels[0] == "agree" or levels[2] == "agree"
+        s = min(s, NAMES_ONLY_CAP if proposed else OTHER_PERSON_CAP)
         caps |= 8
     if levels[3] == "disagree":
         # Another full birthday: another person (a household member called by a
