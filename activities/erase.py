@@ -57,7 +57,7 @@ def _full_listing(list_page) -> list:
 
 def _holds(rec, needle: str) -> bool:
     content = rec.content
-    return content is not None and needle in {e.casefold() for e in getattr(content, "emails", ())}
+    return content is not None and needle in {str(e).casefold() for e in getattr(content, "emails", ())}
 
 
 def erase_person(sessions, platform, mailbox_for, org_id: str, address: str, *, mailbox_policy: str = "keep",

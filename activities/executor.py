@@ -167,7 +167,7 @@ class Executor:
         for w in work:
             for idx, wr in _writes(w.decision, "platform"):
                 req = WriteRequest(key=f"{w.key}:p{idx}", content=wr.content, external_id=wr.external_id,
-                                   etag=wr.etag, owner=self.settings.owner or None)
+                                   etag=wr.etag, owner=self.settings.owner or None, keep=tuple(wr.keep))
                 (deletes if wr.op == "delete" else upserts).append(req)
         results: dict[str, WriteResult] = {}
         escape: ConnectorError | None = None
@@ -203,7 +203,7 @@ class Executor:
                 if key in results:
                     continue
                 req = WriteRequest(key=key, content=wr.content, external_id=wr.external_id, etag=wr.etag,
-                                   marker=f"concord:{key}")
+                                   marker=f"concord:{key}", keep=tuple(wr.keep))
                 {"create": creates, "update": updates, "delete": deletes}[wr.op].append(req)
         if creates:
             with self.sessions.begin() as s:

@@ -48,6 +48,7 @@ from models.workflow import (
     StoreSummary,
     WriteSummary,
 )
+from connectors import registry
 from store import cycle, mirror, repo
 from store import erase as store_erase
 from sync.kinds import KindRules
@@ -194,9 +195,18 @@ def keep_alive(every_s: float = 2.0):
         thread.join(timeout=every_s + 1)
 
 
+def mailbox_holds_of(provider: str, settings: SyncSettings):
+    """What this mailbox's contacts hold, as its provider's registry entry says (None: all)."""
+    entry = registry.PROVIDERS.get(provider)
+    return entry.contact_holds(settings.field_map) if entry is not None else None
+
+
 class KindPipeline:
     """One kind's cycle steps, bound to one store, the kind's platform adapter and a way
     to reach its records in each mailbox."""
+
+    #: carries the planned writes out (a kind may extend it: calendar claims meetings)
+    executor_class: type[Executor] = Executor
 
     def __init__(self, session_factory, rules: KindRules, platform: PlatformSide, mailbox_for: MailboxFactory, *,
                  wait: Callable | None = None) -> None:
@@ -216,9 +226,16 @@ class KindPipeline:
         if conn is None:
             raise to_application_error(Fatal(f"unknown connection {connection_id}"))
         org = repo.get_org(s, conn.org_id)
-        info = ConnectionInfo(conn.id, conn.org_id, conn.user_id, conn.provider, conn.account_ref, dict(conn.settings or {}))
         merged = {**(org.settings or {}), **(conn.settings or {}).get("sync", {})}
-        return info, SyncSettings.from_dict(merged, owner=conn.user_id)
+        settings = SyncSettings.from_dict(merged, owner=conn.user_id)
+        conn_settings = dict(conn.settings or {})
+        # the organisation's custom fields as this mailbox names them (connectors.registry passes them on)
+        provider = registry.PROVIDERS.get(conn.provider)
+        key_field = provider.custom_key_field if provider is not None else ""
+        conn_settings["custom_keys"] = {name: settings.field_map.mailbox_key(name, key_field)
+                                        for name in settings.field_map.custom_names()}
+        info = ConnectionInfo(conn.id, conn.org_id, conn.user_id, conn.provider, conn.account_ref, conn_settings)
+        return info, settings
 
     # -- fetch ---------------------------------------------------------------
     def fetch_mailbox(self, ref: CycleRef) -> FetchResult:
@@ -396,11 +413,13 @@ class KindPipeline:
             erased = self._drop_erased(ref, b)
             candidates = self._candidates(b)
             result = plan(PlanInput(
-                mailbox=b.mailbox, platform=b.platform, settings=b.settings, rules=self.rules,
+                mailbox=b.mailbox, platform=b.platform, settings=b.settings, rules=self._rules_for(b.info),
                 links_by_mailbox=b.by_mailbox, links_by_platform=b.by_platform, reviews=b.reviews,
                 platform_candidates=candidates, neighbour_links=b.neighbours,
                 link_count=b.link_count, approve_mass_delete=approve_mass_delete,
+                mailbox_holds=mailbox_holds_of(b.info.provider, b.settings),
             ))
+            result.decisions = self._adjust(result.decisions, b)
             summary = PlanSummary(planned=len(result.decisions) + erased, outcomes=result.counts(),
                                   guard_tripped=result.guard_tripped, held_deletes=result.held_deletes)
             if erased:
@@ -414,6 +433,14 @@ class KindPipeline:
             span.set(**{"planned": summary.planned, **{f"outcome.{k}": v for k, v in summary.outcomes.items()}})
         return summary
 
+    def _rules_for(self, info: ConnectionInfo) -> KindRules:
+        """The rules this connection's plan runs by (a kind may see them per mailbox)."""
+        return self.rules
+
+    def _adjust(self, decisions: list[Decision], b: "_Batch") -> list[Decision]:
+        """A kind's last word on the planner's decisions (the calendar's attendee copies)."""
+        return decisions
+
     def _drop_erased(self, ref: CycleRef, b: "_Batch") -> int:
         """Unlinked mailbox records holding an address erased from this organisation (GDPR)
         are skipped, named, so a contact the erase left in the mailbox never brings the
@@ -423,8 +450,8 @@ class KindPipeline:
         if not new:
             return 0
         with self.sessions.begin() as s:
-            erased = store_erase.erased_among(s, b.info.org_id, {e for r in new.values() for e in r.content.emails})
-            gone = [mid for mid, rec in new.items() if erased & set(rec.content.emails)]
+            erased = store_erase.erased_among(s, b.info.org_id, {e for r in new.values() for e in r.content.email_addresses()})
+            gone = [mid for mid, rec in new.items() if erased & set(rec.content.email_addresses())]
             cycle.set_item_outcomes_by_key(s, ref.connection_id, [
                 {"side": "mailbox", "external_id": mid, "status": "skipped", "rule": "erased_person"} for mid in gone],
                 kind=self.kind)
@@ -596,8 +623,8 @@ class KindPipeline:
     def _with_executor(self, ref: CycleRef, name: str, step):
         with self.sessions() as s:
             info, settings = self._connection(s, ref.connection_id)
-        executor = Executor(self.sessions, self.rules, self.platform, self.mailbox_for(info), info, settings,
-                            ref.cycle_id, wait=self.wait)
+        executor = self.executor_class(self.sessions, self.rules, self.platform, self.mailbox_for(info), info,
+                                       settings, ref.cycle_id, wait=self.wait)
         with activity_span(f"{self.kind}.{name}", connection_id=ref.connection_id) as span:
             try:
                 summary = step(executor)

@@ -23,7 +23,7 @@ from temporalio import activity
 
 from activities.errors import to_application_error
 from activities.listing import full_listing
-from activities.pipeline import KindPipeline, as_activity
+from activities.pipeline import KindPipeline, mailbox_holds_of, as_activity
 from models.errors import ConnectorError, Fatal
 from models.reconcile import ReconcileCounts, ReconcileRequest
 from store import reconcile as reports
@@ -40,6 +40,17 @@ def _heartbeat(*details) -> None:
     if activity.in_activity():
         activity.heartbeat(*details)
 
+
+
+def _as_held(pipe: KindPipeline, info, settings):
+    """Both records of a pair as the sync core compares them: the platform's record is
+    the base, so what the mailbox cannot hold (or a direction keeps apart) is no difference."""
+    holds = mailbox_holds_of(info.provider, settings)
+
+    def as_held(m, p):
+        aligned = pipe.rules.align(p, m, p, settings, holds)
+        return aligned.mailbox, aligned.platform
+    return as_held
 
 class ReconcileActivities:
     def __init__(self, sessions, pipelines: dict) -> None:
@@ -105,7 +116,7 @@ class ReconcileActivities:
             platform={k: r.content for k, r in platform.items()},
             links=pairs, in_scope=in_scope, items=item_state, new_index=pipe.rules.for_settings(settings).new_index,
             thresholds=Thresholds(auto=settings.auto_threshold, review=settings.review_threshold),
-            now=time.time(), stale_s=stale_s)
+            now=time.time(), stale_s=stale_s, as_held=_as_held(pipe, info, settings))
         _heartbeat("compared")
 
         restage: dict[str, dict] = {"mailbox": {}, "platform": {}}

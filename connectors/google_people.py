@@ -38,7 +38,7 @@ import json
 import re
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from google.oauth2.credentials import Credentials
 from googleapiclient.errors import HttpError
@@ -58,13 +58,15 @@ from models.errors import (
 from connectors.google_api import GoogleConnector, api_root, build_service, transport
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from connectors.translation import untranslatable
-from models.contact import Contact, ContactRecord
+from models.contact import Contact, ContactRecord, EmailAddress, PhoneNumber, PostalAddress
 from models.record import SideRecord
 
 #: People's largest connections.list page
 MAX_PAGE_SIZE = 1000
-PERSON_FIELDS = "names,emailAddresses,phoneNumbers,organizations,biographies,clientData,metadata"
-WRITE_FIELDS = "names,emailAddresses,phoneNumbers,organizations,biographies,clientData"
+PERSON_FIELDS = ("names,nicknames,emailAddresses,phoneNumbers,addresses,birthdays,organizations,biographies,urls,"
+                 "userDefined,clientData,metadata")
+WRITE_FIELDS = ("names,nicknames,emailAddresses,phoneNumbers,addresses,birthdays,organizations,biographies,urls,"
+                "userDefined,clientData")
 MARKER_KEY = "concordMarker"
 CREATE_CHUNK = 200
 UPDATE_CHUNK = 200
@@ -206,15 +208,19 @@ def _primary(values: list[dict]) -> dict | None:
     return values[0] if values else None
 
 
-def person_to_record(person: Any) -> SideRecord:
-    """People `Person` -> SideRecord; never raises for bad data."""
+def person_to_record(person: Any, custom_keys: Mapping[str, str] | None = None) -> SideRecord:
+    """People `Person` -> SideRecord; never raises for bad data.
+
+    `custom_keys` maps canonical custom field names to the `userDefined` keys this
+    organisation uses (a name not in it is its own key).
+    """
     try:
-        return _person_to_record(person)
+        return _person_to_record(person, custom_keys or {})
     except Exception as exc:  # one malformed person must not fail its page
         return untranslatable("mailbox", person.get("resourceName") if isinstance(person, dict) else None, exc)
 
 
-def _person_to_record(person: dict) -> SideRecord:
+def _person_to_record(person: dict, custom_keys: Mapping[str, str]) -> SideRecord:
     meta = person.get("metadata") or {}
     name = person["resourceName"]
     previous = tuple(meta.get("previousResourceNames") or ())
@@ -229,14 +235,28 @@ def _person_to_record(person: dict) -> SideRecord:
         problems.append(f"biographies holds {len(bios)} values (a singleton field); the first was used")
     first = names[0] if names else {}
     org = _primary(person.get("organizations") or []) or {}
+    nick = _primary(person.get("nicknames") or []) or {}
+    birthdays = person.get("birthdays") or []
     contact = Contact(
         given_name=first.get("givenName"),
         family_name=first.get("familyName"),
-        emails=[e.get("value") for e in person.get("emailAddresses") or [] if e.get("value")],
-        phones=[p.get("value") for p in person.get("phoneNumbers") or [] if p.get("value")],
+        middle_name=first.get("middleName"),
+        prefix=first.get("honorificPrefix"),
+        suffix=first.get("honorificSuffix"),
+        nickname=nick.get("value"),
+        emails=[EmailAddress(address=e["value"], type=_email_type(e.get("type")), name=e.get("displayName"))
+                for e in person.get("emailAddresses") or [] if e.get("value")],
+        phones=[PhoneNumber(number=p["value"], type=_phone_type(p.get("type")))
+                for p in person.get("phoneNumbers") or [] if p.get("value")],
+        addresses=[_address_from(a) for a in person.get("addresses") or [] if isinstance(a, dict)],
+        birthday=_birthday_from(birthdays[0]) if birthdays else "",
         company=org.get("name"),
         job_title=org.get("title"),
+        department=org.get("department"),
         notes=(bios[0].get("value") if bios else None),
+        websites=[u["value"] for u in person.get("urls") or [] if u.get("value")],
+        custom=[f"{_custom_name(u['key'], custom_keys)}={u.get('value') or ''}"
+                for u in person.get("userDefined") or [] if u.get("key")],
     )
     sources = meta.get("sources") or []
     source = next((s for s in sources if s.get("type") == "CONTACT"), sources[0] if sources else {})
@@ -258,8 +278,125 @@ def person_marker(person: Any) -> str | None:
     return None
 
 
-def _clean(value: dict) -> dict:
-    return {k: v for k, v in value.items() if k not in _OUTPUT_ONLY_KEYS}
+def _clean(value: dict, *, keep_display_name: bool = False) -> dict:
+    drop = _OUTPUT_ONLY_KEYS - ({"displayName"} if keep_display_name else set())
+    return {k: v for k, v in value.items() if k not in drop}
+
+
+# People's types folded to ours; its other labels (workMobile, pager, a custom label) are
+# kept on the entry as long as they fold to the type the canonical contact carries.
+_PHONE_TYPES = {"mobile": "mobile", "workmobile": "mobile", "home": "home", "work": "work", "main": "work",
+                "other": "other"}
+
+
+def _email_type(value: Any) -> str:
+    v = str(value or "").strip().casefold()
+    return v if v in ("", "home", "work", "other") else "other"
+
+
+def _phone_type(value: Any) -> str:
+    v = str(value or "").strip().casefold()
+    return "" if not v else _PHONE_TYPES.get(v, "other")
+
+
+_ADDRESS_PARTS = (("street", "streetAddress"), ("city", "city"), ("region", "region"),
+                  ("postal_code", "postalCode"), ("country", "country"))
+
+
+def _address_from(a: dict) -> PostalAddress:
+    kind = str(a.get("type") or "").casefold()
+    return PostalAddress(type=kind if kind in ("home", "work") else "other",
+                         **{ours: a.get(theirs) for ours, theirs in _ADDRESS_PARTS})
+
+
+def _birthday_from(b: dict) -> str:
+    d = b.get("date") or {}
+    month, day = d.get("month"), d.get("day")
+    if not (isinstance(month, int) and isinstance(day, int) and month and day):
+        return ""
+    year = d.get("year")
+    return f"{year:04d}-{month:02d}-{day:02d}" if isinstance(year, int) and year else f"--{month:02d}-{day:02d}"
+
+
+def _birthday_to(value: str) -> dict | None:
+    m = re.fullmatch(r"(?:(\d{4})|-)-(\d\d)-(\d\d)", value)
+    if not m:
+        return None
+    date = {"month": int(m.group(2)), "day": int(m.group(3))}
+    if m.group(1):
+        date["year"] = int(m.group(1))
+    return {"date": date}
+
+
+def _custom_name(key: str, custom_keys: Mapping[str, str]) -> str:
+    for name, theirs in custom_keys.items():
+        if theirs == key:
+            return name
+    return key
+
+
+def _typed_entries(existing: list[dict], wanted: Iterable[Any], *, fold: Callable[[str], str],
+                   value: Callable[[Any], str], typ: Callable[[Any], str], fold_type: Callable[[Any], str],
+                   extra: Callable[[Any, dict], None] = lambda item, out: None) -> list[dict]:
+    """Existing entries (with People's own type labels) for values still wanted, then new ones.
+
+    An entry keeps its People type when it folds to the canonical type (or the canonical
+    entry has none); otherwise it takes the canonical type.
+    """
+    by_key = {}
+    for item in existing:
+        by_key.setdefault(fold(str(item.get("value") or "")), item)
+    out = []
+    for w in wanted:
+        old = by_key.get(fold(value(w)))
+        entry = _clean(old, keep_display_name=True) if old is not None else {}
+        entry["value"] = value(w)
+        if typ(w) and fold_type(entry.get("type")) != typ(w):
+            entry["type"] = typ(w)
+        extra(w, entry)
+        out.append(entry)
+    return out
+
+
+def _email_extra(e: EmailAddress, entry: dict) -> None:
+    if e.name:
+        entry["displayName"] = e.name
+    else:
+        entry.pop("displayName", None)
+
+
+def _address_entries(existing: list[dict], wanted: Iterable[PostalAddress]) -> list[dict]:
+    """Addresses: an existing one with the same parts keeps what else it holds (a PO box, its label)."""
+    pool = [_clean(a) for a in existing]
+    out = []
+    for a in wanted:
+        parts = {theirs: getattr(a, ours) for ours, theirs in _ADDRESS_PARTS}
+        match = next((x for x in pool if _address_from(x) == a), None)
+        if match is not None:
+            pool.remove(match)
+            out.append(match)
+            continue
+        entry = {k: v for k, v in parts.items() if v}
+        entry["type"] = a.type
+        out.append(entry)
+    return out
+
+
+def _custom_entries(existing: list[dict], contact: Contact, custom_keys: Mapping[str, str],
+                    keep: set[str]) -> list[dict]:
+    mine = contact.custom_fields()
+    out = []
+    theirs_of = {name: custom_keys.get(name, name) for name in mine}
+    kept_keys = {custom_keys.get(k[len("custom:"):], k[len("custom:"):]) for k in keep if k.startswith("custom:")}
+    for u in existing:
+        key = u.get("key")
+        if key in kept_keys:
+            out.append(_clean(u))
+    for name, value in sorted(mine.items()):
+        key = theirs_of[name]
+        if key not in kept_keys:
+            out.append({"key": key, "value": value})
+    return out
 
 
 def _merge_multi(existing: list[dict], wanted: Iterable[str], *, fold: Callable[[str], str]) -> list[dict]:
@@ -279,40 +416,101 @@ def _merge_multi(existing: list[dict], wanted: Iterable[str], *, fold: Callable[
     return out
 
 
-def contact_to_person(contact: Contact, *, existing: dict | None = None, marker: str | None = None) -> dict:
-    """Our fields written into `existing` (or a new person), leaving everything else as it was."""
+_NAME_KEYS = (("given_name", "givenName"), ("family_name", "familyName"), ("middle_name", "middleName"),
+              ("prefix", "honorificPrefix"), ("suffix", "honorificSuffix"))
+_ORG_KEYS = (("company", "name"), ("job_title", "title"), ("department", "department"))
+#: canonical list fields -> the Person field holding them
+_LIST_FIELDS = {"emails": "emailAddresses", "phones": "phoneNumbers", "addresses": "addresses", "websites": "urls",
+                "notes": "biographies", "birthday": "birthdays", "nickname": "nicknames"}
+
+
+def _set_primary(values: list[dict], update: Callable[[dict], dict | None]) -> list[dict]:
+    """Change the primary (or first) entry of a list; `update` returning None removes it."""
+    values = list(values)
+    index = next((i for i, v in enumerate(values) if (v.get("metadata") or {}).get("primary")), 0 if values else None)
+    current = _clean(values[index]) if index is not None else {}
+    changed = update(current)
+    cleaned = [_clean(v) for v in values]
+    if index is None:
+        return [changed] if changed else []
+    if changed:
+        cleaned[index] = changed
+    else:
+        cleaned.pop(index)
+    return cleaned
+
+
+def contact_to_person(contact: Contact, *, existing: dict | None = None, marker: str | None = None,
+                      keep: Iterable[str] = (), custom_keys: Mapping[str, str] | None = None) -> dict:
+    """Our fields written into `existing` (or a new person), leaving everything else as it was.
+
+    Fields in `keep` (canonical names, `custom:<name>` for one custom field) stay as the
+    person holds them; so does everything People holds that we do not map (a second
+    organization, other apps' clientData, an address's PO box).
+    """
     existing = existing or {}
+    keep = set(keep)
+    custom_keys = custom_keys or {}
     person: dict[str, Any] = {}
     names = [_clean(n) for n in existing.get("names") or []][:1]
     name = names[0] if names else {}
-    for key, value in (("givenName", contact.given_name), ("familyName", contact.family_name)):
+    for ours, theirs in _NAME_KEYS:
+        value = getattr(contact, ours)
+        if ours in keep:
+            continue
         if value:
-            name[key] = value
+            name[theirs] = value
         else:
-            name.pop(key, None)
+            name.pop(theirs, None)
     person["names"] = [name] if any(v for k, v in name.items() if k != "metadata") else []
-    person["emailAddresses"] = _merge_multi(existing.get("emailAddresses") or [], contact.emails, fold=lambda v: v.strip().lower())
-    person["phoneNumbers"] = _merge_multi(existing.get("phoneNumbers") or [], contact.phones, fold=lambda v: v.strip())
-    orgs = [_clean(o) for o in existing.get("organizations") or []]
-    primary = _primary(existing.get("organizations") or [])
-    index = (existing.get("organizations") or []).index(primary) if primary is not None else None
-    if contact.company or contact.job_title:
-        org = orgs[index] if index is not None else {}
-        for key, value in (("name", contact.company), ("title", contact.job_title)):
+
+    for ours, theirs in _LIST_FIELDS.items():
+        if ours in keep:
+            person[theirs] = [_clean(v, keep_display_name=ours == "emails") for v in existing.get(theirs) or []]
+    if "emails" not in keep:
+        person["emailAddresses"] = _typed_entries(
+            existing.get("emailAddresses") or [], contact.emails, fold=lambda v: v.strip().casefold(),
+            value=lambda e: e.address, typ=lambda e: e.type, fold_type=_email_type, extra=_email_extra)
+    if "phones" not in keep:
+        digits = lambda v: "".join(ch for ch in v if ch.isdigit()) or v.strip()  # noqa: E731
+        person["phoneNumbers"] = _typed_entries(
+            existing.get("phoneNumbers") or [], contact.phones, fold=digits,
+            value=lambda p: p.number, typ=lambda p: p.type, fold_type=_phone_type)
+    if "addresses" not in keep:
+        person["addresses"] = _address_entries(existing.get("addresses") or [], contact.addresses)
+    if "websites" not in keep:
+        person["urls"] = _typed_entries(existing.get("urls") or [], contact.websites,
+                                        fold=lambda v: v.strip().casefold().rstrip("/"),
+                                        value=lambda w: w, typ=lambda w: "", fold_type=lambda t: "")
+    if "notes" not in keep:
+        person["biographies"] = [{"value": contact.notes, "contentType": "TEXT_PLAIN"}] if contact.notes else []
+    if "birthday" not in keep:
+        olds = existing.get("birthdays") or []
+        if olds and _birthday_from(olds[0]) == contact.birthday:
+            person["birthdays"] = [_clean(olds[0])]
+        else:
+            wanted = _birthday_to(contact.birthday)
+            person["birthdays"] = [wanted] if wanted else []
+    if "nickname" not in keep:
+        def nick(current: dict) -> dict | None:
+            return {**current, "value": contact.nickname} if contact.nickname else None
+        person["nicknames"] = _set_primary(existing.get("nicknames") or [], nick)
+
+    wanted_org = {theirs: getattr(contact, ours) for ours, theirs in _ORG_KEYS if ours not in keep}
+
+    def org(current: dict) -> dict | None:
+        for key, value in wanted_org.items():
             if value:
-                org[key] = value
+                current[key] = value
             else:
-                org.pop(key, None)
-        if index is None:
-            orgs.insert(0, org)
-    elif index is not None:
-        org = orgs[index]
-        org.pop("name", None)
-        org.pop("title", None)
-        if not any(k not in ("type", "current") for k in org):
-            orgs.pop(index)
-    person["organizations"] = orgs
-    person["biographies"] = [{"value": contact.notes, "contentType": "TEXT_PLAIN"}] if contact.notes else []
+                current.pop(key, None)
+        return current if any(k not in ("type", "current", "metadata") for k in current) else None
+    person["organizations"] = _set_primary(existing.get("organizations") or [], org)
+
+    if "custom" in keep:
+        person["userDefined"] = [_clean(u) for u in existing.get("userDefined") or []]
+    else:
+        person["userDefined"] = _custom_entries(existing.get("userDefined") or [], contact, custom_keys, keep)
     client_data = [_clean(c) for c in existing.get("clientData") or []]
     if marker is not None:
         client_data = [c for c in client_data if c.get("key") != MARKER_KEY] + [{"key": MARKER_KEY, "value": marker}]
@@ -333,15 +531,21 @@ class GooglePeopleContacts(GoogleConnector):
 
     provider = "google"
 
-    def __init__(self, base_url: str, credentials: Credentials, *, page_size: int = 1000, timeout: float = 30.0, batch_updates: bool = True) -> None:
+    def __init__(self, base_url: str, credentials: Credentials, *, page_size: int = 1000, timeout: float = 30.0, batch_updates: bool = True,
+                 custom_keys: Mapping[str, str] | None = None) -> None:
         if not 1 <= page_size <= 1000:
             raise ValueError("page_size must be between 1 and 1000")
         self.base_url = api_root(base_url)
         self.page_size = page_size
         self.batch_updates = batch_updates
+        #: canonical custom field name -> this organisation's `userDefined` key (see sync.fields.FieldMap)
+        self.custom_keys = dict(custom_keys or {})
         self._service, _, self._http = build_service("people", "v1", self.base_url, credentials, timeout=timeout)
 
     # ---- plumbing ----------------------------------------------------------------------
+
+    def _record(self, person: Any) -> SideRecord:
+        return person_to_record(person, self.custom_keys)
 
     def _execute(self, request: Any) -> dict:
         try:
@@ -384,7 +588,7 @@ class GooglePeopleContacts(GoogleConnector):
             except (ValueError, KeyError, TypeError, AttributeError):
                 raise Fatal("page token was not produced by this connector") from None
         body = self._list_page(sync_token, google_page)
-        records = [person_to_record(p) for p in body.get("connections") or []]
+        records = [self._record(p) for p in body.get("connections") or []]
         next_google = body.get("nextPageToken")
         if next_google:
             return DeltaPage(records=records, next_page=json.dumps({"s": sync_token, "p": next_google}))
@@ -392,7 +596,7 @@ class GooglePeopleContacts(GoogleConnector):
 
     def get(self, external_id: str) -> SideRecord:
         person = self._execute(self._people.get(resourceName=external_id, personFields=PERSON_FIELDS))
-        return person_to_record(person)
+        return self._record(person)
 
     def find_by_marker(self, marker: str) -> SideRecord | None:
         return self.find_by_markers([marker]).get(marker)
@@ -415,7 +619,7 @@ class GooglePeopleContacts(GoogleConnector):
             for person in body.get("connections") or []:
                 marker = person_marker(person)
                 if marker in wanted:
-                    found[marker] = person_to_record(person)  # type: ignore[index]
+                    found[marker] = self._record(person)  # type: ignore[index]
             heartbeat()
             google_page = body.get("nextPageToken")
             if not google_page:
@@ -477,7 +681,7 @@ class GooglePeopleContacts(GoogleConnector):
 
     def _create_chunk(self, chunk: list[WriteRequest]) -> list[WriteResult]:
         body = {
-            "contacts": [{"contactPerson": contact_to_person(r.content, marker=r.marker)} for r in chunk],  # type: ignore[arg-type]
+            "contacts": [{"contactPerson": contact_to_person(r.content, marker=r.marker, custom_keys=self.custom_keys)} for r in chunk],  # type: ignore[arg-type]
             "readMask": PERSON_FIELDS,
         }
         try:
@@ -492,19 +696,19 @@ class GooglePeopleContacts(GoogleConnector):
         out = []
         for r, item in zip(chunk, created):
             err = translate_item_status(item.get("status") or {})
-            out.append(WriteResult(key=r.key, error=err) if err else WriteResult(key=r.key, record=person_to_record(item["person"])))
+            out.append(WriteResult(key=r.key, error=err) if err else WriteResult(key=r.key, record=self._record(item["person"])))
         return out
 
     def _create_one(self, r: WriteRequest) -> WriteResult:
         try:
             person = self._execute(
-                self._people.createContact(body=contact_to_person(r.content, marker=r.marker), personFields=PERSON_FIELDS)  # type: ignore[arg-type]
+                self._people.createContact(body=contact_to_person(r.content, marker=r.marker, custom_keys=self.custom_keys), personFields=PERSON_FIELDS)  # type: ignore[arg-type]
             )
         except ConnectorError as err:
             if _is_item_specific(err):
                 return WriteResult(key=r.key, error=err)
             raise
-        return WriteResult(key=r.key, record=person_to_record(person))
+        return WriteResult(key=r.key, record=self._record(person))
 
     def update_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         return self._malformed_apart(requests, "update", self._update_in_chunks)
@@ -540,7 +744,8 @@ class GooglePeopleContacts(GoogleConnector):
                     key=r.key, error=PreconditionFailed("contact changed in the mailbox since it was read", detail={"local": True})
                 )
                 continue
-            person = contact_to_person(r.content, existing=now, marker=r.marker)  # type: ignore[arg-type]
+            person = contact_to_person(r.content, existing=now, marker=r.marker, keep=r.keep,
+                                       custom_keys=self.custom_keys)  # type: ignore[arg-type]
             person["etag"] = r.etag or now.get("etag")
             to_send.append((r, person))
         if to_send:
@@ -572,7 +777,7 @@ class GooglePeopleContacts(GoogleConnector):
                 out.append(WriteResult(key=r.key, error=Transient("batchUpdateContacts returned no result for this contact")))
                 continue
             err = translate_item_status(item.get("status") or {})
-            out.append(WriteResult(key=r.key, error=err) if err else WriteResult(key=r.key, record=person_to_record(item["person"])))
+            out.append(WriteResult(key=r.key, error=err) if err else WriteResult(key=r.key, record=self._record(item["person"])))
         return out
 
     def _update_one(self, r: WriteRequest, person: dict) -> WriteResult:
@@ -586,7 +791,7 @@ class GooglePeopleContacts(GoogleConnector):
             if _is_item_specific(err):
                 return WriteResult(key=r.key, error=err)
             raise
-        return WriteResult(key=r.key, record=person_to_record(reply))
+        return WriteResult(key=r.key, record=self._record(reply))
 
     def delete_many(self, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         """Delete; gone already counts as deleted. People has no etag on delete."""

@@ -12,17 +12,26 @@ Choices that are not obvious from the protocol:
   older version never overrides a newer one or resurrects a deleted item).
   Duplicates across pages reach the caller in order, so staging "last one wins" by
   id stays correct; `read_round` de-duplicates a whole round when that is wanted.
-- Phones: Graph has `businessPhones[]`, `mobilePhone` and `homePhones[]`, the
-  canonical contact one set. Reading merges all three. `update_many` reads the
-  targets first (GETs in JSON `$batch`, 20 per call, under the same in-flight
-  budget) and puts each phone back in the slot it holds now (mobile / home /
-  business, compared by digits); a new number goes to `businessPhones` (from the
-  platform it usually is a work number). Each existing address keeps its display
-  name; a new one gets the address as its name, as Outlook does. Nothing is kept
-  between calls: every Temporal activity builds a fresh connector, so memory of an
-  earlier read would be empty exactly when the write happens. The read costs one
-  call per 20 updates (an update costs 2/20 of a call instead of 1/20) and lets a
-  stale etag be refused without spending a write.
+- Phones: Graph has `businessPhones[]`, `mobilePhone` and `homePhones[]`; the
+  canonical phones are typed (work, home, mobile, other), so the slot follows the
+  type (`sync.fields.graph_phones`: one mobile, two business, two home; an "other"
+  or a second mobile is a business phone). Only an untyped number (from a side
+  without types) looks at the record: `update_many` reads the targets first (GETs
+  in JSON `$batch`, 20 per call, under the same in-flight budget) and an untyped
+  number keeps the slot it holds now. A number beyond the slots is not written;
+  the sync core (`sync.fields.restore`) reads its absence as "Graph cannot hold
+  it", not as a deletion. Addresses likewise: one home, one business, one other.
+  An email without a display name keeps the one Graph holds; a new one gets the
+  address as its name, as Outlook does (and a name equal to the address reads
+  back as none). The read costs one call per 20 updates (an update costs 2/20 of
+  a call instead of 1/20) and lets a stale etag be refused without spending a write.
+- A write leaves out the fields its request keeps (`WriteRequest.keep`): Graph's
+  PATCH changes only the properties it is sent.
+- Custom fields are single-value extended properties in our own namespace, one per
+  field the organisation's mapping names (`custom_keys`: canonical name -> property
+  name). Graph's delta cannot expand extended properties, so with custom fields
+  mapped a delta page costs one more `$batch` call per 20 changed contacts to read
+  them.
 - A contact we cannot translate (a wrong type, an unexpected shape) becomes a
   record without a contact and with value-free `problems` (`connectors.translation`),
   so it is quarantined instead of failing its page.
@@ -52,7 +61,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote, urlencode
 
 import httpx
@@ -61,18 +70,28 @@ from models.errors import ConnectorError, PreconditionFailed, Transient
 from connectors.graph_http import GraphConnection, error_for
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from connectors.translation import untranslatable
-from models.contact import Contact, ContactRecord
+from models.contact import Contact, ContactRecord, EmailAddress, PhoneNumber, PostalAddress
 from models.record import SideRecord
+from sync.fields import first_only, graph_addresses, graph_phones
 
 #: Same id the emulator documents; a string property in our own GUID namespace.
 MARKER_PROPERTY_ID = "String {5b8f3c1e-7a2d-4e69-9c4b-2f1d6a8e0c37} Name concordMarker"
+#: custom fields live in the same namespace: "String {guid} Name <property name>"
+CUSTOM_PROPERTY_PREFIX = "String {5b8f3c1e-7a2d-4e69-9c4b-2f1d6a8e0c37} Name "
 IMMUTABLE = 'IdType="ImmutableId"'
 BATCH_MAX = 20
 LISTING_PAGE_SIZE = 1000
 SELECT_FIELDS = (
-    "givenName,surname,emailAddresses,businessPhones,mobilePhone,homePhones,"
-    "companyName,jobTitle,personalNotes,changeKey,lastModifiedDateTime,parentFolderId"
+    "givenName,surname,middleName,title,generation,nickName,emailAddresses,businessPhones,mobilePhone,homePhones,"
+    "homeAddress,businessAddress,otherAddress,birthday,businessHomePage,"
+    "companyName,jobTitle,department,personalNotes,changeKey,lastModifiedDateTime,parentFolderId"
 )
+_SCALARS = (("given_name", "givenName"), ("family_name", "surname"), ("middle_name", "middleName"),
+            ("prefix", "title"), ("suffix", "generation"), ("nickname", "nickName"), ("company", "companyName"),
+            ("job_title", "jobTitle"), ("department", "department"), ("notes", "personalNotes"))
+_ADDRESS_SLOTS = (("work", "businessAddress"), ("home", "homeAddress"), ("other", "otherAddress"))
+_ADDRESS_PARTS = (("street", "street"), ("city", "city"), ("region", "state"), ("postal_code", "postalCode"),
+                  ("country", "countryOrRegion"))
 def _parse_time(value: Any) -> float | None:
     if not value:
         return None
@@ -139,15 +158,25 @@ def _phone_key(value: str) -> str:
     return "".join(ch for ch in value if ch.isdigit()) or value.strip()
 
 
-def item_to_record(item: Any) -> SideRecord:
-    """Graph contact (or `@removed` entry) -> SideRecord; never raises for bad data."""
+def item_to_record(item: Any, custom_keys: Mapping[str, str] | None = None) -> SideRecord:
+    """Graph contact (or `@removed` entry) -> SideRecord; never raises for bad data.
+
+    `custom_keys`: canonical custom field name -> extended property name.
+    """
     try:
-        return _item_to_record(item)
+        return _item_to_record(item, custom_keys or {})
     except Exception as exc:  # one malformed contact must not fail its page
         return untranslatable("mailbox", item.get("id") if isinstance(item, dict) else None, exc)
 
 
-def _item_to_record(item: dict[str, Any]) -> SideRecord:
+def _text(item: dict, key: str) -> str:
+    value = item.get(key)
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{key} is not a string")
+    return value or ""
+
+
+def _item_to_record(item: dict[str, Any], custom_keys: Mapping[str, str]) -> SideRecord:
     iid = item["id"]
     if "@removed" in item:
         return ContactRecord(side="mailbox", external_id=iid, deleted=True)
@@ -155,26 +184,41 @@ def _item_to_record(item: dict[str, Any]) -> SideRecord:
     emails = []
     for e in item.get("emailAddresses") or []:
         if isinstance(e, dict) and isinstance(e.get("address"), str) and e["address"].strip():
-            emails.append(e["address"])
+            name = e.get("name") if isinstance(e.get("name"), str) else ""
+            # Outlook names an unnamed address by itself: that is no display name
+            if name.strip().casefold() == e["address"].strip().casefold():
+                name = ""
+            emails.append(EmailAddress(address=e["address"], name=name))
         else:
             problems.append("emailAddresses entry without an address")
-    phones: list[str] = []
-    for key in ("businessPhones", "homePhones"):
+    phones: list[PhoneNumber] = []
+    for key, kind in (("businessPhones", "work"), ("homePhones", "home")):
         for p in item.get(key) or []:
             if isinstance(p, str):
-                phones.append(p)
+                phones.append(PhoneNumber(number=p, type=kind))
             else:
                 problems.append(f"{key} entry is not a string")
     if isinstance(item.get("mobilePhone"), str):
-        phones.append(item["mobilePhone"])
+        phones.append(PhoneNumber(number=item["mobilePhone"], type="mobile"))
+    addresses = []
+    for kind, key in _ADDRESS_SLOTS:
+        value = item.get(key)
+        if isinstance(value, dict):
+            addresses.append(PostalAddress(type=kind, **{ours: value.get(theirs) for ours, theirs in _ADDRESS_PARTS}))
+        elif value is not None:
+            problems.append(f"{key} is not an address")
+    birthday = item.get("birthday")
+    names_of = {CUSTOM_PROPERTY_PREFIX + theirs: ours for ours, theirs in custom_keys.items()}
+    custom = [f"{names_of[p['id']]}={p['value']}" for p in item.get("singleValueExtendedProperties") or []
+              if isinstance(p, dict) and p.get("id") in names_of and isinstance(p.get("value"), str) and p["value"]]
     contact = Contact(
-        given_name=item.get("givenName") or "",
-        family_name=item.get("surname") or "",
+        **{ours: _text(item, theirs) for ours, theirs in _SCALARS},
         emails=emails,
         phones=phones,
-        company=item.get("companyName") or "",
-        job_title=item.get("jobTitle") or "",
-        notes=item.get("personalNotes") or "",
+        addresses=addresses,
+        birthday=birthday[:10] if isinstance(birthday, str) and len(birthday) >= 10 else "",
+        websites=[item["businessHomePage"]] if isinstance(item.get("businessHomePage"), str) else [],
+        custom=custom,
     )
     return ContactRecord(
         side="mailbox",
@@ -186,42 +230,65 @@ def _item_to_record(item: dict[str, Any]) -> SideRecord:
     )
 
 
-def contact_to_item(contact: Contact, current: dict[str, Any] | None = None, marker: str | None = None) -> dict[str, Any]:
-    """Canonical contact -> Graph body (all synced fields, so a PATCH replaces them).
+def contact_to_item(contact: Contact, current: dict[str, Any] | None = None, marker: str | None = None,
+                    keep: Iterable[str] = (), custom_keys: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Canonical contact -> Graph body; a PATCH replaces exactly the properties sent.
 
-    `current` is the contact as Graph holds it now: its phones keep their slots and
-    its addresses their display names (see the module docstring).
+    `current` is the contact as Graph holds it now: an untyped phone keeps its slot
+    there and an email without a display name keeps the one it has (module docstring).
+    Fields in `keep` are not sent, so Graph keeps them as they are.
     """
     current = current or {}
-    slots: dict[str, str] = {}
-    for slot, values in (("business", current.get("businessPhones")), ("home", current.get("homePhones")),
-                         ("mobile", [current.get("mobilePhone")])):
-        for p in values or []:
-            if isinstance(p, str) and p.strip():
-                slots[_phone_key(p)] = slot
-    names = {
-        e["address"].strip().casefold(): e["name"]
-        for e in current.get("emailAddresses") or []
-        if isinstance(e, dict) and isinstance(e.get("address"), str) and isinstance(e.get("name"), str) and e["name"]
-    }
-    mobile = [p for p in contact.phones if slots.get(_phone_key(p)) == "mobile"]
-    home = [p for p in contact.phones if slots.get(_phone_key(p)) == "home"]
-    business = [p for p in contact.phones if slots.get(_phone_key(p)) not in ("mobile", "home")]
-    # Graph holds one mobile number; any extra known-mobile one goes to business.
-    business += mobile[1:]
-    body: dict[str, Any] = {
-        "givenName": contact.given_name or None,
-        "surname": contact.family_name or None,
-        "emailAddresses": [{"address": e, "name": names.get(e.casefold(), e)} for e in contact.emails],
-        "businessPhones": business,
-        "mobilePhone": mobile[0] if mobile else None,
-        "homePhones": home,
-        "companyName": contact.company or None,
-        "jobTitle": contact.job_title or None,
-        "personalNotes": contact.notes or None,
-    }
+    keep = set(keep)
+    custom_keys = custom_keys or {}
+    body: dict[str, Any] = {}
+    for ours, theirs in _SCALARS:
+        if ours not in keep:
+            body[theirs] = getattr(contact, ours) or None
+    if "emails" not in keep:
+        names = {
+            e["address"].strip().casefold(): e["name"]
+            for e in current.get("emailAddresses") or []
+            if isinstance(e, dict) and isinstance(e.get("address"), str) and isinstance(e.get("name"), str) and e["name"]
+        }
+        body["emailAddresses"] = [{"address": e.address, "name": e.name or names.get(e.address.casefold(), e.address)}
+                                  for e in contact.emails]
+    if "phones" not in keep:
+        slots: dict[str, str] = {}
+        for slot, values in (("work", current.get("businessPhones")), ("home", current.get("homePhones")),
+                             ("mobile", [current.get("mobilePhone")])):
+            for p in values or []:
+                if isinstance(p, str) and p.strip():
+                    slots[_phone_key(p)] = slot
+        typed = [p if p.type else PhoneNumber(number=p.number, type=slots.get(_phone_key(p.number), ""))
+                 for p in contact.phones]
+        held = [h for h in graph_phones(tuple(typed)).values() if h is not None]
+        mobile = [h.number for h in held if h.type == "mobile"]
+        body["businessPhones"] = [h.number for h in held if h.type == "work"]
+        body["homePhones"] = [h.number for h in held if h.type == "home"]
+        body["mobilePhone"] = mobile[0] if mobile else None
+    if "addresses" not in keep:
+        by_slot = {a.type: a for a in graph_addresses(contact.addresses).values() if a is not None}
+        for kind, key in _ADDRESS_SLOTS:
+            a = by_slot.get(kind)
+            body[key] = {theirs: getattr(a, ours) for ours, theirs in _ADDRESS_PARTS if getattr(a, ours)} if a else {}
+    if "birthday" not in keep and not contact.birthday.startswith("--"):
+        # a birthday without a year has no place in Graph's date-time: it is left as it is
+        body["birthday"] = f"{contact.birthday}T00:00:00Z" if contact.birthday else None
+    if "websites" not in keep:
+        first = [w for w, held in first_only(contact.websites).items() if held is not None]
+        body["businessHomePage"] = first[0] if first else None
+    props = []
     if marker:
-        body["singleValueExtendedProperties"] = [{"id": MARKER_PROPERTY_ID, "value": marker}]
+        props.append({"id": MARKER_PROPERTY_ID, "value": marker})
+    if "custom" not in keep:
+        mine = contact.custom_fields()
+        for ours, theirs in sorted(custom_keys.items()):
+            if f"custom:{ours}" not in keep:
+                # an extended property is not removed by a PATCH: an empty value stands for none
+                props.append({"id": CUSTOM_PROPERTY_PREFIX + theirs, "value": mine.get(ours, "")})
+    if props:
+        body["singleValueExtendedProperties"] = props
     return body
 
 
@@ -241,6 +308,7 @@ class GraphContacts(GraphConnection):
         page_size: int = 100,
         timeout: float = 30.0,
         mailbox_key: str | None = None,
+        custom_keys: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(base_url, token_provider, client=client, timeout=timeout,
                          max_concurrency=max_concurrency, mailbox_key=mailbox_key)
@@ -248,8 +316,36 @@ class GraphContacts(GraphConnection):
         self._pool_lock = threading.Lock()
         self.folder_id = folder_id
         self.page_size = page_size
+        #: canonical custom field name -> extended property name (see sync.fields.FieldMap)
+        self.custom_keys = dict(custom_keys or {})
 
     # ------------------------------------------------------------------ plumbing
+
+    def _record(self, item: Any) -> SideRecord:
+        return item_to_record(item, self.custom_keys)
+
+    def _expand(self, *ids: str) -> str:
+        wanted = list(ids) + [CUSTOM_PROPERTY_PREFIX + v for _, v in sorted(self.custom_keys.items())]
+        flt = " or ".join("id eq '{}'".format(i.replace("'", "''")) for i in wanted)
+        return f"singleValueExtendedProperties($filter={flt})"
+
+    def _with_custom(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Delta items with their custom-field properties (delta cannot expand them)."""
+        todo = [i for i in items if isinstance(i, dict) and i.get("id") and "@removed" not in i]
+        if not self.custom_keys or not todo:
+            return items
+        query = urlencode({"$select": "id", "$expand": self._expand()}, quote_via=quote)
+        found: dict[str, Any] = {}
+        for start in range(0, len(todo), BATCH_MAX):
+            chunk = todo[start:start + BATCH_MAX]
+            subs = [{"method": "GET", "url": f"/me/contacts/{quote(str(i['id']), safe='')}?{query}"} for i in chunk]
+            for item, answer in zip(chunk, self._send_batch(subs)):
+                try:
+                    found[str(item["id"])] = self._answer_body(answer).get("singleValueExtendedProperties") or []
+                except ConnectorError:
+                    continue  # gone or unreadable now: the next round brings it again
+        return [dict(i, singleValueExtendedProperties=found[str(i["id"])]) if str(i.get("id")) in found else i
+                for i in items]
 
     def close(self) -> None:
         if self._pool is not None:
@@ -306,7 +402,7 @@ class GraphContacts(GraphConnection):
         next_link, delta_link = body.get("@odata.nextLink"), body.get("@odata.deltaLink")
         if not next_link and not delta_link:
             raise Transient("graph delta page without nextLink or deltaLink")
-        records = [item_to_record(item) for item in _dedupe(value)]
+        records = [self._record(item) for item in self._with_custom(_dedupe(value))]
         return DeltaPage(records=records, next_page=next_link, cursor=None if next_link else delta_link)
 
     def read_round(self, cursor: str | None) -> tuple[list[SideRecord], str]:
@@ -332,11 +428,14 @@ class GraphContacts(GraphConnection):
                 continue
             if not body.get("@odata.deltaLink"):
                 raise Transient("graph delta page without nextLink or deltaLink")
-            return [item_to_record(i) for i in _dedupe(raw)], body["@odata.deltaLink"]
+            return [self._record(i) for i in self._with_custom(_dedupe(raw))], body["@odata.deltaLink"]
 
     def get(self, external_id: str) -> SideRecord:
-        resp = self._request("GET", f"/me/contacts/{quote(external_id, safe='')}", params={"$select": SELECT_FIELDS})
-        return item_to_record(resp.json())
+        params = {"$select": SELECT_FIELDS}
+        if self.custom_keys:
+            params["$expand"] = self._expand()
+        resp = self._request("GET", f"/me/contacts/{quote(external_id, safe='')}", params=params)
+        return self._record(resp.json())
 
     def find_by_marker(self, marker: str) -> SideRecord | None:
         return self.find_by_markers([marker]).get(marker)
@@ -368,7 +467,7 @@ class GraphContacts(GraphConnection):
         for marker, answer in zip(wanted, self._send_batch(subs)):
             items = self._answer_body(answer).get("value") or []
             if items:
-                found[marker] = item_to_record(items[0])
+                found[marker] = self._record(items[0])
         heartbeat()
         return found
 
@@ -378,15 +477,16 @@ class GraphContacts(GraphConnection):
         params: dict[str, str] | None = {
             "$top": str(LISTING_PAGE_SIZE),
             "$select": SELECT_FIELDS,
-            "$expand": f"singleValueExtendedProperties($filter=id eq '{MARKER_PROPERTY_ID}')",
+            "$expand": self._expand(MARKER_PROPERTY_ID),
         }
         while link and len(found) < len(wanted):
             body = self._request("GET", link, params=params).json()
             for item in body.get("value") or []:
                 props = item.get("singleValueExtendedProperties") if isinstance(item, dict) else None
                 for prop in props or []:
-                    if isinstance(prop, dict) and isinstance(prop.get("value"), str) and prop["value"] in wanted:
-                        found[prop["value"]] = item_to_record(item)
+                    if (isinstance(prop, dict) and prop.get("id") == MARKER_PROPERTY_ID
+                            and isinstance(prop.get("value"), str) and prop["value"] in wanted):
+                        found[prop["value"]] = self._record(item)
             heartbeat()
             link, params = body.get("@odata.nextLink"), None  # the link carries the query
         return found
@@ -419,10 +519,11 @@ class GraphContacts(GraphConnection):
 
     def _sub_request(self, op: str, r: WriteRequest, current: dict[str, Any] | None) -> dict[str, Any]:
         if op == "create":
-            return {"method": "POST", "url": self._collection_path(), "body": contact_to_item(r.content, None, r.marker)}  # type: ignore[arg-type]
+            return {"method": "POST", "url": self._collection_path(), "body": contact_to_item(r.content, None, r.marker, custom_keys=self.custom_keys)}  # type: ignore[arg-type]
         sub: dict[str, Any] = {"method": "PATCH" if op == "update" else "DELETE", "url": f"/me/contacts/{quote(r.external_id or '', safe='')}"}
         if op == "update":
-            sub["body"] = contact_to_item(r.content, current, r.marker)  # type: ignore[arg-type]
+            sub["body"] = contact_to_item(r.content, current, r.marker, keep=r.keep,  # type: ignore[arg-type]
+                                          custom_keys=self.custom_keys)
         if r.etag:
             sub["headers"] = {"If-Match": r.etag}
         return sub
@@ -482,7 +583,7 @@ class GraphContacts(GraphConnection):
         if op == "delete" and (status < 300 or status == 404):
             return WriteResult(key=r.key, record=ContactRecord(side="mailbox", external_id=r.external_id or "", deleted=True), calls=share)
         if status < 300 and isinstance(body, dict):
-            return WriteResult(key=r.key, record=item_to_record(body), calls=share)
+            return WriteResult(key=r.key, record=self._record(body), calls=share)
         if status < 300:
             return WriteResult(key=r.key, error=Transient("graph $batch answer without a body"), calls=share)
         return WriteResult(key=r.key, error=error_for(status, answer.get("headers") or {}, body), calls=share)

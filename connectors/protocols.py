@@ -44,6 +44,8 @@ class WriteRequest:
     #: again (People clientData, Graph extended property, CRM idempotency key).
     marker: str | None = None
     owner: str | None = None
+    #: fields to leave as the side holds them (see `sync.fields.keep_for`); `custom:<name>` is one custom field
+    keep: tuple[str, ...] = ()
 
     def malformed(self, op: str) -> Fatal | None:
         """What this request lacks for `op` (create / update / delete): a caller bug.

@@ -4,7 +4,7 @@ A `Provider` says everything the rest of the code used to decide with
 `if provider == "google"`: how its OAuth connector is built from the deployment's
 `ProviderConfig`, how its contacts connector is built (vault tokens, or a static
 emulator token), where its API lives, which push subscription each kind of data
-needs (`push`: contacts, mail; none: the poll timer only), which subscription kinds its mailboxes may hold, and whether a
+needs (`push`: contacts, mail, calendar; none: the poll timer only), which subscription kinds its mailboxes may hold, and whether a
 grant can be revoked at the provider or only forgotten.
 
 Subscription kinds (the `subscriptions.provider` column) name what a push
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from models.errors import Fatal
+from sync.fields import graph_holds, holds_everything
 
 
 class UnknownProvider(Fatal):
@@ -129,7 +130,8 @@ def _google_contacts(credentials, connection_id: str, settings: dict, **tuning):
     from connectors.google_people import GooglePeopleContacts
 
     creds = credentials.google_credentials(connection_id, settings)
-    return GooglePeopleContacts(settings.get("endpoint") or GOOGLE_PEOPLE_ENDPOINT, creds, **tuning)
+    return GooglePeopleContacts(settings.get("endpoint") or GOOGLE_PEOPLE_ENDPOINT, creds,
+                                custom_keys=settings.get("custom_keys"), **tuning)
 
 
 def _google_static_contacts(endpoint: str | None, token: str, **tuning):
@@ -157,7 +159,7 @@ def _microsoft_contacts(credentials, connection_id: str, settings: dict, **tunin
     source = credentials.token_source(connection_id, provider=MICROSOFT.name, settings=settings)
     presented = PresentedToken(source)
     graph = GraphContacts(settings.get("endpoint") or GRAPH_ENDPOINT, presented, mailbox_key=connection_id,
-                          **tuning)
+                          custom_keys=settings.get("custom_keys"), **tuning)
     return RefreshOn401(graph, presented)
 
 
@@ -219,6 +221,52 @@ def _microsoft_static_mail(settings: dict, token: str, account: str, options, **
                      **tuning)
 
 
+def _google_calendar(credentials, connection_id: str, settings: dict, **tuning):
+    from connectors.google_calendar import GoogleCalendar
+
+    creds = credentials.google_credentials(connection_id, settings)
+    return GoogleCalendar(settings.get("calendar_endpoint") or CALENDAR_ENDPOINT, creds, account=connection_id,
+                          **tuning)
+
+
+def _google_static_calendar(settings: dict, token: str, account: str, **tuning):
+    from connectors.google_calendar import GoogleCalendar
+
+    return GoogleCalendar.for_emulator(settings.get("calendar_endpoint") or CALENDAR_ENDPOINT, token=token,
+                                       account=account, **tuning)
+
+
+def _no_calendar(*args: Any, **kwargs: Any):
+    raise Fatal("this provider has no calendar connector yet")
+
+
+def _calendar_window(settings: dict) -> dict:
+    """Graph's calendar delta window from connection settings (`calendar_days_back` / `_ahead`)."""
+    out = {}
+    for key, arg in (("calendar_days_back", "days_back"), ("calendar_days_ahead", "days_ahead")):
+        if isinstance(settings.get(key), int) and settings[key] >= 0:
+            out[arg] = settings[key]
+    return out
+
+
+def _microsoft_calendar(credentials, connection_id: str, settings: dict, **tuning):
+    from connectors.credentials import PresentedToken, RefreshOn401
+    from connectors.graph_calendar import GraphCalendar
+
+    presented = PresentedToken(credentials.token_source(connection_id, provider=MICROSOFT.name, settings=settings))
+    graph = GraphCalendar(settings.get("endpoint") or GRAPH_ENDPOINT, presented, mailbox_key=connection_id,
+                          address=settings.get("email"), **_calendar_window(settings), **tuning)
+    return RefreshOn401(graph, presented)
+
+
+def _microsoft_static_calendar(settings: dict, token: str, account: str, **tuning):
+    from connectors.graph_calendar import GraphCalendar
+
+    address = settings.get("email") or (account if "@" in (account or "") else None)
+    return GraphCalendar(settings.get("endpoint") or GRAPH_ENDPOINT, lambda: token, mailbox_key=account,
+                         address=address, **_calendar_window(settings), **tuning)
+
+
 @dataclass(frozen=True)
 class Provider:
     """One mailbox provider. `name` is what connections, routes and search attributes carry."""
@@ -243,6 +291,14 @@ class Provider:
     subscription_kinds: tuple[SubscriptionKind, ...]
     #: True: the grant can be revoked at the provider; False: only our copy of the tokens can go
     revokes: bool
+    #: (CredentialFactory, connection id, settings, **tuning) -> MailboxSide[Event] on vault tokens
+    calendar: Callable[..., Any] = _no_calendar
+    #: (settings, static token, account, **tuning) -> MailboxSide[Event] (emulators and the demo only)
+    static_calendar: Callable[..., Any] = _no_calendar
+    #: (FieldMap) -> what its contacts hold (`sync.fields.Holds`), for the sync core
+    contact_holds: Callable[..., Any] = holds_everything
+    #: the field-mapping rule attribute naming a custom field's key in its mailboxes
+    custom_key_field: str = ""
 
 
 GOOGLE = Provider(
@@ -254,9 +310,15 @@ GOOGLE = Provider(
     mail=_google_mail,
     static_mail=_google_static_mail,
     contacts_push=None,  # People API has no push for contacts
-    push={"mail": PushNeed(GMAIL_WATCH, "watch")},
+    # Calendar channels are kept like Graph subscriptions (a public URL and a secret, the
+    # channel token); the row's resource is the channel's resourceId, which channels/stop needs.
+    push={"mail": PushNeed(GMAIL_WATCH, "watch"), "calendar": PushNeed(CALENDAR_CHANNEL, "subscription")},
     subscription_kinds=(GMAIL_WATCH, CALENDAR_CHANNEL),
     revokes=True,
+    calendar=_google_calendar,
+    static_calendar=_google_static_calendar,
+    contact_holds=holds_everything,
+    custom_key_field="people_key",
 )
 
 MICROSOFT = Provider(
@@ -269,9 +331,14 @@ MICROSOFT = Provider(
     static_mail=_microsoft_static_mail,
     contacts_push=GRAPH_SUBSCRIPTION,
     push={"contacts": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/contacts"),
-          "mail": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/messages")},
+          "mail": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/messages"),
+          "calendar": PushNeed(GRAPH_SUBSCRIPTION, "subscription", "me/events")},
     subscription_kinds=(GRAPH_SUBSCRIPTION,),
     revokes=False,  # the Microsoft identity platform has no revocation endpoint
+    calendar=_microsoft_calendar,
+    static_calendar=_microsoft_static_calendar,
+    contact_holds=graph_holds,
+    custom_key_field="graph_property",
 )
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (GOOGLE, MICROSOFT)}

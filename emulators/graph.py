@@ -1,4 +1,4 @@
-"""A Microsoft Graph v1.0 emulator for the contacts and mail surfaces of one mailbox.
+"""A Microsoft Graph v1.0 emulator for the contacts, mail and calendar surfaces of a mailbox.
 
 It reproduces the behaviours a Graph connector must survive (PROVIDERS.md section D)
 rather than a happy path: opaque `$skiptoken`/`$deltatoken` links, replays and empty
@@ -11,7 +11,9 @@ handshake and change notifications.
 
 Mail (folders, messages, messages delta, subscriptions on messages) lives in
 `emulators.graph_mail`, mounted here as `GraphState.mail`: one server, one set of
-faults, throttling rules, request log and stats for both surfaces.
+faults, throttling rules, request log and stats for both surfaces. Calendars (several
+users, series, calendarView delta) live in `emulators.graph_calendar`, mounted the same
+way as `GraphState.calendar`.
 
 Everything a test needs to steer is on `GraphState` (Python) and mirrored under
 `/_emulator/` (HTTP) for out-of-process tools.
@@ -75,7 +77,15 @@ WRITABLE_FIELDS = {
     "birthday",
     "categories",
     "singleValueExtendedProperties",
+    "generation",
+    "homeAddress",
+    "businessAddress",
+    "otherAddress",
+    "businessHomePage",
 }
+#: physicalAddress: the parts Graph keeps
+ADDRESS_FIELDS = ("homeAddress", "businessAddress", "otherAddress")
+ADDRESS_PARTS = {"street", "city", "state", "countryOrRegion", "postalCode"}
 LIST_FIELDS = {"emailAddresses", "businessPhones", "homePhones", "categories"}
 READ_ONLY_FIELDS = {
     "id",
@@ -94,9 +104,10 @@ _MARKER_FILTER = re.compile(
     re.IGNORECASE,
 )
 _EXPAND_PROP = re.compile(
-    r"^\s*singleValueExtendedProperties\(\s*\$filter\s*=\s*id\s+eq\s+'((?:[^']|'')*)'\s*\)\s*$",
+    r"^\s*singleValueExtendedProperties\(\s*\$filter\s*=\s*((?:id\s+eq\s+'(?:[^']|'')*'\s*(?:\s+or\s+)?)+)\)\s*$",
     re.IGNORECASE,
 )
+_EXPAND_ID = re.compile(r"id\s+eq\s+'((?:[^']|'')*)'", re.IGNORECASE)
 
 
 def _now() -> datetime:
@@ -303,6 +314,10 @@ class GraphState:
 
         self.mail = MailStore(self)
 
+        from emulators.graph_calendar import CalendarStore  # the calendar surface, every user's
+
+        self.calendar = CalendarStore(self)
+
     # ------------------------------------------------------------------ admin API
 
     def add_folder(self, name: str) -> str:
@@ -353,6 +368,12 @@ class GraphState:
             item = self._lookup(item_id)
             return None if item is None else self._render(item, immutable=True)
 
+    def properties(self, item_id: str) -> dict[str, Any]:
+        """The item's single-value extended properties, id -> value (our marker, custom fields)."""
+        with self.lock:
+            item = self._require(item_id)
+            return {p["id"]: p.get("value") for p in item.data.get("singleValueExtendedProperties") or []}
+
     def live_count(self, folder_id: str | None = None) -> int:
         with self.lock:
             return sum(1 for i in self._items.values() if not i.deleted and (folder_id is None or i.folder_id == folder_id))
@@ -368,7 +389,7 @@ class GraphState:
             self._skip_tokens.clear()
             self._rounds.clear()
             self._generation += 1
-            return n + self.mail.expire_delta_tokens(status, code)
+            return n + self.mail.expire_delta_tokens(status, code) + self.calendar.expire_delta_tokens(status, code)
 
     def inject_fault(self, status: int | None = 429, count: int = 1, **kwargs: Any) -> Fault:
         fault = Fault(status=status, count=count, **kwargs)
@@ -391,6 +412,7 @@ class GraphState:
                 "by_route": dict(self.by_route),
                 "live_contacts": self.live_count(),
                 "live_messages": self.mail.live_count(),
+                "live_events": self.calendar.live_count(),
                 "subscriptions": len(self.subscriptions),
             }
 
@@ -551,6 +573,11 @@ class GraphState:
             "categories": list(d.get("categories") or []),
             "parentFolderId": item.folder_id,
             "birthday": d.get("birthday"),
+            "generation": d.get("generation"),
+            "businessHomePage": d.get("businessHomePage"),
+            "homeAddress": copy.deepcopy(d.get("homeAddress") or {}),
+            "businessAddress": copy.deepcopy(d.get("businessAddress") or {}),
+            "otherAddress": copy.deepcopy(d.get("otherAddress") or {}),
             "displayName": d.get("displayName") or " ".join(p for p in (given, surname) if p),
             "givenName": d.get("givenName"),
             "middleName": d.get("middleName"),
@@ -573,7 +600,8 @@ class GraphState:
         if with_props and props:
             out["singleValueExtendedProperties"] = copy.deepcopy(props)
         elif expand_prop:
-            hit = [p for p in props if p["id"].lower() == expand_prop.lower()]
+            wanted = {e.lower() for e in expand_prop.split("\n")}
+            hit = [p for p in props if p["id"].lower() in wanted]
             if hit:
                 out["singleValueExtendedProperties"] = copy.deepcopy(hit)
         return out
@@ -587,6 +615,8 @@ class GraphState:
         try:
             if self.mail.handles(path):
                 return self.mail.dispatch(req, path)
+            if self.calendar.handles(path):
+                return self.calendar.dispatch(req, path)
             if path == "/me/contacts/delta" and m == "GET":
                 return self._delta(req, DEFAULT_FOLDER_ID)
             if (mm := re.fullmatch(r"/me/contactFolders/([^/]+)/contacts/delta", path)) and m == "GET":
@@ -794,7 +824,8 @@ class GraphState:
         mm = _EXPAND_PROP.match(exp)
         if not mm:
             return _error(400, "BadRequest", "Unsupported $expand.")
-        return mm.group(1).replace("''", "'")
+        # one id, or several joined with "or" (Graph's filter on extended property ids)
+        return "\n".join(i.replace("''", "'") for i in _EXPAND_ID.findall(mm.group(1)))
 
     def _item(self, req: SubRequest, item_id: str) -> SubResponse:
         immutable = _prefers_immutable(req.headers)
@@ -838,7 +869,7 @@ class GraphState:
         r = re.sub(r"^users/[^/]+", "me", r, flags=re.IGNORECASE)
         if r.lower() == "me/contacts":
             return True
-        if self.mail.accepts_resource(r):
+        if self.mail.accepts_resource(r) or self.calendar.accepts_resource(r):
             return True
         mm = re.fullmatch(r"me/contactFolders/([^/]+)/contacts", r, re.IGNORECASE)
         return bool(mm and mm.group(1) in self.folders)
@@ -917,6 +948,7 @@ class GraphState:
         with self.lock:
             self.subscriptions[sub["id"]] = sub
             self.subscription_immutable[sub["id"]] = _prefers_immutable(req.headers)
+            self.calendar.watch(sub["id"], str(body["resource"]), req)
         return SubResponse(201, {}, dict(sub))
 
     def _subscription(self, req: SubRequest, sub_id: str) -> SubResponse:
@@ -1005,6 +1037,8 @@ class GraphState:
         if not path.startswith("/"):
             path = "/" + path
         headers = {str(k).lower(): str(v) for k, v in (r.get("headers") or {}).items()}
+        if outer.headers.get("authorization"):  # whose mailbox `/me` is inside the batch
+            headers["authorization"] = outer.headers["authorization"]
         if "body" in r and r["body"] is not None and "content-type" not in headers:
             return _error(400, "BadRequest", "Write request id : " + str(r.get("id")) + " does not contain Content-Type header or body.")
         with self.lock:
@@ -1101,6 +1135,14 @@ def _validate_body(body: dict[str, Any]) -> SubResponse | None:
     for e in body.get("emailAddresses") or []:
         if not isinstance(e, dict) or "address" not in e:
             return _error(400, "ErrorInvalidArgument", "emailAddresses entries need an address.")
+    for key in ADDRESS_FIELDS:
+        value = body.get(key)
+        if value is not None and (not isinstance(value, dict) or set(value) - ADDRESS_PARTS):
+            return _error(400, "RequestBodyRead", f"Property '{key}' must be a physicalAddress.")
+    if body.get("mobilePhone") is not None and not isinstance(body["mobilePhone"], str):
+        return _error(400, "RequestBodyRead", "Property 'mobilePhone' must be a string.")
+    if body.get("birthday") is not None and not re.fullmatch(r"\d{4}-\d\d-\d\dT[0-9:.]+Z", str(body["birthday"])):
+        return _error(400, "RequestBodyRead", "Property 'birthday' must be a DateTimeOffset.")
     for p in body.get("singleValueExtendedProperties") or []:
         if not isinstance(p, dict) or not p.get("id"):
             return _error(400, "ErrorInvalidProperty", "Extended property id is required.")
@@ -1114,6 +1156,7 @@ def _route_label(path: str) -> str:
     p = re.sub(r"/contactFolders/[^/]+", "/contactFolders/{id}", p)
     p = re.sub(r"/subscriptions/[^/]+", "/subscriptions/{id}", p)
     p = re.sub(r"/messages/(?!delta)[^/]+", "/messages/{id}", p)
+    p = re.sub(r"/events/[^/]+", "/events/{id}", p)
     p = re.sub(r"/mailFolders(?:\('[^']*'\)|/[^/]+)", "/mailFolders/{id}", p)
     return p.split("?")[0]
 
@@ -1321,6 +1364,10 @@ def create_app(state: GraphState | None = None) -> FastAPI:
         except httpx.HTTPError as exc:
             return EscapedJSONResponse({"error": type(exc).__name__}, status_code=502)
         return EscapedJSONResponse({"receiver_status": status})
+
+    from emulators.graph_calendar import add_calendar_routes
+
+    add_calendar_routes(app, state)
 
     # ---------------------------------------------------------------- mail admin API
 

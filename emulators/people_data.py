@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import unicodedata
 
-from models.contact import Contact
+from models.contact import Contact, PostalAddress
 
 FIRST_NAMES = (
     "James Mary John Patricia Robert Jennifer Michael Linda William Elizabeth David Barbara "
@@ -199,6 +199,51 @@ def make_people(n: int, seed: int) -> list[Contact]:
     return people
 
 
+_STREETS = ("Main St", "High Street", "Rue de la Paix", "Hauptstraße", "Oak Avenue", "Calle Mayor", "King's Road",
+            "Via Roma", "Elm Street", "Baker Street")
+_CITIES = (("Springfield", "IL", "62701", "US"), ("London", "", "SW1A 1AA", "GB"), ("Paris", "", "75002", "FR"),
+           ("Berlin", "", "10115", "DE"), ("Madrid", "", "28013", "ES"), ("Austin", "TX", "73301", "US"))
+_DEPARTMENTS = ("", "", "Sales", "Engineering", "Finance", "Marketing", "Operations", "Legal")
+_PREFIXES = ("", "", "", "", "Dr.", "Ms.", "Mr.", "Prof.")
+_SUFFIXES = ("", "", "", "", "", "Jr.", "PhD", "III")
+_TIERS = ("gold", "silver", "bronze")
+
+
+def enrich(contact: Contact, rng: random.Random) -> Contact:
+    """The same person with the rest of what address books keep: typed emails (a work
+    domain is work, a free one home) and phones, a middle name, a prefix or suffix,
+    a nickname, addresses, a birthday (sometimes without a year), a department,
+    a website and a custom field. Separate from `make_people`, whose output the
+    matching benchmarks fix by seed."""
+    emails = [{"address": e, "type": "home" if e.rsplit("@", 1)[-1] in _FREE else "work"}
+              for e in contact.email_addresses()]
+    phones = [{"number": p, "type": rng.choice(("work", "mobile", "mobile", "home", "other"))}
+              for p in contact.phone_numbers()]
+    addresses = []
+    for kind in rng.sample(("home", "work", "other"), rng.choice((0, 1, 1, 2, 3))):
+        city, region, code, country = rng.choice(_CITIES)
+        addresses.append(PostalAddress(type=kind, street=f"{rng.randint(1, 250)} {rng.choice(_STREETS)}", city=city,
+                                       region=region, postal_code=code, country=country))
+    month, day = rng.randint(1, 12), rng.randint(1, 28)
+    birthday = rng.choice(("", f"{rng.randint(1950, 2000)}-{month:02d}-{day:02d}", f"--{month:02d}-{day:02d}"))
+    domain = next((e["address"].rsplit("@", 1)[-1] for e in emails if e["type"] == "work"), "")
+    return contact.model_copy(update={
+        "emails": emails, "phones": phones, "addresses": addresses, "birthday": birthday,
+        "middle_name": rng.choice(("", "", "", "Marie", "James", "Lee", "Anne")),
+        "prefix": rng.choice(_PREFIXES), "suffix": rng.choice(_SUFFIXES),
+        "nickname": rng.choice(("", "", "", contact.given_name[:3])),
+        "department": rng.choice(_DEPARTMENTS) if contact.company else "",
+        "websites": [f"https://www.{domain}"] if domain and rng.random() < 0.5 else [],
+        "custom": [f"tier={rng.choice(_TIERS)}"] if rng.random() < 0.3 else [],
+    })
+
+
+def make_rich_people(n: int, seed: int) -> list[Contact]:
+    """`make_people(n, seed)`, each person `enrich`ed (deterministic for a seed)."""
+    rng = random.Random(seed ^ 0x5EED)
+    return [enrich(c, rng) for c in make_people(n, seed)]
+
+
 def _unique(rng: random.Random, used: set[str], first: str, last: str, domain: str) -> str:
     local = _email_local(rng, first, last)
     candidate = f"{local}@{domain}"
@@ -267,8 +312,8 @@ def make_near_duplicate(contact: Contact, rng: random.Random) -> Contact:
     is findable with certainty.
     """
     given, family = contact.given_name, contact.family_name
-    emails = list(contact.emails)
-    phones = list(contact.phones)
+    emails = list(contact.email_addresses())
+    phones = list(contact.phone_numbers())
     company = contact.company
 
     emails = [_email_variant(rng, e) if rng.random() < 0.7 else e for e in emails]

@@ -6,11 +6,16 @@ shape, so a new provider is a translation, not a change to the sync core.
 
 Multi-valued fields (emails, phones) are sets: order carries no meaning on either
 side and set semantics make three-way merges conflict-free for them.
+
+Emails and phones are typed (work, home, mobile, other; an email also has a display
+name). An entry without type or name serialises as the bare string it was before
+types existed, so stored snapshots still read and an untyped contact keeps the
+content hash it had (a changed hash would look like an edit of every record).
 """
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_serializer, model_validator
 
 from models.record import SideRecord, content_hash
 
@@ -31,6 +36,141 @@ def _unique(value: object, *, key) -> tuple[str, ...]:
     for v in sorted(str(x).strip() for x in value):
         if v:
             chosen.setdefault(key(v), v)
+    return tuple(sorted(chosen.values()))
+
+
+#: the types a canonical email or phone can carry ("" = not typed)
+EMAIL_TYPES: tuple[str, ...] = ("", "work", "home", "other")
+PHONE_TYPES: tuple[str, ...] = ("", "work", "home", "mobile", "other")
+
+
+def _type_of(value: object, allowed: tuple[str, ...]) -> str:
+    """A provider's type label folded to ours; an unknown label is "other" (its original stays with the provider)."""
+    v = "" if value is None else str(value).strip().casefold()
+    return v if v in allowed else "other"
+
+
+class EmailAddress(BaseModel):
+    """An email with its type and display name; sorts by address so sets keep their old order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    address: str
+    type: str = ""
+    name: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: object) -> object:
+        if isinstance(value, str):
+            return {"address": value}
+        return value
+
+    @field_validator("address", "name", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> str:
+        return "" if value is None else str(value).strip()
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, value: object) -> str:
+        return _type_of(value, EMAIL_TYPES)
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler):  # type: ignore[no-untyped-def]
+        # untyped and unnamed: the bare address, exactly as before types existed
+        return self.address if not (self.type or self.name) else handler(self)
+
+    def _order(self) -> tuple[str, str, str]:
+        return (self.address, self.type, self.name)
+
+    # An untyped, unnamed entry is its address: it equals (and hashes as) the bare string.
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return not (self.type or self.name) and self.address == other
+        return isinstance(other, EmailAddress) and self._order() == other._order()
+
+    def __hash__(self) -> int:
+        return hash(self.address) if not (self.type or self.name) else hash(self._order())
+
+    def __lt__(self, other: "EmailAddress") -> bool:
+        return self._order() < other._order()
+
+    def __str__(self) -> str:
+        return self.address
+
+
+class PhoneNumber(BaseModel):
+    """A phone number as typed, with its type; sorts by number so sets keep their old order."""
+
+    model_config = ConfigDict(frozen=True)
+
+    number: str
+    type: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, value: object) -> object:
+        if isinstance(value, str):
+            return {"number": value}
+        return value
+
+    @field_validator("number", mode="before")
+    @classmethod
+    def _strip(cls, value: object) -> str:
+        return "" if value is None else str(value).strip()
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _type(cls, value: object) -> str:
+        return _type_of(value, PHONE_TYPES)
+
+    @model_serializer(mode="wrap")
+    def _serialise(self, handler):  # type: ignore[no-untyped-def]
+        return self.number if not self.type else handler(self)
+
+    def _order(self) -> tuple[str, str]:
+        return (self.number, self.type)
+
+    # An untyped entry is its number: it equals (and hashes as) the bare string.
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, str):
+            return not self.type and self.number == other
+        return isinstance(other, PhoneNumber) and self._order() == other._order()
+
+    def __hash__(self) -> int:
+        return hash(self.number) if not self.type else hash(self._order())
+
+    def __lt__(self, other: "PhoneNumber") -> bool:
+        return self._order() < other._order()
+
+    def __str__(self) -> str:
+        return self.number
+
+
+def _digits(number: str) -> str:
+    return "".join(ch for ch in number if ch.isdigit()) or number
+
+
+def _richness(item: BaseModel) -> int:
+    return sum(1 for f in ("type", "name") if getattr(item, f, ""))
+
+
+def _unique_typed(value: object, model: type, *, text, key) -> tuple:
+    """Sorted, one entry per key; of two entries for one key the typed or named one wins."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, BaseModel, dict)):
+        value = (value,)
+    items = [v if isinstance(v, model) else model.model_validate(v) for v in value]
+    chosen: dict[str, object] = {}
+    for item in sorted(items):
+        if not text(item):
+            continue
+        k = key(text(item))
+        held = chosen.get(k)
+        if held is None or _richness(held) < _richness(item):
+            chosen[k] = item
     return tuple(sorted(chosen.values()))
 
 
@@ -76,8 +216,8 @@ class Contact(BaseModel):
 
     given_name: str = ""
     family_name: str = ""
-    emails: tuple[str, ...] = ()
-    phones: tuple[str, ...] = ()
+    emails: tuple[EmailAddress, ...] = ()
+    phones: tuple[PhoneNumber, ...] = ()
     company: str = ""
     job_title: str = ""
     notes: str = ""
@@ -95,15 +235,15 @@ class Contact(BaseModel):
 
     @field_validator("emails", mode="before")
     @classmethod
-    def _emails(cls, value: object) -> tuple[str, ...]:
+    def _emails(cls, value: object) -> tuple:
         # An address differing only in case is the same address: providers fold them.
-        return _unique(value, key=str.casefold)
+        return _unique_typed(value, EmailAddress, text=lambda e: e.address, key=str.casefold)
 
     @field_validator("phones", mode="before")
     @classmethod
-    def _phones(cls, value: object) -> tuple[str, ...]:
+    def _phones(cls, value: object) -> tuple:
         # The same digits in another layout are the same number.
-        return _unique(value, key=lambda v: "".join(ch for ch in v if ch.isdigit()) or v)
+        return _unique_typed(value, PhoneNumber, text=lambda p: p.number, key=_digits)
 
     @field_validator("addresses", mode="before")
     @classmethod
@@ -129,13 +269,23 @@ class Contact(BaseModel):
     def _strip(cls, value: object) -> str:
         return "" if value is None else str(value).strip()
 
+    def model_copy(self, *, update: dict | None = None, deep: bool = False) -> "Contact":
+        """A copy whose updated fields are validated like any other (a bare string becomes a typed email)."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return type(self).model_validate({**dict(self), **update})
+
     def email_addresses(self) -> tuple[str, ...]:
         """The addresses alone (what matching and mail association compare)."""
-        return self.emails
+        return tuple(str(e) for e in self.emails)
 
     def phone_numbers(self) -> tuple[str, ...]:
         """The numbers alone, as typed."""
-        return self.phones
+        return tuple(str(p) for p in self.phones)
+
+    def custom_fields(self) -> dict[str, str]:
+        """Custom fields by name."""
+        return {k.strip(): v.strip() for k, _, v in (c.partition("=") for c in self.custom)}
 
     def display_name(self) -> str:
         return " ".join(p for p in (self.given_name, self.family_name) if p)

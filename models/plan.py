@@ -26,6 +26,9 @@ class Write(BaseModel, Generic[T]):
     #: decisions stored before kinds existed call it "contact"
     content: T | None = Field(default=None, validation_alias=AliasChoices("content", "contact"))
     etag: str | None = None
+    #: fields this write leaves as the side holds them (a direction keeps them there, or
+    #: the merge did not change them); `custom:<name>` names one custom field
+    keep: list[str] = []
 
 
 class Decision(BaseModel, Generic[T]):
@@ -51,6 +54,8 @@ class Decision(BaseModel, Generic[T]):
     #: conflicting field names (conflict) / problems (quarantine); never values
     fields: list[str] = []
     problems: list[str] = []
+    #: fields whose change a direction kept from the other side (never values)
+    blocked: list[str] = []
     #: duplicate review: the candidate on the other side and its score
     candidate_side: Side | None = None
     candidate_id: str | None = None

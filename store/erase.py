@@ -31,7 +31,7 @@ def _holds(value, needle: str) -> bool:
 def _emails_of(content) -> list[str]:
     if not isinstance(content, dict):
         return []
-    return [str(e).casefold() for e in (content.get("emails") or [])]
+    return [str(e.get("address") if isinstance(e, dict) else e).casefold() for e in (content.get("emails") or [])]
 
 
 @dataclass

@@ -18,14 +18,14 @@ FixRule = Callable[[Contact, str | None], Contact | None]
 def normalize_phones(contact: Contact, field: str | None) -> Contact | None:
     if field not in (None, "phones"):
         return None
-    fixed = tuple(normalize_phone(p) or p for p in contact.phones)
-    return contact.model_copy(update={"phones": fixed}) if set(fixed) != set(contact.phones) else None
+    fixed = tuple(p.model_copy(update={"number": normalize_phone(p.number) or p.number}) for p in contact.phones)
+    return Contact(**{**dict(contact), "phones": fixed}) if set(fixed) != set(contact.phones) else None
 
 
 def drop_invalid_emails(contact: Contact, field: str | None) -> Contact | None:
     if field not in (None, "emails"):
         return None
-    kept = tuple(e for e in contact.emails if email_problem(e) is None)
+    kept = tuple(e for e in contact.emails if email_problem(e.address) is None)
     if len(kept) == len(contact.emails) or not kept:
         return None  # dropping the only address would lose the person's identity
     return contact.model_copy(update={"emails": kept})

@@ -598,8 +598,8 @@ def contact_problems(contact: Contact, *, max_field_len: int = 1000) -> list[str
     """
     problems: list[str] = []
     values: list[tuple[str, str]] = [(f, getattr(contact, f)) for f in SCALAR_FIELDS]
-    values += [(f"emails[{i}]", e) for i, e in enumerate(contact.emails)]
-    values += [(f"phones[{i}]", p) for i, p in enumerate(contact.phones)]
+    values += [(f"emails[{i}]", e) for i, e in enumerate(contact.email_addresses())]
+    values += [(f"phones[{i}]", p) for i, p in enumerate(contact.phone_numbers())]
     broken: set[str] = set()
     for name, value in values:
         if len(value) > max_field_len:
@@ -608,22 +608,27 @@ def contact_problems(contact: Contact, *, max_field_len: int = 1000) -> list[str
         if problem:
             broken.add(name)
             problems.append(f"{name} {problem}")
-    for i, email in enumerate(contact.emails):
+    for i, email in enumerate(contact.email_addresses()):
         name = f"emails[{i}]"
         if name in broken:
             continue
         reason = email_problem(email)
         if reason:
             problems.append(f"{name} is not a valid email address: {reason}")
-    for i, phone in enumerate(contact.phones):
+    for i, phone in enumerate(contact.phone_numbers()):
         if f"phones[{i}]" not in broken and sum(ch.isdigit() for ch in phone) < 3:
             problems.append(f"phones[{i}] does not contain a phone number")
+    if contact.birthday and not _BIRTHDAY.fullmatch(contact.birthday):
+        # a date no mailbox can hold: written, it would clear the birthday there
+        problems.append("birthday is not a date (YYYY-MM-DD, or --MM-DD without a year)")
     if contact.is_empty():
         problems.append("the contact is empty: no name, email, phone or company")
     elif not (contact.given_name or contact.family_name or contact.emails or contact.phones or contact.company):
         problems.append("the contact has no name, email, phone or company to identify it")
     return problems
 
+
+_BIRTHDAY = re.compile(r"(?:\d{4}|-)-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])")
 
 #: Bidirectional embeddings, overrides and isolates: in a name they make the text
 #: display differently from what it is (a "Trojan Source" spoof). Free-text notes may

@@ -69,6 +69,9 @@ class PlanInput:
     link_count: int = 0
     #: a person approved the deletions the guard held
     approve_mass_delete: bool = False
+    #: what the mailbox can hold (`sync.fields.Holds`, from the provider's registry entry);
+    #: None: every field as it is
+    mailbox_holds: Any = None
 
 
 @dataclass
@@ -207,7 +210,7 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
             problems = _problems(survivor, inp)
             if problems:
                 return Decision(outcome="quarantine", rule="malformed_input", problems=problems, **base)
-            content = survivor.content
+            content = inp.rules.outbound(survivor.content, gone_side, settings)
             # The deleted side gets the record back; the link is re-made to the new id.
             return Decision(
                 outcome="apply", rule="edit_beats_delete", unlink=True, link=True,
@@ -250,6 +253,9 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
 
     mailbox_now = m.content if m_changed and m and m.content else link.snapshot
     platform_now = p.content if p_changed and p and p.content else link.snapshot
+    # What a side cannot hold is not a deletion; a change a direction blocks is masked, and named.
+    aligned = inp.rules.align(link.snapshot, mailbox_now, platform_now, settings, inp.mailbox_holds)
+    mailbox_now, platform_now = aligned.mailbox, aligned.platform
     decided = _decided_fields(review, mailbox_now, platform_now)
     result = inp.rules.merge(
         link.snapshot, mailbox_now, platform_now, settings.policy,
@@ -258,27 +264,37 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
         decided=decided,
     )
     if result.unresolved:
-        return Decision(outcome="conflict", rule="manual_policy", fields=list(result.unresolved),
+        return Decision(outcome="conflict", rule=_conflict_rule(settings), fields=list(result.unresolved),
                         **{**base, "mailbox_id": mailbox_id, "platform_id": link.platform_id})
     merged = result.merged
     writes: list[Write] = []
     # Writes carry the freshest version each side reported (a record can come back with
     # a new etag and the same content; the link's older etag would be refused forever).
-    if merged != platform_now:
+    keep_p = inp.rules.keep("platform", link.snapshot, merged, settings)
+    if inp.rules.differs(aligned.platform_seen, merged, keep_p):
         writes.append(Write(side="platform", op="update", external_id=link.platform_id, content=merged,
-                            etag=(p.etag if p and p.etag else link.platform_etag)))
-    if merged != mailbox_now:
+                            etag=(p.etag if p and p.etag else link.platform_etag), keep=list(keep_p)))
+    keep_m = inp.rules.keep("mailbox", link.snapshot, merged, settings)
+    if inp.rules.differs(aligned.mailbox_seen, merged, keep_m):
         writes.append(Write(side="mailbox", op="update", external_id=mailbox_id, content=merged,
-                            etag=(m.etag if m and m.etag else link.mailbox_etag)))
+                            etag=(m.etag if m and m.etag else link.mailbox_etag), keep=list(keep_m)))
     if result.conflicts:
         rule = f"conflict_settled_{settings.policy}" if not decided else "conflict_resolved_by_person"
+    elif aligned.blocked and not writes:
+        rule = "direction_blocked"  # the only change was one a direction keeps on its side
     else:
         rule = "merged" if (m_changed and p_changed) else ("mailbox_change" if m_changed else "platform_change")
     return Decision(outcome="apply", rule=rule, link=True, writes=writes, snapshot=merged,
-                    fields=list(result.conflicts),
+                    fields=list(result.conflicts), blocked=list(aligned.blocked),
                     mailbox_etag=m.etag if m else link.mailbox_etag,
                     platform_etag=p.etag if p else link.platform_etag,
                     **{**base, "mailbox_id": mailbox_id if m else None})
+
+
+def _conflict_rule(settings: SyncSettings) -> str:
+    """Why a conflict waits for a person: the policy says so, or (under any other policy)
+    the kind's manual fields, such as a meeting's time, changed on both sides."""
+    return "manual_policy" if settings.policy == "manual" else "manual_fields"
 
 
 def _decided_fields(review: Review | None, mailbox: Any, platform: Any) -> dict[str, str] | None:
@@ -309,6 +325,9 @@ def _plan_unlinked(
     settings = inp.settings
     thresholds = Thresholds(auto=settings.auto_threshold, review=settings.review_threshold)
     out: list[Decision] = []
+
+    def outbound(content: Any, target: str) -> Any:
+        return inp.rules.outbound(content, target, settings)
 
     # The pool mailbox records are matched against: platform records new in this
     # batch plus live platform records found by blocking key. Keys are ("p", id).
@@ -390,7 +409,7 @@ def _plan_unlinked(
             ))
             named_by_review.add(match.key)
             continue
-        out.append(_create_unless_twin(m, batch_new, thresholds, answer, rid))
+        out.append(_create_unless_twin(m, batch_new, thresholds, answer, rid, outbound))
 
     # Platform records no mailbox record claimed. Compare them with the mailbox
     # contacts already linked here, so a CRM-side duplicate does not become a
@@ -433,12 +452,12 @@ def _plan_unlinked(
                     review_id=rid,
                 ))
                 continue
-        out.append(_create_unless_twin(p, batch_new_p, thresholds, answer, rid))
+        out.append(_create_unless_twin(p, batch_new_p, thresholds, answer, rid, outbound))
     return out
 
 
 def _create_unless_twin(rec: SideRecord, batch_new: MatchIndex[str], thresholds: Thresholds,
-                        answer: str | None, review_id: int | None) -> Decision:
+                        answer: str | None, review_id: int | None, outbound=lambda content, target: content) -> Decision:
     """Create `rec` on the other side, unless this batch already creates the same person
     from its own side (the side holds them twice): then one record, one review."""
     assert rec.content is not None
@@ -456,11 +475,14 @@ def _create_unless_twin(rec: SideRecord, batch_new: MatchIndex[str], thresholds:
                             review_id=review_id, **ids)
     batch_new.add(rec.external_id, rec.content)
     target = "platform" if side == "mailbox" else "mailbox"
+    # fields that do not flow to the other side are not created there (nor in the snapshot:
+    # the source's value would otherwise read as the new record's deletion of it)
+    content = outbound(rec.content, target)
     return Decision(
         outcome="apply", rule=f"created_{'on_platform' if target == 'platform' else 'in_mailbox'}"
         if answer != "create" else "created_by_reviewer",
-        link=True, snapshot=rec.content, review_id=review_id,
-        writes=[Write(side=target, op="create", content=rec.content)],
+        link=True, snapshot=content, review_id=review_id,
+        writes=[Write(side=target, op="create", content=content)],
         **ids, **({"mailbox_etag": rec.etag} if side == "mailbox" else {"platform_etag": rec.etag}),
     )
 
@@ -469,19 +491,26 @@ def _link_pair(m: SideRecord, p: SideRecord, inp: PlanInput, *, rule: str,
                score: float | None = None, review_id: int | None = None,
                decided: dict[str, str] | None = None) -> Decision:
     assert m.content is not None and p.content is not None
-    result = inp.rules.merge(None, m.content, p.content, inp.settings.policy,
+    settings = inp.settings
+    aligned = inp.rules.align(None, m.content, p.content, settings, inp.mailbox_holds)
+    result = inp.rules.merge(None, aligned.mailbox, aligned.platform, settings.policy,
                              mailbox_time=m.updated_at, platform_time=p.updated_at, decided=decided)
     if result.unresolved:
-        return Decision(outcome="conflict", rule="manual_policy", mailbox_id=m.external_id,
+        return Decision(outcome="conflict", rule=_conflict_rule(inp.settings), mailbox_id=m.external_id,
                         platform_id=p.external_id, fields=list(result.unresolved),
                         score=score, review_id=review_id)
     merged = result.merged
     writes: list[Write] = []
-    if merged != p.content:
-        writes.append(Write(side="platform", op="update", external_id=p.external_id, content=merged, etag=p.etag))
-    if merged != m.content:
-        writes.append(Write(side="mailbox", op="update", external_id=m.external_id, content=merged, etag=m.etag))
+    keep_p = inp.rules.keep("platform", None, merged, settings)
+    if inp.rules.differs(aligned.platform_seen, merged, keep_p):
+        writes.append(Write(side="platform", op="update", external_id=p.external_id, content=merged, etag=p.etag,
+                            keep=list(keep_p)))
+    keep_m = inp.rules.keep("mailbox", None, merged, settings)
+    if inp.rules.differs(aligned.mailbox_seen, merged, keep_m):
+        writes.append(Write(side="mailbox", op="update", external_id=m.external_id, content=merged, etag=m.etag,
+                            keep=list(keep_m)))
     return Decision(outcome="apply", rule=rule, mailbox_id=m.external_id, platform_id=p.external_id,
                     link=True, writes=writes, snapshot=merged, fields=list(result.conflicts),
+                    blocked=list(aligned.blocked),
                     mailbox_etag=m.etag, platform_etag=p.etag,
                     score=None if score is None else round(score, 4), review_id=review_id)

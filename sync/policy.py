@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sync.fields import FieldMap
+
 Policy = Literal["platform_wins", "mailbox_wins", "newest_wins", "manual"]
 DeletePolicy = Literal["propagate", "unlink"]
 PlatformScope = Literal["owned", "all", "linked"]
@@ -31,6 +33,8 @@ class SyncSettings:
     max_field_len: int = 1000
     #: named fix rules tried on a platform validation error before quarantining
     fix_rules: tuple[str, ...] = field(default_factory=tuple)
+    #: which platform field each canonical field maps to, and which way it flows
+    field_map: FieldMap = field(default_factory=FieldMap)
     #: the region (ISO 3166 alpha-2) a phone number written without a country code is read
     #: in, for matching: the organisation's country. Set it on the organisation, not on a
     #: connection: the organisation's platform mirror is keyed with it.
@@ -43,6 +47,8 @@ class SyncSettings:
         kwargs = {k: v for k, v in data.items() if k in known}
         if "fix_rules" in kwargs:
             kwargs["fix_rules"] = tuple(kwargs["fix_rules"])
+        if not isinstance(kwargs.get("field_map", FieldMap()), FieldMap):
+            kwargs["field_map"] = FieldMap.from_dict(kwargs["field_map"])
         kwargs.setdefault("owner", owner)
         if kwargs.get("policy", "newest_wins") not in POLICIES:
             raise ValueError(f"unknown conflict policy {kwargs['policy']!r}")

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from pydantic import BaseModel
+
 from sync.matching import Thresholds
 
 #: item states that are final, or that wait on a person (a review) or a named rule
@@ -62,6 +64,11 @@ def _norm_value(name: str, value: Any) -> Any:
     punctuation) is not reported as a difference."""
     if isinstance(value, (tuple, list, set, frozenset)):
         return frozenset(_norm_value(name, v) for v in value)
+    if isinstance(value, BaseModel):  # a typed email or phone, an address: by its parts
+        dumped = value.model_dump(mode="json")
+        if not isinstance(dumped, dict):
+            return _norm_value(name, dumped)
+        return tuple(sorted((k, _norm_value(name if k in ("address", "number") else k, v)) for k, v in dumped.items()))
     if isinstance(value, str):
         if "phone" in name:
             return re.sub(r"[^\d+]", "", value)
@@ -78,7 +85,9 @@ def differing_fields(a: Any, b: Any) -> list[str]:
 
 
 def _json(v: Any) -> Any:
-    return list(v) if isinstance(v, tuple) else v
+    if isinstance(v, tuple):
+        return [x.model_dump(mode="json") if isinstance(x, BaseModel) else x for x in v]
+    return v
 
 
 def compare(
@@ -92,6 +101,7 @@ def compare(
     thresholds: Thresholds = Thresholds(),
     now: float,
     stale_s: float,
+    as_held: Callable[[Any, Any], tuple[Any, Any]] = lambda m, p: (m, p),
 ) -> Findings:
     """Compare both ends.
 
@@ -99,7 +109,9 @@ def compare(
     organisation's platform records). `in_scope(pid)`: whether an unlinked platform
     record should reach this mailbox. `items`: the store's items of this connection and
     kind, by (side, external id), to say whether something unpaired waits in a named
-    state (then it is listed, not repaired).
+    state (then it is listed, not repaired). `as_held(m, p)`: both records of a pair as
+    the sync compares them (what the mailbox cannot hold, or a direction keeps apart,
+    is no difference); by default as they are.
     """
     f = Findings()
     links = list(links)
@@ -128,6 +140,7 @@ def compare(
         m, p = mailbox[lk.mailbox_id], platform[lk.platform_id]
         if m is None or p is None:  # unreadable on a side (quarantined as malformed): nothing to compare
             continue
+        m, p = as_held(m, p)
         names = differing_fields(m, p)
         if names:
             f.differing.append({"link_id": lk.link_id, "mailbox_id": lk.mailbox_id, "platform_id": lk.platform_id,

@@ -148,13 +148,13 @@ async def test_initial_sync_under_kills_and_throttling_converges_with_nothing_lo
         for mid in rng.sample(sc.resource_names, EDITS):
             note = f"chaos note {uuid.uuid4().hex[:8]}"
             sc.mailbox.edit(mid, notes=note)
-            m_edits[sc.mailbox.contacts()[mid].emails[0].casefold()] = note
+            m_edits[sc.mailbox.contacts()[mid].email_addresses()[0].casefold()] = note
         owned = [c for c in crm_contacts(sc, owner_id=sc.user_id) if c.contact.emails]
         p_edits = {}
         for rec in rng.sample(owned, min(EDITS, len(owned))):
             title = f"Chaos {uuid.uuid4().hex[:6]}"
             sc.crm.user_edit(sc.org_id, rec.id, job_title=title, enforce_rules=False)
-            p_edits[rec.contact.emails[0].casefold()] = title
+            p_edits[rec.contact.email_addresses()[0].casefold()] = title
 
         killed_in = await asyncio.wait_for(kills, 400)
         assert workers.kills >= MIN_KILLS, workers.kills
@@ -182,8 +182,8 @@ async def test_initial_sync_under_kills_and_throttling_converges_with_nothing_lo
         # --- independent reconciliation: both ends, read directly -------------------
         mailbox = list(sc.mailbox.contacts().values())
         crm = [c.contact for c in crm_contacts(sc)]
-        m_emails = [e.casefold() for c in mailbox for e in c.emails]
-        p_emails = [e.casefold() for c in crm for e in c.emails]
+        m_emails = [e.casefold() for c in mailbox for e in c.email_addresses()]
+        p_emails = [e.casefold() for c in crm for e in c.email_addresses()]
         assert not twice(m_emails), f"duplicates in the mailbox: {twice(m_emails)[:5]}"
         assert not twice(p_emails), f"duplicates on the platform: {twice(p_emails)[:5]}"
         # What waits for a person (quarantine, review) is visible in the store, by id.
@@ -199,16 +199,16 @@ async def test_initial_sync_under_kills_and_throttling_converges_with_nothing_lo
         # No loss: every mailbox person is on the platform and every person the user
         # owns on the platform is in the mailbox, unless a named state holds them.
         m_set, p_set = set(m_emails), set(p_emails)
-        lost_to_platform = [c for c in mailbox if not ({e.casefold() for e in c.emails} & (p_set | waiting_emails))]
+        lost_to_platform = [c for c in mailbox if not ({e.casefold() for e in c.email_addresses()} & (p_set | waiting_emails))]
         owned_now = [c.contact for c in crm_contacts(sc, owner_id=sc.user_id)]
-        lost_to_mailbox = [c for c in owned_now if c.emails
-                           and not ({e.casefold() for e in c.emails} & (m_set | waiting_emails))]
+        lost_to_mailbox = [c for c in owned_now if c.email_addresses()
+                           and not ({e.casefold() for e in c.email_addresses()} & (m_set | waiting_emails))]
         assert not lost_to_platform, f"{len(lost_to_platform)} mailbox contacts never reached the platform"
         assert not lost_to_mailbox, f"{len(lost_to_mailbox)} owned platform contacts never reached the mailbox"
         assert len(mailbox) >= N_MAILBOX
         # No lost edit: each reached the other side.
-        by_email_p = {e.casefold(): c for c in crm for e in c.emails}
-        by_email_m = {e.casefold(): c for c in mailbox for e in c.emails}
+        by_email_p = {e.casefold(): c for c in crm for e in c.email_addresses()}
+        by_email_m = {e.casefold(): c for c in mailbox for e in c.email_addresses()}
         lost_m = [e for e, note in m_edits.items() if e not in waiting_emails and by_email_p[e].notes != note]
         lost_p = [e for e, title in p_edits.items() if e not in waiting_emails and by_email_m[e].job_title != title]
         assert not lost_m and not lost_p, (len(lost_m), len(lost_p))

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.parametrize("provider", ["google", "microsoft"])
 def _equalish(a, b) -> bool:
     """Both ends agree on what the sync owns (an address's case carries no meaning)."""
     def key(c):
-        return (c.given_name, c.family_name, {e.casefold() for e in c.emails}, c.company, c.job_title)
+        return (c.given_name, c.family_name, {e.casefold() for e in c.email_addresses()}, c.company, c.job_title)
     return key(a) == key(b)
 
 
@@ -93,8 +93,8 @@ async def test_history_holds_no_contact_content(temporal_env, urls, provider):
         assert "activityTaskFailedEventAttributes" in text, "the scan must cover a failure"
         needles = set()
         for c in r.sc.mailbox_contacts + [c.contact for c in r.sc.crm.list_contacts(r.sc.org_id)]:
-            needles.update(c.emails)
-            needles.update(c.phones)
+            needles.update(c.email_addresses())
+            needles.update(c.phone_numbers())
             needles.update(v for v in (c.given_name, c.family_name, c.company, c.notes) if len(v) > 3)
         found = sorted(n for n in needles if re.search(rf"(?<!\w){re.escape(n)}(?!\w)", text))
         assert not found, f"contact content in workflow history: {found[:5]}"
@@ -287,5 +287,5 @@ async def test_a_possible_duplicate_waits_and_a_reviewer_links_it(temporal_env, 
         assert r.links().get(mid) == crm_id
         assert held[0]["review_id"] not in st.store.open_duplicates
         both = {"jon.smithers@contoso.example", "jsmithers@contoso.example"}
-        assert {e.casefold() for e in r.crm_contacts()[crm_id].emails} == both
-        assert {e.casefold() for e in r.mailbox_contacts()[mid].emails} == both
+        assert {e.casefold() for e in r.crm_contacts()[crm_id].email_addresses()} == both
+        assert {e.casefold() for e in r.mailbox_contacts()[mid].email_addresses()} == both

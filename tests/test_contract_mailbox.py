@@ -108,8 +108,9 @@ def mailbox(request):
 
 
 def person(n: int, **fields) -> Contact:
+    # a typed phone: every mailbox holds a work number as one (Graph in businessPhones)
     base = dict(given_name=f"Given{n}", family_name=f"Family{n}", emails=[f"p{n}@example.test"],
-                phones=[f"+1 415 555 01{n:02d}"], company="Acme", job_title="Buyer")
+                phones=[{"number": f"+1 415 555 01{n:02d}", "type": "work"}], company="Acme", job_title="Buyer")
     return Contact(**{**base, **fields})
 
 

@@ -22,7 +22,7 @@ from workers.scenario import build_scenario
 
 
 def _key(c):
-    return (c.given_name.casefold(), c.family_name.casefold(), tuple(sorted(e.casefold() for e in c.emails)))
+    return (c.given_name.casefold(), c.family_name.casefold(), tuple(sorted(e.casefold() for e in c.email_addresses())))
 
 
 async def test_full_sync_on_postgres(temporal_env, pg_url):

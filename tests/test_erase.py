@@ -42,7 +42,8 @@ async def test_erase_keeps_the_mailbox_by_default_and_deletes_it_when_asked(temp
         await r.cycle()
         links = r.links()
         mailbox = r.mailbox_contacts()
-        people = [(m, links[m], mailbox[m].emails[0]) for m in r.sc.resource_names if m in links and mailbox[m].emails]
+        people = [(m, links[m], mailbox[m].email_addresses()[0]) for m in r.sc.resource_names
+                  if m in links and mailbox[m].emails]
         (m1, p1, addr1), (m2, p2, addr2) = people[0], people[1]
         assert _traces(r.sc.sessions, addr1)  # the store holds the person before
 
@@ -53,7 +54,7 @@ async def test_erase_keeps_the_mailbox_by_default_and_deletes_it_when_asked(temp
         assert res.platform_deleted >= 1 and res.mailbox_deleted == 0
         assert _traces(r.sc.sessions, addr1) == []
         assert r.sc.crm.get_contact(r.sc.org_id, p1) is None
-        assert not [c for c in r.crm_contacts().values() if addr1.casefold() in {e.casefold() for e in c.emails}]
+        assert not [c for c in r.crm_contacts().values() if addr1.casefold() in {e.casefold() for e in c.email_addresses()}]
         assert m1 in r.mailbox_contacts()
         with r.sc.sessions() as s:
             entries = [e for e in repo.audit_entries(s, org_id=r.sc.org_id) if "erase" in (e.detail or {})]
@@ -68,7 +69,7 @@ async def test_erase_keeps_the_mailbox_by_default_and_deletes_it_when_asked(temp
         assert _traces(r.sc.sessions, addr1) == []
         assert st.store.skipped_by_rule.get("erased_person") == 1
         assert m1 in r.mailbox_contacts()
-        assert not [c for c in r.crm_contacts().values() if addr1.casefold() in {e.casefold() for e in c.emails}]
+        assert not [c for c in r.crm_contacts().values() if addr1.casefold() in {e.casefold() for e in c.email_addresses()}]
 
         # With the delete policy, through the CLI: the mailbox's contact goes too.
         rc = cli.run(["erase", "--org", r.sc.org_id, "--email", addr2, "--mailbox-policy", "delete",

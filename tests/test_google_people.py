@@ -317,9 +317,10 @@ def test_create_update_delete_round_trip_preserves_fields_we_do_not_sync(people)
                                   company="Initech", job_title="Dev", notes="hello")
 
     ann = conn.get(seeded)
+    # the fields the merge left alone travel in `keep`: People keeps them as they are
     [res] = conn.update_many([WriteRequest(key="u", external_id=seeded, etag=ann.etag, content=Contact(
         given_name="Anne", family_name="Lee", emails=["ann@work.example", "anne@new.example"],
-        company="Acme Corp", job_title="CTO"))])
+        company="Acme Corp", job_title="CTO"), keep=("middle_name", "websites"))])
     assert res.error is None and res.record.content.given_name == "Anne"
     raw = state.person(seeded)
     assert raw["names"][0]["middleName"] == "Q"

@@ -161,7 +161,7 @@ def test_every_phone_the_people_generator_writes_normalises_to_its_number(rng):
 @given(st.integers(0, 2**32))
 def test_generated_people_have_only_normalisable_phones(seed):
     for person in make_people(30, seed):
-        for phone in person.phones:
+        for phone in person.phone_numbers():
             assert (normalize_phone(phone) or "").startswith("+")
 
 

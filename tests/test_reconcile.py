@@ -109,7 +109,7 @@ async def test_reconcile_finds_repairs_and_the_next_cycle_fixes(temporal_env, ur
         assert '"reconcile.run"' in text
         needles = {"Bypassed Title"}
         for c in list(r.mailbox_contacts().values()) + [c.contact for c in r.sc.crm.list_contacts(r.sc.org_id)]:
-            needles.update(c.emails)
+            needles.update(c.email_addresses())
             needles.update(v for v in (c.given_name, c.family_name, c.company, c.job_title) if len(v) > 3)
         assert not found_in(text, needles)
 

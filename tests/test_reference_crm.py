@@ -232,7 +232,7 @@ def test_each_rule_kind_rejects_by_name_without_echoing_values(adapter, crm, rul
     err = results[0].error
     assert isinstance(err, ValidationRejected)
     assert err.rule == rule.name and err.field == field and rule.name in err.message
-    for value in (bad.family_name, bad.job_title, *bad.phones, *bad.emails):
+    for value in (bad.family_name, bad.job_title, *bad.phone_numbers(), *bad.email_addresses()):
         if value:
             assert value not in err.message
     assert results[1].error is None  # the batch goes on

@@ -29,7 +29,7 @@ async def test_google_and_microsoft_mailboxes_share_one_crm(temporal_env, tmp_pa
             idx = next(i for i, m in enumerate(g.resource_names) if m in g_links)
             shared = g.mailbox_contacts[idx]
             # The second user knows the same person, typed a little differently, plus one of their own.
-            ms_ids = ms.seed([shared.model_copy(update={"emails": tuple(e.upper() for e in shared.emails)}),
+            ms_ids = ms.seed([shared.model_copy(update={"emails": tuple(e.upper() for e in shared.email_addresses())}),
                               shared.model_copy(update={"given_name": "Zed", "family_name": "Quorum",
                                                         "emails": ("zed@quorum.example",)})])
             connect_mailbox(g.sessions, org_id=g.org_id, connection_id=ms_cid, user_id="user_2", mailbox=ms)

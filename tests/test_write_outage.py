@@ -46,7 +46,7 @@ async def start(r, **inp) -> None:
 
 
 def emails_twice(contacts) -> list[str]:
-    counts = Counter(e.casefold() for c in contacts for e in c.emails)
+    counts = Counter(e.casefold() for c in contacts for e in c.email_addresses())
     return sorted(e for e, n in counts.items() if n > 1)
 
 

@@ -18,6 +18,11 @@
     concord reconcile CONN [--json]     compare both ends now (through the worker); print the stored report
     concord export (--connection CONN | --org ORG) --format csv|json [--out FILE]
     concord erase --org ORG --email ADDRESS [--mailbox-policy keep|delete]
+    concord field-map ORG [--set FIELD PLATFORM_FIELD DIRECTION]... [--approve]
+                                        show or change which platform field each contact field
+                                        maps to and which way it flows; a change that would
+                                        rewrite more records than the mass-delete guard allows
+                                        is held until `--approve`
 
 A wrong argument, an unreachable server, an unknown connection or review, or a
 workflow with no worker gives one line on stderr and a non-zero exit.
@@ -81,8 +86,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-#: the kinds a mailbox can sync today (calendar is not built yet)
-SYNCABLE_KINDS = ("contacts", "mail", "send")
+#: the kinds a mailbox can sync
+SYNCABLE_KINDS = ("contacts", "mail", "send", "calendar")
 
 
 def _kinds(value: str) -> list[str]:
@@ -157,6 +162,17 @@ def _parser() -> argparse.ArgumentParser:
                         "(every record the review lists) or ignore (none). Merged values: "
                         "workers.client.resolve(..., 'merged', fields)")
     store(r)
+    fm = command("field-map", "show or change the organisation's field mapping (JSON): which platform field "
+                              "each contact field maps to and its direction; a change past the mass-delete "
+                              "guard's share is held until --approve")
+    fm.add_argument("org_id", metavar="ORG", help="the organisation")
+    fm.add_argument("--set", nargs=3, action="append", default=[], metavar=("FIELD", "PLATFORM_FIELD", "DIRECTION"),
+                    help="FIELD (a contact field, or custom:NAME) maps to PLATFORM_FIELD ('-': the platform "
+                         "does not get it) and flows DIRECTION: two_way, platform_to_mailbox, "
+                         "mailbox_to_platform or none; repeatable")
+    fm.add_argument("--approve", action="store_true",
+                    help="apply the change given (or the one held) even past the guard")
+    store(fm)
     su = command("setup", "prepare a deployment, idempotently: wait for Temporal and the databases, create "
                           "the store's and the CRM's databases if missing, migrate the store, create the CRM "
                           "tables, register the Concord search attributes")
@@ -344,6 +360,40 @@ def _deploy_command(args) -> int:
     return 0
 
 
+def _field_map_command(args) -> int:
+    """Show the mapping, or change it through the guard (store.field_map)."""
+    from platforms.reference_crm import field_mapping
+    from store import field_map, repo
+    from sync.fields import DIRECTIONS, FieldMap
+
+    with args.sessions.begin() as s:
+        org = repo.get_org(s, args.org_id)
+        if org is None:
+            raise CliError(f"unknown organisation {args.org_id}")
+        current = dict((org.settings or {}).get("field_map") or {})
+        result = None
+        if args.set or args.approve:
+            new = dict(current) if args.set else None
+            for name, platform, direction in args.set:
+                if direction not in DIRECTIONS:
+                    raise CliError(f"unknown direction {direction!r} (known: {', '.join(DIRECTIONS)})")
+                new[name] = {**new.get(name, {}), "platform": "" if platform == "-" else platform,
+                             "direction": direction}
+            try:
+                if new is not None:
+                    field_mapping.check(FieldMap.from_dict(new))
+                result = field_map.change_field_map(s, args.org_id, new, approve=args.approve)
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
+        org = repo.get_org(s, args.org_id)
+        out = {"field_map": (org.settings or {}).get("field_map") or {},
+               "pending_field_map": (org.settings or {}).get("pending_field_map")}
+        if result is not None:
+            out["change"] = result.to_dict()
+    print(json.dumps(out, indent=2))
+    return 3 if result is not None and result.outcome == "held" else 0
+
+
 def _dispatch(args) -> int:
     if args.cmd == "worker":
         from workers.worker import main as worker_main
@@ -368,6 +418,8 @@ def _dispatch(args) -> int:
         from workers import data_commands
 
         return data_commands.dispatch(args)
+    if args.cmd == "field-map":
+        return _field_map_command(args)
     if args.cmd in ("quarantine", "reviews"):
         read = api.quarantined if args.cmd == "quarantine" else api.open_reviews
         print(json.dumps(read(args.sessions, args.connection_id), indent=2, default=str))

@@ -14,13 +14,17 @@ that crashed after committing.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 from models.errors import CursorExpired, Fatal, NotFound, PreconditionFailed
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from models.contact import ContactRecord
 from models.record import SideRecord
+from platforms.reference_crm import field_mapping
 from platforms.reference_crm.adapter_common import CrmAdapter, feed_position, write_each
+from platforms.reference_crm.service import CrmContact, ReferenceCrm
+from sync.fields import FieldMap
+from sqlalchemy.engine import Engine
 
 
 def _tombstone(external_id: str) -> SideRecord:
@@ -38,7 +42,24 @@ def _expected_version(etag: str | None) -> int | None:
 
 
 class ReferenceCrmContacts(CrmAdapter):
-    """PlatformContacts over a ReferenceCrm (or a database URL / engine holding one)."""
+    """PlatformContacts over a ReferenceCrm (or a database URL / engine holding one).
+
+    `field_maps(org_id)` gives an organisation's field mapping (`sync.fields.FieldMap`;
+    the worker reads it from the organisation's settings): records are translated
+    through it both ways (`field_mapping`), and a write's kept fields with them.
+    """
+
+    def __init__(self, engine_or_url: Engine | str | ReferenceCrm,
+                 field_maps: Callable[[str], FieldMap] | None = None) -> None:
+        super().__init__(engine_or_url)
+        self.field_maps = field_maps or (lambda org_id: FieldMap())
+
+    def _record(self, org_id: str, rec: CrmContact, fmap: FieldMap | None = None) -> SideRecord:
+        side = rec.to_side_record()
+        if side.content is None:
+            return side
+        fmap = fmap if fmap is not None else self.field_maps(org_id)
+        return side.model_copy(update={"content": field_mapping.from_crm(side.content, fmap)})
 
     def changes_since(self, org_id: str, cursor: str | None, limit: int = 500) -> DeltaPage:
         """One page of the feed. `cursor` is always set (resume point after this page);
@@ -52,8 +73,9 @@ class ReferenceCrmContacts(CrmAdapter):
         if not recs and after and after > self.crm.feed_head(org_id):
             raise CursorExpired("cursor ahead of this organisation's feed")
         token = str(new_cursor)
+        fmap = self.field_maps(org_id)
         return DeltaPage(
-            records=[r.to_side_record() for r in recs],
+            records=[self._record(org_id, r, fmap) for r in recs],
             next_page=token if len(recs) >= limit else None,
             cursor=token,
         )
@@ -61,22 +83,26 @@ class ReferenceCrmContacts(CrmAdapter):
     def get_many(self, org_id: str, external_ids: Sequence[str]) -> list[SideRecord]:
         self._count()
         found = self.crm.get_contacts(org_id, external_ids)
-        return [found[i].to_side_record() if i in found else _tombstone(i) for i in external_ids]
+        fmap = self.field_maps(org_id)
+        return [self._record(org_id, found[i], fmap) if i in found else _tombstone(i) for i in external_ids]
 
     def upsert_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         self._count()
+        fmap = self.field_maps(org_id)
 
         def upsert(req: WriteRequest) -> SideRecord:
             if req.content is None:
                 raise Fatal("upsert without a contact")
+            content = field_mapping.to_crm(req.content, fmap)
             if req.external_id is None:
-                rec = self.crm.create_contact(org_id, req.content, owner_id=req.owner,
+                rec = self.crm.create_contact(org_id, content, owner_id=req.owner,
                                               idempotency_key=req.key, actor="sync")
             else:
-                rec = self.crm.update_contact(org_id, req.external_id, req.content, owner_id=req.owner,
+                rec = self.crm.update_contact(org_id, req.external_id, content, owner_id=req.owner,
                                               expected_version=_expected_version(req.etag),
-                                              idempotency_key=req.key, actor="sync")
-            return rec.to_side_record()
+                                              idempotency_key=req.key, actor="sync",
+                                              keep=field_mapping.keep_on_crm(req.keep, fmap))
+            return self._record(org_id, rec, fmap)
 
         return write_each(requests, upsert)
 
@@ -92,6 +118,6 @@ class ReferenceCrmContacts(CrmAdapter):
                                               expected_version=_expected_version(req.etag), actor="sync")
             except NotFound:
                 return _tombstone(req.external_id)
-            return rec.to_side_record()
+            return self._record(org_id, rec)
 
         return write_each(requests, delete)

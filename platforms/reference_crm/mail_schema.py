@@ -168,7 +168,8 @@ def index_emails(conn: Connection, org_id: str, kind: str, person_id: str, email
     conn.execute(person_emails.delete().where(
         person_emails.c.org_id == org_id, person_emails.c.person_kind == kind,
         person_emails.c.person_id == person_id))
-    addrs = sorted({str(e).strip().lower() for e in emails or () if str(e).strip()})
+    plain = [str(e.get("address") or "") if isinstance(e, dict) else str(e) for e in emails or ()]
+    addrs = sorted({e.strip().lower() for e in plain if e.strip()})
     if addrs:
         conn.execute(person_emails.insert(), [
             {"org_id": org_id, "email": a, "person_kind": kind, "person_id": person_id} for a in addrs

@@ -48,9 +48,12 @@ def cut(level: str, subject: str | None, body: str | None) -> tuple[str | None, 
     return (subject if keep_subject else None), (body if keep_body else None)
 
 
-def _emails(values: Iterable[str]) -> list[str]:
-    """Lower-cased, de-duplicated, first one kept first (it is the primary address)."""
-    return list(dict.fromkeys(e.strip().lower() for e in values if e and e.strip()))
+def _emails(values: Iterable[Any]) -> list[str]:
+    """Lower-cased, de-duplicated, first one kept first (it is the primary address).
+
+    A contact row holds an address as a string, or a typed one as {"address": ...}."""
+    plain = (str(e.get("address") or "") if isinstance(e, dict) else str(e or "") for e in values)
+    return list(dict.fromkeys(e.strip().lower() for e in plain if e.strip()))
 
 
 @dataclass(frozen=True)
@@ -440,7 +443,7 @@ class CrmMail:
             conn.execute(m.person_emails.delete().where(m.person_emails.c.org_id == org_id))
             for r in conn.execute(sa.select(t.contacts).where(t.contacts.c.org_id == org_id,
                                                               t.contacts.c.deleted.is_(False))).all():
-                m.index_emails(conn, org_id, "contact", r.id, r.emails)
+                m.index_emails(conn, org_id, "contact", r.id, _emails(r.emails or ()))
                 n += 1
             for r in conn.execute(sa.select(m.leads).where(m.leads.c.org_id == org_id,
                                                            m.leads.c.status == "open")).all():

@@ -94,7 +94,7 @@ def _phone_or_email_domain(contact: Contact, params: dict[str, Any]) -> Violatio
     if contact.phones:
         return None
     allowed = {d.strip().lower() for d in params.get("domains", ())}
-    if any(_email_domain(e) in allowed for e in contact.emails):
+    if any(_email_domain(e) in allowed for e in contact.email_addresses()):
         return None
     return Violation("emails", "a phone or an email at an allowed domain is required")
 
@@ -124,7 +124,8 @@ def validate_definition(rule: Rule) -> None:
 
 def _values(contact: Contact, name: str) -> list[str]:
     value = getattr(contact, name)
-    return list(value) if name in SET_FIELDS else ([value] if value else [])
+    # a typed email or phone is checked as its address or number
+    return [str(v) for v in value] if name in SET_FIELDS else ([value] if value else [])
 
 
 def check(rule: Rule, contact: Contact) -> ValidationRejected | None:

@@ -59,6 +59,18 @@ contacts = sa.Table(
     sa.Column("company", sa.Text, nullable=False, default=""),
     sa.Column("job_title", sa.Text, nullable=False, default=""),
     sa.Column("notes", sa.Text, nullable=False, default=""),
+    # Added with the richer contact; nullable so `add_missing_columns` can add them to a
+    # table created before (NULL reads as empty).
+    sa.Column("prefix", sa.Text, nullable=True),
+    sa.Column("middle_name", sa.Text, nullable=True),
+    sa.Column("suffix", sa.Text, nullable=True),
+    sa.Column("nickname", sa.Text, nullable=True),
+    sa.Column("department", sa.Text, nullable=True),
+    sa.Column("birthday", sa.String(10), nullable=True),
+    sa.Column("addresses", sa.JSON, nullable=True),
+    sa.Column("websites", sa.JSON, nullable=True),
+    # the organisation's custom fields: {"name": "value"}
+    sa.Column("custom_fields", sa.JSON, nullable=True),
     sa.Column("account_id", sa.String(64), nullable=True),
     sa.Column("deleted", sa.Boolean, nullable=False, default=False),
     sa.Column("version", sa.Integer, nullable=False),
@@ -106,6 +118,28 @@ rules = sa.Table(
     sa.Column("field", sa.String(64), nullable=True),
     sa.Column("params", sa.JSON, nullable=False),
 )
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """The CRM's one migration step: columns this code has and an existing table lacks.
+
+    The CRM creates its tables with `create_all`, which never alters a table that
+    exists; a database created before a column was added gets it here (every such
+    column is nullable). Returns the columns added.
+    """
+    added: list[str] = []
+    inspector = sa.inspect(engine)
+    for table in (contacts,):
+        if not inspector.has_table(table.name):
+            continue
+        present = {c["name"] for c in inspector.get_columns(table.name)}
+        with engine.begin() as conn:
+            for column in table.columns:
+                if column.name not in present:
+                    kind = column.type.compile(dialect=engine.dialect)
+                    conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+                    added.append(column.name)
+    return added
 
 
 def make_engine(url: str) -> Engine:

@@ -65,8 +65,8 @@ def _typo(rng: random.Random, s: str) -> str:
 def _near_duplicate(rng: random.Random, c: Contact) -> Contact:
     """The same person as typed by someone else into the CRM."""
     kind = rng.randrange(3)
-    emails = list(c.emails)
-    phones = list(c.phones)
+    emails = list(c.email_addresses())
+    phones = list(c.phone_numbers())
     given, family = c.given_name, c.family_name
     if kind == 0:  # shouting email, lower-cased name
         emails = [e.upper() for e in emails]
@@ -111,7 +111,7 @@ def seed_organisation(
     for i, mc in enumerate(mailbox_contacts[: max(n - 1, 0)]):
         dup = _near_duplicate(rng, mc)
         if crm.check_rules(org_id, dup) is not None:
-            dup = Contact(**{**dup.model_dump(), "phones": list(dup.phones) + [_phone(rng)]})
+            dup = Contact(**{**dup.model_dump(), "phones": list(dup.phone_numbers()) + [_phone(rng)]})
         rec = crm.create_contact(org_id, dup, owner_id=owner(i), actor="seed", enforce_rules=False)
         out.near_duplicates[i] = rec.id
         out.contact_ids.append(rec.id)

@@ -30,6 +30,7 @@ from models.contact import Contact, ContactRecord
 from models.record import SideRecord
 from platforms.reference_crm import mail_schema
 from platforms.reference_crm import outbox_schema  # noqa: F401  (its table joins create_all)
+from platforms.reference_crm import pm_schema  # noqa: F401  (its tables join create_all)
 from platforms.reference_crm import rules as rules_mod
 from platforms.reference_crm import schema as t
 from platforms.reference_crm.rules import Rule
@@ -57,8 +58,38 @@ class IdempotencyKeyReused(Fatal):
     code = "idempotency_key_reused"
 
 
-#: the contact fields this platform's table holds (the others are left untouched here)
-STORED_FIELDS: tuple[str, ...] = ("given_name", "family_name", "company", "job_title", "notes", "emails", "phones")
+#: the contact fields this platform's table holds, each in its own column
+STORED_FIELDS: tuple[str, ...] = ("given_name", "family_name", "company", "job_title", "notes", "emails", "phones",
+                                  "prefix", "middle_name", "suffix", "nickname", "department", "birthday",
+                                  "addresses", "websites")
+_JSON_FIELDS = frozenset({"emails", "phones", "addresses", "websites"})
+
+
+def _column_values(contact: Contact) -> dict[str, Any]:
+    values = {f: ([v.model_dump(mode="json") if hasattr(v, "model_dump") else v for v in getattr(contact, f)]
+                  if f in _JSON_FIELDS else getattr(contact, f)) for f in STORED_FIELDS}
+    values["custom_fields"] = contact.custom_fields()
+    return values
+
+
+def kept(new: Contact, old: Contact, keep: Iterable[str]) -> Contact:
+    """`new` with the fields named in `keep` as `old` has them (a partial update).
+
+    `custom:<name>` keeps one custom field, `custom` all of them.
+    """
+    keep = set(keep)
+    if not keep:
+        return new
+    update: dict[str, Any] = {f: getattr(old, f) for f in keep if f in Contact.model_fields and f != "custom"}
+    if "custom" in keep:
+        update["custom"] = old.custom
+    else:
+        names = {k.partition(":")[2] for k in keep if k.startswith("custom:")}
+        if names:
+            mine = {k: v for k, v in new.custom_fields().items() if k not in names}
+            theirs = {k: v for k, v in old.custom_fields().items() if k in names}
+            update["custom"] = [f"{k}={v}" for k, v in {**mine, **theirs}.items()]
+    return new.model_copy(update=update)
 
 
 def company_key(name: str) -> str:
@@ -115,8 +146,8 @@ class CrmContact:
         return cls(
             id=r.id, org_id=r.org_id, owner_id=r.owner_id,
             contact=Contact(
-                given_name=r.given_name, family_name=r.family_name, emails=r.emails or (),
-                phones=r.phones or (), company=r.company, job_title=r.job_title, notes=r.notes,
+                **{f: getattr(r, f) or (() if f in _JSON_FIELDS else "") for f in STORED_FIELDS},
+                custom=[f"{k}={v}" for k, v in (r.custom_fields or {}).items()],
             ),
             account_id=r.account_id, deleted=bool(r.deleted), version=int(r.version),
             updated_at=float(r.updated_at), change_seq=int(r.change_seq),
@@ -160,6 +191,7 @@ class ReferenceCrm:
         self.engine = t.make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
         if create_schema:
             t.metadata.create_all(self.engine)
+            t.add_missing_columns(self.engine)
 
     @functools.cached_property
     def mail(self) -> "Any":
@@ -174,6 +206,13 @@ class ReferenceCrm:
         from platforms.reference_crm.outbox_service import CrmOutbox
 
         return CrmOutbox(self)
+
+    @functools.cached_property
+    def calendar(self) -> "Any":
+        """The project-management calendar (projects, events, series): pm_service.CrmCalendar."""
+        from platforms.reference_crm.pm_service import CrmCalendar
+
+        return CrmCalendar(self)
 
     # ---------------------------------------------------------------- plumbing
 
@@ -215,7 +254,7 @@ class ReferenceCrm:
 
     def _link_account(self, conn: Connection, org_id: str, contact: Contact) -> str | None:
         """Email domain (non-free) first, then company name; deterministic when several match."""
-        domains = sorted({d for d in (email_domain(e) for e in contact.emails) if d and d not in FREE_DOMAINS})
+        domains = sorted({d for d in (email_domain(e) for e in contact.email_addresses()) if d and d not in FREE_DOMAINS})
         if domains:
             hit = conn.execute(
                 sa.select(t.accounts.c.id)
@@ -277,8 +316,7 @@ class ReferenceCrm:
             if err is not None:
                 raise err
         account_id = self._link_account(conn, org_id, contact)
-        values = {f: (list(getattr(contact, f)) if f in ("emails", "phones") else getattr(contact, f))
-                  for f in STORED_FIELDS}
+        values = _column_values(contact)
         now = time.time()
         if existing is None:
             seq = self._next_seq(conn, org_id, None, "create", actor)
@@ -302,7 +340,7 @@ class ReferenceCrm:
                 .values(owner_id=owner_id, account_id=account_id, version=existing.version + 1,
                         updated_at=now, change_seq=seq, **values)
             )
-        mail_schema.index_emails(conn, org_id, "contact", record_id, contact.emails)
+        mail_schema.index_emails(conn, org_id, "contact", record_id, contact.email_addresses())
         return CrmContact.from_row(self._load(conn, org_id, record_id))
 
     @staticmethod
@@ -344,10 +382,12 @@ class ReferenceCrm:
         idempotency_key: str | None = None,
         actor: str = "api",
         enforce_rules: bool = True,
+        keep: Iterable[str] = (),
     ) -> CrmContact:
-        """Replace the contact's fields. `owner_id` None keeps the current owner."""
+        """Replace the contact's fields but those in `keep`. `owner_id` None keeps the current owner."""
+        keep = sorted(set(keep))
         fp = _fingerprint({"op": "update", "id": contact_id, "contact": contact.model_dump(mode="json"),
-                           "owner": owner_id, "expected": expected_version})
+                           "owner": owner_id, "expected": expected_version, **({"keep": keep} if keep else {})})
         with self._write(org_id) as conn:
             done = self._idem_lookup(conn, org_id, idempotency_key, fp)
             if done is not None:
@@ -356,6 +396,8 @@ class ReferenceCrm:
             if existing is None or existing.deleted:
                 raise NotFound("contact not found")
             self._check_version(existing, expected_version)
+            if keep:
+                contact = kept(contact, CrmContact.from_row(existing).contact, keep)
             rec = self._save(conn, org_id, existing, contact, owner_id if owner_id is not None else existing.owner_id,
                              actor, enforce_rules)
             self._idem_store(conn, org_id, idempotency_key, fp, rec)

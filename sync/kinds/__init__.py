@@ -17,6 +17,7 @@ from models.plan import Decision
 from models.record import SideRecord, content_hash
 from sync.matching import Match, MatchScore, Thresholds
 from sync.merge import MergeResult, three_way_merge
+from sync.fields import Aligned
 from sync.policy import Policy, SyncSettings
 
 T = TypeVar("T")
@@ -35,6 +36,10 @@ def _no_fix(content: Any, field: str | None, rules: tuple[str, ...]) -> tuple[An
     return None
 
 
+def _as_is(base: Any, mailbox: Any, platform: Any, settings: SyncSettings, mailbox_holds: Any) -> Aligned:
+    return Aligned(mailbox, platform, (), mailbox, platform)
+
+
 @dataclass(frozen=True)
 class KindRules(Generic[T]):
     name: str
@@ -50,6 +55,17 @@ class KindRules(Generic[T]):
     score: Callable[[Any, Any], MatchScore]
     #: named fixes for a platform's validation error on `field` (None: no rule applies)
     fix: Callable[[Any, str | None, tuple[str, ...]], tuple[Any, list[str]] | None] = field(default=_no_fix)
+    #: both sides as the merge should see them, and the fields a direction blocked
+    #: (contacts: `sync.fields.align`); the default takes them as reported
+    align: Callable[[Any, Any, Any, SyncSettings, Any], Aligned] = field(default=_as_is)
+    #: fields a write to a side leaves as that side holds them
+    keep: Callable[[str, Any, Any, SyncSettings], tuple[str, ...]] = field(default=lambda side, base, merged, settings: ())
+    #: a record as created on the other side (fields that do not flow there left empty)
+    outbound: Callable[[Any, str, SyncSettings], Any] = field(default=lambda content, target, settings: content)
+    #: whether writing `merged` minus the kept fields changes what a side holds
+    differs: Callable[[Any, Any, tuple[str, ...]], bool] = field(default=lambda seen, merged, keep: seen != merged)
+    #: fields a person settles when both sides changed them, whatever the policy (see sync.merge)
+    manual_fields: tuple[str, ...] = ()
     #: these rules as an organisation's settings adjust them (e.g. the region phone numbers
     #: are read in, which changes blocking keys and scores); None: settings change nothing
     bind: Callable[["KindRules", SyncSettings], "KindRules"] | None = None
@@ -65,7 +81,7 @@ class KindRules(Generic[T]):
     def merge(self, base: Any, mailbox: Any, platform: Any, policy: Policy, *, mailbox_time: float | None = None,
               platform_time: float | None = None, decided: dict | None = None) -> MergeResult:
         return three_way_merge(base, mailbox, platform, policy, mailbox_time=mailbox_time,
-                               platform_time=platform_time, decided=decided)
+                               platform_time=platform_time, decided=decided, manual_fields=self.manual_fields)
 
     @cached_property
     def record(self) -> type[SideRecord]:

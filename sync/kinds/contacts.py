@@ -6,6 +6,7 @@ from dataclasses import replace
 from functools import lru_cache, partial
 
 from models.contact import Contact
+from sync import fields
 from sync.fixes import apply_fix_rules
 from sync.kinds import KindRules
 from sync.matching import CandidateIndex, score
@@ -31,6 +32,11 @@ def _for_region(rules: KindRules, region: str) -> KindRules:
                    new_index=partial(CandidateIndex, region=region), bind=None)
 
 
+def _align(base, mailbox, platform, settings: SyncSettings, mailbox_holds: fields.Holds | None):
+    return fields.align(base, mailbox, platform, settings.field_map, mailbox_holds=mailbox_holds or fields.Holds(),
+                        platform_holds_=fields.platform_holds(settings.field_map))
+
+
 CONTACTS: KindRules[Contact] = KindRules(
     name="contacts",
     model=Contact,
@@ -39,5 +45,9 @@ CONTACTS: KindRules[Contact] = KindRules(
     new_index=CandidateIndex,
     score=score,
     fix=apply_fix_rules,
+    align=_align,
+    keep=lambda side, base, merged, settings: fields.keep_for(side, base, merged, settings.field_map),
+    outbound=lambda content, target, settings: fields.outbound(content, target, settings.field_map),
+    differs=fields.differs,
     bind=_bind,
 )
