@@ -120,6 +120,8 @@ def corrupt(contact: Contact, rng: random.Random, kinds: list[str] | None = None
     if kinds is None:
         kinds = _draw(rng)
     d = contact.model_dump()
+    # Plain strings (typed emails and phones dump as objects when they carry a type).
+    d["emails"], d["phones"] = list(contact.email_addresses()), list(contact.phone_numbers())
     applied: list[str] = []
     for kind in kinds:
         if _apply(kind, d, rng, cities or _DEFAULT_CITIES):
