@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from models.errors import Fatal, NotFound, PreconditionFailed, Transient, ValidationRejected
+from models.errors import ConnectorError, Fatal, NotFound, PreconditionFailed, Transient, ValidationRejected
 from models.contact import Contact, ContactRecord
 from models.record import SideRecord
 from platforms.reference_crm import mail_schema
@@ -131,6 +131,97 @@ class Account:
     domain: str | None
 
 
+@dataclass(frozen=True)
+class ContactWrite:
+    """One item of `ReferenceCrm.write_contacts`: a create when `contact_id` is None.
+
+    The fields are create_contact's and update_contact's keyword arguments, so an item
+    means exactly what the same single call would.
+    """
+
+    contact: Contact
+    contact_id: str | None = None
+    owner_id: str | None = None
+    expected_version: int | None = None
+    idempotency_key: str | None = None
+
+
+#: the most items one `write_contacts` call takes (the bulk endpoint's page size)
+MAX_BATCH = 500
+
+
+class _Batch:
+    """What one batch write reads once for all its items, instead of once per item:
+    the rules, the accounts its contacts can link to, the records it updates and the
+    results its idempotency keys already hold.
+
+    These stay true for the whole transaction because every write to the organisation
+    (account changes and CRM users' edits included) holds its lock; the batch's own
+    writes are tracked, so a later item sees what an earlier one did.
+    """
+
+    def __init__(self, conn: Connection, org_id: str, items: Sequence[ContactWrite], rules: list[Rule]) -> None:
+        self.rules = rules
+        keys = list(dict.fromkeys(i.idempotency_key for i in items if i.idempotency_key))
+        ids = list(dict.fromkeys(i.contact_id for i in items if i.contact_id))
+        self._done: dict[str, tuple[str, Any]] = {}  # key -> (fingerprint, stored result)
+        if keys:
+            q = sa.select(t.idempotency.c.key, t.idempotency.c.fingerprint, t.idempotency.c.result).where(
+                t.idempotency.c.org_id == org_id, t.idempotency.c.key.in_(keys))
+            self._done = {r.key: (r.fingerprint, r.result) for r in conn.execute(q)}
+        self._rows: dict[str, Any] = {}
+        if ids:
+            q = sa.select(t.contacts).where(t.contacts.c.org_id == org_id, t.contacts.c.id.in_(ids))
+            self._rows = {r.id: r for r in conn.execute(q)}
+        self._written: set[str] = set()
+        # Accounts by domain and by name key, first in id order: _link_account's choice.
+        domains = sorted({d for i in items for d in _link_domains(i.contact)})
+        names = sorted({company_key(i.contact.company) for i in items} - {""})
+        self._by_domain: dict[str, str] = {}
+        self._by_name: dict[str, str] = {}
+        self._rank: dict[str, int] = {}
+        if domains or names:
+            q = (sa.select(t.accounts.c.id, t.accounts.c.domain, t.accounts.c.name_key)
+                 .where(t.accounts.c.org_id == org_id,
+                        sa.or_(t.accounts.c.domain.in_(domains), t.accounts.c.name_key.in_(names)))
+                 .order_by(t.accounts.c.id))
+            for rank, r in enumerate(conn.execute(q)):
+                self._rank[r.id] = rank
+                if r.domain is not None:
+                    self._by_domain.setdefault(r.domain, r.id)
+                self._by_name.setdefault(r.name_key, r.id)
+
+    def link(self, contact: Contact) -> str | None:
+        """ReferenceCrm._link_account, answered from the accounts read for the batch."""
+        hits = [self._by_domain[d] for d in _link_domains(contact) if d in self._by_domain]
+        if hits:
+            return min(hits, key=self._rank.__getitem__)
+        key = company_key(contact.company)
+        return self._by_name.get(key) if key else None
+
+    def row(self, contact_id: str) -> Any:
+        """The record as read at the start of the batch (stale once `written`)."""
+        return self._rows.get(contact_id)
+
+    def written(self, contact_id: str) -> bool:
+        """Whether an earlier item of the batch changed this record."""
+        return contact_id in self._written
+
+    def replay(self, key: str | None, fp: str) -> CrmContact | None:
+        """_idem_lookup over the keys read for the batch and those its items stored."""
+        if not key or key not in self._done:
+            return None
+        stored_fp, result = self._done[key]
+        if stored_fp != fp:
+            raise IdempotencyKeyReused("idempotency key reused with a different request")
+        return CrmContact.from_json(result)
+
+    def remember(self, key: str | None, fp: str, rec: CrmContact) -> None:
+        self._written.add(rec.id)
+        if key:
+            self._done[key] = (fp, rec.to_json())
+
+
 def _db_errors(fn: Callable) -> Callable:
     """Database trouble (locked, connection lost) is Transient to callers, per models.errors."""
 
@@ -146,6 +237,20 @@ def _db_errors(fn: Callable) -> Callable:
 
 def _fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _create_fingerprint(contact: Contact, owner_id: str | None) -> str:
+    return _fingerprint({"op": "create", "contact": contact.model_dump(mode="json"), "owner": owner_id})
+
+
+def _update_fingerprint(contact_id: str, contact: Contact, owner_id: str | None, expected_version: int | None) -> str:
+    return _fingerprint({"op": "update", "id": contact_id, "contact": contact.model_dump(mode="json"),
+                         "owner": owner_id, "expected": expected_version})
+
+
+def _link_domains(contact: Contact) -> list[str]:
+    """The email domains an account can be found by: not the free mail providers'."""
+    return sorted({d for d in (email_domain(e) for e in contact.emails) if d and d not in FREE_DOMAINS})
 
 
 class ReferenceCrm:
@@ -215,7 +320,7 @@ class ReferenceCrm:
 
     def _link_account(self, conn: Connection, org_id: str, contact: Contact) -> str | None:
         """Email domain (non-free) first, then company name; deterministic when several match."""
-        domains = sorted({d for d in (email_domain(e) for e in contact.emails) if d and d not in FREE_DOMAINS})
+        domains = _link_domains(contact)
         if domains:
             hit = conn.execute(
                 sa.select(t.accounts.c.id)
@@ -270,13 +375,18 @@ class ReferenceCrm:
         owner_id: str | None,
         actor: str,
         enforce_rules: bool,
+        *,
+        batch: "_Batch | None" = None,
     ) -> CrmContact:
-        """Validate, link, stamp a new sequence number and write one contact (create or update)."""
+        """Validate, link, stamp a new sequence number and write one contact (create or update).
+
+        In a batch write, `batch` holds the rules and accounts read once for all its items.
+        """
         if enforce_rules:
-            err = rules_mod.first_violation(self._rules(conn, org_id), contact)
+            err = rules_mod.first_violation(self._rules(conn, org_id) if batch is None else batch.rules, contact)
             if err is not None:
                 raise err
-        account_id = self._link_account(conn, org_id, contact)
+        account_id = self._link_account(conn, org_id, contact) if batch is None else batch.link(contact)
         values = {f: (list(getattr(contact, f)) if f in ("emails", "phones") else getattr(contact, f))
                   for f in STORED_FIELDS}
         now = time.time()
@@ -323,7 +433,7 @@ class ReferenceCrm:
         actor: str = "api",
         enforce_rules: bool = True,
     ) -> CrmContact:
-        fp = _fingerprint({"op": "create", "contact": contact.model_dump(mode="json"), "owner": owner_id})
+        fp = _create_fingerprint(contact, owner_id)
         with self._write(org_id) as conn:
             done = self._idem_lookup(conn, org_id, idempotency_key, fp)
             if done is not None:
@@ -346,8 +456,7 @@ class ReferenceCrm:
         enforce_rules: bool = True,
     ) -> CrmContact:
         """Replace the contact's fields. `owner_id` None keeps the current owner."""
-        fp = _fingerprint({"op": "update", "id": contact_id, "contact": contact.model_dump(mode="json"),
-                           "owner": owner_id, "expected": expected_version})
+        fp = _update_fingerprint(contact_id, contact, owner_id, expected_version)
         with self._write(org_id) as conn:
             done = self._idem_lookup(conn, org_id, idempotency_key, fp)
             if done is not None:
@@ -360,6 +469,72 @@ class ReferenceCrm:
                              actor, enforce_rules)
             self._idem_store(conn, org_id, idempotency_key, fp, rec)
             return rec
+
+    @_db_errors
+    def write_contacts(
+        self,
+        org_id: str,
+        items: Sequence[ContactWrite],
+        *,
+        actor: str = "api",
+        enforce_rules: bool = True,
+    ) -> list[CrmContact | ConnectorError]:
+        """Creates and updates in one transaction: the bulk endpoint.
+
+        A commit per record made the first sync of a big mailbox spend most of its time
+        committing. Here the batch commits once and each item runs in a savepoint of its
+        own, so an item the CRM refuses (a rule, a stale version, a missing record, a
+        reused key) is rolled back alone and answered with its error in its place while
+        the others land. An item means what the same create_contact / update_contact
+        call would: the same idempotency keys and fingerprints, and a change number per
+        changed record in the order given, drawn under the organisation's lock. Database
+        trouble fails the whole batch (Transient): none of it is committed, and a retry
+        with the same keys is safe.
+        """
+        if len(items) > MAX_BATCH:
+            raise Fatal(f"a batch write takes at most {MAX_BATCH} items")
+        out: list[CrmContact | ConnectorError] = []
+        with self._write(org_id) as conn:
+            batch = _Batch(conn, org_id, items, self._rules(conn, org_id) if enforce_rules else [])
+            for item in items:
+                savepoint = conn.begin_nested()
+                try:
+                    rec = self._write_item(conn, org_id, item, actor, enforce_rules, batch)
+                except Transient:
+                    raise
+                except ConnectorError as exc:
+                    savepoint.rollback()
+                    out.append(exc)
+                else:
+                    savepoint.commit()
+                    out.append(rec)
+        return out
+
+    def _write_item(self, conn: Connection, org_id: str, item: ContactWrite, actor: str, enforce_rules: bool,
+                    batch: _Batch) -> CrmContact:
+        """One item of write_contacts: create_contact's or update_contact's body, on the batch's reads."""
+        key = item.idempotency_key
+        if item.contact_id is None:
+            fp = _create_fingerprint(item.contact, item.owner_id)
+            done = batch.replay(key, fp)
+            if done is not None:
+                return done
+            rec = self._save(conn, org_id, None, item.contact, item.owner_id, actor, enforce_rules, batch=batch)
+        else:
+            fp = _update_fingerprint(item.contact_id, item.contact, item.owner_id, item.expected_version)
+            done = batch.replay(key, fp)
+            if done is not None:
+                return done
+            existing = (self._load(conn, org_id, item.contact_id) if batch.written(item.contact_id)
+                        else batch.row(item.contact_id))
+            if existing is None or existing.deleted:
+                raise NotFound("contact not found")
+            self._check_version(existing, item.expected_version)
+            owner_id = item.owner_id if item.owner_id is not None else existing.owner_id
+            rec = self._save(conn, org_id, existing, item.contact, owner_id, actor, enforce_rules, batch=batch)
+        self._idem_store(conn, org_id, key, fp, rec)
+        batch.remember(key, fp, rec)
+        return rec
 
     @_db_errors
     def delete_contact(
