@@ -159,15 +159,19 @@ def insert_for(conn: Connection):
     return insert
 
 
+# Built once: a contact write runs it for every record (see service._INSERT_CONTACT).
+_UNINDEX_PERSON = person_emails.delete().where(
+    person_emails.c.org_id == sa.bindparam("b_org"), person_emails.c.person_kind == sa.bindparam("b_kind"),
+    person_emails.c.person_id == sa.bindparam("b_person"))
+
+
 def index_emails(conn: Connection, org_id: str, kind: str, person_id: str, emails) -> None:
     """Make the address index hold exactly `emails` for this person (empty: unindex it).
 
     Called inside the write that changes the person, so a lookup never sees an
     address the person no longer holds, nor misses one it just gained.
     """
-    conn.execute(person_emails.delete().where(
-        person_emails.c.org_id == org_id, person_emails.c.person_kind == kind,
-        person_emails.c.person_id == person_id))
+    conn.execute(_UNINDEX_PERSON, {"b_org": org_id, "b_kind": kind, "b_person": person_id})
     addrs = sorted({str(e).strip().lower() for e in emails or () if str(e).strip()})
     if addrs:
         conn.execute(person_emails.insert(), [
