@@ -11,11 +11,13 @@ from __future__ import annotations
 import threading
 
 import pytest
+import sqlalchemy as sa
 
 from connectors.protocols import WriteRequest, WriteResult
 from models.contact import Contact
 from models.errors import Fatal, NotFound, PreconditionFailed, ValidationRejected
 from platforms.reference_crm import IdempotencyKeyReused, ReferenceCrmContacts, Rule, Violation, register_check
+from platforms.reference_crm.mail_schema import person_emails
 from platforms.reference_crm.service import MAX_BATCH, ContactWrite
 
 ORG = "org_batch"
@@ -84,15 +86,19 @@ def test_a_version_conflict_inside_the_batch_fails_alone(crm, adapter):
     """The second update of one record in a batch, still holding the first etag, is stale."""
     rec = crm.create_contact(ORG, person("Ann"), owner_id="u1")
     results = adapter.upsert_many(ORG, [
-        WriteRequest(key="first", external_id=rec.id, content=person("Ann", job_title="CTO"), etag="1"),
+        WriteRequest(key="first", external_id=rec.id, content=person("Ann", job_title="CTO", emails=["a@one.example"]),
+                     etag="1"),
         WriteRequest(key="second", external_id=rec.id, content=person("Ann", job_title="CEO"), etag="1"),
-        WriteRequest(key="third", external_id=rec.id, content=person("Ann", job_title="CFO"), etag="2"),
+        WriteRequest(key="third", external_id=rec.id, content=person("Ann", job_title="CFO", emails=["a@two.example"]),
+                     etag="2"),
     ])
     assert results[0].error is None and results[0].record.etag == "2"
+    assert results[0].record.content.job_title == "CTO"  # the record as this item left it
     assert isinstance(results[1].error, PreconditionFailed)
     assert results[2].error is None and results[2].record.etag == "3"
     current = crm.get_contact(ORG, rec.id)
     assert (current.contact.job_title, current.version) == ("CFO", 3)
+    assert email_index(crm, ORG) == {("a@two.example", "Ann")}  # the last write's addresses only
 
 
 def test_a_batch_replayed_with_its_keys_returns_the_first_results_and_changes_nothing(crm, adapter):
@@ -175,7 +181,7 @@ def test_the_batch_answers_as_one_call_per_record_did(crm):
         ])
         # Two accounts share the domain: whichever the CRM picks, a single create picks it too.
         tie = crm.create_contact(org, person("Tie", emails=["t@acme.example"]), owner_id="u1").account_id
-        out: list = [crm.get_contact(org, results[0].record.external_id).account_id == tie]
+        out: list = [crm.get_contact(org, results[0].record.external_id).account_id == tie, email_index(crm, org)]
         for r in results:
             if r.error is not None:
                 out.append(type(r.error).__name__)
@@ -189,9 +195,19 @@ def test_the_batch_answers_as_one_call_per_record_did(crm):
     single = script(ReferenceCrmContacts(crm, batch_size=0), "org_single")
     assert batched == single
     assert batched[0] is True
-    assert batched[1][3] in {"ACME, Inc.", "Acme Europe"} and batched[2][3] == "Initech LLC"
-    assert batched[3] == "ValidationRejected" and batched[7][3] is None
-    assert batched[5][1] == "2" and batched[6] == batched[4]  # a no-op is no change; a key replays
+    assert batched[1] == {("a@acme.example", "A"), ("b@gmail.com", "B"), ("t@acme.example", "Tie")}
+    batched, single = batched[2:], single[2:]
+    assert batched[0][3] in {"ACME, Inc.", "Acme Europe"} and batched[1][3] == "Initech LLC"
+    assert batched[2] == "ValidationRejected" and batched[6][3] is None
+    assert batched[4][1] == "2" and batched[5] == batched[3]  # a no-op is no change; a key replays
+
+
+def email_index(crm, org: str) -> set[tuple[str, str]]:
+    """(address, given name) of the CRM's email index: what mail logging finds people by."""
+    with crm.engine.connect() as conn:
+        rows = conn.execute(sa.select(person_emails.c.email, person_emails.c.person_id)
+                            .where(person_emails.c.org_id == org)).all()
+    return {(email, crm.get_contact(org, pid).contact.given_name) for email, pid in rows}
 
 
 _gate = {"entered": threading.Event(), "release": threading.Event()}

@@ -28,6 +28,8 @@ was never issued by this database.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -177,3 +179,17 @@ def index_emails(conn: Connection, org_id: str, kind: str, person_id: str, email
         conn.execute(person_emails.insert(), [
             {"org_id": org_id, "email": a, "person_kind": kind, "person_id": person_id} for a in addrs
         ])
+
+
+def index_emails_many(conn: Connection, org_id: str, kind: str, emails_of: dict[str, Sequence[str]]) -> None:
+    """index_emails for many people in a few statements (a bulk write's end)."""
+    ids = list(emails_of)
+    for i in range(0, len(ids), 500):
+        conn.execute(person_emails.delete().where(
+            person_emails.c.org_id == org_id, person_emails.c.person_kind == kind,
+            person_emails.c.person_id.in_(ids[i:i + 500])))
+    rows = [{"org_id": org_id, "email": a, "person_kind": kind, "person_id": pid}
+            for pid, emails in emails_of.items()
+            for a in sorted({str(e).strip().lower() for e in emails or () if str(e).strip()})]
+    if rows:
+        conn.execute(person_emails.insert(), rows)

@@ -162,13 +162,19 @@ _INSERT_IDEMPOTENCY = t.idempotency.insert()
 
 
 class _Batch:
-    """What one batch write reads once for all its items, instead of once per item:
-    the rules, the accounts its contacts can link to, the records it updates and the
-    results its idempotency keys already hold.
+    """One batch write's state.
 
-    These stay true for the whole transaction because every write to the organisation
-    (account changes and CRM users' edits included) holds its lock; the batch's own
-    writes are tracked, so a later item sees what an earlier one did.
+    What it reads once for all its items instead of once per item: the rules, the
+    accounts its contacts can link to, the records it updates and the results its
+    idempotency keys already hold. These stay true for the whole transaction because
+    every write to the organisation (account changes and CRM users' edits included)
+    holds its lock; the batch's own writes are tracked, so a later item sees what an
+    earlier one did.
+
+    And what it writes once at the end instead of once per item: the change log's
+    record ids, the email index, the idempotency keys and the records read back for
+    the answers. An item's answer is the record as that item left it, so when a later
+    item writes the same record again, the earlier answer is read first (`settle`).
     """
 
     def __init__(self, conn: Connection, org_id: str, items: Sequence[ContactWrite], rules: list[Rule]) -> None:
@@ -184,7 +190,6 @@ class _Batch:
         if ids:
             q = sa.select(t.contacts).where(t.contacts.c.org_id == org_id, t.contacts.c.id.in_(ids))
             self._rows = {r.id: r for r in conn.execute(q)}
-        self._written: set[str] = set()
         # Accounts by domain and by name key, first in id order: _link_account's choice.
         domains = sorted({d for i in items for d in _link_domains(i.contact)})
         names = sorted({company_key(i.contact.company) for i in items} - {""})
@@ -201,6 +206,13 @@ class _Batch:
                 if r.domain is not None:
                     self._by_domain.setdefault(r.domain, r.id)
                 self._by_name.setdefault(r.name_key, r.id)
+        #: each item's answer so far: a record, an error, or None until its record is read back
+        self.out: list[CrmContact | ConnectorError | None] = []
+        self.names: list[dict] = []  # change-log rows of creates, to name with their record
+        self.emails: dict[str, Sequence[str]] = {}  # the email index per record written (last write)
+        self.keys: list[tuple[int, str, str]] = []  # (item, key, fingerprint) to store with its answer
+        self._unread: dict[str, list[int]] = {}  # record id -> items whose answer it is
+        self._record_of: dict[int, str] = {}
 
     def link(self, contact: Contact) -> str | None:
         """ReferenceCrm._link_account, answered from the accounts read for the batch."""
@@ -216,21 +228,43 @@ class _Batch:
 
     def written(self, contact_id: str) -> bool:
         """Whether an earlier item of the batch changed this record."""
-        return contact_id in self._written
+        return contact_id in self.emails
 
-    def replay(self, key: str | None, fp: str) -> CrmContact | None:
-        """_idem_lookup over the keys read for the batch and those its items stored."""
+    def replay(self, key: str | None, fp: str) -> CrmContact | int | None:
+        """_idem_lookup over the keys read for the batch and those its items used: the
+        stored record, or the earlier item whose answer it is (not read back yet)."""
         if not key or key not in self._done:
             return None
         stored_fp, result = self._done[key]
         if stored_fp != fp:
             raise IdempotencyKeyReused("idempotency key reused with a different request")
-        return CrmContact.from_json(result)
+        return result if isinstance(result, int) else CrmContact.from_json(result)
 
-    def remember(self, key: str | None, fp: str, rec: CrmContact) -> None:
-        self._written.add(rec.id)
+    def answered(self, item: int, key: str | None, fp: str, rec: CrmContact) -> None:
+        """An item answered without a write (a save that changes nothing)."""
         if key:
             self._done[key] = (fp, rec.to_json())
+            self.keys.append((item, key, fp))
+
+    def wrote(self, item: int, record_id: str, contact: Contact, key: str | None, fp: str) -> None:
+        """An item wrote `record_id`: its answer is read back later, its key stored then."""
+        self.emails[record_id] = contact.emails
+        self._unread.setdefault(record_id, []).append(item)
+        self._record_of[item] = record_id
+        if key:
+            self._done[key] = (fp, item)
+            self.keys.append((item, key, fp))
+
+    def record_of(self, item: int) -> str:
+        return self._record_of[item]
+
+    def settle(self, record_id: str, rec: CrmContact) -> None:
+        """`rec` is the record as the items waiting on it left it: their answer."""
+        for item in self._unread.pop(record_id, ()):
+            self.out[item] = rec
+
+    def unread(self) -> list[str]:
+        return list(self._unread)
 
 
 def _db_errors(fn: Callable) -> Callable:
@@ -383,13 +417,29 @@ class ReferenceCrm:
         owner_id: str | None,
         actor: str,
         enforce_rules: bool,
-        *,
-        batch: "_Batch | None" = None,
     ) -> CrmContact:
-        """Validate, link, stamp a new sequence number and write one contact (create or update).
+        """Validate, link, stamp a new sequence number and write one contact (create or update)."""
+        saved = self._save_row(conn, org_id, existing, contact, owner_id, actor, enforce_rules)
+        if isinstance(saved, CrmContact):
+            return saved
+        mail_schema.index_emails(conn, org_id, "contact", saved, contact.emails)
+        return CrmContact.from_row(self._load(conn, org_id, saved))
 
-        In a batch write, `batch` holds the rules and accounts read once for all its items.
-        """
+    def _save_row(
+        self,
+        conn: Connection,
+        org_id: str,
+        existing: Any,
+        contact: Contact,
+        owner_id: str | None,
+        actor: str,
+        enforce_rules: bool,
+        *,
+        batch: _Batch | None = None,
+    ) -> str | CrmContact:
+        """_save's checks and its row: the id of the record written, or the record itself
+        when the save changes nothing. A batch supplies the rules and accounts it read
+        and names its creates' change-log rows at its end."""
         if enforce_rules:
             err = rules_mod.first_violation(self._rules(conn, org_id) if batch is None else batch.rules, contact)
             if err is not None:
@@ -401,7 +451,10 @@ class ReferenceCrm:
         if existing is None:
             seq = self._next_seq(conn, org_id, None, "create", actor)
             record_id = f"crm_c_{seq}"
-            conn.execute(_SET_CHANGE_RECORD, {"b_seq": seq, "record_id": record_id})
+            if batch is None:
+                conn.execute(_SET_CHANGE_RECORD, {"b_seq": seq, "record_id": record_id})
+            else:
+                batch.names.append({"b_seq": seq, "record_id": record_id})
             conn.execute(
                 _INSERT_CONTACT,
                 dict(id=record_id, org_id=org_id, owner_id=owner_id, account_id=account_id, deleted=False,
@@ -418,8 +471,7 @@ class ReferenceCrm:
                 dict(b_id=record_id, owner_id=owner_id, account_id=account_id, version=existing.version + 1,
                      updated_at=now, change_seq=seq, **values),
             )
-        mail_schema.index_emails(conn, org_id, "contact", record_id, contact.emails)
-        return CrmContact.from_row(self._load(conn, org_id, record_id))
+        return record_id
 
     @staticmethod
     def _check_version(existing: Any, expected_version: int | None) -> None:
@@ -499,48 +551,88 @@ class ReferenceCrm:
         """
         if len(items) > MAX_BATCH:
             raise Fatal(f"a batch write takes at most {MAX_BATCH} items")
-        out: list[CrmContact | ConnectorError] = []
         with self._write(org_id) as conn:
             batch = _Batch(conn, org_id, items, self._rules(conn, org_id) if enforce_rules else [])
-            for item in items:
-                savepoint = conn.begin_nested()
+            for pos, item in enumerate(items):
+                # Plain SQL with one reused name: SQLAlchemy's begin_nested() compiles a
+                # new statement per savepoint, which cost more than the item's own writes.
+                conn.exec_driver_sql("SAVEPOINT crm_item")
                 try:
-                    rec = self._write_item(conn, org_id, item, actor, enforce_rules, batch)
+                    answer = self._write_item(conn, org_id, pos, item, actor, enforce_rules, batch)
                 except Transient:
                     raise
                 except ConnectorError as exc:
-                    savepoint.rollback()
-                    out.append(exc)
-                else:
-                    savepoint.commit()
-                    out.append(rec)
-        return out
+                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT crm_item")
+                    answer = exc
+                conn.exec_driver_sql("RELEASE SAVEPOINT crm_item")
+                batch.out.append(answer)
+            self._finish_batch(conn, org_id, batch)
+        assert all(a is not None for a in batch.out)
+        return batch.out  # type: ignore[return-value]
 
-    def _write_item(self, conn: Connection, org_id: str, item: ContactWrite, actor: str, enforce_rules: bool,
-                    batch: _Batch) -> CrmContact:
-        """One item of write_contacts: create_contact's or update_contact's body, on the batch's reads."""
+    def _write_item(self, conn: Connection, org_id: str, pos: int, item: ContactWrite, actor: str,
+                    enforce_rules: bool, batch: _Batch) -> CrmContact | None:
+        """One item of write_contacts: create_contact's or update_contact's body on the
+        batch's reads. None: it wrote its record, read back for its answer at the end.
+        What the batch is to do for the item is noted after the item's last statement,
+        so an item rolled back to its savepoint leaves nothing for the end to act on (a
+        create's change-log row to name is rolled back with it: naming it changes nothing)."""
         key = item.idempotency_key
         if item.contact_id is None:
             fp = _create_fingerprint(item.contact, item.owner_id)
-            done = batch.replay(key, fp)
+            done = self._replay(conn, org_id, batch, key, fp)
             if done is not None:
                 return done
-            rec = self._save(conn, org_id, None, item.contact, item.owner_id, actor, enforce_rules, batch=batch)
+            saved = self._save_row(conn, org_id, None, item.contact, item.owner_id, actor, enforce_rules, batch=batch)
         else:
             fp = _update_fingerprint(item.contact_id, item.contact, item.owner_id, item.expected_version)
-            done = batch.replay(key, fp)
+            done = self._replay(conn, org_id, batch, key, fp)
             if done is not None:
                 return done
-            existing = (self._load(conn, org_id, item.contact_id) if batch.written(item.contact_id)
-                        else batch.row(item.contact_id))
+            if batch.written(item.contact_id):
+                existing = self._load(conn, org_id, item.contact_id)
+                batch.settle(item.contact_id, CrmContact.from_row(existing))  # before this item changes it
+            else:
+                existing = batch.row(item.contact_id)
             if existing is None or existing.deleted:
                 raise NotFound("contact not found")
             self._check_version(existing, item.expected_version)
             owner_id = item.owner_id if item.owner_id is not None else existing.owner_id
-            rec = self._save(conn, org_id, existing, item.contact, owner_id, actor, enforce_rules, batch=batch)
-        self._idem_store(conn, org_id, key, fp, rec)
-        batch.remember(key, fp, rec)
-        return rec
+            saved = self._save_row(conn, org_id, existing, item.contact, owner_id, actor, enforce_rules, batch=batch)
+        if isinstance(saved, CrmContact):
+            batch.answered(pos, key, fp, saved)
+            return saved
+        batch.wrote(pos, saved, item.contact, key, fp)
+        return None
+
+    def _replay(self, conn: Connection, org_id: str, batch: _Batch, key: str | None, fp: str) -> CrmContact | None:
+        done = batch.replay(key, fp)
+        if isinstance(done, int):  # an earlier item of this batch, its record not read back yet
+            record_id = batch.record_of(done)
+            batch.settle(record_id, CrmContact.from_row(self._load(conn, org_id, record_id)))
+            done = batch.out[done]
+            assert isinstance(done, CrmContact)
+        return done
+
+    def _finish_batch(self, conn: Connection, org_id: str, batch: _Batch) -> None:
+        """The writes every item left for the end, in a few statements for all of them."""
+        if batch.names:
+            conn.execute(_SET_CHANGE_RECORD, batch.names)
+        mail_schema.index_emails_many(conn, org_id, "contact", batch.emails)
+        unread = batch.unread()
+        for i in range(0, len(unread), _KEY_CHUNK):
+            q = sa.select(t.contacts).where(t.contacts.c.org_id == org_id, t.contacts.c.id.in_(unread[i:i + _KEY_CHUNK]))
+            for row in conn.execute(q):
+                batch.settle(row.id, CrmContact.from_row(row))
+        now = time.time()
+        rows = []
+        for pos, key, fp in batch.keys:
+            rec = batch.out[pos]
+            assert isinstance(rec, CrmContact)
+            rows.append({"org_id": org_id, "key": key, "fingerprint": fp, "record_id": rec.id,
+                         "result": rec.to_json(), "created_at": now})
+        if rows:
+            conn.execute(_INSERT_IDEMPOTENCY, rows)
 
     @_db_errors
     def delete_contact(
