@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from activities.calendar import CalendarPipeline
 from activities.mail import MailFactory, MailPipeline
 from activities.send import SendPipeline
 from models.mail import MailFetchOptions
@@ -18,7 +19,9 @@ from connectors.protocols import PlatformSide
 from platforms.reference_crm.adapter import ReferenceCrmContacts
 from platforms.reference_crm.mail_adapter import ReferenceCrmMail
 from platforms.reference_crm.outbox_adapter import ReferenceCrmOutbox
+from platforms.reference_crm.pm_adapter import ReferenceCrmCalendar
 from sync.kinds import KindRules
+from sync.kinds.calendar import CALENDAR
 from sync.kinds.contacts import CONTACTS
 import settings
 
@@ -29,11 +32,15 @@ KINDS: dict[str, tuple[KindRules, Callable[[str], PlatformSide]]] = {
 }
 
 
-def build_pipelines(sessions, crm_url: str, mailboxes: MailboxFactory, mail_for: MailFactory | None) -> dict:
-    """Every kind the worker runs: the record kinds, and mail and send (their own steps
-    over the same activity names) when a mail connector factory is given."""
+def build_pipelines(sessions, crm_url: str, mailboxes: MailboxFactory, mail_for: MailFactory | None,
+                    calendar_for: MailboxFactory | None = None) -> dict:
+    """Every kind the worker runs: the record kinds, mail and send (their own steps over
+    the same activity names) when a mail connector factory is given, and the calendar
+    (records too, with meeting claims and roles) when a calendar connector factory is."""
     pipelines: dict = {name: KindPipeline(sessions, rules, adapter(crm_url), mailboxes)
                        for name, (rules, adapter) in KINDS.items()}
+    if calendar_for is not None:
+        pipelines["calendar"] = CalendarPipeline(sessions, CALENDAR, ReferenceCrmCalendar(crm_url), calendar_for)
     if mail_for is not None:
         platform = ReferenceCrmMail(crm_url)
         pipelines["mail"] = MailPipeline(sessions, platform, mail_for)

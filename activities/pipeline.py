@@ -198,6 +198,9 @@ class KindPipeline:
     """One kind's cycle steps, bound to one store, the kind's platform adapter and a way
     to reach its records in each mailbox."""
 
+    #: carries the planned writes out (a kind may extend it: calendar claims meetings)
+    executor_class: type[Executor] = Executor
+
     def __init__(self, session_factory, rules: KindRules, platform: PlatformSide, mailbox_for: MailboxFactory, *,
                  wait: Callable | None = None) -> None:
         self.sessions = session_factory
@@ -396,11 +399,12 @@ class KindPipeline:
             erased = self._drop_erased(ref, b)
             candidates = self._candidates(b)
             result = plan(PlanInput(
-                mailbox=b.mailbox, platform=b.platform, settings=b.settings, rules=self.rules,
+                mailbox=b.mailbox, platform=b.platform, settings=b.settings, rules=self._rules_for(b.info),
                 links_by_mailbox=b.by_mailbox, links_by_platform=b.by_platform, reviews=b.reviews,
                 platform_candidates=candidates, neighbour_links=b.neighbours,
                 link_count=b.link_count, approve_mass_delete=approve_mass_delete,
             ))
+            result.decisions = self._adjust(result.decisions, b)
             summary = PlanSummary(planned=len(result.decisions) + erased, outcomes=result.counts(),
                                   guard_tripped=result.guard_tripped, held_deletes=result.held_deletes)
             if erased:
@@ -413,6 +417,14 @@ class KindPipeline:
                                    b.by_mailbox, b.by_platform)
             span.set(**{"planned": summary.planned, **{f"outcome.{k}": v for k, v in summary.outcomes.items()}})
         return summary
+
+    def _rules_for(self, info: ConnectionInfo) -> KindRules:
+        """The rules this connection's plan runs by (a kind may see them per mailbox)."""
+        return self.rules
+
+    def _adjust(self, decisions: list[Decision], b: "_Batch") -> list[Decision]:
+        """A kind's last word on the planner's decisions (the calendar's attendee copies)."""
+        return decisions
 
     def _drop_erased(self, ref: CycleRef, b: "_Batch") -> int:
         """Unlinked mailbox records holding an address erased from this organisation (GDPR)
@@ -592,8 +604,8 @@ class KindPipeline:
     def _with_executor(self, ref: CycleRef, name: str, step):
         with self.sessions() as s:
             info, settings = self._connection(s, ref.connection_id)
-        executor = Executor(self.sessions, self.rules, self.platform, self.mailbox_for(info), info, settings,
-                            ref.cycle_id, wait=self.wait)
+        executor = self.executor_class(self.sessions, self.rules, self.platform, self.mailbox_for(info), info,
+                                       settings, ref.cycle_id, wait=self.wait)
         with activity_span(f"{self.kind}.{name}", connection_id=ref.connection_id) as span:
             try:
                 summary = step(executor)

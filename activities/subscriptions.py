@@ -20,6 +20,12 @@ Two ways of keeping one (`PushNeed.mode`):
   (what api/webhooks.py looks a push up by) and carries the topic: a new topic stops
   the old watch first (Gmail refuses a second topic while one is active).
 
+- Calendar `events.watch` channels (PushNeed mode "subscription", built by
+  `calendar_for`): a channel's token is the row's secret and its resourceId the row's
+  resource (what `channels/stop` needs). Channels cannot be extended: the connector's
+  `renew_subscription` answers NotFound, so a channel near its end is replaced by a
+  new one.
+
 Notifications are only a hint: the poll timer still runs, so a dropped notification
 costs latency, never data.
 """
@@ -77,10 +83,12 @@ class SubscriptionActivities:
     def __init__(self, sessions, mailbox_for: MailboxFactory, *, webhook_base_url: str | None = None,
                  renew_before_s: float = RENEW_BEFORE_S, lifetime_minutes: int = LIFETIME_MINUTES,
                  mail_for: Callable[[ConnectionInfo, MailFetchOptions], Any] | None = None,
-                 gmail_topic: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 gmail_topic: str | None = None, clock: Callable[[], float] = time.time,
+                 calendar_for: Callable[[ConnectionInfo], Any] | None = None) -> None:
         self.sessions = sessions
         self.mailbox_for = mailbox_for
         self.mail_for = mail_for
+        self.calendar_for = calendar_for
         self.webhook_base_url = webhook_base_url
         self.gmail_topic = gmail_topic
         self.renew_before_s = renew_before_s
@@ -125,6 +133,10 @@ class SubscriptionActivities:
             if self.mail_for is None:
                 raise Fatal("no mail connector configured for subscriptions")
             return self.mail_for(info, MailFetchOptions())
+        if kind == "calendar":
+            if self.calendar_for is None:
+                raise Fatal("no calendar connector configured for subscriptions")
+            return self.calendar_for(info)
         return self.mailbox_for(info)
 
     # ---- Graph-style subscriptions --------------------------------------------------------

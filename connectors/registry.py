@@ -4,7 +4,7 @@ A `Provider` says everything the rest of the code used to decide with
 `if provider == "google"`: how its OAuth connector is built from the deployment's
 `ProviderConfig`, how its contacts connector is built (vault tokens, or a static
 emulator token), where its API lives, which push subscription each kind of data
-needs (`push`: contacts, mail; none: the poll timer only), which subscription kinds its mailboxes may hold, and whether a
+needs (`push`: contacts, mail, calendar; none: the poll timer only), which subscription kinds its mailboxes may hold, and whether a
 grant can be revoked at the provider or only forgotten.
 
 Subscription kinds (the `subscriptions.provider` column) name what a push
@@ -219,6 +219,25 @@ def _microsoft_static_mail(settings: dict, token: str, account: str, options, **
                      **tuning)
 
 
+def _google_calendar(credentials, connection_id: str, settings: dict, **tuning):
+    from connectors.google_calendar import GoogleCalendar
+
+    creds = credentials.google_credentials(connection_id, settings)
+    return GoogleCalendar(settings.get("calendar_endpoint") or CALENDAR_ENDPOINT, creds, account=connection_id,
+                          **tuning)
+
+
+def _google_static_calendar(settings: dict, token: str, account: str, **tuning):
+    from connectors.google_calendar import GoogleCalendar
+
+    return GoogleCalendar.for_emulator(settings.get("calendar_endpoint") or CALENDAR_ENDPOINT, token=token,
+                                       account=account, **tuning)
+
+
+def _no_calendar(*args: Any, **kwargs: Any):
+    raise Fatal("this provider has no calendar connector yet")
+
+
 @dataclass(frozen=True)
 class Provider:
     """One mailbox provider. `name` is what connections, routes and search attributes carry."""
@@ -243,6 +262,10 @@ class Provider:
     subscription_kinds: tuple[SubscriptionKind, ...]
     #: True: the grant can be revoked at the provider; False: only our copy of the tokens can go
     revokes: bool
+    #: (CredentialFactory, connection id, settings, **tuning) -> MailboxSide[Event] on vault tokens
+    calendar: Callable[..., Any] = _no_calendar
+    #: (settings, static token, account, **tuning) -> MailboxSide[Event] (emulators and the demo only)
+    static_calendar: Callable[..., Any] = _no_calendar
 
 
 GOOGLE = Provider(
@@ -254,9 +277,13 @@ GOOGLE = Provider(
     mail=_google_mail,
     static_mail=_google_static_mail,
     contacts_push=None,  # People API has no push for contacts
-    push={"mail": PushNeed(GMAIL_WATCH, "watch")},
+    # Calendar channels are kept like Graph subscriptions (a public URL and a secret, the
+    # channel token); the row's resource is the channel's resourceId, which channels/stop needs.
+    push={"mail": PushNeed(GMAIL_WATCH, "watch"), "calendar": PushNeed(CALENDAR_CHANNEL, "subscription")},
     subscription_kinds=(GMAIL_WATCH, CALENDAR_CHANNEL),
     revokes=True,
+    calendar=_google_calendar,
+    static_calendar=_google_static_calendar,
 )
 
 MICROSOFT = Provider(

@@ -407,3 +407,22 @@ erased_addresses = sa.Table(
     sa.Column("address_hash", sa.String, primary_key=True),
     sa.Column("at", Epoch, nullable=False),
 )
+
+
+# -- calendar -----------------------------------------------------------------
+# One row per meeting instance of an organisation (UID, RECURRENCE-ID; "" for a master
+# or single event): whoever inserts it first creates the platform record, the others
+# link to it (store/calendar.py).
+
+calendar_claims = sa.Table(
+    "calendar_claims",
+    metadata,
+    sa.Column("org_id", sa.String, primary_key=True),
+    sa.Column("uid", sa.String, primary_key=True),
+    sa.Column("recurrence_id", sa.String, primary_key=True),
+    sa.Column("connection_id", sa.String, nullable=False),
+    #: the idempotency key of the write that claimed it (its retries are the claimer)
+    sa.Column("claim_key", sa.String, nullable=False),
+    sa.Column("platform_id", sa.String, nullable=True),
+    sa.Column("claimed_at", Epoch, nullable=False),
+)

@@ -258,7 +258,7 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
         decided=decided,
     )
     if result.unresolved:
-        return Decision(outcome="conflict", rule="manual_policy", fields=list(result.unresolved),
+        return Decision(outcome="conflict", rule=_conflict_rule(settings), fields=list(result.unresolved),
                         **{**base, "mailbox_id": mailbox_id, "platform_id": link.platform_id})
     merged = result.merged
     writes: list[Write] = []
@@ -279,6 +279,12 @@ def _plan_linked(g: dict, inp: PlanInput) -> Decision:
                     mailbox_etag=m.etag if m else link.mailbox_etag,
                     platform_etag=p.etag if p else link.platform_etag,
                     **{**base, "mailbox_id": mailbox_id if m else None})
+
+
+def _conflict_rule(settings: SyncSettings) -> str:
+    """Why a conflict waits for a person: the policy says so, or (under any other policy)
+    the kind's manual fields, such as a meeting's time, changed on both sides."""
+    return "manual_policy" if settings.policy == "manual" else "manual_fields"
 
 
 def _decided_fields(review: Review | None, mailbox: Any, platform: Any) -> dict[str, str] | None:
@@ -469,7 +475,7 @@ def _link_pair(m: SideRecord, p: SideRecord, inp: PlanInput, *, rule: str,
     result = inp.rules.merge(None, m.content, p.content, inp.settings.policy,
                              mailbox_time=m.updated_at, platform_time=p.updated_at, decided=decided)
     if result.unresolved:
-        return Decision(outcome="conflict", rule="manual_policy", mailbox_id=m.external_id,
+        return Decision(outcome="conflict", rule=_conflict_rule(inp.settings), mailbox_id=m.external_id,
                         platform_id=p.external_id, fields=list(result.unresolved),
                         score=score, review_id=review_id)
     merged = result.merged

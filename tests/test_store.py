@@ -31,7 +31,7 @@ EXPECTED_TABLES = {
     "vault_tokens",
     "subscriptions",
 }
-HEAD = "0010"
+HEAD = "0011"
 
 
 @pytest.fixture

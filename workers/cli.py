@@ -81,8 +81,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see `{self.prog} --help`)\n")
 
 
-#: the kinds a mailbox can sync today (calendar is not built yet)
-SYNCABLE_KINDS = ("contacts", "mail", "send")
+#: the kinds a mailbox can sync
+SYNCABLE_KINDS = ("contacts", "mail", "send", "calendar")
 
 
 def _kinds(value: str) -> list[str]:

@@ -36,6 +36,8 @@ from store.vault import KeyRing, generate_key
 from workers import client as api
 from workers.cli import default_store_url, default_temporal, exit_process
 from workers.devstack import DevServer
+from workers.calendar_demo import CalendarStages
+from workers.calendar_scenario import CalendarScenario
 from workers.mail_demo import MailStages
 from workers.mail_scenario import MailScenario
 from workers.scenario import MailboxDriver, Scenario, build_scenario, connect_mailbox, make_mailbox
@@ -53,6 +55,10 @@ MS_CONNECTION = "demo-microsoft-1"
 MAIL_ORG = "org_mail_demo"
 MAIL_PREFIX = "demo-mail"
 MAIL_USERS = ("ann", "bob", "cy", "dee")
+#: the calendar stages: an organisation of their own, Ann and Cy on Google Calendar
+CALENDAR_ORG = "org_calendar_demo"
+CALENDAR_PREFIX = "demo-cal"
+CALENDAR_USERS = ("ann", "cy")
 #: How long a previous run's workflow may take to stop once cancelled.
 CANCEL_WAIT_S = 10.0
 #: The body of the platform webhook the demo suggests trying (a CRM change).
@@ -187,7 +193,8 @@ def concord(*words: str, temporal: str, store_url: str | None = None) -> str:
 
 
 def print_stack(dev: DevServer, app: RunningServer, mailboxes: dict[str, MailboxDriver], sc: Scenario,
-                store_url: str, crm_url: str, webhook_key: bytes, mail_sc: MailScenario | None = None) -> None:
+                store_url: str, crm_url: str, webhook_key: bytes, mail_sc: MailScenario | None = None,
+                cal_sc: CalendarScenario | None = None) -> None:
     hooks = app.base_url.rstrip("/") + "/webhooks"
     say("\nThe stack keeps running until Ctrl-C:")
     say(f"   Temporal dev server  {dev.target}   UI {dev.ui_url}"
@@ -200,6 +207,8 @@ def print_stack(dev: DevServer, app: RunningServer, mailboxes: dict[str, Mailbox
         say(f"   Gmail emulator       {mail_sc.servers[0].base_url}  (Ann, Cy)")
         for server, who in zip(mail_sc.servers[1:], [w for w, p in mail_sc.people.items() if p.provider != "google"]):
             say(f"   Graph emulator       {server.base_url}  ({who.capitalize()})")
+    if cal_sc is not None:
+        say(f"   Calendar emulator    {cal_sc.servers[0].base_url}  (Ann, Cy: Google Calendar)")
     say(f"   store {store_url}, CRM {crm_url}")
     say("\nIn the Temporal UI:")
     for cid in mailboxes:
@@ -209,6 +218,8 @@ def print_stack(dev: DevServer, app: RunningServer, mailboxes: dict[str, Mailbox
         say(f"   {dev.ui_url}/namespaces/default/workflows/"
             f"{quote(workflow_id(mail_sc.connections['ann']), safe='')}  (email logging and send)")
         say(f"   email logging: ConcordOrgId = '{mail_sc.org_id}'  (each mailbox's state query has a 'mail' section)")
+    if cal_sc is not None:
+        say(f"   calendar: ConcordOrgId = '{cal_sc.org_id}'  (each calendar's state query has a 'calendar' section)")
 
     t = dev.target
     say("\nTry, in another terminal in this directory:")
@@ -229,6 +240,10 @@ def print_stack(dev: DevServer, app: RunningServer, mailboxes: dict[str, Mailbox
         say(f"   {concord('status', ann, '--json', temporal=t)}")
         say(f"   {concord('reviews', ann, temporal=t, store_url=store_url)}")
         say(f"   {concord('org-state', mail_sc.org_id, temporal=t)}")
+    if cal_sc is not None:
+        say("   # the calendar: Ann's calendar's state and what waits for a person there")
+        say(f"   {concord('state', cal_sc.connections['ann'], temporal=t)}")
+        say(f"   {concord('quarantine', cal_sc.connections['ann'], temporal=t, store_url=store_url)}")
     say("   # a CRM change arrives as a signed platform webhook: it wakes the organisation's workflow,")
     say("   # which reads the CRM once and wakes only the mailboxes whose records changed")
     say("   # (signed now: it is accepted once, within 5 minutes; replays are refused):")
@@ -280,6 +295,7 @@ async def cancel_previous_runs(client: Client) -> list[WorkflowHandle]:
     or poll timer they kept while no worker ran is not served as a cycle first."""
     running = []
     mail = [workflow_id(f"{MAIL_PREFIX}-{who}") for who in MAIL_USERS] + [org_workflow_id(MAIL_ORG)]
+    mail += [workflow_id(f"{CALENDAR_PREFIX}-{who}") for who in CALENDAR_USERS] + [org_workflow_id(CALENDAR_ORG)]
     for wid in (workflow_id(CONNECTION), workflow_id(MS_CONNECTION), org_workflow_id(DEMO_ORG), *mail):
         handle = client.get_workflow_handle(wid)
         try:
@@ -336,6 +352,7 @@ async def run(port: int, fresh: bool, once: bool) -> None:
     await dev.astart()
     mailboxes: dict[str, MailboxDriver] = {}
     mail_sc: MailScenario | None = None
+    cal_sc: CalendarScenario | None = None
     app: RunningServer | None = None
     try:
         say(f"-- Temporal dev server at {dev.target}, UI at {dev.ui_url}")
@@ -363,6 +380,10 @@ async def run(port: int, fresh: bool, once: bool) -> None:
                 "(emulators), the CRM knowing Pat Prospect of Northwind")
             mail_sc = MailScenario(store_url, crm_url, org_id=MAIL_ORG, connection_prefix=MAIL_PREFIX)
             await MailStages(client, mail_sc, say).run()
+            say("\n-- calendar: organisation " + CALENDAR_ORG + ", Ann and Cy on Google Calendar (emulator), "
+                "the project-management platform's calendar (series and exceptions)")
+            cal_sc = CalendarScenario(store_url, crm_url, org_id=CALENDAR_ORG, connection_prefix=CALENDAR_PREFIX)
+            await CalendarStages(client, cal_sc, say).run()
             if once:
                 say("\n`make demo` (without --once) keeps the stack running to look at it in the Temporal UI.")
                 return
@@ -371,7 +392,7 @@ async def run(port: int, fresh: bool, once: bool) -> None:
                                            org_signal=lazy_temporal_signal(dev.target, build=temporal_org_signal),
                                            platform_master_key=webhook_key, admin_token=admin_token)
             app = serve(create_app([router]))
-            print_stack(dev, app, mailboxes, sc, store_url, crm_url, webhook_key, mail_sc)
+            print_stack(dev, app, mailboxes, sc, store_url, crm_url, webhook_key, mail_sc, cal_sc)
             await asyncio.Event().wait()  # until Ctrl-C or SIGTERM cancels this task
     finally:
         if app is not None:
@@ -380,6 +401,8 @@ async def run(port: int, fresh: bool, once: bool) -> None:
             mailbox.server.stop()
         if mail_sc is not None:
             mail_sc.close()
+        if cal_sc is not None:
+            cal_sc.close()
         await asyncio.to_thread(dev.stop)
 
 

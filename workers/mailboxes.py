@@ -62,3 +62,18 @@ class MailBuilder:
         if settings.get("token"):
             return provider.static_mail(settings, settings["token"], info.connection_id, options)
         return provider.mail(self.credentials, info.connection_id, settings, options)
+
+
+class CalendarBuilder:
+    """`MailboxFactory` for the calendar kind: a connection's calendar connector (Google
+    Calendar, Microsoft Graph events), on vault tokens or an emulator's static token."""
+
+    def __init__(self, credentials: CredentialFactory) -> None:
+        self.credentials = credentials
+
+    def __call__(self, info: ConnectionInfo):
+        settings = info.settings or {}
+        provider = registry.get(info.provider)
+        if settings.get("token"):
+            return provider.static_calendar(settings, settings["token"], info.account_ref)
+        return provider.calendar(self.credentials, info.connection_id, settings)

@@ -29,7 +29,7 @@ from store.db import make_engine, migrate, session_factory
 from store.vault import KeyRing, TokenVault, VaultConfigError
 from workers.client import TemporalUnreachable, connect_checked
 from connectors.credentials import ProviderConfig
-from workers.mailboxes import MailBuilder, MailboxBuilder
+from workers.mailboxes import CalendarBuilder, MailBuilder, MailboxBuilder
 from models.errors import Fatal
 from telemetry import setup_tracing
 from telemetry.metrics import install_health_listener, setup_metrics
@@ -79,13 +79,15 @@ def build_activities(store_url: str, crm_url: str, mailbox_for: MailboxFactory |
     builder = MailboxBuilder(sessions, vault, providers)
     mailboxes = mailbox_for or builder
     mails = mail_for or MailBuilder(builder.credentials)
+    calendars = CalendarBuilder(builder.credentials)
     return Activities(
-        pipelines=build_pipelines(sessions, crm_url, mailboxes, mails),
+        pipelines=build_pipelines(sessions, crm_url, mailboxes, mails, calendars),
         reviews=ReviewActivities(sessions),
         connection=ConnectionActivities(sessions, vault, providers, credentials=builder.credentials),
         subscriptions=SubscriptionActivities(
             sessions, mailboxes, webhook_base_url=webhook_base_url or config.public_url,
-            mail_for=mails, gmail_topic=gmail_topic or config.gmail_topic),
+            mail_for=mails, gmail_topic=gmail_topic or config.gmail_topic,
+            calendar_for=calendars),
     )
 
 

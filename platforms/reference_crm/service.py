@@ -30,6 +30,7 @@ from models.contact import Contact, ContactRecord
 from models.record import SideRecord
 from platforms.reference_crm import mail_schema
 from platforms.reference_crm import outbox_schema  # noqa: F401  (its table joins create_all)
+from platforms.reference_crm import pm_schema  # noqa: F401  (its tables join create_all)
 from platforms.reference_crm import rules as rules_mod
 from platforms.reference_crm import schema as t
 from platforms.reference_crm.rules import Rule
@@ -324,6 +325,13 @@ class ReferenceCrm:
         from platforms.reference_crm.outbox_service import CrmOutbox
 
         return CrmOutbox(self)
+
+    @functools.cached_property
+    def calendar(self) -> "Any":
+        """The project-management calendar (projects, events, series): pm_service.CrmCalendar."""
+        from platforms.reference_crm.pm_service import CrmCalendar
+
+        return CrmCalendar(self)
 
     # ---------------------------------------------------------------- plumbing
 

@@ -50,6 +50,8 @@ class KindRules(Generic[T]):
     score: Callable[[Any, Any], MatchScore]
     #: named fixes for a platform's validation error on `field` (None: no rule applies)
     fix: Callable[[Any, str | None, tuple[str, ...]], tuple[Any, list[str]] | None] = field(default=_no_fix)
+    #: fields a person settles when both sides changed them, whatever the policy (see sync.merge)
+    manual_fields: tuple[str, ...] = ()
 
     def hash(self, content: Any) -> str:
         return content_hash(content)
@@ -57,7 +59,7 @@ class KindRules(Generic[T]):
     def merge(self, base: Any, mailbox: Any, platform: Any, policy: Policy, *, mailbox_time: float | None = None,
               platform_time: float | None = None, decided: dict | None = None) -> MergeResult:
         return three_way_merge(base, mailbox, platform, policy, mailbox_time=mailbox_time,
-                               platform_time=platform_time, decided=decided)
+                               platform_time=platform_time, decided=decided, manual_fields=self.manual_fields)
 
     @cached_property
     def record(self) -> type[SideRecord]:
