@@ -241,3 +241,17 @@ def test_an_expired_sync_token_resyncs_with_no_duplicates(world):
     assert (meeting, "") in after and (uid, keys[1]) in after
     for r in results:
         assert sum(r["write"].created.values()) == sum(r["write"].deleted.values()) == 0
+
+
+def test_a_quarantined_create_gives_its_meeting_claim_up(tmp_path):
+    w = CalendarWorld(f"sqlite:///{tmp_path/'store.db'}", f"sqlite:///{tmp_path/'crm.db'}")
+    try:
+        w.crm.calendar.configure_rules(w.org, [PmRule.max_duration("max 8 h", minutes=480)])
+        ann = w.connect("ann")
+        w.google.put_event(ANN, timed("Offsite", soon(3), hours=30))
+        w.settle(ann, rounds=1)
+        assert [i.status for i in w.items(ann).values()] == ["quarantined"]
+        with w.sessions() as s:
+            assert claims.count(s, w.org) == 0  # another calendar's copy is not left waiting on it
+    finally:
+        w.close()
