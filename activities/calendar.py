@@ -66,6 +66,22 @@ class CalendarExecutor(Executor):
         super()._platform_phase(own + adopted)
         self._record_claims(own)
 
+    def _fix(self, w: _Work):
+        """A named fix, as for any kind; a fixed meeting is still never written into an
+        attendee's copy (the fix would add such a write so both ends end equal)."""
+        got = super()._fix(w)
+        if got is None:
+            return None
+        d, applied = got
+        return restrict_attendee_writes(d, connected_address(self.info), None), applied
+
+    def _quarantine(self, s, w: _Work, error_code: str | None = None, error_message: str | None = None) -> None:
+        """Quarantine, and give up the meeting claims this write held, so the same meeting
+        on another calendar may still bring it to the platform instead of waiting on it."""
+        super()._quarantine(s, w, error_code=error_code, error_message=error_message)
+        for idx, wr in self._creates(w):
+            claims.release(s, self.info.org_id, wr.content.uid, wr.content.recurrence_id, f"{w.key}:p{idx}")
+
     @staticmethod
     def _creates(w: _Work) -> list[tuple[int, Write]]:
         return [(i, wr) for i, wr in _writes(w.decision, "platform")

@@ -395,7 +395,7 @@ class Executor:
                 platform_hash=p_done.get("hash") or snap_hash,
                 mailbox_etag=m_done.get("etag") or d.mailbox_etag,
                 platform_etag=p_done.get("etag") or d.platform_etag,
-                keys=sorted(self.rules.keys(d.snapshot)),
+                keys=sorted(self.rules.for_settings(self.settings).keys(d.snapshot)),
             )
             if keep_id is not None:
                 spec["id"] = keep_id
@@ -424,7 +424,8 @@ class Executor:
             external_id=done.get("id") or wr.external_id, hash=None if gone else (done.get("hash") or
                                                                                   self.rules.hash(wr.content)),
             etag=None, owner=(self.settings.owner or None) if wr.op == "create" else None, deleted=gone,
-            keys=frozenset() if gone else frozenset(self.rules.keys(wr.content)), record={})
+            keys=frozenset() if gone else frozenset(self.rules.for_settings(self.settings).keys(wr.content)),
+            record={})
 
     # --------------------------------------------------------- rejections
     def handle_rejections(self, heartbeat: Callable = lambda *a: None) -> RejectionSummary:

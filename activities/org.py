@@ -62,6 +62,9 @@ class OrgReader:
         pacer = Pacer(lambda: (out.pages,), sleep=self.wait)
         with self.sessions.begin() as s:
             mirror.ensure_feed(s, org_id, self.kind)
+            org = repo.get_org(s, org_id)
+            # Keys in the organisation's phone region, as its connections look them up.
+            rules = self.rules.for_settings(SyncSettings.from_dict(org.settings if org is not None else None))
         while True:
             with self.sessions() as s:
                 cursor = mirror.get_feed(s, org_id, self.kind).value
@@ -81,7 +84,7 @@ class OrgReader:
                 head = mirror.advance(s, org_id, self.kind, cursor, page.cursor if page.cursor is not None else cursor)
                 if head is None:
                     continue  # another reader took this page first: read on from where it left
-                changed = mirror.apply(s, org_id, self.kind, [self._entry(r) for r in page.records], head)
+                changed = mirror.apply(s, org_id, self.kind, [self._entry(r, rules) for r in page.records], head)
                 out.changes += len(changed)
                 out.affected |= self._concerned(s, org_id, changed)
             heartbeat(out.pages)
@@ -92,13 +95,14 @@ class OrgReader:
         out.calls = getattr(self.platform, "calls_made", 0) - calls0
         return out
 
-    def _entry(self, rec) -> mirror.MirrorEntry:
+    def _entry(self, rec, rules: KindRules | None = None) -> mirror.MirrorEntry:
+        rules = rules or self.rules
         content = rec.content
         return mirror.MirrorEntry(
             external_id=rec.external_id,
             hash=self.rules.hash(content) if content is not None else None,
             etag=rec.etag, owner=rec.owner, deleted=rec.deleted or content is None,
-            keys=frozenset(self.rules.keys(content)) if content is not None else frozenset(),
+            keys=frozenset(rules.keys(content)) if content is not None else frozenset(),
             record=rec.model_dump(mode="json"),
         )
 

@@ -479,7 +479,8 @@ class KindPipeline:
             # Links whose snapshot is like a new platform record: a platform-side duplicate
             # must not become a second record in the mailbox.
             new_platform = [r for pid, r in platform.items() if pid not in by_platform and r.content]
-            keys = set().union(*(rules.keys(r.content) for r in new_platform)) if new_platform else set()
+            keyed = rules.for_settings(settings)
+            keys = set().union(*(keyed.keys(r.content) for r in new_platform)) if new_platform else set()
             neighbours = ({int(row.id): link_state(row, rules)
                            for row in repo.links_sharing_keys(s, cid, keys, kind=kind)} if keys else {})
             return _Batch(info, settings, mailbox, platform, by_mailbox, by_platform,
@@ -489,7 +490,8 @@ class KindPipeline:
         """Platform records a new mailbox contact may be: found by blocking key, plus any a
         review already names; those already linked here are marked, as duplicates not matches."""
         new_mailbox = [r for mid, r in b.mailbox.items() if mid not in b.by_mailbox and r.content and not r.deleted]
-        candidates = self._platform_candidates(b.info.org_id, new_mailbox, exclude=set(b.platform))
+        candidates = self._platform_candidates(b.info.org_id, new_mailbox, exclude=set(b.platform),
+                                               settings=b.settings)
         held = {r.candidate_id for (side, ext), r in b.reviews.items()
                 if side == "mailbox" and ext in b.mailbox and r.kind == "duplicate" and r.candidate_id
                 and r.candidate_id not in candidates and r.candidate_id not in b.platform}
@@ -530,11 +532,13 @@ class KindPipeline:
                 out[("platform", row.platform_id)] = review
         return out
 
-    def _platform_candidates(self, org_id: str, new_mailbox: list[SideRecord], exclude: set[str]) -> dict[str, SideRecord]:
+    def _platform_candidates(self, org_id: str, new_mailbox: list[SideRecord], exclude: set[str],
+                             settings: SyncSettings | None = None) -> dict[str, SideRecord]:
         """Live platform records sharing a blocking key with a new mailbox record, found on
         the mirror (the platform keeps none of Concord's keys); their content comes from
         the buffer where it still is, from the platform otherwise."""
-        keys = set().union(*(self.rules.keys(r.content) for r in new_mailbox)) if new_mailbox else set()
+        rules = self.rules.for_settings(settings) if settings is not None else self.rules
+        keys = set().union(*(rules.keys(r.content) for r in new_mailbox)) if new_mailbox else set()
         with self.sessions() as s:
             ids = sorted(mirror.candidates(s, org_id, self.kind, keys) - exclude)
             buffered = mirror.latest_buffered(s, org_id, self.kind, ids)

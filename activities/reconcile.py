@@ -114,7 +114,7 @@ class ReconcileActivities:
         findings = compare(
             mailbox={k: r.content for k, r in mailbox.items()},
             platform={k: r.content for k, r in platform.items()},
-            links=pairs, in_scope=in_scope, items=item_state, new_index=pipe.rules.new_index,
+            links=pairs, in_scope=in_scope, items=item_state, new_index=pipe.rules.for_settings(settings).new_index,
             thresholds=Thresholds(auto=settings.auto_threshold, review=settings.review_threshold),
             now=time.time(), stale_s=stale_s, as_held=_as_held(pipe, info, settings))
         _heartbeat("compared")

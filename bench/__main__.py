@@ -23,7 +23,7 @@ from bench.report import Table
 def _matching(table: Table, quick: bool, pg: bool) -> None:
     from bench import matching
 
-    kwargs = {"existing": 5_000, "incoming": 500, "sample": 10} if quick else {}
+    kwargs = {"existing": 5_000, "incoming": 500, "sample": 100, "all_pairs_sample": 10} if quick else {}
     accepted = inspect.signature(matching.run).parameters
     matching.run(table, **{k: v for k, v in kwargs.items() if k in accepted})
 

@@ -14,8 +14,15 @@ Choices worth knowing:
   a different mailbox, or the separator may be `-`; merging two people there costs
   more than missing a duplicate, which name + company scoring still sends to review.
   Yahoo's disposable addresses use `-` and a chosen base name, so Yahoo is excluded.
-- Blocking keys are few (about five per contact) because the CRM stores them in an
-  index table; each is exact-equality, so candidate lookup is a handful of probes.
+- Blocking keys are bounded (at most 25 per contact, about 12 in practice) because
+  the store keeps them in key tables (link_keys, mirror_keys); each is
+  exact-equality, so candidate lookup is a handful of probes. They are made to
+  survive a one-letter typo in either name, swapped given/family fields, a given
+  name cut to its initial, a nickname, and a replaced family name (through the
+  address, birthday, email and phone keys): see `blocking_keys`.
+- National phone numbers are read in the organisation's region
+  (`SyncSettings.phone_region`, default US); `normalized` and every key and score
+  take it as `region`.
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from functools import lru_cache
 from dataclasses import dataclass
 from threading import Lock
 
+import idna
+import jellyfish
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 from nameparser import HumanName
@@ -103,7 +112,7 @@ def normalize_email(value: str) -> str | None:
         return None
     if domain.startswith((".", "-")) or ".." in domain:
         return None
-    if any(ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in v):
+    if _ASCII_BAD.search(v) if v.isascii() else any(ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in v):
         return None
     if domain == "googlemail.com":
         domain = "gmail.com"
@@ -116,15 +125,27 @@ def normalize_email(value: str) -> str | None:
     return f"{local}@{domain}"
 
 
+_ASCII_BAD = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
 def _idna_to_unicode(domain: str) -> str:
+    """The Unicode form of a punycode (xn--) domain, label by label.
+
+    `idna` decodes per IDNA 2008 (and checks the label is a valid one); a label it
+    refuses (IDNA 2003 leftovers such as some symbols) falls back to the bare
+    punycode codec, so that an address still compares equal to its other spelling.
+    """
     labels = []
     for label in domain.split("."):
         if label.startswith("xn--"):
             try:
-                label = label[4:].encode("ascii").decode("punycode").casefold()
-                label = unicodedata.normalize("NFC", label)
-            except (UnicodeError, ValueError):
-                pass
+                label = idna.decode(label)
+            except (idna.IDNAError, UnicodeError, ValueError):
+                try:
+                    label = label[4:].encode("ascii").decode("punycode")
+                except (UnicodeError, ValueError):
+                    pass
+            label = unicodedata.normalize("NFC", label.casefold())
         labels.append(label)
     return ".".join(labels)
 
@@ -173,6 +194,9 @@ def normalize_phone(value: str, default_region: str = "US") -> str | None:
     """
     if not isinstance(value, str) or not value.strip():
         return None
+    fast = _north_american(value, default_region)
+    if fast is not None:
+        return fast
     parsed = _possible_number(value, default_region)
     if parsed is None:
         start = value.lstrip(" \t(")
@@ -182,6 +206,31 @@ def normalize_phone(value: str, default_region: str = "US") -> str | None:
     if parsed is None:
         return None
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+_NANP_REGIONS = frozenset({"US", "CA"})
+_NANP_SHAPE = re.compile(r"\+?[0-9 .()-]+")
+_NOT_DIGITS = str.maketrans("", "", " .()-")
+
+
+def _north_american(value: str, region: str) -> str | None:
+    """E.164 for the plainest North American layouts without the full parser.
+
+    `phonenumbers.parse` costs ~200 us; indexing 100,000 contacts spends most of its
+    time there. A number of 10 digits read in a North American region, or 1 + 10
+    digits, is a possible number whatever its area code, so the answer is the same.
+    """
+    s = value.strip()
+    if not _NANP_SHAPE.fullmatch(s):
+        return None
+    plus = s.startswith("+")
+    body = s[1:] if plus else s
+    digits = body.translate(_NOT_DIGITS)
+    if len(digits) == 11 and digits[0] == "1" and (plus or region in _NANP_REGIONS):
+        return "+" + digits
+    if len(digits) == 10 and not plus and region in _NANP_REGIONS and digits[0] not in "01":
+        return "+1" + digits
+    return None
 
 
 #: 011 is the North American international prefix; 00 the one ITU-T E.164 recommends
@@ -202,6 +251,7 @@ def _possible_number(value: str, region: str) -> phonenumbers.PhoneNumber | None
 # --- names --------------------------------------------------------------------
 
 
+@lru_cache(maxsize=131072)
 def fold_text(value: str) -> str:
     """Accent-free, casefolded, punctuation turned into single spaces."""
     if not value:
@@ -272,6 +322,100 @@ def company_key(company: str) -> str:
     return " ".join(tokens)
 
 
+# --- nicknames ----------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _nicknamer():
+    from nicknames import NickNamer
+
+    return NickNamer()
+
+
+#: at most this many readings of one given name go into blocking keys
+MAX_NAME_FORMS = 4
+
+
+@lru_cache(maxsize=65536)
+def given_forms(name: str) -> frozenset[str]:
+    """The name and the formal names the `nicknames` table says it can stand for.
+
+    Bob -> {bob, bobby, bert, robert}; Robert -> {robert, bob, bill, billy}: two
+    given names are nickname-related when their forms meet. The table lists
+    relations in both directions, so there is no single root per name; forms are
+    capped (the name itself, then those with the most nicknames) because each
+    becomes a blocking key.
+    """
+    if len(name) < 2:
+        return frozenset((name,)) if name else frozenset()
+    nn = _nicknamer()
+    others = sorted(nn.canonicals_of(name) - {name}, key=lambda c: (-len(nn.nicknames_of(c)), c))
+    return frozenset([name, *others[: MAX_NAME_FORMS - 1]])
+
+
+@lru_cache(maxsize=65536)
+def _related_names(name: str) -> frozenset[str]:
+    nn = _nicknamer()
+    return frozenset({name, *nn.canonicals_of(name), *nn.nicknames_of(name)})
+
+
+@lru_cache(maxsize=262144)
+def nickname_related(a: str, b: str) -> bool:
+    """Whether one given name is a nickname of the other, or both of one formal name
+    (the whole table, not the capped forms blocking uses)."""
+    if not a or not b or a == b or len(a) < 2 or len(b) < 2:
+        return False
+    ra, rb = _related_names(a), _related_names(b)
+    return b in ra or a in rb or not (ra - {a}).isdisjoint(rb - {b}) and bool(
+        _nicknamer().canonicals_of(a) & _nicknamer().canonicals_of(b))
+
+
+# --- addresses and birthdays --------------------------------------------------
+
+_STREET_WORDS = {
+    "street": "st", "str": "st", "strasse": "st", "road": "rd", "avenue": "ave", "av": "ave",
+    "boulevard": "blvd", "drive": "dr", "lane": "ln", "place": "pl", "court": "ct", "square": "sq",
+    "terrace": "ter", "highway": "hwy", "parkway": "pkwy", "north": "n", "south": "s", "east": "e", "west": "w",
+    "apartment": "apt", "suite": "ste", "unit": "apt", "flat": "apt",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedAddress:
+    postal_code: str  # letters and digits only
+    number: str  # the first house number in the street line
+    street: str  # the street name, abbreviations unified, numbers dropped
+    city: str
+    country: str
+
+
+def normalize_address(address) -> NormalizedAddress | None:
+    street = fold_text(address.street)
+    tokens = [_STREET_WORDS.get(t, t) for t in street.split()]
+    number = next((t for t in tokens if t[:1].isdigit()), "")
+    name = " ".join(t for t in tokens if not t[:1].isdigit() and t != "apt")
+    postal = "".join(ch for ch in fold_text(address.postal_code) if ch.isalnum())
+    out = NormalizedAddress(postal, number, name, fold_text(address.city), fold_text(address.country))
+    return out if (postal or name or out.city) else None
+
+
+def parse_birthday(value: str) -> tuple[int | None, int, int] | None:
+    """(year or None, month, day) from "YYYY-MM-DD" or "--MM-DD"; None if neither."""
+    v = (value or "").strip()
+    try:
+        if v.startswith("--") and len(v) == 7 and v[4] == "-":
+            year, month, day = None, int(v[2:4]), int(v[5:7])
+        elif len(v) == 10 and v[4] == "-" and v[7] == "-":
+            year, month, day = int(v[:4]), int(v[5:7]), int(v[8:10])
+        else:
+            return None
+    except ValueError:
+        return None
+    if not (1 <= month <= 12 and 1 <= day <= 31):
+        return None
+    return year, month, day
+
+
 # --- the normalised view of one contact ---------------------------------------
 
 
@@ -281,12 +425,18 @@ class NormalizedContact:
 
     emails: frozenset[str]
     phones: frozenset[str]
-    first: str
+    first: str  # the first given name (folded); "j" for an initial
     last: str
+    middle: str
+    nick: str  # the nickname field, folded
     domains: frozenset[str]  # employer domains (non-free) from the emails
     company: str
+    addresses: tuple[NormalizedAddress, ...]
+    birthday: tuple[int | None, int, int] | None
     keys: frozenset[str]
     name_keys: frozenset[str]  # the subset of `keys` that only names produce
+    locals: frozenset[str] = frozenset()  # email local parts (personal-looking ones only)
+    house_numbers: frozenset[str] = frozenset()
 
     @property
     def full_name(self) -> str:
@@ -297,70 +447,142 @@ class NormalizedContact:
         return bool(self.first or self.last)
 
 
-_cache: weakref.WeakKeyDictionary[Contact, NormalizedContact] = weakref.WeakKeyDictionary()
+_cache: weakref.WeakKeyDictionary[Contact, dict[str, NormalizedContact]] = weakref.WeakKeyDictionary()
 _cache_lock = Lock()
 
+DEFAULT_REGION = "US"
 
-def normalized(contact: Contact) -> NormalizedContact:
+#: bounds on the keys one contact puts in the store's key tables (about 6-14 in practice)
+MAX_IDENTIFIER_KEYS = 3  # per kind: emails, phones
+MAX_ADDRESS_KEYS = 2
+
+
+def normalized(contact: Contact, region: str = DEFAULT_REGION) -> NormalizedContact:
     """The normalised view, memoised for as long as the contact object lives.
 
-    Keyed weakly by value: scoring one incoming contact against thousands of
-    existing ones must not re-parse their phones every time, and a long-running
-    worker must not accumulate contacts it has finished with.
+    Keyed weakly by value (and by the phone region the organisation reads national
+    numbers in): scoring one incoming contact against thousands of existing ones
+    must not re-parse their phones every time, and a long-running worker must not
+    accumulate contacts it has finished with.
     """
     try:
         hit = _cache.get(contact)
     except TypeError:
         hit = None
-    if hit is not None:
-        return hit
-    result = _compute(contact)
+    if hit is not None and region in hit:
+        return hit[region]
+    result = _compute(contact, region)
     with _cache_lock:
         try:
-            _cache[contact] = result
+            _cache.setdefault(contact, {})[region] = result
         except TypeError:
             pass
     return result
 
 
-def _compute(contact: Contact) -> NormalizedContact:
+@lru_cache(maxsize=262144)
+def _phone_cached(value: str, region: str) -> str | None:
+    return normalize_phone(value, region)
+
+
+#: local parts that name a role, not a person: shared by whoever reads the mailbox
+ROLE_LOCALS = frozenset({
+    "info", "sales", "support", "contact", "hello", "office", "admin", "team", "mail", "enquiries",
+    "billing", "accounts", "hr", "jobs", "careers", "help", "noreply", "no-reply", "marketing", "press",
+})
+
+
+def _compute(contact: Contact, region: str) -> NormalizedContact:
     emails = frozenset(e for e in map(normalize_email, contact.email_addresses()) if e)
-    phones = frozenset(p for p in map(normalize_phone, contact.phone_numbers()) if p)
+    phones = frozenset(p for p in (_phone_cached(v, region) for v in contact.phone_numbers()) if p)
     first, last = name_parts(contact.given_name, contact.family_name)
+    first_tokens = first.split()
+    middle = fold_text(contact.middle_name) or " ".join(first_tokens[1:2])
+    first = first_tokens[0] if first_tokens else ""
+    nick = fold_text(contact.nickname)
+    if not first and nick:
+        first = nick.split()[0]
     domains = frozenset(
         d for d in (e.rsplit("@", 1)[1] for e in emails) if d not in FREE_MAIL_DOMAINS
     )
-    keys = {f"e:{e}" for e in emails} | {f"p:{p}" for p in phones}
-    name_keys: set[str] = set()
+    locals_ = frozenset(
+        loc for loc in (e.rsplit("@", 1)[0].replace(".", "").replace("_", "") for e in emails)
+        if len(loc) >= 6 and loc not in ROLE_LOCALS
+    )
+    addresses = tuple(sorted({a for a in map(normalize_address, contact.addresses) if a is not None},
+                             key=lambda a: (a.postal_code, a.number, a.street, a.city, a.country)))
+    birthday = parse_birthday(contact.birthday)
+    keys = {f"e:{e}" for e in sorted(emails)[:MAX_IDENTIFIER_KEYS]}
+    keys |= {f"p:{p}" for p in sorted(phones)[:MAX_IDENTIFIER_KEYS]}
+    keys |= {f"a:{a.postal_code}|{a.number}" for a in addresses[:MAX_ADDRESS_KEYS] if a.postal_code and a.number}
+    if birthday is not None:
+        year, month, day = birthday
+        if year is not None:
+            keys.add(f"b:{year:04d}-{month:02d}-{day:02d}")
+        initial = (first or last)[:1]
+        if initial:
+            # Survives a missing year, a replaced surname and most given-name typos.
+            keys.add(f"bm:{month:02d}-{day:02d}|{initial}")
+    name_keys = _name_keys(first, last)
     if last:
-        name_keys.add(f"n:{last}|{first[:1]}")
-        keys.update(f"d:{d}|{last}" for d in domains)
-    if first and last:
-        tokens = first.split()[:1] + last.split()
-        name_keys.add("t:" + " ".join(sorted(_skeleton(t) for t in tokens)))
+        keys.update(f"d:{d}|{last.replace(' ', '')}" for d in sorted(domains)[:1])
     keys |= name_keys
     return NormalizedContact(
-        emails=emails,
-        phones=phones,
-        first=first,
-        last=last,
-        domains=domains,
-        company=company_key(contact.company),
-        keys=frozenset(keys),
-        name_keys=frozenset(name_keys),
+        emails=emails, phones=phones, first=first, last=last, middle=middle, nick=nick,
+        domains=domains, company=company_key(contact.company), addresses=addresses, birthday=birthday,
+        keys=frozenset(keys), name_keys=frozenset(name_keys), locals=locals_,
+        house_numbers=frozenset(a.number for a in addresses if a.number),
     )
 
 
-def blocking_keys(contact: Contact) -> set[str]:
-    """Keys whose equality makes two contacts worth scoring.
+def _name_keys(first: str, last: str) -> set[str]:
+    """Name blocking keys that survive one typo in either name, swapped fields, and initials.
 
-    e:<email>, p:<E.164>, n:<last>|<first initial>, d:<employer domain>|<last>, and
-    t:<sorted phonetic skeletons of the name tokens> so that swapped first/last
-    fields and vowel typos still meet. `sync.matching.score` only reaches the review
-    band without a shared email or phone when the names share an n: or t: key, so
-    these keys lose no pair that scoring would propose (blocks capped for size aside).
+    Each key pairs one name in full with two letters of the other (its first two
+    and its last two): a typo in one name leaves the keys built on the other's full
+    spelling intact, and one typo cannot touch both ends of a name of four letters
+    or more. Keys are made in both directions (given+family, family+given), so a
+    record with the fields swapped has the same set. `k:` pairs the family name with
+    each nickname form of the given name (Bob and Robert Smith both have
+    k:smith|robert), `i:` (family + initial) catches a given name reduced to its
+    initial, and `m:` (the metaphone codes of both names, sorted) names that sound
+    alike with more than one letter changed. At most 4 n:, 1 i:, 8 k:, 1 m: keys.
     """
-    return set(normalized(contact).keys)
+    keys: set[str] = set()
+    f, l = first.replace(" ", ""), last.replace(" ", "")
+    if not f or not l:
+        return keys
+    for full, other in ((l, f), (f, l)):
+        if len(full) < 2:
+            continue
+        keys.add(f"n:{full}|{other[:2]}")
+        keys.add(f"n:{full}|{other[-2:]}")
+    if len(l) > 1:
+        keys.add(f"i:{l}|{f[0]}")
+        if len(f) > 1:
+            keys.update(f"k:{l}|{form}" for form in given_forms(first.split()[0]))
+    if len(f) > 1 and len(l) > 1:
+        keys.update(f"k:{f}|{form}" for form in given_forms(last.split()[0]))  # the fields swapped
+        # Sounds-alike in both names at once (Jon Smyth / John Smith), in either order.
+        keys.add("m:" + " ".join(sorted((_metaphone(first.split()[0]), _metaphone(l)))))
+    return keys
+
+
+@lru_cache(maxsize=65536)
+def _metaphone(token: str) -> str:
+    return jellyfish.metaphone(token) or token
+
+
+def blocking_keys(contact: Contact, region: str = DEFAULT_REGION) -> set[str]:
+    """Keys whose equality makes two contacts worth scoring (at most about 15).
+
+    e:<email>, p:<E.164> (at most 3 of each), a:<postcode>|<house number> (at most 2),
+    b:<birthday>, bm:<month-day>|<initial>, d:<employer domain>|<last>, and the
+    name keys of `_name_keys` (n:, i:, k:, m:). `sync.matching.score` only reaches the review band when two
+    contacts share a key, so the keys lose no pair that scoring would propose
+    (blocks capped for size aside).
+    """
+    return set(normalized(contact, region).keys)
 
 
 # --- malformed input ----------------------------------------------------------

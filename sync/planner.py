@@ -22,7 +22,7 @@ from typing import Any
 from models.plan import Decision, Write
 from models.record import Side, SideRecord
 from sync.kinds import KindRules, MatchIndex
-from sync.matching import Match, Thresholds
+from sync.matching import Match, Thresholds, decide
 from sync.policy import SyncSettings
 
 
@@ -331,7 +331,7 @@ def _plan_unlinked(
 
     # The pool mailbox records are matched against: platform records new in this
     # batch plus live platform records found by blocking key. Keys are ("p", id).
-    rules = inp.rules
+    rules = inp.rules.for_settings(settings)
     pool: MatchIndex[str] = rules.new_index()
     pool_records: dict[str, SideRecord] = {}
     linked_platform = set(inp.links_by_platform)
@@ -393,8 +393,7 @@ def _plan_unlinked(
                 # review already names rather than let a held duplicate become a record.
                 direct = rules.score(m.content, pool_records[held].content)
                 if direct.score >= thresholds.review and direct.score > match.score:
-                    kind = "auto" if direct.score >= thresholds.auto else "review"
-                    match = Match(kind, held, direct.score, direct.reasons)
+                    match = Match(decide(direct, thresholds), held, direct.score, direct.reasons)
         if match is not None and match.kind != "none" and match.key is not None:
             target = pool_records[match.key]
             if match.kind == "auto" and match.key not in linked_platform:
@@ -467,6 +466,10 @@ def _create_unless_twin(rec: SideRecord, batch_new: MatchIndex[str], thresholds:
     if answer != "create":
         twin = batch_new.best(rec.content, thresholds)
         if twin.kind != "none" and twin.key is not None:
+            if hasattr(batch_new, "join"):
+                # The twin joins the cluster of the record being created: a third copy
+                # like either of them is a duplicate of that record, not a tie.
+                batch_new.add(rec.external_id, rec.content, cluster=twin.key)
             return Decision(outcome="duplicate", rule=f"duplicate_{'in_mailbox' if side == 'mailbox' else 'on_platform'}",
                             candidate_side=side, candidate_id=twin.key, score=round(twin.score, 4),
                             review_id=review_id, **ids)

@@ -35,6 +35,10 @@ class SyncSettings:
     fix_rules: tuple[str, ...] = field(default_factory=tuple)
     #: which platform field each canonical field maps to, and which way it flows
     field_map: FieldMap = field(default_factory=FieldMap)
+    #: the region (ISO 3166 alpha-2) a phone number written without a country code is read
+    #: in, for matching: the organisation's country. Set it on the organisation, not on a
+    #: connection: the organisation's platform mirror is keyed with it.
+    phone_region: str = "US"
 
     @classmethod
     def from_dict(cls, data: dict | None, *, owner: str = "") -> "SyncSettings":
@@ -48,4 +52,16 @@ class SyncSettings:
         kwargs.setdefault("owner", owner)
         if kwargs.get("policy", "newest_wins") not in POLICIES:
             raise ValueError(f"unknown conflict policy {kwargs['policy']!r}")
+        if "phone_region" in kwargs:
+            kwargs["phone_region"] = _region(kwargs["phone_region"])
         return cls(**kwargs)
+
+
+def _region(value: object) -> str:
+    """An upper-case region phonenumbers knows; a wrong one would silently mis-read numbers."""
+    import phonenumbers
+
+    region = str(value or "").strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError("unknown phone region: use an ISO 3166 alpha-2 code such as US, GB or DE")
+    return region

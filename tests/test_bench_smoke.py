@@ -159,3 +159,30 @@ def test_quick_calendar_bench_prints_its_table():
     assert _figure(summary, "calendar.baseline.naive_calls_per_event") >= 1
     assert _figure(summary, "calendar.push.runs") == 5  # new, edited, shared, across providers, Graph edit
     assert _figure(summary, "calendar.push.duplicates") == 0
+
+
+def test_quick_matching_bench_prints_its_table():
+    """Duplicate detection at quick sizes (5,000 against 500): every figure of the three
+    field sets and both baselines is printed. Behaviour, not speed: names alone never
+    auto-link, blocking finds nearly every true pair, and the index proposes what the
+    all-pairs baseline proposes."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "matching"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    output = proc.stdout
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{output[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    summary = output.split("=== summary:", 1)[1]
+    for config in ("names", "names_ids", "names_addr_bday"):
+        p = f"matching.{config}"
+        for name in ("precision_auto", "recall_auto", "precision_auto_or_review", "recall_auto_or_review",
+                     "f1_auto_or_review", "pairs_completeness", "match_s", "index_build_s",
+                     "sample_string_precision_auto_or_review", "sample_string_recall_auto_or_review",
+                     "sample_all_pairs_extrapolated_s"):
+            assert 0 <= _figure(summary, f"{p}.{name}")
+        assert _figure(summary, f"{p}.pairs_completeness") >= 0.9
+        assert _figure(summary, f"{p}.index_agrees_with_all_pairs") >= 0.9
+    assert _figure(summary, "matching.names.recall_auto") == 0  # names alone never auto-link
+    assert _figure(summary, "matching.names_addr_bday.precision_auto") >= 0.98
+    assert _figure(summary, "matching.names_ids.precision_auto") >= 0.98

@@ -66,6 +66,14 @@ class KindRules(Generic[T]):
     differs: Callable[[Any, Any, tuple[str, ...]], bool] = field(default=lambda seen, merged, keep: seen != merged)
     #: fields a person settles when both sides changed them, whatever the policy (see sync.merge)
     manual_fields: tuple[str, ...] = ()
+    #: these rules as an organisation's settings adjust them (e.g. the region phone numbers
+    #: are read in, which changes blocking keys and scores); None: settings change nothing
+    bind: Callable[["KindRules", SyncSettings], "KindRules"] | None = None
+
+    def for_settings(self, settings: SyncSettings) -> "KindRules":
+        """The rules for one organisation: keys, scores and indexes must all be computed
+        the same way, or a record's stored keys would not meet its duplicate's."""
+        return self.bind(self, settings) if self.bind is not None else self
 
     def hash(self, content: Any) -> str:
         return content_hash(content)

@@ -176,16 +176,44 @@ async def mail_logging(tmp: Path) -> dict:
         await env.shutdown()
 
 
-async def main_async(out: Path, release: str) -> None:
+async def calendar_sync(tmp: Path) -> dict:
+    """A calendar syncing (kinds ["calendar"]) through the demo's stages: a series with
+    exceptions, a meeting on three calendars, a platform event, rules, and a time conflict
+    answered by the resolve signal. Returns Ann's calendar's history."""
+    from workers.calendar_demo import CalendarStages
+    from workers.calendar_scenario import CalendarScenario
+
+    env = await _env()
+    urls = f"sqlite:///{tmp / 'store5.db'}", f"sqlite:///{tmp / 'crm5.db'}"
+    sc = CalendarScenario(*urls)
+    tq = f"{TASK_QUEUE}-{uuid.uuid4().hex[:6]}"
+    try:
+        async with make_worker(env.client, build_activities(*urls, keyring=throwaway_keyring()), task_queue=tq):
+            await CalendarStages(env.client, sc, lambda _line: None, task_queue=tq, poll_interval_s=3600).run()
+            handle = env.client.get_workflow_handle(f"mailbox-sync/{sc.connections['ann']}")
+            return (await handle.fetch_history()).to_json_dict()
+    finally:
+        sc.close()
+        await env.shutdown()
+
+
+async def main_async(out: Path, release: str, only: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        recorded = {
-            "google_every_signal": await every_signal(tmp / "g", "google") if (tmp / "g").mkdir() is None else None,
-            "microsoft_every_signal": await every_signal(tmp / "m", "microsoft") if (tmp / "m").mkdir() is None else None,
-            "continue_as_new": await continue_as_new(tmp),
-            "org_workflow": await org_workflow(tmp),
-            "mail_logging": await mail_logging(tmp),
+        for sub in ("g", "m"):
+            (tmp / sub).mkdir()
+        scenarios = {
+            "google_every_signal": lambda: every_signal(tmp / "g", "google"),
+            "microsoft_every_signal": lambda: every_signal(tmp / "m", "microsoft"),
+            "continue_as_new": lambda: continue_as_new(tmp),
+            "org_workflow": lambda: org_workflow(tmp),
+            "mail_logging": lambda: mail_logging(tmp),
+            "calendar_sync": lambda: calendar_sync(tmp),
         }
+        unknown = sorted(set(only or ()) - set(scenarios))
+        if unknown:
+            raise SystemExit(f"unknown scenario {', '.join(unknown)} (known: {', '.join(scenarios)})")
+        recorded = {name: await run() for name, run in scenarios.items() if not only or name in only}
     for name, doc in recorded.items():
         path = out / f"{release}__{name}.json"
         path.write_text(json.dumps(doc, sort_keys=True) + "\n")
@@ -196,8 +224,9 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("release", help="a name for the code that recorded them, e.g. the short commit")
     p.add_argument("--out", type=Path, default=HERE)
+    p.add_argument("--only", action="append", metavar="SCENARIO", help="record this scenario only (repeatable)")
     args = p.parse_args(argv)
-    asyncio.run(main_async(args.out, args.release))
+    asyncio.run(main_async(args.out, args.release, args.only))
 
 
 if __name__ == "__main__":
