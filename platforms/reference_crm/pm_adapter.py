@@ -17,11 +17,11 @@ from __future__ import annotations
 from typing import Sequence
 
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
-from models.errors import CursorExpired, Fatal, NotFound, PreconditionFailed
+from models.errors import ConnectorError, CursorExpired, Fatal, NotFound, PreconditionFailed
 from models.event import Event, EventRecord
 from models.record import SideRecord
 from platforms.reference_crm.adapter_common import CrmAdapter, write_each
-from platforms.reference_crm.pm_service import CrmCalendar
+from platforms.reference_crm.pm_service import MAX_BATCH, CrmCalendar, EventWrite
 
 CURSOR_PREFIX = "cal:"
 
@@ -80,17 +80,36 @@ class ReferenceCrmCalendar(CrmAdapter):
         return [found[i].to_side_record() if i in found else _tombstone(i) for i in external_ids]
 
     def upsert_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
-        """Creates and updates, each on its own. A create of a meeting the platform
+        """Creates and updates in batch writes (`CrmCalendar.put_events`: one transaction,
+        a savepoint per item, up to MAX_BATCH a call). A create of a meeting the platform
         already holds (same uid and recurrence_id) answers with that record."""
-        self._count()
-
-        def upsert(req: WriteRequest) -> SideRecord:
-            rec = self.calendar.put_event(org_id, _event(req.content), event_id=req.external_id, owner_id=req.owner,
-                                          expected_version=_expected_version(req.etag) if req.external_id else None,
-                                          idempotency_key=req.key, actor="sync")
-            return rec.to_side_record()
-
-        return write_each(requests, upsert)
+        results: list[WriteResult] = []
+        for i in range(0, len(requests), MAX_BATCH):
+            chunk = requests[i:i + MAX_BATCH]
+            self._count()
+            items, bad = [], {}
+            for req in chunk:
+                problem = req.malformed("update" if req.external_id else "create")
+                try:
+                    if problem is not None:
+                        raise problem
+                    items.append(EventWrite(_event(req.content), event_id=req.external_id, owner_id=req.owner,
+                                            expected_version=_expected_version(req.etag) if req.external_id else None,
+                                            idempotency_key=req.key))
+                except ConnectorError as exc:  # this item's own fault: it fails alone
+                    bad[req.key] = exc
+            answers = iter(self.calendar.put_events(org_id, items) if items else [])
+            share = 1.0 / max(len(chunk), 1)
+            for req in chunk:
+                if req.key in bad:
+                    results.append(WriteResult(key=req.key, error=bad[req.key], calls=share))
+                    continue
+                got = next(answers)
+                if isinstance(got, ConnectorError):
+                    results.append(WriteResult(key=req.key, error=got, calls=share))
+                else:
+                    results.append(WriteResult(key=req.key, record=got.to_side_record(), calls=share))
+        return results
 
     def delete_many(self, org_id: str, requests: Sequence[WriteRequest]) -> list[WriteResult]:
         """Deletes; an id that is gone (or never existed here) counts as deleted."""

@@ -38,7 +38,7 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from models.errors import Fatal, NotFound, ValidationRejected
+from models.errors import ConnectorError, Fatal, NotFound, Transient, ValidationRejected
 from models.event import Event, EventRecord
 from platforms.reference_crm import pm_rules
 from platforms.reference_crm import pm_schema as pm
@@ -48,6 +48,8 @@ from platforms.reference_crm.pm_rules import PmRule
 from platforms.reference_crm.service import IdempotencyKeyReused, _db_errors, _fingerprint
 
 FLAVOURS = ("native", "singles")
+#: events one batch write takes
+MAX_BATCH = 500
 #: live rows, written as the meeting-key index's own condition (`deleted = 0`): SQLite uses
 #: a partial index only for a query that states its WHERE term, and `deleted IS 0` made
 #: every look-up by (uid, recurrence_id) a scan of the organisation's events
@@ -68,6 +70,17 @@ class CalendarSettings:
     def window(self) -> tuple[datetime, datetime]:
         return (datetime.fromtimestamp(self.horizon_from, timezone.utc),
                 datetime.fromtimestamp(self.horizon_until, timezone.utc))
+
+
+@dataclass(frozen=True)
+class EventWrite:
+    """One item of `put_events`: `put_event`'s arguments."""
+
+    event: Event
+    event_id: str | None = None
+    owner_id: str | None = None
+    expected_version: int | None = None
+    idempotency_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -348,6 +361,37 @@ class CrmCalendar:
                 return done
             rec = self._put(conn, org_id, event, event_id, owner_id, expected_version, actor, enforce_rules)
             return self._idem_store(conn, org_id, idempotency_key, fp, rec)
+
+    @_db_errors
+    def put_events(self, org_id: str, items: Sequence["EventWrite"], *, actor: str = "sync",
+                   enforce_rules: bool = True) -> list["PmEvent | ConnectorError"]:
+        """`put_event` for many items in one transaction, a savepoint each: a refused item
+        (a rule, a stale version, a gone event) rolls back alone and comes back as its
+        error in its place; the others commit together. Database trouble fails the whole
+        batch (Transient): nothing of it is committed, and a retry with the same keys is
+        safe. One transaction instead of one per event is most of a first sync's write time."""
+        if len(items) > MAX_BATCH:
+            raise Fatal(f"a batch write takes at most {MAX_BATCH} items")
+        out: list[PmEvent | ConnectorError] = []
+        with self.crm._write(org_id) as conn:
+            for item in items:
+                fp = _fingerprint({"op": "cal_put", "id": item.event_id, "event": _event_json(item.event),
+                                   "owner": item.owner_id, "expected": item.expected_version})
+                conn.exec_driver_sql("SAVEPOINT pm_item")
+                try:
+                    done = self._idem_lookup(conn, org_id, item.idempotency_key, fp)
+                    if done is None:
+                        rec = self._put(conn, org_id, item.event, item.event_id, item.owner_id,
+                                        item.expected_version, actor, enforce_rules)
+                        done = self._idem_store(conn, org_id, item.idempotency_key, fp, rec)
+                except Transient:
+                    raise
+                except ConnectorError as exc:
+                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT pm_item")
+                    done = exc
+                conn.exec_driver_sql("RELEASE SAVEPOINT pm_item")
+                out.append(done)
+        return out
 
     def _put(self, conn: Connection, org_id: str, event: Event, event_id: str | None, owner_id: str | None,
              expected_version: int | None, actor: str, enforce_rules: bool) -> PmEvent:
