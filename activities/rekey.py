@@ -14,6 +14,7 @@ The common case costs one primary-key read per platform read.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -27,6 +28,8 @@ from sync.kinds import KindRules
 from sync.policy import SyncSettings
 
 PAGE = 500
+#: how long to let a cycle holding the next link finish its write
+HELD_WAIT_S = 0.2
 
 
 @dataclass
@@ -76,14 +79,14 @@ class Rekeyer:
         executor computed them). False: another re-key's target took over."""
         by_connection: dict[str, KindRules] = {}
         while True:
+            key_sets: dict[int, set[str]] = {}
             with self.sessions.begin() as s:
                 row = store.get(s, org_id, self.kind, lock=True)
                 if row is None or row.target != target:
                     return False
-                page = store.links_page(s, org_id, self.kind, int(row.links_after), self.page)
-                if not page:
-                    return True
-                key_sets: dict[int, set[str]] = {}
+                after = int(row.links_after)
+                page = store.links_page(s, org_id, self.kind, after, self.page)
+                left = bool(page) or store.links_left(s, org_id, self.kind, after)
                 for link in page:
                     rules = by_connection.get(link.connection_id)
                     if rules is None:
@@ -94,8 +97,14 @@ class Rekeyer:
                     except ValidationError:
                         continue  # a snapshot the model no longer reads: keys left as they are
                     key_sets[int(link.id)] = rules.keys(content)
-                store.set_link_keys(s, key_sets)
-                store.advance(s, org_id, self.kind, links_after=int(page[-1].id))
+                if page:
+                    store.set_link_keys(s, key_sets)
+                    store.advance(s, org_id, self.kind, links_after=int(page[-1].id))
+            if not left:
+                return True
+            if not page:
+                # the next link is being written by a cycle (with today's keys): let it finish
+                time.sleep(HELD_WAIT_S)
             out.links += len(key_sets)
             heartbeat(f"rekey:links:{out.links}")
 

@@ -60,10 +60,30 @@ def finish(s: Session, org_id: str, kind: str, target: str) -> bool:
 
 def links_page(s: Session, org_id: str, kind: str, after: int, limit: int) -> list:
     """The organisation's links of this kind past id `after`, held against a concurrent
-    write until the transaction ends (a cycle writing one waits, then writes its own keys)."""
-    return s.execute(sa.select(links.c.id, links.c.connection_id, links.c.snapshot).where(
+    write until the transaction ends (a cycle writing one waits, then writes its own keys).
+
+    Links a cycle holds now are not waited for (two transactions taking links in other
+    orders would deadlock): the page stops before the first of them, and the caller
+    comes back for it. An empty page with links left says the first one is held."""
+    locked = s.execute(sa.select(links.c.id, links.c.connection_id, links.c.snapshot).where(
         links.c.org_id == org_id, links.c.kind == kind, links.c.id > after)
-        .order_by(links.c.id).limit(limit).with_for_update()).all()
+        .order_by(links.c.id).limit(limit).with_for_update(skip_locked=True)).all()
+    if not locked:
+        return []
+    every = s.execute(sa.select(links.c.id).where(
+        links.c.org_id == org_id, links.c.kind == kind, links.c.id > after, links.c.id <= locked[-1].id)
+        .order_by(links.c.id)).scalars().all()
+    prefix = []
+    for row, link_id in zip(locked, every):
+        if row.id != link_id:
+            break
+        prefix.append(row)
+    return prefix
+
+
+def links_left(s: Session, org_id: str, kind: str, after: int) -> bool:
+    return s.execute(sa.select(links.c.id).where(links.c.org_id == org_id, links.c.kind == kind, links.c.id > after)
+                     .limit(1)).first() is not None
 
 
 def set_link_keys(s: Session, key_sets: Mapping[int, Iterable[str]]) -> None:

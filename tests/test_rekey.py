@@ -221,3 +221,44 @@ def test_an_interrupted_rekey_resumes_where_it_stopped(store):
     for i, pid in ids.items():
         assert store.found(i) == ({pid}, {pid})
     assert store.stamp().target is None
+
+
+def test_a_link_a_cycle_is_writing_is_waited_for_not_deadlocked(pg_url):
+    """PostgreSQL: a cycle's transaction holds a link; the re-key neither takes links
+    out of order (two writers would deadlock) nor skips it: it waits, then keys the
+    link as the cycle left it."""
+    import threading
+
+    st = _Store(pg_url)
+    try:
+        ids = st.upgraded(3)
+        renamed = Contact(given_name="Amazing", family_name="Grace", emails=("grace@example.com",))
+        with st.sessions() as s:
+            first = min(r.id for r in repo.links_sharing_keys(s, "c1", {"e:grace@example.com"}, kind="contacts"))
+        holder = st.sessions()
+        holder.begin()
+        repo.save_link(holder, id=first, snapshot=renamed, mailbox_hash=CONTACTS.hash(renamed),
+                       platform_hash=CONTACTS.hash(renamed), keys=_old_keys(renamed))
+        waiting = threading.Event()
+        done: list = []
+
+        def beat(detail):
+            if detail == "rekey:links:0":
+                waiting.set()
+
+        worker = threading.Thread(target=lambda: done.append(Rekeyer(st.sessions, CONTACTS, st.platform).run(
+            ORG, heartbeat=beat)))
+        worker.start()
+        assert waiting.wait(30)  # it saw the held link and waits for it
+        holder.commit()
+        holder.close()
+        worker.join(30)
+
+        assert done and done[0].links == 3
+        with st.sessions() as s:
+            held = repo.link_keys_for(s, [first])[first]
+        assert held == CONTACTS.keys(renamed)  # today's keys of what the cycle wrote
+        for i in (1, 2):
+            assert st.found(i)[1] == {ids[i]}
+    finally:
+        st.engine.dispose()
