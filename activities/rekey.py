@@ -118,6 +118,9 @@ class Rekeyer:
         """Mirror keys in the organisation's settings (as its reader computes them)."""
         rules = self.rules.for_settings(SyncSettings.from_dict(org_settings))
         pacer = Pacer(lambda: (out.records,), sleep=self.wait)
+        #: keys already computed, by external id, with the mirror's updated_at they are of
+        #: (a page retried after waiting for a held record reads nothing twice)
+        known: dict[str, tuple[float, set[str]]] = {}
         while True:
             with self.sessions() as s:
                 row = store.get(s, org_id, self.kind)
@@ -127,10 +130,11 @@ class Rekeyer:
                 page = store.mirror_page(s, org_id, self.kind, after, self.page)
                 if not page:
                     return True
-                buffered = mirror.latest_buffered(s, org_id, self.kind, [r.external_id for r in page])
+                todo = [r for r in page if known.get(r.external_id, (None,))[0] != r.updated_at]
+                buffered = mirror.latest_buffered(s, org_id, self.kind, [r.external_id for r in todo])
             contents: dict = {}
             missing: list[str] = []
-            for r in page:
+            for r in todo:
                 rec = buffered.get(r.external_id)
                 rec = self.rules.record.model_validate(rec) if rec is not None else None
                 # The buffer may hold an older version than a mailbox's later write mirrored.
@@ -142,15 +146,25 @@ class Rekeyer:
                 for rec in pacer.idempotent(self.platform.get_many, org_id, missing):
                     # gone on the platform: no keys (the feed brings its deletion)
                     contents[rec.external_id] = None if rec.deleted else rec.content
-            keys = {i: (rules.keys(c) if c is not None else set()) for i, c in contents.items()}
+                out.reread += len(missing)
+            seen = {r.external_id: r.updated_at for r in page}
+            for i, c in contents.items():
+                if i in seen:
+                    known[i] = (seen[i], rules.keys(c) if c is not None else set())
+            keys = {r.external_id: known[r.external_id][1] for r in page if r.external_id in known}
             with self.sessions.begin() as s:
                 row = store.get(s, org_id, self.kind, lock=True)
                 if row is None or row.target != target:
                     return False
                 if row.mirror_after != after:
                     continue  # another reader re-keyed this page meanwhile
-                out.records += store.set_mirror_keys(s, org_id, self.kind, keys,
-                                                     {r.external_id: r.updated_at for r in page})
-                store.advance(s, org_id, self.kind, mirror_after=page[-1].external_id)
-            out.reread += len(missing)
+                done, through = store.set_mirror_keys(s, org_id, self.kind, [r.external_id for r in page], keys, seen)
+                if through is not None:
+                    store.advance(s, org_id, self.kind, mirror_after=through)
+            out.records += done
+            if through is None:
+                # the next record is being written (with today's keys): let that finish
+                time.sleep(HELD_WAIT_S)
+            else:
+                known.clear()
             heartbeat(f"rekey:mirror:{out.records}")

@@ -15,7 +15,7 @@ Every function takes a Session and never commits (the caller owns the transactio
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -98,22 +98,37 @@ def mirror_page(s: Session, org_id: str, kind: str, after: str, limit: int) -> l
                      .order_by(platform_mirror.c.external_id).limit(limit)).all()
 
 
-def set_mirror_keys(s: Session, org_id: str, kind: str, keys: Mapping[str, Iterable[str]],
-                    seen: Mapping[str, float]) -> int:
-    """Replace the keys of records still as they were when their content was taken
-    (`seen`: external id -> updated_at then). One changed since was mirrored again by
-    today's code, keys included: its keys are left as they are. Returns how many were re-keyed."""
-    current: dict[str, float] = {}
-    for chunk in _chunks(sorted(keys)):
-        current.update(s.execute(sa.select(platform_mirror.c.external_id, platform_mirror.c.updated_at).where(
-            platform_mirror.c.org_id == org_id, platform_mirror.c.kind == kind,
-            platform_mirror.c.deleted.is_(False), platform_mirror.c.external_id.in_(chunk))
-            .with_for_update()).tuples().all())
-    ids = [i for i in keys if i in current and current[i] == seen.get(i)]
-    for chunk in _chunks(ids):
+def set_mirror_keys(s: Session, org_id: str, kind: str, order: Sequence[str], keys: Mapping[str, Iterable[str]],
+                    seen: Mapping[str, float]) -> tuple[int, str | None]:
+    """Re-key a page of mirrored records (`order`: their ids, ascending) that are still
+    as they were when their content was taken (`seen`: id -> updated_at then).
+
+    One changed since was mirrored again by today's code, keys included: left as it is.
+    One a writer holds now is not waited for (writers take records in other orders):
+    the page stops before it. Returns (records re-keyed, the last id of the page done;
+    None: the first is held)."""
+    locked: dict[str, tuple[float, bool]] = {}
+    present: set[str] = set()
+    for chunk in _chunks(list(order)):
+        where = (platform_mirror.c.org_id == org_id, platform_mirror.c.kind == kind,
+                 platform_mirror.c.external_id.in_(chunk))
+        for i, at, deleted in s.execute(sa.select(platform_mirror.c.external_id, platform_mirror.c.updated_at,
+                                                  platform_mirror.c.deleted).where(*where)
+                                        .with_for_update(skip_locked=True)).tuples():
+            locked[i] = (at, bool(deleted))
+        present.update(s.execute(sa.select(platform_mirror.c.external_id).where(*where)).scalars())
+    done: list[str] = []
+    through = None
+    for i in order:
+        if i in present and i not in locked:
+            break  # held by a writer: the page ends here
+        through = i
+        if i in locked and i in keys and not locked[i][1] and locked[i][0] == seen.get(i):
+            done.append(i)
+    for chunk in _chunks(done):
         s.execute(sa.delete(mirror_keys).where(mirror_keys.c.org_id == org_id, mirror_keys.c.kind == kind,
                                                mirror_keys.c.external_id.in_(chunk)))
-    rows = [{"org_id": org_id, "kind": kind, "key": k, "external_id": i} for i in ids for k in sorted(set(keys[i]))]
+    rows = [{"org_id": org_id, "kind": kind, "key": k, "external_id": i} for i in done for k in sorted(set(keys[i]))]
     for chunk in _chunks(rows):
         s.execute(sa.insert(mirror_keys), list(chunk))
-    return len(ids)
+    return len(done), through

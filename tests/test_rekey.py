@@ -262,3 +262,44 @@ def test_a_link_a_cycle_is_writing_is_waited_for_not_deadlocked(pg_url):
             assert st.found(i)[1] == {ids[i]}
     finally:
         st.engine.dispose()
+
+
+def test_a_record_a_mailbox_is_mirroring_is_waited_for_and_keeps_its_new_keys(pg_url):
+    """PostgreSQL: a mailbox's write holds a mirrored record (note_written, today's keys);
+    the re-key waits for it and then leaves it as written, not keyed from older content."""
+    import threading
+
+    st = _Store(pg_url)
+    try:
+        ids = st.upgraded(3)
+        first = min(ids.values())
+        renamed = Contact(given_name="Amazing", family_name="Grace", emails=("grace@example.com",))
+        holder = st.sessions()
+        holder.begin()
+        mirror.note_written(holder, ORG, "contacts", [mirror.MirrorEntry(
+            external_id=first, hash=CONTACTS.hash(renamed), etag=None, owner=None, deleted=False,
+            keys=frozenset(CONTACTS.keys(renamed)), record={})])
+        waiting = threading.Event()
+        done: list = []
+
+        def beat(detail):
+            if detail == "rekey:mirror:0":
+                waiting.set()
+
+        worker = threading.Thread(target=lambda: done.append(Rekeyer(st.sessions, CONTACTS, st.platform).run(
+            ORG, heartbeat=beat)))
+        worker.start()
+        assert waiting.wait(30)
+        holder.commit()
+        holder.close()
+        worker.join(30)
+
+        assert done and done[0].records == 2  # the written one was already keyed by today's code
+        with st.sessions() as s:
+            assert mirror.candidates(s, ORG, "contacts", CONTACTS.keys(renamed)) >= {first}
+            assert first not in mirror.candidates(s, ORG, "contacts", _probe(0))
+        for i in (1, 2):
+            assert st.found(i)[0] == {ids[i]}
+        assert st.stamp().target is None
+    finally:
+        st.engine.dispose()
