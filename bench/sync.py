@@ -13,6 +13,11 @@ Figures:
  2. an incremental cycle with 100 edits on each side;
  3. latency from the wake-up signal to the CRM write, over repeated single edits.
 
+Before and after, in the same run: the first cycle runs once more, on a world of its
+own, with the CRM adapter writing one transaction per record (`batch_size=0`, how it
+wrote before the bulk endpoint); `per_record.initial.*` are its figures and
+`compare.initial.*` set them beside the bulk path's (`--no-per-record` skips it).
+
 Run: `python -m bench sync` (or `python -m bench.sync`), `--quick` for a smoke run.
 """
 
@@ -55,6 +60,8 @@ class Sizes:
     latency_runs: int = 30
     #: mailbox contacts scored against the whole CRM for the all-pairs baseline
     baseline_sample: int = 10
+    #: also run the first cycle with one CRM transaction per record, for before/after
+    per_record_baseline: bool = True
 
     @classmethod
     def quick(cls) -> "Sizes":
@@ -92,6 +99,8 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--crm-url", required=True)
     parser.add_argument("--task-queue", required=True)
     parser.add_argument("--stats", required=True)
+    parser.add_argument("--crm-batch", type=int, default=None,
+                        help="CRM adapter items per bulk write; 0: a transaction per record (the baseline)")
     args = parser.parse_args(argv)
 
     from workers.temporal_client import connect
@@ -119,6 +128,8 @@ def worker_main(argv: list[str]) -> None:
         loop.add_signal_handler(signal.SIGINT, stop.set)
         client = await connect(args.target, tracing=False)
         acts = build_activities(args.store_url, args.crm_url, keyring=KeyRing.parse(f"bench:{generate_key()}"))
+        if args.crm_batch is not None:
+            acts.pipelines["contacts"].platform.batch_size = args.crm_batch
         async with make_worker(client, acts, task_queue=args.task_queue):
             while not stop.is_set():
                 write_stats(acts)
@@ -130,11 +141,14 @@ def worker_main(argv: list[str]) -> None:
 
 
 class WorkerProcess:
-    def __init__(self, target: str, store_url: str, crm_url: str, task_queue: str, workdir: Path) -> None:
+    def __init__(self, target: str, store_url: str, crm_url: str, task_queue: str, workdir: Path,
+                 crm_batch: int | None = None) -> None:
         self.stats_path = workdir / "worker-stats.json"
         self.log_path = workdir / "worker.log"
         self.cmd = [sys.executable, "-m", "bench.sync", "worker", "--target", target, "--store-url", store_url,
                     "--crm-url", crm_url, "--task-queue", task_queue, "--stats", str(self.stats_path)]
+        if crm_batch is not None:
+            self.cmd += ["--crm-batch", str(crm_batch)]
         self.proc: subprocess.Popen | None = None
         self._log = None
 
@@ -229,7 +243,7 @@ def seed_world(workdir: Path, store_url: str, crm_url: str, sizes: Sizes, say: C
     from connectors.google_people import contact_to_person
     from emulators.google_people import PeopleState, create_app
     from emulators.server import serve
-    from platforms.reference_crm.service import ReferenceCrm
+    from platforms.reference_crm.service import MAX_BATCH, ContactWrite, CrmContact, ReferenceCrm
     from store import repo
     from store.db import make_engine, migrate, session_factory
 
@@ -257,14 +271,19 @@ def seed_world(workdir: Path, store_url: str, crm_url: str, sizes: Sizes, say: C
     plan: list[tuple[int | None, Any]] = [(i, make_near_duplicate(mailbox[i], rng)) for i in dup_of]
     plan += [(None, c) for c in fresh]
     rng.shuffle(plan)
-    for done, (pos, contact) in enumerate(plan, 1):
-        rec = crm.create_contact(ORG_ID, contact, owner_id=USER_ID, actor="seed", enforce_rules=False)
-        crm_ids.append(rec.id)
-        crm_contacts[rec.id] = contact
-        if pos is not None:
-            world_dups[pos] = rec.id
-        if done % 2500 == 0:
-            say(f"seeded {done:,}/{len(plan):,} CRM records")
+    for start in range(0, len(plan), MAX_BATCH):
+        part = plan[start:start + MAX_BATCH]
+        recs = crm.write_contacts(ORG_ID, [ContactWrite(contact, owner_id=USER_ID) for _, contact in part],
+                                  actor="seed", enforce_rules=False)
+        for (pos, contact), rec in zip(part, recs, strict=True):
+            if not isinstance(rec, CrmContact):
+                raise RuntimeError(f"seeding the CRM failed: {type(rec).__name__}")
+            crm_ids.append(rec.id)
+            crm_contacts[rec.id] = contact
+            if pos is not None:
+                world_dups[pos] = rec.id
+        if (start // MAX_BATCH + 1) % 5 == 0:
+            say(f"seeded {start + len(part):,}/{len(plan):,} CRM records")
     timings["crm_seed"] = time.perf_counter() - t0
 
     migrate(store_url)
@@ -501,7 +520,10 @@ def _note(person: dict | None) -> str:
     return bios[0].get("value", "") if bios else ""
 
 
-async def _run(report: Report, sizes: Sizes, pg: bool, say: Callable[[str], None]) -> None:
+async def _run(report: Report, sizes: Sizes, pg: bool, say: Callable[[str], None], *,
+               crm_batch: int | None = None, initial_only: bool = False) -> None:
+    """The benchmark on a world of its own; `initial_only` stops after the first cycle
+    (the per-record baseline), `crm_batch` sets the worker's CRM adapter batch size."""
     from workers import client as api
     from workers.devstack import DevServer, free_port_pair
     from workers.temporal_client import connect
@@ -524,7 +546,7 @@ async def _run(report: Report, sizes: Sizes, pg: bool, say: Callable[[str], None
             for k, v in world.seed_s.items():
                 report(f"setup.{k}_s", v, "s")
             tq = f"bench-{uuid.uuid4().hex[:8]}"
-            worker = WorkerProcess(dev.target, store_url, crm_url, tq, workdir)
+            worker = WorkerProcess(dev.target, store_url, crm_url, tq, workdir, crm_batch=crm_batch)
             worker.start()
             client = await connect(dev.target, tracing=False)
             mark = [0]
@@ -543,6 +565,8 @@ async def _run(report: Report, sizes: Sizes, pg: bool, say: Callable[[str], None
                    "worker process only (VmHWM)")
             report("initial.mailbox_after", world.people.stats()["persons"], "contacts")
             report("initial.crm_after", len(world.crm.list_contacts(ORG_ID, limit=10 * total)), "records")
+            if initial_only:
+                return
 
             say("baseline: blocking index vs all-pairs on the same data")
             blocking_baseline(report, world, sizes)
@@ -635,7 +659,42 @@ def run(report: Report = print, *, quick: bool = False, pg: bool = False, sizes:
     """Run the sync benchmark; `report(name, value, unit, note)` receives each figure."""
     sizes = sizes or (Sizes.quick() if quick else Sizes())
     say = say or (lambda text: print(f"  # {text}", flush=True))
-    asyncio.run(_run(report, sizes, pg, say))
+    before: dict[str, Any] = {}
+    if sizes.per_record_baseline:
+        say("before: the first cycle with one CRM transaction per record (the adapter's batch_size=0)")
+
+        def report_before(name: str, value: Any, unit: str = "", note: str = "") -> None:
+            if name.startswith("initial."):
+                before[name] = value
+                report(f"per_record.{name}", value, unit, note)
+
+        asyncio.run(_run(report_before, sizes, pg, say, crm_batch=0, initial_only=True))
+        say("after: the same, through the CRM's bulk write")
+    after: dict[str, Any] = {}
+
+    def report_after(name: str, value: Any, unit: str = "", note: str = "") -> None:
+        after[name] = value
+        report(name, value, unit, note)
+
+    asyncio.run(_run(report_after, sizes, pg, say))
+    if before:
+        compare_initial(report, before, after, sizes.mailbox + sizes.crm)
+
+
+def compare_initial(report: Report, before: dict[str, Any], after: dict[str, Any], contacts: int) -> None:
+    """The first cycle per record and in bulk, side by side: seconds, contacts/s, ratio."""
+    for figure, what in (("initial.cycle_s", "first two-way cycle"),
+                         ("initial.activity.write", "its write activity (platform and mailbox writes)")):
+        then, now = before.get(figure), after.get(figure)
+        if not (isinstance(then, (int, float)) and isinstance(now, (int, float)) and now > 0):
+            continue
+        short = figure.removeprefix("initial.").replace("activity.", "")
+        report(f"compare.initial.{short}.per_record", then, "s", what + ", a CRM transaction per record")
+        report(f"compare.initial.{short}.bulk", now, "s", what + ", the CRM's bulk write")
+        report(f"compare.initial.{short}.per_record_contacts_per_s", contacts / then, "contacts/s",
+               f"{contacts:,} contacts in")
+        report(f"compare.initial.{short}.bulk_contacts_per_s", contacts / now, "contacts/s")
+        report(f"compare.initial.{short}.speedup", then / now, "x", "per record / bulk")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -648,6 +707,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pg", action="store_true", help="store and CRM on PostgreSQL at 127.0.0.1:5432")
     parser.add_argument("--mailbox", type=int, help="mailbox contacts (default 10,000)")
     parser.add_argument("--crm", type=int, help="CRM records (default 10,000)")
+    parser.add_argument("--no-per-record", action="store_true",
+                        help="skip the before figure (the first cycle with a CRM transaction per record)")
     args = parser.parse_args(argv)
     from bench.report import Table
 
@@ -656,6 +717,8 @@ def main(argv: list[str] | None = None) -> None:
         sizes.mailbox = args.mailbox
     if args.crm:
         sizes.crm = args.crm
+    if args.no_per_record:
+        sizes.per_record_baseline = False
     print("# python -m bench.sync " + " ".join(argv), flush=True)
     table = Table("sync")
     run(table, pg=args.pg, sizes=sizes, say=table.note)

@@ -63,11 +63,12 @@ from email import policy as email_policy
 from email.message import Message
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
+from emulators.google_batch import BatchRefused, batch_parts, serve_parts
 from emulators.admin_routes import add_config_clock_stats
 from emulators.google_people import MethodOverride
 from emulators.json_response import EscapedJSONResponse
@@ -1223,60 +1224,27 @@ def _call(state: GmailState, name: str, box: Mailbox, q: dict, args: tuple, payl
     raise not_found()
 
 
-_REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-            409: "Conflict", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+
 MAX_BATCH = 100
 
 
 def handle_batch(state: GmailState, content_type: str, body: bytes, outer_auth: str) -> tuple[int, bytes, str]:
     """Gmail's `/batch/gmail/v1`: multipart/mixed in, multipart/mixed out, each inner call
     authorised and charged on its own."""
-    parser = email.parser.BytesFeedParser(policy=email_policy.compat32)
-    parser.feed(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    outer = parser.close()
-    if not outer.is_multipart():
-        return 400, json.dumps(bad_request("Invalid batch request: expected multipart/mixed").body()).encode(), "application/json"
-    parts = outer.get_payload()
-    if len(parts) > MAX_BATCH:
-        err = bad_request(f"Too many requests in batch: at most {MAX_BATCH} are allowed.")
-        return 400, json.dumps(err.body()).encode(), "application/json"
+    try:
+        parts = batch_parts(content_type, body, MAX_BATCH)
+    except BatchRefused as exc:
+        return 400, json.dumps(bad_request(str(exc)).body()).encode(), "application/json"
     state.batches += 1
     state.batch_sizes.append(len(parts))
-    boundary = "batch_" + secrets.token_hex(12)
-    chunks: list[bytes] = []
-    for part in parts:
-        content_id = str(part.get("Content-ID") or "").strip()
-        inner = part.get_payload(decode=False)
-        if isinstance(inner, list):
-            inner = inner[0].as_string()
-        text = str(inner).replace("\r\n", "\n")
-        head, _, inner_body = text.partition("\n\n")
-        lines = head.split("\n")
-        try:
-            method, target, _ = lines[0].split(" ", 2)
-        except ValueError:
-            status, result, headers = 400, bad_request("Invalid batch part").body(), {}
-        else:
-            inner_headers = {}
-            for line in lines[1:]:
-                k, _, v = line.partition(":")
-                inner_headers[k.strip().lower()] = v.strip()
-            if "authorization" not in inner_headers and outer_auth:
-                inner_headers["authorization"] = outer_auth
-            url = urlsplit(target)
-            status, result, headers = dispatch(state, method, url.path, parse_qs(url.query, keep_blank_values=True),
-                                               inner_headers, inner_body.encode("utf-8") if inner_body.strip() else b"")
-        payload = json.dumps(result, ensure_ascii=True).encode()
+
+    def keep(payload: bytes) -> None:
         if state.record_responses:
             state.responses.append(payload)
-        cid = content_id.strip("<>")
-        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        chunks.append(
-            (f"--{boundary}\r\nContent-Type: application/http\r\nContent-ID: <response-{cid}>\r\n\r\n"
-             f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nContent-Type: application/json; charset=UTF-8\r\n"
-             f"{extra}Content-Length: {len(payload)}\r\n\r\n").encode() + payload + b"\r\n")
-    chunks.append(f"--{boundary}--\r\n".encode())
-    return 200, b"".join(chunks), f"multipart/mixed; boundary={boundary}"
+
+    out, kind = serve_parts(parts, outer_auth, lambda m, p, q, h, b: dispatch(state, m, p, q, h, b),
+                            invalid=lambda: bad_request("Invalid batch part").body(), on_payload=keep)
+    return 200, out, kind
 
 
 def create_app(state: GmailState | None = None) -> FastAPI:

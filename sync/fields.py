@@ -85,7 +85,9 @@ class FieldMap:
         for name, spec in sorted((data or {}).items()):
             name = str(name)
             if name not in FIELDS and not (name.startswith(CUSTOM_PREFIX) and len(name) > len(CUSTOM_PREFIX)):
-                raise ValueError("field mapping names an unknown canonical field")
+                # a configuration name, not a person's data: naming it helps whoever typed it
+                raise ValueError(f"unknown contact field {name[:60]!r} in the field mapping "
+                                 f"(known: {', '.join(FIELDS)}, or {CUSTOM_PREFIX}NAME)")
             spec = dict(spec or {})
             direction = spec.get("direction", "two_way")
             if direction not in DIRECTIONS:

@@ -113,6 +113,11 @@ class CalendarWorld:
             by_id.update({r.external_id: r for r in page.records})
             cursor = page.cursor
 
+    def calendar_titles(self, address: str) -> list[str]:
+        """The titles of a calendar's live events, as its owner sees them."""
+        return [e.body.get("summary", "") for e in self.google.calendar(address).events.values()
+                if not e.deleted and e.body.get("status") != "cancelled"]
+
     def items(self, cid: str) -> dict[str, Any]:
         with self.sessions() as s:
             rows = repo.items_by_status(s, cid, ["pending", "applied", "skipped", "conflict", "duplicate",

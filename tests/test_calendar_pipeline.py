@@ -255,3 +255,47 @@ def test_a_quarantined_create_gives_its_meeting_claim_up(tmp_path):
             assert claims.count(s, w.org) == 0  # another calendar's copy is not left waiting on it
     finally:
         w.close()
+
+
+def test_the_organisations_read_rolls_a_single_events_horizon_forward(tmp_path):
+    import time as _time
+    w = CalendarWorld(f"sqlite:///{tmp_path/'store.db'}", f"sqlite:///{tmp_path/'crm.db'}", flavour="singles")
+    try:
+        w.org = f"org-old-{w.org}"  # an organisation set up 60 days ago: its horizon ends in 30 days
+        w.crm.calendar.configure(w.org, "singles", now=_time.time() - 60 * 86400)
+        from store import repo
+        with w.sessions.begin() as s:
+            repo.create_org(s, w.org, "Old", {})
+        ann = w.connect("ann")
+        start = soon(1)
+        master = Event(title="Daily standup", organizer=ANN, start=start.replace(tzinfo=None).isoformat(),
+                       end=(start + timedelta(minutes=15)).replace(tzinfo=None).isoformat(), start_tz=TZ, end_tz=TZ,
+                       rrule="FREQ=DAILY")
+        w.ui(ANN).create_many([WriteRequest(key="s", content=master)])
+        w.settle(ann, rounds=1)
+        rows = w.crm.calendar.list_events(w.org)
+        last = max(r.event.start for r in rows if r.event.title == "Daily standup")
+        # the read rolled the horizon to 90 days from now: instances reach past the old 30
+        assert last >= (soon(80)).replace(tzinfo=None).isoformat()
+        assert w.crm.calendar.settings(w.org).horizon_until >= _time.time() + 89 * 86400
+    finally:
+        w.close()
+
+
+def test_a_meeting_made_separately_on_the_platform_and_in_a_calendar_is_found_by_similarity(world):
+    ann = world.connect("ann")
+    world.cycle(ann)
+    start = soon(6, 15)
+    wall = lambda d: d.replace(tzinfo=None).isoformat()  # noqa: E731
+    world.crm.calendar.user_create(world.org, "ann", title="Quarterly planning", start=wall(start),
+                                   end=wall(start + timedelta(hours=1)), start_tz=TZ, end_tz=TZ,
+                                   attendees=[ANN, CY])
+    world.ui(ANN).create_many([WriteRequest(key="s", content=Event(
+        title="Quarterly Planning", organizer=ANN, start=wall(start), end=wall(start + timedelta(hours=1)),
+        start_tz=TZ, end_tz=TZ, attendees=[ANN, CY]))])
+    plan = world.cycle(ann)["plan"]
+    assert plan.rules == {"linked_by_similarity": 1}
+    world.settle(ann, rounds=2)
+    assert world.calendar_titles(ANN) == ["Quarterly Planning"]  # not a second copy in the calendar
+    (rec,) = world.records().values()  # nor on the platform, which keeps its own UID
+    assert rec.content.uid != next(iter(world.google.calendar(ANN).events.values())).body["iCalUID"]

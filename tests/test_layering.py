@@ -43,7 +43,7 @@ ALLOWED: dict[str, set[str]] = {
 
 #: Demo tooling inside `workers/`: it may use the emulators (and nothing in production imports it).
 DEMO_MODULES = {"workers.demo", "workers.scenario", "workers.mail_scenario", "workers.mail_demo",
-                "workers.calendar_scenario", "workers.calendar_demo"}
+                "workers.calendar_scenario", "workers.calendar_demo", "workers.stages"}
 NOT_PRODUCTION = ("emulators", "bench", "tests")
 
 PROVIDER_LITERAL = re.compile(r"^(google|microsoft)(_[a-z]+)?$")
@@ -53,7 +53,7 @@ LITERALS_ALLOWED = (
     re.compile(r"^connectors/(google|graph|oauth|gmail)_[a-z_]+\.py$"),
     re.compile(r"^store/schema\.py$"),  # CHECK constraints: data
     re.compile(r"^store/migrations/"),  # frozen history: data
-    re.compile(r"^workers/(demo|scenario|mail_scenario|mail_demo|calendar_scenario|calendar_demo)\.py$"),  # demo data
+    re.compile(r"^workers/(demo|scenario|mail_scenario|mail_demo|calendar_scenario|calendar_demo|stages)\.py$"),  # demo data
     re.compile(r"^(emulators|bench|tests)/"),
 )
 

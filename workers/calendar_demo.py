@@ -19,6 +19,7 @@ from models.event import Event, instance_key
 from store import repo
 from workers import client as api
 from workers.calendar_scenario import KINDS, TZ, CalendarScenario, soon, wall
+from workers.stages import Stages
 
 
 @dataclass
@@ -37,29 +38,14 @@ class Observed:
     secrets: list[str] = field(default_factory=list)
 
 
-class CalendarStages:
-    def __init__(self, client, sc: CalendarScenario, say: Callable[[str], None], *, task_queue: str | None = None,
-                 poll_interval_s: float = 600) -> None:
-        self.client = client
-        self.sc = sc
-        self.say = say
-        self.task_queue = task_queue
-        self.poll_interval_s = poll_interval_s
+class CalendarStages(Stages):
+    kinds = KINDS
+
+    def __init__(self, client, sc: CalendarScenario, say: Callable[[str], None], **kwargs) -> None:
+        super().__init__(client, sc, say, **kwargs)
         self.seen = Observed()
 
     # -- plumbing ----------------------------------------------------------------
-    async def start(self) -> None:
-        kwargs = {"task_queue": self.task_queue} if self.task_queue else {}
-        for who, cid in self.sc.connections.items():
-            await api.start_sync(self.client, cid, self.sc.org_id, self.sc.people[who].provider, kinds=KINDS,
-                                 poll_interval_s=self.poll_interval_s, **kwargs)
-        for cid in self.sc.connections.values():
-            await api.wait_for_cycles(self.client, cid, 1, timeout=120)
-
-    async def sync(self, *who: str) -> None:
-        for w in who:  # one after another: the order the stage describes
-            await api.sync_now(self.client, self.sc.org_id, self.sc.connections[w], timeout=120)
-
     def item(self, who: str, side: str, external_id: str):
         with self.sc.sessions() as s:
             return repo.get_items(s, self.sc.connections[who], side, [external_id], kind="calendar").get(external_id)
@@ -107,7 +93,7 @@ class CalendarStages:
                                            "start": wall(at(2)), "end": wall(at(2, 1))}),
                  Event(uid=uid, recurrence_id=keys[3], status="cancelled"))
         o.secrets += ["Weekly product sync", "agenda in the doc", "launch review"]
-        await self.sync("ann")
+        await self.sync_in_order("ann")
         self.say("\n== calendar 1: Ann's weekly series in Google Calendar, one instance moved, one retitled, "
                  "one cancelled")
         self.say(f"   the platform ({sc.flavour} flavour) holds the series and its three exceptions:")
@@ -120,8 +106,7 @@ class CalendarStages:
         sc, o = self.sc, self.seen
         o.meeting_uid = uid = sc.invite("ann", "Pricing workshop", soon(3, 14), 1.5, ["cy", "bob"])
         o.secrets += ["Pricing workshop"]
-        await asyncio.gather(*(api.sync_now(self.client, sc.org_id, sc.connections[w], timeout=120)
-                               for w in ("bob", "cy", "ann")))
+        await self.sync("bob", "cy", "ann")  # at the same moment
         self.say("\n== calendar 2: Ann (Google) invites Cy (Google) and Bob (Microsoft 365); the meeting is on "
                  "three calendars with one iCalUID")
         same = [k for k in sc.records() if k[0] == uid]
@@ -129,7 +114,7 @@ class CalendarStages:
         self.show((uid, ""), "meeting")
         sc.answer("cy", uid, "accepted")
         sc.answer("bob", uid, "tentative")
-        await self.sync("cy", "bob")
+        await self.sync_in_order("cy", "bob")
         self.say("   Cy accepts in Google Calendar, Bob answers tentatively in Outlook; each copy adds only "
                  "its owner's answer:")
         self.show((uid, ""), "meeting")
@@ -142,7 +127,7 @@ class CalendarStages:
                                            project=sc.launch, attendees=[sc.people["cy"].email])
         o.platform_event_id = made.id
         o.secrets += ["Customer site visit"]
-        await self.sync("ann")
+        await self.sync_in_order("ann")
         self.say("\n== calendar 3: a project manager schedules a site visit for Ann on the platform")
         mine = [e for e in sc.calendar_events("ann") if e.title == "Customer site visit"]
         if mine:
@@ -163,7 +148,7 @@ class CalendarStages:
         sc.write("ann", Event(title="Offsite planning", organizer=sc.people["ann"].email, start=wall(soon(9)),
                               end=wall(soon(9) + timedelta(hours=30)), start_tz=TZ, end_tz=TZ))
         o.secrets += ["Budget review", "Offsite planning"]
-        await self.sync("ann")
+        await self.sync_in_order("ann")
         self.say("\n== calendar 4: platform rules, and a time changed on both sides")
         self.say("   'an event needs a project': Ann's new event had none, the organisation's fix filed it:")
         self.show((o.conflict_uid, ""), "budget review")
@@ -181,7 +166,7 @@ class CalendarStages:
                                                 "end": wall(start + timedelta(hours=4))})
         ui.update_many([__import__("connectors.protocols", fromlist=["WriteRequest"]).WriteRequest(
             key="move", content=moved, external_id=mine.external_id, etag=mine.etag)])
-        await self.sync("ann")
+        await self.sync_in_order("ann")
         item = self.item("ann", "mailbox", rec.external_id)
         o.conflict_review = item.review_id if item is not None else None
         self.say(f"   the platform moves it to {wall(start + timedelta(hours=1))[11:16]}, Ann to "
@@ -190,7 +175,7 @@ class CalendarStages:
         if o.conflict_review is not None:
             self.say(f"   answering review {o.conflict_review} with 'mailbox' (signal 'resolve': review id and choice)")
             await api.resolve(self.client, sc.sessions, sc.connections["ann"], o.conflict_review, "mailbox")
-            await self.sync("ann")
+            await self.sync_in_order("ann")
             for _ in range(50):
                 if sc.records()[(o.conflict_uid, "")].content.start == moved.start:
                     break

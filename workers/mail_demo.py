@@ -17,6 +17,7 @@ from models.mail_log import Association
 from store import repo
 from workers import client as api
 from workers.mail_scenario import MailScenario, message
+from workers.stages import Stages
 
 
 @dataclass
@@ -48,28 +49,12 @@ class Observed:
 KINDS = ["mail", "send"]
 
 
-class MailStages:
-    def __init__(self, client, sc: MailScenario, say: Callable[[str], None], *, task_queue: str | None = None,
-                 poll_interval_s: float = 600) -> None:
-        self.client = client
-        self.sc = sc
-        self.say = say
-        self.task_queue = task_queue
-        self.poll_interval_s = poll_interval_s
+class MailStages(Stages):
+    kinds = KINDS
+
+    def __init__(self, client, sc: MailScenario, say: Callable[[str], None], **kwargs) -> None:
+        super().__init__(client, sc, say, **kwargs)
         self.seen = Observed()
-
-    # -- plumbing ----------------------------------------------------------------
-    async def start(self) -> None:
-        kwargs = {"task_queue": self.task_queue} if self.task_queue else {}
-        for who, cid in self.sc.connections.items():
-            await api.start_sync(self.client, cid, self.sc.org_id, self.sc.people[who].provider, kinds=KINDS,
-                                 poll_interval_s=self.poll_interval_s, **kwargs)
-        for cid in self.sc.connections.values():
-            await api.wait_for_cycles(self.client, cid, 1, timeout=120)
-
-    async def sync(self, *who: str) -> None:
-        await asyncio.gather(*(api.sync_now(self.client, self.sc.org_id, self.sc.connections[w], timeout=120)
-                               for w in who))
 
     def item(self, who: str, mailbox_id: str):
         with self.sc.sessions() as s:

@@ -28,6 +28,8 @@ was never issued by this database.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -159,18 +161,42 @@ def insert_for(conn: Connection):
     return insert
 
 
+# Built once: a contact write runs it for every record (see service._INSERT_CONTACT).
+_UNINDEX_PERSON = person_emails.delete().where(
+    person_emails.c.org_id == sa.bindparam("b_org"), person_emails.c.person_kind == sa.bindparam("b_kind"),
+    person_emails.c.person_id == sa.bindparam("b_person"))
+
+
+def _plain_addresses(emails) -> list[str]:
+    """Lower-cased, de-duplicated, sorted: `emails` holds plain addresses (str, or a typed
+    email whose str is its address) or stored ones as {"address": ...}."""
+    plain = [str(e.get("address") or "") if isinstance(e, dict) else str(e) for e in emails or ()]
+    return sorted({e.strip().lower() for e in plain if e.strip()})
+
+
 def index_emails(conn: Connection, org_id: str, kind: str, person_id: str, emails) -> None:
     """Make the address index hold exactly `emails` for this person (empty: unindex it).
 
     Called inside the write that changes the person, so a lookup never sees an
     address the person no longer holds, nor misses one it just gained.
     """
-    conn.execute(person_emails.delete().where(
-        person_emails.c.org_id == org_id, person_emails.c.person_kind == kind,
-        person_emails.c.person_id == person_id))
-    plain = [str(e.get("address") or "") if isinstance(e, dict) else str(e) for e in emails or ()]
-    addrs = sorted({e.strip().lower() for e in plain if e.strip()})
+    conn.execute(_UNINDEX_PERSON, {"b_org": org_id, "b_kind": kind, "b_person": person_id})
+    addrs = _plain_addresses(emails)
     if addrs:
         conn.execute(person_emails.insert(), [
             {"org_id": org_id, "email": a, "person_kind": kind, "person_id": person_id} for a in addrs
         ])
+
+
+def index_emails_many(conn: Connection, org_id: str, kind: str, emails_of: dict[str, Sequence[str]]) -> None:
+    """index_emails for many people in a few statements (a bulk write's end)."""
+    ids = list(emails_of)
+    for i in range(0, len(ids), 500):
+        conn.execute(person_emails.delete().where(
+            person_emails.c.org_id == org_id, person_emails.c.person_kind == kind,
+            person_emails.c.person_id.in_(ids[i:i + 500])))
+    rows = [{"org_id": org_id, "email": a, "person_kind": kind, "person_id": pid}
+            for pid, emails in emails_of.items()
+            for a in _plain_addresses(emails)]
+    if rows:
+        conn.execute(person_emails.insert(), rows)

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from models.errors import Fatal, NotFound, PreconditionFailed, Transient, ValidationRejected
+from models.errors import ConnectorError, Fatal, NotFound, PreconditionFailed, Transient, ValidationRejected
 from models.contact import Contact, ContactRecord
 from models.record import SideRecord
 from platforms.reference_crm import mail_schema
@@ -162,6 +162,149 @@ class Account:
     domain: str | None
 
 
+@dataclass(frozen=True)
+class ContactWrite:
+    """One item of `ReferenceCrm.write_contacts`: a create when `contact_id` is None.
+
+    The fields are create_contact's and update_contact's keyword arguments, so an item
+    means exactly what the same single call would (`keep`: an update's fields left as
+    stored; a create has nothing to keep).
+    """
+
+    contact: Contact
+    contact_id: str | None = None
+    owner_id: str | None = None
+    expected_version: int | None = None
+    idempotency_key: str | None = None
+    keep: tuple[str, ...] = ()
+
+
+#: the most items one `write_contacts` call takes (the bulk endpoint's page size)
+MAX_BATCH = 500
+
+# The statements a contact write runs, built once with bound parameters: building one
+# per call (`.values(...)`, `.where(...)`) cost more CPU than running it, and a bulk
+# write runs several per record.
+_INSERT_CHANGE = t.change_log.insert()
+_SET_CHANGE_RECORD = t.change_log.update().where(t.change_log.c.seq == sa.bindparam("b_seq"))
+_INSERT_CONTACT = t.contacts.insert()
+_UPDATE_CONTACT = t.contacts.update().where(t.contacts.c.id == sa.bindparam("b_id"))
+_LOAD_CONTACT = sa.select(t.contacts).where(t.contacts.c.org_id == sa.bindparam("b_org"),
+                                            t.contacts.c.id == sa.bindparam("b_id"))
+_INSERT_IDEMPOTENCY = t.idempotency.insert()
+
+
+class _Batch:
+    """One batch write's state.
+
+    What it reads once for all its items instead of once per item: the rules, the
+    accounts its contacts can link to, the records it updates and the results its
+    idempotency keys already hold. These stay true for the whole transaction because
+    every write to the organisation (account changes and CRM users' edits included)
+    holds its lock; the batch's own writes are tracked, so a later item sees what an
+    earlier one did.
+
+    And what it writes once at the end instead of once per item: the change log's
+    record ids, the email index, the idempotency keys and the records read back for
+    the answers. An item's answer is the record as that item left it, so when a later
+    item writes the same record again, the earlier answer is read first (`settle`).
+    """
+
+    def __init__(self, conn: Connection, org_id: str, items: Sequence[ContactWrite], rules: list[Rule]) -> None:
+        self.rules = rules
+        keys = list(dict.fromkeys(i.idempotency_key for i in items if i.idempotency_key))
+        ids = list(dict.fromkeys(i.contact_id for i in items if i.contact_id))
+        self._done: dict[str, tuple[str, Any]] = {}  # key -> (fingerprint, stored result)
+        if keys:
+            q = sa.select(t.idempotency.c.key, t.idempotency.c.fingerprint, t.idempotency.c.result).where(
+                t.idempotency.c.org_id == org_id, t.idempotency.c.key.in_(keys))
+            self._done = {r.key: (r.fingerprint, r.result) for r in conn.execute(q)}
+        self._rows: dict[str, Any] = {}
+        if ids:
+            q = sa.select(t.contacts).where(t.contacts.c.org_id == org_id, t.contacts.c.id.in_(ids))
+            self._rows = {r.id: r for r in conn.execute(q)}
+        # Accounts by domain and by name key, first in id order: _link_account's choice.
+        # An update that keeps fields links by what it keeps from the stored record (or
+        # from an earlier item's contact, already among the items').
+        linked = [i.contact for i in items]
+        linked += [CrmContact.from_row(self._rows[i.contact_id]).contact for i in items
+                   if i.keep and i.contact_id in self._rows]
+        domains = sorted({d for c in linked for d in _link_domains(c)})
+        names = sorted({company_key(c.company) for c in linked} - {""})
+        self._by_domain: dict[str, str] = {}
+        self._by_name: dict[str, str] = {}
+        self._rank: dict[str, int] = {}
+        if domains or names:
+            q = (sa.select(t.accounts.c.id, t.accounts.c.domain, t.accounts.c.name_key)
+                 .where(t.accounts.c.org_id == org_id,
+                        sa.or_(t.accounts.c.domain.in_(domains), t.accounts.c.name_key.in_(names)))
+                 .order_by(t.accounts.c.id))
+            for rank, r in enumerate(conn.execute(q)):
+                self._rank[r.id] = rank
+                if r.domain is not None:
+                    self._by_domain.setdefault(r.domain, r.id)
+                self._by_name.setdefault(r.name_key, r.id)
+        #: each item's answer so far: a record, an error, or None until its record is read back
+        self.out: list[CrmContact | ConnectorError | None] = []
+        self.names: list[dict] = []  # change-log rows of creates, to name with their record
+        self.emails: dict[str, Sequence[str]] = {}  # the email index per record written (last write)
+        self.keys: list[tuple[int, str, str]] = []  # (item, key, fingerprint) to store with its answer
+        self._unread: dict[str, list[int]] = {}  # record id -> items whose answer it is
+        self._record_of: dict[int, str] = {}
+
+    def link(self, contact: Contact) -> str | None:
+        """ReferenceCrm._link_account, answered from the accounts read for the batch."""
+        hits = [self._by_domain[d] for d in _link_domains(contact) if d in self._by_domain]
+        if hits:
+            return min(hits, key=self._rank.__getitem__)
+        key = company_key(contact.company)
+        return self._by_name.get(key) if key else None
+
+    def row(self, contact_id: str) -> Any:
+        """The record as read at the start of the batch (stale once `written`)."""
+        return self._rows.get(contact_id)
+
+    def written(self, contact_id: str) -> bool:
+        """Whether an earlier item of the batch changed this record."""
+        return contact_id in self.emails
+
+    def replay(self, key: str | None, fp: str) -> CrmContact | int | None:
+        """_idem_lookup over the keys read for the batch and those its items used: the
+        stored record, or the earlier item whose answer it is (not read back yet)."""
+        if not key or key not in self._done:
+            return None
+        stored_fp, result = self._done[key]
+        if stored_fp != fp:
+            raise IdempotencyKeyReused("idempotency key reused with a different request")
+        return result if isinstance(result, int) else CrmContact.from_json(result)
+
+    def answered(self, item: int, key: str | None, fp: str, rec: CrmContact) -> None:
+        """An item answered without a write (a save that changes nothing)."""
+        if key:
+            self._done[key] = (fp, rec.to_json())
+            self.keys.append((item, key, fp))
+
+    def wrote(self, item: int, record_id: str, contact: Contact, key: str | None, fp: str) -> None:
+        """An item wrote `record_id`: its answer is read back later, its key stored then."""
+        self.emails[record_id] = contact.email_addresses()
+        self._unread.setdefault(record_id, []).append(item)
+        self._record_of[item] = record_id
+        if key:
+            self._done[key] = (fp, item)
+            self.keys.append((item, key, fp))
+
+    def record_of(self, item: int) -> str:
+        return self._record_of[item]
+
+    def settle(self, record_id: str, rec: CrmContact) -> None:
+        """`rec` is the record as the items waiting on it left it: their answer."""
+        for item in self._unread.pop(record_id, ()):
+            self.out[item] = rec
+
+    def unread(self) -> list[str]:
+        return list(self._unread)
+
+
 def _db_errors(fn: Callable) -> Callable:
     """Database trouble (locked, connection lost) is Transient to callers, per models.errors."""
 
@@ -177,6 +320,22 @@ def _db_errors(fn: Callable) -> Callable:
 
 def _fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _create_fingerprint(contact: Contact, owner_id: str | None) -> str:
+    return _fingerprint({"op": "create", "contact": contact.model_dump(mode="json"), "owner": owner_id})
+
+
+def _update_fingerprint(contact_id: str, contact: Contact, owner_id: str | None, expected_version: int | None,
+                        keep: Sequence[str] = ()) -> str:
+    """`keep` sorted; an update keeping nothing has the fingerprint it had before `keep` existed."""
+    return _fingerprint({"op": "update", "id": contact_id, "contact": contact.model_dump(mode="json"),
+                         "owner": owner_id, "expected": expected_version, **({"keep": list(keep)} if keep else {})})
+
+
+def _link_domains(contact: Contact) -> list[str]:
+    """The email domains an account can be found by: not the free mail providers'."""
+    return sorted({d for d in (email_domain(e) for e in contact.email_addresses()) if d and d not in FREE_DOMAINS})
 
 
 class ReferenceCrm:
@@ -242,7 +401,7 @@ class ReferenceCrm:
 
     def _next_seq(self, conn: Connection, org_id: str, record_id: str | None, op: str, actor: str) -> int:
         res = conn.execute(
-            t.change_log.insert().values(org_id=org_id, record_id=record_id, op=op, actor=actor, at=time.time())
+            _INSERT_CHANGE, {"org_id": org_id, "record_id": record_id, "op": op, "actor": actor, "at": time.time()}
         )
         return int(res.inserted_primary_key[0])
 
@@ -254,7 +413,7 @@ class ReferenceCrm:
 
     def _link_account(self, conn: Connection, org_id: str, contact: Contact) -> str | None:
         """Email domain (non-free) first, then company name; deterministic when several match."""
-        domains = sorted({d for d in (email_domain(e) for e in contact.email_addresses()) if d and d not in FREE_DOMAINS})
+        domains = _link_domains(contact)
         if domains:
             hit = conn.execute(
                 sa.select(t.accounts.c.id)
@@ -275,9 +434,7 @@ class ReferenceCrm:
         return None
 
     def _load(self, conn: Connection, org_id: str, contact_id: str) -> Any:
-        return conn.execute(
-            sa.select(t.contacts).where(t.contacts.c.org_id == org_id, t.contacts.c.id == contact_id)
-        ).first()
+        return conn.execute(_LOAD_CONTACT, {"b_org": org_id, "b_id": contact_id}).first()
 
     def _idem_lookup(self, conn: Connection, org_id: str, key: str | None, fp: str) -> CrmContact | None:
         if not key:
@@ -294,10 +451,9 @@ class ReferenceCrm:
     def _idem_store(self, conn: Connection, org_id: str, key: str | None, fp: str, rec: CrmContact) -> None:
         if key:
             conn.execute(
-                t.idempotency.insert().values(
-                    org_id=org_id, key=key, fingerprint=fp, record_id=rec.id,
-                    result=rec.to_json(), created_at=time.time(),
-                )
+                _INSERT_IDEMPOTENCY,
+                {"org_id": org_id, "key": key, "fingerprint": fp, "record_id": rec.id,
+                 "result": rec.to_json(), "created_at": time.time()},
             )
 
     def _save(
@@ -311,22 +467,45 @@ class ReferenceCrm:
         enforce_rules: bool,
     ) -> CrmContact:
         """Validate, link, stamp a new sequence number and write one contact (create or update)."""
+        saved = self._save_row(conn, org_id, existing, contact, owner_id, actor, enforce_rules)
+        if isinstance(saved, CrmContact):
+            return saved
+        mail_schema.index_emails(conn, org_id, "contact", saved, contact.email_addresses())
+        return CrmContact.from_row(self._load(conn, org_id, saved))
+
+    def _save_row(
+        self,
+        conn: Connection,
+        org_id: str,
+        existing: Any,
+        contact: Contact,
+        owner_id: str | None,
+        actor: str,
+        enforce_rules: bool,
+        *,
+        batch: _Batch | None = None,
+    ) -> str | CrmContact:
+        """_save's checks and its row: the id of the record written, or the record itself
+        when the save changes nothing. A batch supplies the rules and accounts it read
+        and names its creates' change-log rows at its end."""
         if enforce_rules:
-            err = rules_mod.first_violation(self._rules(conn, org_id), contact)
+            err = rules_mod.first_violation(self._rules(conn, org_id) if batch is None else batch.rules, contact)
             if err is not None:
                 raise err
-        account_id = self._link_account(conn, org_id, contact)
+        account_id = self._link_account(conn, org_id, contact) if batch is None else batch.link(contact)
         values = _column_values(contact)
         now = time.time()
         if existing is None:
             seq = self._next_seq(conn, org_id, None, "create", actor)
             record_id = f"crm_c_{seq}"
-            conn.execute(t.change_log.update().where(t.change_log.c.seq == seq).values(record_id=record_id))
+            if batch is None:
+                conn.execute(_SET_CHANGE_RECORD, {"b_seq": seq, "record_id": record_id})
+            else:
+                batch.names.append({"b_seq": seq, "record_id": record_id})
             conn.execute(
-                t.contacts.insert().values(
-                    id=record_id, org_id=org_id, owner_id=owner_id, account_id=account_id, deleted=False,
-                    version=1, updated_at=now, change_seq=seq, **values,
-                )
+                _INSERT_CONTACT,
+                dict(id=record_id, org_id=org_id, owner_id=owner_id, account_id=account_id, deleted=False,
+                     version=1, updated_at=now, change_seq=seq, **values),
             )
         else:
             record_id = existing.id
@@ -335,13 +514,11 @@ class ReferenceCrm:
                 return before  # a no-op save is not a change: no version bump, no feed entry
             seq = self._next_seq(conn, org_id, record_id, "update", actor)
             conn.execute(
-                t.contacts.update()
-                .where(t.contacts.c.id == record_id)
-                .values(owner_id=owner_id, account_id=account_id, version=existing.version + 1,
-                        updated_at=now, change_seq=seq, **values)
+                _UPDATE_CONTACT,
+                dict(b_id=record_id, owner_id=owner_id, account_id=account_id, version=existing.version + 1,
+                     updated_at=now, change_seq=seq, **values),
             )
-        mail_schema.index_emails(conn, org_id, "contact", record_id, contact.email_addresses())
-        return CrmContact.from_row(self._load(conn, org_id, record_id))
+        return record_id
 
     @staticmethod
     def _check_version(existing: Any, expected_version: int | None) -> None:
@@ -361,7 +538,7 @@ class ReferenceCrm:
         actor: str = "api",
         enforce_rules: bool = True,
     ) -> CrmContact:
-        fp = _fingerprint({"op": "create", "contact": contact.model_dump(mode="json"), "owner": owner_id})
+        fp = _create_fingerprint(contact, owner_id)
         with self._write(org_id) as conn:
             done = self._idem_lookup(conn, org_id, idempotency_key, fp)
             if done is not None:
@@ -386,8 +563,7 @@ class ReferenceCrm:
     ) -> CrmContact:
         """Replace the contact's fields but those in `keep`. `owner_id` None keeps the current owner."""
         keep = sorted(set(keep))
-        fp = _fingerprint({"op": "update", "id": contact_id, "contact": contact.model_dump(mode="json"),
-                           "owner": owner_id, "expected": expected_version, **({"keep": keep} if keep else {})})
+        fp = _update_fingerprint(contact_id, contact, owner_id, expected_version, keep)
         with self._write(org_id) as conn:
             done = self._idem_lookup(conn, org_id, idempotency_key, fp)
             if done is not None:
@@ -402,6 +578,116 @@ class ReferenceCrm:
                              actor, enforce_rules)
             self._idem_store(conn, org_id, idempotency_key, fp, rec)
             return rec
+
+    @_db_errors
+    def write_contacts(
+        self,
+        org_id: str,
+        items: Sequence[ContactWrite],
+        *,
+        actor: str = "api",
+        enforce_rules: bool = True,
+    ) -> list[CrmContact | ConnectorError]:
+        """Creates and updates in one transaction: the bulk endpoint.
+
+        A commit per record made the first sync of a big mailbox spend most of its time
+        committing. Here the batch commits once and each item runs in a savepoint of its
+        own, so an item the CRM refuses (a rule, a stale version, a missing record, a
+        reused key) is rolled back alone and answered with its error in its place while
+        the others land. An item means what the same create_contact / update_contact
+        call would: the same idempotency keys and fingerprints, and a change number per
+        changed record in the order given, drawn under the organisation's lock. Database
+        trouble fails the whole batch (Transient): none of it is committed, and a retry
+        with the same keys is safe.
+        """
+        if len(items) > MAX_BATCH:
+            raise Fatal(f"a batch write takes at most {MAX_BATCH} items")
+        with self._write(org_id) as conn:
+            batch = _Batch(conn, org_id, items, self._rules(conn, org_id) if enforce_rules else [])
+            for pos, item in enumerate(items):
+                # Plain SQL with one reused name: SQLAlchemy's begin_nested() compiles a
+                # new statement per savepoint, which cost more than the item's own writes.
+                conn.exec_driver_sql("SAVEPOINT crm_item")
+                try:
+                    answer = self._write_item(conn, org_id, pos, item, actor, enforce_rules, batch)
+                except Transient:
+                    raise
+                except ConnectorError as exc:
+                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT crm_item")
+                    answer = exc
+                conn.exec_driver_sql("RELEASE SAVEPOINT crm_item")
+                batch.out.append(answer)
+            self._finish_batch(conn, org_id, batch)
+        assert all(a is not None for a in batch.out)
+        return batch.out  # type: ignore[return-value]
+
+    def _write_item(self, conn: Connection, org_id: str, pos: int, item: ContactWrite, actor: str,
+                    enforce_rules: bool, batch: _Batch) -> CrmContact | None:
+        """One item of write_contacts: create_contact's or update_contact's body on the
+        batch's reads. None: it wrote its record, read back for its answer at the end.
+        What the batch is to do for the item is noted after the item's last statement,
+        so an item rolled back to its savepoint leaves nothing for the end to act on (a
+        create's change-log row to name is rolled back with it: naming it changes nothing)."""
+        key = item.idempotency_key
+        contact = item.contact
+        if item.contact_id is None:
+            fp = _create_fingerprint(item.contact, item.owner_id)
+            done = self._replay(conn, org_id, batch, key, fp)
+            if done is not None:
+                return done
+            saved = self._save_row(conn, org_id, None, item.contact, item.owner_id, actor, enforce_rules, batch=batch)
+        else:
+            keep = sorted(set(item.keep))
+            fp = _update_fingerprint(item.contact_id, item.contact, item.owner_id, item.expected_version, keep)
+            done = self._replay(conn, org_id, batch, key, fp)
+            if done is not None:
+                return done
+            if batch.written(item.contact_id):
+                existing = self._load(conn, org_id, item.contact_id)
+                batch.settle(item.contact_id, CrmContact.from_row(existing))  # before this item changes it
+            else:
+                existing = batch.row(item.contact_id)
+            if existing is None or existing.deleted:
+                raise NotFound("contact not found")
+            self._check_version(existing, item.expected_version)
+            if keep:
+                contact = kept(contact, CrmContact.from_row(existing).contact, keep)
+            owner_id = item.owner_id if item.owner_id is not None else existing.owner_id
+            saved = self._save_row(conn, org_id, existing, contact, owner_id, actor, enforce_rules, batch=batch)
+        if isinstance(saved, CrmContact):
+            batch.answered(pos, key, fp, saved)
+            return saved
+        batch.wrote(pos, saved, contact, key, fp)  # as stored: with its kept fields
+        return None
+
+    def _replay(self, conn: Connection, org_id: str, batch: _Batch, key: str | None, fp: str) -> CrmContact | None:
+        done = batch.replay(key, fp)
+        if isinstance(done, int):  # an earlier item of this batch, its record not read back yet
+            record_id = batch.record_of(done)
+            batch.settle(record_id, CrmContact.from_row(self._load(conn, org_id, record_id)))
+            done = batch.out[done]
+            assert isinstance(done, CrmContact)
+        return done
+
+    def _finish_batch(self, conn: Connection, org_id: str, batch: _Batch) -> None:
+        """The writes every item left for the end, in a few statements for all of them."""
+        if batch.names:
+            conn.execute(_SET_CHANGE_RECORD, batch.names)
+        mail_schema.index_emails_many(conn, org_id, "contact", batch.emails)
+        unread = batch.unread()
+        for i in range(0, len(unread), _KEY_CHUNK):
+            q = sa.select(t.contacts).where(t.contacts.c.org_id == org_id, t.contacts.c.id.in_(unread[i:i + _KEY_CHUNK]))
+            for row in conn.execute(q):
+                batch.settle(row.id, CrmContact.from_row(row))
+        now = time.time()
+        rows = []
+        for pos, key, fp in batch.keys:
+            rec = batch.out[pos]
+            assert isinstance(rec, CrmContact)
+            rows.append({"org_id": org_id, "key": key, "fingerprint": fp, "record_id": rec.id,
+                         "result": rec.to_json(), "created_at": now})
+        if rows:
+            conn.execute(_INSERT_IDEMPOTENCY, rows)
 
     @_db_errors
     def delete_contact(

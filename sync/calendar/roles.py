@@ -45,11 +45,21 @@ class CalendarRulesFor(KindRules):
     me: str = ""
 
     def merge(self, base, mailbox, platform, policy: Policy, *, mailbox_time=None, platform_time=None,
-              decided=None) -> MergeResult:
+              decided=None, **more) -> MergeResult:
         if is_attendee_copy(mailbox, self.me) or is_attendee_copy(platform, self.me):
             return MergeResult(attendee_merge(base, mailbox, platform, self.me), (), ())
-        return super().merge(base, mailbox, platform, policy, mailbox_time=mailbox_time,
-                             platform_time=platform_time, decided=decided)
+        result = super().merge(base, mailbox, platform, policy, mailbox_time=mailbox_time,
+                               platform_time=platform_time, decided=decided, **more)
+        return MergeResult(keep_identity(result.merged, platform), result.conflicts, result.unresolved)
+
+
+def keep_identity(merged: Event, platform: Event) -> Event:
+    """(UID, RECURRENCE-ID) are who a record is, not a value to merge: two events linked
+    by similarity keep their own (the provider assigned one, the platform the other, and
+    neither lets it change). The link's snapshot carries the platform's."""
+    if platform.uid and (merged.uid, merged.recurrence_id) != (platform.uid, platform.recurrence_id):
+        return merged.model_copy(update={"uid": platform.uid, "recurrence_id": platform.recurrence_id})
+    return merged
 
 
 def restrict_attendee_writes(d: Decision, me: str, mailbox: Event | None) -> Decision:
