@@ -21,6 +21,7 @@ from typing import Callable
 import sqlalchemy as sa
 
 from activities.pacing import Pacer
+from activities.rekey import Rekeyed, Rekeyer
 from models.errors import CursorExpired
 from connectors.protocols import PlatformSide
 from store import mirror, repo
@@ -45,6 +46,8 @@ class OrgRead:
     resyncs: int = 0
     #: connections the changes concern (to wake)
     affected: set[str] = field(default_factory=set)
+    #: stored keys brought to today's code and settings before reading (activities/rekey.py)
+    rekeyed: Rekeyed = field(default_factory=Rekeyed)
 
 
 class OrgReader:
@@ -54,6 +57,7 @@ class OrgReader:
         self.kind = rules.name
         self.platform = platform
         self.wait = wait
+        self.rekeyer = Rekeyer(sessions, rules, platform, wait=wait)
 
     def read(self, org_id: str, heartbeat: Callable = lambda *a: None) -> OrgRead:
         """Read the feed to its end; mirror, buffer and route what changed."""
@@ -65,6 +69,9 @@ class OrgReader:
             org = repo.get_org(s, org_id)
             # Keys in the organisation's phone region, as its connections look them up.
             rules = self.rules.for_settings(SyncSettings.from_dict(org.settings if org is not None else None))
+        # Keys stored by other code or settings first, so what this read mirrors and what
+        # was mirrored before are found by the same candidate search.
+        out.rekeyed = self.rekeyer.run(org_id, heartbeat)
         while True:
             with self.sessions() as s:
                 cursor = mirror.get_feed(s, org_id, self.kind).value

@@ -378,7 +378,9 @@ class KindPipeline:
                 read = self.reader.read(org_id, heartbeat=_heartbeat)
             except ConnectorError as exc:
                 raise to_application_error(exc) from None
-            span.set(changes=read.changes, pages=read.pages, calls=read.calls, woken=len(read.affected))
+            span.set(changes=read.changes, pages=read.pages, calls=read.calls, woken=len(read.affected),
+                     rekeyed_links=read.rekeyed.links, rekeyed_records=read.rekeyed.records,
+                     reread_records=read.rekeyed.reread)
         with self.sessions() as s:
             # One waiting for re-consent still counts: it syncs again once reconnected. An
             # organisation with no mailbox row at all is not reported as ended (a store
@@ -386,7 +388,8 @@ class KindPipeline:
             conns = repo.list_connections(s, org_id=org_id)
             active = sum(1 for c in conns if c.status != "disconnected") if conns else None
         return OrgReadResult(changes=read.changes, pages=read.pages, calls=read.calls, woken=sorted(read.affected),
-                             active_mailboxes=active)
+                             active_mailboxes=active,
+                             rekeyed=read.rekeyed.links + read.rekeyed.records)
 
     def _relevant_platform(self, s, connection_id: str, records: list[SideRecord],
                            settings: SyncSettings) -> list[SideRecord]:

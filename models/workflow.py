@@ -285,6 +285,9 @@ class OrgReadResult(BaseModel):
     #: mailboxes of the organisation still syncing (None: not reported by an older worker,
     #: or the store holds no mailbox of it)
     active_mailboxes: int | None = None
+    #: stored blocking keys (links and mirrored records) recomputed for today's key
+    #: formats or settings before the read (0 but after an upgrade or a region change)
+    rekeyed: int = 0
 
 
 class OrgKindState(BaseModel):

@@ -426,3 +426,27 @@ calendar_claims = sa.Table(
     sa.Column("platform_id", sa.String, nullable=True),
     sa.Column("claimed_at", Epoch, nullable=False),
 )
+
+
+# -- blocking keys' version ------------------------------------------------------
+# Link keys and mirror keys are computed by the code that wrote them; candidate search
+# probes them with keys computed by today's code. `stamp` says which key formats (the
+# kind's `keys_version`) and key-affecting settings (the phone region) the stored keys
+# of an organisation's kind follow; while a re-key to `target` is under way, `links_after`
+# and `mirror_after` say how far it got, so a killed worker resumes (store/rekey.py).
+
+key_versions = sa.Table(
+    "key_versions",
+    metadata,
+    sa.Column("org_id", sa.String, primary_key=True),
+    sa.Column("kind", sa.String, primary_key=True),
+    #: what every stored key of this organisation and kind follows (None: not known)
+    sa.Column("stamp", sa.String, nullable=True),
+    #: the stamp a re-key in progress brings the keys to (None: none under way)
+    sa.Column("target", sa.String, nullable=True),
+    #: the last link id re-keyed to `target`
+    sa.Column("links_after", sa.BigInteger, nullable=False, server_default="0"),
+    #: the last mirrored external id re-keyed to `target` ("": none yet)
+    sa.Column("mirror_after", sa.String, nullable=False, server_default=""),
+    sa.Column("updated_at", Epoch, nullable=False),
+)

@@ -31,7 +31,7 @@ EXPECTED_TABLES = {
     "vault_tokens",
     "subscriptions",
 }
-HEAD = "0011"
+HEAD = "0012"
 
 
 @pytest.fixture

@@ -69,11 +69,22 @@ class KindRules(Generic[T]):
     #: these rules as an organisation's settings adjust them (e.g. the region phone numbers
     #: are read in, which changes blocking keys and scores); None: settings change nothing
     bind: Callable[["KindRules", SyncSettings], "KindRules"] | None = None
+    #: the format of `keys`: bump it whenever a key's format changes, so keys stored by
+    #: an earlier release are recomputed (activities/org.py) instead of never being met
+    keys_version: str = ""
+    #: the settings `keys` depends on, as a short value-free text (e.g. "region=GB"):
+    #: a change re-keys what is stored, like a new `keys_version`
+    keys_settings: Callable[[SyncSettings], str] = field(default=lambda settings: "")
 
     def for_settings(self, settings: SyncSettings) -> "KindRules":
         """The rules for one organisation: keys, scores and indexes must all be computed
         the same way, or a record's stored keys would not meet its duplicate's."""
         return self.bind(self, settings) if self.bind is not None else self
+
+    def keys_stamp(self, settings: SyncSettings) -> str:
+        """What stored keys must have been computed with to meet today's: the key formats
+        and the settings that change them."""
+        return f"{self.name}:{self.keys_version};{self.keys_settings(settings)}"
 
     def hash(self, content: Any) -> str:
         return content_hash(content)

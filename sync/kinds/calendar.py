@@ -31,4 +31,5 @@ CALENDAR: KindRules[Event] = KindRules(
     score=score,
     fix=apply_fix_rules,
     manual_fields=TIME_FIELDS,
+    keys_version="1",
 )

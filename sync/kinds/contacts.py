@@ -50,4 +50,7 @@ CONTACTS: KindRules[Contact] = KindRules(
     outbound=lambda content, target, settings: fields.outbound(content, target, settings.field_map),
     differs=fields.differs,
     bind=_bind,
+    # 2: names keyed by their normalised parts (old "t:" and single "n:" keys gone)
+    keys_version="2",
+    keys_settings=lambda settings: f"region={settings.phone_region}",
 )
