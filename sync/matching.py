@@ -392,6 +392,9 @@ class CandidateIndex(Generic[K]):
         self.region = region
         self.capped_lookups = 0
         self._entries: dict[K, tuple[Contact, NormalizedContact]] = {}
+        #: the entries a contact can be scored against (a name or an identifier): the
+        #: candidate loop's one lookup per candidate
+        self._scorable: dict[K, NormalizedContact] = {}
         self._blocks: dict[str, set[K]] = {}
         self._cluster: dict[K, K] = {}  # member -> the cluster's anchor
         self._members: dict[K, list[K]] = {}  # anchor -> members in the order they joined
@@ -401,6 +404,8 @@ class CandidateIndex(Generic[K]):
             self.remove(key)
         norm = normalized(contact, self.region)
         self._entries[key] = (contact, norm)
+        if _identifiable(norm):
+            self._scorable[key] = norm
         for bk in norm.keys:
             self._blocks.setdefault(bk, set()).add(key)
         if cluster is not None and cluster in self._entries and cluster != key:
@@ -426,6 +431,7 @@ class CandidateIndex(Generic[K]):
         entry = self._entries.pop(key, None)
         if entry is None:
             return
+        self._scorable.pop(key, None)
         for bk in entry[1].keys:
             block = self._blocks.get(bk)
             if block is not None:
@@ -547,7 +553,12 @@ def _other_person(a: NormalizedContact, b: NormalizedContact) -> bool:
     """Whether a cap certainly holds the pair below review, by cheap tests (cached name
     comparisons, set intersections); it spares the full score for most of a common
     name's block. Exact: it only says True where `_evaluate` would cap."""
-    verdict = _name_verdict(a.first, a.last, b.first, b.last)
+    return _capped_by_names(_name_verdict(a.first, a.last, b.first, b.last), a, b)
+
+
+def _capped_by_names(verdict: int, a: NormalizedContact, b: NormalizedContact) -> bool:
+    """`_other_person` once the names' verdict is known (the candidate loop caches it
+    per query by the candidate's names: a common surname's block repeats a few dozen)."""
     if verdict == 0:
         return False
     if not a.emails.isdisjoint(b.emails):
@@ -597,13 +608,20 @@ def best_match(
     excluded = set(exclude)
     prune = thresholds.review > OTHER_PERSON_CAP
     scored = []
-    entries = index._entries
+    scorable = index._scorable
+    verdicts: dict[tuple[str, str], int] = {}
+    first, last = norm.first, norm.last
     for key in index._candidates(norm):
-        if key in excluded:
+        other = scorable.get(key)
+        if other is None or (excluded and key in excluded):
             continue
-        other = entries[key][1]
-        if not _identifiable(other) or (prune and _other_person(norm, other)):
-            continue
+        if prune:
+            names = (other.first, other.last)
+            verdict = verdicts.get(names)
+            if verdict is None:
+                verdict = verdicts[names] = _name_verdict(first, last, *names)
+            if verdict and _capped_by_names(verdict, norm, other):
+                continue
         scored.append((key, _Scored(_evaluate(norm, other))))
     return _pick(scored, thresholds, index.anchor)
 
