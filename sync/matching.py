@@ -118,6 +118,7 @@ def score(a: Contact, b: Contact, region: str = DEFAULT_REGION) -> MatchScore:
 # --- field comparisons: each returns a level of match_weights.WEIGHTS[field] ----
 
 
+@lru_cache(maxsize=262144)
 def _close(x: str, y: str) -> bool:
     """One typo apart (insert, delete, substitute, swap two neighbours), or very alike."""
     if min(len(x), len(y)) < 3:
@@ -185,8 +186,10 @@ def phone_level(a: NormalizedContact, b: NormalizedContact) -> str:
 def _address_pair(x: NormalizedAddress, y: NormalizedAddress) -> int:
     """3 same address, 2 same street elsewhere on it, 1 same area, 0 elsewhere."""
     same_postal = bool(x.postal_code) and x.postal_code == y.postal_code
-    same_street = bool(x.street) and (x.street == y.street or _close(x.street, y.street))
     same_city = bool(x.city) and x.city == y.city
+    if not (same_postal or same_city):
+        return 0  # every level above "elsewhere" needs the same postcode or city
+    same_street = bool(x.street) and (x.street == y.street or _close(x.street, y.street))
     same_number = bool(x.number) and x.number == y.number
     if same_number and (same_postal and (same_street or not (x.street and y.street)) or same_street and same_city):
         return 3
@@ -620,7 +623,10 @@ def best_match(
             verdict = verdicts.get(names)
             if verdict is None:
                 verdict = verdicts[names] = _name_verdict(first, last, *names)
-            if verdict and _capped_by_names(verdict, norm, other):
+            if verdict == 1:
+                if not norm.emails or norm.emails.isdisjoint(other.emails):
+                    continue  # other given names, no shared mailbox: capped below review
+            elif verdict and _capped_by_names(verdict, norm, other):
                 continue
         scored.append((key, _Scored(_evaluate(norm, other))))
     return _pick(scored, thresholds, index.anchor)

@@ -266,7 +266,16 @@ def _fold_cached(value: str) -> str:
     return _fold(value)
 
 
+#: fold_text for plain ASCII: no accents to strip, so one translate does it
+_ASCII_FOLD = {
+    i: (None if chr(i) in _DROPPED else " ")
+    for i in range(128) if chr(i) in _DROPPED or unicodedata.category(chr(i))[0] in "PSZC"
+}
+
+
 def _fold(value: str) -> str:
+    if value.isascii():
+        return " ".join(value.translate(_ASCII_FOLD).lower().split())
     s = unicodedata.normalize("NFKD", value)
     s = unicodedata.normalize("NFKD", s.casefold())
     out: list[str] = []
