@@ -276,6 +276,10 @@ _ASCII_FOLD = {
 def _fold(value: str) -> str:
     if value.isascii():
         return " ".join(value.translate(_ASCII_FOLD).lower().split())
+    return _fold_unicode(value)
+
+
+def _fold_unicode(value: str) -> str:
     s = unicodedata.normalize("NFKD", value)
     s = unicodedata.normalize("NFKD", s.casefold())
     out: list[str] = []
