@@ -11,6 +11,13 @@ the same person. The m/u tables and the logistic fit are estimated on the
 corrupted-record generator (bench/duplicates.py) by bench/calibrate_matching.py
 and checked in as constants (sync/match_weights.py); rerun it to recalibrate.
 
+Two corrections come from the pool being searched, not from the calibration: the
+prior falls with the pool's size beyond the calibration's (`pool_prior`: a pool ten
+times as large holds ten times the namesakes), and an exact given or family name
+counts less the more of the pool carries it (`NameFrequencies`, Fellegi-Sunter
+term-frequency adjustment, which only ever lowers). The index keeps the counts
+as records are added and removed; `score` of a lone pair uses neither.
+
 A naive-Bayes sum treats fields as independent. Three rules on top of it cover
 where they are not, and every one only lowers a score:
 
