@@ -125,9 +125,10 @@ def run(report: Report = print, *, existing: int = EXISTING, incoming: int = INC
             emit(f"{p}.incoming_records", n_in, "", "records empty without these fields dropped")
         t0, c0 = time.perf_counter(), time.process_time()
         index: CandidateIndex[str] = CandidateIndex()
-        for key, contact in w.pool.items():
-            index.add(key, contact)
+        index.add_many(w.pool.items())
         build, build_cpu = time.perf_counter() - t0, time.process_time() - c0
+        # The index is long-lived too (a worker keeps it between syncs): frozen like the world.
+        gc.freeze()
         # Clusters the pool already knows (a person a reviewer already linked twice):
         # none here; the generator's pool duplicates are unknown to the matcher.
         t0, c0 = time.perf_counter(), time.process_time()

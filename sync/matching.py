@@ -54,6 +54,7 @@ bench/matching.py.
 
 from __future__ import annotations
 
+import gc
 import math
 from functools import lru_cache
 from collections.abc import Collection, Iterable, Mapping
@@ -495,6 +496,24 @@ class CandidateIndex(Generic[K]):
             self._blocks.setdefault(bk, set()).add(key)
         if cluster is not None and cluster in self._entries and cluster != key:
             self.join(cluster, key)
+
+    def add_many(self, items: Iterable[tuple[K, Contact]]) -> None:
+        """`add` each (key, contact), with the cyclic garbage collector paused.
+
+        Loading an organisation's contacts allocates millions of small objects
+        (normalised views, key sets) and none of them form reference cycles; left
+        on, the collector re-walks the growing index over and over, which doubles
+        the build time of 100,000 records. Reference counting still frees garbage,
+        and the collector's previous state is restored however the load ends.
+        """
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            for key, contact in items:
+                self.add(key, contact)
+        finally:
+            if paused:
+                gc.enable()
 
     def join(self, a: K, b: K) -> None:
         """Record that `a` and `b` are the same person; `a`'s cluster keeps its anchor."""

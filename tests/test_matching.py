@@ -614,3 +614,27 @@ def test_a_common_surname_agreeing_is_weaker_than_a_rare_one_and_the_index_agree
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
 def test_ascii_folding_fast_path_equals_the_unicode_path(text):
     assert _fold(text) == _fold_unicode(text)
+
+
+def test_add_many_builds_the_same_index_and_restores_the_collector():
+    import gc
+
+    rng = random.Random(5)
+    people = {f"k{i}": c for i, c in enumerate(_filler(300, rng))}
+    one: Index[str] = Index()
+    for k, c in people.items():
+        one.add(k, c)
+    many: Index[str] = Index()
+    assert gc.isenabled()
+    many.add_many(people.items())
+    assert gc.isenabled()
+    assert many.block_sizes() == one.block_sizes() and len(many) == len(one)
+    gc.disable()
+    try:
+        Index().add_many(people.items())
+        assert not gc.isenabled()  # a paused collector stays paused
+    finally:
+        gc.enable()
+    with pytest.raises(AttributeError):
+        Index().add_many([("bad", None)])
+    assert gc.isenabled()
