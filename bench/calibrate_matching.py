@@ -188,7 +188,7 @@ def candidate_samples(people, weights, rng: random.Random) -> list[tuple[tuple[s
     from sync.matching import FIELDS, CandidateIndex
 
     samples: list[tuple[float, int]] = []
-    pool_size = len(people) // 2
+    pool_size = calibration_pool()
     for fields in CONFIGS.values():
         index: CandidateIndex[int] = CandidateIndex()
         for i in range(pool_size):
@@ -207,6 +207,12 @@ def candidate_samples(people, weights, rng: random.Random) -> list[tuple[tuple[s
     return samples
 
 
+def calibration_pool() -> int:
+    """How many records the calibration's candidate pairs were searched among: the
+    matcher lowers the prior for larger pools (`sync.matching.pool_prior`)."""
+    return POPULATION // 2
+
+
 def _levels_norm(a, b):
     from sync.matching import field_levels
 
@@ -221,7 +227,8 @@ def render(weights, slope, intercept, m, u, prior) -> str:
         f"from seed {SEED}: {POPULATION:,} generated people, {TRUE_PAIRS:,} true pairs for m,",
         f"{RANDOM_PAIRS:,} random pairs for u; WEIGHTS[field][level] starts at log2(m/u) and is",
         "fitted by logistic regression on candidate pairs; a pair's score is the logistic of",
-        "SLOPE * (sum of its levels' weights) + INTERCEPT.",
+        "SLOPE * (sum of its levels' weights) + INTERCEPT, fitted on candidates from",
+        f"CALIBRATION_POOL = {calibration_pool():,} records (the prior of a larger pool is lower).",
         "",
         "Fellegi-Sunter log2(m/u) before the fit:",
         *(f"    {f}: " + ", ".join(f"{lv} {w}" for lv, w in t.items() if lv != "missing") for f, t in prior.items()),
@@ -235,7 +242,7 @@ def render(weights, slope, intercept, m, u, prior) -> str:
     lines += ['"""', "", "WEIGHTS: dict[str, dict[str, float]] = {"]
     for f, table in weights.items():
         lines.append(f"    {f!r}: {{" + ", ".join(f"{k!r}: {v}" for k, v in table.items()) + "},")
-    lines += ["}", f"SLOPE = {slope}", f"INTERCEPT = {intercept}", ""]
+    lines += ["}", f"SLOPE = {slope}", f"INTERCEPT = {intercept}", f"CALIBRATION_POOL = {calibration_pool()}", ""]
     return "\n".join(lines)
 
 

@@ -4,7 +4,8 @@ Written by `python -m bench.calibrate_matching` (see its docstring for the metho
 from seed 424242: 20,000 generated people, 8,000 true pairs for m,
 200,000 random pairs for u; WEIGHTS[field][level] starts at log2(m/u) and is
 fitted by logistic regression on candidate pairs; a pair's score is the logistic of
-SLOPE * (sum of its levels' weights) + INTERCEPT.
+SLOPE * (sum of its levels' weights) + INTERCEPT, fitted on candidates from
+CALIBRATION_POOL = 10,000 records (the prior of a larger pool is lower).
 
 Fellegi-Sunter log2(m/u) before the fit:
     email: agree 17.436, disagree -3.141
@@ -39,3 +40,4 @@ WEIGHTS: dict[str, dict[str, float]] = {
 }
 SLOPE = 1.0
 INTERCEPT = -13.7962
+CALIBRATION_POOL = 10000

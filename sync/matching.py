@@ -11,6 +11,13 @@ the same person. The m/u tables and the logistic fit are estimated on the
 corrupted-record generator (bench/duplicates.py) by bench/calibrate_matching.py
 and checked in as constants (sync/match_weights.py); rerun it to recalibrate.
 
+Two corrections come from the pool being searched, not from the calibration: the
+prior falls with the pool's size beyond the calibration's (`pool_prior`: a pool ten
+times as large holds ten times the namesakes), and an exact given or family name
+counts less the more of the pool carries it (`NameFrequencies`, Fellegi-Sunter
+term-frequency adjustment, which only ever lowers). The index keeps the counts
+as records are added and removed; `score` of a lone pair uses neither.
+
 A naive-Bayes sum treats fields as independent. Three rules on top of it cover
 where they are not, and every one only lowers a score:
 
@@ -47,6 +54,7 @@ bench/matching.py.
 
 from __future__ import annotations
 
+import gc
 import math
 from functools import lru_cache
 from collections.abc import Collection, Iterable, Mapping
@@ -69,6 +77,8 @@ NAMES_ONLY_CAP = 0.85
 NAMES_AGREE_FLOOR = 0.75
 #: an agreeing (email, phone) where a side has no name: the identifier alone decides
 IDENTIFIER_ONLY = (0.95, 0.90)
+#: pools smaller than this get no term-frequency adjustment (too few names to count)
+TF_MIN_POOL = 1000
 #: different given names, or no shared blocking key: below the default review threshold
 OTHER_PERSON_CAP = 0.60
 
@@ -118,6 +128,7 @@ def score(a: Contact, b: Contact, region: str = DEFAULT_REGION) -> MatchScore:
 # --- field comparisons: each returns a level of match_weights.WEIGHTS[field] ----
 
 
+@lru_cache(maxsize=262144)
 def _close(x: str, y: str) -> bool:
     """One typo apart (insert, delete, substitute, swap two neighbours), or very alike."""
     if min(len(x), len(y)) < 3:
@@ -185,8 +196,10 @@ def phone_level(a: NormalizedContact, b: NormalizedContact) -> str:
 def _address_pair(x: NormalizedAddress, y: NormalizedAddress) -> int:
     """3 same address, 2 same street elsewhere on it, 1 same area, 0 elsewhere."""
     same_postal = bool(x.postal_code) and x.postal_code == y.postal_code
-    same_street = bool(x.street) and (x.street == y.street or _close(x.street, y.street))
     same_city = bool(x.city) and x.city == y.city
+    if not (same_postal or same_city):
+        return 0  # every level above "elsewhere" needs the same postcode or city
+    same_street = bool(x.street) and (x.street == y.street or _close(x.street, y.street))
     same_number = bool(x.number) and x.number == y.number
     if same_number and (same_postal and (same_street or not (x.street and y.street)) or same_street and same_city):
         return 3
@@ -277,13 +290,32 @@ def total_weight(levels: Mapping[str, str]) -> float:
     return sum(W.WEIGHTS[field][level] for field, level in levels.items() if field in W.WEIGHTS)
 
 
-def probability(weight: float) -> float:
-    """The logistic fit from the calibration: P(same person | summed weight)."""
-    z = W.SLOPE * weight + W.INTERCEPT
+def probability(weight: float, prior: float = 0.0) -> float:
+    """The logistic fit from the calibration: P(same person | summed weight), with
+    `prior` (see `pool_prior`) added to the log-odds."""
+    z = W.SLOPE * weight + W.INTERCEPT + prior
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+def pool_prior(pool_size: int) -> float:
+    """The log-odds correction for searching `pool_size` records rather than the
+    calibration's `CALIBRATION_POOL`.
+
+    The fitted intercept is the prior odds that a candidate pair is one person, and
+    it holds for a pool of the calibration's size: in a pool ten times as large every
+    name has ten times the namesakes while a record still has one true partner, so
+    each candidate is ten times less likely to be it (-ln 10). Without this, names
+    plus a weak extra (a middle name from a short list, a birthday's day and month)
+    read as a probable match in a CRM of 100,000 and flood review with namesakes.
+    Smaller pools keep the calibrated prior: names are not trusted more than
+    calibrated.
+    """
+    if pool_size <= W.CALIBRATION_POOL:
+        return 0.0
+    return -math.log(pool_size / W.CALIBRATION_POOL)
 
 
 _TABLES = tuple(W.WEIGHTS[f] for f in FIELDS)
@@ -292,7 +324,8 @@ _TABLES = tuple(W.WEIGHTS[f] for f in FIELDS)
 _IDENTIFYING = frozenset({(0, "agree"), (1, "agree"), (2, "agree"), (3, "agree")})
 
 
-def _evaluate(a: NormalizedContact, b: NormalizedContact) -> tuple[float, tuple[str, ...], bool, bool, int, float]:
+def _evaluate(a: NormalizedContact, b: NormalizedContact, prior: float = 0.0,
+              tf: tuple[float, float] = (0.0, 0.0)) -> tuple[float, tuple[str, ...], bool, bool, int, float]:
     """(score, levels, swapped, corroborated, caps applied as bits, probability before the
     caps and floors): the work of `score_normalized` without building reasons, which only
     the best candidate needs."""
@@ -300,7 +333,12 @@ def _evaluate(a: NormalizedContact, b: NormalizedContact) -> tuple[float, tuple[
     weight = 0.0
     for table, level in zip(_TABLES, levels):
         weight += table[level]
-    s = raw = probability(weight)
+    if not swapped:
+        if levels[4] == "exact":
+            weight += tf[0]
+        if levels[5] == "exact":
+            weight += tf[1]
+    s = raw = probability(weight, prior)
     corroborated = ((0, levels[0]) in _IDENTIFYING or (1, levels[1]) in _IDENTIFYING
                     or (2, levels[2]) in _IDENTIFYING or (3, levels[3]) in _IDENTIFYING)
     caps = 0
@@ -372,6 +410,52 @@ def score_normalized(a: NormalizedContact, b: NormalizedContact) -> MatchScore:
 # --- candidate search ----------------------------------------------------------
 
 
+class NameFrequencies:
+    """How many records of a pool carry each given and family name (term frequencies)."""
+
+    def __init__(self, contacts: Iterable[NormalizedContact] = ()) -> None:
+        self.size = 0
+        self._counts: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        self._squares = [0, 0]  # the sum of the squared counts, per name kind
+        for norm in contacts:
+            self.count(norm, +1)
+
+    def count(self, norm: NormalizedContact, step: int) -> None:
+        self.size += step
+        for i, name in enumerate((norm.first, norm.last)):
+            if len(name) > 1:
+                counts = self._counts[i]
+                c = counts.get(name, 0)
+                self._squares[i] += (c + step) ** 2 - c * c
+                if c + step:
+                    counts[name] = c + step
+                else:
+                    del counts[name]
+
+    def terms(self, norm: NormalizedContact) -> tuple[float, float]:
+        """Term-frequency adjustments (log-odds) for an exact given / family name
+        agreement with `norm`'s names.
+
+        The calibrated weight of an exact name is that of an average name: agreeing
+        on a name the pool holds often is weaker evidence than on a rare one (Smith
+        against Okonkwo). As in Fellegi-Sunter term-frequency adjustment (Splink's
+        tf adjustments), the average u-probability sum(p^2) is replaced by the
+        name's own share p: ln(sum(p^2) / p). It only ever lowers a weight: a name
+        rare in this pool may still be common among the people a new record could
+        be (they are not drawn from the pool), so rarity earns no bonus, while a
+        name the pool is full of certainly has many namesakes.
+        """
+        n = self.size
+        out = [0.0, 0.0]
+        if n < TF_MIN_POOL:
+            return 0.0, 0.0
+        for i, name in enumerate((norm.first, norm.last)):
+            c = self._counts[i].get(name, 0)
+            if c and self._squares[i]:
+                out[i] = min(0.0, math.log(self._squares[i] / (n * c)))
+        return out[0], out[1]
+
+
 class CandidateIndex(Generic[K]):
     """Inverted index from blocking key to the contacts that have it.
 
@@ -392,19 +476,44 @@ class CandidateIndex(Generic[K]):
         self.region = region
         self.capped_lookups = 0
         self._entries: dict[K, tuple[Contact, NormalizedContact]] = {}
+        #: the entries a contact can be scored against (a name or an identifier): the
+        #: candidate loop's one lookup per candidate
+        self._scorable: dict[K, NormalizedContact] = {}
         self._blocks: dict[str, set[K]] = {}
         self._cluster: dict[K, K] = {}  # member -> the cluster's anchor
         self._members: dict[K, list[K]] = {}  # anchor -> members in the order they joined
+        self.names = NameFrequencies()
 
     def add(self, key: K, contact: Contact, *, cluster: K | None = None) -> None:
         if key in self._entries:
             self.remove(key)
         norm = normalized(contact, self.region)
         self._entries[key] = (contact, norm)
+        if _identifiable(norm):
+            self._scorable[key] = norm
+        self.names.count(norm, +1)
         for bk in norm.keys:
             self._blocks.setdefault(bk, set()).add(key)
         if cluster is not None and cluster in self._entries and cluster != key:
             self.join(cluster, key)
+
+    def add_many(self, items: Iterable[tuple[K, Contact]]) -> None:
+        """`add` each (key, contact), with the cyclic garbage collector paused.
+
+        Loading an organisation's contacts allocates millions of small objects
+        (normalised views, key sets) and none of them form reference cycles; left
+        on, the collector re-walks the growing index over and over, which doubles
+        the build time of 100,000 records. Reference counting still frees garbage,
+        and the collector's previous state is restored however the load ends.
+        """
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            for key, contact in items:
+                self.add(key, contact)
+        finally:
+            if paused:
+                gc.enable()
 
     def join(self, a: K, b: K) -> None:
         """Record that `a` and `b` are the same person; `a`'s cluster keeps its anchor."""
@@ -426,6 +535,8 @@ class CandidateIndex(Generic[K]):
         entry = self._entries.pop(key, None)
         if entry is None:
             return
+        self._scorable.pop(key, None)
+        self.names.count(entry[1], -1)
         for bk in entry[1].keys:
             block = self._blocks.get(bk)
             if block is not None:
@@ -547,7 +658,12 @@ def _other_person(a: NormalizedContact, b: NormalizedContact) -> bool:
     """Whether a cap certainly holds the pair below review, by cheap tests (cached name
     comparisons, set intersections); it spares the full score for most of a common
     name's block. Exact: it only says True where `_evaluate` would cap."""
-    verdict = _name_verdict(a.first, a.last, b.first, b.last)
+    return _capped_by_names(_name_verdict(a.first, a.last, b.first, b.last), a, b)
+
+
+def _capped_by_names(verdict: int, a: NormalizedContact, b: NormalizedContact) -> bool:
+    """`_other_person` once the names' verdict is known (the candidate loop caches it
+    per query by the candidate's names: a common surname's block repeats a few dozen)."""
     if verdict == 0:
         return False
     if not a.emails.isdisjoint(b.emails):
@@ -597,14 +713,26 @@ def best_match(
     excluded = set(exclude)
     prune = thresholds.review > OTHER_PERSON_CAP
     scored = []
-    entries = index._entries
+    scorable = index._scorable
+    verdicts: dict[tuple[str, str], int] = {}
+    prior = pool_prior(len(index))
+    tf = index.names.terms(norm)
+    first, last = norm.first, norm.last
     for key in index._candidates(norm):
-        if key in excluded:
+        other = scorable.get(key)
+        if other is None or (excluded and key in excluded):
             continue
-        other = entries[key][1]
-        if not _identifiable(other) or (prune and _other_person(norm, other)):
-            continue
-        scored.append((key, _Scored(_evaluate(norm, other))))
+        if prune:
+            names = (other.first, other.last)
+            verdict = verdicts.get(names)
+            if verdict is None:
+                verdict = verdicts[names] = _name_verdict(first, last, *names)
+            if verdict == 1:
+                if not norm.emails or norm.emails.isdisjoint(other.emails):
+                    continue  # other given names, no shared mailbox: capped below review
+            elif verdict and _capped_by_names(verdict, norm, other):
+                continue
+        scored.append((key, _Scored(_evaluate(norm, other, prior, tf))))
     return _pick(scored, thresholds, index.anchor)
 
 
@@ -619,10 +747,12 @@ def match_all_pairs(contact: Contact, pool: Mapping[K, Contact], thresholds: Thr
     if not _identifiable(norm):
         return Match("none", None, 0.0, ())
     prune = thresholds.review > OTHER_PERSON_CAP
+    prior = pool_prior(len(pool))
+    norms = {key: normalized(c, region) for key, c in pool.items()}
+    tf = NameFrequencies(norms.values()).terms(norm)
     scored = []
-    for key, c in pool.items():
-        other = normalized(c, region)
+    for key, other in norms.items():
         if not _identifiable(other) or (prune and _other_person(norm, other)):
             continue
-        scored.append((key, _Scored(_evaluate(norm, other))))
+        scored.append((key, _Scored(_evaluate(norm, other, prior, tf))))
     return _pick(scored, thresholds)

@@ -256,6 +256,30 @@ def fold_text(value: str) -> str:
     """Accent-free, casefolded, punctuation turned into single spaces."""
     if not value:
         return ""
+    return _fold_cached(value) if len(value) <= 64 else _fold(value)
+
+
+@lru_cache(maxsize=131072)
+def _fold_cached(value: str) -> str:
+    # Names, streets and cities repeat across an organisation's contacts: building an
+    # index folds each distinct spelling once.
+    return _fold(value)
+
+
+#: fold_text for plain ASCII: no accents to strip, so one translate does it
+_ASCII_FOLD = {
+    i: (None if chr(i) in _DROPPED else " ")
+    for i in range(128) if chr(i) in _DROPPED or unicodedata.category(chr(i))[0] in "PSZC"
+}
+
+
+def _fold(value: str) -> str:
+    if value.isascii():
+        return " ".join(value.translate(_ASCII_FOLD).lower().split())
+    return _fold_unicode(value)
+
+
+def _fold_unicode(value: str) -> str:
     s = unicodedata.normalize("NFKD", value)
     s = unicodedata.normalize("NFKD", s.casefold())
     out: list[str] = []
@@ -390,12 +414,19 @@ class NormalizedAddress:
 
 
 def normalize_address(address) -> NormalizedAddress | None:
-    street = fold_text(address.street)
+    return _normalize_address(address.street, address.city, address.postal_code, address.country)
+
+
+@lru_cache(maxsize=65536)
+def _normalize_address(street_line: str, city: str, postal_code: str, country: str) -> NormalizedAddress | None:
+    # Cached by value: households and moved records repeat addresses, and an index
+    # build normalises each distinct one once.
+    street = fold_text(street_line)
     tokens = [_STREET_WORDS.get(t, t) for t in street.split()]
     number = next((t for t in tokens if t[:1].isdigit()), "")
     name = " ".join(t for t in tokens if not t[:1].isdigit() and t != "apt")
-    postal = "".join(ch for ch in fold_text(address.postal_code) if ch.isalnum())
-    out = NormalizedAddress(postal, number, name, fold_text(address.city), fold_text(address.country))
+    postal = "".join(ch for ch in fold_text(postal_code) if ch.isalnum())
+    out = NormalizedAddress(postal, number, name, fold_text(city), fold_text(country))
     return out if (postal or name or out.city) else None
 
 
@@ -530,12 +561,13 @@ def _compute(contact: Contact, region: str) -> NormalizedContact:
     return NormalizedContact(
         emails=emails, phones=phones, first=first, last=last, middle=middle, nick=nick,
         domains=domains, company=company_key(contact.company), addresses=addresses, birthday=birthday,
-        keys=frozenset(keys), name_keys=frozenset(name_keys), locals=locals_,
+        keys=frozenset(keys), name_keys=name_keys, locals=locals_,
         house_numbers=frozenset(a.number for a in addresses if a.number),
     )
 
 
-def _name_keys(first: str, last: str) -> set[str]:
+@lru_cache(maxsize=131072)
+def _name_keys(first: str, last: str) -> frozenset[str]:
     """Name blocking keys that survive one typo in either name, swapped fields, and initials.
 
     Each key pairs one name in full with two letters of the other (its first two
@@ -551,7 +583,7 @@ def _name_keys(first: str, last: str) -> set[str]:
     keys: set[str] = set()
     f, l = first.replace(" ", ""), last.replace(" ", "")
     if not f or not l:
-        return keys
+        return frozenset()
     for full, other in ((l, f), (f, l)):
         if len(full) < 2:
             continue
@@ -565,7 +597,7 @@ def _name_keys(first: str, last: str) -> set[str]:
         keys.update(f"k:{f}|{form}" for form in given_forms(last.split()[0]))  # the fields swapped
         # Sounds-alike in both names at once (Jon Smyth / John Smith), in either order.
         keys.add("m:" + " ".join(sorted((_metaphone(first.split()[0]), _metaphone(l)))))
-    return keys
+    return frozenset(keys)
 
 
 @lru_cache(maxsize=65536)

@@ -501,3 +501,140 @@ def test_key_count_per_contact_is_bounded():
                 given_name="Al", family_name="Smith")
     assert len(blocking_keys(many)) <= 25
     assert max(len(blocking_keys(c)) for c in _population) <= 25
+
+
+# --- the pool's size and its name frequencies ----------------------------------------
+
+import math  # noqa: E402
+
+from bench.calibrate_matching import calibration_pool  # noqa: E402
+from sync import match_weights  # noqa: E402
+from sync.matching import TF_MIN_POOL, NameFrequencies, pool_prior, probability  # noqa: E402
+from sync.normalize import _fold, _fold_unicode, normalized  # noqa: E402
+
+
+def test_the_calibration_pool_is_the_one_the_weights_were_fitted_on():
+    assert match_weights.CALIBRATION_POOL == calibration_pool()
+
+
+@given(st.integers(min_value=0, max_value=10_000_000))
+def test_pool_prior_lowers_odds_only_beyond_the_calibration_pool(n):
+    prior = pool_prior(n)
+    assert prior <= 0.0
+    if n <= match_weights.CALIBRATION_POOL:
+        assert prior == 0.0
+    else:
+        assert prior == pytest.approx(-math.log(n / match_weights.CALIBRATION_POOL))
+        assert probability(5.0, prior) < probability(5.0)
+
+
+def _filler(n: int, rng: random.Random, family: str | None = None) -> list[Contact]:
+    from emulators.people_data import FIRST_NAMES, LAST_NAMES
+
+    return [Contact(given_name=rng.choice(FIRST_NAMES), family_name=family or rng.choice(LAST_NAMES),
+                    birthday=f"{rng.randint(1940, 2004)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}")
+            for _ in range(n)]
+
+
+def test_a_large_pool_needs_more_than_names_a_middle_name_and_a_slipped_birthday(monkeypatch):
+    """Names, a middle name and a birthday with another year reach review between two
+    records, but not in a pool ten times the calibration's: there the namesakes
+    outnumber the true partners. A full birthday still links."""
+    moved = [PostalAddress(street="9 Elm Rd", city="Dover", postal_code="19901")]
+    a = only(full())
+    b = only(full(birthday="1985-03-17", addresses=moved))
+    assert T.review <= score(a, b).score < T.auto
+    # The calibration's pool made small so that a quick index is ten times its size.
+    monkeypatch.setattr(match_weights, "CALIBRATION_POOL", 100)
+    idx: Index[str] = Index()
+    idx.add("target", b)
+    for i, c in enumerate(_filler(999, random.Random(3))):
+        idx.add(f"f{i}", c)
+    assert best_match(a, idx, T).kind == "none"
+    assert best_match(only(full(addresses=moved)), idx, T).kind == "auto"
+
+
+def _norm(given: str, family: str):
+    return normalized(Contact(given_name=given, family_name=family))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["ann", "bo", "cy", "dee", "eve"]),
+                          st.sampled_from(["lee", "smith", "okafor", "varga"])),
+                min_size=1, max_size=30),
+       st.integers(min_value=0, max_value=10_000))
+def test_name_frequency_terms_only_lower_and_fall_with_the_count(sample, cut):
+    names = sample * (TF_MIN_POOL // len(sample) + 1)  # a pool large enough to count names in
+    freq = NameFrequencies(_norm(g, f) for g, f in names)
+    counts = {}
+    for g, f in names:
+        counts[f] = counts.get(f, 0) + 1
+    terms = {f: freq.terms(_norm("ann", f))[1] for f in counts}
+    assert all(t <= 0.0 for t in terms.values())
+    for f1 in counts:
+        for f2 in counts:
+            if counts[f1] > counts[f2]:
+                assert terms[f1] <= terms[f2]
+    # Removing what was added (the index on remove) gives back the same terms.
+    extra = _norm("zed", "smith")
+    before = freq.terms(extra)
+    freq.count(extra, +1)
+    freq.count(extra, -1)
+    assert freq.terms(extra) == before
+    # A pool below TF_MIN_POOL is too small to count names in.
+    few = NameFrequencies(_norm(g, f) for g, f in names[: cut % TF_MIN_POOL])
+    assert few.terms(_norm("ann", "smith")) == (0.0, 0.0)
+
+
+def test_a_common_surname_agreeing_is_weaker_than_a_rare_one_and_the_index_agrees_with_all_pairs():
+    rng = random.Random(11)
+    pool: dict[str, Contact] = {f"s{i}": c for i, c in enumerate(_filler(900, rng, family="Smith"))}
+    pool.update({f"o{i}": c for i, c in enumerate(_filler(900, rng))})
+    # Names, a middle name and a birthday with another year: review on a rare surname.
+    moved = [PostalAddress(street="9 Elm Rd", city="Dover", postal_code="19901")]
+    pool["smith"] = only(full(family_name="Smith", birthday="1985-03-17", addresses=moved))
+    pool["rare"] = only(full(family_name="Quarshie", birthday="1985-03-17", addresses=moved))
+    idx: Index[str] = Index()
+    for k, c in pool.items():
+        idx.add(k, c)
+    common = only(full(family_name="Smith"))
+    rare = only(full(family_name="Quarshie"))
+    assert score(common, pool["smith"]).score == score(rare, pool["rare"]).score  # alike as a pair
+    m_common, m_rare = best_match(common, idx, T), best_match(rare, idx, T)
+    assert m_rare.key == "rare" and m_rare.kind == "review"
+    assert m_common.kind == "none" and m_common.score < m_rare.score  # half the pool is a Smith
+    for q in (common, rare):
+        assert (best_match(q, idx, T).kind, best_match(q, idx, T).key) == \
+            (match_all_pairs(q, pool, T).kind, match_all_pairs(q, pool, T).key)
+        assert best_match(q, idx, T).score == match_all_pairs(q, pool, T).score
+    idx.remove("s0")
+    assert idx.names.size == len(pool) - 1
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=40))
+def test_ascii_folding_fast_path_equals_the_unicode_path(text):
+    assert _fold(text) == _fold_unicode(text)
+
+
+def test_add_many_builds_the_same_index_and_restores_the_collector():
+    import gc
+
+    rng = random.Random(5)
+    people = {f"k{i}": c for i, c in enumerate(_filler(300, rng))}
+    one: Index[str] = Index()
+    for k, c in people.items():
+        one.add(k, c)
+    many: Index[str] = Index()
+    assert gc.isenabled()
+    many.add_many(people.items())
+    assert gc.isenabled()
+    assert many.block_sizes() == one.block_sizes() and len(many) == len(one)
+    gc.disable()
+    try:
+        Index().add_many(people.items())
+        assert not gc.isenabled()  # a paused collector stays paused
+    finally:
+        gc.enable()
+    with pytest.raises(AttributeError):
+        Index().add_many([("bad", None)])
+    assert gc.isenabled()
