@@ -358,6 +358,8 @@ def _nicknamer():
 
 #: at most this many readings of one given name go into blocking keys
 MAX_NAME_FORMS = 4
+#: nicknames with another initial a formal name carries as forms (Ivan: John)
+MAX_UNLIKE_NICKNAMES = 6
 
 
 @lru_cache(maxsize=65536)
@@ -374,7 +376,11 @@ def given_forms(name: str) -> frozenset[str]:
         return frozenset((name,)) if name else frozenset()
     nn = _nicknamer()
     others = sorted(nn.canonicals_of(name) - {name}, key=lambda c: (-len(nn.nicknames_of(c)), c))
-    return frozenset([name, *others[: MAX_NAME_FORMS - 1]])
+    # A nickname with another initial (Ivan -> John, Christian -> Kit) meets its formal
+    # name neither through the capped forms nor through the family + initial key: the
+    # formal name carries it as a form of its own.
+    unlike = sorted(n for n in nn.nicknames_of(name) if n[:1] != name[:1] and len(n) > 1)
+    return frozenset([name, *others[: MAX_NAME_FORMS - 1], *unlike[:MAX_UNLIKE_NICKNAMES]])
 
 
 @lru_cache(maxsize=65536)

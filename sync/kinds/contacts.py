@@ -51,6 +51,6 @@ CONTACTS: KindRules[Contact] = KindRules(
     differs=fields.differs,
     bind=_bind,
     # 2: names keyed by their normalised parts (old "t:" and single "n:" keys gone)
-    keys_version="2",
+    keys_version="3",
     keys_settings=lambda settings: f"region={settings.phone_region}",
 )
