@@ -101,6 +101,10 @@ def _base_rule(master: Event, dtstart: datetime, all_day: bool, tz: tzinfo | Non
         raise RecurrenceError("the series' RRULE cannot be parsed") from exc
     if not isinstance(parsed, rrule):
         raise RecurrenceError("the series' RRULE holds more than one rule")
+    if parsed._interval < 1 or (parsed._count is not None and parsed._count < 1):  # noqa: SLF001
+        # RFC 5545 wants both positive; dateutil takes INTERVAL=0 and then never moves on
+        # (an endless loop in any expansion), and a COUNT below 1 never runs out.
+        raise RecurrenceError("the series' RRULE has an INTERVAL or COUNT below 1")
     if parsed._freq > DAILY:  # noqa: SLF001 - dateutil keeps FREQ here
         # No calendar provider repeats meetings hourly or finer; such a rule is junk and
         # would expand to thousands of instances a window.
