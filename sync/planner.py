@@ -409,7 +409,8 @@ def _plan_unlinked(
             ))
             named_by_review.add(match.key)
             continue
-        out.append(_create_unless_twin(m, batch_new, thresholds, answer, rid, outbound))
+        out.append(_create_unless_twin(m, batch_new, thresholds, answer, rid, outbound,
+                                       twins=rules.twins_within_side))
 
     # Platform records no mailbox record claimed. Compare them with the mailbox
     # contacts already linked here, so a CRM-side duplicate does not become a
@@ -452,18 +453,22 @@ def _plan_unlinked(
                     review_id=rid,
                 ))
                 continue
-        out.append(_create_unless_twin(p, batch_new_p, thresholds, answer, rid, outbound))
+        out.append(_create_unless_twin(p, batch_new_p, thresholds, answer, rid, outbound,
+                                       twins=rules.twins_within_side))
     return out
 
 
 def _create_unless_twin(rec: SideRecord, batch_new: MatchIndex[str], thresholds: Thresholds,
-                        answer: str | None, review_id: int | None, outbound=lambda content, target: content) -> Decision:
+                        answer: str | None, review_id: int | None, outbound=lambda content, target: content, *,
+                        twins: bool = True) -> Decision:
     """Create `rec` on the other side, unless this batch already creates the same person
-    from its own side (the side holds them twice): then one record, one review."""
+    from its own side (the side holds them twice): then one record, one review. A kind
+    whose records are distinct on their side by their own identity (`twins` False: a
+    calendar's events by UID) is never held as its own side's twin."""
     assert rec.content is not None
     side = rec.side
     ids = {"mailbox_id": rec.external_id} if side == "mailbox" else {"platform_id": rec.external_id}
-    if answer != "create":
+    if answer != "create" and twins:
         twin = batch_new.best(rec.content, thresholds)
         if twin.kind != "none" and twin.key is not None:
             if hasattr(batch_new, "join"):

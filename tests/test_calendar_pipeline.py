@@ -299,3 +299,16 @@ def test_a_meeting_made_separately_on_the_platform_and_in_a_calendar_is_found_by
     assert world.calendar_titles(ANN) == ["Quarterly Planning"]  # not a second copy in the calendar
     (rec,) = world.records().values()  # nor on the platform, which keeps its own UID
     assert rec.content.uid != next(iter(world.google.calendar(ANN).events.values())).body["iCalUID"]
+
+
+def test_two_alike_events_in_one_calendar_are_two_records(world):
+    """One calendar's events are distinct by their UIDs: two alike ones (a standing slot
+    booked twice) both reach the platform instead of waiting as each other's duplicate."""
+    ann = world.connect("ann")
+    start = soon(8, 13)
+    body = timed("Sync", start, attendees=[{"email": ANN}, {"email": CY}])
+    world.google.put_event(ANN, dict(body))
+    world.google.put_event(ANN, dict(body, summary="Sync "))
+    world.settle(ann, rounds=1)
+    assert len(world.records()) == 2
+    assert not [i for i in world.items(ann).values() if i.status == "duplicate"]

@@ -66,6 +66,9 @@ class KindRules(Generic[T]):
     differs: Callable[[Any, Any, tuple[str, ...]], bool] = field(default=lambda seen, merged, keep: seen != merged)
     #: fields a person settles when both sides changed them, whatever the policy (see sync.merge)
     manual_fields: tuple[str, ...] = ()
+    #: whether two new records on one side can be duplicates of each other (contacts: a
+    #: mailbox holding one person twice); a calendar's events are distinct by their UID
+    twins_within_side: bool = True
     #: these rules as an organisation's settings adjust them (e.g. the region phone numbers
     #: are read in, which changes blocking keys and scores); None: settings change nothing
     bind: Callable[["KindRules", SyncSettings], "KindRules"] | None = None

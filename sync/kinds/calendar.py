@@ -31,5 +31,7 @@ CALENDAR: KindRules[Event] = KindRules(
     score=score,
     fix=apply_fix_rules,
     manual_fields=TIME_FIELDS,
+    # two events of one calendar are two events: the provider gave each its own UID
+    twins_within_side=False,
     keys_version="1",
 )
