@@ -63,8 +63,20 @@ class CalendarExecutor(Executor):
     def _platform_phase(self, work: list[_Work]) -> None:
         own, lost = self._claim(work)
         adopted = self._adopt(lost)
-        super()._platform_phase(own + adopted)
-        self._record_claims(own)
+        try:
+            super()._platform_phase(own + adopted)
+        finally:
+            self._record_claims(own)
+            self._forget_deleted(own + adopted)
+
+    def _forget_deleted(self, work: list[_Work]) -> None:
+        """A meeting deleted from the platform may come back (a calendar still holds it):
+        its claim goes with its record, or the next copy would wait on a record that is gone."""
+        gone = [wr.external_id for w in work if w.status == "platform_done"
+                for _, wr in _writes(w.decision, "platform") if wr.op == "delete" and wr.external_id]
+        if gone:
+            with self.sessions.begin() as s:
+                claims.forget_platform_ids(s, self.info.org_id, gone)
 
     def _fix(self, w: _Work):
         """A named fix, as for any kind; a fixed meeting is still never written into an

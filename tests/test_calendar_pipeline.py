@@ -312,3 +312,20 @@ def test_two_alike_events_in_one_calendar_are_two_records(world):
     world.settle(ann, rounds=1)
     assert len(world.records()) == 2
     assert not [i for i in world.items(ann).values() if i.status == "duplicate"]
+
+
+def test_a_meeting_deleted_from_the_platform_gives_its_claim_up(tmp_path):
+    w = CalendarWorld(f"sqlite:///{tmp_path/'store.db'}", f"sqlite:///{tmp_path/'crm.db'}")
+    try:
+        ann = w.connect("ann")
+        ev = w.google.put_event(ANN, timed("Retro", soon(3)))
+        w.settle(ann, rounds=1)
+        with w.sessions() as s:
+            assert claims.count(s, w.org) == 1
+        w.ui(ANN).delete_many([WriteRequest(key="d", external_id=ev["id"])])
+        w.settle(ann, rounds=1)
+        assert w.records() == {}
+        with w.sessions() as s:
+            assert claims.count(s, w.org) == 0  # the same meeting brought back later is created again
+    finally:
+        w.close()
