@@ -29,23 +29,13 @@ from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from models.contact import ContactRecord
 from models.record import SideRecord
 from platforms.reference_crm import field_mapping
-from platforms.reference_crm.adapter_common import CrmAdapter, feed_position, write_each
+from platforms.reference_crm.adapter_common import CrmAdapter, expected_version, feed_position, write_each
 from platforms.reference_crm.service import MAX_BATCH, ContactWrite, CrmContact, ReferenceCrm
 from sync.fields import FieldMap
 
 
 def _tombstone(external_id: str) -> SideRecord:
     return ContactRecord(side="platform", external_id=external_id, content=None, deleted=True)
-
-
-def _expected_version(etag: str | None) -> int | None:
-    if etag is None:
-        return None
-    try:
-        return int(etag)
-    except ValueError:
-        # An etag we never issued cannot match the current version.
-        raise PreconditionFailed("etag not recognised") from None
 
 
 class ReferenceCrmContacts(CrmAdapter):
@@ -112,7 +102,7 @@ class ReferenceCrmContacts(CrmAdapter):
                                               idempotency_key=req.key, actor="sync")
             else:
                 rec = self.crm.update_contact(org_id, req.external_id, content, owner_id=req.owner,
-                                              expected_version=_expected_version(req.etag),
+                                              expected_version=expected_version(req.etag),
                                               idempotency_key=req.key, actor="sync",
                                               keep=field_mapping.keep_on_crm(req.keep, fmap))
             return self._record(org_id, rec, fmap)
@@ -131,7 +121,7 @@ class ReferenceCrmContacts(CrmAdapter):
             try:
                 if req.content is None:
                     raise Fatal("upsert without a contact")
-                expected = None if req.external_id is None else _expected_version(req.etag)
+                expected = None if req.external_id is None else expected_version(req.etag)
             except (Fatal, PreconditionFailed) as exc:
                 answers[pos] = WriteResult(key=req.key, error=exc, calls=share)
                 continue
@@ -161,7 +151,7 @@ class ReferenceCrmContacts(CrmAdapter):
                 raise Fatal("delete without an external id")
             try:
                 rec = self.crm.delete_contact(org_id, req.external_id, idempotency_key=req.key,
-                                              expected_version=_expected_version(req.etag), actor="sync")
+                                              expected_version=expected_version(req.etag), actor="sync")
             except NotFound:
                 return _tombstone(req.external_id)
             return self._record(org_id, rec)

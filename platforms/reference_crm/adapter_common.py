@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 from sqlalchemy.engine import Engine
 
 from connectors.protocols import WriteRequest, WriteResult
-from models.errors import ConnectorError, CursorExpired, Transient
+from models.errors import ConnectorError, CursorExpired, PreconditionFailed, Transient
 from models.record import SideRecord
 from platforms.reference_crm.service import ReferenceCrm
 
@@ -66,3 +66,14 @@ def write_each(requests: Sequence[WriteRequest], write: Callable[[WriteRequest],
         else:
             results.append(WriteResult(key=req.key, record=rec, calls=share))
     return results
+
+
+def expected_version(etag: str | None) -> int | None:
+    """The record version an etag stands for (None: no condition). An etag this platform
+    never issued cannot match the current version."""
+    if etag is None:
+        return None
+    try:
+        return int(etag)
+    except ValueError:
+        raise PreconditionFailed("etag not recognised") from None

@@ -17,10 +17,10 @@ from __future__ import annotations
 from typing import Sequence
 
 from connectors.protocols import DeltaPage, WriteRequest, WriteResult
-from models.errors import ConnectorError, CursorExpired, Fatal, NotFound, PreconditionFailed
+from models.errors import ConnectorError, CursorExpired, Fatal, NotFound
 from models.event import Event, EventRecord
 from models.record import SideRecord
-from platforms.reference_crm.adapter_common import CrmAdapter, write_each
+from platforms.reference_crm.adapter_common import CrmAdapter, expected_version, write_each
 from platforms.reference_crm.pm_service import MAX_BATCH, CrmCalendar, EventWrite
 
 CURSOR_PREFIX = "cal:"
@@ -28,15 +28,6 @@ CURSOR_PREFIX = "cal:"
 
 def _tombstone(external_id: str) -> SideRecord:
     return EventRecord(side="platform", external_id=external_id, content=None, deleted=True)
-
-
-def _expected_version(etag: str | None) -> int | None:
-    if etag is None:
-        return None
-    try:
-        return int(etag)
-    except ValueError:
-        raise PreconditionFailed("etag not recognised") from None  # never issued: cannot match
 
 
 def _position(cursor: str | None) -> int:
@@ -94,7 +85,7 @@ class ReferenceCrmCalendar(CrmAdapter):
                     if problem is not None:
                         raise problem
                     items.append(EventWrite(_event(req.content), event_id=req.external_id, owner_id=req.owner,
-                                            expected_version=_expected_version(req.etag) if req.external_id else None,
+                                            expected_version=expected_version(req.etag) if req.external_id else None,
                                             idempotency_key=req.key))
                 except ConnectorError as exc:  # this item's own fault: it fails alone
                     bad[req.key] = exc
@@ -120,7 +111,7 @@ class ReferenceCrmCalendar(CrmAdapter):
                 raise Fatal("delete without an external id")
             try:
                 rec = self.calendar.delete_event(org_id, req.external_id, idempotency_key=req.key,
-                                                 expected_version=_expected_version(req.etag), actor="sync")
+                                                 expected_version=expected_version(req.etag), actor="sync")
             except NotFound:
                 return _tombstone(req.external_id)
             return rec.to_side_record()
