@@ -105,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
                              "mailboxes=10,events=1000,series=100,rounds=40,burst=100")
     parser.add_argument("--against", metavar="REV", help="also run the benchmarks of this git revision, for before/after")
     args = parser.parse_args(argv)
+    if args.size:
+        from bench import calendar  # only the calendar benchmark takes sizes
+        try:
+            calendar.parse_size(args.size, args.quick)
+        except ValueError as exc:
+            parser.error(f"--size: {exc}")
     OPTIONS["size"] = args.size
 
     unknown = [n for n in args.names if n not in BENCHMARKS]

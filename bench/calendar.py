@@ -817,6 +817,8 @@ def parse_size(text: str | None, quick: bool) -> dict:
         key, _, value = part.partition("=")
         if key.strip() not in size:
             raise ValueError(f"unknown size {key!r}; choose from {', '.join(size)}")
+        if not value.strip().isdigit():
+            raise ValueError(f"size {key.strip()} wants a whole number, not {value!r}")
         size[key.strip()] = int(value)
     return size
 
