@@ -353,14 +353,13 @@ class CrmCalendar:
         A create whose (uid, recurrence_id) a live row holds returns that row as it is
         (the meeting is claimed once); an empty uid gets a new one.
         """
-        fp = _fingerprint({"op": "cal_put", "id": event_id, "event": _event_json(event), "owner": owner_id,
-                           "expected": expected_version})
-        with self.crm._write(org_id) as conn:
-            done = self._idem_lookup(conn, org_id, idempotency_key, fp)
-            if done is not None:
-                return done
-            rec = self._put(conn, org_id, event, event_id, owner_id, expected_version, actor, enforce_rules)
-            return self._idem_store(conn, org_id, idempotency_key, fp, rec)
+        (got,) = self.put_events(org_id, [EventWrite(event, event_id=event_id, owner_id=owner_id,
+                                                      expected_version=expected_version,
+                                                      idempotency_key=idempotency_key)],
+                                 actor=actor, enforce_rules=enforce_rules)
+        if isinstance(got, ConnectorError):
+            raise got
+        return got
 
     @_db_errors
     def put_events(self, org_id: str, items: Sequence["EventWrite"], *, actor: str = "sync",
