@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from activities.pipeline import mailbox_progress, mailbox_stream
 from connectors.google_calendar import GoogleCalendar
 from connectors.graph_calendar import GraphCalendar
 from connectors.protocols import WriteRequest
@@ -35,6 +34,7 @@ from platforms.reference_crm.pm_rules import PmRule
 from platforms.reference_crm.service import ReferenceCrm
 from store import repo
 from store.db import make_engine, migrate, session_factory
+from workers.stages import connect
 
 DOMAIN = "acme.example"
 TZ = "Europe/Paris"
@@ -102,16 +102,8 @@ class CalendarScenario:
                         "kinds": KINDS, "sync": sync}
         p.connection_id = (f"{self.connection_prefix}-{p.user_id}" if self.connection_prefix
                            else f"cal-{p.user_id}-{uuid.uuid4().hex[:6]}")
-        with self.sessions.begin() as s:
-            if repo.get_connection(s, p.connection_id) is None:
-                repo.create_connection(s, id=p.connection_id, org_id=self.org_id, user_id=p.user_id,
-                                       provider=p.provider, account_ref=p.email, settings=settings)
-            else:
-                # the previous run's emulators are gone, and their cursors with them
-                repo.set_connection_settings(s, p.connection_id, settings)
-                repo.set_connection_status(s, p.connection_id, "active")
-                repo.set_cursor(s, p.connection_id, mailbox_stream("calendar"), None)
-                repo.set_cursor(s, p.connection_id, mailbox_progress("calendar"), None)
+        connect(self.sessions, p.connection_id, org_id=self.org_id, user_id=p.user_id, provider=p.provider,
+                account=p.email, settings=settings, kind="calendar")
 
     def ui(self, who: str):
         """What a person does in their calendar's own UI, through its API (a client of its own)."""

@@ -24,9 +24,9 @@ from emulators.graph import create_app as graph_app
 from emulators.server import RunningServer, serve
 from platforms.reference_crm import ReferenceCrmMail
 from platforms.reference_crm.service import ReferenceCrm
-from activities.pipeline import mailbox_progress, mailbox_stream
 from store import repo
 from store.db import make_engine, migrate, session_factory
+from workers.stages import connect
 
 DOMAIN = "acme.example"
 #: the organisation's logging settings (per-user overrides on each connection)
@@ -106,16 +106,8 @@ class MailScenario:
             settings = {"endpoint": server.base_url, "token": token, "mail": p.mail, "kinds": ["mail", "send"]}
         p.connection_id = (f"{self.connection_prefix}-{p.user_id}" if self.connection_prefix
                            else f"mail-{p.user_id}-{uuid.uuid4().hex[:6]}")
-        with self.sessions.begin() as s:
-            if repo.get_connection(s, p.connection_id) is None:
-                repo.create_connection(s, id=p.connection_id, org_id=self.org_id, user_id=p.user_id,
-                                       provider=p.provider, account_ref=p.email, settings=settings)
-            else:
-                # the previous run's emulators are gone, and their cursors with them
-                repo.set_connection_settings(s, p.connection_id, settings)
-                repo.set_connection_status(s, p.connection_id, "active")
-                repo.set_cursor(s, p.connection_id, mailbox_stream("mail"), None)
-                repo.set_cursor(s, p.connection_id, mailbox_progress("mail"), None)
+        connect(self.sessions, p.connection_id, org_id=self.org_id, user_id=p.user_id, provider=p.provider,
+                account=p.email, settings=settings, kind="mail")
 
     def deliver(self, who: str, raw: bytes, *, sent: bool = False) -> str:
         """A message arrives in (or is sent from) one person's mailbox; its id there."""

@@ -11,7 +11,24 @@ from __future__ import annotations
 import asyncio
 from typing import Callable
 
+from activities.pipeline import mailbox_progress, mailbox_stream
+from store import repo
 from workers import client as api
+
+
+def connect(sessions, connection_id: str, *, org_id: str, user_id: str, provider: str, account: str,
+            settings: dict, kind: str) -> None:
+    """A scenario's mailbox connection, made once; a kept store's (the demo's `--keep`) is
+    pointed at this run's emulators, and its `kind` cursors forgotten with the old ones."""
+    with sessions.begin() as s:
+        if repo.get_connection(s, connection_id) is None:
+            repo.create_connection(s, id=connection_id, org_id=org_id, user_id=user_id, provider=provider,
+                                   account_ref=account, settings=settings)
+            return
+        repo.set_connection_settings(s, connection_id, settings)
+        repo.set_connection_status(s, connection_id, "active")
+        repo.set_cursor(s, connection_id, mailbox_stream(kind), None)
+        repo.set_cursor(s, connection_id, mailbox_progress(kind), None)
 
 
 class Stages:
