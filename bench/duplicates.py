@@ -8,7 +8,9 @@ a replaced family name (marriage), a nickname for the given name, a moved postal
 address, a phone in another layout or a new one, another email address, a birthday
 without its year or with a slip. The population also holds households (a partner
 or child with the same family name, address and landline) because those, not
-random strangers, are what a matcher must not merge.
+random strangers, are what a matcher must not merge. Names are drawn as often as
+real people carry them (bench/names.py: census-like frequencies with a long tail),
+since the number of namesakes in a pool decides what names alone can tell.
 
 Everything is deterministic for a seed. `CONFIGS` names the field sets the
 benchmark reports separately: names only; names with emails and phones; names
@@ -20,7 +22,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from emulators.people_data import FIRST_NAMES, _reformat_phone, _email_variant, _typo, make_people
+from bench.names import draw_name
+from emulators.people_data import _reformat_phone, _email_variant, _typo, make_people
 from models.contact import Contact, PostalAddress
 
 #: field sets reported separately (projections of one generated world)
@@ -73,7 +76,7 @@ def _birthday(rng: random.Random) -> str:
 def make_population(n: int, seed: int) -> list[Contact]:
     """`n` people with every field; about 8 % are household members of another entry."""
     rng = random.Random(seed * 7919 + 1)
-    base = make_people(n, seed)
+    base = make_people(n, seed, draw_name=draw_name)
     cities = _cities(rng, max(20, n // 400))
     out: list[Contact] = []
     for person in base:
@@ -85,9 +88,9 @@ def make_population(n: int, seed: int) -> list[Contact]:
         if rng.random() < 0.08 and out:
             # A household member: the family name, home and landline of someone already here.
             other = out[rng.randrange(len(out))]
-            first = rng.choice(FIRST_NAMES)
+            first = draw_name(rng)[0]
             if first == other.given_name:
-                first = rng.choice(FIRST_NAMES)
+                first = draw_name(rng)[0]
             extra.update(given_name=first, family_name=other.family_name, addresses=list(other.addresses))
             if other.phones and rng.random() < 0.5:
                 extra["phones"] = [other.phones[0], *person.phones[:1]]

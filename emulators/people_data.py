@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import unicodedata
+from collections.abc import Callable
 
 from models.contact import Contact, PostalAddress
 
@@ -162,16 +163,24 @@ def _email_local(rng: random.Random, first: str, last: str) -> str:
     return rng.choice((f"{f}.{l}", f"{f}{l}", f"{f[0]}{l}", f"{f}_{l}", f"{f}", f"{l}.{f}", f"{f}.{l}{rng.randint(1, 99)}"))
 
 
-def make_people(n: int, seed: int) -> list[Contact]:
-    """`n` distinct people; no two share an email address or phone number."""
+def make_people(n: int, seed: int, draw_name: Callable[[random.Random], tuple[str, str]] | None = None,
+                ) -> list[Contact]:
+    """`n` distinct people; no two share an email address or phone number.
+
+    `draw_name(rng) -> (given, family)` replaces the built-in short name lists (the
+    matching benchmark draws names as often as real people carry them).
+    """
     rng = random.Random(seed)
     companies = _companies(rng, max(50, n // 40))
     used_emails: set[str] = set()
     used_phones: set[tuple[str, str]] = set()
     people: list[Contact] = []
     for _ in range(n):
-        first = rng.choices(FIRST_NAMES, cum_weights=_FIRST_CUM)[0]
-        last = rng.choices(LAST_NAMES, cum_weights=_LAST_CUM)[0]
+        if draw_name is None:
+            first = rng.choices(FIRST_NAMES, cum_weights=_FIRST_CUM)[0]
+            last = rng.choices(LAST_NAMES, cum_weights=_LAST_CUM)[0]
+        else:
+            first, last = draw_name(rng)
         emails: list[str] = []
         company, domain = rng.choice(companies) if rng.random() < 0.75 else ("", "")
         if domain and rng.random() < 0.8:

@@ -27,12 +27,16 @@ where they are not, and every one only lowers a score:
 - conversely, when both names agree on two records that hold nothing but names
   (and employer), a pair is at least `NAMES_AGREE_FLOOR` (review): the
   calibrated probability is low where namesakes abound, but there is nothing
-  else to go on and a person can tell. Records with other fields that happen
-  not to overlap get no floor: at 100,000 records, every common name has
-  namesakes whose other fields are simply absent;
+  else to go on and a person can tell. So is a pair whose names agree with
+  nothing held by both records against them (a record typed again without its
+  address or birthday) once the calibrated probability says more likely one
+  person than not (`LIKELY`: the name frequencies of the pool decide); names
+  beside another address or birthday get no floor;
 - a different family name (a marriage) is at most review, and only on the same
-  home, a shared email or two agreeing identifiers; a different full birthday
-  is at most review;
+  home (where the same given name is at least review: the members of one
+  household share a family name), a shared email, two agreeing identifiers, or
+  one agreeing identifier (a full birthday) with a calibrated probability of at
+  least `NAMES_AGREE_FLOOR`; a different full birthday is at most review;
 - a shared email address is at least review (a shared mailbox under other
   names is worth a look), and where a side has no name at all an agreeing email
   or phone decides alone (`IDENTIFIER_ONLY`): the fitted email weight is
@@ -79,6 +83,9 @@ NAMES_AGREE_FLOOR = 0.75
 IDENTIFIER_ONLY = (0.95, 0.90)
 #: pools smaller than this get no term-frequency adjustment (too few names to count)
 TF_MIN_POOL = 1000
+#: names agreeing with nothing against them (one record lacks what the other holds)
+#: reach review when the calibrated probability says more likely one person than not
+LIKELY = 0.5
 #: different given names, or no shared blocking key: below the default review threshold
 OTHER_PERSON_CAP = 0.60
 
@@ -352,7 +359,7 @@ def _evaluate(a: NormalizedContact, b: NormalizedContact, prior: float = 0.0,
         caps |= 32
     if not corroborated:
         if (levels[4] in _NAME_AGREES and levels[5] in _NAME_AGREES and levels[6] != "disagree"
-                and not (_has_more(a) or _has_more(b))):
+                and (not (_has_more(a) or _has_more(b)) or (raw >= LIKELY and _uncontradicted(levels)))):
             s = max(s, NAMES_AGREE_FLOOR)
             caps |= 16
         s = min(s, NAMES_ONLY_CAP)
@@ -365,7 +372,12 @@ def _evaluate(a: NormalizedContact, b: NormalizedContact, prior: float = 0.0,
         # and proposed only on the same home, a shared email, or two agreeing identifiers:
         # a given name and a birthday agree by chance often enough in a large pool.
         agreeing = sum((i, levels[i]) in _IDENTIFYING for i in range(4))
-        proposed = agreeing >= 2 or levels[0] == "agree" or levels[2] == "agree"
+        proposed = (agreeing >= 2 or levels[0] == "agree" or levels[2] == "agree"
+                    or (agreeing == 1 and raw >= NAMES_AGREE_FLOOR))
+        if levels[2] == "agree" and levels[4] in _GIVEN_AGREES:
+            # The same given name at the same home under another family name: a marriage
+            # (households in one home share a family name), a person's call.
+            s = max(s, NAMES_AGREE_FLOOR)
         s = min(s, NAMES_ONLY_CAP if proposed else OTHER_PERSON_CAP)
         caps |= 8
     if levels[3] == "disagree":
@@ -380,6 +392,14 @@ def _evaluate(a: NormalizedContact, b: NormalizedContact, prior: float = 0.0,
 
 
 _NAME_AGREES = frozenset({"exact", "nickname", "typo"})
+_GIVEN_AGREES = frozenset({"exact", "nickname"})
+#: levels of email, phone, address, birthday and company that speak against a pair
+_AGAINST = ((0, "disagree"), (1, "disagree"), (2, "disagree"), (2, "area"), (3, "disagree"), (7, "disagree"))
+
+
+def _uncontradicted(levels: tuple[str, ...]) -> bool:
+    """No field both records hold disagrees: what one lacks the other cannot contradict."""
+    return not any(levels[i] == level for i, level in _AGAINST)
 
 
 def _has_more(n: NormalizedContact) -> bool:

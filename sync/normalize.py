@@ -517,6 +517,22 @@ def normalized(contact: Contact, region: str = DEFAULT_REGION) -> NormalizedCont
     return result
 
 
+#: particles that begin a family name ("Ó Seanaigh", "de la Vega", "van der Berg"):
+#: in the given-name field (the fields swapped) they stay with the name they begin,
+#: not read as a first name of one letter and a middle name
+NAME_PARTICLES = frozenset({
+    "o", "ni", "nic", "mac", "mc", "de", "del", "della", "der", "den", "di", "da", "do", "dos", "das",
+    "du", "la", "le", "van", "von", "ter", "ten", "bin", "ibn",
+})
+
+
+def _join_particles(tokens: list[str]) -> list[str]:
+    lead = 0
+    while lead < len(tokens) - 1 and tokens[lead] in NAME_PARTICLES:
+        lead += 1
+    return [" ".join(tokens[:lead + 1]), *tokens[lead + 1:]] if lead else tokens
+
+
 @lru_cache(maxsize=262144)
 def _phone_cached(value: str, region: str) -> str | None:
     return normalize_phone(value, region)
@@ -533,7 +549,7 @@ def _compute(contact: Contact, region: str) -> NormalizedContact:
     emails = frozenset(e for e in map(normalize_email, contact.email_addresses()) if e)
     phones = frozenset(p for p in (_phone_cached(v, region) for v in contact.phone_numbers()) if p)
     first, last = name_parts(contact.given_name, contact.family_name)
-    first_tokens = first.split()
+    first_tokens = _join_particles(first.split())
     middle = fold_text(contact.middle_name) or " ".join(first_tokens[1:2])
     first = first_tokens[0] if first_tokens else ""
     nick = fold_text(contact.nickname)

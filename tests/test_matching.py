@@ -296,7 +296,7 @@ def test_measured_recall_and_precision_on_generated_near_duplicates():
 from bench.duplicates import CORRUPTIONS, corrupt, make_population  # noqa: E402
 from models.contact import PostalAddress  # noqa: E402
 from sync.kinds.contacts import CONTACTS  # noqa: E402
-from sync.matching import CandidateIndex as Index, decide  # noqa: E402
+from sync.matching import CandidateIndex as Index, _evaluate, decide  # noqa: E402
 from sync.normalize import blocking_keys, normalize_email  # noqa: E402
 from sync.policy import SyncSettings  # noqa: E402
 
@@ -349,10 +349,41 @@ def test_replaced_family_name_is_found_through_birthday_and_address():
     assert blocking_keys(a) & blocking_keys(b)
     assert score(a, b).score >= T.review
     assert score(a, b).score < T.auto  # a person confirms a changed family name
-    # With a move on top only the birthday is left: a given name and a birthday agree by
-    # chance too often in a large pool to propose it.
+    # With the address gone only the given name and the full birthday are left: one in
+    # millions of pairs by chance, so a person is asked, but never linked alone.
     c = only(full(family_name="Okafor", addresses=[]))
-    assert score(a, c).score < T.review
+    assert T.review <= score(a, c).score < T.auto
+    # A birthday without its year is one in 365: with a new family name that is nothing.
+    d = only(full(family_name="Okafor", addresses=[], birthday="--03-17"))
+    assert score(a, d).score < T.review
+    # A move on top (the address now disagrees): not proposed either.
+    moved = only(full(family_name="Okafor", middle_name="", addresses=[
+        PostalAddress(street="9 Elm Road", city="Dover", postal_code="19901")]))
+    assert score(a, moved).score < T.auto
+    assert _evaluate(normalized(a), normalized(moved), pool_prior(100_000))[0] < T.review  # in a CRM of 100,000
+
+
+def test_the_same_given_name_at_the_same_home_under_a_new_family_name_is_a_marriage_to_review():
+    # Households in one home share a family name; the same given name there under another
+    # family name is the person after a marriage: a person confirms it.
+    a = only(full(birthday=""))
+    b = only(full(family_name="Okafor", birthday=""))
+    assert T.review <= score(a, b).score < T.auto
+    other = only(full(given_name="Theodore", family_name="Okafor", birthday=""))
+    assert score(a, other).score < T.review
+
+
+def test_names_with_nothing_against_them_are_reviewed_when_likely():
+    # A record typed again without its address or birthday: nothing contradicts the names,
+    # so a likely pair goes to a person; the same names beside another address do not.
+    a = only(full())
+    bare = only(full(addresses=[], birthday="", middle_name=""))
+    s = score(a, bare)
+    assert T.review <= s.score < T.auto and not s.corroborated
+    assert "names_agree_uncontradicted" in s.reasons
+    elsewhere = only(full(birthday="", middle_name="", addresses=[
+        PostalAddress(street="9 Elm Road", city="Dover", postal_code="19901")]))
+    assert score(a, elsewhere).score < T.review
 
 
 def test_a_household_member_called_by_a_nickname_is_not_auto_linked():
@@ -537,12 +568,12 @@ def _filler(n: int, rng: random.Random, family: str | None = None) -> list[Conta
 
 
 def test_a_large_pool_needs_more_than_names_a_middle_name_and_a_slipped_birthday(monkeypatch):
-    """Names, a middle name and a birthday with another year reach review between two
+    """A nickname, the family and middle names and a birthday with another year reach review between two
     records, but not in a pool ten times the calibration's: there the namesakes
     outnumber the true partners. A full birthday still links."""
     moved = [PostalAddress(street="9 Elm Rd", city="Dover", postal_code="19901")]
     a = only(full())
-    b = only(full(birthday="1985-03-17", addresses=moved))
+    b = only(full(given_name="Kate", birthday="1985-03-17", addresses=moved))
     assert T.review <= score(a, b).score < T.auto
     # The calibration's pool made small so that a quick index is ten times its size.
     monkeypatch.setattr(match_weights, "CALIBRATION_POOL", 100)
@@ -551,7 +582,7 @@ def test_a_large_pool_needs_more_than_names_a_middle_name_and_a_slipped_birthday
     for i, c in enumerate(_filler(999, random.Random(3))):
         idx.add(f"f{i}", c)
     assert best_match(a, idx, T).kind == "none"
-    assert best_match(only(full(addresses=moved)), idx, T).kind == "auto"
+    assert best_match(only(full(given_name="Kate", birthday="1985-03-17", addresses=moved)), idx, T).kind == "auto"
 
 
 def _norm(given: str, family: str):
@@ -588,12 +619,13 @@ def test_name_frequency_terms_only_lower_and_fall_with_the_count(sample, cut):
 
 def test_a_common_surname_agreeing_is_weaker_than_a_rare_one_and_the_index_agrees_with_all_pairs():
     rng = random.Random(11)
-    pool: dict[str, Contact] = {f"s{i}": c for i, c in enumerate(_filler(900, rng, family="Smith"))}
-    pool.update({f"o{i}": c for i, c in enumerate(_filler(900, rng))})
-    # Names, a middle name and a birthday with another year: review on a rare surname.
+    pool: dict[str, Contact] = {f"s{i}": c for i, c in enumerate(_filler(300, rng, family="Smith"))}
+    pool.update({f"o{i}": c for i, c in enumerate(_filler(1500, rng))})
+    # A nickname, the family and middle names, another address: review on a rare surname,
+    # not on the one a sixth of the pool carries.
     moved = [PostalAddress(street="9 Elm Rd", city="Dover", postal_code="19901")]
-    pool["smith"] = only(full(family_name="Smith", birthday="1985-03-17", addresses=moved))
-    pool["rare"] = only(full(family_name="Quarshie", birthday="1985-03-17", addresses=moved))
+    pool["smith"] = only(full(given_name="Kate", family_name="Smith", birthday="", addresses=moved))
+    pool["rare"] = only(full(given_name="Kate", family_name="Quarshie", birthday="", addresses=moved))
     idx: Index[str] = Index()
     for k, c in pool.items():
         idx.add(k, c)
@@ -602,7 +634,7 @@ def test_a_common_surname_agreeing_is_weaker_than_a_rare_one_and_the_index_agree
     assert score(common, pool["smith"]).score == score(rare, pool["rare"]).score  # alike as a pair
     m_common, m_rare = best_match(common, idx, T), best_match(rare, idx, T)
     assert m_rare.key == "rare" and m_rare.kind == "review"
-    assert m_common.kind == "none" and m_common.score < m_rare.score  # half the pool is a Smith
+    assert m_common.kind == "none" and m_common.score < m_rare.score  # a sixth of the pool is a Smith
     for q in (common, rare):
         assert (best_match(q, idx, T).kind, best_match(q, idx, T).key) == \
             (match_all_pairs(q, pool, T).kind, match_all_pairs(q, pool, T).key)

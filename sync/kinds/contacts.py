@@ -51,6 +51,7 @@ CONTACTS: KindRules[Contact] = KindRules(
     differs=fields.differs,
     bind=_bind,
     # 2: names keyed by their normalised parts (old "t:" and single "n:" keys gone)
-    keys_version="3",
+    # 4: a given name starting with a particle (Ó, de, van: swapped fields) keeps it
+    keys_version="4",
     keys_settings=lambda settings: f"region={settings.phone_region}",
 )
