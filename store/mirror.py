@@ -79,20 +79,27 @@ def apply(s: Session, org_id: str, kind: str, entries: Sequence[MirrorEntry], se
     changed: list[MirrorEntry] = []
     seq = seq_head
     latest: dict[str, MirrorEntry] = {e.external_id: e for e in entries}  # a page may repeat an id
+    rows: list[dict] = []
+    buffered: list[dict] = []
     for e in latest.values():
         row = current.get(e.external_id)
         if row is not None and (row.hash, row.etag, row.owner, bool(row.deleted)) == (e.hash, e.etag, e.owner,
                                                                                       e.deleted):
             continue
         seq += 1
-        values = dict(hash=e.hash, etag=e.etag, owner=e.owner, deleted=e.deleted, seq=seq, updated_at=now)
-        stmt = _insert(s, platform_mirror).values(org_id=org_id, kind=kind, external_id=e.external_id, **values)
+        rows.append(dict(org_id=org_id, kind=kind, external_id=e.external_id, hash=e.hash, etag=e.etag,
+                         owner=e.owner, deleted=e.deleted, seq=seq, updated_at=now))
+        buffered.append(dict(org_id=org_id, kind=kind, seq=seq, external_id=e.external_id, record=e.record,
+                             owner=e.owner, at=now))
+        changed.append(replace(e, seq=seq))
+    if rows:
+        # One statement each for the page (per record, they were the feed read's largest cost).
+        stmt = _insert(s, platform_mirror)
+        new = stmt.excluded
         s.execute(stmt.on_conflict_do_update(
             index_elements=[platform_mirror.c.org_id, platform_mirror.c.kind, platform_mirror.c.external_id],
-            set_=values))
-        s.execute(sa.insert(platform_changes).values(org_id=org_id, kind=kind, seq=seq, external_id=e.external_id,
-                                                     record=e.record, owner=e.owner, at=now))
-        changed.append(replace(e, seq=seq))
+            set_={c: getattr(new, c) for c in ("hash", "etag", "owner", "deleted", "seq", "updated_at")}), rows)
+        s.execute(sa.insert(platform_changes), buffered)
     _replace_keys(s, org_id, kind, changed)
     s.execute(sa.update(org_cursors).where(org_cursors.c.org_id == org_id, org_cursors.c.stream == feed_stream(kind))
               .values(seq_head=seq))
