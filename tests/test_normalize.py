@@ -332,3 +332,21 @@ def test_contact_problems_and_keys_never_crash(contact):
     problems = contact_problems(contact)
     assert all(isinstance(p, str) and p for p in problems)
     assert isinstance(blocking_keys(contact), set)
+
+
+_PLAINISH = st.from_regex(
+    r"\A[A-Za-z0-9_%+.-]{1,70}@([A-Za-z0-9-]{1,64}\.){1,3}([A-Za-z]{1,64}|test|local|invalid|onion|arpa|localhost)\Z")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(_PLAINISH, st.text(max_size=80)))
+def test_the_fast_path_for_plain_addresses_never_accepts_what_email_validator_refuses(value):
+    from email_validator import EmailNotValidError, validate_email
+
+    from sync.normalize import _plain_email
+
+    if _plain_email(value):
+        try:
+            validate_email(value, check_deliverability=False)
+        except EmailNotValidError as exc:  # pragma: no cover - the failure this test exists for
+            raise AssertionError(f"fast path accepted {value!r}: {exc}") from None
