@@ -670,3 +670,15 @@ def test_add_many_builds_the_same_index_and_restores_the_collector():
     with pytest.raises(AttributeError):
         Index().add_many([("bad", None)])
     assert gc.isenabled()
+
+
+def test_the_benchmark_population_has_as_many_namesakes_as_real_people():
+    """The matching figures depend on how often names repeat: the population must be near
+    the census (a surname shared by two people about 1 in 1,000, a full name about 1 in
+    300,000), not the demo lists' one namesake in every few thousand pairs."""
+    from bench.names import collision_rates
+
+    given, family, both = collision_rates(n=60_000, seed=3)
+    assert 1 / 600 < given < 1 / 150
+    assert 1 / 3000 < family < 1 / 500
+    assert 1 / 2_000_000 < both < 1 / 100_000
