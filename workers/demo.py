@@ -478,6 +478,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--once", action="store_true",
                         help="run the scenario and stop everything (CI); by default the stack stays up until Ctrl-C")
     args = parser.parse_args(argv)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a shell without job control, Ctrl-C arrives
+        # ignored; the demo is stopped by it, so it takes it back.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 0
     try:
         asyncio.run(run(args.port, fresh=not args.keep, once=args.once))
