@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
+# test processes (pytest-xdist); each starts its own Temporal dev server and databases
+PYTEST_WORKERS ?= 2
 # e.g. BENCH_ARGS="--against 7703c68 sync" for before/after figures in one run
 BENCH_ARGS ?=
 # `make demo DEMO_ARGS=--once` runs the scenario and stops (CI); `--keep`, `--port N` too.
@@ -29,7 +31,7 @@ demo: $(STAMP)
 	$(PY) -m workers.demo $(DEMO_ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench $(BENCH_ARGS)
