@@ -38,14 +38,14 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from models.errors import ConnectorError, Fatal, NotFound, Transient, ValidationRejected
+from models.errors import ConnectorError, Fatal, NotFound, ValidationRejected
 from models.event import Event, EventRecord
 from platforms.reference_crm import pm_rules
 from platforms.reference_crm import pm_schema as pm
 from platforms.reference_crm import schema as t
 from platforms.reference_crm.pm_expand import derive_instance, occurrence_of, unedited_instances
 from platforms.reference_crm.pm_rules import PmRule
-from platforms.reference_crm.service import IdempotencyKeyReused, _db_errors, _fingerprint
+from platforms.reference_crm.service import IdempotencyKeyReused, _db_errors, _fingerprint, in_savepoint
 
 FLAVOURS = ("native", "singles")
 #: events one batch write takes
@@ -376,21 +376,18 @@ class CrmCalendar:
             for item in items:
                 fp = _fingerprint({"op": "cal_put", "id": item.event_id, "event": _event_json(item.event),
                                    "owner": item.owner_id, "expected": item.expected_version})
-                conn.exec_driver_sql("SAVEPOINT pm_item")
-                try:
-                    done = self._idem_lookup(conn, org_id, item.idempotency_key, fp)
-                    if done is None:
-                        rec = self._put(conn, org_id, item.event, item.event_id, item.owner_id,
-                                        item.expected_version, actor, enforce_rules)
-                        done = self._idem_store(conn, org_id, item.idempotency_key, fp, rec)
-                except Transient:
-                    raise
-                except ConnectorError as exc:
-                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT pm_item")
-                    done = exc
-                conn.exec_driver_sql("RELEASE SAVEPOINT pm_item")
-                out.append(done)
+                out.append(in_savepoint(conn, lambda: self._put_once(conn, org_id, item, fp, actor, enforce_rules)))
         return out
+
+    def _put_once(self, conn: Connection, org_id: str, item: "EventWrite", fp: str, actor: str,
+                  enforce_rules: bool) -> "PmEvent":
+        """One item of a batch: its earlier answer under the same idempotency key, or its write."""
+        done = self._idem_lookup(conn, org_id, item.idempotency_key, fp)
+        if done is None:
+            rec = self._put(conn, org_id, item.event, item.event_id, item.owner_id, item.expected_version, actor,
+                            enforce_rules)
+            done = self._idem_store(conn, org_id, item.idempotency_key, fp, rec)
+        return done
 
     def _put(self, conn: Connection, org_id: str, event: Event, event_id: str | None, owner_id: str | None,
              expected_version: int | None, actor: str, enforce_rules: bool) -> PmEvent:

@@ -318,6 +318,26 @@ def _db_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def in_savepoint(conn: Connection, write: Callable[[], Any]) -> Any:
+    """`write()` inside a savepoint of the batch's transaction: a refused item (any
+    ConnectorError but Transient) rolls back alone and is returned in its place;
+    Transient (database trouble) fails the whole batch.
+
+    Plain SQL with one reused name: SQLAlchemy's begin_nested() compiles a new
+    statement per savepoint, which cost more than the item's own writes.
+    """
+    conn.exec_driver_sql("SAVEPOINT batch_item")
+    try:
+        done = write()
+    except Transient:
+        raise
+    except ConnectorError as exc:
+        conn.exec_driver_sql("ROLLBACK TO SAVEPOINT batch_item")
+        done = exc
+    conn.exec_driver_sql("RELEASE SAVEPOINT batch_item")
+    return done
+
+
 def _fingerprint(payload: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -605,18 +625,8 @@ class ReferenceCrm:
         with self._write(org_id) as conn:
             batch = _Batch(conn, org_id, items, self._rules(conn, org_id) if enforce_rules else [])
             for pos, item in enumerate(items):
-                # Plain SQL with one reused name: SQLAlchemy's begin_nested() compiles a
-                # new statement per savepoint, which cost more than the item's own writes.
-                conn.exec_driver_sql("SAVEPOINT crm_item")
-                try:
-                    answer = self._write_item(conn, org_id, pos, item, actor, enforce_rules, batch)
-                except Transient:
-                    raise
-                except ConnectorError as exc:
-                    conn.exec_driver_sql("ROLLBACK TO SAVEPOINT crm_item")
-                    answer = exc
-                conn.exec_driver_sql("RELEASE SAVEPOINT crm_item")
-                batch.out.append(answer)
+                batch.out.append(in_savepoint(
+                    conn, lambda: self._write_item(conn, org_id, pos, item, actor, enforce_rules, batch)))
             self._finish_batch(conn, org_id, batch)
         assert all(a is not None for a in batch.out)
         return batch.out  # type: ignore[return-value]
