@@ -223,12 +223,33 @@ def test_an_interrupted_rekey_resumes_where_it_stopped(store):
     assert store.stamp().target is None
 
 
+def _rekey_behind(st, holder, detail: str) -> list:
+    """Run the re-key in a thread until its heartbeat says `detail` (it reached what
+    `holder`'s open transaction holds), then commit the holder and let it finish.
+    Returns the re-key's result in a list (empty if it did not finish)."""
+    import threading
+
+    waiting = threading.Event()
+    done: list = []
+
+    def beat(seen):
+        if seen == detail:
+            waiting.set()
+
+    worker = threading.Thread(target=lambda: done.append(Rekeyer(st.sessions, CONTACTS, st.platform).run(
+        ORG, heartbeat=beat)), daemon=True)
+    worker.start()
+    assert waiting.wait(30)
+    holder.commit()
+    holder.close()
+    worker.join(30)
+    return done
+
+
 def test_a_link_a_cycle_is_writing_is_waited_for_not_deadlocked(pg_url):
     """PostgreSQL: a cycle's transaction holds a link; the re-key neither takes links
     out of order (two writers would deadlock) nor skips it: it waits, then keys the
     link as the cycle left it."""
-    import threading
-
     st = _Store(pg_url)
     holder = st.sessions()
     try:
@@ -239,20 +260,7 @@ def test_a_link_a_cycle_is_writing_is_waited_for_not_deadlocked(pg_url):
         holder.begin()
         repo.save_link(holder, id=first, snapshot=renamed, mailbox_hash=CONTACTS.hash(renamed),
                        platform_hash=CONTACTS.hash(renamed), keys=_old_keys(renamed))
-        waiting = threading.Event()
-        done: list = []
-
-        def beat(detail):
-            if detail == "rekey:links:0":
-                waiting.set()
-
-        worker = threading.Thread(target=lambda: done.append(Rekeyer(st.sessions, CONTACTS, st.platform).run(
-            ORG, heartbeat=beat)), daemon=True)
-        worker.start()
-        assert waiting.wait(30)  # it saw the held link and waits for it
-        holder.commit()
-        holder.close()
-        worker.join(30)
+        done = _rekey_behind(st, holder, "rekey:links:0")  # it sees the held link and waits for it
 
         assert done and done[0].links == 3
         with st.sessions() as s:
@@ -268,8 +276,6 @@ def test_a_link_a_cycle_is_writing_is_waited_for_not_deadlocked(pg_url):
 def test_a_record_a_mailbox_is_mirroring_is_waited_for_and_keeps_its_new_keys(pg_url):
     """PostgreSQL: a mailbox's write holds a mirrored record (note_written, today's keys);
     the re-key waits for it and then leaves it as written, not keyed from older content."""
-    import threading
-
     st = _Store(pg_url)
     holder = st.sessions()
     try:
@@ -281,20 +287,7 @@ def test_a_record_a_mailbox_is_mirroring_is_waited_for_and_keeps_its_new_keys(pg
         mirror.note_written(holder, ORG, "contacts", [mirror.MirrorEntry(
             external_id=first, hash=CONTACTS.hash(renamed), etag=None, owner=None, deleted=False,
             keys=frozenset(CONTACTS.keys(renamed)), record={})])
-        waiting = threading.Event()
-        done: list = []
-
-        def beat(detail):
-            if detail == "rekey:mirror:0":
-                waiting.set()
-
-        worker = threading.Thread(target=lambda: done.append(Rekeyer(st.sessions, CONTACTS, st.platform).run(
-            ORG, heartbeat=beat)), daemon=True)
-        worker.start()
-        assert waiting.wait(30)
-        holder.commit()
-        holder.close()
-        worker.join(30)
+        done = _rekey_behind(st, holder, "rekey:mirror:0")
 
         # keyed as written (by the writer, or again from the platform once it committed), never
         # from the buffered copy of the record as it was before the write
