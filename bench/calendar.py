@@ -62,6 +62,8 @@ from pathlib import Path
 from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
+from bench.report import list_at_least
+
 Report = Callable[..., None]
 
 DOMAIN = "acme.example"
@@ -493,14 +495,8 @@ def initial(report: Report, w: World, say: Callable[[str], None], naive_sample: 
     naive_by: dict[str, tuple[int, int, float]] = {}
     for p in kinds:
         naive = w.naive(corpus.providers.index(p))
-        got, page = 0, None
         t0 = time.perf_counter()
-        while got < naive_sample:
-            pg = naive.list_changes(None, page)
-            got += len(pg.records)
-            page = pg.next_page
-            if page is None:
-                break
+        got = list_at_least(naive, naive_sample)
         naive_by[p] = (got, naive.calls_made, time.perf_counter() - t0)
     got = sum(v[0] for v in naive_by.values())
     naive_calls = sum(v[1] for v in naive_by.values()) / max(1, got)

@@ -45,6 +45,8 @@ from email.utils import format_datetime
 from pathlib import Path
 from typing import Callable
 
+from bench.report import list_at_least
+
 Report = Callable[..., None]
 
 DOMAIN = "acme.example"
@@ -234,14 +236,8 @@ def backfill(report: Report, *, mailboxes: int, messages: int, threads: int, quo
             gmail.reset_stats()
             naive = GmailMail.for_emulator(base, token=tokens[sample_user], batch_size=1, pacing=False,
                                            options=MailFetchOptions(bodies=False))
-            listed, page = 0, None
             n0 = time.perf_counter()
-            while listed < naive_sample:
-                got = naive.list_changes(None, page)
-                listed += len(got.records)
-                page = got.next_page
-                if page is None:
-                    break
+            listed = list_at_least(naive, naive_sample)
             naive_s = time.perf_counter() - n0
             naive_stats = gmail.stats()
             naive_units_per_msg = naive_stats["units_total"] / listed

@@ -104,3 +104,16 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     rank = max(1, -(-len(ordered) * q // 100))  # ceil(n*q/100), at least the first
     return ordered[int(min(rank, len(ordered))) - 1]
+
+
+def list_at_least(connector, n: int) -> int:
+    """Page through `connector.list_changes` from the start until `n` records (or the
+    end): the naive baselines' listing, whose calls the benchmarks then count."""
+    listed, page = 0, None
+    while listed < n:
+        got = connector.list_changes(None, page)
+        listed += len(got.records)
+        page = got.next_page
+        if page is None:
+            break
+    return listed
