@@ -246,7 +246,12 @@ def render(weights, slope, intercept, m, u, prior) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    # No options: a mistyped one must not start a two-minute run that rewrites the weights.
+    argparse.ArgumentParser(prog="python -m bench.calibrate_matching",
+                            description=f"fit the matcher's weights and write {OUT.name}").parse_args(argv)
     rng = random.Random(SEED)
     people = make_population(POPULATION, SEED)
     weights, m, u = estimate(people, rng)

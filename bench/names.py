@@ -103,6 +103,10 @@ def collision_rates(n: int = 200_000, seed: int = 1) -> tuple[float, float, floa
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m bench.names",
+                            description="how often two people of the population share a name").parse_args()
     g, f, both = collision_rates()
     print(f"given name shared by two people: 1 in {1 / g:,.0f}")
     print(f"family name: 1 in {1 / f:,.0f}")

@@ -697,16 +697,28 @@ def compare_initial(report: Report, before: dict[str, Any], after: dict[str, Any
         report(f"compare.initial.{short}.speedup", then / now, "x", "per record / bulk")
 
 
+def _count(text: str) -> int:
+    """A size on the command line: a whole number of at least 1 (argparse says so in one line)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"wants at least 1, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
         worker_main(argv[1:])
         return
-    parser = argparse.ArgumentParser(description="Contacts sync benchmark through the real system")
+    parser = argparse.ArgumentParser(prog="python -m bench.sync",
+                                     description="Contacts sync benchmark through the real system")
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run")
     parser.add_argument("--pg", action="store_true", help="store and CRM on PostgreSQL at 127.0.0.1:5432")
-    parser.add_argument("--mailbox", type=int, help="mailbox contacts (default 10,000)")
-    parser.add_argument("--crm", type=int, help="CRM records (default 10,000)")
+    parser.add_argument("--mailbox", type=_count, help="mailbox contacts (default 10,000)")
+    parser.add_argument("--crm", type=_count, help="CRM records (default 10,000)")
     parser.add_argument("--no-per-record", action="store_true",
                         help="skip the before figure (the first cycle with a CRM transaction per record)")
     args = parser.parse_args(argv)
