@@ -27,7 +27,7 @@ from connectors.protocols import PlatformSide
 from store import mirror, repo
 from store.schema import connections, cursors, links
 from sync.kinds import KindRules
-from sync.policy import SyncSettings
+from sync.policy import SyncSettings, mailbox_settings
 
 PAGE = 500
 
@@ -129,8 +129,8 @@ class OrgReader:
             return set()
         org = repo.get_org(s, org_id)
         scope: dict[str, SyncSettings] = {
-            c.id: SyncSettings.from_dict({**(org.settings or {}), **(c.settings or {}).get("sync", {})},
-                                         owner=c.user_id) for c in conns}
+            c.id: SyncSettings.from_dict(mailbox_settings(org.settings, c.settings), owner=c.user_id)
+            for c in conns}
         owner_of = {c.id: c.user_id for c in conns}
         positions = {cid: int(v) for cid, v in s.execute(sa.select(cursors.c.connection_id, cursors.c.value).where(
             cursors.c.connection_id.in_(list(scope)), cursors.c.stream == mailbox_cursor_stream(self.kind))).all()

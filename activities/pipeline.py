@@ -53,7 +53,7 @@ from store import cycle, mirror, repo
 from store import erase as store_erase
 from sync.kinds import KindRules
 from sync.planner import LinkState, PlanInput, Review, plan
-from sync.policy import SyncSettings
+from sync.policy import SyncSettings, mailbox_settings
 from telemetry import activity_span
 
 
@@ -226,8 +226,7 @@ class KindPipeline:
         if conn is None:
             raise to_application_error(Fatal(f"unknown connection {connection_id}"))
         org = repo.get_org(s, conn.org_id)
-        merged = {**(org.settings or {}), **(conn.settings or {}).get("sync", {})}
-        settings = SyncSettings.from_dict(merged, owner=conn.user_id)
+        settings = SyncSettings.from_dict(mailbox_settings(org.settings, conn.settings), owner=conn.user_id)
         conn_settings = dict(conn.settings or {})
         # the organisation's custom fields as this mailbox names them (connectors.registry passes them on)
         provider = registry.PROVIDERS.get(conn.provider)

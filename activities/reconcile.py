@@ -29,6 +29,7 @@ from models.reconcile import ReconcileCounts, ReconcileRequest
 from store import reconcile as reports
 from store import repo
 from sync.matching import Thresholds
+from sync.policy import mailbox_settings
 from sync.reconcile import compare
 
 #: items pending or deferred longer than this are reported as not final (setting `reconcile_stale_s`)
@@ -92,7 +93,7 @@ class ReconcileActivities:
         with self.sessions() as s:
             info, settings = pipe._connection(s, cid)
             org = repo.get_org(s, org_id)
-            raw = {**(org.settings or {}), **(conn.settings or {}).get("sync", {})}
+            raw = mailbox_settings(org.settings, conn.settings)
         policy = raw.get("reconcile_repair", "restage")
         if policy not in REPAIR_POLICIES:
             policy = "report"

@@ -25,7 +25,7 @@ from connectors.protocols import PlatformSide
 from store import mirror, repo
 from store import rekey as store
 from sync.kinds import KindRules
-from sync.policy import SyncSettings
+from sync.policy import SyncSettings, mailbox_settings
 
 PAGE = 500
 #: how long to let a cycle holding the next link finish its write
@@ -110,8 +110,8 @@ class Rekeyer:
 
     def _connection_rules(self, s, connection_id: str, org_settings: dict) -> KindRules:
         conn = repo.get_connection(s, connection_id)
-        merged = {**org_settings, **((conn.settings or {}).get("sync", {}) if conn is not None else {})}
-        return self.rules.for_settings(SyncSettings.from_dict(merged))
+        return self.rules.for_settings(SyncSettings.from_dict(
+            mailbox_settings(org_settings, conn.settings if conn is not None else None)))
 
     # -- mirror --------------------------------------------------------------
     def _mirror(self, org_id: str, target: str, org_settings: dict, out: Rekeyed, heartbeat: Callable) -> bool:

@@ -57,6 +57,12 @@ class SyncSettings:
         return cls(**kwargs)
 
 
+def mailbox_settings(org_settings: dict | None, connection_settings: dict | None) -> dict:
+    """The raw settings a mailbox syncs with: its organisation's, each overridden by its
+    connection's `sync` section (the one place that says which wins)."""
+    return {**(org_settings or {}), **(connection_settings or {}).get("sync", {})}
+
+
 def _region(value: object) -> str:
     """An upper-case region phonenumbers knows; a wrong one would silently mis-read numbers."""
     import phonenumbers
