@@ -15,6 +15,8 @@ content hash it had (a changed hash would look like an edit of every record).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from pydantic import BaseModel, ConfigDict, field_validator, model_serializer, model_validator
 
 from models.record import SideRecord, content_hash
@@ -149,7 +151,7 @@ class PhoneNumber(BaseModel):
 
 
 def _digits(number: str) -> str:
-    return "".join(ch for ch in number if ch.isdigit()) or number
+    return "".join(filter(str.isdigit, number)) or number
 
 
 def _richness(item: BaseModel) -> int:
@@ -172,6 +174,49 @@ def _unique_typed(value: object, model: type, *, text, key) -> tuple:
         if held is None or _richness(held) < _richness(item):
             chosen[k] = item
     return tuple(sorted(chosen.values()))
+
+
+def _frozen(value: object) -> tuple | None:
+    """A hashable image of a set field as JSON holds it (strings and flat dicts), or None.
+
+    The key of `_memo`: None (nothing to remember) for anything else, such as a
+    dict holding a list, which then validates the long way.
+    """
+    if isinstance(value, (str, dict)):
+        value = (value,)
+    if not isinstance(value, (list, tuple)):
+        return None
+    out = []
+    for v in value:
+        if type(v) is str:
+            out.append(v)
+        elif type(v) is dict and all(type(x) in (str, type(None)) for x in v.values()):
+            out.append(tuple(v.items()))
+        else:
+            return None
+    return tuple(out)
+
+
+def _memo(build):
+    """Remember what a set field's stored form validates to.
+
+    A contact is read back from JSON several times on its way through one cycle
+    (staged item, link snapshot, decision, write); its emails, phones and addresses
+    validating as nested models with their own validators were most of the
+    plan's CPU time. The results are frozen, so one instance serves every reader.
+    """
+    cached = lru_cache(maxsize=1 << 16)(lambda frozen: build(list(v if type(v) is str else dict(v) for v in frozen)))
+
+    def validate(value: object) -> tuple:
+        frozen = _frozen(value)
+        return build(value) if frozen is None else cached(frozen)
+
+    validate.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    return validate
+
+
+_email_set = _memo(lambda v: _unique_typed(v, EmailAddress, text=lambda e: e.address, key=str.casefold))
+_phone_set = _memo(lambda v: _unique_typed(v, PhoneNumber, text=lambda p: p.number, key=_digits))
 
 
 class PostalAddress(BaseModel):
@@ -202,6 +247,16 @@ class PostalAddress(BaseModel):
 
     def is_empty(self) -> bool:
         return not any((self.street, self.city, self.region, self.postal_code, self.country))
+
+
+def _addresses(value: object) -> tuple:
+    if value is None:
+        return ()
+    items = [a if isinstance(a, PostalAddress) else PostalAddress.model_validate(a) for a in value]
+    return tuple(sorted({a for a in items if not a.is_empty()}))
+
+
+_address_set = _memo(_addresses)
 
 
 class Contact(BaseModel):
@@ -237,21 +292,18 @@ class Contact(BaseModel):
     @classmethod
     def _emails(cls, value: object) -> tuple:
         # An address differing only in case is the same address: providers fold them.
-        return _unique_typed(value, EmailAddress, text=lambda e: e.address, key=str.casefold)
+        return _email_set(value)
 
     @field_validator("phones", mode="before")
     @classmethod
     def _phones(cls, value: object) -> tuple:
         # The same digits in another layout are the same number.
-        return _unique_typed(value, PhoneNumber, text=lambda p: p.number, key=_digits)
+        return _phone_set(value)
 
     @field_validator("addresses", mode="before")
     @classmethod
     def _addresses(cls, value: object) -> tuple:
-        if value is None:
-            return ()
-        items = [a if isinstance(a, PostalAddress) else PostalAddress.model_validate(a) for a in value]
-        return tuple(sorted({a for a in items if not a.is_empty()}))
+        return _address_set(value)
 
     @field_validator("websites", mode="before")
     @classmethod

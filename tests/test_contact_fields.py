@@ -299,3 +299,36 @@ def test_a_birthday_no_side_can_hold_is_a_named_problem():
     assert contact_problems(BASE.model_copy(update={"birthday": "--12-10"})) == []
     [problem] = contact_problems(BASE.model_copy(update={"birthday": "10/12/1815"}))
     assert problem.startswith("birthday") and "10/12" not in problem
+
+
+# --- remembered set validation --------------------------------------------------------
+
+_text = st.text(alphabet="aAbB1 2-+@.\u00e9", max_size=8)
+_entry = st.one_of(_text, st.fixed_dictionaries({"address": _text}, optional={"type": st.sampled_from(
+    ["", "work", "Home", "pager", None]), "name": st.one_of(_text, st.none())}))
+_phone_entry = st.one_of(_text, st.fixed_dictionaries({"number": _text}, optional={"type": st.sampled_from(
+    ["", "mobile", "WORK", "fax", None])}))
+
+
+@given(st.lists(_entry, max_size=5), st.lists(_phone_entry, max_size=5))
+@hsettings(max_examples=300, deadline=None)
+def test_remembered_emails_and_phones_validate_as_the_long_way(emails, phones):
+    """The memo behind Contact's set fields returns what validating them afresh does,
+    the first time and every time after (the cache key is the stored form)."""
+    from models import contact as m
+
+    fresh = (m._unique_typed(emails, EmailAddress, text=lambda e: e.address, key=str.casefold),
+             m._unique_typed(phones, PhoneNumber, text=lambda p: p.number, key=m._digits))
+    for _ in range(2):
+        got = Contact.model_validate({"emails": emails, "phones": phones})
+        assert [e._order() for e in got.emails] == [e._order() for e in fresh[0]]
+        assert [p._order() for p in got.phones] == [p._order() for p in fresh[1]]
+
+
+def test_a_remembered_set_is_not_changed_by_the_callers_dict():
+    raw = [{"address": "ada@example.com", "type": "work"}]
+    first = Contact.model_validate({"emails": raw})
+    raw[0]["type"] = "home"  # the caller reuses its dict: the memo must not have kept it
+    again = Contact.model_validate({"emails": [{"address": "ada@example.com", "type": "work"}]})
+    assert first.emails[0].type == again.emails[0].type == "work"
+    assert Contact.model_validate({"emails": raw}).emails[0].type == "home"
