@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from store.repo import _chunks, _insert
+from store.repo import _chunks, _insert, insert_rows
 from store.schema import mirror_keys, org_cursors, platform_changes, platform_mirror
 
 
@@ -142,10 +142,8 @@ def _replace_keys(s: Session, org_id: str, kind: str, entries: Sequence[MirrorEn
     for chunk in _chunks(ids):
         s.execute(sa.delete(mirror_keys).where(mirror_keys.c.org_id == org_id, mirror_keys.c.kind == kind,
                                                mirror_keys.c.external_id.in_(chunk)))
-    rows = [{"org_id": org_id, "kind": kind, "key": k, "external_id": e.external_id}
-            for e in entries if not e.deleted for k in sorted(e.keys)]
-    for chunk in _chunks(rows):
-        s.execute(sa.insert(mirror_keys), list(chunk))
+    insert_rows(s, mirror_keys, ("org_id", "kind", "key", "external_id"),
+                [(org_id, kind, k, e.external_id) for e in entries if not e.deleted for k in sorted(e.keys)])
 
 
 def _mirror_rows(s: Session, org_id: str, kind: str, ids: Iterable[str]) -> list:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from store.repo import _chunks, _insert, _replace_link_keys
+from store.repo import _chunks, _insert, _replace_link_keys, insert_rows
 from store.schema import key_versions, links, mirror_keys, platform_mirror
 
 
@@ -128,7 +128,6 @@ def set_mirror_keys(s: Session, org_id: str, kind: str, order: Sequence[str], ke
     for chunk in _chunks(done):
         s.execute(sa.delete(mirror_keys).where(mirror_keys.c.org_id == org_id, mirror_keys.c.kind == kind,
                                                mirror_keys.c.external_id.in_(chunk)))
-    rows = [{"org_id": org_id, "kind": kind, "key": k, "external_id": i} for i in done for k in sorted(set(keys[i]))]
-    for chunk in _chunks(rows):
-        s.execute(sa.insert(mirror_keys), list(chunk))
+    insert_rows(s, mirror_keys, ("org_id", "kind", "key", "external_id"),
+                [(org_id, kind, k, i) for i in done for k in sorted(set(keys[i]))])
     return len(done), through
