@@ -171,6 +171,15 @@ def in_scope(s: Session, org_id: str, kind: str, owner: str | None) -> list[str]
     return list(s.execute(q.order_by(platform_mirror.c.external_id)).scalars())
 
 
+def all_live_among(s: Session, org_id: str, kind: str, ids: set[str]) -> bool:
+    """Whether every live mirrored record is one of `ids`: then a candidate search can
+    find nothing else (a mailbox's first cycle stages every record it may match)."""
+    live = s.execute(sa.select(sa.func.count()).select_from(platform_mirror).where(
+        platform_mirror.c.org_id == org_id, platform_mirror.c.kind == kind,
+        platform_mirror.c.deleted.is_(False))).scalar_one()
+    return live <= len(ids) and set(in_scope(s, org_id, kind, None)) <= ids
+
+
 def latest_buffered(s: Session, org_id: str, kind: str, ids: Iterable[str]) -> dict[str, dict]:
     """The newest buffered record of each id that still has one."""
     out: dict[str, tuple[int, dict]] = {}

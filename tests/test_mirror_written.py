@@ -49,3 +49,18 @@ def test_written_records_are_mirrored_in_one_go(db_url):
     with sessions.begin() as s:
         mirror.note_written(s, ORG, "contacts", [])  # nothing written: nothing to do
     assert len(rows(sessions)) == 4
+
+
+def test_a_search_is_needed_only_while_a_live_record_is_left_out(db_url):
+    migrate(db_url)
+    sessions = session_factory(make_engine(db_url))
+    with sessions.begin() as s:
+        mirror.note_written(s, ORG, "contacts", [entry("a", hash="h", owner="u1"), entry("b", hash="h", owner="u2"),
+                                                 entry("c", hash="h", owner="u1", deleted=True)])
+        mirror.note_written(s, "other_org", "contacts", [entry("z", hash="h", owner="u1")])
+    with sessions() as s:
+        assert mirror.all_live_among(s, ORG, "contacts", {"a", "b"})
+        assert mirror.all_live_among(s, ORG, "contacts", {"a", "b", "c", "gone"})  # deleted and unknown ids aside
+        assert not mirror.all_live_among(s, ORG, "contacts", {"a"})
+        assert not mirror.all_live_among(s, ORG, "contacts", {"a", "c", "x"})  # as many ids, not the same ones
+        assert mirror.all_live_among(s, ORG, "calendar", set())  # another kind holds nothing
