@@ -30,6 +30,7 @@ from temporalio import activity
 
 from activities.errors import to_application_error
 from activities.executor import Executor
+from activities.memory import collector_paused
 from activities.org import OrgReader, mailbox_cursor_stream
 from activities.pacing import Pacer
 from models.errors import ConnectorError, CursorExpired, Fatal
@@ -410,7 +411,8 @@ class KindPipeline:
 
     # -- plan ----------------------------------------------------------------
     def plan(self, ref: CycleRef, approve_mass_delete: bool = False) -> PlanSummary:
-        with activity_span(f"{self.kind}.plan", connection_id=ref.connection_id) as span, keep_alive():
+        with activity_span(f"{self.kind}.plan", connection_id=ref.connection_id) as span, keep_alive(), \
+                collector_paused():
             b = self._load_batch(ref)
             erased = self._drop_erased(ref, b)
             candidates = self._candidates(b)
