@@ -411,8 +411,7 @@ class KindPipeline:
 
     # -- plan ----------------------------------------------------------------
     def plan(self, ref: CycleRef, approve_mass_delete: bool = False) -> PlanSummary:
-        with activity_span(f"{self.kind}.plan", connection_id=ref.connection_id) as span, keep_alive(), \
-                collector_paused():
+        with activity_span(f"{self.kind}.plan", connection_id=ref.connection_id) as span, keep_alive():
             b = self._load_batch(ref)
             erased = self._drop_erased(ref, b)
             candidates = self._candidates(b)
@@ -679,10 +678,12 @@ def summarize_kind(sessions, connection_id: str, kind: str) -> StoreSummary:
 
 def as_activity(name: str, fn: Callable) -> Callable:
     """`fn` (a bound method) as a Temporal activity called `name`. The wrapper keeps its
-    signature and annotations, which Temporal reads to convert arguments."""
+    signature and annotations, which Temporal reads to convert arguments, and runs it
+    with the cyclic collector paused (see activities/memory.py)."""
 
     @functools.wraps(fn)
     def run(*args):
-        return fn(*args)
+        with collector_paused():
+            return fn(*args)
 
     return activity.defn(run, name=name)
