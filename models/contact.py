@@ -211,7 +211,6 @@ def _memo(build):
         frozen = _frozen(value)
         return build(value) if frozen is None else cached(frozen)
 
-    validate.cache_info = cached.cache_info  # type: ignore[attr-defined]
     return validate
 
 
