@@ -20,8 +20,8 @@ Choices that are not obvious from the protocol:
   in JSON `$batch`, 20 per call, under the same in-flight budget) and an untyped
   number keeps the slot it holds now. A number beyond the slots is not written;
   the sync core (`sync.fields.restore`) reads its absence as "Graph cannot hold
-  it", not as a deletion. Addresses likewise: one home, one business, one other.
-  An email without a display name keeps the one Graph holds; a new one gets the
+  it", not as a deletion. Addresses likewise: one home, one business, one other;
+  and emails: three (`sync.fields.graph_emails`; Graph refuses a fourth). An email without a display name keeps the one Graph holds; a new one gets the
   address as its name, as Outlook does (and a name equal to the address reads
   back as none). The read costs one call per 20 updates (an update costs 2/20 of
   a call instead of 1/20) and lets a stale etag be refused without spending a write.
@@ -72,7 +72,7 @@ from connectors.protocols import DeltaPage, WriteRequest, WriteResult
 from connectors.translation import untranslatable
 from models.contact import Contact, ContactRecord, EmailAddress, PhoneNumber, PostalAddress
 from models.record import SideRecord
-from sync.fields import first_only, graph_addresses, graph_phones
+from sync.fields import first_only, graph_addresses, graph_emails, graph_phones
 
 #: Same id the emulator documents; a string property in our own GUID namespace.
 MARKER_PROPERTY_ID = "String {5b8f3c1e-7a2d-4e69-9c4b-2f1d6a8e0c37} Name concordMarker"
@@ -251,8 +251,9 @@ def contact_to_item(contact: Contact, current: dict[str, Any] | None = None, mar
             for e in current.get("emailAddresses") or []
             if isinstance(e, dict) and isinstance(e.get("address"), str) and isinstance(e.get("name"), str) and e["name"]
         }
+        held = [e for e, h in graph_emails(contact.emails).items() if h is not None]
         body["emailAddresses"] = [{"address": e.address, "name": e.name or names.get(e.address.casefold(), e.address)}
-                                  for e in contact.emails]
+                                  for e in held]
     if "phones" not in keep:
         slots: dict[str, str] = {}
         for slot, values in (("work", current.get("businessPhones")), ("home", current.get("homePhones")),

@@ -87,6 +87,8 @@ WRITABLE_FIELDS = {
 ADDRESS_FIELDS = ("homeAddress", "businessAddress", "otherAddress")
 ADDRESS_PARTS = {"street", "city", "state", "countryOrRegion", "postalCode"}
 LIST_FIELDS = {"emailAddresses", "businessPhones", "homePhones", "categories"}
+#: Outlook's slots: more is refused with a 400 (microsoftgraph/microsoft-graph-docs#15276)
+MULTI_VALUE_LIMITS = {"emailAddresses": 3, "businessPhones": 2, "homePhones": 2}
 READ_ONLY_FIELDS = {
     "id",
     "changeKey",
@@ -1135,6 +1137,11 @@ def _validate_body(body: dict[str, Any]) -> SubResponse | None:
     for e in body.get("emailAddresses") or []:
         if not isinstance(e, dict) or "address" not in e:
             return _error(400, "ErrorInvalidArgument", "emailAddresses entries need an address.")
+    for key, limit in MULTI_VALUE_LIMITS.items():
+        if len(body.get(key) or []) > limit:
+            name = key[0].upper() + key[1:]
+            return _error(400, "ErrorInvalidArgument", f"The multi value property {name} has {len(body[key])} "
+                                                       f"entries, that exceeds the max allowed value of {limit}")
     for key in ADDRESS_FIELDS:
         value = body.get(key)
         if value is not None and (not isinstance(value, dict) or set(value) - ADDRESS_PARTS):

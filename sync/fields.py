@@ -191,8 +191,16 @@ class Holds:
         return held.get(value) or _empty(name)
 
 
-def _graph_emails(values: tuple) -> dict:
-    return {e: EmailAddress(address=e.address, name=e.name) for e in values}
+#: Outlook's email slots on a contact (Graph refuses a fourth with a 400: "The multi
+#: value property EmailAddresses has 4 entries, that exceeds the max allowed value of 3")
+GRAPH_EMAIL_SLOTS = 3
+
+
+def graph_emails(values: tuple) -> dict:
+    """Each email -> the untyped one Graph holds, or None past its three slots (the first
+    three in the set's order: the same three every time, whichever side asks)."""
+    return {e: (EmailAddress(address=e.address, name=e.name) if i < GRAPH_EMAIL_SLOTS else None)
+            for i, e in enumerate(sorted(values))}
 
 
 #: Outlook's phone slots on a contact: one mobile, two business, two home
@@ -252,12 +260,12 @@ def holds_everything(fmap: FieldMap | None = None) -> Holds:
 
 
 def graph_holds(fmap: FieldMap | None = None) -> Holds:
-    """What a Microsoft 365 contact holds: untyped emails, phone and address slots, one
+    """What a Microsoft 365 contact holds: three untyped emails, phone and address slots, one
     website, dated birthdays, and a custom field only when the mapping names it (an
     extended property is found by its name; there is no listing them all)."""
     names = frozenset(fmap.custom_names()) if fmap is not None else frozenset()
     return Holds(projections={
-        "emails": _graph_emails, "phones": graph_phones, "addresses": graph_addresses,
+        "emails": graph_emails, "phones": graph_phones, "addresses": graph_addresses,
         "websites": first_only, "birthday": _dated, "custom": _named_only(names),
     })
 

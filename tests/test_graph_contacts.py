@@ -561,6 +561,32 @@ def test_malformed_requests_fail_alone(graph, conn):
     assert state.contact(iid)["givenName"] == "B"
 
 
+def test_graph_holds_three_emails_and_refuses_a_fourth(graph, conn):
+    """Outlook has three email slots: the emulator refuses a fourth as Graph does, and
+    the connector sends the three `graph_emails` holds (the rest stay on the other
+    side: `sync.fields.restore` reads their absence as "cannot hold", not a deletion)."""
+    state, base = graph
+    with _raw(base) as c:
+        r = c.post("/me/contacts", json={"givenName": "Four", "emailAddresses": [
+            {"address": f"e{i}@example.test"} for i in range(4)]})
+        assert r.status_code == 400
+        assert r.json()["error"]["message"] == ("The multi value property EmailAddresses has 4 entries, "
+                                                "that exceeds the max allowed value of 3")
+        r = c.post("/me/contacts", json={"givenName": "Phones", "businessPhones": ["1", "2", "3"]})
+        assert r.status_code == 400 and "BusinessPhones has 3 entries" in r.json()["error"]["message"]
+    five = Contact(given_name="Five", emails=[f"e{i}@example.test" for i in (4, 0, 3, 1, 2)])
+    [made] = conn.create_many([WriteRequest(key="five", content=five, marker="m5")])
+    assert made.error is None
+    held = [e["address"] for e in state.contact(made.record.external_id)["emailAddresses"]]
+    assert held == ["e0@example.test", "e1@example.test", "e2@example.test"]
+    # an update that adds a sixth still sends three, and the same three
+    more = five.model_copy(update={"emails": [*five.emails, "a@example.test"]})
+    [upd] = conn.update_many([WriteRequest(key="six", external_id=made.record.external_id, content=more)])
+    assert upd.error is None
+    held = [e["address"] for e in state.contact(made.record.external_id)["emailAddresses"]]
+    assert held == ["a@example.test", "e0@example.test", "e1@example.test"]
+
+
 # --------------------------------------------------------------------- find_by_markers
 
 
