@@ -289,3 +289,36 @@ async def test_a_possible_duplicate_waits_and_a_reviewer_links_it(temporal_env, 
         both = {"jon.smithers@contoso.example", "jsmithers@contoso.example"}
         assert {e.casefold() for e in r.crm_contacts()[crm_id].email_addresses()} == both
         assert {e.casefold() for e in r.mailbox_contacts()[mid].email_addresses()} == both
+
+
+async def test_field_directions_hold_through_the_workflow(temporal_env, urls, provider):
+    """An organisation's field map, set before the first cycle, is obeyed by the running
+    workflow: job titles flow only from the platform, companies only from the mailbox,
+    and a change that may not flow stays where it was made without ping-pong."""
+    from store import field_map
+
+    async with rig(temporal_env, *urls, provider=provider) as r:
+        with r.sc.sessions.begin() as s:
+            change = field_map.change_field_map(s, r.sc.org_id, {
+                "job_title": {"direction": "platform_to_mailbox"},
+                "company": {"direction": "mailbox_to_platform"}})
+        assert change.outcome == "applied"
+        await r.start()
+        links = r.links()
+        m_side, p_side = [m for m in r.sc.resource_names if m in links][:2]
+        crm_before = r.crm_contacts()[links[m_side]]
+        mailbox_before = r.mailbox_contacts()[p_side]
+        r.sc.mailbox.edit(m_side, company="MailCo", job_title="Mailbox Title")
+        r.sc.crm.user_edit(r.sc.org_id, links[p_side], company="CrmCo", job_title="CRM Title", enforce_rules=False)
+        st = await r.cycle()
+        assert st.last_error is None, st.last_error
+        crm, mailbox = r.crm_contacts(), r.mailbox_contacts()
+        assert crm[links[m_side]].company == "MailCo"  # mailbox -> platform flows
+        assert crm[links[m_side]].job_title == crm_before.job_title  # mailbox's title does not
+        assert mailbox[p_side].job_title == "CRM Title"  # platform -> mailbox flows
+        assert mailbox[p_side].company == mailbox_before.company  # platform's company does not
+        assert mailbox[m_side].job_title == "Mailbox Title" and crm[links[p_side]].company == "CrmCo"
+        st = await r.cycle()
+        assert (st.last_counts.created, st.last_counts.updated, st.last_counts.deleted) == (0, 0, 0)
+        assert r.crm_contacts()[links[p_side]].company == "CrmCo"
+        assert r.mailbox_contacts()[m_side].job_title == "Mailbox Title"
