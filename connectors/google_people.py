@@ -34,6 +34,7 @@ Not thread-safe: one instance per activity invocation (httplib2.Http is not).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from datetime import datetime, timezone
@@ -553,9 +554,15 @@ class GooglePeopleContacts(GoogleConnector):
         except HttpError as err:
             raise translate_http_error(err) from err
 
-    @property
+    @functools.cached_property
     def _people(self) -> Any:
+        # Built once: googleapiclient builds a resource's methods (docstrings included)
+        # every time it is asked for one, which was a sixth of a 10,000-contact listing.
         return self._service.people()
+
+    @functools.cached_property
+    def _connections(self) -> Any:
+        return self._people.connections()
 
     # ---- reads ---------------------------------------------------------------------------
 
@@ -571,7 +578,7 @@ class GooglePeopleContacts(GoogleConnector):
             params["syncToken"] = sync_token
         if google_page:
             params["pageToken"] = google_page
-        return self._execute(self._people.connections().list(**params))
+        return self._execute(self._connections.list(**params))
 
     def list_changes(self, cursor: str | None, page_token: str | None = None) -> DeltaPage:
         """One page; the sync token of the round travels inside our page token.
