@@ -22,7 +22,7 @@ import logging
 import time
 from datetime import datetime, timedelta, timezone
 
-from activities.executor import Executor, _Work, _writes
+from activities.executor import PLATFORM_WRITTEN, Executor, _Work, _writes
 from activities.pipeline import ConnectionInfo, KindPipeline, _Batch
 from models.errors import ConnectorError
 from models.event import Event
@@ -72,7 +72,7 @@ class CalendarExecutor(Executor):
     def _forget_deleted(self, work: list[_Work]) -> None:
         """A meeting deleted from the platform may come back (a calendar still holds it):
         its claim goes with its record, or the next copy would wait on a record that is gone."""
-        gone = [wr.external_id for w in work if w.status == "platform_done"
+        gone = [wr.external_id for w in work if w.status in PLATFORM_WRITTEN
                 for _, wr in _writes(w.decision, "platform") if wr.op == "delete" and wr.external_id]
         if gone:
             with self.sessions.begin() as s:
@@ -115,7 +115,7 @@ class CalendarExecutor(Executor):
         with self.sessions.begin() as s:
             for w in own:
                 done = w.result.get("platform") or {}
-                if w.status == "platform_done" and done.get("id"):
+                if w.status in PLATFORM_WRITTEN and done.get("id"):
                     for _, wr in self._creates(w):
                         claims.set_platform_id(s, self.info.org_id, wr.content.uid, wr.content.recurrence_id,
                                                done["id"])

@@ -2,7 +2,8 @@
 
 Each action row moves planned -> platform_done -> (mailbox_started) -> done, and
 every move is committed before the next side is touched, so a worker killed at any
-point resumes where it stopped:
+point resumes where it stopped (an action that writes to one side only skips the
+moves that mean nothing for it):
 
 - platform writes carry the action's idempotency key: a replay returns the first result;
 - a mailbox create is marked `mailbox_started` before it is sent and carries a
@@ -36,6 +37,10 @@ from sync.policy import SyncSettings
 #: A crash redoes at most one chunk, idempotently; a chunk's provider calls are a few
 #: batch requests, well inside the heartbeat timeout (rate-limit waits heartbeat).
 CHUNK = 1000
+
+#: an action's status once the platform phase wrote its platform side (done: it had
+#: nothing for the mailbox)
+PLATFORM_WRITTEN = ("platform_done", "done")
 
 
 class _Work:
@@ -185,13 +190,23 @@ class Executor:
         except ConnectorError as exc:  # whole-call failure: nothing of this chunk is known done
             escape = exc
         with self.sessions.begin() as s:
+            # An action with nothing for the mailbox is finished here, and one with
+            # nothing for the platform keeps "planned" (meaning the same as
+            # platform_done to a resumed run): a third of a first sync's action
+            # updates were these moves.
+            finishing = [w for w in work if not _writes(w.decision, "mailbox")]
+            olds = cycle.get_links(s, [w.decision.link_id for w in finishing]) if finishing else {}
             for w in work:
                 if escape is not None:
                     break
                 outcome = self._collect(w, "platform", results)
                 if outcome == "ok":
+                    if not _writes(w.decision, "mailbox"):
+                        self._finalize(w, olds.get(w.decision.link_id))
+                        continue
                     w.status = "platform_done"
-                    self.fx.action(w.action_id, status="platform_done", result=w.result)
+                    if _writes(w.decision, "platform"):
+                        self.fx.action(w.action_id, status="platform_done", result=w.result)
                 elif isinstance(outcome, ConnectorError):
                     escape = escape or outcome
             self.fx.flush(s, self.info.connection_id, "reread")
