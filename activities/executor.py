@@ -194,14 +194,14 @@ class Executor:
             # nothing for the platform keeps "planned" (meaning the same as
             # platform_done to a resumed run): a third of a first sync's action
             # updates were these moves.
-            finishing = [w for w in work if not _writes(w.decision, "mailbox")]
-            olds = cycle.get_links(s, [w.decision.link_id for w in finishing]) if finishing else {}
+            finishing = {w.action_id for w in work if not _writes(w.decision, "mailbox")}
+            olds = cycle.get_links(s, [w.decision.link_id for w in work if w.action_id in finishing])
             for w in work:
                 if escape is not None:
                     break
                 outcome = self._collect(w, "platform", results)
                 if outcome == "ok":
-                    if not _writes(w.decision, "mailbox"):
+                    if w.action_id in finishing:
                         self._finalize(w, olds.get(w.decision.link_id))
                         continue
                     w.status = "platform_done"

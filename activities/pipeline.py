@@ -541,10 +541,10 @@ class KindPipeline:
         the mirror (the platform keeps none of Concord's keys); their content comes from
         the buffer where it still is, from the platform otherwise."""
         rules = self.rules.for_settings(settings) if settings is not None else self.rules
-        keys = set().union(*(rules.keys(r.content) for r in new_mailbox)) if new_mailbox else set()
         with self.sessions() as s:
-            if not keys or mirror.all_live_among(s, org_id, self.kind, exclude):
+            if not new_mailbox or mirror.all_live_among(s, org_id, self.kind, exclude):
                 return {}
+            keys = set().union(*(rules.keys(r.content) for r in new_mailbox))
             ids = sorted(mirror.candidates(s, org_id, self.kind, keys) - exclude)
             buffered = mirror.latest_buffered(s, org_id, self.kind, ids)
         found = [self.rules.record.model_validate(buffered[i]) for i in ids if i in buffered]

@@ -161,19 +161,7 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _exit(code: int) -> None:
-    """Leave without the interpreter's finalisation once everything is printed.
-
-    The Temporal SDK's native runtime keeps threads of its own; one calling back into
-    Python while the interpreter finalises aborted a finished run ("PyGILState_Release:
-    thread state must be current", exit -6) after its table was printed.
-    """
-    import os
-
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-
 if __name__ == "__main__":
-    _exit(main())
+    from bench.report import exit_after_printing
+
+    exit_after_printing(main())

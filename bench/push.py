@@ -109,3 +109,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=30)
     run(runs=parser.parse_args().runs)
+    from bench.report import exit_after_printing
+
+    exit_after_printing(0)

@@ -117,3 +117,18 @@ def list_at_least(connector, n: int) -> int:
         if page is None:
             break
     return listed
+
+
+def exit_after_printing(code: int | None) -> None:
+    """Leave without the interpreter's finalisation once everything is printed.
+
+    A benchmark that ran Temporal leaves the SDK's native runtime threads behind; one
+    calling back into Python while the interpreter finalised aborted a finished run
+    ("PyGILState_Release: thread state must be current", exit -6) after its table was
+    printed. The benchmarks that start Temporal end here.
+    """
+    import os
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)

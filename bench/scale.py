@@ -420,4 +420,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from bench.report import exit_after_printing
+
     main()
+    exit_after_printing(0)

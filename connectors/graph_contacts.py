@@ -21,7 +21,8 @@ Choices that are not obvious from the protocol:
   number keeps the slot it holds now. A number beyond the slots is not written;
   the sync core (`sync.fields.restore`) reads its absence as "Graph cannot hold
   it", not as a deletion. Addresses likewise: one home, one business, one other;
-  and emails: three (`sync.fields.graph_emails`; Graph refuses a fourth). An email without a display name keeps the one Graph holds; a new one gets the
+  and emails: three (`sync.fields.graph_emails`; Graph refuses a fourth). An
+  email without a display name keeps the one Graph holds; a new one gets the
   address as its name, as Outlook does (and a name equal to the address reads
   back as none). The read costs one call per 20 updates (an update costs 2/20 of
   a call instead of 1/20) and lets a stale etag be refused without spending a write.

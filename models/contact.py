@@ -248,14 +248,14 @@ class PostalAddress(BaseModel):
         return not any((self.street, self.city, self.region, self.postal_code, self.country))
 
 
-def _addresses(value: object) -> tuple:
+def _sorted_addresses(value: object) -> tuple:
     if value is None:
         return ()
     items = [a if isinstance(a, PostalAddress) else PostalAddress.model_validate(a) for a in value]
     return tuple(sorted({a for a in items if not a.is_empty()}))
 
 
-_address_set = _memo(_addresses)
+_address_set = _memo(_sorted_addresses)
 
 
 class Contact(BaseModel):
