@@ -106,7 +106,7 @@ def run(report: Report = print, *, runs: int = 30, quick: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.push", description=__doc__)
     parser.add_argument("--runs", type=int, default=30)
     run(runs=parser.parse_args().runs)
     from bench.report import exit_after_printing

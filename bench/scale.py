@@ -413,7 +413,7 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["worker"]:
         worker_main(argv[1:])
         return
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
     a = p.parse_args(argv)
     run(lambda name, value, unit="", note="": print(f"{name:44s} {value!s:>14} {unit} {note}"), quick=a.quick)
