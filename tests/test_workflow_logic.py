@@ -283,3 +283,80 @@ async def test_a_run_cancelled_while_an_activity_runs_stops(can_env):
         desc = await handle.describe()
         assert desc.status.name == "CANCELED"
         assert desc.typed_search_attributes.get(STATUS) == "stopped"
+
+
+@pytest.fixture(scope="module")
+async def dev_env():
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=find_temporal_cli(), data_converter=DATA_CONVERTER,
+        dev_server_extra_args=["--log-level", "error", *search_attribute_args()])
+    yield env
+    await env.shutdown()
+
+
+async def test_both_sides_are_read_at_once_and_a_failed_read_waits_for_the_other(dev_env):
+    """The mailbox and platform reads of a cycle run side by side. When one fails, the
+    workflow still waits for the other to end before it counts the failed cycle: no
+    read of one cycle runs on into the next."""
+    import concurrent.futures
+    import threading
+    import time
+
+    from temporalio.api.enums.v1 import EventType
+
+    stubs = Stubs()
+    tq = f"tq-{uuid.uuid4().hex[:6]}"
+    started = {"mailbox": threading.Event(), "platform": threading.Event()}
+    saw_other: list[bool] = []
+    platform_done_at: list[float] = []
+    attempt = {"mailbox": 0}
+
+    @activity.defn(name="contacts.fetch_mailbox")
+    def fetch_mailbox(ref: CycleRef) -> FetchResult:
+        attempt["mailbox"] += 1
+        if attempt["mailbox"] == 2:
+            raise ApplicationError("mailbox read refused", type="Fatal", non_retryable=True)
+        started["mailbox"].set()
+        saw_other.append(started["platform"].wait(10))
+        return FetchResult(stream="m")
+
+    @activity.defn(name="contacts.fetch_platform")
+    def fetch_platform(ref: CycleRef) -> FetchResult:
+        started["platform"].set()
+        saw_other.append(started["mailbox"].wait(10))
+        time.sleep(1.0)  # still reading when the mailbox read of the second cycle fails
+        platform_done_at.append(time.monotonic())
+        return FetchResult(stream="p")
+
+    names = {"contacts.fetch_mailbox", "contacts.fetch_platform"}
+    acts = [a for a in stubs.all() if getattr(a, "__temporal_activity_definition").name not in names]
+    async with Worker(dev_env.client, task_queue=tq, workflows=[MailboxSyncWorkflow],
+                      activities=[*acts, fetch_mailbox, fetch_platform],
+                      activity_executor=concurrent.futures.ThreadPoolExecutor(4)):
+        handle = await _start(dev_env, tq)
+        await _until(handle, lambda s: s.cycles >= 1)
+        assert saw_other[:2] == [True, True], "each read saw the other one under way"
+        await handle.signal(MailboxSyncWorkflow.wake, "test")
+        st = await _until(handle, lambda s: s.cycles >= 2)
+        assert st.kinds["contacts"].last_error, "the second cycle's mailbox read failed"
+        events = [e async for e in handle.fetch_history_events()]
+
+    scheduled = {e.event_id: e.activity_task_scheduled_event_attributes.activity_type.name for e in events
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED}
+    ends = []
+    for e in events:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+            ends.append((e.event_id, "completed", scheduled[e.activity_task_completed_event_attributes.scheduled_event_id]))
+        elif e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+            ends.append((e.event_id, "failed", scheduled[e.activity_task_failed_event_attributes.scheduled_event_id]))
+    failed = [i for i, how, name in ends if how == "failed"]
+    assert [name for i, how, name in ends if how == "failed"] == ["contacts.fetch_mailbox"], ends
+    platform_after = [i for i, how, name in ends if name == "contacts.fetch_platform" and i > failed[0]]
+    assert platform_after, f"the failed cycle's platform read was scheduled and ended: {ends}"
+    # The workflow went on (counted the failure, scheduled anything) only once the other read had ended.
+    went_on = [e.event_id for e in events if failed[0] < e.event_id < platform_after[0]
+               and e.event_type in (EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED,
+                                    EventType.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES,
+                                    EventType.EVENT_TYPE_TIMER_STARTED)]
+    assert went_on == [], "the workflow went on before the platform read ended"
+    assert len(platform_done_at) == 2
