@@ -8,7 +8,9 @@ meeting is 01:00-04:00 on the night the clocks go back, four hours long.
 
 A wall-clock time that does not exist (02:30 on the night the clocks go forward) is
 read with the offset before the gap, as RFC 5545 section 3.3.5 asks, and written back
-as the wall clock that does exist (03:30): providers refuse times in a gap.
+as the wall clock that does exist (03:30): providers refuse times in a gap. A series'
+own start and end are the exception: they keep the wall clock the rule repeats (see
+`_times`).
 
 Windows are half-open `[window_start, window_end)`, given as aware datetimes (naive
 ones are read as UTC). Floating and all-day series have no instant of their own, so
@@ -132,7 +134,11 @@ def _rule_set(master: Event) -> tuple[rruleset, bool, tzinfo | None]:
     for key in master.rdates:
         rules.rdate(_from_key(key, all_day, tz))
     for key in master.exdates:
-        rules.exdate(_from_key(key, all_day, tz))
+        value = _from_key(key, all_day, tz)
+        rules.exdate(value)
+        in_gap = _in_gap(value, tz)
+        if in_gap is not None:
+            rules.exdate(in_gap)
     return rules, all_day, tz
 
 
@@ -150,6 +156,36 @@ def _from_key(key: str, all_day: bool, tz: tzinfo | None) -> datetime:
             return value.replace(tzinfo=None)
         return value.astimezone(tz) if value.tzinfo else value.replace(tzinfo=tz)
     return datetime.combine(value, time(0), tzinfo=tz)
+
+
+def _around(rules: rrule | rruleset, value: datetime) -> list[datetime]:
+    """The instances within a day of `value`, to be compared with it by instant.
+
+    dateutil compares times in one zone by wall clock, and an instance in a DST gap is
+    produced as written (02:30) at the instant of the time that exists (03:30): by wall
+    clock it comes before a 03:15 instance that day, by instant after it.
+    """
+    day = timedelta(days=1)
+    return rules.between(value - day, value + day, inc=True)
+
+
+def _in_gap(value: datetime, tz: tzinfo | None) -> datetime | None:
+    """The wall time in a DST gap that reads as the instant `value` (02:30 for 03:30), if any.
+
+    A rule produces that instance as written, and dateutil matches an EXDATE by wall
+    clock (see `_around`): an EXDATE there is given in both forms.
+    """
+    if tz is None or value.tzinfo is None:
+        return None
+    before = (value - timedelta(days=1)).utcoffset()
+    wall = (_utc(value) + before).replace(tzinfo=tz) if before is not None else value
+    return wall if wall != value and _utc(wall) == _utc(value) else None
+
+
+def _as_produced(rules: rruleset, value: datetime) -> datetime | None:
+    """The series' instance at the instant `value` as its rule produces it, or None
+    (an instance key reads back as the time that exists, see `_around`)."""
+    return next((v for v in _around(rules, value) if _utc(v) == _utc(value)), None)
 
 
 def _key_of(value: datetime, all_day: bool) -> str:
@@ -230,18 +266,24 @@ def _wall_duration(event: Event) -> timedelta:
 
 
 def _times(event: Event, wall_start: datetime, duration: timedelta, all_day: bool,
-           tz: tzinfo | None) -> dict[str, str]:
-    """start/end strings for an instance starting at `wall_start` in the series' frame."""
+           tz: tzinfo | None, series: bool = False) -> dict[str, str]:
+    """start/end strings for an instance starting at `wall_start` in the series' frame.
+
+    A `series`' own start and end stay on the wall clock the rule repeats, even in a DST
+    gap (where `expand` reads them as RFC 5545 does): written as the time that exists,
+    the gap would move every other instance's start or change their duration.
+    """
     if all_day:
         return {"start": wall_start.date().isoformat(), "end": (wall_start + duration).date().isoformat()}
-    start = _real_wall(wall_start, tz)
+    start = wall_start if series else _real_wall(wall_start, tz)
     out = {"start": _text(start)}
     if event.end_tz and event.end_tz != event.start_tz:
         end_zone = zone(event.end_tz)
         aware = wall_start.replace(tzinfo=tz) if tz else wall_start
         out["end"] = _text(_wall(_utc(aware) + duration, end_zone))
     else:
-        out["end"] = _text(_real_wall(wall_start + duration, tz))
+        end = wall_start + duration
+        out["end"] = _text(end if series else _real_wall(end, tz))
     return out
 
 
@@ -287,7 +329,7 @@ def is_instance(master: Event, key: str) -> bool:
     """Whether `key` names an instance the series has (an RRULE/RDATE start, not EXDATE'd)."""
     rules, all_day, tz = _rule_set(master)
     value = _from_key(key, all_day, tz)
-    return bool(rules.between(value, value, inc=True))
+    return _as_produced(rules, value) is not None
 
 
 def _content_changes(override: Event, master: Event) -> dict[str, object]:
@@ -383,7 +425,7 @@ def expand(master: Event, exceptions: Iterable[Event], window_start: datetime,
     for key, ex in [*single.items(), *future.items()]:
         found.pop(key, None)
         original = _from_key(key, all_day, tz)
-        if ex.status == "cancelled" or not rules.between(original, original, inc=True):
+        if ex.status == "cancelled" or _as_produced(rules, original) is None:
             continue
         override = _as_override(ex, key)
         if _overlaps(override, lo, hi):
@@ -418,12 +460,16 @@ def _with_rule(text: str, **params: object) -> str:
 
 
 def _until_before(value: datetime, all_day: bool, tz: tzinfo | None) -> date | datetime:
-    """The UNTIL that ends a series just before the instance at `value`, in RFC 5545's form."""
+    """The UNTIL that ends a series just before the instance at `value`, in RFC 5545's form.
+
+    A second before on the UTC clock: a second before on the wall clock can fall in the
+    DST gap just before the instance, which reads as a time after it.
+    """
     if all_day:
         return value.date() - timedelta(days=1)
     if tz is None:
         return value - timedelta(seconds=1)
-    return (value - timedelta(seconds=1)).astimezone(timezone.utc)
+    return _utc(value) - timedelta(seconds=1)
 
 
 def _shift(event: Event, original: datetime, all_day: bool, tz: tzinfo | None) -> timedelta:
@@ -442,12 +488,16 @@ def _key_at_wall(wall: datetime, all_day: bool, tz: tzinfo | None) -> str:
     return instance_key(_real_wall(wall, tz).replace(tzinfo=tz))
 
 
-def _split_anchor(base: rrule | None, at: datetime) -> datetime | None:
-    """Where the new series of a split at `at` starts: `at` itself when the rule has it,
-    else the rule's next instance; None when the rule has no instance left."""
+def _split_anchor(base: rrule | None, at: datetime, dtstart: datetime) -> datetime | None:
+    """Where the new series of a split at `at` starts: `at` itself when the rule has it or
+    it is the series' DTSTART (which the rule keeps its phase from), else the rule's next
+    instance (by instant, see `_around`); None when the rule has no instance left."""
     if base is None:
         return None
-    return base.after(at, inc=True)
+    if at == dtstart:
+        return at
+    near = [v for v in _around(base, at) if _utc(v) >= _utc(at)]
+    return min(near, key=_utc) if near else base.after(at + timedelta(days=1))
 
 
 def split_this_and_future(master: Event, at_key: str,
@@ -463,19 +513,22 @@ def split_this_and_future(master: Event, at_key: str,
     changes = dict(changes or {})
     dtstart, all_day, tz = _series_frame(master)
     rules, _, _ = _rule_set(master)
-    at = _from_key(at_key, all_day, tz)
-    if not rules.between(at, at, inc=True):
+    at = _as_produced(rules, _from_key(at_key, all_day, tz))
+    if at is None:
         raise RecurrenceError("the split instance is not an instance of the series")
     at_utc = _utc(at)
     instance = _instance(master, at, all_day, tz, None)
     assert instance is not None
+    # the start the new series repeats, not the time that exists that day (see `_times`)
+    instance = instance.model_copy(update=_times(master, _wall(at, tz), _wall_duration(master), all_day, tz,
+                                                 series=True))
     if "start" in changes and "end" not in changes:
         probe = instance.model_copy(update={k: changes[k] for k in ("start", "start_tz", "end_tz") if k in changes})
         new_start = probe.start_value()
         if new_start is not None:
             new_tz = new_start.tzinfo if isinstance(new_start, datetime) else None
             changes["end"] = _times(probe, _wall(new_start, new_tz), _wall_duration(master),
-                                    not isinstance(new_start, datetime), new_tz)["end"]
+                                    not isinstance(new_start, datetime), new_tz, series=True)["end"]
     first = instance.model_copy(update=changes)
     shift = _shift(first, at, all_day, tz)
 
@@ -484,17 +537,22 @@ def split_this_and_future(master: Event, at_key: str,
         return tuple(_key_at_wall(_wall(v, tz) + shift, all_day, tz) for v in values if _utc(v) >= at_utc)
 
     base = _base_rule(master, dtstart, all_day, tz)
-    anchor = _split_anchor(base, at)
+    anchor = _split_anchor(base, at, dtstart)
     rrule_text = master.rrule if anchor is not None else ""
     rdates = later(master.rdates)
+    if _utc(dtstart) > at_utc and dtstart != anchor and _as_produced(rules, dtstart) is not None:
+        # A DTSTART off the rule's pattern, after a split at an earlier RDATE, is an
+        # instance the new series' rule does not produce: it stays, as an RDATE.
+        rdates = rdates + later([_key_of(dtstart, all_day)])
     if anchor is not None and anchor != at:
         # The split instance is an RDATE off the rule's pattern: the new series starts at
         # the rule's next instance (keeping its phase: INTERVAL counts from DTSTART) and
         # keeps the split instance as an RDATE.
-        rdates = rdates + later([_key_of(at, all_day)])
-        first = first.model_copy(update=_times(first, _wall(anchor, tz) + shift, _wall_duration(first), all_day, tz))
+        rdates = tuple(dict.fromkeys(rdates + later([_key_of(at, all_day)])))
+        first = first.model_copy(update=_times(first, _wall(anchor, tz) + shift, _wall_duration(first), all_day, tz,
+                                               series=True))
     if base is not None and anchor is not None and base._count is not None:  # noqa: SLF001 - dateutil's COUNT
-        done = sum(1 for v in base.between(dtstart, at, inc=True) if v < at)
+        done = sum(1 for v in base.between(dtstart, at + timedelta(days=1), inc=True) if _utc(v) < at_utc)
         rrule_text = _with_rule(rrule_text, count=max(1, base._count - done))  # noqa: SLF001
     new_master = first.model_copy(update={
         "uid": split_uid(master.uid, _key_of(at, all_day)), "recurrence_id": "", "range": "",
@@ -502,11 +560,12 @@ def split_this_and_future(master: Event, at_key: str,
         "exdates": changes.get("exdates", later(master.exdates)),
         "rdates": changes.get("rdates", rdates),
     })
-    if rules.before(at) is None:
+    if _utc(rules.before(at - timedelta(days=1)) or min(_around(rules, at), key=_utc)) >= at_utc:
+        # the first instance (by instant, see `_around`)
         return None, new_master.model_copy(update={"uid": master.uid})
     # An UNTIL the rule already has that ends it sooner stays; so does a COUNT that ends
     # it before the split (a COUNT and an UNTIL cannot be combined).
-    ends_sooner = base is not None and base.after(at, inc=True) is None
+    ends_sooner = base is not None and anchor is None
     truncated = master.model_copy(update={
         "rrule": master.rrule if ends_sooner or not master.rrule
         else _with_rule(master.rrule, until=_until_before(at, all_day, tz), count=None),
@@ -518,7 +577,7 @@ def split_this_and_future(master: Event, at_key: str,
         earliest = min(_from_key(k, all_day, tz) for k in truncated.rdates)
         truncated = truncated.model_copy(update={
             "rrule": "", "rdates": tuple(k for k in truncated.rdates if _from_key(k, all_day, tz) != earliest),
-            **_times(master, _wall(earliest, tz), _wall_duration(master), all_day, tz)})
+            **_times(master, _wall(earliest, tz), _wall_duration(master), all_day, tz, series=True)})
     return truncated, new_master
 
 
@@ -531,7 +590,8 @@ def exceptions_after_split(exceptions: Iterable[Event], master: Event, at_key: s
     """
     dtstart, all_day, tz = _series_frame(master)
     at = _from_key(at_key, all_day, tz)
-    anchor = _split_anchor(_base_rule(master, dtstart, all_day, tz), at)
+    at = _as_produced(_rule_set(master)[0], at) or at
+    anchor = _split_anchor(_base_rule(master, dtstart, all_day, tz), at, dtstart)
     shift = _shift(new_master, anchor if anchor is not None else at, all_day, tz)
     kept, moved = [], []
     for ex in exceptions:
