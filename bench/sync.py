@@ -18,7 +18,10 @@ own, with the CRM adapter writing one transaction per record (`batch_size=0`, ho
 wrote before the bulk endpoint); `per_record.initial.*` are its figures and
 `compare.initial.*` set them beside the bulk path's (`--no-per-record` skips it).
 
-Run: `python -m bench sync` (or `python -m bench.sync`), `--quick` for a smoke run.
+Run: `python -m bench sync` (or `python -m bench.sync`), `--quick` for a smoke run;
+`--people-latency 0.3` has the People emulator spend 0.3 s on each request, as a
+provider's round trip does (the local emulator otherwise answers at once, which hides
+time spent waiting on the mailbox); `--initial-only` stops after the first cycle.
 """
 
 from __future__ import annotations
@@ -62,6 +65,11 @@ class Sizes:
     baseline_sample: int = 10
     #: also run the first cycle with one CRM transaction per record, for before/after
     per_record_baseline: bool = True
+    #: seconds the People emulator spends on each request, as a provider's round trip
+    #: does (0: a local emulator answers at once, which understates time spent waiting)
+    people_latency_s: float = 0.0
+    #: stop after the first cycle (its figures only)
+    initial_only: bool = False
 
     @classmethod
     def quick(cls) -> "Sizes":
@@ -259,6 +267,8 @@ def seed_world(workdir: Path, store_url: str, crm_url: str, sizes: Sizes, say: C
     t0 = time.perf_counter()
     state = PeopleState(static_tokens=(EMULATOR_TOKEN,))
     names = state.seed([contact_to_person(c) for c in mailbox])
+    if sizes.people_latency_s:
+        state.configure(latency={"any": sizes.people_latency_s})
     server = serve(create_app(state))
     timings["mailbox_seed"] = time.perf_counter() - t0
 
@@ -537,6 +547,8 @@ async def _run(report: Report, sizes: Sizes, pg: bool, say: Callable[[str], None
         t0 = time.perf_counter()
         await dev.astart()
         report("setup.temporal_start_s", time.perf_counter() - t0, "s")
+        if sizes.people_latency_s:
+            report("setup.people_latency_s", sizes.people_latency_s, "s", "spent by the People emulator per request")
         world = None
         worker = None
         try:
@@ -565,7 +577,7 @@ async def _run(report: Report, sizes: Sizes, pg: bool, say: Callable[[str], None
                    "worker process only (VmHWM)")
             report("initial.mailbox_after", world.people.stats()["persons"], "contacts")
             report("initial.crm_after", len(world.crm.list_contacts(ORG_ID, limit=10 * total)), "records")
-            if initial_only:
+            if initial_only or sizes.initial_only:
                 return
 
             say("baseline: blocking index vs all-pairs on the same data")
@@ -708,6 +720,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    """A delay on the command line: seconds, 0 to 10."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants seconds, not {text!r}") from None
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"wants 0 to 10 seconds, not {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["worker"]:
@@ -721,6 +744,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--crm", type=_count, help="CRM records (default 10,000)")
     parser.add_argument("--no-per-record", action="store_true",
                         help="skip the before figure (the first cycle with a CRM transaction per record)")
+    parser.add_argument("--people-latency", type=_seconds, default=0.0, metavar="SECONDS",
+                        help="time the People emulator spends on each request, like a provider's round trip")
+    parser.add_argument("--initial-only", action="store_true", help="stop after the first cycle")
     args = parser.parse_args(argv)
     from bench.report import Table
 
@@ -731,6 +757,8 @@ def main(argv: list[str] | None = None) -> None:
         sizes.crm = args.crm
     if args.no_per_record:
         sizes.per_record_baseline = False
+    sizes.people_latency_s = args.people_latency
+    sizes.initial_only = args.initial_only
     print("# python -m bench.sync " + " ".join(argv), flush=True)
     table = Table("sync")
     run(table, pg=args.pg, sizes=sizes, say=table.note)
