@@ -54,10 +54,6 @@ PATCH_HOLDS_UNDER_FAILURE = "holds-under-failure-v1"
 #: each kind's failure kept to itself; earlier runs sync contacts alone.
 PATCH_KINDS = "kinds-v1"
 
-#: Runs started by this code read the mailbox and the platform at the same time (the
-#: two reads touch different sides and stage apart); earlier runs read one, then the other.
-PATCH_PARALLEL_FETCH = "parallel-fetch-v1"
-
 #: answers applied per activity call, so a burst of thousands stays small in history
 RESOLUTIONS_PER_CALL = 200
 #: a failing cycle is retried after 30 s, 60 s, ... up to this (or the poll interval)
@@ -112,7 +108,6 @@ class MailboxSyncWorkflow:
         # handled before run starts, and must already know which code path they are on.
         self._v2 = workflow.patched(PATCH_HOLDS_UNDER_FAILURE)
         self._v3 = self._v2 and workflow.patched(PATCH_KINDS)
-        self._parallel_fetch = self._v3 and workflow.patched(PATCH_PARALLEL_FETCH)
 
     # ----------------------------------------------------------------- signals
     @workflow.signal
@@ -478,15 +473,8 @@ class MailboxSyncWorkflow:
     async def _cycle_kind(self, kind: str, ref: CycleRef, approve: bool) -> tuple[CycleCounts, StoreSummary, bool]:
         cid = ref.connection_id
         fetch_retry = self._retry("CursorExpired")
-
-        def fetch(side: str):
-            return self._act(f"{kind}.fetch_{side}", ref, result_type=FetchResult, retry=fetch_retry)
-
-        if self._parallel_fetch:
-            fm, fp = await _both(fetch("mailbox"), fetch("platform"))
-        else:
-            fm = await fetch("mailbox")
-            fp = await fetch("platform")
+        fm: FetchResult = await self._act(f"{kind}.fetch_mailbox", ref, result_type=FetchResult, retry=fetch_retry)
+        fp: FetchResult = await self._act(f"{kind}.fetch_platform", ref, result_type=FetchResult, retry=fetch_retry)
         plan: PlanSummary = await self._act(f"{kind}.plan", ref, approve, result_type=PlanSummary, timeout_s=1800)
         wr: WriteSummary = await self._act(f"{kind}.write", ref, result_type=WriteSummary, timeout_s=1800)
         rj: RejectionSummary = await self._act(f"{kind}.handle_rejections", ref, result_type=RejectionSummary)
@@ -523,17 +511,6 @@ class MailboxSyncWorkflow:
             st.failing_since = workflow.now().timestamp()
         if st.health in ("active", "blocked"):
             self._set_health("failing")
-
-
-async def _both(first, second) -> tuple:
-    """Both activities run to their end, whatever the other does, before either result
-    is used: a failure never leaves the other read running past the cycle that started
-    it. The first one's failure is raised before the second's."""
-    results = await asyncio.gather(first, second, return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
-    return tuple(results)
 
 
 def _is_reauth(err: ActivityError) -> bool:
