@@ -15,10 +15,17 @@ action `rejected` (handle_rejections fixes or quarantines it); a stale etag or a
 vanished target re-stages the item so the next cycle re-reads and re-merges it.
 Only errors that concern the whole connection (rate limits, outages, auth) escape,
 after everything done so far is committed.
+
+A chunk's mailbox requests travel while the next chunk's platform writes are made
+(one sending thread; the store is written from the activity's own): with 0.5 s a
+People request, that took the first sync of 10,000 x 10,000 from 69.5 / 68.1 s to
+58.7 / 59.6 s (`python -m bench.sync --people-latency 0.5 --initial-only`).
 """
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
 from activities.pacing import Pacer
@@ -132,6 +139,8 @@ class Executor:
         self.done_items = 0
         self.heartbeat: Callable = lambda *a: None
         self.pacer = Pacer(lambda: (self.done_items,), sleep=wait)
+        #: the mailbox sends' own wait budget: they run beside the platform's writes
+        self.mailbox_pacer = Pacer(lambda: (self.done_items,), sleep=wait)
         self._platform_calls0 = getattr(platform, "calls_made", 0)
         self._mailbox_calls0 = mailbox.calls_made
 
@@ -143,12 +152,26 @@ class Executor:
             rows = repo.actions_by_status(s, self.info.connection_id, ["planned", "platform_done", "mailbox_started"],
                                           kind=self.kind)
             work = [_Work(r, self.rules) for r in rows]
-        for i in range(0, len(work), CHUNK):
-            chunk = work[i:i + CHUNK]
-            self._platform_phase([w for w in chunk if w.status == "planned"])
-            self._mailbox_phase([w for w in chunk if w.status in ("platform_done", "mailbox_started")])
-            self.done_items = i + len(chunk)
-            heartbeat(self.done_items)
+        # A chunk's mailbox requests are sent while the next chunk's platform writes are
+        # made: a provider's round trips (sent one after another, as Google asks of
+        # mutations for one user) then cost no time of their own. Only the sending is
+        # moved to the other thread; the store is written from this one.
+        finish: Callable[[], None] | None = None
+        with ThreadPoolExecutor(1, thread_name_prefix="mailbox-send") as sender:
+            try:
+                for i in range(0, len(work), CHUNK):
+                    chunk = work[i:i + CHUNK]
+                    self._platform_phase([w for w in chunk if w.status == "planned"])
+                    if finish is not None:
+                        finish, done = None, finish
+                        done()
+                    finish = self._mailbox_phase([w for w in chunk if w.status in ("platform_done", "mailbox_started")],
+                                                 sender)
+                    self.done_items = i + len(chunk)
+                    heartbeat(self.done_items)
+            finally:
+                if finish is not None:
+                    finish()  # what was sent is recorded, even when a platform write escaped
         self.summary.calls = {
             "platform": getattr(self.platform, "calls_made", 0) - self._platform_calls0,
             "mailbox": self.mailbox.calls_made - self._mailbox_calls0,
@@ -214,7 +237,9 @@ class Executor:
             raise escape
 
     # --------------------------------------------------------- mailbox side
-    def _mailbox_phase(self, work: list[_Work]) -> None:
+    def _mailbox_phase(self, work: list[_Work], sender: ThreadPoolExecutor | None = None) -> Callable[[], None]:
+        """Start the chunk's mailbox writes (on `sender`'s thread, if given); the function
+        returned waits for them and records their outcome."""
         results = self._recover_creates([w for w in work if w.status == "mailbox_started"])
         creates, updates, deletes = [], [], []
         for w in work:
@@ -232,11 +257,26 @@ class Executor:
                         w.status = "mailbox_started"
                         self.fx.action(w.action_id, status="mailbox_started")
                 self.fx.flush(s, self.info.connection_id, "reread")
-        escape: ConnectorError | None = None
-        for call, requests in ((self.mailbox.create_many, creates), (self.mailbox.update_many, updates),
-                               (self.mailbox.delete_many, deletes)):
-            if requests and escape is None:
-                escape = self._send_paced(call, requests, results)
+
+        def send() -> ConnectorError | None:
+            for call, requests in ((self.mailbox.create_many, creates), (self.mailbox.update_many, updates),
+                                   (self.mailbox.delete_many, deletes)):
+                if requests:
+                    escape = self._send_paced(call, requests, results)
+                    if escape is not None:
+                        return escape
+            return None
+
+        if sender is None or not (creates or updates or deletes):
+            sent: Future = Future()
+            sent.set_result(send())
+        else:
+            # the activity's context goes along: a rate-limit wait there still heartbeats
+            sent = sender.submit(contextvars.copy_context().run, send)
+        return lambda: self._mailbox_results(work, sent.result(), results)
+
+    def _mailbox_results(self, work: list[_Work], escape: ConnectorError | None,
+                         results: dict[str, WriteResult]) -> None:
         with self.sessions.begin() as s:
             olds = cycle.get_links(s, [w.decision.link_id for w in work])
             for w in work:
@@ -304,7 +344,7 @@ class Executor:
                 return None
             slowest = max((got[r.key].error for r in limited), key=lambda e: e.retry_after or 0.0)
             try:
-                self.pacer.wait(slowest)
+                self.mailbox_pacer.wait(slowest)
             except RateLimited as exc:
                 return exc
             todo = limited

@@ -88,3 +88,76 @@ async def test_a_failed_fetch_attempt_resumes_from_its_page(temporal_env, tmp_pa
         assert max(attempts) >= 2, "the refusals must outlast the in-place repeats"
         assert chaos.stats["refused_503"] == 6
         assert chaos.stats["forwarded_list"] <= 17, chaos.stats
+
+
+def test_mailbox_writes_are_sent_while_the_next_chunk_is_written_to_the_platform(tmp_path, monkeypatch):
+    """A provider's round trips overlap the platform's writes of the next chunk (the
+    sends run on a thread of their own), and every action still ends done, each
+    mailbox create sent once."""
+    import time
+
+    from activities import executor
+    from platforms.reference_crm.service import ReferenceCrm
+
+    # Several chunks from a small world: the first two hold contacts linked by similarity
+    # (an update on each side), then platform creates, then mailbox creates.
+    monkeypatch.setattr(executor, "CHUNK", 20)
+    store_url, crm_url = f"sqlite:///{tmp_path/'store.db'}", f"sqlite:///{tmp_path/'crm.db'}"
+    sc = build_scenario(store_url, crm_url, connection_id="overlap-1", n_mailbox=150, n_crm=300, near_duplicates=40)
+    spans: dict[str, list[tuple[float, float]]] = {"platform": [], "mailbox": []}
+
+    def timed(fn):
+        def run(*args, **kwargs):
+            start = time.monotonic()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spans["platform"].append((start, time.monotonic()))
+        return run
+
+    # Spies only: each calls through to the real method.
+    monkeypatch.setattr(ReferenceCrm, "write_contacts", timed(ReferenceCrm.write_contacts))
+    # A mailbox write's span: from the emulator taking the request (its 0.3 s round trip
+    # starts there) to the contacts being written.
+    sc.people.configure(latency={"create": 0.3, "update": 0.3})
+    taken: list[float] = []
+    latency_for = sc.people.latency_for
+
+    def taking(op: str) -> float:
+        if op in ("create", "update"):
+            taken.append(time.monotonic())
+        return latency_for(op)
+
+    def writing(fn):
+        def run(body):
+            try:
+                return fn(body)
+            finally:
+                spans["mailbox"].append((taken[-1], time.monotonic()))
+        return run
+
+    sc.people.latency_for = taking
+    sc.people.batch_create = writing(sc.people.batch_create)
+    sc.people.batch_update = writing(sc.people.batch_update)
+    try:
+        acts = build_activities(store_url, crm_url, keyring=throwaway_keyring()).pipelines["contacts"]
+        ref = CycleRef(connection_id=sc.connection_id, cycle_id="t-1")
+        acts.fetch_mailbox(ref)
+        acts.fetch_platform(ref)
+        acts.plan(ref)
+        with sc.sessions() as s:
+            to_mailbox = sum(1 for a in repo.actions_by_status(s, sc.connection_id, ["planned"])
+                             if a.decision["rule"] == "created_in_mailbox")
+        assert to_mailbox > 100
+        persons_before = len(sc.people.all_persons())
+        acts.write(ref)
+        with sc.sessions() as s:
+            assert not repo.actions_by_status(s, sc.connection_id, ["planned", "platform_done", "mailbox_started"])
+        markers = [person_marker(p) for p in sc.people.all_persons() if person_marker(p)]
+        assert len(markers) == len(set(markers)), "a mailbox write was sent twice"
+        assert len(sc.people.all_persons()) == persons_before + to_mailbox, "each CRM record created in the mailbox once"
+        assert spans["platform"] and spans["mailbox"]
+        overlapping = [(p, m) for p in spans["platform"] for m in spans["mailbox"] if p[0] < m[1] and m[0] < p[1]]
+        assert overlapping, "no platform write ran while a mailbox request was out"
+    finally:
+        sc.close()
