@@ -24,15 +24,21 @@ from workers.worker import build_activities
 from workflows.mailbox_sync import MailboxSyncWorkflow, workflow_id
 
 
+def _planned(store_url: str, crm_url: str, connection_id: str):
+    """The contacts pipeline with a first cycle read and planned, not yet written."""
+    acts = build_activities(store_url, crm_url, keyring=throwaway_keyring()).pipelines["contacts"]
+    ref = CycleRef(connection_id=connection_id, cycle_id="t-1")
+    acts.fetch_mailbox(ref)
+    acts.fetch_platform(ref)
+    acts.plan(ref)
+    return acts, ref
+
+
 def test_creates_cut_off_by_a_crash_are_found_in_one_listing(tmp_path):
     store_url, crm_url = f"sqlite:///{tmp_path/'store.db'}", f"sqlite:///{tmp_path/'crm.db'}"
     sc = build_scenario(store_url, crm_url, connection_id="resume-1", n_mailbox=1100, n_crm=80, near_duplicates=0)
     try:
-        acts = build_activities(store_url, crm_url, keyring=throwaway_keyring()).pipelines["contacts"]
-        ref = CycleRef(connection_id=sc.connection_id, cycle_id="t-1")
-        acts.fetch_mailbox(ref)
-        acts.fetch_platform(ref)
-        acts.plan(ref)
+        acts, ref = _planned(store_url, crm_url, sc.connection_id)
         with sc.sessions() as s:
             info, _ = acts._connection(s, sc.connection_id)
             creates = [a for a in repo.actions_by_status(s, sc.connection_id, ["planned"])
@@ -140,11 +146,7 @@ def test_mailbox_writes_are_sent_while_the_next_chunk_is_written_to_the_platform
     sc.people.batch_create = writing(sc.people.batch_create)
     sc.people.batch_update = writing(sc.people.batch_update)
     try:
-        acts = build_activities(store_url, crm_url, keyring=throwaway_keyring()).pipelines["contacts"]
-        ref = CycleRef(connection_id=sc.connection_id, cycle_id="t-1")
-        acts.fetch_mailbox(ref)
-        acts.fetch_platform(ref)
-        acts.plan(ref)
+        acts, ref = _planned(store_url, crm_url, sc.connection_id)
         with sc.sessions() as s:
             to_mailbox = sum(1 for a in repo.actions_by_status(s, sc.connection_id, ["planned"])
                              if a.decision["rule"] == "created_in_mailbox")
