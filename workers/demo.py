@@ -471,7 +471,8 @@ def main(argv: list[str] | None = None) -> None:
         config = settings.load()
     except settings.SettingsError as exc:
         sys.exit(f"demo: {exc}")
-    parser = argparse.ArgumentParser(description="Concord demo on the embedded default")
+    parser = argparse.ArgumentParser(prog="python -m workers.demo",
+                                     description="Concord demo on the embedded default")
     parser.add_argument("--port", type=int, default=config.temporal_port,
                         help="Temporal frontend port (default: $CONCORD_TEMPORAL_PORT or 7233)")
     parser.add_argument("--keep", action="store_true", help="keep the store and CRM of the previous run")
