@@ -283,3 +283,36 @@ async def test_a_run_cancelled_while_an_activity_runs_stops(can_env):
         desc = await handle.describe()
         assert desc.status.name == "CANCELED"
         assert desc.typed_search_attributes.get(STATUS) == "stopped"
+
+
+async def test_sync_now_waits_for_a_worker_to_answer_and_fails_fast_on_an_unknown_mailbox(can_env):
+    """A worker that has just started (after a crash, a deploy) leaves the first queries
+    unanswered for a few seconds: sync_now asks again instead of failing. A mailbox with
+    no workflow is said at once."""
+    import time
+
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from workers import client as api
+
+    stubs = Stubs()
+    tq = f"tq-{uuid.uuid4().hex[:6]}"
+    handle = await _start(can_env, tq)  # no worker on its queue yet
+    cid = handle.id.removeprefix("mailbox-sync/")
+
+    async def late_worker():
+        await asyncio.sleep(6)  # past the 5 s a query waits for an answer
+        async with _worker(can_env, stubs, tq):
+            await asyncio.sleep(30)
+
+    started = asyncio.create_task(late_worker())
+    try:
+        t0 = time.monotonic()
+        st = await api._answered(lambda: api.state(can_env.client, cid), timeout=60)
+        assert st.connection_id == cid and time.monotonic() - t0 >= 5
+    finally:
+        started.cancel()
+    t0 = time.monotonic()
+    with pytest.raises(RPCError) as err:
+        await api.sync_now(can_env.client, "org", "no-such-mailbox", timeout=60)
+    assert err.value.status == RPCStatusCode.NOT_FOUND and time.monotonic() - t0 < 5

@@ -13,7 +13,7 @@ import asyncio
 from datetime import timedelta
 
 from temporalio.client import Client, WorkflowHandle
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 
 from models.errors import Transient
@@ -143,6 +143,21 @@ async def _poll(read, done, timeout: float, interval: float, what: str):
         await asyncio.sleep(interval)
 
 
+async def _answered(read, timeout: float):
+    """`read()` once a worker answers it. A worker that has just started, or a sticky
+    queue still naming a dead one, leaves a query unanswered for a few seconds: that is
+    asked again until `timeout`; any other RPCError (no such workflow) is raised at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return await read()
+        except RPCError as exc:
+            if exc.status not in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED) or loop.time() > deadline:
+                raise
+        await asyncio.sleep(0.1)
+
+
 def handle(client: Client, connection_id: str) -> WorkflowHandle:
     return client.get_workflow_handle(workflow_id(connection_id))
 
@@ -170,11 +185,11 @@ async def sync_now(client: Client, org_id: str, connection_id: str, *, timeout: 
     """Read the platform for the organisation, then cycle this mailbox; the state once both
     are done. The organisation's read wakes the mailbox itself when a change concerns it;
     otherwise it is woken here (so it also reads its own mailbox now)."""
-    before = (await state(client, connection_id)).cycles
-    org_before = (await org_state(client, org_id)).cycles
+    before = (await _answered(lambda: state(client, connection_id), timeout)).cycles
+    org_before = (await _answered(lambda: org_state(client, org_id), timeout)).cycles
     await wake_org(client, org_id, "sync_now")
     await wait_for_org_cycles(client, org_id, org_before + 1, timeout=timeout)
-    st = await state(client, connection_id)
+    st = await _answered(lambda: state(client, connection_id), timeout)
     if not (st.cycles > before or st.cycle_running or st.wakeups_pending):
         await wake(client, connection_id, "sync_now")
     return await wait_settled(client, connection_id, before, timeout=timeout)
