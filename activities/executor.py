@@ -25,7 +25,7 @@ People request, that took the first sync of 10,000 x 10,000 from 69.5 / 68.1 s t
 from __future__ import annotations
 
 import contextvars
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 from activities.pacing import Pacer
@@ -156,22 +156,21 @@ class Executor:
         # made: a provider's round trips (sent one after another, as Google asks of
         # mutations for one user) then cost no time of their own. Only the sending is
         # moved to the other thread; the store is written from this one.
-        finish: Callable[[], None] | None = None
+        in_flight: list[Callable[[], None]] = []  # the previous chunk's mailbox sends, at most one
         with ThreadPoolExecutor(1, thread_name_prefix="mailbox-send") as sender:
             try:
                 for i in range(0, len(work), CHUNK):
                     chunk = work[i:i + CHUNK]
                     self._platform_phase([w for w in chunk if w.status == "planned"])
-                    if finish is not None:
-                        finish, done = None, finish
-                        done()
-                    finish = self._mailbox_phase([w for w in chunk if w.status in ("platform_done", "mailbox_started")],
-                                                 sender)
+                    if in_flight:
+                        in_flight.pop()()
+                    in_flight.append(self._mailbox_phase(
+                        [w for w in chunk if w.status in ("platform_done", "mailbox_started")], sender))
                     self.done_items = i + len(chunk)
                     heartbeat(self.done_items)
             finally:
-                if finish is not None:
-                    finish()  # what was sent is recorded, even when a platform write escaped
+                if in_flight:
+                    in_flight.pop()()  # what was sent is recorded, even when a platform write escaped
         self.summary.calls = {
             "platform": getattr(self.platform, "calls_made", 0) - self._platform_calls0,
             "mailbox": self.mailbox.calls_made - self._mailbox_calls0,
@@ -237,9 +236,9 @@ class Executor:
             raise escape
 
     # --------------------------------------------------------- mailbox side
-    def _mailbox_phase(self, work: list[_Work], sender: ThreadPoolExecutor | None = None) -> Callable[[], None]:
-        """Start the chunk's mailbox writes (on `sender`'s thread, if given); the function
-        returned waits for them and records their outcome."""
+    def _mailbox_phase(self, work: list[_Work], sender: ThreadPoolExecutor) -> Callable[[], None]:
+        """Start the chunk's mailbox writes on `sender`'s thread; the function returned
+        waits for them and records their outcome."""
         results = self._recover_creates([w for w in work if w.status == "mailbox_started"])
         creates, updates, deletes = [], [], []
         for w in work:
@@ -267,12 +266,10 @@ class Executor:
                         return escape
             return None
 
-        if sender is None or not (creates or updates or deletes):
-            sent: Future = Future()
-            sent.set_result(send())
-        else:
-            # the activity's context goes along: a rate-limit wait there still heartbeats
-            sent = sender.submit(contextvars.copy_context().run, send)
+        if not (creates or updates or deletes):
+            return lambda: self._mailbox_results(work, None, results)
+        # the activity's context goes along: a rate-limit wait there still heartbeats
+        sent = sender.submit(contextvars.copy_context().run, send)
         return lambda: self._mailbox_results(work, sent.result(), results)
 
     def _mailbox_results(self, work: list[_Work], escape: ConnectorError | None,

@@ -40,7 +40,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -531,9 +531,9 @@ def _note(person: dict | None) -> str:
 
 
 async def _run(report: Report, sizes: Sizes, pg: bool, say: Callable[[str], None], *,
-               crm_batch: int | None = None, initial_only: bool = False) -> None:
-    """The benchmark on a world of its own; `initial_only` stops after the first cycle
-    (the per-record baseline), `crm_batch` sets the worker's CRM adapter batch size."""
+               crm_batch: int | None = None) -> None:
+    """The benchmark on a world of its own; `sizes.initial_only` stops after the first
+    cycle (the per-record baseline), `crm_batch` sets the worker's CRM adapter batch size."""
     from workers import client as api
     from workers.devstack import DevServer, free_port_pair
     from workers.temporal_client import connect
@@ -577,7 +577,7 @@ async def _run(report: Report, sizes: Sizes, pg: bool, say: Callable[[str], None
                    "worker process only (VmHWM)")
             report("initial.mailbox_after", world.people.stats()["persons"], "contacts")
             report("initial.crm_after", len(world.crm.list_contacts(ORG_ID, limit=10 * total)), "records")
-            if initial_only or sizes.initial_only:
+            if sizes.initial_only:
                 return
 
             say("baseline: blocking index vs all-pairs on the same data")
@@ -680,7 +680,7 @@ def run(report: Report = print, *, quick: bool = False, pg: bool = False, sizes:
                 before[name] = value
                 report(f"per_record.{name}", value, unit, note)
 
-        asyncio.run(_run(report_before, sizes, pg, say, crm_batch=0, initial_only=True))
+        asyncio.run(_run(report_before, replace(sizes, initial_only=True), pg, say, crm_batch=0))
         say("after: the same, through the CRM's bulk write")
     after: dict[str, Any] = {}
 

@@ -308,7 +308,7 @@ async def test_sync_now_waits_for_a_worker_to_answer_and_fails_fast_on_an_unknow
     started = asyncio.create_task(late_worker())
     try:
         t0 = time.monotonic()
-        st = await api._answered(lambda: api.state(can_env.client, cid), timeout=60)
+        st = await api._answered(lambda: api.state(can_env.client, cid), 60, "the workflow")
         assert st.connection_id == cid and time.monotonic() - t0 >= 5
     finally:
         started.cancel()

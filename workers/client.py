@@ -126,9 +126,11 @@ async def wait_for_org_cycles(client: Client, org_id: str, cycles: int, *, timeo
                        f"workflow {org_workflow_id(org_id)} did not reach cycle {cycles}")
 
 
-async def _poll(read, done, timeout: float, interval: float, what: str):
-    """`read()` until `done` holds for its answer; an RPCError (the workflow not started yet,
-    or no worker has answered yet) is read again. Raises TimeoutError(what) after `timeout`."""
+async def _poll(read, done, timeout: float, interval: float, what: str, *,
+                asked_again=lambda exc: True):
+    """`read()` until `done` holds for its answer; an RPCError that `asked_again` accepts
+    (by default any: the workflow not started yet, or no worker has answered yet) is
+    read again, any other is raised. Raises TimeoutError(what) after `timeout`."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -136,26 +138,23 @@ async def _poll(read, done, timeout: float, interval: float, what: str):
             st = await read()
             if done(st):
                 return st
-        except RPCError:
-            pass
+        except RPCError as exc:
+            if not asked_again(exc):
+                raise
         if loop.time() > deadline:
             raise TimeoutError(f"{what} in {timeout:.0f}s")
         await asyncio.sleep(interval)
 
 
-async def _answered(read, timeout: float):
-    """`read()` once a worker answers it. A worker that has just started, or a sticky
-    queue still naming a dead one, leaves a query unanswered for a few seconds: that is
-    asked again until `timeout`; any other RPCError (no such workflow) is raised at once."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        try:
-            return await read()
-        except RPCError as exc:
-            if exc.status not in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED) or loop.time() > deadline:
-                raise
-        await asyncio.sleep(0.1)
+def _unanswered(exc: RPCError) -> bool:
+    """A query no worker answered in time: a worker that has just started, or a sticky
+    queue still naming a dead one, leaves it so for a few seconds."""
+    return exc.status in (RPCStatusCode.CANCELLED, RPCStatusCode.DEADLINE_EXCEEDED)
+
+
+async def _answered(read, timeout: float, what: str):
+    """`read()` once a worker answers it; no such workflow is raised at once."""
+    return await _poll(read, lambda st: True, timeout, 0.1, f"{what} did not answer", asked_again=_unanswered)
 
 
 def handle(client: Client, connection_id: str) -> WorkflowHandle:
@@ -185,11 +184,12 @@ async def sync_now(client: Client, org_id: str, connection_id: str, *, timeout: 
     """Read the platform for the organisation, then cycle this mailbox; the state once both
     are done. The organisation's read wakes the mailbox itself when a change concerns it;
     otherwise it is woken here (so it also reads its own mailbox now)."""
-    before = (await _answered(lambda: state(client, connection_id), timeout)).cycles
-    org_before = (await _answered(lambda: org_state(client, org_id), timeout)).cycles
+    mailbox_wf, org_wf = f"workflow {workflow_id(connection_id)}", f"workflow {org_workflow_id(org_id)}"
+    before = (await _answered(lambda: state(client, connection_id), timeout, mailbox_wf)).cycles
+    org_before = (await _answered(lambda: org_state(client, org_id), timeout, org_wf)).cycles
     await wake_org(client, org_id, "sync_now")
     await wait_for_org_cycles(client, org_id, org_before + 1, timeout=timeout)
-    st = await _answered(lambda: state(client, connection_id), timeout)
+    st = await _answered(lambda: state(client, connection_id), timeout, mailbox_wf)
     if not (st.cycles > before or st.cycle_running or st.wakeups_pending):
         await wake(client, connection_id, "sync_now")
     return await wait_settled(client, connection_id, before, timeout=timeout)

@@ -188,6 +188,12 @@ def _as_produced(rules: rruleset, value: datetime) -> datetime | None:
     return next((v for v in _around(rules, value) if _utc(v) == _utc(value)), None)
 
 
+def _has_earlier(rules: rruleset, value: datetime) -> bool:
+    """Whether the series has an instance before `value`, by instant (see `_around`)."""
+    return rules.before(value - timedelta(days=1)) is not None or any(_utc(v) < _utc(value)
+                                                                      for v in _around(rules, value))
+
+
 def _key_of(value: datetime, all_day: bool) -> str:
     return instance_key(value.date() if all_day else value)
 
@@ -560,8 +566,7 @@ def split_this_and_future(master: Event, at_key: str,
         "exdates": changes.get("exdates", later(master.exdates)),
         "rdates": changes.get("rdates", rdates),
     })
-    if _utc(rules.before(at - timedelta(days=1)) or min(_around(rules, at), key=_utc)) >= at_utc:
-        # the first instance (by instant, see `_around`)
+    if not _has_earlier(rules, at):
         return None, new_master.model_copy(update={"uid": master.uid})
     # An UNTIL the rule already has that ends it sooner stays; so does a COUNT that ends
     # it before the split (a COUNT and an UNTIL cannot be combined).
